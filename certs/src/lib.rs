@@ -1,0 +1,1 @@
+//! Certificates for apimctl: the control-plane CA and the product PKI.

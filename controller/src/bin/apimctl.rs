@@ -1,0 +1,2 @@
+//! apimctl CLI.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The apimctl gRPC contract between the controller, its agents and the operator CLI.

@@ -1,0 +1,1 @@
+//! End-to-end test support for apimctl: the simulated WSO2 distribution builder.
