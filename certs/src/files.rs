@@ -1,0 +1,140 @@
+//! Small file helpers shared by every module that keeps key material on disk: private
+//! directories (0700), private files (0600, written atomically via temp file + rename in the
+//! same directory), and the "load the pair, or create both" dance used by the two CAs and the
+//! primary key.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{CertsError, Result};
+
+/// Mode for files holding private keys or other secrets.
+pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode for directories holding private keys.
+pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` (and parents) if needed and makes it 0700.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(CertsError::io("creating directory", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+        .map_err(CertsError::io("setting permissions on", dir))
+}
+
+/// The directory a file lives in (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600: a temp file in the same directory is
+/// written, synced and renamed over `path`. With `no_clobber`, an existing `path` is an error
+/// (used when creating a CA, so two concurrent first starts cannot overwrite each other).
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8], no_clobber: bool) -> Result<()> {
+    let dir = parent_dir(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".apimctl-tmp")
+        .permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+        .tempfile_in(dir)
+        .map_err(CertsError::io("creating temporary file in", dir))?;
+    tmp.write_all(bytes)
+        .map_err(CertsError::io("writing temporary file for", path))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(CertsError::io("syncing temporary file for", path))?;
+    // Some umasks/filesystems ignore the create mode; make sure.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+        .map_err(CertsError::io("setting permissions on", tmp.path()))?;
+    let persisted = if no_clobber {
+        tmp.persist_noclobber(path)
+    } else {
+        tmp.persist(path)
+    };
+    persisted.map_err(|e| CertsError::Io {
+        action: "renaming temporary file to",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Best-effort fsync of a directory so a rename survives a crash.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        // Not all filesystems support fsync on directories; the rename itself already happened.
+        let _ = d.sync_all();
+    }
+}
+
+/// Reads a file that holds a secret, refusing it if group or others can read or write it.
+pub(crate) fn read_private_file(path: &Path) -> Result<String> {
+    let meta = fs::metadata(path).map_err(CertsError::io("reading metadata of", path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CertsError::InsecurePermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    fs::read_to_string(path).map_err(CertsError::io("reading", path))
+}
+
+/// A key PEM and a certificate PEM, as stored on disk.
+pub(crate) struct PemPair {
+    /// PKCS#8 private key PEM.
+    pub(crate) key_pem: String,
+    /// Certificate PEM.
+    pub(crate) cert_pem: String,
+}
+
+/// Loads `dir/key_name` + `dir/cert_name`, or, when neither exists, calls `create` and stores
+/// its result (both files 0600, dir 0700). Half a pair is an error, never a silent re-create.
+/// Returns the pair and whether it was created now.
+pub(crate) fn load_or_create_pair(
+    dir: &Path,
+    key_name: &str,
+    cert_name: &str,
+    create: impl FnOnce() -> Result<PemPair>,
+) -> Result<(PemPair, bool)> {
+    ensure_private_dir(dir)?;
+    let key_path = dir.join(key_name);
+    let cert_path = dir.join(cert_name);
+    match (exists(&key_path)?, exists(&cert_path)?) {
+        (true, true) => {
+            let key_pem = read_private_file(&key_path)?;
+            // The certificate is public: a looser mode on it is not worth refusing to start.
+            let cert_pem =
+                fs::read_to_string(&cert_path).map_err(CertsError::io("reading", &cert_path))?;
+            Ok((PemPair { key_pem, cert_pem }, false))
+        }
+        (false, false) => {
+            let pair = create()?;
+            // Key first: if we crash between the two writes the next start reports an
+            // incomplete pair instead of trusting a certificate without its key.
+            write_private_file(&key_path, pair.key_pem.as_bytes(), true)?;
+            write_private_file(&cert_path, pair.cert_pem.as_bytes(), true)?;
+            Ok((pair, true))
+        }
+        (true, false) => Err(CertsError::IncompletePair {
+            present: key_path,
+            missing: cert_path,
+        }),
+        (false, true) => Err(CertsError::IncompletePair {
+            present: cert_path,
+            missing: key_path,
+        }),
+    }
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    path.try_exists()
+        .map_err(CertsError::io("checking existence of", PathBuf::from(path)))
+}

@@ -1,0 +1,153 @@
+//! A `MachineSpec` with every field of every message it contains set to a non-default value.
+
+use apim_proto::prost_types::Timestamp;
+use apim_proto::v1::{
+    ArtifactRef, CommandSpec, EnvVar, HostsEntry, HttpProbe, KeystoreSpec, MachineFacts,
+    MachineSpec, NodeSpec, Readiness, StoreType, TrustedCert,
+};
+
+/// Secret strings used in the sample; the redaction test checks none of them is printed.
+pub const SECRETS: &[&str] = &[
+    "db-password-s3cret",
+    "keystore-pass-s3cret",
+    "-----BEGIN PRIVATE KEY-----node",
+    "-----BEGIN PRIVATE KEY-----primary",
+    "truststore-pass-s3cret",
+    "env-secret-s3cret",
+];
+
+fn command(argv: &[&str], marker: Option<&str>) -> CommandSpec {
+    CommandSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        success_marker: marker.map(str::to_string),
+        failure_markers: vec!["ERROR".into(), "Exception in thread".into()],
+        timeout_s: 120,
+    }
+}
+
+/// A gateway node with everything set (optimizer, keystores with a separate primary store).
+pub fn full_node() -> NodeSpec {
+    NodeSpec {
+        name: "gw-1".into(),
+        role: "gateway".into(),
+        product: "wso2am-3.2.0".into(),
+        pack: Some(ArtifactRef {
+            sha256: "ab".repeat(32),
+            size: 412_000_123,
+            file_name: "wso2am-3.2.0.zip".into(),
+            top_dir: "wso2am-3.2.0".into(),
+        }),
+        install_dir: "/opt/wso2/gw-1".into(),
+        java_home: "/usr/lib/jvm/java-11-openjdk-amd64".into(),
+        run_as_user: "wso2".into(),
+        deployment_toml: "[database.apim_db]\npassword = \"db-password-s3cret\"\n".into(),
+        deployment_toml_path: "repository/conf/deployment.toml".into(),
+        optimizer: Some(command(
+            &["bin/profileSetup.sh", "-Dprofile=gateway-worker"],
+            Some("Profile setup completed"),
+        )),
+        start: Some(command(
+            &["bin/wso2server.sh", "-Dprofile=gateway-worker", "start"],
+            None,
+        )),
+        stop: Some(command(&["bin/wso2server.sh", "stop"], Some("stopped"))),
+        env: vec![
+            EnvVar {
+                name: "JAVA_OPTS".into(),
+                value: "-Xmx2g".into(),
+                secret: false,
+            },
+            EnvVar {
+                name: "APIM_SECRET".into(),
+                value: "env-secret-s3cret".into(),
+                secret: true,
+            },
+        ],
+        readiness: Some(Readiness {
+            log_file: "repository/logs/wso2carbon.log".into(),
+            log_line: "WSO2 Carbon started in".into(),
+            tcp_ports: vec![9443, 8243, 8280],
+            http_urls: vec![HttpProbe {
+                url: "https://127.0.0.1:9443/api/am/gateway/v2/server-startup-healthcheck".into(),
+                expect_status: 200,
+                tls_insecure: true,
+            }],
+            timeout_s: 300,
+        }),
+        keystores: Some(KeystoreSpec {
+            store_type: StoreType::Pkcs12.into(),
+            keystore_file: "repository/resources/security/wso2carbon.p12".into(),
+            alias: "wso2carbon".into(),
+            password: "keystore-pass-s3cret".into(),
+            node_key_pem: "-----BEGIN PRIVATE KEY-----node".into(),
+            node_chain_pem: "-----BEGIN CERTIFICATE-----node".into(),
+            primary_keystore_file: Some("repository/resources/security/primary.p12".into()),
+            primary_alias: Some("primary".into()),
+            primary_key_pem: "-----BEGIN PRIVATE KEY-----primary".into(),
+            primary_chain_pem: "-----BEGIN CERTIFICATE-----primary".into(),
+            truststore_file: "repository/resources/security/client-truststore.p12".into(),
+            truststore_password: "truststore-pass-s3cret".into(),
+            trusted: vec![TrustedCert {
+                alias: "gateway_certificate_alias".into(),
+                cert_pem: "-----BEGIN CERTIFICATE-----gw".into(),
+            }],
+        }),
+        config_digest: "cd".repeat(32),
+    }
+}
+
+/// A minimal node: no optimizer and no keystores (the pack's own are left alone).
+pub fn minimal_node() -> NodeSpec {
+    NodeSpec {
+        name: "km-1".into(),
+        role: "key-manager".into(),
+        optimizer: None,
+        keystores: None,
+        start: Some(command(
+            &["bin/wso2server.sh", "-Dprofile=api-key-manager", "start"],
+            None,
+        )),
+        ..full_node()
+    }
+}
+
+/// The sample machine spec at `generation`.
+pub fn machine_spec(generation: u64) -> MachineSpec {
+    MachineSpec {
+        machine: "vm-gw-1".into(),
+        generation,
+        hosts_block: vec![
+            HostsEntry {
+                address: "10.0.0.11".into(),
+                names: vec!["km.wso2.com".into()],
+            },
+            HostsEntry {
+                address: "10.0.0.21".into(),
+                names: vec!["gw.wso2.com".into(), "gw-lb.wso2.com".into()],
+            },
+        ],
+        nodes: vec![full_node(), minimal_node()],
+    }
+}
+
+/// Facts as an agent would report them.
+pub fn facts() -> MachineFacts {
+    MachineFacts {
+        hostname: "vm-gw-1".into(),
+        os: "Ubuntu 24.04".into(),
+        kernel: "6.8.0-45-generic".into(),
+        cpus: 4,
+        memory_bytes: 16 << 30,
+        disk_free_bytes: 100 << 30,
+        java_version: "17.0.12".into(),
+        java_home_found: true,
+    }
+}
+
+/// A fixed timestamp (deterministic tests).
+pub fn timestamp() -> Timestamp {
+    Timestamp {
+        seconds: 1_790_000_000,
+        nanos: 123_000_000,
+    }
+}
