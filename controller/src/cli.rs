@@ -301,18 +301,7 @@ pub fn start_order_text(cluster: &ClusterRender) -> String {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::files::write_private(path, contents.as_bytes()).map_err(io_err(path))
 }
 
 fn write_out(cluster: &ClusterRender, only: Option<&str>, dir: &Path) -> Result<(), CliError> {

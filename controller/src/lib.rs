@@ -8,12 +8,15 @@
 
 pub mod cli;
 pub mod diag;
+pub mod files;
 pub mod graph;
+pub mod pki;
 pub mod plan;
 pub mod product;
 pub mod render;
 pub mod secrets;
 pub mod server;
+pub mod spec;
 pub mod validate;
 
 use sha2::{Digest, Sha256};

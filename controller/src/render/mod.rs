@@ -157,6 +157,20 @@ pub struct NodeTls {
     pub primary_alias: String,
     /// Truststore file name.
     pub truststore_file: String,
+    /// Store (= key) password of the keystores apimctl writes.
+    pub keystore_password: Sensitive,
+    /// Password of the truststore the cluster CA is imported into.
+    pub truststore_password: Sensitive,
+}
+
+/// A secret value that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sensitive(pub String);
+
+impl std::fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MASK)
+    }
 }
 
 /// One node, fully rendered.
@@ -423,6 +437,8 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
                 primary_keystore_file,
                 primary_alias: plan.tls.primary_alias.clone(),
                 truststore_file: plan.tls.truststore_file.clone(),
+                keystore_password: Sensitive(revealed.keystore.clone()),
+                truststore_password: Sensitive(revealed.truststore.clone()),
             },
         };
         let idx = plan

@@ -314,7 +314,7 @@ pub struct Readiness {
     /// The line (substring) in `log_file` that means started, e.g. "WSO2 Carbon started in".
     #[prost(string, tag = "2")]
     pub log_line: ::prost::alloc::string::String,
-    /// TCP ports on the loopback interface that must accept connections.
+    /// TCP ports (offset applied) that must accept connections on `address`.
     #[prost(uint32, repeated, tag = "3")]
     pub tcp_ports: ::prost::alloc::vec::Vec<u32>,
     /// HTTP(S) endpoints that must answer with the expected status.
@@ -323,6 +323,10 @@ pub struct Readiness {
     /// How long to wait for all checks before the node is FAILED.
     #[prost(uint32, tag = "5")]
     pub timeout_s: u32,
+    /// The address the ports are probed on: the machine's own address from the plan (a server
+    /// may bind only that address); empty means 127.0.0.1.
+    #[prost(string, tag = "6")]
+    pub address: ::prost::alloc::string::String,
 }
 /// One HTTP readiness probe.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -336,6 +340,9 @@ pub struct HttpProbe {
     /// Skip TLS verification (the node's own certificate may not be trusted by the agent yet).
     #[prost(bool, tag = "3")]
     pub tls_insecure: bool,
+    /// Text the response body must contain (e.g. the product name /services/Version answers with).
+    #[prost(string, optional, tag = "4")]
+    pub expect_body: ::core::option::Option<::prost::alloc::string::String>,
 }
 /// The keystores and truststore of one node. Paths are relative to the carbon home.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -71,8 +71,10 @@ pub fn full_node() -> NodeSpec {
                 url: "https://127.0.0.1:9443/api/am/gateway/v2/server-startup-healthcheck".into(),
                 expect_status: 200,
                 tls_insecure: true,
+                expect_body: Some("WSO2 Universal Gateway-4.5.0".into()),
             }],
             timeout_s: 300,
+            address: "127.0.0.11".into(),
         }),
         keystores: Some(KeystoreSpec {
             store_type: StoreType::Pkcs12.into(),

@@ -1,0 +1,223 @@
+//! Small blocking helpers for tests that look at simulated nodes: HTTP(S) GET, TCP probes,
+//! polling with a timeout, and per-test loopback addresses so parallel tests never collide.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// A parsed HTTP response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Body as text.
+    pub body: String,
+}
+
+/// A distinct loopback address for a test: `127.x.y.idx` with x.y derived from `name`, so
+/// tests (and the simulated machines inside one test) never share ports.
+pub fn loopback_for(name: &str, idx: u8) -> Ipv4Addr {
+    // FNV-1a: stable across runs and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let x = 10 + (h % 240) as u8;
+    let y = ((h >> 8) % 250) as u8 + 1;
+    Ipv4Addr::new(127, x, y, idx.max(1))
+}
+
+/// Polls `cond` every `interval` until it holds or `timeout` passes; returns whether it held.
+/// The timeout is a failure guard, not a synchronisation device.
+pub fn wait_until(timeout: Duration, interval: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Whether something accepts TCP connections at `addr`.
+pub fn tcp_open(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header terminator"))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok(HttpResponse {
+        status,
+        body: body.to_string(),
+    })
+}
+
+fn request(host: &str, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+}
+
+/// `GET http://addr/path` (the server closes the connection after the response).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request(&addr.to_string(), path).as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn insecure_client(sni: &str) -> std::io::Result<rustls::ClientConnection> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+        .with_no_client_auth();
+    let name = ServerName::try_from(sni.to_string()).map_err(std::io::Error::other)?;
+    rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)
+}
+
+/// The leaf certificate (DER) a TLS server at `addr` presents for `sni`, to check which
+/// keystore a node serves from.
+pub fn tls_peer_certificate(addr: SocketAddr, sni: &str) -> std::io::Result<Vec<u8>> {
+    let mut conn = insecure_client(sni)?;
+    let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)?;
+    }
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .ok_or_else(|| std::io::Error::other("no peer certificate"))
+}
+
+/// `GET https://addr/path` without verifying the certificate (tests probe simulated nodes
+/// whose certificates they did not issue); `sni` is the server name to send.
+pub fn https_get_insecure(
+    addr: SocketAddr,
+    sni: &str,
+    path: &str,
+) -> std::io::Result<HttpResponse> {
+    let conn = insecure_client(sni)?;
+    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(request(sni, path).as_bytes())?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A peer that closes without close_notify still delivered the whole response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    parse_response(&raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_stable_and_distinct() {
+        let a = loopback_for("test_a", 1);
+        assert_eq!(a, loopback_for("test_a", 1));
+        assert_ne!(a, loopback_for("test_b", 1));
+        assert_ne!(a, loopback_for("test_a", 2));
+        assert_eq!(a.octets()[0], 127);
+        assert!(a.octets()[1] >= 10);
+    }
+
+    #[test]
+    fn wait_until_reports_success_and_timeout() {
+        let mut n = 0;
+        assert!(wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                n >= 3
+            }
+        ));
+        assert!(!wait_until(
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || false
+        ));
+    }
+
+    #[test]
+    fn parses_http_responses() {
+        let r = parse_response(b"HTTP/1.1 500 Internal Server Error\r\nA: b\r\n\r\nbody")
+            .expect("parse");
+        assert_eq!(r.status, 500);
+        assert_eq!(r.body, "body");
+    }
+}
