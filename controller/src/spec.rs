@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use apim_proto::v1::{
-    ArtifactRef, CommandSpec as WireCommand, HostsEntry as WireHosts, HttpProbe, MachineSpec,
-    NodeSpec, Readiness as WireReadiness,
+    ArtifactRef, CommandSpec as WireCommand, DesiredRun, HostsEntry as WireHosts, HttpProbe,
+    MachineSpec, NodeSpec, Readiness as WireReadiness,
 };
 
 use crate::pki::{PkiError, ProductPki};
@@ -27,13 +27,27 @@ fn command(c: &CommandSpec) -> WireCommand {
     }
 }
 
-/// The spec of one node. `pack_sizes` maps a pack's sha256 to its size, when known.
+/// What, besides the render, goes into a machine's spec.
+pub struct SpecInputs<'a> {
+    /// The machine spec's own generation (strictly increasing per machine).
+    pub generation: u64,
+    /// The plan generation the render came from.
+    pub plan_generation: u64,
+    /// Pack sizes by sha256, when known.
+    pub pack_sizes: &'a BTreeMap<String, u64>,
+    /// Issues node certificates (`None`: keystores are left to the pack).
+    pub pki: Option<&'a ProductPki>,
+    /// Whether each node should run now (the rollout releases nodes tier by tier).
+    pub desired: &'a dyn Fn(&NodeRender) -> DesiredRun,
+}
+
+/// The spec of one node.
 pub fn node_spec(
     cluster: &ClusterRender,
     node: &NodeRender,
-    pack_sizes: &BTreeMap<String, u64>,
-    pki: Option<&ProductPki>,
+    inputs: &SpecInputs<'_>,
 ) -> Result<NodeSpec, PkiError> {
+    let (pack_sizes, pki) = (inputs.pack_sizes, inputs.pki);
     let keystores = match pki {
         Some(p) => p.keystore_spec(node)?,
         None => None,
@@ -77,6 +91,7 @@ pub fn node_spec(
         }),
         keystores,
         config_digest: String::new(),
+        desired: (inputs.desired)(node).into(),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
@@ -113,9 +128,7 @@ pub fn config_digest(spec: &NodeSpec) -> String {
 pub fn machine_spec(
     cluster: &ClusterRender,
     machine: &str,
-    generation: u64,
-    pack_sizes: &BTreeMap<String, u64>,
-    pki: Option<&ProductPki>,
+    inputs: &SpecInputs<'_>,
 ) -> Result<Option<MachineSpec>, PkiError> {
     let Some(m) = cluster.machines.iter().find(|m| m.name == machine) else {
         return Ok(None);
@@ -123,11 +136,12 @@ pub fn machine_spec(
     let nodes = m
         .nodes
         .iter()
-        .map(|n| node_spec(cluster, n, pack_sizes, pki))
+        .map(|n| node_spec(cluster, n, inputs))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(MachineSpec {
         machine: m.name.clone(),
-        generation,
+        generation: inputs.generation,
+        plan_generation: inputs.plan_generation,
         hosts_block: m
             .hosts
             .iter()
@@ -167,9 +181,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = ProductPki::load_or_create(dir.path(), &c.cluster).unwrap();
         let sizes: BTreeMap<String, u64> = [("0".repeat(64), 42)].into();
-        let spec = machine_spec(&c, "vm-gw-2", 7, &sizes, Some(&pki))
-            .unwrap()
-            .unwrap();
+        let run = |_: &NodeRender| DesiredRun::Running;
+        let inputs = |generation| SpecInputs {
+            generation,
+            plan_generation: 1,
+            pack_sizes: &sizes,
+            pki: Some(&pki),
+            desired: &run,
+        };
+        let spec = machine_spec(&c, "vm-gw-2", &inputs(7)).unwrap().unwrap();
         assert_eq!(
             (spec.machine.as_str(), spec.generation, spec.nodes.len()),
             ("vm-gw-2", 7, 1)
@@ -219,16 +239,11 @@ mod tests {
         );
 
         // A second apply issues nothing new: same certificates, same digest, no restart.
-        let again = machine_spec(&c, "vm-gw-2", 8, &sizes, Some(&pki))
-            .unwrap()
-            .unwrap();
+        let again = machine_spec(&c, "vm-gw-2", &inputs(8)).unwrap().unwrap();
         assert_eq!(again.nodes[0].keystores, node.keystores);
         assert_eq!(again.nodes[0].config_digest, node.config_digest);
-        assert!(
-            machine_spec(&c, "vm-nope", 1, &sizes, Some(&pki))
-                .unwrap()
-                .is_none()
-        );
+        assert_eq!(again.nodes[0].desired(), DesiredRun::Running);
+        assert!(machine_spec(&c, "vm-nope", &inputs(1)).unwrap().is_none());
     }
 
     #[test]

@@ -180,7 +180,9 @@ pub struct MachineSpec {
     /// The machine's name from the plan, e.g. "vm-gw-1"; equals the identity in its certificate.
     #[prost(string, tag = "1")]
     pub machine: ::prost::alloc::string::String,
-    /// The cluster generation this spec belongs to; strictly increasing, starting at 1.
+    /// The spec's generation for this machine: strictly increasing, starting at 1. The controller
+    /// pushes a new one whenever anything in the spec changes, including a node's `desired` state as
+    /// a rollout moves from tier to tier; an agent refuses a generation older than the one it holds.
     #[prost(uint64, tag = "2")]
     pub generation: u64,
     /// The entries of the managed block in /etc/hosts; the agent replaces only its marked block.
@@ -189,6 +191,10 @@ pub struct MachineSpec {
     /// The nodes this machine runs, in no particular order (start order is the controller's job).
     #[prost(message, repeated, tag = "4")]
     pub nodes: ::prost::alloc::vec::Vec<NodeSpec>,
+    /// The plan generation (the operator's `apimctl apply` number) this spec was rendered from, for
+    /// reports and messages.
+    #[prost(uint64, tag = "5")]
+    pub plan_generation: u64,
 }
 /// One line of the managed /etc/hosts block.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -256,6 +262,9 @@ pub struct NodeSpec {
     /// the controller; the agent compares it with what it runs and reports it in NodeStatus).
     #[prost(string, tag = "16")]
     pub config_digest: ::prost::alloc::string::String,
+    /// Whether the node should run now; the controller releases nodes tier by tier.
+    #[prost(enumeration = "DesiredRun", tag = "17")]
+    pub desired: i32,
 }
 /// A content-addressed artifact held by the controller (ArtifactService).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -398,6 +407,45 @@ pub struct TrustedCert {
     /// The certificate (PEM).
     #[prost(string, tag = "2")]
     pub cert_pem: ::prost::alloc::string::String,
+}
+/// What the controller wants a node to be doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DesiredRun {
+    /// Never sent on purpose; treated as STAGED.
+    Unspecified = 0,
+    /// Installed, configured, running with this spec's configuration and healthy; (re)started when
+    /// it runs another configuration.
+    Running = 1,
+    /// Fetched, verified and unpacked so it can start quickly, but not started; a node already
+    /// running an older configuration keeps running it until the controller asks for RUNNING.
+    Staged = 2,
+    /// Stopped (files are kept).
+    Stopped = 3,
+}
+impl DesiredRun {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DESIRED_RUN_UNSPECIFIED",
+            Self::Running => "DESIRED_RUN_RUNNING",
+            Self::Staged => "DESIRED_RUN_STAGED",
+            Self::Stopped => "DESIRED_RUN_STOPPED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DESIRED_RUN_UNSPECIFIED" => Some(Self::Unspecified),
+            "DESIRED_RUN_RUNNING" => Some(Self::Running),
+            "DESIRED_RUN_STAGED" => Some(Self::Staged),
+            "DESIRED_RUN_STOPPED" => Some(Self::Stopped),
+            _ => None,
+        }
+    }
 }
 /// The keystore format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

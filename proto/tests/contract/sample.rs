@@ -2,8 +2,8 @@
 
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
-    ArtifactRef, CommandSpec, EnvVar, HostsEntry, HttpProbe, KeystoreSpec, MachineFacts,
-    MachineSpec, NodeSpec, Readiness, StoreType, TrustedCert,
+    ArtifactRef, CommandSpec, DesiredRun, EnvVar, HostsEntry, HttpProbe, KeystoreSpec,
+    MachineFacts, MachineSpec, NodeSpec, Readiness, StoreType, TrustedCert,
 };
 
 /// Secret strings used in the sample; the redaction test checks none of them is printed.
@@ -95,6 +95,7 @@ pub fn full_node() -> NodeSpec {
             }],
         }),
         config_digest: "cd".repeat(32),
+        desired: DesiredRun::Running.into(),
     }
 }
 
@@ -118,6 +119,7 @@ pub fn machine_spec(generation: u64) -> MachineSpec {
     MachineSpec {
         machine: "vm-gw-1".into(),
         generation,
+        plan_generation: 3,
         hosts_block: vec![
             HostsEntry {
                 address: "10.0.0.11".into(),
