@@ -61,6 +61,9 @@ pub struct NodeStatus {
     /// staged with), so the controller can tell whether a restart is due.
     #[prost(string, tag = "9")]
     pub config_digest: ::prost::alloc::string::String,
+    /// Whether the node's process is alive (a STAGED node may still run its previous configuration).
+    #[prost(bool, tag = "10")]
+    pub running: bool,
 }
 /// Error-detail convention for every service in this package.
 ///
@@ -133,6 +136,10 @@ pub enum NodePhase {
     Stopped = 10,
     /// The last step failed; see `NodeStatus.last_error`.
     Failed = 11,
+    /// Everything for the current generation is fetched, verified and unpacked; the node waits for
+    /// the controller to release it (desired = RUNNING). A node running an older configuration
+    /// keeps running it while STAGED.
+    Staged = 12,
 }
 impl NodePhase {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -153,6 +160,7 @@ impl NodePhase {
             Self::Stopping => "NODE_PHASE_STOPPING",
             Self::Stopped => "NODE_PHASE_STOPPED",
             Self::Failed => "NODE_PHASE_FAILED",
+            Self::Staged => "NODE_PHASE_STAGED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -170,6 +178,7 @@ impl NodePhase {
             "NODE_PHASE_STOPPING" => Some(Self::Stopping),
             "NODE_PHASE_STOPPED" => Some(Self::Stopped),
             "NODE_PHASE_FAILED" => Some(Self::Failed),
+            "NODE_PHASE_STAGED" => Some(Self::Staged),
             _ => None,
         }
     }

@@ -150,6 +150,7 @@ fn node_status_keeps_phase_pid_and_timestamp() {
         restarts: 2,
         pid: Some(0),
         config_digest: "ef".repeat(32),
+        running: true,
     };
     let decoded = NodeStatus::decode(status.encode_to_vec().as_slice()).expect("decode");
     assert_eq!(decoded, status);
