@@ -1,1 +1,66 @@
 //! The apimctl agent: converges one VM to the machine spec the controller streams to it.
+//!
+//! This crate holds the agent's **building blocks** — each a module with a small API that knows
+//! *how* to touch a VM and nothing about the plan. All WSO2 knowledge of *what* to write (the
+//! `deployment.toml`, the start argv, the ports to probe) lives in the controller's renderer
+//! and arrives as a typed `MachineSpec`; the converge loop that reads that spec and calls these
+//! blocks comes with the gRPC wiring.
+//!
+//! Every OS effect sits behind a seam so tests run unprivileged in temp dirs while production
+//! uses the real paths: an install/staging root and a state dir are plain paths, the hosts file
+//! path is a parameter ([`hosts::DEFAULT_HOSTS_PATH`] in production) with a
+//! [`atomic::FileOps`] seam for its rename, and scripts run through a
+//! [`process::ProcessRunner`] ([`process::TokioRunner`] in production).
+//!
+//! # The pieces
+//!
+//! | module | job |
+//! | --- | --- |
+//! | [`atomic`] | temp + fsync + rename + dir fsync: never a half-written file |
+//! | [`ledger`] | the accepted generation, persisted atomically; older generations refused |
+//! | [`unpack`] | sha256 check, guarded parallel zip staging, atomic swap into place |
+//! | [`hosts`] | the managed block in `/etc/hosts`, every foreign byte kept |
+//! | [`process`] | start/stop through the node's script; pid-file truth; no double start |
+//! | [`health`] | readiness probes (log line after an offset, TCP, HTTP(S), liveness) |
+//! | [`facts`] | machine facts and pre-flight checks |
+//! | [`error`] | [`AgentError`], one enum with context for all of the above |
+//!
+//! # The converge order (for the loop that will drive these blocks)
+//!
+//! For each node of the spec, when its generation changes:
+//!
+//! 1. **ledger** — [`ledger::Ledger::commit`] the new spec first; a lower generation is refused,
+//!    so a stale controller cannot roll the machine back. After a restart the agent resumes
+//!    from the ledger.
+//! 2. **fetch** the pack (from the controller) into the staging root.
+//! 3. **verify** — [`unpack::verify_sha256`] against the plan's digest.
+//! 4. **stage** — [`unpack::stage_zip`] under the staging root (same filesystem as the install
+//!    dir), then [`unpack::StagedTree::chown_blocking`] to the `run_as` user.
+//! 5. **install** — stop the node if it runs ([`process::stop`]), then
+//!    [`unpack::install_staged`] swaps the tree in. Only when the pack changed: a reinstall
+//!    wipes the node's local state (H2 databases, Solr index, logs).
+//! 6. **optimize once** — run `profileSetup.sh -Dprofile=<p>` on a fresh tree only, and write a
+//!    marker file (e.g. `.apimctl-profile-<p>` via [`atomic::write_atomic`]) so it never runs
+//!    twice: the script is not idempotent and would overwrite `deployment.toml`.
+//! 7. **write config** — `deployment.toml` (mode 0600, it holds passwords) and any other
+//!    rendered file, each with [`atomic::write_atomic`]; only files whose bytes differ.
+//! 8. **hosts** — [`hosts::apply`] the machine's block (no write when unchanged).
+//! 9. **keystores** — write/import the node's keystores (the certs crate builds them).
+//! 10. **start** — record [`health::log_offset`], then [`process::start`] (a no-op for a live
+//!     node; restart only when something above changed).
+//! 11. **wait ready** — [`health::wait_ready`] with the spec's probes and deadline.
+//! 12. **report** — phase, generation, readiness report or error to the controller; pre-flight
+//!     problems from [`facts::preflight`] are reported before step 2.
+
+pub mod atomic;
+pub mod control;
+pub mod enroll;
+pub mod error;
+pub mod facts;
+pub mod health;
+pub mod hosts;
+pub mod ledger;
+pub mod process;
+pub mod unpack;
+
+pub use error::{AgentError, Result};
