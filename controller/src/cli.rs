@@ -1,7 +1,12 @@
 //! The `apimctl` command line.
 //!
 //! Offline commands: `validate` (every problem with `file:line:col`) and `render` (what each node
-//! will get). Exit codes: 0 success, 1 errors in the plan or the command.
+//! will get). Controller commands (over mTLS with an operator certificate, see
+//! [`crate::client`]): `apply`, `plan`, `status`, `agents`, `token create`, `revoke`. On the
+//! controller host: `controller run` and `controller operator-cert`.
+//!
+//! Exit codes: 0 success, 1 errors in the plan or the command; `plan` exits 2 when something
+//! would change.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,58 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub connection: crate::client::Settings,
+}
+
+/// Output format of the controller commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Human-readable lines.
+    Text,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// `apimctl controller …`.
+#[derive(Debug, Subcommand)]
+pub enum ControllerCommand {
+    /// Run the controller daemon.
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = crate::daemon::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Log format: text or json.
+        #[arg(long, default_value = "text")]
+        log_format: String,
+    },
+    /// Issue an operator certificate from the CA files (run on the controller host).
+    OperatorCert {
+        /// The operator's name (its certificate identity).
+        #[arg(long)]
+        name: String,
+        /// Where to write operator.pem, operator-key.pem (0600) and ca.pem.
+        #[arg(long)]
+        out: PathBuf,
+        /// The controller's data directory.
+        #[arg(long, default_value = crate::daemon::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+/// `apimctl token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time join token for a machine.
+    Create {
+        /// The machine the token enrolls.
+        #[arg(long)]
+        machine: String,
+        /// Lifetime, e.g. 1h or 30m (default: the controller's).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
 }
 
 /// apimctl's subcommands.
@@ -50,11 +107,60 @@ pub enum Command {
         #[arg(long)]
         skip_pack_check: bool,
     },
+    /// Validate, upload missing packs, store the plan and roll it out; follow until done.
+    Apply {
+        /// The plan file.
+        plan: PathBuf,
+        /// Refuse unless the cluster is still at this revision (from `apimctl plan`).
+        #[arg(long)]
+        plan_revision: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: Output,
+        /// Return once the plan is stored, without following the rollout.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show what applying the plan would change; exit 0 nothing, 2 changes, 1 error.
+    Plan {
+        /// The plan file.
+        plan: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Every machine and node: phase, step, generation, elapsed, last error.
+    Status {
+        /// Keep printing on every change.
+        #[arg(long)]
+        watch: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Every enrolled agent.
+    Agents {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Revoke a machine's certificate and close its stream.
+    Revoke {
+        /// The machine.
+        machine: String,
+    },
+    /// The controller daemon and its host-side tools.
+    #[command(subcommand)]
+    Controller(ControllerCommand),
 }
 
 /// Runs the CLI; returns the process exit code.
 pub fn run(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
     let env = ProcessEnv;
+    let connection = cli.connection;
     let result = match cli.command {
         Command::Validate {
             plan,
@@ -78,6 +184,8 @@ pub fn run(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
             stdout,
             stderr,
         ),
+        Command::Controller(c) => crate::remote::controller(c, stdout, stderr),
+        other => crate::remote::run(other, connection, &env, stdout, stderr),
     };
     match result {
         Ok(code) => code,
@@ -105,6 +213,15 @@ pub enum CliError {
     /// `--node` names no node.
     #[error("no node named `{0}` in the plan")]
     UnknownNode(String),
+    /// Talking to the controller failed.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    /// The daemon failed.
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+    /// Anything else the command could not do (never contains secrets).
+    #[error("{0}")]
+    Other(String),
 }
 
 fn options(skip_pack_check: bool) -> validate::Options {

@@ -7,16 +7,21 @@
 //! readiness checks, dependencies); [`graph`] derives the start tiers.
 
 pub mod cli;
+pub mod client;
+pub mod daemon;
 pub mod diag;
 pub mod files;
 pub mod graph;
 pub mod pki;
 pub mod plan;
 pub mod product;
+pub mod remote;
 pub mod render;
+pub mod rollout;
 pub mod secrets;
 pub mod server;
 pub mod spec;
+pub mod store;
 pub mod validate;
 
 use sha2::{Digest, Sha256};

@@ -1,0 +1,214 @@
+//! The operator's connection to the controller: mTLS with an operator certificate, pinned to
+//! the controller's CA.
+//!
+//! Settings come from flags, then the environment (`APIMCTL_CONTROLLER`, `APIMCTL_CA`,
+//! `APIMCTL_CERT`, `APIMCTL_KEY`), then a config file (`$APIMCTL_CONFIG`, else
+//! `~/.config/apimctl/client.toml`) with the keys `controller`, `ca`, `cert`, `key`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use apim_proto::v1::artifact_service_client::ArtifactServiceClient;
+use apim_proto::v1::operator_service_client::OperatorServiceClient;
+use apim_proto::v1::{UploadChunk, UploadHeader};
+use serde::Deserialize;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A setting is missing everywhere it could come from.
+    #[error("no {what}: pass --{flag}, set {env}, or put `{key}` in the client config file")]
+    Missing {
+        /// What is missing.
+        what: &'static str,
+        /// Its flag.
+        flag: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+        /// Its key in the config file.
+        key: &'static str,
+    },
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("{}: {reason}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Connecting failed.
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        /// The controller.
+        address: String,
+        /// tonic's error.
+        source: tonic::transport::Error,
+    },
+    /// A call failed.
+    #[error("{}", status.message())]
+    Rpc {
+        /// The status.
+        status: tonic::Status,
+    },
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        ClientError::Rpc { status }
+    }
+}
+
+/// Where and how to reach the controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The controller's address, host:port.
+    #[arg(long, env = "APIMCTL_CONTROLLER", global = true)]
+    pub controller: Option<String>,
+    /// The controller's CA certificate (PEM).
+    #[arg(long, env = "APIMCTL_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// The operator certificate (PEM).
+    #[arg(long, env = "APIMCTL_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// The operator key (PEM).
+    #[arg(long, env = "APIMCTL_KEY", global = true)]
+    pub key: Option<PathBuf>,
+}
+
+fn read(path: &Path) -> Result<String, ClientError> {
+    std::fs::read_to_string(path).map_err(|source| ClientError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl Settings {
+    /// Fills what flags and environment left unset from the config file, if there is one.
+    pub fn with_file(mut self) -> Result<Self, ClientError> {
+        let path = std::env::var_os("APIMCTL_CONFIG")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".config/apimctl/client.toml"))
+            });
+        if let Some(path) = path.filter(|p| p.exists()) {
+            let file: Settings =
+                toml::from_str(&read(&path)?).map_err(|e| ClientError::Config {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            self.controller = self.controller.or(file.controller);
+            self.ca = self.ca.or(file.ca);
+            self.cert = self.cert.or(file.cert);
+            self.key = self.key.or(file.key);
+        }
+        Ok(self)
+    }
+
+    /// Opens an mTLS channel to the controller.
+    pub async fn connect(&self) -> Result<Channel, ClientError> {
+        let missing = |what, flag, env, key| ClientError::Missing {
+            what,
+            flag,
+            env,
+            key,
+        };
+        let address = self.controller.clone().ok_or_else(|| {
+            missing(
+                "controller address",
+                "controller",
+                "APIMCTL_CONTROLLER",
+                "controller",
+            )
+        })?;
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or_else(|| missing("CA certificate", "ca", "APIMCTL_CA", "ca"))?;
+        let cert = self
+            .cert
+            .as_ref()
+            .ok_or_else(|| missing("operator certificate", "cert", "APIMCTL_CERT", "cert"))?;
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| missing("operator key", "key", "APIMCTL_KEY", "key"))?;
+        let host = address
+            .rsplit_once(':')
+            .map_or(address.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_string();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca)?))
+            .identity(Identity::from_pem(read(cert)?, read(key)?))
+            .domain_name(host);
+        let connect_err = |source| ClientError::Connect {
+            address: address.clone(),
+            source,
+        };
+        Endpoint::from_shared(format!("https://{address}"))
+            .map_err(connect_err)?
+            .tls_config(tls)
+            .map_err(connect_err)?
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(connect_err)
+    }
+}
+
+/// The operator API over `channel`.
+pub fn operator(channel: Channel) -> OperatorServiceClient<Channel> {
+    OperatorServiceClient::new(channel)
+}
+
+/// Uploads the file at `path` (sha256 `sha256`); the controller keeps what it already has.
+/// Returns whether it was new.
+pub async fn upload_if_missing(
+    channel: Channel,
+    path: &Path,
+    sha256: &str,
+) -> Result<bool, ClientError> {
+    // Stat is an agent RPC; Upload answers `already_present` after the header, so the bytes
+    // of a pack the controller has are not sent.
+    let mut client = ArtifactServiceClient::new(channel);
+    let bytes = std::fs::read(path).map_err(|source| ClientError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let size = bytes.len() as u64;
+    let mut chunks: Vec<UploadChunk> = bytes
+        .chunks(1024 * 1024)
+        .map(|c| UploadChunk {
+            header: None,
+            data: c.to_vec(),
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(UploadChunk::default());
+    }
+    chunks[0].header = Some(UploadHeader {
+        sha256: sha256.to_string(),
+        size,
+        name,
+    });
+    let r = client
+        .upload(tokio_stream::iter(chunks))
+        .await?
+        .into_inner();
+    Ok(!r.already_present)
+}

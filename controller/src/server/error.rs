@@ -1,0 +1,366 @@
+//! [`ServerError`]: everything the gRPC server can refuse or fail with, and the one function
+//! that turns it into a `tonic::Status` ([`ServerError::to_status`]).
+
+use std::path::PathBuf;
+
+use apim_certs::CertsError;
+use apim_proto::v1::{ErrorDetail, ErrorDetails};
+use tonic::{Code, Status};
+
+use super::auth::{Access, Rpc};
+
+/// Why a call was refused or failed, or why the server could not start. Messages never carry
+/// secrets (tokens, keys); paths and OS errors stay in the log and are not sent to callers.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The RPC needs a client certificate and the connection presented none.
+    #[error("{rpc} requires a client certificate and none was presented")]
+    NoClientCert {
+        /// The RPC that was called.
+        rpc: Rpc,
+    },
+
+    /// The presented client certificate does not verify against the control-plane CA right
+    /// now (foreign CA, expired, not yet valid, wrong key usage, broken signature).
+    #[error("client certificate rejected: {reason}")]
+    InvalidClientCert {
+        /// What the verifier said, e.g. "certificate expired".
+        reason: String,
+    },
+
+    /// The certificate verifies but carries no usable apimctl identity.
+    #[error("client certificate has no usable identity: {source}")]
+    NoIdentity {
+        /// Why the identity could not be read.
+        #[source]
+        source: CertsError,
+    },
+
+    /// The identity or this particular certificate is on the revocation list.
+    #[error("{identity} is revoked")]
+    Revoked {
+        /// The identity URI of the caller.
+        identity: String,
+    },
+
+    /// A valid identity of the wrong kind, e.g. an agent certificate on an operator RPC.
+    #[error("{rpc} is reserved for {needed}; the caller is {identity}")]
+    WrongRole {
+        /// The RPC that was called.
+        rpc: Rpc,
+        /// Who may call it.
+        needed: Access,
+        /// The caller's identity URI.
+        identity: String,
+    },
+
+    /// A message names a machine other than the one in the caller's certificate.
+    #[error("{identity} may not act for machine {named:?} ({what})")]
+    ForeignMachine {
+        /// The caller's identity URI.
+        identity: String,
+        /// The machine the message named.
+        named: String,
+        /// Where the name appeared, e.g. "status report node km-1".
+        what: String,
+    },
+
+    /// The call path is not an RPC of `apimctl.v1`.
+    #[error("unknown method {path}")]
+    UnknownMethod {
+        /// The HTTP/2 path that was requested.
+        path: String,
+    },
+
+    /// The join token was refused (unknown, used, expired, wrong secret, malformed, or bound to
+    /// another machine).
+    #[error("join token refused: {source}")]
+    Token {
+        /// Why, from the token registry (never contains the secret).
+        #[source]
+        source: CertsError,
+    },
+
+    /// The certificate signing request was refused (bad encoding, bad self-signature,
+    /// unsupported key type).
+    #[error("certificate signing request refused: {reason}")]
+    Csr {
+        /// Why.
+        reason: String,
+    },
+
+    /// A request field has an unacceptable value.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The field, e.g. "sha256".
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The stream broke the protocol (e.g. no `Hello` first, a second header on an upload).
+    #[error("protocol violation: {reason}")]
+    Protocol {
+        /// What was expected.
+        reason: String,
+    },
+
+    /// No artifact with this digest is stored.
+    #[error("artifact {sha256} is not stored")]
+    ArtifactNotFound {
+        /// The requested digest.
+        sha256: String,
+    },
+
+    /// A fetch offset lies past the end of the artifact.
+    #[error("offset {offset} is past the end of artifact {sha256} ({size} bytes)")]
+    OffsetOutOfRange {
+        /// The artifact.
+        sha256: String,
+        /// The requested offset.
+        offset: u64,
+        /// The artifact's size.
+        size: u64,
+    },
+
+    /// An upload's content does not match its header (size or sha256).
+    #[error("uploaded artifact does not match its header: {reason}")]
+    ArtifactMismatch {
+        /// Which check failed, with expected and actual values.
+        reason: String,
+    },
+
+    /// An operator named a machine the controller knows nothing about.
+    #[error("unknown machine {machine:?}")]
+    UnknownMachine {
+        /// The name given.
+        machine: String,
+    },
+
+    /// The RPC is part of the contract but is served by a later part of the controller.
+    #[error("{rpc} is not served by this controller yet")]
+    NotYetServed {
+        /// The RPC.
+        rpc: Rpc,
+    },
+
+    /// The caller's certificate expired while its stream was open.
+    #[error("client certificate expired during the session; reconnect with the renewed one")]
+    SessionCertExpired,
+
+    /// The controller is shutting down; the caller should reconnect later.
+    #[error("controller is shutting down")]
+    ShuttingDown,
+
+    /// A file operation of the artifact store failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What the server was doing.
+        action: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The CA could not issue a certificate, or a token could not be minted.
+    #[error("{action}: {source}")]
+    Issue {
+        /// What was being issued.
+        action: &'static str,
+        /// The certs crate's error.
+        #[source]
+        source: CertsError,
+    },
+
+    /// The TLS configuration could not be built (server start only).
+    #[error("building the TLS configuration: {reason}")]
+    TlsConfig {
+        /// rustls' complaint.
+        reason: String,
+    },
+
+    /// The store failed to read or write.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+
+    /// The plan was refused; one entry per problem (with file, line and column). Nothing was
+    /// stored or pushed.
+    #[error("the plan was refused: {} problem(s), first: {}", errors.len(), errors.first().map_or("", |e| e.message.as_str()))]
+    PlanRejected {
+        /// The problems.
+        errors: Vec<ErrorDetail>,
+    },
+
+    /// `expected_cluster_revision` no longer matches: the cluster changed since the plan was
+    /// reviewed.
+    #[error(
+        "the cluster changed since the plan was reviewed (expected revision {expected}, now {actual})"
+    )]
+    ClusterChanged {
+        /// The reviewed revision.
+        expected: String,
+        /// The current revision.
+        actual: String,
+    },
+
+    /// A rollout is still in progress; a new apply must wait for it.
+    #[error("rollout {id} is still in progress ({state})")]
+    RolloutInProgress {
+        /// The rollout's id.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+
+    /// Rendering the stored plan or issuing its certificates failed.
+    #[error("rendering the plan: {reason}")]
+    Render {
+        /// What failed.
+        reason: String,
+    },
+
+    /// The listener failed or tonic stopped with an error (server start and run only).
+    #[error("gRPC transport: {source}")]
+    Transport {
+        /// tonic's error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl ServerError {
+    /// The gRPC code for this error. Authentication problems are UNAUTHENTICATED, authorization
+    /// problems PERMISSION_DENIED (see `ErrorDetails` in `common.proto`).
+    pub fn code(&self) -> Code {
+        match self {
+            ServerError::NoClientCert { .. }
+            | ServerError::InvalidClientCert { .. }
+            | ServerError::NoIdentity { .. }
+            | ServerError::SessionCertExpired => Code::Unauthenticated,
+            ServerError::Token { source } => match source {
+                CertsError::TokenMachineMismatch { .. } => Code::PermissionDenied,
+                _ => Code::Unauthenticated,
+            },
+            ServerError::Revoked { .. }
+            | ServerError::WrongRole { .. }
+            | ServerError::ForeignMachine { .. } => Code::PermissionDenied,
+            ServerError::UnknownMethod { .. } | ServerError::NotYetServed { .. } => {
+                Code::Unimplemented
+            }
+            ServerError::Csr { .. }
+            | ServerError::InvalidArgument { .. }
+            | ServerError::Protocol { .. }
+            | ServerError::ArtifactMismatch { .. }
+            | ServerError::PlanRejected { .. } => Code::InvalidArgument,
+            ServerError::ClusterChanged { .. } | ServerError::RolloutInProgress { .. } => {
+                Code::FailedPrecondition
+            }
+            ServerError::ArtifactNotFound { .. } | ServerError::UnknownMachine { .. } => {
+                Code::NotFound
+            }
+            ServerError::OffsetOutOfRange { .. } => Code::OutOfRange,
+            ServerError::ShuttingDown => Code::Unavailable,
+            ServerError::Io { .. }
+            | ServerError::Issue { .. }
+            | ServerError::TlsConfig { .. }
+            | ServerError::Store(_)
+            | ServerError::Render { .. }
+            | ServerError::Transport { .. } => Code::Internal,
+        }
+    }
+
+    /// A stable machine-readable code for `ErrorDetail.code`.
+    fn detail_code(&self) -> &'static str {
+        match self {
+            ServerError::NoClientCert { .. } => "auth.no_client_certificate",
+            ServerError::InvalidClientCert { .. } => "auth.invalid_client_certificate",
+            ServerError::NoIdentity { .. } => "auth.no_identity",
+            ServerError::Revoked { .. } => "auth.revoked",
+            ServerError::WrongRole { .. } => "auth.wrong_role",
+            ServerError::ForeignMachine { .. } => "auth.foreign_machine",
+            ServerError::UnknownMethod { .. } => "rpc.unknown_method",
+            ServerError::Token { .. } => "enroll.token_refused",
+            ServerError::Csr { .. } => "enroll.csr_refused",
+            ServerError::InvalidArgument { .. } => "request.invalid_argument",
+            ServerError::Protocol { .. } => "request.protocol",
+            ServerError::ArtifactNotFound { .. } => "artifact.not_found",
+            ServerError::OffsetOutOfRange { .. } => "artifact.offset_out_of_range",
+            ServerError::ArtifactMismatch { .. } => "artifact.digest_mismatch",
+            ServerError::UnknownMachine { .. } => "operator.unknown_machine",
+            ServerError::NotYetServed { .. } => "rpc.not_yet_served",
+            ServerError::SessionCertExpired => "auth.certificate_expired",
+            ServerError::ShuttingDown => "server.shutting_down",
+            ServerError::PlanRejected { .. } => "plan.invalid",
+            ServerError::ClusterChanged { .. } => "plan.cluster_changed",
+            ServerError::RolloutInProgress { .. } => "rollout.in_progress",
+            ServerError::Io { .. }
+            | ServerError::Issue { .. }
+            | ServerError::TlsConfig { .. }
+            | ServerError::Store(_)
+            | ServerError::Render { .. }
+            | ServerError::Transport { .. } => "server.internal",
+        }
+    }
+
+    /// What the caller can do about it; empty when nothing.
+    fn hint(&self) -> &'static str {
+        match self {
+            ServerError::NoClientCert { .. } => {
+                "enroll the agent with a join token, or use an operator certificate"
+            }
+            ServerError::InvalidClientCert { .. } => {
+                "the certificate must be issued by this controller's CA and be valid now; \
+                 agents renew automatically, an expired agent must enroll again"
+            }
+            ServerError::Revoked { .. } => {
+                "create a new join token (apimctl token create) and enroll again"
+            }
+            ServerError::Token { .. } => {
+                "create a new join token with apimctl token create --machine <name>"
+            }
+            ServerError::SessionCertExpired => "reconnect; the agent renews at 2/3 of the lifetime",
+            ServerError::ShuttingDown => "retry with backoff",
+            ServerError::ClusterChanged { .. } => "run apimctl plan again and review the changes",
+            ServerError::RolloutInProgress { .. } => {
+                "wait for it to finish (apimctl status --watch), then apply again"
+            }
+            _ => "",
+        }
+    }
+
+    /// The one mapping from [`ServerError`] to `tonic::Status`. Internal errors are logged here
+    /// with their detail and sent as a generic message; everything else carries an
+    /// [`ErrorDetails`] with a stable code and a hint.
+    pub fn to_status(&self) -> Status {
+        let code = self.code();
+        let message = if code == Code::Internal {
+            tracing::error!(error = %self, "internal error while serving a call");
+            "internal controller error (see the controller log)".to_owned()
+        } else {
+            tracing::debug!(error = %self, ?code, "call refused");
+            self.to_string()
+        };
+        let details = match self {
+            ServerError::PlanRejected { errors } => ErrorDetails {
+                errors: errors.clone(),
+            },
+            _ => ErrorDetails {
+                errors: vec![ErrorDetail {
+                    code: self.detail_code().to_owned(),
+                    message: message.clone(),
+                    hint: self.hint().to_owned(),
+                    ..ErrorDetail::default()
+                }],
+            },
+        };
+        apim_proto::status_with_details(code, message, &details)
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(err: ServerError) -> Self {
+        err.to_status()
+    }
+}

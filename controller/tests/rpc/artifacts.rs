@@ -1,0 +1,178 @@
+//! Artifacts: verified atomic upload by an operator, resumable chunked fetch by an agent.
+
+use apim_proto::v1::{
+    FetchRequest, StatRequest, UploadChunk, UploadHeader, UploadResponse,
+    artifact_service_client::ArtifactServiceClient,
+};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::support::Harness;
+
+const CHUNK: usize = 1000;
+
+fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Uploads `data` announcing `header_sha`/`header_size`, in pieces of 700 bytes.
+async fn upload(
+    client: &mut ArtifactServiceClient<Channel>,
+    data: &[u8],
+    header_sha: &str,
+    header_size: u64,
+) -> Result<UploadResponse, Status> {
+    let mut messages = Vec::new();
+    for (i, piece) in data.chunks(700).enumerate() {
+        messages.push(UploadChunk {
+            header: (i == 0).then(|| UploadHeader {
+                sha256: header_sha.into(),
+                size: header_size,
+                name: "wso2am-3.2.0.zip".into(),
+            }),
+            data: piece.to_vec(),
+        });
+    }
+    client
+        .upload(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn fetch_all(
+    client: &mut ArtifactServiceClient<Channel>,
+    sha: &str,
+    offset: u64,
+) -> Result<Vec<(u64, usize)>, Status> {
+    let mut stream = client
+        .fetch(FetchRequest {
+            sha256: sha.into(),
+            offset,
+        })
+        .await?
+        .into_inner();
+    let mut pieces = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        pieces.push((chunk.offset, chunk.data.len()));
+    }
+    Ok(pieces)
+}
+
+fn stored_files(h: &Harness) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(h.state.artifacts().dir())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_verifies_before_storing_and_fetch_resumes_in_chunks() {
+    let h = Harness::start_with(|c| c.chunk_size = CHUNK).await;
+    let operator = h.operator_creds("alice");
+    let mut op = ArtifactServiceClient::new(h.channel(Some(&operator)).await);
+    let data: Vec<u8> = (0..4500u32).map(|i| (i * 7 % 251) as u8).collect();
+    let digest = sha256(&data);
+
+    // Wrong digest, short content, long content: refused, nothing stored (not even a temp).
+    let wrong = sha256(b"something else");
+    let status = upload(&mut op, &data, &wrong, data.len() as u64)
+        .await
+        .expect_err("digest mismatch");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    let status = upload(&mut op, &data, &digest, data.len() as u64 + 1)
+        .await
+        .expect_err("short");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = upload(&mut op, &data, &digest, data.len() as u64 - 1)
+        .await
+        .expect_err("long");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = upload(&mut op, &data, "../../etc/passwd", data.len() as u64)
+        .await
+        .expect_err("bad digest syntax");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(stored_files(&h), Vec::<String>::new());
+
+    // The real upload, then a repeat that is a no-op.
+    let stored = upload(&mut op, &data, &digest, data.len() as u64)
+        .await
+        .expect("upload");
+    assert_eq!(
+        (stored.sha256.as_str(), stored.size, stored.already_present),
+        (digest.as_str(), 4500, false)
+    );
+    assert_eq!(stored_files(&h), vec![digest.clone()]);
+    assert_eq!(
+        std::fs::read(h.state.artifacts().dir().join(&digest)).expect("stored"),
+        data
+    );
+    let again = upload(&mut op, &data, &digest, data.len() as u64)
+        .await
+        .expect("repeat");
+    assert!(again.already_present);
+
+    // An agent stats and fetches, from the start and from an offset.
+    let agent = h.agent_creds("vm-a");
+    let mut ag = ArtifactServiceClient::new(h.channel(Some(&agent)).await);
+    let size = ag
+        .stat(StatRequest {
+            sha256: digest.clone(),
+        })
+        .await
+        .expect("stat")
+        .into_inner()
+        .size;
+    assert_eq!(size, 4500);
+    assert_eq!(
+        fetch_all(&mut ag, &digest, 0).await.expect("fetch"),
+        vec![
+            (0, 1000),
+            (1000, 1000),
+            (2000, 1000),
+            (3000, 1000),
+            (4000, 500)
+        ]
+    );
+    assert_eq!(
+        fetch_all(&mut ag, &digest, 2500).await.expect("resume"),
+        vec![(2500, 1000), (3500, 1000)]
+    );
+    assert_eq!(
+        fetch_all(&mut ag, &digest, 4500).await.expect("at end"),
+        vec![]
+    );
+    let status = fetch_all(&mut ag, &digest, 4501)
+        .await
+        .expect_err("past end");
+    assert_eq!(status.code(), Code::OutOfRange);
+    let status = fetch_all(&mut ag, &sha256(b"unknown"), 0)
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    let status = ag
+        .stat(StatRequest {
+            sha256: "XYZ".into(),
+        })
+        .await
+        .expect_err("bad digest");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // Reassembling a resumed download gives the original bytes.
+    let mut stream = ag
+        .fetch(FetchRequest {
+            sha256: digest.clone(),
+            offset: 1234,
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.message().await.expect("chunk") {
+        rest.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(rest, data[1234..]);
+    h.shutdown().await.expect("clean shutdown");
+}
