@@ -3,22 +3,28 @@
 # directories. Idempotent: running it again changes nothing that is already in place and never
 # overwrites an existing config.
 #   deploy/install.sh controller [--bin PATH]     # the controller host
-#   deploy/install.sh agent [--bin PATH]          # every VM (agent binary: apim-agent)
+#   deploy/install.sh agent [--bin PATH] --controller HOST:PORT --machine NAME
+#                                                # every VM (agent binary: apim-agent); put the
+#                                                # join token in /etc/apim-agent/token (0600)
 set -euo pipefail
 
 role="${1:-}"
 shift || true
 here="$(cd "$(dirname "$0")" && pwd)"
 bin=""
+controller=""
+machine=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin="$2"; shift 2 ;;
+    --controller) controller="$2"; shift 2 ;;
+    --machine) machine="$2"; shift 2 ;;
     *) echo "unknown option: $1" >&2; exit 1 ;;
   esac
 done
 prefix="${PREFIX:-/usr/local}"
 unitdir="${UNITDIR:-/etc/systemd/system}"
-confdir="${CONFDIR:-/etc/apimctl}"
+if [ "$role" = agent ]; then confdir="${CONFDIR:-/etc/apim-agent}"; else confdir="${CONFDIR:-/etc/apimctl}"; fi
 
 case "$role" in
   controller)
@@ -51,6 +57,18 @@ CONF
 else
   install -d -m 0755 /opt/wso2
   install -d -m 0700 /var/lib/apim-agent
+  if [ ! -e "$confdir/agent.toml" ]; then
+    [ -n "$controller" ] && [ -n "$machine" ] || {
+      echo "first install of the agent needs --controller HOST:PORT and --machine NAME" >&2; exit 1; }
+    umask 077
+    cat > "$confdir/agent.toml" <<CONF
+controller = "$controller"
+machine = "$machine"
+state_dir = "/var/lib/apim-agent"
+hosts_file = "/etc/hosts"
+token_file = "$confdir/token"
+CONF
+  fi
 fi
 
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
