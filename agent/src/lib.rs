@@ -63,4 +63,14 @@ pub mod ledger;
 pub mod process;
 pub mod unpack;
 
+// The daemon: config, the converge loop, supervision, reports, the controller stream.
+pub mod config;
+pub mod converge;
+pub mod daemon;
+pub mod daemon_error;
+pub mod fetch;
+pub mod keystores;
+pub mod report;
+pub mod supervise;
+
 pub use error::{AgentError, Result};

@@ -1,0 +1,226 @@
+//! The daemon's error type: what can stop a converge step, a download, or the agent itself.
+//!
+//! Building-block failures stay [`AgentError`]s (wrapped with the node they happened to, so a
+//! `FAILED(reason)` report names it); the daemon adds what only it knows about: the controller
+//! stream, downloads, keystores, the spec's own consistency, readiness.
+
+use std::path::PathBuf;
+
+use crate::AgentError;
+use crate::enroll::EnrollError;
+
+/// Result alias for the daemon's modules.
+pub type DaemonResult<T> = std::result::Result<T, DaemonError>;
+
+/// Everything that can go wrong in the agent daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A building block (ledger, unpack, hosts, process, health, facts) failed while working
+    /// on `context` (a node name or "machine").
+    #[error("{context}: {source}")]
+    Agent {
+        /// The node or "machine" the step was for.
+        context: String,
+        /// The building block's error.
+        #[source]
+        source: AgentError,
+    },
+
+    /// Enrollment or the persisted identity failed.
+    #[error("agent identity: {0}")]
+    Enroll(#[from] EnrollError),
+
+    /// The agent has no identity in its state dir and no join token to enroll with.
+    #[error(
+        "no agent identity in {} and no join token (use --token-file or APIM_AGENT_TOKEN on first start)",
+        state_dir.display()
+    )]
+    NoIdentity {
+        /// The state dir searched.
+        state_dir: PathBuf,
+    },
+
+    /// The configuration file or a flag is unusable.
+    #[error("configuration: {reason}")]
+    Config {
+        /// What is wrong (never contains the token).
+        reason: String,
+    },
+
+    /// A file operation of the daemon itself failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What the daemon was doing.
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The controller refused or broke a call (Connect, Fetch).
+    #[error("controller call {call} failed: {code:?}: {message}")]
+    Rpc {
+        /// The RPC, e.g. "Fetch".
+        call: &'static str,
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The controller's (or transport's) message.
+        message: String,
+    },
+
+    /// The controller sent a chunk that does not continue the download where it stands.
+    #[error("download of {sha256}: chunk at offset {got}, expected {expected}")]
+    FetchOffset {
+        /// The artifact.
+        sha256: String,
+        /// Where the file stands.
+        expected: u64,
+        /// The chunk's offset.
+        got: u64,
+    },
+
+    /// The download did not complete after every retry (it is kept and resumed next time).
+    #[error("download of {sha256} incomplete after {attempts} attempts: {have} of {size} bytes")]
+    FetchIncomplete {
+        /// The artifact.
+        sha256: String,
+        /// Bytes on disk.
+        have: u64,
+        /// Bytes expected.
+        size: u64,
+        /// Attempts made.
+        attempts: u32,
+    },
+
+    /// The downloaded pack's sha256 differs from the spec's; it was deleted, nothing unpacked.
+    #[error("pack {expected} refused: the downloaded bytes hash to {actual}; nothing was unpacked")]
+    PackDigestMismatch {
+        /// The digest the spec names.
+        expected: String,
+        /// The digest of what arrived.
+        actual: String,
+    },
+
+    /// The spec is inconsistent or names something the agent cannot do.
+    #[error("invalid spec for {node}: {reason}")]
+    BadSpec {
+        /// The node (or "machine").
+        node: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The machine fails a pre-flight check for the node; nothing was fetched or unpacked.
+    #[error("pre-flight for {node} failed: {problems}")]
+    Preflight {
+        /// The node.
+        node: String,
+        /// The problems, joined.
+        problems: String,
+    },
+
+    /// The profile optimizer failed (exit status or a failure marker in its output).
+    #[error("optimizer of {node} failed: {reason}")]
+    Optimizer {
+        /// The node.
+        node: String,
+        /// Why, with the tail of its output.
+        reason: String,
+    },
+
+    /// Writing a keystore or importing a trusted certificate failed.
+    #[error("keystores of {node}: {what}: {source}")]
+    Keystore {
+        /// The node.
+        node: String,
+        /// Which store or step.
+        what: String,
+        /// The certs crate's error (boxed: it is large).
+        #[source]
+        source: Box<apim_certs::CertsError>,
+    },
+
+    /// A PEM in the keystore spec could not be parsed.
+    #[error("keystores of {node}: {what} is not valid PEM")]
+    BadPem {
+        /// The node.
+        node: String,
+        /// Which field.
+        what: &'static str,
+    },
+
+    /// The node did not become ready (timed out, or its process died while starting).
+    #[error("{node} not ready: {report}")]
+    NotReady {
+        /// The node.
+        node: String,
+        /// The readiness report.
+        report: String,
+    },
+
+    /// A spec older than (or conflicting with) the held one was refused.
+    #[error("refused machine spec generation {offered}: {source}")]
+    GenerationRefused {
+        /// The generation offered.
+        offered: u64,
+        /// The ledger's refusal.
+        #[source]
+        source: AgentError,
+    },
+
+    /// The spec names another machine than this agent's certificate.
+    #[error("spec for machine {spec_machine:?} refused: this agent is {machine:?}")]
+    WrongMachine {
+        /// The machine the spec is for.
+        spec_machine: String,
+        /// This agent's machine.
+        machine: String,
+    },
+
+    /// The controller stream ended or could not be opened.
+    #[error("controller stream: {reason}")]
+    Stream {
+        /// Why.
+        reason: String,
+    },
+
+    /// A background task panicked.
+    #[error("background task {op} failed: {source}")]
+    Join {
+        /// The task.
+        op: &'static str,
+        /// Tokio's error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl DaemonError {
+    /// Wraps a building-block error with the node (or "machine") it happened to.
+    pub fn agent(context: impl Into<String>, source: AgentError) -> Self {
+        DaemonError::Agent {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for [`DaemonError::Io`].
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DaemonError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for [`DaemonError::Rpc`].
+    pub fn rpc(call: &'static str, status: &tonic::Status) -> Self {
+        DaemonError::Rpc {
+            call,
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! A node's keystores and truststore, as its `KeystoreSpec` says, through the certs crate.
+//!
+//! The node TLS keystore (key + chain) and the primary keystore are written whole (PKCS#12
+//! natively, JKS through the node's own `$JAVA_HOME/bin/keytool`, atomically, mode 0600);
+//! each `trusted` certificate is imported into the pack's existing truststore under its alias
+//! (idempotent: delete then import). [`keystores_digest`] lets the converge loop skip all of it
+//! when nothing changed since the last successful write.
+
+use std::path::Path;
+
+use apim_certs::{KeystoreBuilder, Keytool, StoreFormat};
+use apim_proto::v1::{KeystoreSpec, StoreType};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::daemon_error::{DaemonError, DaemonResult};
+
+/// A digest of everything in `ks` that ends up in a store (secrets included, never printed).
+pub fn keystores_digest(ks: &KeystoreSpec) -> String {
+    let mut h = Sha256::new();
+    let mut part = |s: &str| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    part(&ks.store_type.to_string());
+    for s in [
+        &ks.keystore_file,
+        &ks.alias,
+        &ks.password,
+        &ks.node_key_pem,
+        &ks.node_chain_pem,
+        ks.primary_keystore_file.as_deref().unwrap_or(""),
+        ks.primary_alias.as_deref().unwrap_or(""),
+        &ks.primary_key_pem,
+        &ks.primary_chain_pem,
+        &ks.truststore_file,
+        &ks.truststore_password,
+    ] {
+        part(s);
+    }
+    for t in &ks.trusted {
+        part(&t.alias);
+        part(&t.cert_pem);
+    }
+    hex::encode(h.finalize())
+}
+
+fn format_of(node: &str, ks: &KeystoreSpec) -> DaemonResult<StoreFormat> {
+    match StoreType::try_from(ks.store_type) {
+        Ok(StoreType::Jks) => Ok(StoreFormat::Jks),
+        Ok(StoreType::Pkcs12) => Ok(StoreFormat::Pkcs12),
+        _ => Err(DaemonError::BadSpec {
+            node: node.to_owned(),
+            reason: format!(
+                "keystores.store_type {} is not JKS or PKCS12",
+                ks.store_type
+            ),
+        }),
+    }
+}
+
+fn key_der(node: &str, what: &'static str, pem: &str) -> DaemonResult<Vec<u8>> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map(|k| k.secret_der().to_vec())
+        .map_err(|_| DaemonError::BadPem {
+            node: node.to_owned(),
+            what,
+        })
+}
+
+fn chain_der(node: &str, what: &'static str, pem: &str) -> DaemonResult<Vec<Vec<u8>>> {
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| DaemonError::BadPem {
+            node: node.to_owned(),
+            what,
+        })?;
+    if chain.is_empty() {
+        return Err(DaemonError::BadPem {
+            node: node.to_owned(),
+            what,
+        });
+    }
+    Ok(chain)
+}
+
+/// Writes the stores of `ks` under `carbon_home` with the keytool of `java_home`. Blocking
+/// (keytool is a JVM); call from `spawn_blocking`.
+pub fn write_keystores_blocking(
+    node: &str,
+    carbon_home: &Path,
+    java_home: &Path,
+    ks: &KeystoreSpec,
+) -> DaemonResult<()> {
+    let format = format_of(node, ks)?;
+    let keytool = Keytool::from_java_home(java_home);
+    let rel = |field: &str, p: &str| -> DaemonResult<std::path::PathBuf> {
+        let path = Path::new(p);
+        if p.is_empty()
+            || path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(DaemonError::BadSpec {
+                node: node.to_owned(),
+                reason: format!(
+                    "keystores.{field} {p:?} must be a relative path inside CARBON_HOME"
+                ),
+            });
+        }
+        Ok(carbon_home.join(path))
+    };
+    let ks_err = |what: String| {
+        let node = node.to_owned();
+        move |source| DaemonError::Keystore {
+            node,
+            what,
+            source: Box::new(source),
+        }
+    };
+
+    let tls_path = rel("keystore_file", &ks.keystore_file)?;
+    let contents = KeystoreBuilder::new().private_key(
+        &ks.alias,
+        &key_der(node, "node_key_pem", &ks.node_key_pem)?,
+        &chain_der(node, "node_chain_pem", &ks.node_chain_pem)?,
+    );
+    keytool
+        .write_keystore(&contents, &tls_path, format, &ks.password)
+        .map_err(ks_err(format!("writing {}", ks.keystore_file)))?;
+
+    if let Some(primary) = ks.primary_keystore_file.as_deref() {
+        let path = rel("primary_keystore_file", primary)?;
+        let alias = ks.primary_alias.as_deref().unwrap_or(&ks.alias);
+        let contents = KeystoreBuilder::new().private_key(
+            alias,
+            &key_der(node, "primary_key_pem", &ks.primary_key_pem)?,
+            &chain_der(node, "primary_chain_pem", &ks.primary_chain_pem)?,
+        );
+        keytool
+            .write_keystore(&contents, &path, format, &ks.password)
+            .map_err(ks_err(format!("writing {primary}")))?;
+    }
+
+    if !ks.trusted.is_empty() {
+        let store = rel("truststore_file", &ks.truststore_file)?;
+        for t in &ks.trusted {
+            let der = chain_der(node, "trusted.cert_pem", &t.cert_pem)?;
+            keytool
+                .import_trusted_cert(&store, &ks.truststore_password, &t.alias, &der[0])
+                .map_err(ks_err(format!(
+                    "importing {} into {}",
+                    t.alias, ks.truststore_file
+                )))?;
+        }
+    }
+    Ok(())
+}

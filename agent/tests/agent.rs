@@ -1,0 +1,671 @@
+//! The agent daemon end to end: a scripted fake controller (mTLS, apim-certs) drives the real
+//! daemon (`apim_agent::daemon::run`) on one simulated machine — real files in temp dirs, real
+//! simulated WSO2 processes (apim-e2e packs and fake JDK), real sockets on a per-test 127.x
+//! address. Conditions are polled; timeouts are failure guards only.
+
+#[path = "agent/fake.rs"]
+mod fake;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use apim_agent::config::{AgentConfig, Timings};
+use apim_agent::control::ControllerEndpoint;
+use apim_agent::converge::OPTIMIZED_MARKER;
+use apim_agent::daemon;
+use apim_agent::daemon_error::DaemonResult;
+use apim_agent::keystores::keystores_digest;
+use apim_e2e::fakejdk::{FakeJdk, JdkSettings, MachineSettings, make_fake_jdk};
+use apim_e2e::probe::{loopback_for, tcp_open, tls_peer_certificate};
+use apim_e2e::simpack::{PackInfo, PackKind, PackOptions, build_pack};
+use apim_proto::v1::{
+    ArtifactRef, CommandSpec, DesiredRun, HostsEntry, HttpProbe, KeystoreSpec, MachineSpec,
+    NodePhase, NodeSpec, NodeStatus, Readiness, StatusReport, StoreType, TrustedCert,
+};
+use fake::FakeController;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+
+/// Failure guard for polling; generous for a loaded 2-core machine.
+const TIMEOUT: Duration = Duration::from_secs(180);
+const MACHINE: &str = "vm-1";
+const VERSION: &str = "4.2.0";
+
+/// The `apim-simjava` binary (the fake JDK's `java`): found next to this test binary, or
+/// built once with the cargo that builds this test.
+fn simjava() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = apim_e2e::fakejdk::locate_simjava() {
+            return p;
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "apim-e2e", "--bin", "apim-simjava"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for apim-simjava");
+        assert!(status.success(), "building apim-simjava failed");
+        let p = profile_dir.join("apim-simjava");
+        assert!(p.is_file(), "{} missing after build", p.display());
+        p
+    })
+    .clone()
+}
+
+/// One simulated machine, its fake controller and (when running) its agent.
+struct Rig {
+    tmp: TempDir,
+    ip: Ipv4Addr,
+    ctl: FakeController,
+    jdk: FakeJdk,
+    pack: PackInfo,
+    agent: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        JoinHandle<DaemonResult<()>>,
+    )>,
+}
+
+impl Rig {
+    async fn new(test: &str) -> Rig {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ip = loopback_for(test, 1);
+        let ctl = FakeController::start(IpAddr::V4(ip)).await;
+        let hosts = tmp.path().join("etc-hosts");
+        std::fs::write(
+            &hosts,
+            "127.0.0.1 localhost\n# a comment the agent must keep\n",
+        )
+        .expect("hosts");
+        let mut machine = MachineSettings::new(IpAddr::V4(ip), &hosts);
+        machine.startup_delay_ms = 100;
+        let jdk = make_fake_jdk(
+            &tmp.path().join("jdk"),
+            &JdkSettings::new(machine, simjava()),
+        )
+        .expect("fake jdk");
+        let pack = build_pack(
+            PackKind::AllInOne,
+            VERSION,
+            &tmp.path().join("packs"),
+            &PackOptions::default(),
+        )
+        .expect("pack");
+        ctl.add_artifact(&pack.sha256, &pack.path);
+        ctl.provision_agent(&tmp.path().join("state"), MACHINE);
+        Rig {
+            tmp,
+            ip,
+            ctl,
+            jdk,
+            pack,
+            agent: None,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.tmp.path().join("root")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    fn hosts(&self) -> PathBuf {
+        self.tmp.path().join("etc-hosts")
+    }
+
+    fn home(&self, node: &str) -> PathBuf {
+        self.root()
+            .join("opt/wso2")
+            .join(node)
+            .join(&self.pack.top_dir)
+    }
+
+    fn config(&self) -> AgentConfig {
+        let mut c = AgentConfig::new(
+            ControllerEndpoint::parse(&self.ctl.addr.to_string()).expect("endpoint"),
+            MACHINE,
+        );
+        c.state_dir = self.state();
+        c.install_root = self.root();
+        c.hosts_file = self.hosts();
+        c.timings = Timings {
+            report_interval: Duration::from_secs(2),
+            facts_interval: Duration::from_secs(30),
+            supervise_interval: Duration::from_millis(200),
+            restart_backoff: Duration::from_millis(200),
+            restart_backoff_max: Duration::from_secs(5),
+            retry_backoff: Duration::from_millis(500),
+            retry_backoff_max: Duration::from_secs(5),
+            reconnect_base: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(30),
+            fetch_attempts: 5,
+        };
+        c
+    }
+
+    fn start_agent(&mut self) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let cfg = self.config();
+        let task = tokio::spawn(daemon::run(cfg, async {
+            let _ = rx.await;
+        }));
+        self.agent = Some((tx, task));
+    }
+
+    async fn stop_agent(&mut self) {
+        if let Some((tx, task)) = self.agent.take() {
+            let _ = tx.send(());
+            task.await.expect("agent task").expect("agent run");
+        }
+    }
+
+    fn toml(&self, node: &str, profile: &str, offset: u16, extra: &str) -> String {
+        format!(
+            "[server]\nhostname = \"{node}.test\"\noffset = {offset}\nserver_role = \"{profile}\"\n\n\
+             [super_admin]\nusername = \"admin\"\npassword = \"admin\"\ncreate_admin_account = true\n\n\
+             [keystore.tls]\nfile_name = \"wso2carbon.jks\"\ntype = \"JKS\"\npassword = \"wso2carbon\"\n\
+             alias = \"wso2carbon\"\nkey_password = \"wso2carbon\"\n\n\
+             [apimsim]\nstartup_delay_ms = 100\n{extra}"
+        )
+    }
+
+    /// A 4.2.0 node: `profile` is gateway-worker or traffic-manager.
+    fn node(&self, name: &str, profile: &str, offset: u16, desired: DesiredRun) -> NodeSpec {
+        let ports: &[u16] = if profile == "gateway-worker" {
+            &[9443, 9763, 8280, 8243, 9099, 8099]
+        } else {
+            &[9443, 9763, 5672, 9611, 9711]
+        };
+        let mut http = vec![HttpProbe {
+            url: format!("http://{}:{}/services/Version", self.ip, 9763 + offset),
+            expect_status: 200,
+            tls_insecure: false,
+            expect_body: None,
+        }];
+        if profile == "gateway-worker" {
+            http.push(HttpProbe {
+                url: format!(
+                    "https://{}:{}/api/am/gateway/v2/server-startup-healthcheck",
+                    self.ip,
+                    9443 + offset
+                ),
+                expect_status: 200,
+                tls_insecure: true,
+                expect_body: None,
+            });
+        }
+        let mut spec = NodeSpec {
+            name: name.to_owned(),
+            role: profile.to_owned(),
+            product: format!("wso2am-{VERSION}"),
+            pack: Some(ArtifactRef {
+                sha256: self.pack.sha256.clone(),
+                size: self.pack.size,
+                file_name: format!("{}.zip", self.pack.top_dir),
+                top_dir: self.pack.top_dir.clone(),
+            }),
+            install_dir: format!("/opt/wso2/{name}"),
+            java_home: self.jdk.home.display().to_string(),
+            run_as_user: String::new(),
+            deployment_toml: self.toml(name, profile, offset, ""),
+            deployment_toml_path: "repository/conf/deployment.toml".into(),
+            optimizer: Some(CommandSpec {
+                argv: vec!["bin/profileSetup.sh".into(), format!("-Dprofile={profile}")],
+                success_marker: Some("Finished the optimizations".into()),
+                failure_markers: vec!["Profile is not specified properly".into()],
+                timeout_s: 120,
+            }),
+            start: Some(CommandSpec {
+                argv: vec![
+                    "bin/api-manager.sh".into(),
+                    format!("-Dprofile={profile}"),
+                    "start".into(),
+                ],
+                ..CommandSpec::default()
+            }),
+            stop: Some(CommandSpec {
+                argv: vec!["bin/api-manager.sh".into(), "stop".into()],
+                ..CommandSpec::default()
+            }),
+            env: Vec::new(),
+            readiness: Some(Readiness {
+                log_file: "repository/logs/wso2carbon.log".into(),
+                log_line: "WSO2 Carbon started in".into(),
+                tcp_ports: ports.iter().map(|p| u32::from(p + offset)).collect(),
+                http_urls: http,
+                timeout_s: 120,
+                address: self.ip.to_string(),
+            }),
+            keystores: None,
+            config_digest: String::new(),
+            desired: desired as i32,
+        };
+        digest(&mut spec);
+        spec
+    }
+
+    fn machine(&self, generation: u64, nodes: Vec<NodeSpec>) -> MachineSpec {
+        MachineSpec {
+            machine: MACHINE.into(),
+            generation,
+            hosts_block: vec![HostsEntry {
+                address: self.ip.to_string(),
+                names: nodes.iter().map(|n| format!("{}.test", n.name)).collect(),
+            }],
+            nodes,
+            plan_generation: generation,
+        }
+    }
+}
+
+impl Drop for Rig {
+    /// Never leave a simulated server behind, also when a test fails.
+    fn drop(&mut self) {
+        let base = self.root().join("opt/wso2");
+        for ent in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let pid_file = ent.path().join(&self.pack.top_dir).join("wso2carbon.pid");
+            if let Some(pid) = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// What the controller does: a digest of what needs a restart when it changes.
+fn digest(spec: &mut NodeSpec) {
+    let mut h = Sha256::new();
+    h.update(spec.deployment_toml.as_bytes());
+    if let Some(k) = &spec.keystores {
+        h.update(keystores_digest(k).as_bytes());
+    }
+    spec.config_digest = hex::encode(h.finalize());
+}
+
+fn status<'a>(r: &'a StatusReport, node: &str) -> Option<&'a NodeStatus> {
+    r.nodes.iter().find(|n| n.node == node)
+}
+
+fn all_in(r: &StatusReport, generation: u64, nodes: &[&str], phase: NodePhase) -> bool {
+    r.generation == generation
+        && nodes.iter().all(|n| {
+            status(r, n).is_some_and(|s| s.phase == phase as i32 && s.generation == generation)
+        })
+}
+
+fn pid_of(r: &StatusReport, node: &str) -> i32 {
+    status(r, node)
+        .and_then(|s| s.pid)
+        .map(|p| p as i32)
+        .unwrap_or_else(|| panic!("{node} has no pid in {r:#?}"))
+}
+
+fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A self-signed CA and a leaf for `name`, as PEM (key is PKCS#8).
+fn mint_tls(name: &str) -> (String, String, String, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(vec![]).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test cluster CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf_params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("leaf params");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    (
+        leaf_key.serialize_pem(),
+        format!("{}{}", leaf.pem(), ca.pem()),
+        ca.pem(),
+        leaf.der().to_vec(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_converge_to_healthy_then_stopped() {
+    let mut rig = Rig::new("agentd_two_nodes").await;
+    let (key_pem, chain_pem, ca_pem, leaf_der) = mint_tls("gw-1.test");
+    let mut gw = rig.node("gw-1", "gateway-worker", 1, DesiredRun::Running);
+    gw.keystores = Some(KeystoreSpec {
+        store_type: StoreType::Jks as i32,
+        keystore_file: "repository/resources/security/wso2carbon.jks".into(),
+        alias: "wso2carbon".into(),
+        password: "wso2carbon".into(),
+        node_key_pem: key_pem,
+        node_chain_pem: chain_pem,
+        truststore_file: "repository/resources/security/client-truststore.jks".into(),
+        truststore_password: "wso2carbon".into(),
+        trusted: vec![TrustedCert {
+            alias: "apimctl-cluster-ca".into(),
+            cert_pem: ca_pem,
+        }],
+        ..KeystoreSpec::default()
+    });
+    digest(&mut gw);
+    let tm = rig.node("tm-1", "traffic-manager", 2, DesiredRun::Running);
+    rig.ctl
+        .push(rig.machine(1, vec![gw.clone(), tm.clone()]))
+        .await;
+    rig.start_agent();
+
+    let healthy = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "both nodes HEALTHY at generation 1", |r| {
+            all_in(r, 1, &["gw-1", "tm-1"], NodePhase::Healthy)
+        })
+        .await;
+    for (node, spec) in [("gw-1", &gw), ("tm-1", &tm)] {
+        let s = status(&healthy, node).expect("status");
+        assert!(s.running && s.pid.is_some(), "{s:?}");
+        assert_eq!(s.config_digest, spec.config_digest);
+        assert!(s.last_error.is_empty(), "{s:?}");
+        assert!(s.phase_since.is_some());
+        let home = rig.home(node);
+        let toml = home.join("repository/conf/deployment.toml");
+        assert_eq!(
+            std::fs::read_to_string(&toml).unwrap(),
+            spec.deployment_toml
+        );
+        assert_eq!(std::fs::metadata(&toml).unwrap().mode() & 0o777, 0o600);
+        assert!(home.join(OPTIMIZED_MARKER).is_file(), "optimizer ran once");
+        assert!(
+            std::fs::metadata(home.join("bin/api-manager.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o111
+                != 0
+        );
+    }
+    // The pack was fetched once for both nodes and verified into the cache.
+    assert_eq!(*rig.ctl.state.fetch_offsets.lock().unwrap(), vec![0]);
+    assert!(
+        rig.state()
+            .join(format!("cache/{}.zip", rig.pack.sha256))
+            .is_file()
+    );
+    // The hosts block is there and the foreign lines are kept.
+    let hosts = std::fs::read_to_string(rig.hosts()).unwrap();
+    assert!(
+        hosts.starts_with("127.0.0.1 localhost\n# a comment the agent must keep\n"),
+        "{hosts}"
+    );
+    assert!(
+        hosts.contains(&format!("{} gw-1.test tm-1.test", rig.ip)),
+        "{hosts}"
+    );
+    // The gateway serves TLS from the keystore the agent wrote; the CA is in its truststore.
+    let served =
+        tls_peer_certificate(SocketAddr::new(IpAddr::V4(rig.ip), 9444), "gw-1.test").expect("tls");
+    assert_eq!(served, leaf_der);
+    let listing = apim_certs::Keytool::from_java_home(&rig.jdk.home)
+        .list_verbose(
+            &rig.home("gw-1")
+                .join("repository/resources/security/client-truststore.jks"),
+            "wso2carbon",
+        )
+        .expect("keytool list");
+    assert!(listing.contains("apimctl-cluster-ca"), "{listing}");
+    // The Hello carried the agent's version.
+    assert_eq!(
+        rig.ctl.state.hellos.lock().unwrap()[0].agent_version,
+        env!("CARGO_PKG_VERSION")
+    );
+
+    // Generation 2: both STOPPED.
+    let pids = [pid_of(&healthy, "gw-1"), pid_of(&healthy, "tm-1")];
+    let mark = rig.ctl.report_count();
+    let mut gw2 = gw.clone();
+    gw2.desired = DesiredRun::Stopped as i32;
+    let mut tm2 = tm.clone();
+    tm2.desired = DesiredRun::Stopped as i32;
+    rig.ctl.push(rig.machine(2, vec![gw2, tm2])).await;
+    let stopped = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "both nodes STOPPED at generation 2", |r| {
+            all_in(r, 2, &["gw-1", "tm-1"], NodePhase::Stopped)
+        })
+        .await;
+    for node in ["gw-1", "tm-1"] {
+        let s = status(&stopped, node).unwrap();
+        assert!(!s.running && s.pid.is_none(), "{s:?}");
+    }
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} still alive after STOPPED");
+    }
+    assert!(!tcp_open(SocketAddr::new(IpAddr::V4(rig.ip), 9764)));
+    rig.stop_agent().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reapply_change_crash_and_agent_restart() {
+    let mut rig = Rig::new("agentd_reapply").await;
+    let gw = rig.node("gw-1", "gateway-worker", 1, DesiredRun::Running);
+    let tm = rig.node("tm-1", "traffic-manager", 2, DesiredRun::Running);
+    let spec1 = rig.machine(1, vec![gw.clone(), tm.clone()]);
+    rig.ctl.push(spec1.clone()).await;
+    rig.start_agent();
+    let r1 = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "both HEALTHY at generation 1", |r| {
+            all_in(r, 1, &["gw-1", "tm-1"], NodePhase::Healthy)
+        })
+        .await;
+    let (gw_pid, tm_pid) = (pid_of(&r1, "gw-1"), pid_of(&r1, "tm-1"));
+
+    // 1. Re-applying the same generation changes nothing; an older one is refused.
+    let watched: Vec<PathBuf> = vec![
+        rig.home("gw-1").join("repository/conf/deployment.toml"),
+        rig.home("tm-1").join("repository/conf/deployment.toml"),
+        rig.home("gw-1").join(OPTIMIZED_MARKER),
+        rig.hosts(),
+        rig.state().join("machine-spec.json"),
+        rig.state().join("nodes/gw-1.json"),
+        rig.state().join("nodes/tm-1.json"),
+    ];
+    let before: Vec<SystemTime> = watched.iter().map(|p| mtime(p)).collect();
+    let mark = rig.ctl.report_count();
+    rig.ctl.push(spec1.clone()).await;
+    let mut stale = spec1.clone();
+    stale.generation = 0;
+    stale.nodes.clear();
+    rig.ctl.send_only(stale).await;
+    // The refusal is answered with a report that still says generation 1; by then the
+    // re-applied generation 1 (sent first on the same stream) has been handled.
+    let refused = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "the stale spec's refusal report", |r| {
+            r.generation == 1
+        })
+        .await;
+    assert!(all_in(&refused, 1, &["gw-1", "tm-1"], NodePhase::Healthy));
+    let after: Vec<SystemTime> = watched.iter().map(|p| mtime(p)).collect();
+    assert_eq!(before, after, "a re-apply wrote files");
+    assert_eq!(
+        (pid_of(&refused, "gw-1"), pid_of(&refused, "tm-1")),
+        (gw_pid, tm_pid)
+    );
+    let ledger = std::fs::read_to_string(rig.state().join("machine-spec.json")).unwrap();
+    assert!(ledger.contains("\"generation\": 1"), "{ledger}");
+
+    // 2. A changed deployment.toml restarts only that node.
+    let mut gw2 = gw.clone();
+    gw2.deployment_toml = rig.toml("gw-1", "gateway-worker", 1, "# changed\n");
+    digest(&mut gw2);
+    let mark = rig.ctl.report_count();
+    rig.ctl
+        .push(rig.machine(2, vec![gw2.clone(), tm.clone()]))
+        .await;
+    let r2 = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "both HEALTHY at generation 2", |r| {
+            all_in(r, 2, &["gw-1", "tm-1"], NodePhase::Healthy)
+                && status(r, "gw-1").is_some_and(|s| s.config_digest == gw2.config_digest)
+        })
+        .await;
+    let gw_pid2 = pid_of(&r2, "gw-1");
+    assert_ne!(gw_pid2, gw_pid, "gw-1 restarted for its new config");
+    assert!(!alive(gw_pid));
+    assert_eq!(pid_of(&r2, "tm-1"), tm_pid, "tm-1 untouched");
+    assert_eq!(
+        std::fs::read_to_string(rig.home("gw-1").join("repository/conf/deployment.toml")).unwrap(),
+        gw2.deployment_toml
+    );
+
+    // 3. A killed node is restarted and reported.
+    kill(Pid::from_raw(tm_pid), Signal::SIGKILL).expect("kill tm-1");
+    let mark = rig.ctl.report_count();
+    let failed = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "tm-1 FAILED after the kill", |r| {
+            status(r, "tm-1").is_some_and(|s| s.phase == NodePhase::Failed as i32)
+        })
+        .await;
+    let s = status(&failed, "tm-1").unwrap();
+    assert!(s.last_error.contains("exited unexpectedly"), "{s:?}");
+    assert_eq!(s.restarts, 1);
+    let r3 = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "tm-1 HEALTHY again with restarts=1", |r| {
+            status(r, "tm-1").is_some_and(|s| {
+                s.phase == NodePhase::Healthy as i32 && s.restarts == 1 && s.pid.is_some()
+            })
+        })
+        .await;
+    let tm_pid2 = pid_of(&r3, "tm-1");
+    assert_ne!(tm_pid2, tm_pid);
+    assert!(alive(tm_pid2));
+    assert_eq!(
+        pid_of(&r3, "gw-1"),
+        gw_pid2,
+        "gw-1 untouched by tm-1's crash"
+    );
+
+    // 4. An agent restart adopts the healthy nodes: no restart.
+    rig.stop_agent().await;
+    assert!(alive(gw_pid2) && alive(tm_pid2), "nodes outlive the agent");
+    let mark = rig.ctl.report_count();
+    rig.start_agent();
+    let r4 = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "both HEALTHY after the agent restart", |r| {
+            all_in(r, 2, &["gw-1", "tm-1"], NodePhase::Healthy)
+        })
+        .await;
+    assert_eq!(
+        (pid_of(&r4, "gw-1"), pid_of(&r4, "tm-1")),
+        (gw_pid2, tm_pid2)
+    );
+    let hellos = rig.ctl.state.hellos.lock().unwrap().clone();
+    assert_eq!(hellos.last().unwrap().held_generation, 2);
+    let facts = hellos.last().unwrap().facts.clone().expect("facts");
+    assert_eq!(facts.java_version, "17.0.9");
+    assert!(facts.cpus >= 1 && facts.memory_bytes > 0);
+    rig.stop_agent().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_download_resumes_and_bad_digest_or_jdk_unpacks_nothing() {
+    let mut rig = Rig::new("agentd_fetch").await;
+    // 1. The first Fetch stream is cut in the middle; the agent resumes from where it stopped.
+    let half = rig.pack.size / 2;
+    *rig.ctl.state.cut_next_fetch_after.lock().unwrap() = Some(half);
+    let n1 = rig.node("n1", "traffic-manager", 1, DesiredRun::Staged);
+    rig.ctl.push(rig.machine(1, vec![n1.clone()])).await;
+    rig.start_agent();
+    let r1 = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "n1 STAGED", |r| {
+            all_in(r, 1, &["n1"], NodePhase::Staged)
+        })
+        .await;
+    assert!(!status(&r1, "n1").unwrap().running);
+    assert_eq!(*rig.ctl.state.fetch_offsets.lock().unwrap(), vec![0, half]);
+    let cached = rig.state().join(format!("cache/{}.zip", rig.pack.sha256));
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(&rig.pack.path).unwrap()
+    );
+    assert!(
+        !rig.state()
+            .join(format!("cache/{}.partial", rig.pack.sha256))
+            .exists()
+    );
+    assert!(rig.home("n1").join(OPTIMIZED_MARKER).is_file());
+    assert!(
+        !rig.home("n1").join("wso2carbon.pid").exists(),
+        "STAGED never starts"
+    );
+
+    // 2. A pack whose bytes do not hash to the spec's digest is refused; nothing unpacked.
+    let wrong = "ab".repeat(32);
+    rig.ctl.add_artifact(&wrong, &rig.pack.path);
+    let mut n2 = rig.node("n2", "traffic-manager", 2, DesiredRun::Staged);
+    n2.pack.as_mut().unwrap().sha256 = wrong.clone();
+    // 3. A JDK the product does not support fails pre-flight before anything is fetched.
+    let mut n3 = rig.node("n3", "traffic-manager", 3, DesiredRun::Staged);
+    n3.product = "wso2am-3.2.0".into();
+    let fetches_before = rig.ctl.state.fetch_offsets.lock().unwrap().len();
+    let mark = rig.ctl.report_count();
+    rig.ctl.push(rig.machine(2, vec![n1.clone(), n2, n3])).await;
+    let r2 = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "n2 and n3 FAILED", |r| {
+            r.generation == 2
+                && ["n2", "n3"]
+                    .iter()
+                    .all(|n| status(r, n).is_some_and(|s| s.phase == NodePhase::Failed as i32))
+        })
+        .await;
+    let e2 = &status(&r2, "n2").unwrap().last_error;
+    assert!(e2.contains("refused") && e2.contains(&wrong), "{e2}");
+    let e3 = &status(&r2, "n3").unwrap().last_error;
+    assert!(e3.contains("pre-flight") && e3.contains("17.0.9"), "{e3}");
+    assert!(
+        !rig.root().join("opt/wso2/n2").exists(),
+        "nothing unpacked for n2"
+    );
+    assert!(
+        !rig.root().join("opt/wso2/n3").exists(),
+        "nothing unpacked for n3"
+    );
+    assert!(!rig.state().join(format!("cache/{wrong}.zip")).exists());
+    assert!(!rig.state().join(format!("cache/{wrong}.partial")).exists());
+    let offsets = rig.ctl.state.fetch_offsets.lock().unwrap().clone();
+    assert!(
+        offsets[fetches_before..].iter().all(|o| *o == 0),
+        "only n2's downloads: {offsets:?}"
+    );
+    rig.stop_agent().await;
+}
