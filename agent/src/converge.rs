@@ -713,6 +713,7 @@ impl NodeExecutor {
                 .map(|h| health::HttpProbe {
                     url: h.url.clone(),
                     expect_status: u16::try_from(h.expect_status).unwrap_or(200),
+                    expect_body: h.expect_body.clone(),
                 })
                 .collect(),
             process: Some(ProcessProbe {

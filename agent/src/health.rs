@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -75,6 +75,9 @@ pub struct HttpProbe {
     pub url: String,
     /// The status that means ready.
     pub expect_status: u16,
+    /// Text the body must contain (e.g. the product name `/services/Version` answers with), so
+    /// another server answering on the port does not count as this node.
+    pub expect_body: Option<String>,
 }
 
 /// Expect the node's server process to stay alive.
@@ -261,11 +264,24 @@ pub async fn probe_tcp(
 /// credentials and reads only the status code, so the worst an impostor could do is fake
 /// readiness — which the log-line and process probes would still contradict.
 pub async fn probe_http(url: &str, timeout: Duration) -> std::result::Result<u16, String> {
-    match tokio::time::timeout(timeout, http_get_status(url)).await {
+    probe_http_body(url, timeout)
+        .await
+        .map(|(status, _)| status)
+}
+
+/// Like [`probe_http`], also returning the start of the body (at most [`MAX_PROBE_BODY`] bytes).
+pub async fn probe_http_body(
+    url: &str,
+    timeout: Duration,
+) -> std::result::Result<(u16, String), String> {
+    match tokio::time::timeout(timeout, http_get(url)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
+
+/// Health endpoints answer a few hundred bytes; more than this is not read.
+pub const MAX_PROBE_BODY: usize = 64 * 1024;
 
 struct ParsedUrl {
     https: bool,
@@ -301,7 +317,7 @@ fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
     })
 }
 
-async fn http_get_status(url: &str) -> std::result::Result<u16, String> {
+async fn http_get(url: &str) -> std::result::Result<(u16, String), String> {
     let u = parse_url(url)?;
     let tcp = TcpStream::connect((u.host.as_str(), u.port))
         .await
@@ -318,7 +334,7 @@ async fn http_get_status(url: &str) -> std::result::Result<u16, String> {
     }
 }
 
-async fn send_get<I>(io: I, u: &ParsedUrl) -> std::result::Result<u16, String>
+async fn send_get<I>(io: I, u: &ParsedUrl) -> std::result::Result<(u16, String), String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -332,10 +348,36 @@ where
         .header(hyper::header::CONNECTION, "close")
         .body(Empty::new())
         .map_err(|e| format!("request: {e}"))?;
-    let res = sender.send_request(req).await;
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"));
+    let result = match res {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let mut body = r.into_body();
+            let mut bytes = Vec::new();
+            while bytes.len() < MAX_PROBE_BODY {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            bytes.extend_from_slice(data);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        driver.abort();
+                        return Err(format!("reading the body: {e}"));
+                    }
+                    None => break,
+                }
+            }
+            bytes.truncate(MAX_PROBE_BODY);
+            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        }
+        Err(e) => Err(e),
+    };
     driver.abort();
-    res.map(|r| r.status().as_u16())
-        .map_err(|e| format!("request: {e}"))
+    result
 }
 
 fn insecure_tls_config() -> Arc<rustls::ClientConfig> {
@@ -555,9 +597,16 @@ async fn run_check(c: &mut Check, attempt_timeout: Duration, started: Instant) {
             Err(e) => Err(format!("reading {}: {e}", tail.probe.path.display())),
         },
         Probe::Tcp(t) => probe_tcp(&t.host, t.port, attempt_timeout).await,
-        Probe::Http(h) => match probe_http(&h.url, attempt_timeout).await {
-            Ok(s) if s == h.expect_status => Ok(()),
-            Ok(s) => Err(format!("status {s}, expected {}", h.expect_status)),
+        Probe::Http(h) => match probe_http_body(&h.url, attempt_timeout).await {
+            Ok((s, _)) if s != h.expect_status => {
+                Err(format!("status {s}, expected {}", h.expect_status))
+            }
+            Ok((_, body)) => match &h.expect_body {
+                Some(text) if !body.contains(text.as_str()) => Err(format!(
+                    "answered without {text:?} (another server on this port?)"
+                )),
+                _ => Ok(()),
+            },
             Err(e) => Err(e),
         },
     };

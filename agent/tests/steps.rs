@@ -1617,6 +1617,7 @@ async fn http_probe_checks_the_status() {
         http: vec![HttpProbe {
             url: format!("http://127.0.0.2:{port}/services/Version?ok"),
             expect_status: 200,
+            expect_body: None,
         }],
         ..Default::default()
     };
@@ -1630,6 +1631,7 @@ async fn http_probe_checks_the_status() {
         http: vec![HttpProbe {
             url: format!("http://127.0.0.2:{port}/fail"),
             expect_status: 200,
+            expect_body: None,
         }],
         ..Default::default()
     };
@@ -1649,6 +1651,7 @@ async fn http_probe_checks_the_status() {
         http: vec![HttpProbe {
             url: "ftp://x/".into(),
             expect_status: 200,
+            expect_body: None,
         }],
         ..Default::default()
     };
@@ -1911,4 +1914,44 @@ async fn preflight_lists_every_problem() {
         matches!(problems.as_slice(), [Problem::JavaMissing { .. }]),
         "{problems:?}"
     );
+}
+
+#[tokio::test]
+async fn http_probe_checks_the_body_when_asked() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(serve_http(listener, None));
+    let url = format!("http://127.0.0.2:{port}/services/Version?ok");
+    assert_eq!(
+        health::probe_http_body(&url, Duration::from_secs(10)).await,
+        Ok((200, "hi".to_string()))
+    );
+    let spec = |text: &str| ReadinessSpec {
+        http: vec![HttpProbe {
+            url: url.clone(),
+            expect_status: 200,
+            expect_body: Some(text.to_string()),
+        }],
+        ..Default::default()
+    };
+    let ready = health::wait_ready(&spec("hi"), Duration::from_secs(30), never())
+        .await
+        .unwrap();
+    assert!(ready.is_ready());
+    // Another server on the port (wrong product name) never counts as this node.
+    let r = health::wait_ready(
+        &spec("WSO2 API Manager-3.2.0"),
+        Duration::from_secs(2),
+        never(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.outcome, ReadinessOutcome::TimedOut);
+    let last = r
+        .checks
+        .iter()
+        .find_map(|c| c.last_error.clone())
+        .unwrap_or_default();
+    assert!(last.contains("WSO2 API Manager-3.2.0"), "{last}");
+    server.abort();
 }
