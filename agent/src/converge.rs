@@ -404,6 +404,20 @@ impl NodeExecutor {
                 .await
                 .map_err(|e| DaemonError::agent(&self.name, e))?;
             self.step(format!("staged {} files", staged.files));
+            // The server runs as the plan's user and writes logs, tmp and databases inside
+            // its tree: hand the tree over before it goes live.
+            let staged = match credentials(&self.name, spec)? {
+                Some(c) => tokio::task::spawn_blocking(move || {
+                    staged.chown_blocking(c.uid, c.gid).map(|()| staged)
+                })
+                .await
+                .map_err(|source| DaemonError::Join {
+                    op: "chown",
+                    source,
+                })?
+                .map_err(|e| DaemonError::agent(&self.name, e))?,
+                None => staged,
+            };
             unpack::install_staged(staged, &carbon_home)
                 .await
                 .map_err(|e| DaemonError::agent(&self.name, e))?;
@@ -563,7 +577,13 @@ impl NodeExecutor {
         let current = std::fs::read(&path).ok();
         if current.as_deref() != Some(spec.deployment_toml.as_bytes()) {
             self.report(gen_, NodePhase::Configuring, "writing deployment.toml");
-            crate::atomic::write_atomic(&path, spec.deployment_toml.as_bytes(), 0o600)
+            // 0600 and owned by the user the server runs as: it holds the cluster's secrets.
+            let mut writer = crate::atomic::AtomicWriter::new(0o600);
+            if let Some(c) = credentials(&self.name, spec)? {
+                writer = writer.owner(c.uid, c.gid);
+            }
+            writer
+                .write(&path, spec.deployment_toml.as_bytes())
                 .map_err(|e| DaemonError::agent(&self.name, e))?;
         } else {
             let mode = std::fs::metadata(&path)
@@ -597,8 +617,13 @@ impl NodeExecutor {
             carbon_home.to_path_buf(),
             PathBuf::from(&spec.java_home),
         );
+        let owner = credentials(&self.name, spec)?.map(|c| (c.uid, c.gid));
         tokio::task::spawn_blocking(move || {
-            keystores::write_keystores_blocking(&name, &home, &jh, &ks)
+            keystores::write_keystores_blocking(&name, &home, &jh, &ks)?;
+            match owner {
+                Some((uid, gid)) => keystores::chown_stores(&home, &ks, uid, gid),
+                None => Ok(()),
+            }
         })
         .await
         .map_err(|source| DaemonError::Join {

@@ -86,6 +86,24 @@ fn chain_der(node: &str, what: &'static str, pem: &str) -> DaemonResult<Vec<Vec<
     Ok(chain)
 }
 
+/// Hands the stores of `ks` (written by root through keytool) to the user the server runs as;
+/// they keep their 0600 mode.
+pub fn chown_stores(carbon_home: &Path, ks: &KeystoreSpec, uid: u32, gid: u32) -> DaemonResult<()> {
+    let files = [
+        Some(ks.keystore_file.as_str()),
+        ks.primary_keystore_file.as_deref(),
+        Some(ks.truststore_file.as_str()),
+    ];
+    for rel in files.into_iter().flatten().filter(|f| !f.is_empty()) {
+        let path = carbon_home.join(rel);
+        if path.exists() {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| DaemonError::io("chown", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the stores of `ks` under `carbon_home` with the keytool of `java_home`. Blocking
 /// (keytool is a JVM); call from `spawn_blocking`.
 pub fn write_keystores_blocking(

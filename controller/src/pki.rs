@@ -17,6 +17,10 @@ use apim_proto::v1::{KeystoreSpec, StoreType as WireStoreType, TrustedCert};
 use crate::plan::{Issuer, StoreType};
 use crate::render::NodeRender;
 
+/// Where WSO2 keeps its keystores, relative to the carbon home (`[keystore.*] file_name` is
+/// resolved there).
+pub const SECURITY_DIR: &str = "repository/resources/security";
+
 /// Node certificates with less than this left are re-issued on the next apply.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -157,16 +161,19 @@ impl ProductPki {
                 StoreType::Pkcs12 => WireStoreType::Pkcs12,
             }
             .into(),
-            keystore_file: tls.keystore_file.clone(),
+            keystore_file: format!("{SECURITY_DIR}/{}", tls.keystore_file),
             alias: tls.alias.clone(),
             password: tls.keystore_password.0.clone(),
             node_key_pem: material.key_pem,
             node_chain_pem: material.chain_pem,
-            primary_keystore_file: tls.primary_keystore_file.clone(),
+            primary_keystore_file: tls
+                .primary_keystore_file
+                .as_ref()
+                .map(|f| format!("{SECURITY_DIR}/{f}")),
             primary_alias: Some(tls.primary_alias.clone()),
             primary_key_pem: self.primary.key_pem().to_string(),
             primary_chain_pem: primary_chain,
-            truststore_file: tls.truststore_file.clone(),
+            truststore_file: format!("{SECURITY_DIR}/{}", tls.truststore_file),
             truststore_password: tls.truststore_password.0.clone(),
             trusted: vec![
                 TrustedCert {

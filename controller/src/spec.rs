@@ -233,6 +233,19 @@ mod tests {
             ["apimctl-cluster-ca", "gateway_certificate_alias"]
         );
         assert_eq!(ks.password, "wso2carbon");
+        // Paths are relative to the carbon home, where WSO2 reads `[keystore.tls] file_name`.
+        assert_eq!(
+            ks.keystore_file,
+            "repository/resources/security/wso2carbon.jks"
+        );
+        assert_eq!(
+            ks.truststore_file,
+            "repository/resources/security/client-truststore.jks"
+        );
+        assert_eq!(
+            ks.primary_keystore_file.as_deref(),
+            Some("repository/resources/security/apimctl-primary.jks")
+        );
         assert!(
             !format!("{node:?}").contains("BEGIN PRIVATE KEY"),
             "Debug redacts keys"
