@@ -101,11 +101,15 @@ impl StatusBoard {
         if let Some(s) = u.step {
             st.step = s;
         }
+        if let Some(gen_) = u.generation {
+            // Work on a new generation starts clean: an error of the previous one is history.
+            if gen_ != st.generation && u.phase != Some(NodePhase::Failed) {
+                st.last_error.clear();
+            }
+            st.generation = gen_;
+        }
         if let Some(e) = u.last_error {
             st.last_error = e;
-        }
-        if let Some(gen_) = u.generation {
-            st.generation = gen_;
         }
         if let Some(r) = u.restarts {
             st.restarts = r;
@@ -184,5 +188,47 @@ pub fn wire_facts(f: &MachineFacts) -> WireFacts {
         disk_free_bytes: f.disk_free,
         java_version,
         java_home_found,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error(board: &StatusBoard) -> String {
+        board.snapshot().nodes[0].last_error.clone()
+    }
+
+    #[test]
+    fn a_new_generation_clears_the_previous_error_but_not_its_own() {
+        let board = StatusBoard::default();
+        let fail = |generation, error: &str| Update {
+            phase: Some(NodePhase::Failed),
+            last_error: Some(error.to_owned()),
+            generation: Some(generation),
+            ..Update::default()
+        };
+        board.update("km-1", fail(1, "JDK 17 is not supported"));
+        assert_eq!(last_error(&board), "JDK 17 is not supported");
+        // Same generation, new step: the error stays.
+        board.update(
+            "km-1",
+            Update {
+                step: Some("retrying".into()),
+                ..Update::default()
+            },
+        );
+        assert_eq!(last_error(&board), "JDK 17 is not supported");
+        // Generation 2 starts: the old error is gone.
+        let working = Update {
+            phase: Some(NodePhase::Unpacking),
+            generation: Some(2),
+            ..Update::default()
+        };
+        board.update("km-1", working);
+        assert_eq!(last_error(&board), "");
+        // A failure of generation 3 itself is reported.
+        board.update("km-1", fail(3, "port 9443 in use"));
+        assert_eq!(last_error(&board), "port 9443 in use");
     }
 }

@@ -457,8 +457,10 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// One line per node: machine, node, phase, step, generation, elapsed, last error; an
-/// unreachable machine's nodes say "unreachable since T".
+/// One line per node: machine, node, phase, the machine spec generation the node is on (`spec N`:
+/// it moves with every push, e.g. tier releases, so it is not the plan generation), elapsed
+/// time in the phase, step and last error; an unreachable machine's nodes say
+/// "unreachable since T".
 pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
     let mut out = Vec::new();
     for m in &status.machines {
@@ -472,7 +474,7 @@ pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
                 }
             };
             let mut line = format!(
-                "{:<14} {:<14} {:<12} gen {:<4} {:>7}",
+                "{:<14} {:<14} {:<12} spec {:<4} {:>7}",
                 m.machine,
                 n.node,
                 phase,

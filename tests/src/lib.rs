@@ -6,6 +6,8 @@
 //! - [`simpack`] builds the zips (layout, scripts, keystores, templates, webapps);
 //! - [`fakejdk`] lays out a per-machine fake JDK whose `java` is the `apim-simjava` binary;
 //! - [`sim`] is that binary's simulated Carbon server;
+//! - [`cluster`] runs a whole cluster (controller, agents, simulated machines) as real
+//!   processes on loopback, for the end-to-end tests, the quickstart and the benchmarks;
 //! - [`probe`] has small blocking helpers tests use to look at a running node.
 //!
 //! Typical use in a test (see `tests/sim_pack.rs` for complete ones):
@@ -25,6 +27,7 @@
 //! config mapper ignores unknown tables): `startup_delay_ms`, `never_ready = true`,
 //! `exit_code = N` (+ `exit_after_ms`), `restart_requests = N` (exit 121 N times).
 
+pub mod cluster;
 pub mod fakejdk;
 pub mod probe;
 pub mod sim;

@@ -462,6 +462,6 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
     assert!(
         node_lines
             .iter()
-            .all(|l| l.starts_with("vm-") && l.contains("gen "))
+            .all(|l| l.starts_with("vm-") && l.contains("spec "))
     );
 }

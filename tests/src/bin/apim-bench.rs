@@ -1,0 +1,255 @@
+//! `apim-bench`: rollout benchmarks over real processes on loopback (not tests: figures and
+//! targets, each measured side by side in one run).
+//!
+//! 1. Cold rollout of the 3.x five-node plan with no simulated start delay, vs unzipping the
+//!    five packs concurrently (target <= 1.25x).
+//! 2. With a fixed simulated start delay: the full rollout vs (that unzip time + the critical
+//!    path of the dependency graph x the delay) (target <= 1.10x).
+//! 3. A no-op `apimctl apply` of the five-node cluster, end to end (target <= 100 ms).
+//! 4. A no-op `apimctl apply` of a 50-node cluster (10 machines x 5 profiles, real agents)
+//!    (target <= 1 s).
+//!
+//! Usage: `apim-bench [--filler-mb N] [--filler-files N] [--delay-ms N] [--skip-wide]`.
+//! Binaries come from the target dir (see `apim_e2e::cluster::Binaries`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use apim_e2e::cluster::{Cluster, ClusterOptions, PlanParams, Topology, all_healthy};
+use apim_e2e::simpack::Filler;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Args {
+    filler_mb: u64,
+    filler_files: usize,
+    delay_ms: u64,
+    wide: bool,
+}
+
+fn parse_args() -> BenchResult<Args> {
+    let mut a = Args {
+        filler_mb: 60,
+        filler_files: 2000,
+        delay_ms: 2000,
+        wide: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--filler-mb" => a.filler_mb = val()?.parse()?,
+            "--filler-files" => a.filler_files = val()?.parse()?,
+            "--delay-ms" => a.delay_ms = val()?.parse()?,
+            "--skip-wide" => a.wide = false,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    Ok(a)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "MET" } else { "MISSED" }
+}
+
+/// Unzips `pack` `n` times concurrently into fresh temp dirs; returns the wall time.
+fn unzip_concurrently(pack: &Path, n: usize) -> BenchResult<Duration> {
+    let dirs: Vec<tempfile::TempDir> = (0..n)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> BenchResult<()> {
+        let handles: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                s.spawn(move || -> Result<(), String> {
+                    let f = std::fs::File::open(pack).map_err(|e| e.to_string())?;
+                    let mut z = zip::ZipArchive::new(f).map_err(|e| e.to_string())?;
+                    z.extract(d.path()).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "unzip thread panicked")??;
+        }
+        Ok(())
+    })?;
+    Ok(t0.elapsed())
+}
+
+/// Applies `plan` and checks the rollout ended with every node healthy; returns the wall time.
+fn timed_apply(c: &Cluster, plan: &Path) -> BenchResult<Duration> {
+    let t0 = Instant::now();
+    let out = c.apply(plan)?;
+    let took = t0.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "apply failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let s = c.status()?;
+    if !all_healthy(&s, &c.node_names()) {
+        return Err(format!("not every node is healthy: {s}").into());
+    }
+    Ok(took)
+}
+
+/// The median of `n` no-op applies (each must say "unchanged").
+fn noop_apply(c: &Cluster, plan: &Path, n: usize) -> BenchResult<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let out = c.apply(plan)?;
+        times.push(t0.elapsed());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if !out.status.success() || v["state"] != "unchanged" {
+            return Err(format!("the re-apply was not a no-op: {v}").into());
+        }
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// The number of nodes on the longest dependency chain.
+fn critical_path(deps: &BTreeMap<String, Vec<String>>) -> usize {
+    fn depth(
+        n: &str,
+        deps: &BTreeMap<String, Vec<String>>,
+        memo: &mut BTreeMap<String, usize>,
+    ) -> usize {
+        if let Some(d) = memo.get(n) {
+            return *d;
+        }
+        let d = 1 + deps
+            .get(n)
+            .into_iter()
+            .flatten()
+            .map(|p| depth(p, deps, memo))
+            .max()
+            .unwrap_or(0);
+        memo.insert(n.to_string(), d);
+        d
+    }
+    let mut memo = BTreeMap::new();
+    deps.keys()
+        .map(|n| depth(n, deps, &mut memo))
+        .max()
+        .unwrap_or(0)
+}
+
+fn run() -> BenchResult<bool> {
+    let args = parse_args()?;
+    let filler = Filler {
+        files: args.filler_files,
+        bytes: args.filler_mb * 1024 * 1024,
+    };
+    let params = PlanParams {
+        max_parallel: 5,
+        health_timeout: "5m".into(),
+        ..PlanParams::default()
+    };
+    let mut all_met = true;
+
+    // 1. Cold rollout, no start delay, vs unzipping the five packs concurrently.
+    let mut opts = ClusterOptions::new(Topology::V3FiveNode, "bench_cold");
+    opts.startup_delay_ms = 0;
+    opts.filler = Some(filler);
+    let mut cold = Cluster::create(&opts)?;
+    cold.start()?;
+    let pack = cold.packs[0].1.clone();
+    println!(
+        "pack: {} ({:.1} MB, {} filler files)",
+        pack.top_dir,
+        pack.size as f64 / 1e6,
+        args.filler_files
+    );
+    let plan = cold.write_plan("plan.toml", &params)?;
+    let unzip = unzip_concurrently(&pack.path, cold.machines.len())?;
+    let rollout = timed_apply(&cold, &plan)?;
+    let r1 = secs(rollout) / secs(unzip);
+    all_met &= r1 <= 1.25;
+    println!(
+        "1. cold rollout, no start delay: {:.2} s vs unzipping 5 packs concurrently {:.2} s = {r1:.2}x (target <= 1.25x) {}",
+        secs(rollout),
+        secs(unzip),
+        verdict(r1 <= 1.25)
+    );
+    cold.shutdown();
+    drop(cold);
+
+    // 2. Fixed start delay: full rollout vs staging + critical path.
+    let mut opts = ClusterOptions::new(Topology::V3FiveNode, "bench_delay");
+    opts.startup_delay_ms = args.delay_ms;
+    opts.filler = Some(filler);
+    let mut delayed = Cluster::create(&opts)?;
+    delayed.start()?;
+    let plan = delayed.write_plan("plan.toml", &params)?;
+    let chain = critical_path(&delayed.dependencies(&plan)?);
+    let unzip = unzip_concurrently(&delayed.packs[0].1.path, delayed.machines.len())?;
+    let full = timed_apply(&delayed, &plan)?;
+    let ideal = unzip + Duration::from_millis(args.delay_ms) * u32::try_from(chain)?;
+    let r2 = secs(full) / secs(ideal);
+    all_met &= r2 <= 1.10;
+    println!(
+        "2. rollout with a {} ms start delay: {:.2} s vs staging {:.2} s + critical path {chain} x {} ms = {:.2} s: {r2:.2}x (target <= 1.10x) {}",
+        args.delay_ms,
+        secs(full),
+        secs(unzip),
+        args.delay_ms,
+        secs(ideal),
+        verdict(r2 <= 1.10)
+    );
+
+    // 3. No-op apply, five nodes.
+    let noop5 = noop_apply(&delayed, &plan, 7)?;
+    all_met &= noop5 <= Duration::from_millis(100);
+    println!(
+        "3. no-op apply, 5 nodes: median {} ms (target <= 100 ms) {}",
+        noop5.as_millis(),
+        verdict(noop5 <= Duration::from_millis(100))
+    );
+    delayed.shutdown();
+    drop(delayed);
+
+    // 4. No-op apply, 50 nodes.
+    if args.wide {
+        let mut opts = ClusterOptions::new(Topology::V3Wide(10), "bench_wide");
+        opts.startup_delay_ms = 0;
+        let mut wide = Cluster::create(&opts)?;
+        wide.start()?;
+        let plan = wide.write_plan("plan.toml", &params)?;
+        let first = timed_apply(&wide, &plan)?;
+        let noop50 = noop_apply(&wide, &plan, 5)?;
+        all_met &= noop50 <= Duration::from_secs(1);
+        println!(
+            "4. no-op apply, {} nodes on {} machines: median {} ms (target <= 1 s) {}  [first rollout {:.1} s]",
+            wide.node_names().len(),
+            wide.machines.len(),
+            noop50.as_millis(),
+            verdict(noop50 <= Duration::from_secs(1)),
+            secs(first)
+        );
+        wide.shutdown();
+    }
+    Ok(all_met)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("apim-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! End-to-end: real `apimctl controller run`, real `apim-agent`s (one per simulated machine,
+//! each on its own 127.x address with its own install root and hosts file), simulated packs and
+//! servers, driven through the `apimctl` CLI. See `apim_e2e::cluster`.
+//!
+//! Waits poll a condition with a generous timeout as a failure guard; nothing sleeps to
+//! synchronise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+use apim_e2e::cluster::{
+    Cluster, ClusterOptions, PlanParams, STARTED_LINE, STARTING_LINE, Topology, all_healthy,
+    find_files, log_times, node_phase, rollout_state, status_nodes, unreachable_peers,
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A started cluster (controller + agents connected), no plan applied yet.
+fn started(
+    topology: Topology,
+    name: &str,
+    delay_ms: u64,
+) -> Result<Cluster, Box<dyn std::error::Error>> {
+    let mut opts = ClusterOptions::new(topology, name);
+    opts.startup_delay_ms = delay_ms;
+    let mut c = Cluster::create(&opts)?;
+    c.start()?;
+    Ok(c)
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Applies `plan` and asserts the rollout succeeded with every node healthy.
+fn apply_ok(c: &Cluster, plan: &Path) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let out = c.apply(plan)?;
+    assert!(out.status.success(), "apply failed: {}", text(&out));
+    let s = c.status()?;
+    assert!(all_healthy(&s, &c.node_names()), "not all healthy: {s}");
+    Ok(s)
+}
+
+/// Transitive dependencies of every node.
+fn transitive(deps: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for n in deps.keys() {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<String> = deps[n].clone();
+        while let Some(d) = stack.pop() {
+            if seen.insert(d.clone()) {
+                stack.extend(deps.get(&d).cloned().unwrap_or_default());
+            }
+        }
+        out.insert(n.clone(), seen);
+    }
+    out
+}
+
+/// Checks, from the simulated servers' own logs, that every node was started only after each
+/// node it depends on had logged "WSO2 Carbon started", and that it never failed to reach one
+/// of those earlier-tier peers.
+fn assert_graph_order(c: &Cluster, plan: &Path) -> TestResult {
+    let deps = c.dependencies(plan)?;
+    assert_eq!(
+        deps.keys().cloned().collect::<BTreeSet<_>>(),
+        c.node_names().into_iter().collect::<BTreeSet<_>>(),
+        "render lists every node"
+    );
+    assert!(
+        deps.values().any(|d| !d.is_empty()),
+        "the plan has dependencies to check: {deps:?}"
+    );
+    // hostname (node or LB) -> the nodes behind it
+    let mut behind: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in c.topology.nodes() {
+        behind
+            .entry(n.hostname.clone())
+            .or_default()
+            .push(n.name.clone());
+    }
+    for (role, lb) in c.topology.load_balancers() {
+        let names = c.topology.nodes().into_iter().filter(|n| n.role == role);
+        behind
+            .entry(lb.to_string())
+            .or_default()
+            .extend(names.map(|n| n.name));
+    }
+    for (node, ds) in &deps {
+        let log = c.node_log(node)?;
+        let started = log_times(&log, STARTING_LINE);
+        assert_eq!(started.len(), 1, "{node} started once: {started:?}");
+        for d in ds {
+            let ready = log_times(&c.node_log(d)?, STARTED_LINE);
+            let first_ready = ready.first().ok_or(format!("{d} never became ready"))?;
+            assert!(
+                started[0] >= *first_ready,
+                "{node} started at {} before its dependency {d} was ready at {first_ready}",
+                started[0]
+            );
+        }
+        for host in unreachable_peers(&log) {
+            let of_dep = behind
+                .get(&host)
+                .is_some_and(|ns| ns.iter().any(|n| ds.contains(n)));
+            assert!(
+                !of_dep,
+                "{node} could not reach {host}, a peer of an earlier tier:\n{log}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn v3_five_node_rolls_out_in_order_reapply_restarts_nothing_override_restarts_one_gateway()
+-> TestResult {
+    let c = started(Topology::V3FiveNode, "e2e_v3_rollout", 200)?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let s = apply_ok(&c, &plan)?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert_graph_order(&c, &plan)?;
+
+    // Re-applying the same plan restarts nothing.
+    let pids: BTreeMap<String, Vec<u32>> = c
+        .node_names()
+        .into_iter()
+        .map(|n| Ok((n.clone(), c.server_pids(&n)?)))
+        .collect::<Result<_, apim_e2e::cluster::ClusterError>>()?;
+    assert!(
+        pids.values().all(|p| p.len() == 1),
+        "one server per node: {pids:?}"
+    );
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(again["state"], "unchanged", "{}", text(&out));
+    for n in c.node_names() {
+        assert_eq!(c.server_pids(&n)?, pids[&n], "{n} kept its server");
+        assert_eq!(c.start_count(&n)?, 1, "{n} started once");
+    }
+
+    // Changing one gateway's override restarts that gateway only.
+    let params = PlanParams {
+        overrides: vec![(
+            "node:gw-1".into(),
+            "[apimsim]\nstartup_delay_ms = 150".into(),
+        )],
+        ..PlanParams::default()
+    };
+    let plan2 = c.write_plan("plan2.toml", &params)?;
+    let out = c.apimctl(&["plan", plan2.to_str().ok_or("path")?])?;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "plan shows a change: {}",
+        text(&out)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("gw-1") && shown.contains("restarts"),
+        "{shown}"
+    );
+    apply_ok(&c, &plan2)?;
+    for n in c.node_names() {
+        if n == "gw-1" {
+            assert_eq!(c.start_count(&n)?, 2, "gw-1 restarted once");
+            assert_ne!(c.server_pids(&n)?, pids[&n], "gw-1 has a new server");
+        } else {
+            assert_eq!(c.start_count(&n)?, 1, "{n} not restarted");
+            assert_eq!(c.server_pids(&n)?, pids[&n], "{n} kept its server");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn v45_split_ha_rolls_out_in_dependency_order() -> TestResult {
+    let c = started(Topology::V45Ha, "e2e_v45_rollout", 200)?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let s = apply_ok(&c, &plan)?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert_graph_order(&c, &plan)
+}
+
+#[test]
+fn never_healthy_node_with_halt_leaves_its_dependents_unstarted() -> TestResult {
+    let c = started(Topology::V3FiveNode, "e2e_halt", 100)?;
+    let params = PlanParams {
+        health_timeout: "12s".into(),
+        overrides: vec![("node:km-1".into(), "[apimsim]\nnever_ready = true".into())],
+        ..PlanParams::default()
+    };
+    let plan = c.write_plan("plan.toml", &params)?;
+    let dependents: Vec<String> = transitive(&c.dependencies(&plan)?)
+        .into_iter()
+        .filter(|(_, ds)| ds.contains("km-1"))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(!dependents.is_empty(), "km-1 has dependents");
+    let out = c.apply(&plan)?;
+    assert_eq!(out.status.code(), Some(1), "apply fails: {}", text(&out));
+    let s = c.wait_rollout_done()?;
+    assert_eq!(rollout_state(&s), Some("failed"), "{s}");
+    let message = s["rollout"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("km-1"), "the rollout says which node: {s}");
+    let km = status_nodes(&s)
+        .into_iter()
+        .find(|(_, n)| n["node"] == "km-1")
+        .ok_or("km-1 in status")?
+        .1;
+    assert_ne!(km["phase"], "healthy", "{s}");
+    assert!(
+        message.contains("not healthy")
+            || !km["last_error"].as_str().unwrap_or_default().is_empty(),
+        "status says why km-1 failed: {s}"
+    );
+    let shown = String::from_utf8_lossy(&c.apimctl(&["status"])?.stdout).into_owned();
+    assert!(
+        shown.contains("km-1") && shown.contains("failed"),
+        "{shown}"
+    );
+    for d in &dependents {
+        assert_eq!(c.start_count(d)?, 0, "{d} was never started");
+        assert!(c.server_pids(d)?.is_empty(), "{d} has no server");
+        assert_ne!(node_phase(&s, d), Some("healthy"), "{d}: {s}");
+    }
+    Ok(())
+}
+
+#[test]
+fn never_healthy_node_with_rollback_returns_every_touched_node() -> TestResult {
+    let c = started(Topology::V3FiveNode, "e2e_rollback", 100)?;
+    let good = PlanParams {
+        on_failure: "rollback".into(),
+        health_timeout: "12s".into(),
+        ..PlanParams::default()
+    };
+    let plan1 = c.write_plan("plan1.toml", &good)?;
+    let s1 = apply_ok(&c, &plan1)?;
+    // Per node: (machine spec generation, config digest) of the good rollout.
+    let before: BTreeMap<String, (Option<u64>, String)> = status_nodes(&s1)
+        .into_iter()
+        .map(|(_, n)| {
+            (
+                n["node"].as_str().unwrap_or_default().to_string(),
+                (
+                    n["generation"].as_u64(),
+                    n["config_digest"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect();
+
+    // Every node changes; the gateway (last tier) never becomes ready.
+    let bad = PlanParams {
+        overrides: vec![
+            ("all".into(), "[apimsim]\nstartup_delay_ms = 120".into()),
+            ("node:gw-1".into(), "[apimsim]\nnever_ready = true".into()),
+        ],
+        ..good
+    };
+    let plan2 = c.write_plan("plan2.toml", &bad)?;
+    let out = c.apply(&plan2)?;
+    assert_ne!(out.status.code(), Some(0), "apply fails: {}", text(&out));
+    let s = c.wait_status(
+        "every node back on the previous generation and healthy",
+        |s| {
+            rollout_state(s).is_some_and(|st| st != "rolling-back" && st != "starting")
+                && all_healthy(s, &c.node_names())
+                && status_nodes(s).iter().all(|(_, n)| {
+                    before
+                        .get(n["node"].as_str().unwrap_or_default())
+                        .is_some_and(|(_, d)| n["config_digest"].as_str() == Some(d.as_str()))
+                })
+        },
+    )?;
+    assert_eq!(rollout_state(&s), Some("rolled-back"), "{s}");
+    // The first tiers really were touched (started on the new generation, then restored).
+    assert!(
+        c.node_names()
+            .iter()
+            .any(|n| c.start_count(n).unwrap_or(0) > 1),
+        "some node was restarted by the failed rollout"
+    );
+    for n in c.node_names() {
+        assert_eq!(c.server_pids(&n)?.len(), 1, "{n} runs one server");
+        let toml = c.node_files(&n, "deployment.toml")?;
+        assert!(
+            toml.iter().all(|f| !std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .contains("startup_delay_ms = 120")),
+            "{n} no longer has the new generation's config"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn controller_killed_mid_rollout_resumes_without_starting_a_node_twice() -> TestResult {
+    let mut c = started(Topology::V3FiveNode, "e2e_ctl_restart", 1500)?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let out = c.apply_no_wait(&plan)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let nodes = c.node_names();
+    let mid = c.wait_status("a rollout half way", |s| {
+        let healthy = nodes
+            .iter()
+            .filter(|n| node_phase(s, n) == Some("healthy"))
+            .count();
+        healthy >= 1 && healthy < nodes.len()
+    })?;
+    c.kill_controller();
+    c.start_controller()?;
+    let s = c.wait_rollout_done()?;
+    assert_eq!(
+        rollout_state(&s),
+        Some("succeeded"),
+        "before: {mid}\nafter: {s}"
+    );
+    assert!(all_healthy(&s, &nodes), "{s}");
+    for n in &nodes {
+        assert_eq!(c.start_count(n)?, 1, "{n} started exactly once");
+        assert_eq!(c.server_pids(n)?.len(), 1, "{n} runs one server");
+    }
+    Ok(())
+}
+
+#[test]
+fn agent_killed_mid_step_resumes() -> TestResult {
+    let mut c = started(Topology::V3FiveNode, "e2e_agent_restart", 1500)?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let out = c.apply_no_wait(&plan)?;
+    assert!(out.status.success(), "{}", text(&out));
+    // km-1 is in the first tier: catch its agent while it waits for the server to be ready.
+    c.wait_status("km-1 starting", |s| {
+        node_phase(s, "km-1") == Some("starting")
+    })?;
+    c.kill_agent("vm-km-1");
+    c.start_agent("vm-km-1")?;
+    let s = c.wait_rollout_done()?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    assert_eq!(
+        c.start_count("km-1")?,
+        1,
+        "the new agent adopted km-1's server"
+    );
+    assert_eq!(c.server_pids("km-1")?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn cut_off_agent_is_shown_unreachable_and_converges_when_it_returns() -> TestResult {
+    let mut c = started(Topology::V3FiveNode, "e2e_unreachable", 100)?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    apply_ok(&c, &plan)?;
+    c.kill_agent("vm-tm-1");
+    let s = c.wait_status("vm-tm-1 unreachable", |s| {
+        s["machines"].as_array().into_iter().flatten().any(|m| {
+            m["machine"] == "vm-tm-1"
+                && m["reachable"] == false
+                && m["unreachable_since"].is_string()
+        })
+    })?;
+    let out = c.apimctl(&["status"])?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("tm-1") && l.contains("unreachable since")),
+        "text status says so: {shown}\n{s}"
+    );
+    // A change for the cut-off machine waits for it, and lands once it is back.
+    let params = PlanParams {
+        overrides: vec![(
+            "node:tm-1".into(),
+            "[apimsim]\nstartup_delay_ms = 130".into(),
+        )],
+        ..PlanParams::default()
+    };
+    let plan2 = c.write_plan("plan2.toml", &params)?;
+    let out = c.apply_no_wait(&plan2)?;
+    assert!(out.status.success(), "{}", text(&out));
+    c.start_agent("vm-tm-1")?;
+    let s = c.wait_rollout_done()?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    assert_eq!(
+        c.start_count("tm-1")?,
+        2,
+        "tm-1 restarted with its new config"
+    );
+    Ok(())
+}
+
+/// What an operator could see change on the machines: hosts files, every file under the
+/// install roots except logs and pid files, and the servers' pids.
+fn machine_snapshot(c: &Cluster) -> Result<BTreeMap<String, String>, Box<dyn std::error::Error>> {
+    let mut snap = BTreeMap::new();
+    for m in &c.machines {
+        snap.insert(
+            format!("{}:hosts", m.name),
+            std::fs::read_to_string(&m.hosts_file)?,
+        );
+        for name in ["deployment.toml", "wso2carbon.jks", "client-truststore.jks"] {
+            for f in find_files(&m.install_root, name) {
+                let bytes = std::fs::read(&f)?;
+                snap.insert(f.display().to_string(), hex::encode(Sha256::digest(&bytes)));
+            }
+        }
+        for n in &m.nodes {
+            snap.insert(format!("{n}:pids"), format!("{:?}", c.server_pids(n)?));
+        }
+    }
+    Ok(snap)
+}
+
+#[test]
+fn malformed_or_rejected_plans_change_nothing() -> TestResult {
+    let c = started(Topology::V3FiveNode, "e2e_rejected", 100)?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let s0 = apply_ok(&c, &plan)?;
+    let before = machine_snapshot(&c)?;
+
+    // Malformed: not TOML.
+    let bad = c.root().join("malformed.toml");
+    std::fs::write(
+        &bad,
+        c.plan_text(&PlanParams::default()) + "\n[[nodes]\nname = \n",
+    )?;
+    let out = c.apply(&bad)?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("malformed.toml:"),
+        "the error names the file: {}",
+        text(&out)
+    );
+
+    // Invalid: a node on a machine that does not exist.
+    let invalid = c.root().join("invalid.toml");
+    std::fs::write(
+        &invalid,
+        c.plan_text(&PlanParams::default())
+            + "\n[[nodes]]\nname = \"gw-9\"\nmachine = \"vm-nowhere\"\nrole = \"gateway\"\nhostname = \"gw9.wso2.com\"\n",
+    )?;
+    let out = c.apply(&invalid)?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // Rejected by the controller: pinned to a cluster revision that is not the current one.
+    let changed = c.write_plan(
+        "changed.toml",
+        &PlanParams {
+            overrides: vec![("all".into(), "[apimsim]\nstartup_delay_ms = 90".into())],
+            ..PlanParams::default()
+        },
+    )?;
+    let mut cmd = c.apimctl_cmd();
+    cmd.arg("apply")
+        .arg(&changed)
+        .args(["--plan-revision", "not-the-current-revision"]);
+    let out = cmd.output()?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    let s1 = c.status()?;
+    assert_eq!(
+        s1["generation"], s0["generation"],
+        "no new generation: {s1}"
+    );
+    assert_eq!(
+        s1["rollout"]["id"], s0["rollout"]["id"],
+        "no new rollout: {s1}"
+    );
+    assert_eq!(
+        machine_snapshot(&c)?,
+        before,
+        "nothing changed on any machine"
+    );
+    Ok(())
+}
