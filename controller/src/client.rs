@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use apim_proto::v1::artifact_service_client::ArtifactServiceClient;
 use apim_proto::v1::operator_service_client::OperatorServiceClient;
-use apim_proto::v1::{UploadChunk, UploadHeader};
+use apim_proto::v1::{StatRequest, UploadChunk, UploadHeader};
 use serde::Deserialize;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -179,36 +179,66 @@ pub async fn upload_if_missing(
     path: &Path,
     sha256: &str,
 ) -> Result<bool, ClientError> {
-    // Stat is an agent RPC; Upload answers `already_present` after the header, so the bytes
-    // of a pack the controller has are not sent.
     let mut client = ArtifactServiceClient::new(channel);
-    let bytes = std::fs::read(path).map_err(|source| ClientError::Read {
+    let read_err = |source| ClientError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    // A pack the controller holds is not read or sent again (no-op applies stay cheap).
+    match client
+        .stat(StatRequest {
+            sha256: sha256.to_string(),
+        })
+        .await
+    {
+        Ok(r) if r.get_ref().size == size => return Ok(false),
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::NotFound => {}
+        Err(s) => return Err(s.into()),
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let size = bytes.len() as u64;
-    let mut chunks: Vec<UploadChunk> = bytes
-        .chunks(1024 * 1024)
-        .map(|c| UploadChunk {
-            header: None,
-            data: c.to_vec(),
-        })
-        .collect();
-    if chunks.is_empty() {
-        chunks.push(UploadChunk::default());
-    }
-    chunks[0].header = Some(UploadHeader {
+    // Streamed from the file in 1 MiB chunks: a pack is never held in memory whole.
+    let file = tokio::fs::File::open(path).await.map_err(read_err)?;
+    let header = UploadHeader {
         sha256: sha256.to_string(),
         size,
         name,
-    });
-    let r = client
-        .upload(tokio_stream::iter(chunks))
-        .await?
-        .into_inner();
+    };
+    let chunks = futures::stream::unfold(
+        (file, Some(header), false),
+        |(mut file, header, done)| async move {
+            use tokio::io::AsyncReadExt;
+            if done {
+                return None;
+            }
+            let mut data = vec![0u8; 1024 * 1024];
+            let mut filled = 0;
+            while filled < data.len() {
+                match file.read(&mut data[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    // The server verifies size and sha256: a short read fails the upload.
+                    Err(_) => break,
+                }
+            }
+            data.truncate(filled);
+            let last = filled == 0;
+            if last && header.is_none() {
+                return None;
+            }
+            Some((
+                UploadChunk {
+                    header: header.clone(),
+                    data,
+                },
+                (file, None, last),
+            ))
+        },
+    );
+    let r = client.upload(chunks).await?.into_inner();
     Ok(!r.already_present)
 }

@@ -32,6 +32,8 @@ pub enum Access {
     Agent,
     /// An operator (`spiffe://apimctl/operator/<name>`).
     Operator,
+    /// Either (only `ArtifactService.Stat`: agents before a fetch, `apimctl apply` before an upload).
+    AgentOrOperator,
 }
 
 impl fmt::Display for Access {
@@ -40,6 +42,7 @@ impl fmt::Display for Access {
             Access::Anyone => "anyone",
             Access::Agent => "agent certificates",
             Access::Operator => "operator certificates",
+            Access::AgentOrOperator => "agent or operator certificates",
         })
     }
 }
@@ -121,7 +124,8 @@ impl Rpc {
     pub fn access(self) -> Access {
         match self {
             Rpc::Enroll => Access::Anyone,
-            Rpc::Renew | Rpc::Connect | Rpc::Fetch | Rpc::Stat => Access::Agent,
+            Rpc::Renew | Rpc::Connect | Rpc::Fetch => Access::Agent,
+            Rpc::Stat => Access::AgentOrOperator,
             Rpc::Upload
             | Rpc::Apply
             | Rpc::Plan
@@ -222,6 +226,7 @@ impl Authorizer {
         match (rpc.access(), &peer) {
             (Access::Anyone, _) => {}
             (_, None) => return Err(ServerError::NoClientCert { rpc }),
+            (Access::AgentOrOperator, Some(_)) => {}
             (Access::Agent, Some(PeerCert { identity, .. })) => {
                 if !matches!(identity, PeerIdentity::Agent { .. }) {
                     return Err(ServerError::WrongRole {
@@ -356,5 +361,6 @@ mod tests {
         assert_eq!(Rpc::Enroll.access(), Access::Anyone);
         assert_eq!(Rpc::Upload.access(), Access::Operator);
         assert_eq!(Rpc::Fetch.access(), Access::Agent);
+        assert_eq!(Rpc::Stat.access(), Access::AgentOrOperator);
     }
 }
