@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use apim_proto::v1::{
-    ApplyRequest, ChangeKind, ClusterStatus, CreateTokenRequest, ListAgentsRequest, NodePhase,
-    PlanRequest, RevokeRequest, RolloutState, StatusRequest, WatchRequest,
+    ApplyRequest, ChangeKind, ClusterStatus, CreateTokenRequest, ListAgentsRequest, MachineStatus,
+    NodePhase, NodeStatus, PlanRequest, RevokeRequest, RolloutState, StatusRequest, WatchRequest,
 };
 
 use crate::cli::{CliError, Command, ControllerCommand, Output, TokenCommand};
@@ -260,11 +260,7 @@ async fn apply(
         .await
         .map_err(client::ClientError::from)?
         .into_inner();
-    let bar = (output == Output::Text && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    });
+    let mut bars = (output == Output::Text && std::io::stderr().is_terminal()).then(LiveBars::new);
     let mut last_lines: Vec<String> = Vec::new();
     loop {
         let Some(status) = stream.message().await.map_err(client::ClientError::from)? else {
@@ -279,13 +275,16 @@ async fn apply(
             continue;
         }
         let lines = status_lines(&status);
-        match (&bar, output) {
-            (Some(b), _) => b.set_message(format!(
-                "{} tier {}: {}",
-                state_name(r.state()),
-                r.tier + 1,
-                r.message
-            )),
+        match (&mut bars, output) {
+            (Some(b), _) => b.update(
+                &status,
+                format!(
+                    "{} tier {}: {}",
+                    state_name(r.state()),
+                    r.tier + 1,
+                    r.message
+                ),
+            ),
             (None, Output::Text) => {
                 for l in lines.iter().filter(|l| !last_lines.contains(l)) {
                     let _ = writeln!(stdout, "{l}");
@@ -302,8 +301,8 @@ async fn apply(
                 | RolloutState::Starting
                 | RolloutState::RollingBack
         ) {
-            if let Some(b) = bar {
-                b.finish_and_clear();
+            if let Some(b) = bars {
+                b.finish();
             }
             if output == Output::Json {
                 let _ = writeln!(stdout, "{}", status_json(&status));
@@ -462,35 +461,109 @@ fn rfc3339(t: SystemTime) -> String {
 /// time in the phase, step and last error; an unreachable machine's nodes say
 /// "unreachable since T".
 pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
-    let mut out = Vec::new();
-    for m in &status.machines {
-        for n in &m.nodes {
-            let phase = if m.reachable {
-                phase_name(n.phase())
-            } else {
-                match since(m.unreachable_since.as_ref()) {
-                    Some(t) => format!("unreachable since {}", rfc3339(t)),
-                    None => "unreachable (never connected)".into(),
-                }
-            };
-            let mut line = format!(
-                "{:<14} {:<14} {:<12} spec {:<4} {:>7}",
-                m.machine,
-                n.node,
-                phase,
-                n.generation,
-                elapsed(since(n.phase_since.as_ref()))
-            );
-            if !n.step.is_empty() {
-                line.push_str(&format!("  {}", n.step));
-            }
-            if !n.last_error.is_empty() {
-                line.push_str(&format!("  error: {}", n.last_error));
-            }
-            out.push(line.trim_end().to_string());
+    status
+        .machines
+        .iter()
+        .flat_map(|m| m.nodes.iter().map(move |n| node_line(m, n)))
+        .collect()
+}
+
+/// The status line of one node (see [`status_lines`]).
+pub fn node_line(m: &MachineStatus, n: &NodeStatus) -> String {
+    let phase = if m.reachable {
+        phase_name(n.phase())
+    } else {
+        match since(m.unreachable_since.as_ref()) {
+            Some(t) => format!("unreachable since {}", rfc3339(t)),
+            None => "unreachable (never connected)".into(),
+        }
+    };
+    let mut line = format!(
+        "{:<14} {:<14} {:<12} spec {:<4} {:>7}",
+        m.machine,
+        n.node,
+        phase,
+        n.generation,
+        elapsed(since(n.phase_since.as_ref()))
+    );
+    if !n.step.is_empty() {
+        line.push_str(&format!("  {}", n.step));
+    }
+    if !n.last_error.is_empty() {
+        line.push_str(&format!("  error: {}", n.last_error));
+    }
+    line.trim_end().to_string()
+}
+
+/// How far along the way to healthy a phase is, out of [`PHASE_STEPS`], in the order the agent
+/// goes through them (fetch, unpack, optimize, staged; once released: configure, certificates,
+/// start, healthy).
+pub fn phase_progress(phase: NodePhase) -> u64 {
+    match phase {
+        NodePhase::Unspecified | NodePhase::Pending | NodePhase::Stopping | NodePhase::Stopped => 0,
+        NodePhase::Fetching => 1,
+        NodePhase::Unpacking => 2,
+        NodePhase::Optimizing => 3,
+        NodePhase::Staged => 4,
+        NodePhase::Configuring => 5,
+        NodePhase::Certificates => 6,
+        NodePhase::Starting => 7,
+        NodePhase::Healthy => PHASE_STEPS,
+        // A failed node keeps its bar where it was; its line says why.
+        NodePhase::Failed => 0,
+    }
+}
+
+/// The number of steps [`phase_progress`] counts to.
+pub const PHASE_STEPS: u64 = 8;
+
+/// Live progress in a terminal: a header with the rollout's state and one bar per node.
+struct LiveBars {
+    multi: indicatif::MultiProgress,
+    header: indicatif::ProgressBar,
+    nodes: std::collections::BTreeMap<(String, String), indicatif::ProgressBar>,
+}
+
+impl LiveBars {
+    fn new() -> Self {
+        let multi = indicatif::MultiProgress::new();
+        let header = multi.add(indicatif::ProgressBar::new_spinner());
+        header.enable_steady_tick(Duration::from_millis(120));
+        LiveBars {
+            multi,
+            header,
+            nodes: std::collections::BTreeMap::new(),
         }
     }
-    out
+
+    fn update(&mut self, status: &ClusterStatus, header: String) {
+        self.header.set_message(header);
+        let style = indicatif::ProgressStyle::with_template("{bar:16} {msg}")
+            .expect("a valid template")
+            .progress_chars("##-");
+        for m in &status.machines {
+            for n in &m.nodes {
+                let key = (m.machine.clone(), n.node.clone());
+                let bar = self.nodes.entry(key).or_insert_with(|| {
+                    let b = self.multi.add(indicatif::ProgressBar::new(PHASE_STEPS));
+                    b.set_style(style.clone());
+                    b
+                });
+                if n.phase() != NodePhase::Failed {
+                    bar.set_position(phase_progress(n.phase()));
+                }
+                bar.set_message(node_line(m, n));
+            }
+        }
+    }
+
+    fn finish(self) {
+        for b in self.nodes.values() {
+            b.finish_and_clear();
+        }
+        self.header.finish_and_clear();
+        let _ = self.multi.clear();
+    }
 }
 
 /// The status as JSON for scripts.
@@ -602,4 +675,59 @@ async fn agents(
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn bars_advance_in_the_order_the_agent_works() {
+        let order = [
+            NodePhase::Pending,
+            NodePhase::Fetching,
+            NodePhase::Unpacking,
+            NodePhase::Optimizing,
+            NodePhase::Staged,
+            NodePhase::Configuring,
+            NodePhase::Certificates,
+            NodePhase::Starting,
+            NodePhase::Healthy,
+        ];
+        let steps: Vec<u64> = order.iter().map(|p| phase_progress(*p)).collect();
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+        assert_eq!(steps.last(), Some(&PHASE_STEPS));
+    }
+
+    #[test]
+    fn a_node_line_names_machine_node_phase_and_error() {
+        let m = MachineStatus {
+            machine: "vm-gw-1".into(),
+            reachable: true,
+            ..MachineStatus::default()
+        };
+        let n = NodeStatus {
+            node: "gw-1".into(),
+            phase: NodePhase::Failed.into(),
+            generation: 3,
+            step: "waiting for readiness".into(),
+            last_error: "port 9447 refused".into(),
+            ..NodeStatus::default()
+        };
+        let line = node_line(&m, &n);
+        assert!(
+            line.starts_with("vm-gw-1        gw-1           failed"),
+            "{line}"
+        );
+        assert!(line.contains("spec 3"), "{line}");
+        assert!(
+            line.ends_with("waiting for readiness  error: port 9447 refused"),
+            "{line}"
+        );
+        let away = MachineStatus {
+            reachable: false,
+            ..m
+        };
+        assert!(node_line(&away, &n).contains("unreachable (never connected)"));
+    }
 }
