@@ -276,15 +276,15 @@ async fn apply(
         }
         let lines = status_lines(&status);
         match (&mut bars, output) {
-            (Some(b), _) => b.update(
-                &status,
-                format!(
-                    "{} tier {}: {}",
-                    state_name(r.state()),
-                    r.tier + 1,
-                    r.message
-                ),
-            ),
+            (Some(b), _) => {
+                // The engine's message already says where it is ("starting tier 2", …).
+                let header = if r.message.is_empty() {
+                    format!("{} tier {}", state_name(r.state()), r.tier + 1)
+                } else {
+                    r.message.clone()
+                };
+                b.update(&status, header)
+            }
             (None, Output::Text) => {
                 for l in lines.iter().filter(|l| !last_lines.contains(l)) {
                     let _ = writeln!(stdout, "{l}");

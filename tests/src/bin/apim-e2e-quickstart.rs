@@ -82,11 +82,13 @@ fn up(dir: &Path) -> Result<ExitCode, ClusterError> {
         .status()
         .map_err(|e| ClusterError::Build(format!("running apimctl apply: {e}")))?;
     println!();
+    // Nodes the agents restarted (a re-run after `--down`: the plan itself is unchanged) may
+    // still be starting: wait for them, bounded by the harness's patience.
+    let names = c.node_names();
+    let healthy = c.wait_status("every node healthy", |s| all_healthy(s, &names)).is_ok();
     let mut status = c.apimctl_cmd();
     status.arg("status");
     let _ = status.status();
-    let s = c.status()?;
-    let healthy = all_healthy(&s, &c.node_names());
     println!();
     if healthy && code.success() {
         println!("every node is healthy. To use apimctl against this cluster:");
