@@ -85,7 +85,9 @@ fn up(dir: &Path) -> Result<ExitCode, ClusterError> {
     // Nodes the agents restarted (a re-run after `--down`: the plan itself is unchanged) may
     // still be starting: wait for them, bounded by the harness's patience.
     let names = c.node_names();
-    let healthy = c.wait_status("every node healthy", |s| all_healthy(s, &names)).is_ok();
+    let healthy = c
+        .wait_status("every node healthy", |s| all_healthy(s, &names))
+        .is_ok();
     let mut status = c.apimctl_cmd();
     status.arg("status");
     let _ = status.status();
