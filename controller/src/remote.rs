@@ -146,32 +146,39 @@ pub fn run(
     })
 }
 
-/// Validates locally, resolves secrets, and returns (plan text, secrets, packs to upload).
-#[allow(clippy::type_complexity)]
-fn local_plan(
+/// A plan checked on the operator's machine, with the controller holding its packs.
+struct Ready {
+    channel: tonic::transport::Channel,
+    text: String,
+    secrets: std::collections::HashMap<String, String>,
+}
+
+/// Validates locally, resolves the secrets, connects, and uploads the packs the controller
+/// lacks. `None` when the plan has errors (already printed).
+async fn prepare(
+    settings: &Settings,
     path: &Path,
     env: &dyn EnvSource,
     stderr: &mut dyn Write,
-) -> Result<
-    Option<(
-        String,
-        std::collections::HashMap<String, String>,
-        Vec<(std::path::PathBuf, String)>,
-    )>,
-    CliError,
-> {
+) -> Result<Option<Ready>, CliError> {
     let Some(plan) = crate::cli::load_plan(path, env, validate::Options::default(), stderr)? else {
         return Ok(None);
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
     let secrets = crate::secrets::collect(&plan, env).map_err(CliError::Other)?;
-    let packs = plan
-        .distributions
-        .values()
-        .map(|d| (plan.resolve_path(&d.path.value), d.sha256.value.clone()))
-        .collect();
-    Ok(Some((text, secrets.into_iter().collect(), packs)))
+    let channel = settings.connect().await?;
+    for d in plan.distributions.values() {
+        let pack = plan.resolve_path(&d.path.value);
+        if client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await? {
+            let _ = writeln!(stderr, "uploaded {}", pack.display());
+        }
+    }
+    Ok(Some(Ready {
+        channel,
+        text,
+        secrets: secrets.into_iter().collect(),
+    }))
 }
 
 fn print_details(status: &tonic::Status, stderr: &mut dyn Write) {
@@ -206,15 +213,14 @@ async fn apply(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let Some((text, secrets, packs)) = local_plan(path, env, stderr)? else {
+    let Some(Ready {
+        channel,
+        text,
+        secrets,
+    }) = prepare(settings, path, env, stderr).await?
+    else {
         return Ok(1);
     };
-    let channel = settings.connect().await?;
-    for (pack, sha) in &packs {
-        if client::upload_if_missing(channel.clone(), pack, sha).await? {
-            let _ = writeln!(stderr, "uploaded {}", pack.display());
-        }
-    }
     let mut op = client::operator(channel);
     let author = std::env::var("USER").unwrap_or_default();
     let resp = match op
@@ -335,13 +341,14 @@ async fn plan_cmd(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let Some((text, secrets, packs)) = local_plan(path, env, stderr)? else {
+    let Some(Ready {
+        channel,
+        text,
+        secrets,
+    }) = prepare(settings, path, env, stderr).await?
+    else {
         return Ok(1);
     };
-    let channel = settings.connect().await?;
-    for (pack, sha) in &packs {
-        client::upload_if_missing(channel.clone(), pack, sha).await?;
-    }
     let resp = match client::operator(channel)
         .plan(PlanRequest {
             plan_toml: text,
