@@ -122,19 +122,6 @@ pub fn validate_node_name(name: &str) -> DaemonResult<()> {
     }
 }
 
-/// The JDK feature releases a product's start script accepts (wso2_internals §1); the spec
-/// does not carry them.
-pub fn jdk_range(product: &str) -> (u32, u32) {
-    let v = product.rsplit('-').next().unwrap_or("");
-    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    match (it.next().unwrap_or(0), it.next().unwrap_or(0)) {
-        (3, _) | (4, 0) | (4, 1) => (8, 11),
-        (4, 2) => (11, 17),
-        (4, _) => (11, 21),
-        _ => (8, 21),
-    }
-}
-
 fn rel_path(node: &str, field: &str, p: &str) -> DaemonResult<PathBuf> {
     let path = Path::new(p);
     if p.is_empty()
@@ -478,7 +465,13 @@ impl NodeExecutor {
         let f = facts::gather(root, Some(Path::new(&spec.java_home)))
             .await
             .map_err(|e| DaemonError::agent(&self.name, e))?;
-        let (jdk_min, jdk_max) = jdk_range(&spec.product);
+        // The controller says which JDKs the product supports; 0 means no check.
+        let jdk_min = spec.java_min;
+        let jdk_max = if spec.java_max == 0 {
+            u32::MAX
+        } else {
+            spec.java_max
+        };
         let req = Requirements {
             jdk_min,
             jdk_max,

@@ -255,6 +255,9 @@ impl Rig {
             keystores: None,
             config_digest: String::new(),
             desired: desired as i32,
+            // What the controller's product catalogue says for 4.2.
+            java_min: 11,
+            java_max: 17,
         };
         digest(&mut spec);
         spec
@@ -636,6 +639,8 @@ async fn cut_download_resumes_and_bad_digest_or_jdk_unpacks_nothing() {
     // 3. A JDK the product does not support fails pre-flight before anything is fetched.
     let mut n3 = rig.node("n3", "traffic-manager", 3, DesiredRun::Staged);
     n3.product = "wso2am-3.2.0".into();
+    // The 3.2 scripts accept JDK 8-11 (the controller puts the range in the spec).
+    (n3.java_min, n3.java_max) = (8, 11);
     let fetches_before = rig.ctl.state.fetch_offsets.lock().unwrap().len();
     let mark = rig.ctl.report_count();
     rig.ctl.push(rig.machine(2, vec![n1.clone(), n2, n3])).await;

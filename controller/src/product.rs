@@ -307,6 +307,16 @@ impl Product {
         self.major > 4 || (self.major == 4 && self.minor >= 1)
     }
 
+    /// The JDK feature releases this release's start scripts support (the scripts' own check;
+    /// JDK 8 as the floor where they say 1.7).
+    pub fn jdk_range(&self) -> (u32, u32) {
+        match (self.major, self.minor) {
+            (3, _) | (4, 0 | 1) => (8, 11),
+            (4, 2) => (11, 17),
+            _ => (11, 21),
+        }
+    }
+
     /// Whether `client-truststore.jks` in the pack is PKCS12 bytes (4.4 and later).
     pub fn truststore_is_pkcs12(&self) -> bool {
         self.major == 4 && self.minor >= 4
@@ -455,5 +465,11 @@ mod tests {
         );
         assert_eq!(v45.pack_top_dir(PackKind::ControlPlane), "wso2am-acp-4.5.0");
         assert!(v45.role_profile(Role::Publisher).is_none());
+        assert_eq!(v3.jdk_range(), (8, 11));
+        assert_eq!(
+            Product::parse("wso2am-4.2.0").unwrap().jdk_range(),
+            (11, 17)
+        );
+        assert_eq!(v45.jdk_range(), (11, 21));
     }
 }

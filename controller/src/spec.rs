@@ -92,6 +92,8 @@ pub fn node_spec(
         keystores,
         config_digest: String::new(),
         desired: (inputs.desired)(node).into(),
+        java_min: cluster.product.jdk_range().0,
+        java_max: cluster.product.jdk_range().1,
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
@@ -233,6 +235,11 @@ mod tests {
             ["apimctl-cluster-ca", "gateway_certificate_alias"]
         );
         assert_eq!(ks.password, "wso2carbon");
+        assert_eq!(
+            (node.java_min, node.java_max),
+            (11, 21),
+            "4.5 scripts accept JDK 11-21"
+        );
         // Paths are relative to the carbon home, where WSO2 reads `[keystore.tls] file_name`.
         assert_eq!(
             ks.keystore_file,

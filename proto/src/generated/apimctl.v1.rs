@@ -274,6 +274,15 @@ pub struct NodeSpec {
     /// Whether the node should run now; the controller releases nodes tier by tier.
     #[prost(enumeration = "DesiredRun", tag = "17")]
     pub desired: i32,
+    /// The oldest JDK feature release the product's start script supports, e.g. 11; the agent's
+    /// pre-flight refuses a java_home outside \[java_min, java_max\] before anything is fetched.
+    /// 0 = no lower bound.
+    #[prost(uint32, tag = "18")]
+    pub java_min: u32,
+    /// The newest JDK feature release the product's start script supports, e.g. 21; 0 = no upper
+    /// bound.
+    #[prost(uint32, tag = "19")]
+    pub java_max: u32,
 }
 /// A content-addressed artifact held by the controller (ArtifactService).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

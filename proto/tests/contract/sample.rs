@@ -96,6 +96,8 @@ pub fn full_node() -> NodeSpec {
         }),
         config_digest: "cd".repeat(32),
         desired: DesiredRun::Running.into(),
+        java_min: 11,
+        java_max: 21,
     }
 }
 
