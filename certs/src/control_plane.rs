@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519,
-    SanType, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, SanType,
+    SubjectPublicKeyInfo,
 };
 use time::OffsetDateTime;
 use x509_parser::certification_request::X509CertificationRequest;
@@ -21,7 +21,7 @@ use x509_parser::prelude::FromDer;
 use crate::error::{CertsError, Result};
 use crate::files::{self, PemPair};
 use crate::identity::PeerIdentity;
-use crate::pki::{self, cert_facts, random_serial, sha256_fingerprint, validity_window};
+use crate::pki::{self, cert_facts, sha256_fingerprint};
 
 /// Default lifetime of an agent certificate; agents renew at 2/3 (see [`crate::renew_at`]).
 pub const DEFAULT_AGENT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -221,18 +221,7 @@ impl ControlPlaneCa {
     /// Common leaf parameters: CN, random serial, skew-tolerant validity, explicit non-CA,
     /// digitalSignature only, authority key id for chain building.
     fn leaf_params(&self, common_name: &str, ttl: Duration) -> Result<CertificateParams> {
-        let (not_before, not_after) = validity_window(OffsetDateTime::now_utc(), ttl)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "apimctl");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.serial_number = Some(random_serial()?);
-        params.not_before = not_before;
-        params.not_after = not_after;
+        let mut params = pki::base_params(common_name, ttl)?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
@@ -260,19 +249,7 @@ impl ControlPlaneCa {
 fn create_ca() -> Result<PemPair> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(CertsError::rcgen("generating control-plane CA key"))?;
-    let (not_before, not_after) =
-        validity_window(OffsetDateTime::now_utc(), CONTROL_PLANE_CA_VALIDITY)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "apimctl");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "apimctl control-plane CA");
-    params.serial_number = Some(random_serial()?);
-    params.not_before = not_before;
-    params.not_after = not_after;
+    let mut params = pki::base_params("apimctl control-plane CA", CONTROL_PLANE_CA_VALIDITY)?;
     // Path length 0: this CA signs leaves only, never an intermediate.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![

@@ -125,3 +125,24 @@ pub fn renew_at(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Offset
     }
     not_before + (not_after - not_before) * 2 / 3
 }
+
+/// The skeleton every apimctl certificate shares: O=apimctl, the CN, a random 128-bit serial and
+/// a skew-tolerant validity window from now. Callers add CA-ness, key usages and SANs.
+pub(crate) fn base_params(
+    common_name: &str,
+    validity: Duration,
+) -> Result<rcgen::CertificateParams> {
+    let (not_before, not_after) = validity_window(OffsetDateTime::now_utc(), validity)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "apimctl");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.serial_number = Some(random_serial()?);
+    params.not_before = not_before;
+    params.not_after = not_after;
+    Ok(params)
+}

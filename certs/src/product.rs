@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_RSA_SHA256, PublicKeyData,
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_RSA_SHA256, PublicKeyData,
 };
 use rsa::RsaPrivateKey;
 use rsa::pkcs8::EncodePrivateKey;
@@ -24,7 +24,7 @@ use crate::control_plane::{host_san, validate_hostname};
 use crate::error::{CertsError, Result};
 use crate::files::{self, PemPair};
 use crate::identity::validate_name;
-use crate::pki::{self, cert_facts, random_serial, sha256_fingerprint, validity_window};
+use crate::pki::{self, cert_facts, sha256_fingerprint};
 
 /// RSA modulus size for every product key.
 pub const RSA_KEY_BITS: usize = 2048;
@@ -139,18 +139,7 @@ impl ClusterCa {
 
 fn create_cluster_ca() -> Result<PemPair> {
     let key = generate_rsa_key()?;
-    let (not_before, not_after) = validity_window(OffsetDateTime::now_utc(), CLUSTER_CA_VALIDITY)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "apimctl");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "apimctl cluster CA");
-    params.serial_number = Some(random_serial()?);
-    params.not_before = not_before;
-    params.not_after = not_after;
+    let mut params = pki::base_params("apimctl cluster CA", CLUSTER_CA_VALIDITY)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params
@@ -165,18 +154,7 @@ fn create_cluster_ca() -> Result<PemPair> {
 /// Leaf parameters shared by product certificates: RSA key usages WSO2 needs, server and
 /// client auth, not a CA.
 fn product_leaf_params(common_name: &str, validity: Duration) -> Result<CertificateParams> {
-    let (not_before, not_after) = validity_window(OffsetDateTime::now_utc(), validity)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "apimctl");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
-    params.serial_number = Some(random_serial()?);
-    params.not_before = not_before;
-    params.not_after = not_after;
+    let mut params = pki::base_params(common_name, validity)?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
