@@ -3,7 +3,6 @@
 //! staged, starting, healthy, or failing on demand.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,27 +26,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-/// Upper bound for any wait (a failure guard, never a synchronisation).
-pub const PATIENCE: Duration = Duration::from_secs(90);
-
-/// Polls `cond` until it holds; panics after [`PATIENCE`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Awaits `fut` with [`PATIENCE`] as a guard.
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+#[path = "../common/wait.rs"]
+mod wait;
+pub use wait::{PATIENCE, eventually, within};
 
 /// A controller over a data directory that survives [`Controller::restart`].
 pub struct Controller {

@@ -1,7 +1,6 @@
 //! A real controller on 127.0.0.1:0 over real TLS, and clients holding every kind of
 //! credential the tests need.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,29 +20,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-/// Upper bound for any wait in these tests (a failure guard, never a synchronisation).
-pub const PATIENCE: Duration = Duration::from_secs(60);
+#[path = "../common/wait.rs"]
+mod wait;
+pub use wait::{eventually, within};
+
 /// Connect timeout for test clients.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Polls `cond` until it holds; panics after [`PATIENCE`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Awaits `fut` with [`PATIENCE`] as a guard.
-pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 /// A PEM certificate and its PEM key.
 #[derive(Clone)]
