@@ -5,8 +5,8 @@
 //! time unzip -q -d STAGING_ROOT/unzip PACK.zip
 //! ```
 //!
-//! The staged tree is discarded afterwards. Like `unzip -q`, staging does not sync; the one
-//! `syncfs` happens in `install_staged`.
+//! The staged tree is discarded afterwards. Like `unzip -q`, staging does not sync (the agent
+//! syncs the filesystem once the node is serving).
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apim_proto::v1::{DesiredRun, NodePhase, NodeSpec};
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,12 @@ pub struct NodeRecord {
     pub applied_digest: Option<String>,
     /// Digest of the keystore spec last written ([`keystores::keystores_digest`]).
     pub keystores_digest: Option<String>,
+    /// Set while the installed tree is not yet known to be on disk: the boot id it was
+    /// installed in. The tree goes live without a `syncfs` on the rollout's critical path and
+    /// is synced once the node is serving; a tree still unsynced from an EARLIER boot (a power
+    /// loss or kernel crash in between) may be torn and is installed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsynced_since_boot: Option<String>,
 }
 
 /// One node's desired state at one machine spec generation.
@@ -314,7 +320,33 @@ impl NodeExecutor {
     }
 
     /// Converge the node to `t`. `cancel` ends a readiness wait early (a newer target).
+    /// Once the node is serving, a freshly installed tree is made durable (one `syncfs`, after
+    /// the readiness report went out, so it never delays the rollout).
     pub async fn converge(
+        &mut self,
+        t: &NodeTarget,
+        cancel: impl Future<Output = ()>,
+    ) -> DaemonResult<Outcome> {
+        let outcome = self.converge_steps(t, cancel).await?;
+        if matches!(outcome, Outcome::Healthy { .. }) && self.rec.unsynced_since_boot.is_some() {
+            self.sync_tree(&self.rec.carbon_home.clone()).await?;
+            let mut rec = self.rec.clone();
+            rec.unsynced_since_boot = None;
+            self.set_record(rec)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Makes everything written under `carbon_home` durable (one `syncfs` of its filesystem).
+    async fn sync_tree(&self, carbon_home: &Path) -> DaemonResult<()> {
+        let home = carbon_home.to_path_buf();
+        tokio::task::spawn_blocking(move || unpack::sync_filesystem(&home))
+            .await
+            .map_err(|source| DaemonError::Join { op: "sync", source })?
+            .map_err(|e| DaemonError::agent(&self.name, e))
+    }
+
+    async fn converge_steps(
         &mut self,
         t: &NodeTarget,
         cancel: impl Future<Output = ()>,
@@ -324,9 +356,18 @@ impl NodeExecutor {
         let desired = DesiredRun::try_from(spec.desired).unwrap_or(DesiredRun::Staged);
         let carbon_home = self.carbon_home(spec)?;
         let pack = spec.pack.clone().unwrap_or_default();
+        let torn = self
+            .rec
+            .unsynced_since_boot
+            .as_deref()
+            .is_some_and(|b| unpack::boot_id().as_deref() != Some(b));
+        if torn {
+            tracing::warn!(node = %self.name, "the installed tree was not synced before the machine restarted; installing it again");
+        }
         let installed = self.rec.pack_sha256.eq_ignore_ascii_case(&pack.sha256)
             && self.rec.carbon_home == carbon_home
-            && carbon_home.is_dir();
+            && carbon_home.is_dir()
+            && !torn;
         let mut pid = self.live_pid(&carbon_home);
         let running_digest = if pid.is_some() {
             self.rec.applied_digest.clone().unwrap_or_default()
@@ -387,10 +428,13 @@ impl NodeExecutor {
                 .map_err(|e| DaemonError::io("create install dir", &staging_root, e))?;
             unpack::clean_stale_staging(&staging_root)
                 .map_err(|e| DaemonError::agent(&self.name, e))?;
+            let stage_started = Instant::now();
             let staged = unpack::stage_zip(&zip, &staging_root, &pack.top_dir, &self.ctx.limits)
                 .await
                 .map_err(|e| DaemonError::agent(&self.name, e))?;
-            self.step(format!("staged {} files", staged.files));
+            let took = stage_started.elapsed().as_secs_f64();
+            tracing::info!(node = %self.name, files = staged.files, seconds = took, "pack unpacked");
+            self.step(format!("staged {} files in {took:.1} s", staged.files));
             // The server runs as the plan's user and writes logs, tmp and databases inside
             // its tree: hand the tree over before it goes live.
             let staged = match credentials(&self.name, spec)? {
@@ -409,11 +453,17 @@ impl NodeExecutor {
                 .await
                 .map_err(|e| DaemonError::agent(&self.name, e))?;
             self.healthy_digest = None;
+            let boot = unpack::boot_id();
+            if boot.is_none() {
+                // No boot id to tell a torn tree later: make it durable now.
+                self.sync_tree(&carbon_home).await?;
+            }
             self.set_record(NodeRecord {
                 pack_sha256: pack.sha256.to_ascii_lowercase(),
                 carbon_home: carbon_home.clone(),
                 applied_digest: None,
                 keystores_digest: None,
+                unsynced_since_boot: boot,
             })?;
         }
 
@@ -605,14 +655,10 @@ impl NodeExecutor {
             return Ok(());
         }
         self.report(gen_, NodePhase::Certificates, "writing keystores");
-        let (name, home, jh) = (
-            self.name.clone(),
-            carbon_home.to_path_buf(),
-            PathBuf::from(&spec.java_home),
-        );
+        let (name, home) = (self.name.clone(), carbon_home.to_path_buf());
         let owner = credentials(&self.name, spec)?.map(|c| (c.uid, c.gid));
         tokio::task::spawn_blocking(move || {
-            keystores::write_keystores_blocking(&name, &home, &jh, &ks)?;
+            keystores::write_keystores_blocking(&name, &home, &ks)?;
             match owner {
                 Some((uid, gid)) => keystores::chown_stores(&home, &ks, uid, gid),
                 None => Ok(()),
@@ -673,15 +719,18 @@ impl NodeExecutor {
         if start.timeout_s > 0 {
             s.script_timeout = Duration::from_secs(u64::from(start.timeout_s));
         }
+        // Recorded BEFORE the start: an agent killed right after the server started must find
+        // the digest it runs, or its successor would restart a healthy server. Recording it
+        // first is harmless: with no live process the next converge starts one anyway.
+        let mut rec = self.rec.clone();
+        rec.applied_digest = Some(spec.config_digest.clone());
+        self.set_record(rec)?;
         let outcome = process::start(&TokioRunner, &s)
             .await
             .map_err(|e| DaemonError::agent(&self.name, e))?;
         let pid = match outcome {
             StartOutcome::Started { pid, .. } | StartOutcome::AlreadyRunning { pid } => pid,
         };
-        let mut rec = self.rec.clone();
-        rec.applied_digest = Some(spec.config_digest.clone());
-        self.set_record(rec)?;
         self.report_process(Some(pid), &spec.config_digest);
         self.step(format!("started (pid {pid}); waiting for readiness"));
         self.wait_ready(t, carbon_home, log_path.zip(offset), pid, cancel)

@@ -1,10 +1,12 @@
 //! Packs from the controller: streamed, resumable, sha256-verified, cached by digest.
 //!
 //! `<cache>/<sha>.partial` grows with each chunk of `ArtifactService.Fetch`; after a cut the
-//! next attempt asks for `offset = <its length>`. When the stream ends with the announced size
-//! the file is fsynced and hashed; only a matching digest is renamed to `<cache>/<sha>.zip`
-//! (the only name the unpacker is ever given). A mismatch deletes the partial file and is an
-//! error: a corrupt or short download is never unpacked. One download per digest at a time.
+//! next attempt asks for `offset = <its length>`. Every chunk is hashed as it is written (a
+//! resumed download first hashes what the partial file already holds), so the digest is ready
+//! when the stream ends with the announced size, without reading the pack again. The file is
+//! fsynced; only a matching digest is renamed to `<cache>/<sha>.zip` (the only name the
+//! unpacker is ever given). A mismatch deletes the partial file and is an error: a corrupt or
+//! short download is never unpacked. One download per digest at a time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,12 +15,12 @@ use std::time::Duration;
 
 use apim_proto::v1::FetchRequest;
 use apim_proto::v1::artifact_service_client::ArtifactServiceClient;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::AgentError;
 use crate::control::Control;
 use crate::daemon_error::{DaemonError, DaemonResult};
-use crate::unpack;
 
 /// Fetches and caches packs. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -82,6 +84,10 @@ impl Fetcher {
         }
         create_private_dir(&self.cache_dir)?;
         let partial = self.partial_path(&sha);
+        let started = std::time::Instant::now();
+        // The digest of the partial file's first `hashed` bytes.
+        let mut hasher = Sha256::new();
+        let mut hashed = 0u64;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -91,10 +97,25 @@ impl Fetcher {
                 remove_if_exists(&partial)?;
                 continue;
             }
+            if hashed != have {
+                // A resumed download (or a write that failed mid-chunk): hash what is there.
+                (hasher, hashed) = hash_prefix(&partial).await?;
+            }
             let complete = if size > 0 && have == size {
                 true
             } else {
-                match self.download(&sha, &partial, have, size, progress).await {
+                match self
+                    .download(
+                        &sha,
+                        &partial,
+                        have,
+                        size,
+                        progress,
+                        &mut hasher,
+                        &mut hashed,
+                    )
+                    .await
+                {
                     Ok(ended_at) => size == 0 || ended_at == size,
                     Err(e) if attempt < self.attempts && retryable(&e) => {
                         tracing::warn!(sha256 = %sha, error = %e, attempt, "download interrupted; will resume");
@@ -118,26 +139,28 @@ impl Fetcher {
             }
             break;
         }
-        match unpack::verify_sha256(&partial, &sha).await {
-            Ok(()) => {}
-            Err(AgentError::ShaMismatch { actual, .. }) => {
-                remove_if_exists(&partial)?;
-                return Err(DaemonError::PackDigestMismatch {
-                    expected: sha,
-                    actual,
-                });
-            }
-            Err(e) => return Err(DaemonError::agent("pack", e)),
+        if hashed != file_len(&partial) {
+            (hasher, _) = hash_prefix(&partial).await?;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha {
+            remove_if_exists(&partial)?;
+            return Err(DaemonError::PackDigestMismatch {
+                expected: sha,
+                actual,
+            });
         }
         std::fs::rename(&partial, &done)
             .map_err(|e| DaemonError::io("rename verified pack to", &done, e))?;
         crate::atomic::fsync_dir(&self.cache_dir)
             .map_err(|e| DaemonError::agent("pack cache", e))?;
-        tracing::info!(sha256 = %sha, path = %done.display(), "pack downloaded and verified");
+        tracing::info!(sha256 = %sha, path = %done.display(), seconds = started.elapsed().as_secs_f64(), "pack downloaded and verified");
         Ok(done)
     }
 
-    /// One Fetch stream from `offset`, appended to `partial`; returns where the file ends.
+    /// One Fetch stream from `offset`, appended to `partial` and fed to `hasher` (which holds
+    /// the digest of the first `hashed` bytes); returns where the file ends.
+    #[allow(clippy::too_many_arguments)]
     async fn download(
         &self,
         sha: &str,
@@ -145,6 +168,8 @@ impl Fetcher {
         offset: u64,
         size: u64,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
+        hasher: &mut Sha256,
+        hashed: &mut u64,
     ) -> DaemonResult<u64> {
         let control = self.control.as_ref().ok_or_else(|| DaemonError::Stream {
             reason: format!("pack {sha} is not cached and this agent has no controller"),
@@ -179,7 +204,9 @@ impl Fetcher {
                     if let Err(e) = file.write_all(&chunk.data).await {
                         break Err(DaemonError::io("write download", partial, e));
                     }
+                    hasher.update(&chunk.data);
                     at += chunk.data.len() as u64;
+                    *hashed = at;
                     progress(at, size);
                 }
                 Ok(None) => break Ok(at),
@@ -195,6 +222,39 @@ impl Fetcher {
             .map_err(|e| DaemonError::io("sync download", partial, e))?;
         result
     }
+}
+
+/// The digest state of `path`'s current content, and its length.
+async fn hash_prefix(path: &Path) -> DaemonResult<(Sha256, u64)> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<(Sha256, u64)> {
+        use std::io::Read;
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((h, 0)),
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => return Ok((h, n)),
+                Ok(k) => {
+                    h.update(&buf[..k]);
+                    n += k as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .map_err(|source| DaemonError::Join {
+        op: "hash download",
+        source,
+    })?
+    .map_err(|e| DaemonError::io("hash download", path, e))
 }
 
 fn retryable(e: &DaemonError) -> bool {

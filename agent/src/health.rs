@@ -36,6 +36,11 @@ use tokio::net::TcpStream;
 use crate::error::{AgentError, Result};
 use crate::process::{PidFileState, pid_file_state};
 
+/// The longest pause between two readiness rounds. Short, because a rollout's next tier
+/// waits on this node: a failing probe is a refused connection or an unchanged log file, so
+/// polling ten times a second costs next to nothing, while a 2 s cap added up to 2 s per tier.
+pub const READINESS_POLL_MAX: Duration = Duration::from_millis(100);
+
 /// The line Carbon logs when startup has finished.
 pub const CARBON_STARTED: &str = "WSO2 Carbon started in";
 
@@ -584,7 +589,7 @@ pub async fn wait_ready(
         if let Some(outcome) = interrupted {
             return Ok(finish(outcome, checks, process_report));
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
+        delay = (delay * 2).min(READINESS_POLL_MAX);
     }
 }
 

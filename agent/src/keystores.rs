@@ -1,14 +1,14 @@
 //! A node's keystores and truststore, as its `KeystoreSpec` says, through the certs crate.
 //!
-//! The node TLS keystore (key + chain) and the primary keystore are written whole (PKCS#12
-//! natively, JKS through the node's own `$JAVA_HOME/bin/keytool`, atomically, mode 0600);
-//! each `trusted` certificate is imported into the pack's existing truststore under its alias
-//! (idempotent: delete then import). [`keystores_digest`] lets the converge loop skip all of it
-//! when nothing changed since the last successful write.
+//! The node TLS keystore (key + chain) and the primary keystore are written whole (PKCS#12 or
+//! JKS, natively: no JVM on the way, atomically, mode 0600); the `trusted` certificates are
+//! imported into the pack's existing truststore under their aliases in one read and one write
+//! (idempotent: an alias is replaced, never duplicated). [`keystores_digest`] lets the converge
+//! loop skip all of it when nothing changed since the last successful write.
 
 use std::path::Path;
 
-use apim_certs::{KeystoreBuilder, Keytool, StoreFormat};
+use apim_certs::{KeystoreBuilder, StoreFormat};
 use apim_proto::v1::{KeystoreSpec, StoreType};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -86,7 +86,7 @@ fn chain_der(node: &str, what: &'static str, pem: &str) -> DaemonResult<Vec<Vec<
     Ok(chain)
 }
 
-/// Hands the stores of `ks` (written by root through keytool) to the user the server runs as;
+/// Hands the stores of `ks` (written by the agent, as root) to the user the server runs as;
 /// they keep their 0600 mode.
 pub fn chown_stores(carbon_home: &Path, ks: &KeystoreSpec, uid: u32, gid: u32) -> DaemonResult<()> {
     let files = [
@@ -104,16 +104,14 @@ pub fn chown_stores(carbon_home: &Path, ks: &KeystoreSpec, uid: u32, gid: u32) -
     Ok(())
 }
 
-/// Writes the stores of `ks` under `carbon_home` with the keytool of `java_home`. Blocking
-/// (keytool is a JVM); call from `spawn_blocking`.
+/// Writes the stores of `ks` under `carbon_home`. Blocking file I/O (and an RSA-free but
+/// SHA-heavy encoding); call from `spawn_blocking`.
 pub fn write_keystores_blocking(
     node: &str,
     carbon_home: &Path,
-    java_home: &Path,
     ks: &KeystoreSpec,
 ) -> DaemonResult<()> {
     let format = format_of(node, ks)?;
-    let keytool = Keytool::from_java_home(java_home);
     let rel = |field: &str, p: &str| -> DaemonResult<std::path::PathBuf> {
         let path = Path::new(p);
         if p.is_empty()
@@ -146,8 +144,8 @@ pub fn write_keystores_blocking(
         &key_der(node, "node_key_pem", &ks.node_key_pem)?,
         &chain_der(node, "node_chain_pem", &ks.node_chain_pem)?,
     );
-    keytool
-        .write_keystore(&contents, &tls_path, format, &ks.password)
+    contents
+        .write(&tls_path, format, &ks.password)
         .map_err(ks_err(format!("writing {}", ks.keystore_file)))?;
 
     if let Some(primary) = ks.primary_keystore_file.as_deref() {
@@ -158,22 +156,32 @@ pub fn write_keystores_blocking(
             &key_der(node, "primary_key_pem", &ks.primary_key_pem)?,
             &chain_der(node, "primary_chain_pem", &ks.primary_chain_pem)?,
         );
-        keytool
-            .write_keystore(&contents, &path, format, &ks.password)
+        contents
+            .write(&path, format, &ks.password)
             .map_err(ks_err(format!("writing {primary}")))?;
     }
 
     if !ks.trusted.is_empty() {
         let store = rel("truststore_file", &ks.truststore_file)?;
-        for t in &ks.trusted {
-            let der = chain_der(node, "trusted.cert_pem", &t.cert_pem)?;
-            keytool
-                .import_trusted_cert(&store, &ks.truststore_password, &t.alias, &der[0])
-                .map_err(ks_err(format!(
-                    "importing {} into {}",
-                    t.alias, ks.truststore_file
-                )))?;
-        }
+        let ders = ks
+            .trusted
+            .iter()
+            .map(|t| chain_der(node, "trusted.cert_pem", &t.cert_pem).map(|mut c| c.swap_remove(0)))
+            .collect::<DaemonResult<Vec<_>>>()?;
+        let certs: Vec<(&str, &[u8])> = ks
+            .trusted
+            .iter()
+            .zip(&ders)
+            .map(|(t, der)| (t.alias.as_str(), der.as_slice()))
+            .collect();
+        let aliases: Vec<&str> = certs.iter().map(|(a, _)| *a).collect();
+        apim_certs::import_trusted_certs(&store, &ks.truststore_password, &certs).map_err(
+            ks_err(format!(
+                "importing {} into {}",
+                aliases.join(", "),
+                ks.truststore_file
+            )),
+        )?;
     }
     Ok(())
 }

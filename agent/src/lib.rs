@@ -51,6 +51,10 @@
 //! 11. **wait ready** — [`health::wait_ready`] with the spec's probes and deadline.
 //! 12. **report** — phase, generation, readiness report or error to the controller; pre-flight
 //!     problems from [`facts::preflight`] are reported before step 2.
+//! 13. **sync** — a freshly installed tree is made durable with one
+//!     [`unpack::sync_filesystem`] once the node is serving (off the rollout's critical path);
+//!     until then the node record holds the [`unpack::boot_id`], and a tree left unsynced by a
+//!     crash of the machine is installed again.
 
 pub mod atomic;
 pub mod control;

@@ -10,6 +10,12 @@
 //! 3. [`install_staged`] moves the staged tree into place with one `renameat2(RENAME_EXCHANGE)`
 //!    (there is never a moment without a tree at the destination), then removes the old tree.
 //!
+//! Durability is the caller's: [`install_staged`] does not sync the tree (a `syncfs` of a
+//! whole pack costs as much as a good part of the unzip and would sit on every rollout's
+//! critical path). The agent records the [`boot_id`] the tree was installed in, calls
+//! [`sync_filesystem`] once the node is serving, and installs again a tree that was still
+//! unsynced when the machine went down (a different boot id).
+//!
 //! # Guards (all checked on the central directory *before* anything is written)
 //!
 //! * Entry names: no absolute paths, no `..` component at all (even `a/../b`), no backslash, no
@@ -44,8 +50,7 @@
 //! `pread`-based reader with a 128 KiB window (one syscall serves a small entry's local header
 //! and data), data is copied through a 256 KiB buffer, files and directories are created with
 //! their final modes (no chmod pass unless the umask is unusual), and no file is `fsync`ed
-//! individually: [`install_staged`] issues one `syncfs` that makes the whole staged tree
-//! durable before the swap makes it live (so `stage_zip` compares fairly with `unzip -q`).
+//! individually (see above for when the tree is made durable).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -738,6 +743,22 @@ fn verify_tree(wrapper: &Path, top: &str, plan: &Plan) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // install
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): a tree recorded as unsynced in another
+/// boot may have been torn by the crash in between. `None` where the kernel does not say.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Makes every write on the filesystem holding `path` durable (one `syncfs`, instead of an
+/// fsync per unpacked file).
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let f = File::open(path).map_err(|e| AgentError::io("open", path, e))?;
+    nix::unistd::syncfs(&f).map_err(|e| AgentError::io("syncfs", path, e.into()))
+}
+
 /// Blocking body of [`install_staged`].
 pub fn install_staged_blocking(staged: StagedTree, dest: &Path) -> Result<InstallOutcome> {
     let parent = parent_dir(dest);
@@ -746,11 +767,6 @@ pub fn install_staged_blocking(staged: StagedTree, dest: &Path) -> Result<Instal
         .mode(0o755)
         .create(parent)
         .map_err(|e| AgentError::io("create install directory", parent, e))?;
-    // One syncfs makes every staged file durable before the tree becomes the live install
-    // (instead of an fsync per file during extraction).
-    let wf = File::open(&staged.wrapper).map_err(|e| AgentError::io("open", &staged.wrapper, e))?;
-    nix::unistd::syncfs(&wf).map_err(|e| AgentError::io("syncfs", &staged.wrapper, e.into()))?;
-    drop(wf);
     let replaced_previous = match std::fs::symlink_metadata(dest) {
         Ok(_) => {
             swap_into_place(&staged, dest)?;

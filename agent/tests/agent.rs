@@ -674,3 +674,68 @@ async fn cut_download_resumes_and_bad_digest_or_jdk_unpacks_nothing() {
     );
     rig.stop_agent().await;
 }
+
+/// A tree goes live without a sync (that is off the critical path); the record says which boot
+/// installed it until the node is serving and the tree is synced. A tree still unsynced from
+/// an earlier boot (the machine went down in between) may be torn and is installed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_left_unsynced_by_a_machine_crash_is_installed_again() {
+    let boot = apim_agent::unpack::boot_id().expect("this kernel reports a boot id");
+    let mut rig = Rig::new("agentd_unsynced").await;
+    let staged = rig.node("gw-1", "gateway-worker", 1, DesiredRun::Staged);
+    rig.ctl.push(rig.machine(1, vec![staged])).await;
+    rig.start_agent();
+    rig.ctl
+        .wait_report(0, TIMEOUT, "gw-1 STAGED at generation 1", |r| {
+            all_in(r, 1, &["gw-1"], NodePhase::Staged)
+        })
+        .await;
+    rig.stop_agent().await;
+
+    let record_path = rig.state().join("nodes/gw-1.json");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    assert_eq!(
+        record["unsynced_since_boot"], boot,
+        "a staged tree is not synced yet: {record}"
+    );
+
+    // The machine "crashed": the record comes from another boot. A file only the old tree has
+    // shows whether the tree is installed again.
+    let mut crashed = record.clone();
+    crashed["unsynced_since_boot"] = "00000000-0000-0000-0000-000000000000".into();
+    std::fs::write(&record_path, serde_json::to_vec(&crashed).unwrap()).unwrap();
+    let witness = rig.home("gw-1").join("only-in-the-old-tree");
+    std::fs::write(&witness, b"x").unwrap();
+
+    let mark = rig.ctl.report_count();
+    rig.ctl
+        .push(rig.machine(
+            2,
+            vec![rig.node("gw-1", "gateway-worker", 1, DesiredRun::Running)],
+        ))
+        .await;
+    rig.start_agent();
+    rig.ctl
+        .wait_report(mark, TIMEOUT, "gw-1 HEALTHY at generation 2", |r| {
+            all_in(r, 2, &["gw-1"], NodePhase::Healthy)
+        })
+        .await;
+    assert!(!witness.exists(), "the possibly torn tree was kept");
+    assert!(rig.home("gw-1").join(OPTIMIZED_MARKER).is_file());
+    // Serving, so synced right after the healthy report: the record stops naming a boot.
+    let give_up = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+        if record.get("unsynced_since_boot").is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "never synced: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rig.stop_agent().await;
+}

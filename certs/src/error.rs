@@ -223,6 +223,35 @@ pub enum CertsError {
         output: String,
     },
 
+    /// A keystore's integrity check failed: the store password is wrong, or the file was
+    /// changed (keytool's "Keystore was tampered with, or password was incorrect").
+    #[error("keystore was tampered with, or its password is incorrect")]
+    WrongKeystorePassword,
+
+    /// A private key entry does not decrypt with the key password given.
+    #[error("cannot recover the key of alias {alias:?}: the key password is incorrect")]
+    WrongKeyPassword {
+        /// The entry's alias.
+        alias: String,
+    },
+
+    /// The keystore has no private key entry under this alias.
+    #[error("no private key entry with alias {alias:?}")]
+    NoSuchKeyEntry {
+        /// The alias asked for.
+        alias: String,
+    },
+
+    /// Something went wrong with one keystore file; `source` says what.
+    #[error("{}: {source}", path.display())]
+    InStore {
+        /// The store file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: Box<CertsError>,
+    },
+
     /// An existing keystore is neither JKS nor PKCS#12 according to its magic bytes.
     #[error("{} is neither a JKS nor a PKCS#12 keystore (starts with {magic})", path.display())]
     UnknownStoreFormat {

@@ -38,6 +38,19 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 /// written, synced and renamed over `path`. With `no_clobber`, an existing `path` is an error
 /// (used when creating a CA, so two concurrent first starts cannot overwrite each other).
 pub(crate) fn write_private_file(path: &Path, bytes: &[u8], no_clobber: bool) -> Result<()> {
+    write_atomic(path, bytes, PRIVATE_FILE_MODE, None, no_clobber)
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory (created 0600, so
+/// the content is never readable by others on the way) is written and synced, given `mode`
+/// and `owner` (uid, gid), and renamed over `path`; the directory is synced after.
+pub(crate) fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    no_clobber: bool,
+) -> Result<()> {
     let dir = parent_dir(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".apimctl-tmp")
@@ -50,8 +63,12 @@ pub(crate) fn write_private_file(path: &Path, bytes: &[u8], no_clobber: bool) ->
         .sync_all()
         .map_err(CertsError::io("syncing temporary file for", path))?;
     // Some umasks/filesystems ignore the create mode; make sure.
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
         .map_err(CertsError::io("setting permissions on", tmp.path()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid))
+            .map_err(CertsError::io("setting the owner of", tmp.path()))?;
+    }
     let persisted = if no_clobber {
         tmp.persist_noclobber(path)
     } else {

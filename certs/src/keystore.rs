@@ -1,24 +1,28 @@
-//! Java keystores for WSO2: PKCS#12 written natively (p12-keystore), JKS produced by the node's
-//! own `keytool`, and idempotent trusted-certificate import into an existing truststore.
+//! Java keystores for WSO2, written natively: PKCS#12 through `p12-keystore`, JKS through
+//! [`crate::jks`], and idempotent trusted-certificate import into an existing truststore of
+//! either format (one read, one atomic write, whatever the number of certificates).
 //!
-//! Passwords never appear on a child's argv (where `ps` would show them): keytool gets them
-//! through `-storepass:env VAR` with `VAR` set on that one child process only. Every command
-//! is built by a public function returning a [`KeytoolCommand`], so tests can assert on it.
+//! No JVM runs on the way: a keytool run costs 0.3–1 s of CPU, and a node used to need about
+//! six. [`Keytool`] remains for inspection (`keytool -list -v`, e.g. drift checks); it gets
+//! passwords through `-storepass:env VAR` with `VAR` set on that one child process only, never
+//! on argv (where `ps` would show them).
 
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
+use p12_keystore::{
+    Certificate, KeyStore, KeyStoreEntry, Pkcs12ImportPolicy, PrivateKey, PrivateKeyChain,
+};
 use sha2::{Digest, Sha256};
 
 use crate::error::{CertsError, Result};
-use crate::files::{self, PRIVATE_FILE_MODE};
-use crate::pki::cert_der_to_pem;
+use crate::files;
+use crate::jks::JksStore;
 
 /// Conventional alias of the cluster CA in every node's truststore.
 pub const CLUSTER_CA_ALIAS: &str = "apimctl-cluster-ca";
@@ -27,10 +31,6 @@ pub const CLUSTER_CA_ALIAS: &str = "apimctl-cluster-ca";
 pub const GATEWAY_CERT_ALIAS: &str = "gateway_certificate_alias";
 /// keytool's minimum password length.
 const MIN_PASSWORD_LEN: usize = 6;
-/// Env var carrying the source store password to keytool.
-pub const ENV_SRC_PASS: &str = "APIMCTL_KEYTOOL_SRC_PASS";
-/// Env var carrying the destination store password to keytool.
-pub const ENV_DEST_PASS: &str = "APIMCTL_KEYTOOL_DEST_PASS";
 /// Env var carrying the store password for single-store commands.
 pub const ENV_STORE_PASS: &str = "APIMCTL_KEYTOOL_STORE_PASS";
 /// Forces keytool's messages to English, so "does not exist" can be recognised whatever the
@@ -137,16 +137,15 @@ impl KeystoreBuilder {
         self
     }
 
-    /// Encodes the store as PKCS#12 (PBES2/AES-256, HMAC-SHA256 MAC) under `password`.
-    /// Aliases must be non-empty and unique ignoring case (JKS lowercases them).
-    pub fn to_pkcs12(&self, password: &str) -> Result<Vec<u8>> {
+    /// Refuses a short password, bad aliases and aliases used twice (ignoring case, as both
+    /// JKS and the JDK's PKCS#12 compare them).
+    fn check(&self, password: &str) -> Result<()> {
         check_password(password)?;
         let mut seen: Vec<String> = Vec::new();
-        let mut store = KeyStore::new();
         for entry in &self.entries {
             let alias = entry.alias();
             validate_alias(alias)?;
-            let lower = alias.to_ascii_lowercase();
+            let lower = alias.to_lowercase();
             if seen.contains(&lower) {
                 return Err(CertsError::InvalidName {
                     kind: "keystore alias",
@@ -155,13 +154,27 @@ impl KeystoreBuilder {
                 });
             }
             seen.push(lower);
+            if let Entry::PrivateKey { chain, .. } = entry
+                && chain.is_empty()
+            {
+                return Err(CertsError::InvalidName {
+                    kind: "keystore alias",
+                    name: alias.to_owned(),
+                    reason: "a private key entry needs at least its own certificate",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the store as PKCS#12 (PBES2/AES-256, HMAC-SHA256 MAC) under `password`.
+    /// Aliases must be non-empty and unique ignoring case (JKS lowercases them).
+    pub fn to_pkcs12(&self, password: &str) -> Result<Vec<u8>> {
+        self.check(password)?;
+        let mut store = KeyStore::new();
+        for entry in &self.entries {
             let value = match entry {
                 Entry::PrivateKey { key_der, chain, .. } => {
-                    let leaf = chain.first().ok_or(CertsError::InvalidName {
-                        kind: "keystore alias",
-                        name: alias.to_owned(),
-                        reason: "a private key entry needs at least its own certificate",
-                    })?;
                     let key =
                         PrivateKey::from_der(key_der).map_err(|source| CertsError::Pkcs12 {
                             context: "reading private key",
@@ -175,8 +188,9 @@ impl KeystoreBuilder {
                             context: "reading certificate chain",
                             source,
                         })?;
-                    // Local key id ties the key bag to its certificate bag.
-                    let local_key_id = Sha256::digest(leaf)[..20].to_vec();
+                    // Local key id ties the key bag to its certificate bag (check() made sure
+                    // the chain has a leaf).
+                    let local_key_id = Sha256::digest(&chain[0])[..20].to_vec();
                     KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id, key, certs))
                 }
                 Entry::Trusted { cert_der, .. } => KeyStoreEntry::Certificate(
@@ -186,7 +200,7 @@ impl KeystoreBuilder {
                     })?,
                 ),
             };
-            store.add_entry(alias, value);
+            store.add_entry(entry.alias(), value);
         }
         store
             .writer(password)
@@ -197,11 +211,125 @@ impl KeystoreBuilder {
             })
     }
 
-    /// Writes the store as PKCS#12 to `path`, atomically, mode 0600.
-    pub fn write_pkcs12(&self, path: &Path, password: &str) -> Result<()> {
-        let bytes = self.to_pkcs12(password)?;
+    /// Encodes the store as JKS under `password` (which also protects the keys, as WSO2
+    /// requires).
+    pub fn to_jks(&self, password: &str) -> Result<Vec<u8>> {
+        self.check(password)?;
+        let mut store = JksStore::new();
+        for entry in &self.entries {
+            match entry {
+                Entry::PrivateKey {
+                    alias,
+                    key_der,
+                    chain,
+                } => store.set_private_key(alias, key_der, chain, password)?,
+                Entry::Trusted { alias, cert_der } => {
+                    store.set_trusted_cert(alias, cert_der);
+                }
+            }
+        }
+        store.encode(password)
+    }
+
+    /// Encodes the store in `format`.
+    pub fn to_bytes(&self, format: StoreFormat, password: &str) -> Result<Vec<u8>> {
+        match format {
+            StoreFormat::Pkcs12 => self.to_pkcs12(password),
+            StoreFormat::Jks => self.to_jks(password),
+        }
+    }
+
+    /// Writes the store to `path` in `format`, atomically (temp file in the same directory,
+    /// synced, renamed), mode 0600. A failure leaves the old store untouched.
+    pub fn write(&self, path: &Path, format: StoreFormat, password: &str) -> Result<()> {
+        let bytes = self.to_bytes(format, password)?;
         files::write_private_file(path, &bytes, false)
     }
+}
+
+/// Imports each `(alias, DER certificate)` as a trusted certificate entry into the EXISTING
+/// store at `store` (e.g. the shipped `client-truststore.jks`), keeping its format as detected
+/// from its magic bytes (4.4+ ship PKCS#12 bytes under a `.jks` name) and every other entry.
+/// One read, one write: the new store goes to a temp file in the same directory with the
+/// original's mode and owner and is renamed over it, so a failure never leaves a half-edited
+/// truststore. Idempotent: an alias (ignoring case) is replaced, never duplicated, and when
+/// every alias already holds its certificate nothing is written. Returns whether the store
+/// changed.
+pub fn import_trusted_certs(store: &Path, password: &str, certs: &[(&str, &[u8])]) -> Result<bool> {
+    for (alias, _) in certs {
+        validate_alias(alias)?;
+    }
+    let in_store = |source: CertsError| CertsError::InStore {
+        path: store.to_path_buf(),
+        source: Box::new(source),
+    };
+    let bytes = fs::read(store).map_err(CertsError::io("reading keystore", store))?;
+    let format = StoreFormat::detect(&bytes).ok_or_else(|| CertsError::UnknownStoreFormat {
+        path: store.to_path_buf(),
+        magic: hex::encode(&bytes[..bytes.len().min(4)]),
+    })?;
+    let updated = match format {
+        StoreFormat::Jks => {
+            let mut jks = JksStore::parse(&bytes, password).map_err(in_store)?;
+            let mut changed = false;
+            for (alias, der) in certs {
+                changed |= jks.set_trusted_cert(alias, der);
+            }
+            if changed {
+                Some(jks.encode(password).map_err(in_store)?)
+            } else {
+                None
+            }
+        }
+        StoreFormat::Pkcs12 => {
+            let p12 = |context| move |source| in_store(CertsError::Pkcs12 { context, source });
+            let mut ks = KeyStore::from_pkcs12(&bytes, password, Pkcs12ImportPolicy::Strict)
+                .map_err(p12("reading truststore"))?;
+            let mut changed = false;
+            for (alias, der) in certs {
+                let same: Vec<String> = ks
+                    .entries()
+                    .filter(|(name, _)| name.to_lowercase() == alias.to_lowercase())
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                let holds_it = same.len() == 1
+                    && matches!(ks.entry(&same[0]), Some(KeyStoreEntry::Certificate(c)) if c.as_der() == *der);
+                if holds_it {
+                    continue;
+                }
+                for name in &same {
+                    ks.delete_entry(name);
+                }
+                let cert =
+                    Certificate::from_der(der).map_err(p12("reading trusted certificate"))?;
+                ks.add_entry(alias, KeyStoreEntry::Certificate(cert));
+                changed = true;
+            }
+            if changed {
+                Some(
+                    ks.writer(password)
+                        .write()
+                        .map_err(p12("encoding truststore"))?,
+                )
+            } else {
+                None
+            }
+        }
+    };
+    let Some(updated) = updated else {
+        return Ok(false);
+    };
+    replace_keeping_owner(store, &updated)?;
+    let aliases: Vec<&str> = certs.iter().map(|(a, _)| *a).collect();
+    tracing::info!(store = %store.display(), ?aliases, format = format.keytool_name(), "imported trusted certificates");
+    Ok(true)
+}
+
+/// Writes `bytes` over `path` atomically, keeping `path`'s mode and owner.
+fn replace_keeping_owner(path: &Path, bytes: &[u8]) -> Result<()> {
+    let meta = fs::metadata(path).map_err(CertsError::io("reading metadata of", path))?;
+    let owner = Some((meta.uid(), meta.gid()));
+    files::write_atomic(path, bytes, meta.mode() & 0o7777, owner, false)
 }
 
 fn check_password(password: &str) -> Result<()> {
@@ -305,7 +433,7 @@ impl Keytool {
         Self::with_runner(path, Arc::new(SystemRunner))
     }
 
-    /// `$JAVA_HOME/bin/keytool` of the node, so the JKS written matches the JDK that reads it.
+    /// `$JAVA_HOME/bin/keytool` of a node.
     pub fn from_java_home(java_home: &Path) -> Self {
         Self::new(java_home.join("bin").join("keytool"))
     }
@@ -321,80 +449,6 @@ impl Keytool {
     /// The keytool binary path.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// `-importkeystore` from a PKCS#12 file into a new store of `dest_format`; both passwords
-    /// via env vars (store and key password are the same, as WSO2 requires).
-    pub fn importkeystore_command(
-        &self,
-        src_pkcs12: &Path,
-        dest: &Path,
-        dest_format: StoreFormat,
-        password: &str,
-    ) -> KeytoolCommand {
-        KeytoolCommand::new(&self.path)
-            .arg("-importkeystore")
-            .arg("-noprompt")
-            .arg("-srckeystore")
-            .arg(src_pkcs12)
-            .arg("-srcstoretype")
-            .arg("PKCS12")
-            .arg("-srcstorepass:env")
-            .arg(ENV_SRC_PASS)
-            .arg("-destkeystore")
-            .arg(dest)
-            .arg("-deststoretype")
-            .arg(dest_format.keytool_name())
-            .arg("-deststorepass:env")
-            .arg(ENV_DEST_PASS)
-            .secret_env(ENV_SRC_PASS, password)
-            .secret_env(ENV_DEST_PASS, password)
-    }
-
-    /// `-delete -alias A` on an existing store.
-    pub fn delete_command(
-        &self,
-        store: &Path,
-        format: StoreFormat,
-        password: &str,
-        alias: &str,
-    ) -> KeytoolCommand {
-        KeytoolCommand::new(&self.path)
-            .arg("-delete")
-            .arg("-alias")
-            .arg(alias)
-            .arg("-keystore")
-            .arg(store)
-            .arg("-storetype")
-            .arg(format.keytool_name())
-            .arg("-storepass:env")
-            .arg(ENV_STORE_PASS)
-            .secret_env(ENV_STORE_PASS, password)
-    }
-
-    /// `-importcert -noprompt -alias A -file F` into an existing store.
-    pub fn importcert_command(
-        &self,
-        store: &Path,
-        format: StoreFormat,
-        password: &str,
-        alias: &str,
-        cert_file: &Path,
-    ) -> KeytoolCommand {
-        KeytoolCommand::new(&self.path)
-            .arg("-importcert")
-            .arg("-noprompt")
-            .arg("-alias")
-            .arg(alias)
-            .arg("-file")
-            .arg(cert_file)
-            .arg("-keystore")
-            .arg(store)
-            .arg("-storetype")
-            .arg(format.keytool_name())
-            .arg("-storepass:env")
-            .arg(ENV_STORE_PASS)
-            .secret_env(ENV_STORE_PASS, password)
     }
 
     /// `-list -v` of a store (format auto-detected by keytool).
@@ -416,95 +470,6 @@ impl Keytool {
             return Err(self.failed("-list", store, &out));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Writes `contents` as a JKS store at `path` via this keytool: PKCS#12 to a 0600 temp
-    /// file, `-importkeystore -deststoretype JKS` into a temp destination in the same
-    /// directory, then chmod 0600 and rename over `path` (atomic; a failure leaves the old
-    /// store untouched).
-    pub fn write_jks(&self, contents: &KeystoreBuilder, path: &Path, password: &str) -> Result<()> {
-        let p12 = contents.to_pkcs12(password)?;
-        let dir = files::parent_dir(path);
-        let tmp = tempfile::Builder::new()
-            .prefix(".apimctl-ks")
-            .tempdir_in(dir)
-            .map_err(CertsError::io("creating temporary directory in", dir))?;
-        let src = tmp.path().join("src.p12");
-        files::write_private_file(&src, &p12, true)?;
-        let out_path = tmp.path().join("out.jks");
-        let cmd = self.importkeystore_command(&src, &out_path, StoreFormat::Jks, password);
-        let out = self.run(&cmd)?;
-        if !out.status.success() {
-            return Err(self.failed("-importkeystore", path, &out));
-        }
-        fs::set_permissions(&out_path, fs::Permissions::from_mode(PRIVATE_FILE_MODE))
-            .map_err(CertsError::io("setting permissions on", &out_path))?;
-        fs::rename(&out_path, path).map_err(CertsError::io("renaming new keystore to", path))?;
-        files::sync_dir(dir);
-        Ok(())
-    }
-
-    /// Writes `contents` at `path` in `format`: PKCS#12 natively, JKS through keytool.
-    pub fn write_keystore(
-        &self,
-        contents: &KeystoreBuilder,
-        path: &Path,
-        format: StoreFormat,
-        password: &str,
-    ) -> Result<()> {
-        match format {
-            StoreFormat::Pkcs12 => contents.write_pkcs12(path, password),
-            StoreFormat::Jks => self.write_jks(contents, path, password),
-        }
-    }
-
-    /// Imports `cert_der` as trustedCertEntry `alias` into the EXISTING store at `store`
-    /// (e.g. the shipped `client-truststore.jks`), keeping its format as detected from its
-    /// magic bytes. Idempotent: `-delete` (a missing alias is fine) then `-importcert`, so a
-    /// re-run leaves exactly one entry per alias. Works on a copy in the same directory that
-    /// is renamed over the original (same mode and owner), so a failure never leaves a
-    /// half-edited truststore.
-    pub fn import_trusted_cert(
-        &self,
-        store: &Path,
-        password: &str,
-        alias: &str,
-        cert_der: &[u8],
-    ) -> Result<()> {
-        validate_alias(alias)?;
-        let format = StoreFormat::detect_file(store)?;
-        let meta = fs::metadata(store).map_err(CertsError::io("reading metadata of", store))?;
-        let dir = files::parent_dir(store);
-        let tmp = tempfile::Builder::new()
-            .prefix(".apimctl-ts")
-            .tempdir_in(dir)
-            .map_err(CertsError::io("creating temporary directory in", dir))?;
-        let work = tmp.path().join("store");
-        fs::copy(store, &work).map_err(CertsError::io("copying keystore", store))?;
-        let cert_file = tmp.path().join("cert.pem");
-        fs::write(&cert_file, cert_der_to_pem(cert_der))
-            .map_err(CertsError::io("writing certificate", &cert_file))?;
-
-        let out = self.run(&self.delete_command(&work, format, password, alias))?;
-        if !out.status.success() && !combined_output(&out).contains("does not exist") {
-            return Err(self.failed("-delete", store, &out));
-        }
-        let out = self.run(&self.importcert_command(&work, format, password, alias, &cert_file))?;
-        if !out.status.success() {
-            return Err(self.failed("-importcert", store, &out));
-        }
-
-        fs::set_permissions(&work, fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .map_err(CertsError::io("setting permissions on", &work))?;
-        let new_meta = fs::metadata(&work).map_err(CertsError::io("reading metadata of", &work))?;
-        if new_meta.uid() != meta.uid() || new_meta.gid() != meta.gid() {
-            std::os::unix::fs::chown(&work, Some(meta.uid()), Some(meta.gid()))
-                .map_err(CertsError::io("restoring owner of", &work))?;
-        }
-        fs::rename(&work, store).map_err(CertsError::io("replacing keystore", store))?;
-        files::sync_dir(dir);
-        tracing::info!(store = %store.display(), %alias, format = format.keytool_name(), "imported trusted certificate");
-        Ok(())
     }
 
     fn run(&self, cmd: &KeytoolCommand) -> Result<Output> {

@@ -19,6 +19,8 @@ mod control_plane;
 mod error;
 mod files;
 mod identity;
+pub mod jks;
+mod keypool;
 mod keystore;
 mod pki;
 mod product;
@@ -32,9 +34,10 @@ pub use control_plane::{
 };
 pub use error::{CertsError, Result};
 pub use identity::{IDENTITY_URI_PREFIX, PeerCert, PeerIdentity, normalize_serial, validate_name};
+pub use keypool::{KeyPoolStats, key_pool_len, key_pool_stats, start_key_pool, wait_for_key_pool};
 pub use keystore::{
-    CLUSTER_CA_ALIAS, CommandRunner, ENV_DEST_PASS, ENV_SRC_PASS, ENV_STORE_PASS,
-    GATEWAY_CERT_ALIAS, KeystoreBuilder, Keytool, KeytoolCommand, StoreFormat, SystemRunner,
+    CLUSTER_CA_ALIAS, CommandRunner, ENV_STORE_PASS, GATEWAY_CERT_ALIAS, KeystoreBuilder, Keytool,
+    KeytoolCommand, StoreFormat, SystemRunner, import_trusted_certs,
 };
 pub use pki::{cert_der_to_pem, cert_pem_to_der, renew_at, sha256_fingerprint};
 pub use product::{

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod diag;
+pub mod digest_cache;
 pub mod files;
 pub mod graph;
 pub mod pki;

@@ -463,10 +463,9 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// One line per node: machine, node, phase, the machine spec generation the node is on (`spec N`:
-/// it moves with every push, e.g. tier releases, so it is not the plan generation), elapsed
-/// time in the phase, step and last error; an unreachable machine's nodes say
-/// "unreachable since T".
+/// One line per node: machine, node, phase, the plan generation the node's spec came from
+/// (`gen N`; `gen -` when not known yet), elapsed time in the phase, step and last error; an
+/// unreachable machine's nodes say "unreachable since T".
 pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
     status
         .machines
@@ -485,12 +484,16 @@ pub fn node_line(m: &MachineStatus, n: &NodeStatus) -> String {
             None => "unreachable (never connected)".into(),
         }
     };
+    let generation = match n.plan_generation {
+        0 => "-".to_string(),
+        g => g.to_string(),
+    };
     let mut line = format!(
-        "{:<14} {:<14} {:<12} spec {:<4} {:>7}",
+        "{:<14} {:<14} {:<12} gen {:<4} {:>7}",
         m.machine,
         n.node,
         phase,
-        n.generation,
+        generation,
         elapsed(since(n.phase_since.as_ref()))
     );
     if !n.step.is_empty() {
@@ -587,7 +590,8 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
             "unreachable_since": since(m.unreachable_since.as_ref()).map(rfc3339),
             "nodes": m.nodes.iter().map(|n| serde_json::json!({
                 "node": n.node, "phase": phase_name(n.phase()), "step": n.step,
-                "generation": n.generation, "last_error": n.last_error,
+                "generation": n.plan_generation, "spec_generation": n.generation,
+                "last_error": n.last_error,
                 "running": n.running, "config_digest": n.config_digest,
                 "since": since(n.phase_since.as_ref()).map(rfc3339),
             })).collect::<Vec<_>>(),
@@ -716,7 +720,8 @@ mod progress_tests {
         let n = NodeStatus {
             node: "gw-1".into(),
             phase: NodePhase::Failed.into(),
-            generation: 3,
+            generation: 7,
+            plan_generation: 3,
             step: "waiting for readiness".into(),
             last_error: "port 9447 refused".into(),
             ..NodeStatus::default()
@@ -726,7 +731,12 @@ mod progress_tests {
             line.starts_with("vm-gw-1        gw-1           failed"),
             "{line}"
         );
-        assert!(line.contains("spec 3"), "{line}");
+        assert!(line.contains("gen 3"), "{line}");
+        let unknown = NodeStatus {
+            plan_generation: 0,
+            ..n.clone()
+        };
+        assert!(node_line(&m, &unknown).contains("gen -"));
         assert!(
             line.ends_with("waiting for readiness  error: port 9447 refused"),
             "{line}"

@@ -5,10 +5,7 @@
 //! cannot be applied should fail here rather than half-way through a rollout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::path::Path;
-
-use sha2::{Digest, Sha256};
 
 use crate::diag::{Diagnostic, Report, did_you_mean};
 use crate::plan::{self, DbType, Issuer, Plan, Scope, Secret};
@@ -78,7 +75,7 @@ fn validate(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnost
     check_nodes(p, out);
     check_ports(p, out);
     check_roles(p, out);
-    check_distributions(p, opts, out);
+    check_distributions(p, env, opts, out);
     check_secrets(p, env, out);
     check_databases(p, out);
     check_environments(p, out);
@@ -314,7 +311,7 @@ fn check_roles(p: &Plan, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_distributions(p: &Plan, opts: Options, out: &mut Vec<Diagnostic>) {
+fn check_distributions(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnostic>) {
     let product = p.cluster.product.value;
     let needed: BTreeSet<_> = p
         .nodes
@@ -363,7 +360,10 @@ fn check_distributions(p: &Plan, opts: Options, out: &mut Vec<Diagnostic>) {
             continue;
         }
         let path = p.resolve_path(&d.path.value);
-        match sha256_file(&path) {
+        // The operator's digest cache (see crate::digest_cache), found through the same
+        // environment the secrets come from.
+        let cache = crate::digest_cache::default_dir(&|k| env.var(k));
+        match crate::digest_cache::sha256_cached(&path, cache.as_deref()) {
             Ok(actual) if actual == sha => {}
             Ok(actual) => out.push(
                 Diagnostic::error(
@@ -384,21 +384,6 @@ fn check_distributions(p: &Plan, opts: Options, out: &mut Vec<Diagnostic>) {
             ),
         }
     }
-}
-
-/// sha256 of a file, lowercase hex, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 /// Every secret reference of a plan with a description, for resolution and checking.

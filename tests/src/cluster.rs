@@ -495,6 +495,12 @@ impl Cluster {
             .prefix("apim-e2e-")
             .tempdir()
             .map_err(io("create temp dir", &std::env::temp_dir()))?;
+        // APIM_E2E_KEEP_ROOT=1 leaves the directory (logs, state) behind for a post-mortem.
+        if std::env::var_os("APIM_E2E_KEEP_ROOT").is_some_and(|v| v == "1") {
+            let kept = dir.keep();
+            eprintln!("apim-e2e: keeping {}", kept.display());
+            return Self::layout(Root::Fixed(kept), opts);
+        }
         Self::layout(Root::Temp(dir), opts)
     }
 
@@ -862,6 +868,8 @@ password = { file = "secrets/db-password" }
             .env("APIMCTL_CERT", op.join("operator.pem"))
             .env("APIMCTL_KEY", op.join("operator-key.pem"))
             .env("APIMCTL_CONFIG", self.root().join("no-client-config.toml"))
+            // The pack digest cache stays inside the cluster's root, never in $HOME.
+            .env("APIMCTL_CACHE_DIR", self.root().join("apimctl-cache"))
             .current_dir(self.root());
         cmd
     }

@@ -245,7 +245,7 @@ fn never_healthy_node_with_rollback_returns_every_touched_node() -> TestResult {
     };
     let plan1 = c.write_plan("plan1.toml", &good)?;
     let s1 = apply_ok(&c, &plan1)?;
-    // Per node: (machine spec generation, config digest) of the good rollout.
+    // Per node: (plan generation, config digest) of the good rollout.
     let before: BTreeMap<String, (Option<u64>, String)> = status_nodes(&s1)
         .into_iter()
         .map(|(_, n)| {
@@ -258,6 +258,10 @@ fn never_healthy_node_with_rollback_returns_every_touched_node() -> TestResult {
             )
         })
         .collect();
+    assert!(
+        before.values().all(|(g, _)| *g == Some(1)),
+        "every node on plan generation 1: {before:?}"
+    );
 
     // Every node changes; the gateway (last tier) never becomes ready.
     let bad = PlanParams {
@@ -278,7 +282,10 @@ fn never_healthy_node_with_rollback_returns_every_touched_node() -> TestResult {
                 && status_nodes(s).iter().all(|(_, n)| {
                     before
                         .get(n["node"].as_str().unwrap_or_default())
-                        .is_some_and(|(_, d)| n["config_digest"].as_str() == Some(d.as_str()))
+                        .is_some_and(|(g, d)| {
+                            n["config_digest"].as_str() == Some(d.as_str())
+                                && n["generation"].as_u64() == *g
+                        })
                 })
         },
     )?;

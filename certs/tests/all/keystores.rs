@@ -1,12 +1,14 @@
-//! Keystores written by the crate and opened by the real JDK keytool; truststore import.
+//! Keystores written natively by the crate and opened by the real JDK keytool; stores made by
+//! keytool read natively; truststore import.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use apim_certs::jks::{JksEntryKind, JksStore};
 use apim_certs::{
-    CertsError, ClusterCa, DEFAULT_NODE_CERT_VALIDITY, DEFAULT_PRIMARY_KEY_VALIDITY, ENV_DEST_PASS,
-    ENV_SRC_PASS, ENV_STORE_PASS, KeystoreBuilder, Keytool, KeytoolCommand, NodeCert, PrimaryKey,
-    StoreFormat,
+    CertsError, ClusterCa, DEFAULT_NODE_CERT_VALIDITY, DEFAULT_PRIMARY_KEY_VALIDITY,
+    ENV_STORE_PASS, KeystoreBuilder, Keytool, KeytoolCommand, NodeCert, PrimaryKey, StoreFormat,
+    import_trusted_certs,
 };
 
 use crate::support::{
@@ -93,7 +95,9 @@ fn pkcs12_written_natively_opens_in_keytool() {
     let p = pki();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wso2carbon.p12");
-    node_store(&p).write_pkcs12(&path, PASSWORD).unwrap();
+    node_store(&p)
+        .write(&path, StoreFormat::Pkcs12, PASSWORD)
+        .unwrap();
     assert_eq!(mode(&path), 0o600);
     assert_eq!(
         StoreFormat::detect_file(&path).unwrap(),
@@ -113,14 +117,14 @@ fn pkcs12_written_natively_opens_in_keytool() {
 }
 
 #[test]
-fn jks_written_through_keytool_opens_in_keytool() {
+fn jks_written_natively_opens_in_keytool() {
     let p = pki();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wso2carbon.jks");
     // Pre-existing file is replaced atomically.
     std::fs::write(&path, b"old").unwrap();
-    keytool()
-        .write_jks(&node_store(&p), &path, PASSWORD)
+    node_store(&p)
+        .write(&path, StoreFormat::Jks, PASSWORD)
         .unwrap();
     assert_eq!(mode(&path), 0o600);
     assert_eq!(
@@ -135,9 +139,14 @@ fn jks_written_through_keytool_opens_in_keytool() {
     let listing = keytool().list_verbose(&path, PASSWORD).unwrap();
     assert!(listing.contains("Keystore type: JKS"), "{listing}");
     assert_node_listing(&listing, &p);
+    // keytool checks the integrity digest: a wrong password is refused.
+    assert!(matches!(
+        keytool().list_verbose(&path, "wrong-password"),
+        Err(CertsError::KeytoolFailed { .. })
+    ));
 
-    // The key password equals the store password (WSO2 requires it): keytool can copy the
-    // key out of the JKS without being given a separate key password.
+    // The key password equals the store password (WSO2 requires it): keytool recovers the key
+    // (Sun's KeyProtector, checked by keytool) without being given a separate key password.
     let back = dir.path().join("back.p12");
     keytool_with_pass(
         &[
@@ -169,65 +178,63 @@ fn jks_written_through_keytool_opens_in_keytool() {
     let (alias, chain) = back.private_key_chain().unwrap();
     assert_eq!(alias, "wso2carbon");
     assert_eq!(chain.certs()[0].as_der(), p.node.cert_der());
-    std::fs::remove_file(dir.path().join("back.p12")).unwrap();
+    assert_eq!(chain.certs().len(), 2);
+    assert_eq!(chain.key().as_der(), p.node.key_pkcs8_der());
+}
 
-    // write_keystore dispatches on format.
-    let p12 = dir.path().join("tls.p12");
-    keytool()
-        .write_keystore(&node_store(&p), &p12, StoreFormat::Pkcs12, PASSWORD)
-        .unwrap();
-    assert_eq!(StoreFormat::detect_file(&p12).unwrap(), StoreFormat::Pkcs12);
+#[test]
+fn a_jks_made_by_keytool_is_read_natively_key_and_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = shipped_truststore(dir.path(), StoreFormat::Jks);
+    let jks = JksStore::parse(&std::fs::read(&store).unwrap(), "wso2carbon").unwrap();
+    let mut aliases = jks.aliases();
+    aliases.sort();
+    assert_eq!(
+        aliases,
+        vec![
+            (GW_ALIAS, JksEntryKind::TrustedCert),
+            ("wso2carbon", JksEntryKind::PrivateKey),
+        ]
+    );
+    let (key, chain) = jks.private_key("WSO2Carbon", "wso2carbon").unwrap();
+    // The key keytool generated matches the certificate keytool exported.
+    let pem = std::fs::read_to_string(dir.path().join("shipped.pem")).unwrap();
+    assert_eq!(chain[0], apim_certs::cert_pem_to_der(&pem).unwrap());
+    use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    let key = rsa::RsaPrivateKey::from_pkcs8_der(&key).unwrap();
+    let cert = x509_parser::parse_x509_certificate(&chain[0]).unwrap().1;
+    let spki_key = rsa::RsaPublicKey::from_public_key_der(cert.public_key().raw).unwrap();
+    assert_eq!(key.to_public_key(), spki_key);
+    assert!(matches!(
+        JksStore::parse(&std::fs::read(&store).unwrap(), "not-the-password"),
+        Err(CertsError::WrongKeystorePassword)
+    ));
 }
 
 #[test]
 fn no_password_ever_reaches_a_child_argv() {
     let p = pki();
-    let kt = keytool();
-    let cmds: Vec<KeytoolCommand> = vec![
-        kt.importkeystore_command(
-            Path::new("a.p12"),
-            Path::new("b.jks"),
-            StoreFormat::Jks,
-            PASSWORD,
-        ),
-        kt.delete_command(Path::new("t.jks"), StoreFormat::Jks, PASSWORD, GW_ALIAS),
-        kt.importcert_command(
-            Path::new("t.jks"),
-            StoreFormat::Pkcs12,
-            PASSWORD,
-            GW_ALIAS,
-            Path::new("c.pem"),
-        ),
-        kt.list_command(Path::new("t.jks"), PASSWORD),
-    ];
-    for cmd in &cmds {
-        assert_no_password(cmd);
-        assert!(cmd.env.iter().all(|(_, v)| v == PASSWORD));
-        assert!(
-            !format!("{cmd:?}").contains(PASSWORD),
-            "Debug leaks the password"
-        );
-    }
-    let ik = &cmds[0];
-    assert!(has_pair(ik, "-srcstorepass:env", ENV_SRC_PASS));
-    assert!(has_pair(ik, "-deststorepass:env", ENV_DEST_PASS));
-    assert!(has_pair(ik, "-deststoretype", "JKS"));
-    assert!(has_pair(&cmds[1], "-storepass:env", ENV_STORE_PASS));
+    let cmd = keytool().list_command(Path::new("t.jks"), PASSWORD);
+    assert_no_password(&cmd);
+    assert!(cmd.env.iter().all(|(_, v)| v == PASSWORD));
+    assert!(has_pair(&cmd, "-storepass:env", ENV_STORE_PASS));
+    assert!(
+        !format!("{cmd:?}").contains(PASSWORD),
+        "Debug leaks the password"
+    );
 
-    // And what really ran, recorded at the runner seam during real operations.
+    // And what really ran, recorded at the runner seam during a real listing.
     let rec = RecordingRunner::new();
     let kt = Keytool::with_runner(keytool_path(), rec.clone());
     let dir = tempfile::tempdir().unwrap();
     let jks = dir.path().join("ks.jks");
-    kt.write_jks(&node_store(&p), &jks, PASSWORD).unwrap();
-    kt.import_trusted_cert(&jks, PASSWORD, GW_ALIAS, p.ca.cert_der())
+    node_store(&p)
+        .write(&jks, StoreFormat::Jks, PASSWORD)
         .unwrap();
+    let listing = kt.list_verbose(&jks, PASSWORD).unwrap();
+    assert_node_listing(&listing, &p);
     let seen = rec.seen.lock().unwrap();
-    assert_eq!(
-        seen.len(),
-        3,
-        "importkeystore, delete, importcert: {seen:?}"
-    );
+    assert_eq!(seen.len(), 1, "one -list: {seen:?}");
     for cmd in seen.iter() {
         assert_no_password(cmd);
         assert!(!cmd.env.is_empty());
@@ -331,13 +338,17 @@ fn truststore_import_twice(format: StoreFormat) {
     assert_eq!(StoreFormat::detect_file(&store).unwrap(), format);
     let primary = PrimaryKey::issue(&p.ca, "apim-prod", DEFAULT_PRIMARY_KEY_VALIDITY).unwrap();
     let kt = keytool();
+    let certs = [
+        (CA_ALIAS, p.ca.cert_der()),
+        // Aliases compare ignoring case, as in the JDK: this replaces the shipped entry.
+        ("Gateway_Certificate_Alias", primary.cert_der()),
+    ];
 
-    for _ in 0..2 {
-        kt.import_trusted_cert(&store, "wso2carbon", CA_ALIAS, p.ca.cert_der())
-            .unwrap();
-        kt.import_trusted_cert(&store, "wso2carbon", GW_ALIAS, primary.cert_der())
-            .unwrap();
-    }
+    assert!(import_trusted_certs(&store, "wso2carbon", &certs).unwrap());
+    let after_first = std::fs::read(&store).unwrap();
+    // The second run finds every alias holding its certificate and writes nothing.
+    assert!(!import_trusted_certs(&store, "wso2carbon", &certs).unwrap());
+    assert_eq!(std::fs::read(&store).unwrap(), after_first);
 
     let listing = kt.list_verbose(&store, "wso2carbon").unwrap();
     assert_eq!(count_alias(&listing, CA_ALIAS), 1, "{listing}");
@@ -396,13 +407,25 @@ fn failed_import_leaves_the_store_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let store = shipped_truststore(dir.path(), StoreFormat::Jks);
     let before = std::fs::read(&store).unwrap();
-    let err = keytool()
-        .import_trusted_cert(&store, "wrong-password", CA_ALIAS, p.ca.cert_der())
-        .unwrap_err();
-    assert!(matches!(err, CertsError::KeytoolFailed { .. }), "{err}");
+    let err =
+        import_trusted_certs(&store, "wrong-password", &[(CA_ALIAS, p.ca.cert_der())]).unwrap_err();
+    assert!(
+        matches!(&err, CertsError::InStore { source, .. } if matches!(**source, CertsError::WrongKeystorePassword)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("client-truststore.jks"), "{err}");
     assert!(!err.to_string().contains("wrong-password"));
     assert_eq!(std::fs::read(&store).unwrap(), before);
     assert!(leftovers(dir.path(), &["client-truststore.jks", "shipped.pem"]).is_empty());
+
+    // The same for PKCS#12 bytes (the MAC is checked).
+    let dir = tempfile::tempdir().unwrap();
+    let store = shipped_truststore(dir.path(), StoreFormat::Pkcs12);
+    let before = std::fs::read(&store).unwrap();
+    let err =
+        import_trusted_certs(&store, "wrong-password", &[(CA_ALIAS, p.ca.cert_der())]).unwrap_err();
+    assert!(matches!(err, CertsError::InStore { .. }), "{err}");
+    assert_eq!(std::fs::read(&store).unwrap(), before);
 }
 
 #[test]
@@ -422,9 +445,8 @@ fn store_format_comes_from_magic_bytes_not_the_name() {
     let junk = dir.path().join("client-truststore.jks");
     std::fs::write(&junk, b"hello").unwrap();
     let p = pki();
-    let err = keytool()
-        .import_trusted_cert(&junk, "wso2carbon", CA_ALIAS, p.ca.cert_der())
-        .unwrap_err();
+    let err =
+        import_trusted_certs(&junk, "wso2carbon", &[(CA_ALIAS, p.ca.cert_der())]).unwrap_err();
     assert!(
         matches!(&err, CertsError::UnknownStoreFormat { magic, .. } if magic == "68656c6c"),
         "{err}"
@@ -435,24 +457,26 @@ fn store_format_comes_from_magic_bytes_not_the_name() {
 fn bad_inputs_are_refused_before_touching_disk() {
     let p = pki();
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        node_store(&p).write_pkcs12(&dir.path().join("a.p12"), "12345"),
-        Err(CertsError::PasswordTooShort)
-    ));
-    let dup = node_store(&p).trusted_cert("WSO2Carbon", p.ca.cert_der());
-    assert!(matches!(
-        dup.to_pkcs12(PASSWORD),
-        Err(CertsError::InvalidName { .. })
-    ));
-    let no_chain = KeystoreBuilder::new().private_key("k", p.node.key_pkcs8_der(), &[]);
-    assert!(no_chain.to_pkcs12(PASSWORD).is_err());
+    for format in [StoreFormat::Pkcs12, StoreFormat::Jks] {
+        assert!(matches!(
+            node_store(&p).write(&dir.path().join("a.p12"), format, "12345"),
+            Err(CertsError::PasswordTooShort)
+        ));
+        let dup = node_store(&p).trusted_cert("WSO2Carbon", p.ca.cert_der());
+        assert!(matches!(
+            dup.to_bytes(format, PASSWORD),
+            Err(CertsError::InvalidName { .. })
+        ));
+        let no_chain = KeystoreBuilder::new().private_key("k", p.node.key_pkcs8_der(), &[]);
+        assert!(no_chain.to_bytes(format, PASSWORD).is_err());
+    }
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 
-    // A node without a JDK at the configured JAVA_HOME: clear spawn error.
+    // Listing with a keytool that is not there: a clear spawn error naming the path.
     let kt = Keytool::from_java_home(&dir.path().join("no-jdk"));
     let err = kt
-        .write_jks(&node_store(&p), &dir.path().join("x.jks"), PASSWORD)
+        .list_verbose(&dir.path().join("x.jks"), PASSWORD)
         .unwrap_err();
     assert!(matches!(err, CertsError::KeytoolSpawn { .. }), "{err}");
-    assert!(!dir.path().join("x.jks").exists());
+    assert!(err.to_string().contains("no-jdk"), "{err}");
 }

@@ -230,14 +230,26 @@ pub async fn prepare(
     })?;
     let cluster = render.cluster.clone();
     let dir = pki_dir.join(&cluster);
-    let pki = tokio::task::spawn_blocking(move || ProductPki::load_or_create(&dir, &cluster))
-        .await
-        .map_err(|e| ServerError::Render {
-            reason: e.to_string(),
-        })?
-        .map_err(|e| ServerError::Render {
-            reason: e.to_string(),
-        })?;
+    // Every node certificate the specs below need, issued up front on all cores.
+    let nodes: Vec<(String, Vec<String>)> = render
+        .machines
+        .iter()
+        .flat_map(|m| &m.nodes)
+        .filter(|n| n.tls.issuer == crate::plan::Issuer::ClusterCa)
+        .map(|n| (n.hostname.clone(), n.tls.sans.clone()))
+        .collect();
+    let pki = tokio::task::spawn_blocking(move || {
+        let pki = ProductPki::load_or_create(&dir, &cluster)?;
+        pki.prepare_nodes(&nodes)?;
+        Ok::<_, crate::pki::PkiError>(pki)
+    })
+    .await
+    .map_err(|e| ServerError::Render {
+        reason: e.to_string(),
+    })?
+    .map_err(|e| ServerError::Render {
+        reason: e.to_string(),
+    })?;
     let run = |_: &crate::render::NodeRender| DesiredRun::Running;
     let inputs = SpecInputs {
         generation: 0,
@@ -611,7 +623,15 @@ impl Engine {
         if r.tier as usize >= r.tiers.len() {
             r.state = Phase::Succeeded;
             r.message = format!("generation {} is healthy", r.generation);
-            let baseline: Vec<MachineSpec> = targets.values().cloned().collect();
+            // The baseline is what a later rollback restores; it says which plan it came from.
+            let baseline: Vec<MachineSpec> = targets
+                .values()
+                .cloned()
+                .map(|mut s| {
+                    s.plan_generation = r.generation;
+                    s
+                })
+                .collect();
             self.state.store().write(|tx| {
                 tx.set_baseline(&baseline)?;
                 tx.save_rollout(r)

@@ -172,17 +172,24 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                 .nodes
                 .iter()
                 .map(|n| {
-                    reported
+                    let mut s = reported
                         .as_ref()
                         .and_then(|r| r.nodes.iter().find(|s| s.node == n.name).cloned())
                         .unwrap_or_else(|| NodeStatus {
                             node: n.name.clone(),
                             phase: NodePhase::Pending.into(),
                             ..NodeStatus::default()
-                        })
+                        });
+                    if s.generation > 0 {
+                        s.plan_generation = state
+                            .store()
+                            .read(|tx| tx.plan_generation_of(&spec.machine, s.generation))?
+                            .unwrap_or(0);
+                    }
+                    Ok(s)
                 })
-                .collect();
-            MachineStatus {
+                .collect::<Result<Vec<_>, ServerError>>()?;
+            Ok(MachineStatus {
                 machine: spec.machine.clone(),
                 reachable: connected,
                 unreachable_since: if connected {
@@ -195,9 +202,9 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                 },
                 facts: agent.and_then(|a| a.facts),
                 nodes,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, ServerError>>()?;
     Ok(ClusterStatus {
         generation,
         rollout,

@@ -26,7 +26,8 @@ use crate::rollout::RolloutRecord;
 pub const DB_FILE: &str = "controller.db";
 
 /// Schema migrations, applied in order; entry *i* brings the schema to version *i + 1*.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE plans (
     generation INTEGER PRIMARY KEY,
@@ -59,7 +60,18 @@ CREATE TABLE artifacts (
 );
 CREATE TABLE specs (machine TEXT PRIMARY KEY, generation INTEGER NOT NULL, spec BLOB NOT NULL);
 CREATE TABLE baseline (machine TEXT PRIMARY KEY, spec BLOB NOT NULL);
-"#];
+"#,
+    r#"
+CREATE TABLE spec_history (
+    machine TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    plan_generation INTEGER NOT NULL,
+    PRIMARY KEY (machine, generation)
+);
+INSERT INTO spec_history(machine, generation, plan_generation)
+    SELECT machine, generation, 0 FROM specs;
+"#,
+];
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -405,7 +417,8 @@ impl Tx<'_> {
         Ok(out)
     }
 
-    /// Stores the last pushed spec of `spec.machine`.
+    /// Stores the last pushed spec of `spec.machine`, and which plan generation its machine
+    /// spec generation came from (for status: agents report the spec generation).
     pub fn save_spec(&self, spec: &MachineSpec) -> Result<(), StoreError> {
         self.0
             .execute(
@@ -415,7 +428,36 @@ impl Tx<'_> {
                 params![spec.machine, spec.generation as i64, encode_spec(spec)],
             )
             .map_err(sql("writing a spec"))?;
+        self.0
+            .execute(
+                "INSERT OR REPLACE INTO spec_history(machine, generation, plan_generation)
+                 VALUES (?1, ?2, ?3)",
+                params![
+                    spec.machine,
+                    spec.generation as i64,
+                    spec.plan_generation as i64
+                ],
+            )
+            .map_err(sql("writing spec history"))?;
         Ok(())
+    }
+
+    /// The plan generation machine spec `generation` of `machine` was rendered from (`None`:
+    /// unknown, e.g. pushed before the history was kept).
+    pub fn plan_generation_of(
+        &self,
+        machine: &str,
+        generation: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.0
+            .query_row(
+                "SELECT plan_generation FROM spec_history WHERE machine = ?1 AND generation = ?2",
+                params![machine, generation as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|g| g.map(|g| g as u64).filter(|g| *g > 0))
+            .map_err(sql("reading spec history"))
     }
 
     /// What every machine runs when no rollout is in flight (all nodes desired RUNNING).

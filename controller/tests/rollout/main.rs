@@ -407,6 +407,7 @@ async fn apimctl(c: &Controller, dir: &std::path::Path, args: &[&str]) -> (i32, 
         .env("APIMCTL_CERT", dir.join("op.pem"))
         .env("APIMCTL_KEY", dir.join("op-key.pem"))
         .env("APIMCTL_CONFIG", dir.join("no-such-client.toml"))
+        .env("APIMCTL_CACHE_DIR", dir.join("apimctl-cache"))
         .env("ADMIN_PW", "admin-secret")
         .env("DB_PW", "db-secret")
         .env("KS_PW", "ks-secret");
@@ -462,6 +463,7 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
     assert!(
         node_lines
             .iter()
-            .all(|l| l.starts_with("vm-") && l.contains("spec "))
+            .all(|l| l.starts_with("vm-") && l.contains(" gen 1 ")),
+        "every node is on plan generation 1: {out}"
     );
 }

@@ -476,6 +476,8 @@ impl AgentCtx {
                         pid: None,
                         config_digest: r.running.clone().unwrap_or_else(|| r.staged.clone()),
                         running: r.running.is_some(),
+                        // Agents leave it to the controller.
+                        plan_generation: 0,
                     })
                     .collect(),
                 facts: None,

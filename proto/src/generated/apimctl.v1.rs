@@ -64,6 +64,10 @@ pub struct NodeStatus {
     /// Whether the node's process is alive (a STAGED node may still run its previous configuration).
     #[prost(bool, tag = "10")]
     pub running: bool,
+    /// The plan generation the spec in `generation` was rendered from. Agents leave it 0; the
+    /// controller fills it in from its spec history when it answers Status and Watch (0: unknown).
+    #[prost(uint64, tag = "11")]
+    pub plan_generation: u64,
 }
 /// Error-detail convention for every service in this package.
 ///

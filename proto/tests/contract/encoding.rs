@@ -151,6 +151,7 @@ fn node_status_keeps_phase_pid_and_timestamp() {
         pid: Some(0),
         config_digest: "ef".repeat(32),
         running: true,
+        plan_generation: 4,
     };
     let decoded = NodeStatus::decode(status.encode_to_vec().as_slice()).expect("decode");
     assert_eq!(decoded, status);
