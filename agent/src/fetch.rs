@@ -99,7 +99,11 @@ impl Fetcher {
             }
             if hashed != have {
                 // A resumed download (or a write that failed mid-chunk): hash what is there.
-                (hasher, hashed) = hash_prefix(&partial).await?;
+                (hasher, hashed) = if have == 0 {
+                    (Sha256::new(), 0)
+                } else {
+                    hash_prefix(&partial).await?
+                };
             }
             let complete = if size > 0 && have == size {
                 true
@@ -138,9 +142,6 @@ impl Fetcher {
                 });
             }
             break;
-        }
-        if hashed != file_len(&partial) {
-            (hasher, _) = hash_prefix(&partial).await?;
         }
         let actual = hex::encode(hasher.finalize());
         if actual != sha {
@@ -227,34 +228,13 @@ impl Fetcher {
 /// The digest state of `path`'s current content, and its length.
 async fn hash_prefix(path: &Path) -> DaemonResult<(Sha256, u64)> {
     let p = path.to_path_buf();
-    tokio::task::spawn_blocking(move || -> std::io::Result<(Sha256, u64)> {
-        use std::io::Read;
-        let mut h = Sha256::new();
-        let mut n = 0u64;
-        let mut f = match std::fs::File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((h, 0)),
-            Err(e) => return Err(e),
-        };
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => return Ok((h, n)),
-                Ok(k) => {
-                    h.update(&buf[..k]);
-                    n += k as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })
-    .await
-    .map_err(|source| DaemonError::Join {
-        op: "hash download",
-        source,
-    })?
-    .map_err(|e| DaemonError::io("hash download", path, e))
+    tokio::task::spawn_blocking(move || crate::unpack::sha256_state(&p))
+        .await
+        .map_err(|source| DaemonError::Join {
+            op: "hash download",
+            source,
+        })?
+        .map_err(|e| DaemonError::agent("pack", e))
 }
 
 fn retryable(e: &DaemonError) -> bool {

@@ -195,8 +195,15 @@ fn normalise_digest(d: &str) -> Result<String> {
 
 /// The sha256 of a file as lowercase hex (blocking, 1 MiB reads).
 pub fn sha256_file(path: &Path) -> Result<String> {
+    Ok(hex::encode(sha256_state(path)?.0.finalize()))
+}
+
+/// The sha256 state of `path`'s content (streamed, 1 MiB reads) and its length, so a caller
+/// can go on hashing what it appends (a resumed download).
+pub fn sha256_state(path: &Path) -> Result<(Sha256, u64)> {
     let mut f = File::open(path).map_err(|e| AgentError::io("open for hashing", path, e))?;
     let mut h = Sha256::new();
+    let mut len = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = match f.read(&mut buf) {
@@ -206,8 +213,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
             Err(e) => return Err(AgentError::io("read for hashing", path, e)),
         };
         h.update(&buf[..n]);
+        len += n as u64;
     }
-    Ok(hex::encode(h.finalize()))
+    Ok((h, len))
 }
 
 /// Extract `zip` into a new private directory under `staging_root`, refusing anything unsafe

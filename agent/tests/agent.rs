@@ -159,6 +159,25 @@ impl Rig {
         c
     }
 
+    /// Waits until `node`'s record no longer names an unsynced boot: the agent syncs a fresh
+    /// tree right after its healthy report, so the converge is only over once that is written.
+    async fn wait_synced(&self, node: &str) {
+        let record_path = self.state().join(format!("nodes/{node}.json"));
+        let give_up = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let record: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+            if record.get("unsynced_since_boot").is_none() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "{node} never synced: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn start_agent(&mut self) {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let cfg = self.config();
@@ -486,6 +505,9 @@ async fn reapply_change_crash_and_agent_restart() {
         })
         .await;
     let (gw_pid, tm_pid) = (pid_of(&r1, "gw-1"), pid_of(&r1, "tm-1"));
+    // The fresh trees are synced (and the records rewritten) just after the healthy report.
+    rig.wait_synced("gw-1").await;
+    rig.wait_synced("tm-1").await;
 
     // 1. Re-applying the same generation changes nothing; an older one is refused.
     let watched: Vec<PathBuf> = vec![
@@ -724,18 +746,6 @@ async fn a_tree_left_unsynced_by_a_machine_crash_is_installed_again() {
     assert!(!witness.exists(), "the possibly torn tree was kept");
     assert!(rig.home("gw-1").join(OPTIMIZED_MARKER).is_file());
     // Serving, so synced right after the healthy report: the record stops naming a boot.
-    let give_up = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
-        if record.get("unsynced_since_boot").is_none() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < give_up,
-            "never synced: {record}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    rig.wait_synced("gw-1").await;
     rig.stop_agent().await;
 }

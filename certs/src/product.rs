@@ -95,15 +95,9 @@ impl ClusterCa {
     /// Loads the cluster CA from `dir`, or creates it (RSA-2048, 10 years, files 0600 in a
     /// 0700 directory). Same rules as the control-plane CA: no half pairs, no loose modes.
     pub fn load_or_create(dir: &Path) -> Result<Self> {
-        Self::load_or_create_with_key(dir, None)
-    }
-
-    /// [`ClusterCa::load_or_create`], creating with `key` when given (so a caller can generate
-    /// it concurrently with other keys); `key` is dropped unused when the CA already exists.
-    pub fn load_or_create_with_key(dir: &Path, key: Option<KeyPair>) -> Result<Self> {
         let (pair, created) =
             files::load_or_create_pair(dir, CLUSTER_CA_KEY_FILE, CLUSTER_CA_CERT_FILE, || {
-                create_cluster_ca(key)
+                create_cluster_ca()
             })?;
         let key = load_rsa_key(&pair.key_pem, "loading cluster CA key")?;
         let issuer = Issuer::from_ca_cert_pem(&pair.cert_pem, key)
@@ -134,18 +128,9 @@ impl ClusterCa {
         sha256_fingerprint(&self.cert_der)
     }
 
-    /// Signs `params` for `key` (a new one when `None`); shared by node certificates and the
-    /// primary key.
-    fn issue(
-        &self,
-        params: &CertificateParams,
-        key: Option<KeyPair>,
-        context: &'static str,
-    ) -> Result<ProductKeyCert> {
-        let key = match key {
-            Some(key) => key,
-            None => generate_rsa_key()?,
-        };
+    /// Signs `params` for a new RSA key; shared by node certificates and the primary key.
+    fn issue(&self, params: &CertificateParams, context: &'static str) -> Result<ProductKeyCert> {
+        let key = generate_rsa_key()?;
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(CertsError::rcgen(context))?;
@@ -159,11 +144,8 @@ impl ClusterCa {
     }
 }
 
-fn create_cluster_ca(key: Option<KeyPair>) -> Result<PemPair> {
-    let key = match key {
-        Some(key) => key,
-        None => generate_rsa_key()?,
-    };
+fn create_cluster_ca() -> Result<PemPair> {
+    let key = generate_rsa_key()?;
     let mut params = pki::base_params("apimctl cluster CA", CLUSTER_CA_VALIDITY)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -285,7 +267,7 @@ impl NodeCert {
         }
         let mut params = product_leaf_params(hostname, validity)?;
         params.subject_alt_names = sans.iter().map(|s| host_san(s)).collect::<Result<_>>()?;
-        let inner = ca.issue(&params, None, "issuing node certificate")?;
+        let inner = ca.issue(&params, "issuing node certificate")?;
         tracing::info!(%hostname, sans = ?sans, "issued node TLS certificate");
         Ok(NodeCert {
             subject: hostname.to_owned(),
@@ -320,20 +302,9 @@ impl PrimaryKey {
     /// Issues a new primary key and certificate (RSA-2048, SHA256withRSA, key usages including
     /// dataEncipherment) signed by the cluster CA.
     pub fn issue(ca: &ClusterCa, cluster_name: &str, validity: Duration) -> Result<Self> {
-        Self::issue_with_key(ca, cluster_name, validity, None)
-    }
-
-    /// [`PrimaryKey::issue`] for `key` when given (generated elsewhere, e.g. concurrently with
-    /// the cluster CA's key), else for a new key.
-    pub fn issue_with_key(
-        ca: &ClusterCa,
-        cluster_name: &str,
-        validity: Duration,
-        key: Option<KeyPair>,
-    ) -> Result<Self> {
         validate_name("cluster", cluster_name)?;
         let params = product_leaf_params(cluster_name, validity)?;
-        let inner = ca.issue(&params, key, "issuing primary key certificate")?;
+        let inner = ca.issue(&params, "issuing primary key certificate")?;
         tracing::info!(cluster = %cluster_name, "issued cluster primary key");
         Ok(PrimaryKey {
             subject: cluster_name.to_owned(),
@@ -349,22 +320,10 @@ impl PrimaryKey {
         cluster_name: &str,
         validity: Duration,
     ) -> Result<Self> {
-        Self::load_or_create_with_key(dir, ca, cluster_name, validity, None)
-    }
-
-    /// [`PrimaryKey::load_or_create`], issuing for `key` when given; `key` is dropped unused
-    /// when the primary key is already stored.
-    pub fn load_or_create_with_key(
-        dir: &Path,
-        ca: &ClusterCa,
-        cluster_name: &str,
-        validity: Duration,
-        key: Option<KeyPair>,
-    ) -> Result<Self> {
         let mut issued = None;
         let (pair, created) =
             files::load_or_create_pair(dir, PRIMARY_KEY_FILE, PRIMARY_CERT_FILE, || {
-                let pk = Self::issue_with_key(ca, cluster_name, validity, key)?;
+                let pk = Self::issue(ca, cluster_name, validity)?;
                 let pair = PemPair {
                     key_pem: pk.inner.key_pem.clone(),
                     cert_pem: pk.inner.cert_pem.clone(),

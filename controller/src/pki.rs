@@ -5,18 +5,17 @@
 //! A node certificate is re-issued only when its SANs change (a new LB hostname) or when it
 //! has less than [`RENEW_BEFORE`] left.
 //!
-//! RSA key generation is the slow part (the pure-Rust `rsa` crate), so a new cluster's CA and
-//! primary keys are generated concurrently, and [`ProductPki::prepare_nodes`] issues every node
-//! certificate a rollout needs on all cores before the specs are built. Keys come from the
-//! controller's key pool ([`apim_certs::start_key_pool`]) when it has some ready.
+//! RSA key generation is the slow part (the pure-Rust `rsa` crate): keys come from the
+//! controller's key pool ([`apim_certs::start_key_pool`]) when it has some ready, and
+//! [`ProductPki::prepare_nodes`] issues every node certificate a rollout needs on all cores
+//! before the specs are built (a large cluster drains the pool).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use apim_certs::{
-    CLUSTER_CA_ALIAS, CLUSTER_CA_CERT_FILE, CLUSTER_CA_KEY_FILE, ClusterCa,
-    DEFAULT_NODE_CERT_VALIDITY, DEFAULT_PRIMARY_KEY_VALIDITY, GATEWAY_CERT_ALIAS, NodeCert,
-    PRIMARY_CERT_FILE, PRIMARY_KEY_FILE, PrimaryKey, generate_rsa_key,
+    CLUSTER_CA_ALIAS, ClusterCa, DEFAULT_NODE_CERT_VALIDITY, DEFAULT_PRIMARY_KEY_VALIDITY,
+    GATEWAY_CERT_ALIAS, NodeCert, PrimaryKey,
 };
 use apim_proto::v1::{KeystoreSpec, StoreType as WireStoreType, TrustedCert};
 
@@ -89,24 +88,8 @@ struct NodeFiles {
     meta: PathBuf,
 }
 
-/// Whether neither file of a key/certificate pair exists yet (it will be created).
-fn pair_missing(dir: &Path, key: &str, cert: &str) -> bool {
-    !dir.join(key).exists() && !dir.join(cert).exists()
-}
-
-/// Runs `a` on a scoped thread and `b` here; a panic in either is re-raised.
-fn join2<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
-    std::thread::scope(|s| {
-        let ha = s.spawn(a);
-        let rb = b();
-        let ra = ha.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (ra, rb)
-    })
-}
-
 impl ProductPki {
-    /// Opens (or makes, on first use) the PKI of a cluster under `dir`. For a new cluster the
-    /// CA key and the primary key are generated concurrently, then signed.
+    /// Opens (or makes, on first use) the PKI of a cluster under `dir`.
     pub fn load_or_create(dir: &Path, cluster_name: &str) -> Result<Self, PkiError> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -114,19 +97,9 @@ impl ProductPki {
             .mode(0o700)
             .create(dir)
             .map_err(io(dir))?;
-        let new_key = |needed: bool| needed.then(generate_rsa_key).transpose();
-        let (ca_key, primary_key) = join2(
-            || new_key(pair_missing(dir, CLUSTER_CA_KEY_FILE, CLUSTER_CA_CERT_FILE)),
-            || new_key(pair_missing(dir, PRIMARY_KEY_FILE, PRIMARY_CERT_FILE)),
-        );
-        let ca = ClusterCa::load_or_create_with_key(dir, ca_key?)?;
-        let primary = PrimaryKey::load_or_create_with_key(
-            dir,
-            &ca,
-            cluster_name,
-            DEFAULT_PRIMARY_KEY_VALIDITY,
-            primary_key?,
-        )?;
+        let ca = ClusterCa::load_or_create(dir)?;
+        let primary =
+            PrimaryKey::load_or_create(dir, &ca, cluster_name, DEFAULT_PRIMARY_KEY_VALIDITY)?;
         Ok(ProductPki {
             dir: dir.to_path_buf(),
             ca,

@@ -1,11 +1,13 @@
 //! Reads the TLS key pair out of a node's keystore, so the simulated server presents the same
 //! certificate the real one would: the `[keystore.tls]` entry (default: the primary keystore).
 //!
-//! Both formats WSO2 ships behind a `.jks` name are read: Sun JKS (parsed here, with the JDK's
-//! SHA-1 key protector and integrity check) and PKCS#12 (through `p12-keystore`).
+//! Both formats WSO2 ships behind a `.jks` name are read: Sun JKS (through `apim_certs::jks`,
+//! with the JDK's key protector and integrity check; the certs tests check that codec against
+//! the real keytool) and PKCS#12 (through `p12-keystore`).
 
+use apim_certs::CertsError;
+use apim_certs::jks::JksStore;
 use p12_keystore::{KeyStore, KeyStoreEntry, Pkcs12ImportPolicy};
-use sha1::{Digest, Sha1};
 
 use crate::simpack::StoreFormat;
 
@@ -71,163 +73,24 @@ fn pkcs12_identity(data: &[u8], password: &str, alias: &str) -> Result<TlsIdenti
     })
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], KeystoreError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|e| *e <= self.data.len())
-            .ok_or(KeystoreError::Corrupt("truncated"))?;
-        let out = &self.data[self.pos..end];
-        self.pos = end;
-        Ok(out)
-    }
-    fn u16(&mut self) -> Result<u16, KeystoreError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, KeystoreError> {
-        let b = self.take(4)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn utf(&mut self) -> Result<String, KeystoreError> {
-        let n = usize::from(self.u16()?);
-        Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
-    }
-    fn blob(&mut self) -> Result<&'a [u8], KeystoreError> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-}
-
-fn utf16be(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_be_bytes).collect()
-}
-
-/// Sun's `KeyProtector` algorithm OID 1.3.6.1.4.1.42.2.17.1.1, DER-encoded.
-const SUN_KEY_PROTECTOR: [u8; 12] = [
-    0x06, 0x0A, 0x2B, 0x06, 0x01, 0x04, 0x01, 0x2A, 0x02, 0x11, 0x01, 0x01,
-];
-
-/// Reads one DER TLV header; returns (tag, content).
-fn der_tlv<'a>(r: &mut Reader<'a>) -> Result<(u8, &'a [u8]), KeystoreError> {
-    let tag = r.take(1)?[0];
-    let first = r.take(1)?[0];
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let n = usize::from(first & 0x7F);
-        if n == 0 || n > 4 {
-            return Err(KeystoreError::Corrupt("DER length"));
-        }
-        r.take(n)?
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
-    };
-    Ok((tag, r.take(len)?))
-}
-
 fn jks_identity(
     data: &[u8],
     store_password: &str,
     alias: &str,
     key_password: &str,
 ) -> Result<TlsIdentity, KeystoreError> {
-    let mut r = Reader { data, pos: 0 };
-    if r.u32()? != 0xFEED_FEED {
-        return Err(KeystoreError::UnknownFormat);
-    }
-    let version = r.u32()?;
-    if version != 1 && version != 2 {
-        return Err(KeystoreError::Corrupt("unsupported JKS version"));
-    }
-    let count = r.u32()?;
-    let mut found: Option<(&[u8], Vec<Vec<u8>>)> = None;
-    for _ in 0..count {
-        let tag = r.u32()?;
-        let name = r.utf()?;
-        r.take(8)?; // creation date
-        match tag {
-            1 => {
-                let key = r.blob()?;
-                let n = r.u32()?;
-                let mut chain = Vec::new();
-                for _ in 0..n {
-                    if version == 2 {
-                        r.utf()?; // certificate type, "X.509"
-                    }
-                    chain.push(r.blob()?.to_vec());
-                }
-                if name.eq_ignore_ascii_case(alias) {
-                    found = Some((key, chain));
-                }
-            }
-            2 => {
-                if version == 2 {
-                    r.utf()?;
-                }
-                r.blob()?;
-            }
-            _ => return Err(KeystoreError::Corrupt("unknown JKS entry type")),
-        }
-    }
-    let body = &data[..r.pos];
-    let stored = r.take(20)?;
-    let mut h = Sha1::new();
-    h.update(utf16be(store_password));
-    h.update(b"Mighty Aphrodite");
-    h.update(body);
-    if h.finalize().as_slice() != stored {
-        return Err(KeystoreError::StorePassword);
-    }
-    let (protected, chain) = found.ok_or_else(|| KeystoreError::NoSuchKey(alias.to_string()))?;
-
-    // EncryptedPrivateKeyInfo ::= SEQUENCE { AlgorithmIdentifier, OCTET STRING }
-    let (tag, seq) = der_tlv(&mut Reader {
-        data: protected,
-        pos: 0,
+    let store = JksStore::parse(data, store_password).map_err(|e| match e {
+        CertsError::WrongKeystorePassword => KeystoreError::StorePassword,
+        _ => KeystoreError::Corrupt("not a readable JKS keystore"),
     })?;
-    if tag != 0x30 {
-        return Err(KeystoreError::Corrupt("EncryptedPrivateKeyInfo"));
-    }
-    let mut inner = Reader { data: seq, pos: 0 };
-    let (tag, alg) = der_tlv(&mut inner)?;
-    if tag != 0x30 || !alg.starts_with(&SUN_KEY_PROTECTOR) {
-        return Err(KeystoreError::Corrupt(
-            "unsupported key protection algorithm",
-        ));
-    }
-    let (tag, enc) = der_tlv(&mut inner)?;
-    if tag != 0x04 || enc.len() < 40 {
-        return Err(KeystoreError::Corrupt("encrypted key"));
-    }
-    let (salt, rest) = enc.split_at(20);
-    let (cipher, check) = rest.split_at(rest.len() - 20);
-    let pw = utf16be(key_password);
-    let mut digest = salt.to_vec();
-    let mut plain = Vec::with_capacity(cipher.len());
-    for block in cipher.chunks(20) {
-        let mut h = Sha1::new();
-        h.update(&pw);
-        h.update(&digest);
-        digest = h.finalize().to_vec();
-        plain.extend(block.iter().zip(&digest).map(|(c, k)| c ^ k));
-    }
-    let mut h = Sha1::new();
-    h.update(&pw);
-    h.update(&plain);
-    if h.finalize().as_slice() != check {
-        return Err(KeystoreError::KeyPassword(alias.to_string()));
-    }
-    Ok(TlsIdentity {
-        chain,
-        key_pkcs8: plain,
-    })
+    let (key_pkcs8, chain) = store
+        .private_key(alias, key_password)
+        .map_err(|e| match e {
+            CertsError::WrongKeyPassword { .. } => KeystoreError::KeyPassword(alias.to_string()),
+            CertsError::NoSuchKeyEntry { .. } => KeystoreError::NoSuchKey(alias.to_string()),
+            _ => KeystoreError::Corrupt("protected key"),
+        })?;
+    Ok(TlsIdentity { chain, key_pkcs8 })
 }
 
 #[cfg(test)]
