@@ -89,6 +89,11 @@ pub struct Timings {
     pub stop_grace: Duration,
     /// Attempts of one download (each resumes where the last stopped).
     pub fetch_attempts: u32,
+    /// How long a node serves before its freshly installed tree is synced. By then the kernel
+    /// has written most of it back on its own (`vm.dirty_expire_centisecs`, 30 s by default),
+    /// so the sync is cheap and does not compete for the disk with nodes still unpacking or
+    /// starting. Until then a crash of the machine means installing the tree again.
+    pub tree_sync_delay: Duration,
 }
 
 impl Default for Timings {
@@ -106,6 +111,7 @@ impl Default for Timings {
             connect_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(60),
             fetch_attempts: 5,
+            tree_sync_delay: Duration::from_secs(30),
         }
     }
 }

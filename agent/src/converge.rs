@@ -320,21 +320,31 @@ impl NodeExecutor {
     }
 
     /// Converge the node to `t`. `cancel` ends a readiness wait early (a newer target).
-    /// Once the node is serving, a freshly installed tree is made durable (one `syncfs`, after
-    /// the readiness report went out, so it never delays the rollout).
+    /// A freshly installed tree is left unsynced; the node loop calls
+    /// [`NodeExecutor::sync_installed_tree`] once the node has served for a while.
     pub async fn converge(
         &mut self,
         t: &NodeTarget,
         cancel: impl Future<Output = ()>,
     ) -> DaemonResult<Outcome> {
-        let outcome = self.converge_steps(t, cancel).await?;
-        if matches!(outcome, Outcome::Healthy { .. }) && self.rec.unsynced_since_boot.is_some() {
-            self.sync_tree(&self.rec.carbon_home.clone()).await?;
-            let mut rec = self.rec.clone();
-            rec.unsynced_since_boot = None;
-            self.set_record(rec)?;
+        self.converge_steps(t, cancel).await
+    }
+
+    /// Whether the installed tree has not been made durable yet.
+    pub fn tree_unsynced(&self) -> bool {
+        self.rec.unsynced_since_boot.is_some()
+    }
+
+    /// Makes the installed tree durable (one `syncfs`) and records it, so a crash of the
+    /// machine no longer means installing it again. A no-op when it is synced already.
+    pub async fn sync_installed_tree(&mut self) -> DaemonResult<()> {
+        if !self.tree_unsynced() {
+            return Ok(());
         }
-        Ok(outcome)
+        self.sync_tree(&self.rec.carbon_home.clone()).await?;
+        let mut rec = self.rec.clone();
+        rec.unsynced_since_boot = None;
+        self.set_record(rec)
     }
 
     /// Makes everything written under `carbon_home` durable (one `syncfs` of its filesystem).
@@ -388,7 +398,11 @@ impl NodeExecutor {
 
         if !installed {
             self.preflight(spec, &carbon_home).await?;
-            self.report(gen_, NodePhase::Fetching, "fetching the pack");
+            self.report(
+                gen_,
+                NodePhase::Fetching,
+                "fetching the pack (unpacked as it arrives)",
+            );
             let name = self.name.clone();
             let board = Arc::clone(&self.ctx.board);
             let progress = move |have: u64, size: u64| {
@@ -400,13 +414,12 @@ impl NodeExecutor {
                     },
                 );
             };
-            let zip = self
-                .ctx
-                .fetcher
-                .ensure(&pack.sha256, pack.size, &progress)
-                .await?;
             if desired == DesiredRun::Staged && pid.is_some() {
                 // Keep the running node on its old tree; the install happens on release.
+                self.ctx
+                    .fetcher
+                    .ensure(&pack.sha256, pack.size, &progress)
+                    .await?;
                 self.report(
                     gen_,
                     NodePhase::Staged,
@@ -414,12 +427,6 @@ impl NodeExecutor {
                 );
                 return Ok(Outcome::Staged);
             }
-            if pid.is_some() {
-                self.report(gen_, NodePhase::Stopping, "stopping for the new pack");
-                self.stop(spec, &carbon_home).await?;
-                pid = None;
-            }
-            self.report(gen_, NodePhase::Unpacking, "unpacking");
             let staging_root = carbon_home
                 .parent()
                 .map(Path::to_path_buf)
@@ -429,11 +436,11 @@ impl NodeExecutor {
             unpack::clean_stale_staging(&staging_root)
                 .map_err(|e| DaemonError::agent(&self.name, e))?;
             let stage_started = Instant::now();
-            let staged = unpack::stage_zip(&zip, &staging_root, &pack.top_dir, &self.ctx.limits)
-                .await
-                .map_err(|e| DaemonError::agent(&self.name, e))?;
+            let staged = self
+                .fetch_and_stage(gen_, &pack, &staging_root, &progress)
+                .await?;
             let took = stage_started.elapsed().as_secs_f64();
-            tracing::info!(node = %self.name, files = staged.files, seconds = took, "pack unpacked");
+            tracing::info!(node = %self.name, files = staged.files, seconds = took, "pack fetched and unpacked");
             self.step(format!("staged {} files in {took:.1} s", staged.files));
             // The server runs as the plan's user and writes logs, tmp and databases inside
             // its tree: hand the tree over before it goes live.
@@ -449,6 +456,12 @@ impl NodeExecutor {
                 .map_err(|e| DaemonError::agent(&self.name, e))?,
                 None => staged,
             };
+            if pid.is_some() {
+                // Stopped only now: the node kept serving while its new tree was staged.
+                self.report(gen_, NodePhase::Stopping, "stopping for the new pack");
+                self.stop(spec, &carbon_home).await?;
+                pid = None;
+            }
             unpack::install_staged(staged, &carbon_home)
                 .await
                 .map_err(|e| DaemonError::agent(&self.name, e))?;
@@ -508,6 +521,48 @@ impl NodeExecutor {
             self.stop(spec, &carbon_home).await?;
         }
         self.start(t, &carbon_home, cancel).await
+    }
+
+    /// Fetches the pack and stages it while it arrives ([`crate::arriving`]). The staged tree
+    /// is returned only when the download verified (digest, and the tail it was read with);
+    /// otherwise it is discarded and the download's error returned.
+    async fn fetch_and_stage(
+        &self,
+        gen_: u64,
+        pack: &apim_proto::v1::ArtifactRef,
+        staging_root: &Path,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> DaemonResult<unpack::StagedTree> {
+        let (ready, source) = tokio::sync::oneshot::channel();
+        let fetch = self
+            .ctx
+            .fetcher
+            .fetch(&pack.sha256, pack.size, progress, Some(ready));
+        let stage = async {
+            // No source: the download failed before the pack could be read.
+            let source = source.await.ok()?;
+            if matches!(source, unpack::ZipSource::File(_)) {
+                self.report(gen_, NodePhase::Unpacking, "unpacking the cached pack");
+            }
+            Some(unpack::stage(source, staging_root, &pack.top_dir, &self.ctx.limits).await)
+        };
+        let (fetched, staged) = tokio::join!(fetch, stage);
+        match (fetched, staged) {
+            (Ok(_), Some(staged)) => staged.map_err(|e| DaemonError::agent(&self.name, e)),
+            (Ok(zip), None) => {
+                unpack::stage_zip(&zip, staging_root, &pack.top_dir, &self.ctx.limits)
+                    .await
+                    .map_err(|e| DaemonError::agent(&self.name, e))
+            }
+            (Err(e), staged) => {
+                if let Some(Ok(tree)) = staged
+                    && let Err(d) = tree.discard()
+                {
+                    tracing::warn!(node = %self.name, error = %d, "cannot remove a tree staged from a refused download; removed at the next staging");
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn preflight(&self, spec: &NodeSpec, carbon_home: &Path) -> DaemonResult<()> {

@@ -81,6 +81,28 @@ pub enum DaemonError {
         got: u64,
     },
 
+    /// The controller sent more bytes than the pack's size (the download is cut off there).
+    #[error("download of {sha256}: the controller sent {got} bytes of a {size}-byte pack")]
+    FetchOverrun {
+        /// The artifact.
+        sha256: String,
+        /// The pack's size in the spec.
+        size: u64,
+        /// Where the stream would have taken the file.
+        got: u64,
+    },
+
+    /// The zip tail fetched ahead of the body (and unpacked from) is not the verified pack's.
+    /// The staged tree was discarded; the next attempt stages from the verified cached pack.
+    #[error(
+        "pack {sha256}: the central directory fetched ahead differs from the verified pack's; \
+         the tree staged from it was discarded"
+    )]
+    TailMismatch {
+        /// The artifact.
+        sha256: String,
+    },
+
     /// The download did not complete after every retry (it is kept and resumed next time).
     #[error("download of {sha256} incomplete after {attempts} attempts: {have} of {size} bytes")]
     FetchIncomplete {
@@ -94,8 +116,11 @@ pub enum DaemonError {
         attempts: u32,
     },
 
-    /// The downloaded pack's sha256 differs from the spec's; it was deleted, nothing unpacked.
-    #[error("pack {expected} refused: the downloaded bytes hash to {actual}; nothing was unpacked")]
+    /// The downloaded pack's sha256 differs from the spec's; it was deleted, and anything
+    /// staged from it while it arrived was discarded: nothing was installed.
+    #[error(
+        "pack {expected} refused: the downloaded bytes hash to {actual}; nothing was installed"
+    )]
     PackDigestMismatch {
         /// The digest the spec names.
         expected: String,

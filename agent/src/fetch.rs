@@ -1,14 +1,28 @@
-//! Packs from the controller: streamed, resumable, sha256-verified, cached by digest.
+//! Packs from the controller: streamed, resumable, sha256-verified, cached by digest, and
+//! readable while they arrive.
 //!
 //! `<cache>/<sha>.partial` grows with each chunk of `ArtifactService.Fetch`; after a cut the
 //! next attempt asks for `offset = <its length>`. Every chunk is hashed as it is written (a
 //! resumed download first hashes what the partial file already holds), so the digest is ready
-//! when the stream ends with the announced size, without reading the pack again. The file is
-//! fsynced; only a matching digest is renamed to `<cache>/<sha>.zip` (the only name the
-//! unpacker is ever given). A mismatch deletes the partial file and is an error: a corrupt or
-//! short download is never unpacked. One download per digest at a time.
+//! when the stream ends with the announced size, without reading the pack again. Only a
+//! matching digest is renamed to `<cache>/<sha>.zip`; a mismatch deletes the partial file and is
+//! an error. One download per digest at a time.
+//!
+//! **Unpacking while it arrives.** [`Fetcher::fetch`] with a `ready` channel first fetches the
+//! zip's tail (its central directory, a ranged `Fetch`), then hands the unpacker an
+//! [`ArrivingPack`] that serves reads as the body is written (see [`crate::arriving`]). The
+//! download stays the judge: it fails the arriving pack when it fails, and it checks, once the
+//! digest matched, that the tail the unpacker read is the verified file's.
+//!
+//! **Durability without an fsync per pack.** A verified pack is not synced (that would write
+//! every pack out while the unpack competes for the same disk). Instead `<cache>/<sha>.boot`
+//! records the boot it was verified in: within that boot the page cache holds what was
+//! verified; a pack from an earlier boot (it may have been torn by a crash) is hashed again
+//! before use and fetched again when it no longer matches. Where the kernel gives no boot id,
+//! downloads are synced as they end, as before.
 
 use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,10 +31,13 @@ use apim_proto::v1::FetchRequest;
 use apim_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 
 use crate::AgentError;
+use crate::arriving::{ArrivingPack, MAX_TAIL, TAIL_PROBE, central_directory_start};
 use crate::control::Control;
 use crate::daemon_error::{DaemonError, DaemonResult};
+use crate::unpack::{ZipSource, boot_id};
 
 /// Fetches and caches packs. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -30,6 +47,17 @@ pub struct Fetcher {
     attempts: u32,
     retry_pause: Duration,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Fails the arriving pack (waking its readers) unless the download completed.
+struct ArrivalGuard(Option<Arc<ArrivingPack>>);
+
+impl Drop for ArrivalGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.fail("the download was abandoned");
+        }
+    }
 }
 
 impl Fetcher {
@@ -55,6 +83,11 @@ impl Fetcher {
         self.cache_dir.join(format!("{sha256}.partial"))
     }
 
+    /// The boot a cached pack was verified in.
+    fn boot_stamp_path(&self, sha256: &str) -> PathBuf {
+        self.cache_dir.join(format!("{sha256}.boot"))
+    }
+
     /// Returns the verified pack, downloading (or resuming) it when not cached. `size` is the
     /// spec's size (0: unknown, the stream's end is trusted and the digest decides).
     /// `progress(have, size)` is called after each chunk.
@@ -63,6 +96,21 @@ impl Fetcher {
         sha256: &str,
         size: u64,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> DaemonResult<PathBuf> {
+        self.fetch(sha256, size, progress, None).await
+    }
+
+    /// [`Fetcher::ensure`], and `ready` receives the pack as soon as it can be read: the
+    /// cached file at once, or (size known) the download in progress once its tail is in, or
+    /// else the verified file when the download ends. `ready` is dropped unsent when the
+    /// download fails first. An error after the pack was handed over means whatever was read
+    /// from it must be thrown away.
+    pub async fn fetch(
+        &self,
+        sha256: &str,
+        size: u64,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+        mut ready: Option<oneshot::Sender<ZipSource>>,
     ) -> DaemonResult<PathBuf> {
         let sha = sha256.trim().to_ascii_lowercase();
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -79,45 +127,231 @@ impl Fetcher {
         };
         let _one = lock.lock().await;
         let done = self.cached_path(&sha);
-        if done.is_file() {
+        if done.is_file() && self.cached_pack_is_sound(&sha, &done).await? {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(ZipSource::File(done.clone()));
+            }
             return Ok(done);
         }
         create_private_dir(&self.cache_dir)?;
         let partial = self.partial_path(&sha);
+        if size > 0 && file_len(&partial) > size {
+            // More than the artifact: not ours to resume; start over.
+            remove_if_exists(&partial)?;
+        }
+        let mut guard = ArrivalGuard(None);
+        if size > 0
+            && let Some(tx) = ready.take()
+        {
+            let pack = Arc::new(self.open_arriving(&sha, &partial, size).await?);
+            guard.0 = Some(Arc::clone(&pack));
+            let _ = tx.send(ZipSource::Arriving(pack));
+        }
         let started = std::time::Instant::now();
+        let result = self
+            .download_verified(&sha, &partial, size, progress, guard.0.as_deref())
+            .await;
+        if let Err(e) = &result
+            && let Some(pack) = guard.0.take()
+        {
+            pack.fail(e.to_string());
+        }
+        result?;
+        std::fs::rename(&partial, &done)
+            .map_err(|e| DaemonError::io("rename verified pack to", &done, e))?;
+        match boot_id() {
+            Some(boot) => {
+                // Unsynced on purpose (see the module docs); the stamp says since when.
+                let stamp = self.boot_stamp_path(&sha);
+                std::fs::write(&stamp, boot)
+                    .map_err(|e| DaemonError::io("write boot stamp", &stamp, e))?;
+            }
+            None => crate::atomic::fsync_dir(&self.cache_dir)
+                .map_err(|e| DaemonError::agent("pack cache", e))?,
+        }
+        tracing::info!(sha256 = %sha, path = %done.display(), seconds = started.elapsed().as_secs_f64(), "pack downloaded and verified");
+        if let Some(pack) = guard.0.take() {
+            let verified = read_range(&done, pack.tail_start(), pack.size()).await?;
+            if !pack.tail_matches(&verified) {
+                return Err(DaemonError::TailMismatch { sha256: sha });
+            }
+        }
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(ZipSource::File(done.clone()));
+        }
+        Ok(done)
+    }
+
+    /// Whether the cached pack can be used as it is. A pack verified in this boot can; one from
+    /// an earlier boot was never synced and is hashed again (and deleted when it no longer
+    /// matches, so it is fetched again).
+    async fn cached_pack_is_sound(&self, sha: &str, done: &Path) -> DaemonResult<bool> {
+        let Some(boot) = boot_id() else {
+            return Ok(true);
+        };
+        let stamp = self.boot_stamp_path(sha);
+        if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == boot) {
+            return Ok(true);
+        }
+        let path = done.to_path_buf();
+        let actual = tokio::task::spawn_blocking(move || crate::unpack::sha256_file(&path))
+            .await
+            .map_err(|source| DaemonError::Join {
+                op: "hash cached pack",
+                source,
+            })?
+            .map_err(|e| DaemonError::agent("pack", e))?;
+        if actual == sha {
+            std::fs::write(&stamp, boot)
+                .map_err(|e| DaemonError::io("write boot stamp", &stamp, e))?;
+            return Ok(true);
+        }
+        tracing::warn!(sha256 = %sha, actual = %actual, path = %done.display(), "a cached pack from an earlier boot no longer matches its digest; fetching it again");
+        remove_if_exists(done)?;
+        remove_if_exists(&stamp)?;
+        Ok(false)
+    }
+
+    /// The download as the unpacker sees it: the partial file (created if missing) and the
+    /// zip's tail in memory. A tail that cannot be fetched is only a slower start (every read
+    /// then waits for the body).
+    async fn open_arriving(
+        &self,
+        sha: &str,
+        partial: &Path,
+        size: u64,
+    ) -> DaemonResult<ArrivingPack> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(partial)
+            .map_err(|e| DaemonError::io("open download", partial, e))?;
+        let file = std::fs::File::open(partial)
+            .map_err(|e| DaemonError::io("open download", partial, e))?;
+        let written = file_len(partial);
+        let tail = if written < size {
+            match self.fetch_tail(sha, size).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(sha256 = %sha, error = %e, "cannot fetch the pack's tail ahead; unpacking follows the download from its start");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(ArrivingPack::new(
+            partial.to_path_buf(),
+            file,
+            size,
+            written,
+            tail,
+        ))
+    }
+
+    /// The zip's end records and central directory: the last [`TAIL_PROBE`] bytes, and the
+    /// rest of the directory (up to [`MAX_TAIL`] in all) when it starts before them.
+    async fn fetch_tail(&self, sha: &str, size: u64) -> DaemonResult<Vec<u8>> {
+        let probe_start = size - TAIL_PROBE.min(size);
+        let mut tail = self
+            .fetch_range(sha, probe_start, size - probe_start)
+            .await?;
+        if let Some(cd) = central_directory_start(&tail, probe_start)
+            && cd < probe_start
+            && size - cd <= MAX_TAIL
+        {
+            let mut whole = self.fetch_range(sha, cd, probe_start - cd).await?;
+            whole.append(&mut tail);
+            tail = whole;
+        }
+        Ok(tail)
+    }
+
+    /// `len` bytes of the artifact from `offset` (one ranged Fetch; a controller that ignores
+    /// the range is read only as far as needed).
+    async fn fetch_range(&self, sha: &str, offset: u64, len: u64) -> DaemonResult<Vec<u8>> {
+        let mut client = ArtifactServiceClient::new(self.control(sha)?.channel());
+        let mut stream = client
+            .fetch(FetchRequest {
+                sha256: sha.to_owned(),
+                offset,
+                limit: len,
+            })
+            .await
+            .map_err(|s| DaemonError::rpc("Fetch", &s))?
+            .into_inner();
+        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        while (out.len() as u64) < len {
+            let at = offset + out.len() as u64;
+            match stream.message().await {
+                Ok(Some(chunk)) if chunk.offset != at => {
+                    return Err(DaemonError::FetchOffset {
+                        sha256: sha.to_owned(),
+                        expected: at,
+                        got: chunk.offset,
+                    });
+                }
+                Ok(Some(chunk)) => {
+                    let take = chunk.data.len().min((len - out.len() as u64) as usize);
+                    out.extend_from_slice(&chunk.data[..take]);
+                }
+                Ok(None) => break,
+                Err(s) => return Err(DaemonError::rpc("Fetch", &s)),
+            }
+        }
+        if (out.len() as u64) < len {
+            return Err(DaemonError::FetchIncomplete {
+                sha256: sha.to_owned(),
+                have: out.len() as u64,
+                size: len,
+                attempts: 1,
+            });
+        }
+        Ok(out)
+    }
+
+    fn control(&self, sha: &str) -> DaemonResult<&Control> {
+        self.control.as_ref().ok_or_else(|| DaemonError::Stream {
+            reason: format!("pack {sha} is not cached and this agent has no controller"),
+        })
+    }
+
+    /// Downloads (resuming, retrying) into `partial` until it holds the whole pack and its
+    /// digest matches; a mismatch deletes the file.
+    async fn download_verified(
+        &self,
+        sha: &str,
+        partial: &Path,
+        size: u64,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+        arriving: Option<&ArrivingPack>,
+    ) -> DaemonResult<()> {
         // The digest of the partial file's first `hashed` bytes.
         let mut hasher = Sha256::new();
         let mut hashed = 0u64;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let have = file_len(&partial);
-            if size > 0 && have > size {
-                // More than the artifact: not ours to resume; start over.
-                remove_if_exists(&partial)?;
-                continue;
-            }
+            let have = file_len(partial);
             if hashed != have {
                 // A resumed download (or a write that failed mid-chunk): hash what is there.
                 (hasher, hashed) = if have == 0 {
                     (Sha256::new(), 0)
                 } else {
-                    hash_prefix(&partial).await?
+                    hash_prefix(partial).await?
                 };
             }
             let complete = if size > 0 && have == size {
                 true
             } else {
+                let mut sink = Sink {
+                    hasher: &mut hasher,
+                    hashed: &mut hashed,
+                    arriving,
+                };
                 match self
-                    .download(
-                        &sha,
-                        &partial,
-                        have,
-                        size,
-                        progress,
-                        &mut hasher,
-                        &mut hashed,
-                    )
+                    .download(sha, partial, have, size, progress, &mut sink)
                     .await
                 {
                     Ok(ended_at) => size == 0 || ended_at == size,
@@ -129,39 +363,33 @@ impl Fetcher {
                     Err(e) => return Err(e),
                 }
             };
-            if !complete {
-                if attempt < self.attempts {
-                    tracing::warn!(sha256 = %sha, have = file_len(&partial), size, "stream ended early; will resume");
-                    continue;
-                }
-                return Err(DaemonError::FetchIncomplete {
-                    sha256: sha,
-                    have: file_len(&partial),
-                    size,
-                    attempts: attempt,
-                });
+            if complete {
+                break;
             }
-            break;
+            if attempt < self.attempts {
+                tracing::warn!(sha256 = %sha, have = file_len(partial), size, "stream ended early; will resume");
+                continue;
+            }
+            return Err(DaemonError::FetchIncomplete {
+                sha256: sha.to_owned(),
+                have: file_len(partial),
+                size,
+                attempts: attempt,
+            });
         }
         let actual = hex::encode(hasher.finalize());
         if actual != sha {
-            remove_if_exists(&partial)?;
+            remove_if_exists(partial)?;
             return Err(DaemonError::PackDigestMismatch {
-                expected: sha,
+                expected: sha.to_owned(),
                 actual,
             });
         }
-        std::fs::rename(&partial, &done)
-            .map_err(|e| DaemonError::io("rename verified pack to", &done, e))?;
-        crate::atomic::fsync_dir(&self.cache_dir)
-            .map_err(|e| DaemonError::agent("pack cache", e))?;
-        tracing::info!(sha256 = %sha, path = %done.display(), seconds = started.elapsed().as_secs_f64(), "pack downloaded and verified");
-        Ok(done)
+        Ok(())
     }
 
-    /// One Fetch stream from `offset`, appended to `partial` and fed to `hasher` (which holds
-    /// the digest of the first `hashed` bytes); returns where the file ends.
-    #[allow(clippy::too_many_arguments)]
+    /// One Fetch stream from `offset`, appended to `partial` and fed to `sink`; returns where
+    /// the file ends.
     async fn download(
         &self,
         sha: &str,
@@ -169,17 +397,14 @@ impl Fetcher {
         offset: u64,
         size: u64,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
-        hasher: &mut Sha256,
-        hashed: &mut u64,
+        sink: &mut Sink<'_>,
     ) -> DaemonResult<u64> {
-        let control = self.control.as_ref().ok_or_else(|| DaemonError::Stream {
-            reason: format!("pack {sha} is not cached and this agent has no controller"),
-        })?;
-        let mut client = ArtifactServiceClient::new(control.channel());
+        let mut client = ArtifactServiceClient::new(self.control(sha)?.channel());
         let mut stream = client
             .fetch(FetchRequest {
                 sha256: sha.to_owned(),
                 offset,
+                limit: 0,
             })
             .await
             .map_err(|s| DaemonError::rpc("Fetch", &s))?
@@ -202,27 +427,69 @@ impl Fetcher {
                             got: chunk.offset,
                         });
                     }
+                    let end = at + chunk.data.len() as u64;
+                    if size > 0 && end > size {
+                        break Err(DaemonError::FetchOverrun {
+                            sha256: sha.to_owned(),
+                            size,
+                            got: end,
+                        });
+                    }
                     if let Err(e) = file.write_all(&chunk.data).await {
                         break Err(DaemonError::io("write download", partial, e));
                     }
-                    hasher.update(&chunk.data);
-                    at += chunk.data.len() as u64;
-                    *hashed = at;
+                    sink.hasher.update(&chunk.data);
+                    at = end;
+                    *sink.hashed = at;
+                    if let Some(pack) = sink.arriving {
+                        // The unpacker reads the file: the bytes must be in it first.
+                        if let Err(e) = file.flush().await {
+                            break Err(DaemonError::io("write download", partial, e));
+                        }
+                        pack.advance(at);
+                    }
                     progress(at, size);
                 }
                 Ok(None) => break Ok(at),
                 Err(s) => break Err(DaemonError::rpc("Fetch", &s)),
             }
         };
-        // Keep what arrived (flushed and synced) so the next attempt resumes from it.
+        // Keep what arrived so the next attempt resumes from it.
         file.flush()
             .await
             .map_err(|e| DaemonError::io("flush download", partial, e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| DaemonError::io("sync download", partial, e))?;
+        if boot_id().is_none() {
+            file.sync_all()
+                .await
+                .map_err(|e| DaemonError::io("sync download", partial, e))?;
+        }
         result
     }
+}
+
+/// Where a download's chunks go besides the file: the running digest, and the unpacker
+/// following the download.
+struct Sink<'a> {
+    hasher: &'a mut Sha256,
+    hashed: &'a mut u64,
+    arriving: Option<&'a ArrivingPack>,
+}
+
+/// The bytes `[from, to)` of `path`.
+async fn read_range(path: &Path, from: u64, to: u64) -> DaemonResult<Vec<u8>> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&p)?;
+        let mut buf = vec![0u8; usize::try_from(to - from).map_err(std::io::Error::other)?];
+        f.read_exact_at(&mut buf, from)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|source| DaemonError::Join {
+        op: "read pack tail",
+        source,
+    })?
+    .map_err(|e| DaemonError::io("read pack tail", path, e))
 }
 
 /// The digest state of `path`'s current content, and its length.

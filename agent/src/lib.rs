@@ -19,6 +19,7 @@
 //! | [`atomic`] | temp + fsync + rename + dir fsync: never a half-written file |
 //! | [`ledger`] | the accepted generation, persisted atomically; older generations refused |
 //! | [`unpack`] | sha256 check, guarded parallel zip staging, atomic swap into place |
+//! | [`arriving`] | a pack still downloading, readable while it arrives (staging overlaps the fetch) |
 //! | [`hosts`] | the managed block in `/etc/hosts`, every foreign byte kept |
 //! | [`process`] | start/stop through the node's script; pid-file truth; no double start |
 //! | [`health`] | readiness probes (log line after an offset, TCP, HTTP(S), liveness) |
@@ -32,10 +33,12 @@
 //! 1. **ledger** — [`ledger::Ledger::commit`] the new spec first; a lower generation is refused,
 //!    so a stale controller cannot roll the machine back. After a restart the agent resumes
 //!    from the ledger.
-//! 2. **fetch** the pack (from the controller) into the staging root.
-//! 3. **verify** — [`unpack::verify_sha256`] against the plan's digest.
-//! 4. **stage** — [`unpack::stage_zip`] under the staging root (same filesystem as the install
-//!    dir), then [`unpack::StagedTree::chown_blocking`] to the `run_as` user.
+//! 2. **fetch** the pack (from the controller) into the pack cache, its tail first.
+//! 3. **stage** — [`unpack::stage`] under the staging root (same filesystem as the install
+//!    dir) *while the pack arrives* ([`arriving`]), then
+//!    [`unpack::StagedTree::chown_blocking`] to the `run_as` user.
+//! 4. **verify** — the whole pack's sha256 against the plan's digest (hashed as it arrives), and
+//!    the tail the unpacker read against the verified file; a mismatch discards the staged tree.
 //! 5. **install** — stop the node if it runs ([`process::stop`]), then
 //!    [`unpack::install_staged`] swaps the tree in. Only when the pack changed: a reinstall
 //!    wipes the node's local state (H2 databases, Solr index, logs).
@@ -56,6 +59,7 @@
 //!     until then the node record holds the [`unpack::boot_id`], and a tree left unsynced by a
 //!     crash of the machine is installed again.
 
+pub mod arriving;
 pub mod atomic;
 pub mod control;
 pub mod enroll;

@@ -5,6 +5,9 @@
 //! latest target matters). `None` means the node left the spec: it is stopped and forgotten.
 //! When the sender is dropped (the agent shuts down) the task ends and the node keeps
 //! running: an agent restart adopts it.
+//!
+//! A freshly installed tree is synced `tree_sync_delay` after the node first reported
+//! healthy, from this loop, so the sync never sits in a rollout's path.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +36,7 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
     let mut last: Option<Arc<NodeTarget>> = None;
     let mut retry_at: Option<Instant> = None;
     let mut failures: u32 = 0;
+    let mut sync_at: Option<Instant> = None;
     loop {
         if rx.has_changed().is_err() {
             // The agent is shutting down: leave the node as it is.
@@ -58,7 +62,10 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
             };
             match exec.converge(&t, cancel).await {
                 Ok(Outcome::Superseded) => {}
-                Ok(_) => {
+                Ok(outcome) => {
+                    if matches!(outcome, Outcome::Healthy { .. }) && exec.tree_unsynced() {
+                        sync_at.get_or_insert(Instant::now() + timings.tree_sync_delay);
+                    }
                     done = Some(Arc::clone(&t));
                     failures = 0;
                     retry_at = None;
@@ -73,7 +80,19 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
                 }
             }
         }
+        if sync_at.is_some_and(|at| Instant::now() >= at) {
+            sync_at = match exec.sync_installed_tree().await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(node = exec.name(), error = %e, "syncing the installed tree failed; will retry");
+                    Some(Instant::now() + timings.supervise_interval)
+                }
+            };
+        }
         let mut wait = timings.supervise_interval;
+        if let Some(at) = sync_at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         if let Some(r) = retry_at {
             wait = wait.min(r.saturating_duration_since(Instant::now()));
         }

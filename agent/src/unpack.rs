@@ -1,10 +1,12 @@
 //! Fetch-side safety for distribution packs: checksum, guarded extraction, atomic install.
 //!
-//! The flow is `verify_sha256` → [`stage_zip`] → [`install_staged`]:
+//! The flow is [`stage`] → [`install_staged`]:
 //!
-//! 1. [`verify_sha256`] hashes the pack (streamed, 1 MiB reads) and compares with the plan's
-//!    digest before a single byte is extracted.
-//! 2. [`stage_zip`] extracts into a fresh private directory
+//! 1. The pack's digest is checked: the fetcher hashes it as it arrives ([`verify_sha256`] does
+//!    it for a file at rest). A pack still arriving ([`ZipSource::Arriving`], see
+//!    [`crate::arriving`]) is staged *while* it arrives, and the staged tree is discarded unless
+//!    the digest matches in the end; it is never installed before.
+//! 2. [`stage`] extracts into a fresh private directory
 //!    `<staging_root>/.apimctl-stage-<random>/` (mode 0700) on the same filesystem as the
 //!    install dir, and returns the staged top directory (e.g. `…/wso2am-4.2.0`).
 //! 3. [`install_staged`] moves the staged tree into place with one `renameat2(RENAME_EXCHANGE)`
@@ -44,9 +46,10 @@
 //!
 //! # Speed
 //!
-//! Extraction runs in `spawn_blocking`, on `threads` OS threads (default 2) that each take a
-//! contiguous slice of the entry list (balanced by compressed size, so each thread reads the
-//! zip sequentially) and share one parse of the central directory. The zip is read through a
+//! Extraction runs in `spawn_blocking`, on `threads` OS threads (default 2) that share one parse
+//! of the central directory and take batches of entries (about 1 MiB of compressed data each)
+//! in the order the entries sit in the zip, so together they read it front to back, right
+//! behind a download in progress. The zip is read through a
 //! `pread`-based reader with a 128 KiB window (one syscall serves a small entry's local header
 //! and data), data is copied through a 256 KiB buffer, files and directories are created with
 //! their final modes (no chmod pass unless the umask is unusual), and no file is `fsync`ed
@@ -58,11 +61,12 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 use zip::ZipArchive;
 
+use crate::arriving::ArrivingPack;
 use crate::atomic::{fsync_dir, parent_dir};
 use crate::error::{AgentError, Result};
 
@@ -70,12 +74,49 @@ use crate::error::{AgentError, Result};
 pub const STAGE_PREFIX: &str = ".apimctl-stage-";
 
 const COPY_BUF: usize = 256 * 1024;
+/// Compressed bytes (plus a per-file allowance) an extraction thread takes at a time.
+const BATCH_WEIGHT: u64 = 1 << 20;
 const READ_WINDOW: usize = 128 * 1024;
 const S_IFMT: u32 = 0o170000;
 const S_IFREG: u32 = 0o100000;
 const S_IFDIR: u32 = 0o040000;
 
-/// Zip-bomb guards and parallelism for [`stage_zip`].
+/// The archive [`stage`] reads: a verified file at rest, or a download still arriving.
+#[derive(Debug, Clone)]
+pub enum ZipSource {
+    /// A complete pack (the verified cache entry).
+    File(PathBuf),
+    /// A pack still being downloaded; reads wait for the bytes (see [`crate::arriving`]).
+    Arriving(Arc<ArrivingPack>),
+}
+
+impl ZipSource {
+    /// The file behind the source, for messages.
+    pub fn path(&self) -> &Path {
+        match self {
+            ZipSource::File(p) => p,
+            ZipSource::Arriving(a) => a.path(),
+        }
+    }
+
+    fn reader(&self) -> Result<PreadReader> {
+        match self {
+            ZipSource::File(p) => {
+                let file = File::open(p).map_err(|e| AgentError::io("open zip", p, e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| AgentError::io("stat zip", p, e))?
+                    .len();
+                Ok(PreadReader::new(Source::File(Arc::new(file)), len))
+            }
+            ZipSource::Arriving(a) => {
+                Ok(PreadReader::new(Source::Arriving(Arc::clone(a)), a.size()))
+            }
+        }
+    }
+}
+
+/// Zip-bomb guards and parallelism for [`stage`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackLimits {
     /// Most entries (files + directories) an archive may have.
@@ -227,13 +268,28 @@ pub async fn stage_zip(
     expected_top_dir: &str,
     limits: &UnpackLimits,
 ) -> Result<StagedTree> {
-    let (zip, root, top, limits) = (
-        zip.to_path_buf(),
+    stage(
+        ZipSource::File(zip.to_path_buf()),
+        staging_root,
+        expected_top_dir,
+        limits,
+    )
+    .await
+}
+
+/// [`stage_zip`] for any [`ZipSource`]: a pack still arriving is extracted as it arrives.
+pub async fn stage(
+    source: ZipSource,
+    staging_root: &Path,
+    expected_top_dir: &str,
+    limits: &UnpackLimits,
+) -> Result<StagedTree> {
+    let (root, top, limits) = (
         staging_root.to_path_buf(),
         expected_top_dir.to_string(),
         limits.clone(),
     );
-    tokio::task::spawn_blocking(move || stage_zip_blocking(&zip, &root, &top, &limits))
+    tokio::task::spawn_blocking(move || stage_blocking(&source, &root, &top, &limits))
         .await
         .map_err(|source| AgentError::Join {
             op: "zip extraction",
@@ -281,6 +337,8 @@ pub fn clean_stale_staging(staging_root: &Path) -> Result<usize> {
 #[derive(Debug)]
 struct PlannedFile {
     index: usize,
+    /// Where the entry's local header sits in the zip.
+    offset: u64,
     rel: PathBuf,
     mode: u32,
     size: u64,
@@ -446,6 +504,7 @@ fn plan<R: Read + Seek>(
         }
         plan.files.push(PlannedFile {
             index,
+            offset: e.header_start(),
             mode: file_mode(&rel, mode),
             rel,
             size,
@@ -453,6 +512,8 @@ fn plan<R: Read + Seek>(
             weight: e.compressed_size() + 8192,
         });
     }
+    // Extraction follows the zip's layout (and a download in progress).
+    plan.files.sort_by_key(|f| f.offset);
     if plan.files.is_empty() && plan.dirs.is_empty() {
         return Err(AgentError::UnexpectedTopDir {
             zip: zip.to_path_buf(),
@@ -485,13 +546,14 @@ impl Drop for WrapperGuard {
     }
 }
 
-/// Blocking body of [`stage_zip`].
-pub fn stage_zip_blocking(
-    zip: &Path,
+/// Blocking body of [`stage`].
+pub fn stage_blocking(
+    source: &ZipSource,
     staging_root: &Path,
     expected_top_dir: &str,
     limits: &UnpackLimits,
 ) -> Result<StagedTree> {
+    let zip = source.path();
     let top_ok = sanitize_name(expected_top_dir).is_ok_and(|c| c.len() == 1)
         && !expected_top_dir.contains('/');
     if !top_ok {
@@ -501,9 +563,7 @@ pub fn stage_zip_blocking(
             expected: expected_top_dir.to_string(),
         });
     }
-    let file = File::open(zip).map_err(|e| AgentError::io("open zip", zip, e))?;
-    let reader =
-        PreadReader::new(Arc::new(file)).map_err(|e| AgentError::io("stat zip", zip, e))?;
+    let reader = source.reader()?;
     let archive = ZipArchive::new(reader).map_err(|source| AgentError::Zip {
         zip: zip.to_path_buf(),
         entry: None,
@@ -571,34 +631,39 @@ fn extract_files(
     threads: usize,
     umask: Option<u32>,
 ) -> Result<u64> {
-    let threads = threads.clamp(1, 16).min(files.len().max(1));
-    if threads == 1 {
-        let stop = AtomicBool::new(false);
-        return extract_slice(archive.clone(), zip, wrapper, files, umask, &stop);
-    }
-    // Contiguous slices of about equal weight: each thread reads the zip front to back.
-    let total: u64 = files.iter().map(|f| f.weight).sum();
-    let mut slices = Vec::with_capacity(threads);
-    let mut start = 0;
-    let mut acc = 0u64;
+    // Batches of neighbouring entries, taken in zip order by whichever thread is free.
+    let mut batches = Vec::new();
+    let (mut start, mut acc) = (0, 0u64);
     for (i, f) in files.iter().enumerate() {
         acc += f.weight;
-        let boundary = total * (slices.len() as u64 + 1) / threads as u64;
-        if acc >= boundary && slices.len() + 1 < threads {
-            slices.push(&files[start..=i]);
-            start = i + 1;
+        if acc >= BATCH_WEIGHT {
+            batches.push(&files[start..=i]);
+            (start, acc) = (i + 1, 0);
         }
     }
-    slices.push(&files[start..]);
-
+    if start < files.len() {
+        batches.push(&files[start..]);
+    }
+    let threads = threads.clamp(1, 16).min(batches.len().max(1));
+    let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
+    let work = Work {
+        zip,
+        wrapper,
+        batches: &batches,
+        next: &next,
+        stop: &stop,
+        umask,
+    };
+    if threads == 1 {
+        return work.run(archive.clone());
+    }
     std::thread::scope(|s| {
-        let handles: Vec<_> = slices
-            .into_iter()
-            .map(|slice| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
                 let ar = archive.clone();
-                let stop = &stop;
-                s.spawn(move || extract_slice(ar, zip, wrapper, slice, umask, stop))
+                let work = &work;
+                s.spawn(move || work.run(ar))
             })
             .collect();
         let mut bytes = 0;
@@ -619,29 +684,44 @@ fn extract_files(
     })
 }
 
-fn extract_slice(
-    mut archive: ZipArchive<PreadReader>,
-    zip: &Path,
-    wrapper: &Path,
-    files: &[PlannedFile],
+/// The extraction threads' shared queue: batches in zip order, the next one to take, and a
+/// flag that stops everyone after the first error.
+struct Work<'a> {
+    zip: &'a Path,
+    wrapper: &'a Path,
+    batches: &'a [&'a [PlannedFile]],
+    next: &'a AtomicUsize,
+    stop: &'a AtomicBool,
     umask: Option<u32>,
-    stop: &AtomicBool,
-) -> Result<u64> {
-    let mut buf = vec![0u8; COPY_BUF];
-    let mut bytes = 0u64;
-    for f in files {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        match extract_one(&mut archive, zip, wrapper, f, umask, &mut buf) {
-            Ok(n) => bytes += n,
-            Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                return Err(e);
+}
+
+impl Work<'_> {
+    fn run(&self, mut archive: ZipArchive<PreadReader>) -> Result<u64> {
+        let mut buf = vec![0u8; COPY_BUF];
+        let mut bytes = 0u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            let Some(batch) = self.batches.get(self.next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            for f in *batch {
+                match extract_one(
+                    &mut archive,
+                    self.zip,
+                    self.wrapper,
+                    f,
+                    self.umask,
+                    &mut buf,
+                ) {
+                    Ok(n) => bytes += n,
+                    Err(e) => {
+                        self.stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
             }
         }
+        Ok(bytes)
     }
-    Ok(bytes)
 }
 
 fn extract_one(
@@ -851,11 +931,27 @@ fn swap_by_two_renames(staged: &StagedTree, dest: &Path) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // reader
 
-/// A cloneable `Read + Seek` over a shared file using positioned reads (`pread`), with a
-/// small read window. Clones have their own position and window, so several threads can read
-/// one archive, sharing its parsed central directory.
+/// What a [`PreadReader`] reads from.
+#[derive(Clone)]
+enum Source {
+    File(Arc<File>),
+    Arriving(Arc<ArrivingPack>),
+}
+
+impl Source {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        match self {
+            Source::File(f) => f.read_at(buf, pos),
+            Source::Arriving(a) => a.read_at(buf, pos),
+        }
+    }
+}
+
+/// A cloneable `Read + Seek` over a shared file (or a pack still arriving) using positioned
+/// reads (`pread`), with a small read window. Clones have their own position and window, so
+/// several threads can read one archive, sharing its parsed central directory.
 struct PreadReader {
-    file: Arc<File>,
+    source: Source,
     len: u64,
     pos: u64,
     window: Box<[u8]>,
@@ -864,29 +960,23 @@ struct PreadReader {
 }
 
 impl PreadReader {
-    fn new(file: Arc<File>) -> io::Result<Self> {
-        let len = file.metadata()?.len();
-        Ok(PreadReader {
-            file,
+    fn new(source: Source, len: u64) -> Self {
+        PreadReader {
+            source,
             len,
             pos: 0,
             window: vec![0u8; READ_WINDOW].into_boxed_slice(),
             window_start: 0,
             window_len: 0,
-        })
+        }
     }
 }
 
 impl Clone for PreadReader {
     fn clone(&self) -> Self {
-        PreadReader {
-            file: Arc::clone(&self.file),
-            len: self.len,
-            pos: self.pos,
-            window: vec![0u8; READ_WINDOW].into_boxed_slice(),
-            window_start: 0,
-            window_len: 0,
-        }
+        let mut c = PreadReader::new(self.source.clone(), self.len);
+        c.pos = self.pos;
+        c
     }
 }
 
@@ -899,11 +989,11 @@ impl Read for PreadReader {
             self.pos >= self.window_start && self.pos < self.window_start + self.window_len as u64;
         if !in_window {
             if out.len() >= self.window.len() {
-                let n = self.file.read_at(out, self.pos)?;
+                let n = self.source.read_at(out, self.pos)?;
                 self.pos += n as u64;
                 return Ok(n);
             }
-            let n = self.file.read_at(&mut self.window, self.pos)?;
+            let n = self.source.read_at(&mut self.window, self.pos)?;
             self.window_start = self.pos;
             self.window_len = n;
             if n == 0 {
@@ -983,7 +1073,8 @@ mod tests {
         let mut t = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
         t.write_all(&data).unwrap();
-        let mut r = PreadReader::new(Arc::new(t)).unwrap();
+        let len = t.metadata().unwrap().len();
+        let mut r = PreadReader::new(Source::File(Arc::new(t)), len);
         let mut small = [0u8; 10];
         r.seek(SeekFrom::Start(1000)).unwrap();
         r.read_exact(&mut small).unwrap();

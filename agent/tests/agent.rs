@@ -155,12 +155,14 @@ impl Rig {
             connect_timeout: Duration::from_secs(10),
             stop_grace: Duration::from_secs(30),
             fetch_attempts: 5,
+            tree_sync_delay: Duration::ZERO,
         };
         c
     }
 
     /// Waits until `node`'s record no longer names an unsynced boot: the agent syncs a fresh
-    /// tree right after its healthy report, so the converge is only over once that is written.
+    /// tree after its healthy report (`tree_sync_delay` is zero here), so the converge is only
+    /// over once that is written.
     async fn wait_synced(&self, node: &str) {
         let record_path = self.state().join(format!("nodes/{node}.json"));
         let give_up = std::time::Instant::now() + TIMEOUT;
@@ -637,6 +639,19 @@ async fn cut_download_resumes_and_bad_digest_or_jdk_unpacks_nothing() {
         .await;
     assert!(!status(&r1, "n1").unwrap().running);
     assert_eq!(*rig.ctl.state.fetch_offsets.lock().unwrap(), vec![0, half]);
+    // The zip's tail (its central directory) was fetched ahead of the body, so the unpack could
+    // follow the download.
+    let ranges = rig.ctl.state.fetch_ranges.lock().unwrap().clone();
+    assert!(
+        ranges.first().is_some_and(|(o, l)| o + l == rig.pack.size),
+        "{ranges:?}"
+    );
+    // Verified in this boot, unsynced: the stamp says which boot.
+    assert_eq!(
+        std::fs::read_to_string(rig.state().join(format!("cache/{}.boot", rig.pack.sha256)))
+            .unwrap(),
+        apim_agent::unpack::boot_id().unwrap()
+    );
     let cached = rig.state().join(format!("cache/{}.zip", rig.pack.sha256));
     assert_eq!(
         std::fs::read(&cached).unwrap(),
@@ -679,9 +694,10 @@ async fn cut_download_resumes_and_bad_digest_or_jdk_unpacks_nothing() {
     assert!(e2.contains("refused") && e2.contains(&wrong), "{e2}");
     let e3 = &status(&r2, "n3").unwrap().last_error;
     assert!(e3.contains("pre-flight") && e3.contains("17.0.9"), "{e3}");
-    assert!(
-        !rig.root().join("opt/wso2/n2").exists(),
-        "nothing unpacked for n2"
+    assert_eq!(
+        dir_entries(&rig.root().join("opt/wso2/n2")),
+        Vec::<String>::new(),
+        "nothing installed or left staged for n2"
     );
     assert!(
         !rig.root().join("opt/wso2/n3").exists(),
@@ -729,6 +745,15 @@ async fn a_tree_left_unsynced_by_a_machine_crash_is_installed_again() {
     std::fs::write(&record_path, serde_json::to_vec(&crashed).unwrap()).unwrap();
     let witness = rig.home("gw-1").join("only-in-the-old-tree");
     std::fs::write(&witness, b"x").unwrap();
+    // The cached pack was not synced either, and the crash tore it.
+    let cached = rig.state().join(format!("cache/{}.zip", rig.pack.sha256));
+    let stamp = rig.state().join(format!("cache/{}.boot", rig.pack.sha256));
+    std::fs::write(&stamp, "00000000-0000-0000-0000-000000000000").unwrap();
+    let mut torn = std::fs::read(&cached).unwrap();
+    let middle = torn.len() / 2;
+    torn[middle..middle + 4096].fill(0);
+    std::fs::write(&cached, &torn).unwrap();
+    let fetches_before = rig.ctl.state.fetch_offsets.lock().unwrap().len();
 
     let mark = rig.ctl.report_count();
     rig.ctl
@@ -744,8 +769,70 @@ async fn a_tree_left_unsynced_by_a_machine_crash_is_installed_again() {
         })
         .await;
     assert!(!witness.exists(), "the possibly torn tree was kept");
+    // The torn pack was hashed again before use, found wrong, and fetched again.
+    assert_eq!(
+        rig.ctl.state.fetch_offsets.lock().unwrap()[fetches_before..],
+        [0]
+    );
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(&rig.pack.path).unwrap()
+    );
+    assert_eq!(std::fs::read_to_string(&stamp).unwrap(), boot);
     assert!(rig.home("gw-1").join(OPTIMIZED_MARKER).is_file());
     // Serving, so synced right after the healthy report: the record stops naming a boot.
     rig.wait_synced("gw-1").await;
     rig.stop_agent().await;
+}
+
+/// The tail fetched ahead of the body is checked against the verified pack: a controller that
+/// serves a range inconsistent with the whole never gets a tree installed from it. The tree
+/// staged from it is discarded, and the retry stages from the verified cached pack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_that_disagrees_with_the_verified_pack_installs_nothing() {
+    let mut rig = Rig::new("agentd_tail").await;
+    *rig.ctl.state.corrupt_ranges.lock().unwrap() = true;
+    let n1 = rig.node("n1", "traffic-manager", 1, DesiredRun::Staged);
+    rig.ctl.push(rig.machine(1, vec![n1])).await;
+    rig.start_agent();
+    let failed = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "n1 FAILED on the tail", |r| {
+            status(r, "n1").is_some_and(|s| s.phase == NodePhase::Failed as i32)
+        })
+        .await;
+    let e = &status(&failed, "n1").unwrap().last_error;
+    assert!(e.contains("fetched ahead differs"), "{e}");
+    rig.ctl
+        .wait_report(0, TIMEOUT, "n1 STAGED from the cached pack", |r| {
+            all_in(r, 1, &["n1"], NodePhase::Staged)
+        })
+        .await;
+    // One download in all: the retry used the verified cached pack.
+    assert_eq!(*rig.ctl.state.fetch_offsets.lock().unwrap(), vec![0]);
+    assert!(rig.home("n1").join(OPTIMIZED_MARKER).is_file());
+    let install_dir = rig.home("n1").parent().unwrap().to_path_buf();
+    assert_eq!(
+        dir_entries(&install_dir),
+        vec![
+            rig.home("n1")
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        ],
+        "no staging directory is left"
+    );
+    rig.stop_agent().await;
+}
+
+fn dir_entries(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }

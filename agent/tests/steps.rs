@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use apim_agent::AgentError;
+use apim_agent::arriving::{ArrivingPack, central_directory_start};
 use apim_agent::atomic::{
     AtomicWriter, FaultPoint, FileOps, WriteMethod, temp_path_for, write_atomic,
 };
@@ -23,7 +24,7 @@ use apim_agent::process::{
     self, CommandSpec, PidFileState, ProcessRunner, ScriptOutput, StartOutcome, StartSpec,
     StopOutcome, StopSpec, StopVia, TokioRunner,
 };
-use apim_agent::unpack::{self, UnpackLimits};
+use apim_agent::unpack::{self, UnpackLimits, ZipSource};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
@@ -433,6 +434,140 @@ async fn verify_sha256_accepts_the_right_digest_and_refuses_others() {
         unpack::verify_sha256(&pack.zip, "abc").await,
         Err(AgentError::BadDigest { .. })
     ));
+}
+
+/// The fetcher's side of an arriving pack, played by a thread: the partial file, the tail in
+/// memory (from the central directory on), and the body written in uneven pieces.
+struct Arrival {
+    _dir: TempDir,
+    partial: PathBuf,
+    data: Vec<u8>,
+    pack: std::sync::Arc<ArrivingPack>,
+}
+
+impl Arrival {
+    fn of(zip: &Path) -> Arrival {
+        let data = std::fs::read(zip).unwrap();
+        let dir = tmp();
+        let partial = dir.path().join("pack.partial");
+        std::fs::write(&partial, b"").unwrap();
+        let probe_start = data.len().saturating_sub(64 * 1024);
+        let cd = central_directory_start(&data[probe_start..], probe_start as u64)
+            .expect("end record") as usize;
+        let pack = ArrivingPack::new(
+            partial.clone(),
+            std::fs::File::open(&partial).unwrap(),
+            data.len() as u64,
+            0,
+            data[cd..].to_vec(),
+        );
+        Arrival {
+            _dir: dir,
+            partial,
+            data,
+            pack: std::sync::Arc::new(pack),
+        }
+    }
+
+    /// Appends the body up to `to` in 7919-byte pieces, announcing each.
+    fn feed(&self, to: usize) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.partial)
+            .unwrap();
+        let mut at = self.pack.written() as usize;
+        while at < to {
+            let end = (at + 7919).min(to);
+            f.write_all(&self.data[at..end]).unwrap();
+            at = end;
+            self.pack.advance(at as u64);
+        }
+    }
+}
+
+/// Polls (a failure guard, not a synchronisation sleep) until some staging dir under `root`
+/// has `rel` in it.
+fn wait_for_staged_file(root: &Path, rel: &str) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while !dir_entries(root)
+        .iter()
+        .any(|w| root.join(w).join(rel).exists())
+    {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "{rel} never appeared while the pack was arriving"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A pack is unpacked while it arrives: with half the body written, the first entries are
+/// already extracted; once the rest arrives the tree is exactly the pack's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_is_staged_while_it_arrives() {
+    let pack = good_pack();
+    let arrival = Arrival::of(&pack.zip);
+    let root = tmp();
+    let staging = root.path().join("staging");
+    let limits = UnpackLimits::default();
+    let stage = tokio::spawn({
+        let (source, staging) = (ZipSource::Arriving(arrival.pack.clone()), staging.clone());
+        async move { unpack::stage(source, &staging, TOP, &limits).await }
+    });
+    let half = arrival.data.len() / 2;
+    let arrival = tokio::task::spawn_blocking(move || {
+        arrival.feed(half);
+        wait_for_staged_file(&staging, &format!("{TOP}/bin/api-manager.sh"));
+        assert!(arrival.pack.written() < arrival.pack.size());
+        arrival.feed(arrival.data.len());
+        arrival
+    })
+    .await
+    .unwrap();
+    let staged = stage.await.unwrap().unwrap();
+    assert_eq!(staged.files, pack.files.len() as u64);
+    for (name, data) in &pack.files {
+        let p = staged.path().parent().unwrap().join(name);
+        assert_eq!(&std::fs::read(&p).unwrap(), data, "{name}");
+    }
+    assert_eq!(mode_of(&staged.path().join("bin/profileSetup.sh")), 0o755);
+    assert!(
+        arrival
+            .pack
+            .tail_matches(&arrival.data[arrival.pack.tail_start() as usize..])
+    );
+    staged.discard().unwrap();
+}
+
+/// A download that ends early fails the extraction waiting for it; nothing is left staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_whose_download_fails_stages_nothing() {
+    let pack = good_pack();
+    let arrival = Arrival::of(&pack.zip);
+    let root = tmp();
+    let staging = root.path().join("staging");
+    let stage = tokio::spawn({
+        let (source, staging) = (ZipSource::Arriving(arrival.pack.clone()), staging.clone());
+        async move { unpack::stage(source, &staging, TOP, &UnpackLimits::default()).await }
+    });
+    let arrival = tokio::task::spawn_blocking(move || {
+        arrival.feed(arrival.data.len() / 3);
+        wait_for_staged_file(&staging, &format!("{TOP}/bin/api-manager.sh"));
+        arrival.pack.fail("the controller went away");
+        arrival
+    })
+    .await
+    .unwrap();
+    let err = stage.await.unwrap().unwrap_err();
+    assert!(
+        err.to_string().contains("the controller went away"),
+        "{err}"
+    );
+    assert_eq!(
+        dir_entries(&root.path().join("staging")),
+        Vec::<String>::new()
+    );
+    drop(arrival);
 }
 
 #[tokio::test]

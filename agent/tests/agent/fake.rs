@@ -33,8 +33,12 @@ pub struct FakeState {
     artifacts: Mutex<HashMap<String, PathBuf>>,
     /// Cut the next Fetch stream after this many bytes (then forget it).
     pub cut_next_fetch_after: Mutex<Option<u64>>,
-    /// Offsets of every Fetch request, in order.
+    /// Offsets of every whole-remainder Fetch request (a download or its resumption), in order.
     pub fetch_offsets: Mutex<Vec<u64>>,
+    /// `(offset, limit)` of every ranged Fetch request (a zip's tail), in order.
+    pub fetch_ranges: Mutex<Vec<(u64, u64)>>,
+    /// Serve ranged requests with every byte inverted (a controller inconsistent with itself).
+    pub corrupt_ranges: Mutex<bool>,
     /// Every status report received.
     pub reports: Mutex<Vec<StatusReport>>,
     /// Every hello received.
@@ -94,7 +98,15 @@ impl ArtifactService for Svc {
         req: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
         let req = req.into_inner();
-        self.0.fetch_offsets.lock().unwrap().push(req.offset);
+        if req.limit == 0 {
+            self.0.fetch_offsets.lock().unwrap().push(req.offset);
+        } else {
+            self.0
+                .fetch_ranges
+                .lock()
+                .unwrap()
+                .push((req.offset, req.limit));
+        }
         let path = self
             .0
             .artifacts
@@ -103,12 +115,21 @@ impl ArtifactService for Svc {
             .get(&req.sha256)
             .cloned()
             .ok_or_else(|| Status::not_found("unknown digest"))?;
-        let data = std::fs::read(&path).map_err(|e| Status::internal(e.to_string()))?;
-        let len = data.len() as u64;
-        if req.offset > len {
+        let mut data = std::fs::read(&path).map_err(|e| Status::internal(e.to_string()))?;
+        if req.limit != 0 && *self.0.corrupt_ranges.lock().unwrap() {
+            data.iter_mut().for_each(|b| *b = !*b);
+        }
+        if req.offset > data.len() as u64 {
             return Err(Status::out_of_range("offset past the end"));
         }
-        let cut = self.0.cut_next_fetch_after.lock().unwrap().take();
+        let len = match req.limit {
+            0 => data.len() as u64,
+            n => (req.offset + n).min(data.len() as u64),
+        };
+        let cut = match req.limit {
+            0 => self.0.cut_next_fetch_after.lock().unwrap().take(),
+            _ => None,
+        };
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut at = req.offset;

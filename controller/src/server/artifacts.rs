@@ -198,7 +198,11 @@ impl ArtifactSvc {
 
     async fn fetch_inner(&self, req: Request<FetchRequest>) -> Result<FetchStream, ServerError> {
         let peer = caller(&req)?.peer;
-        let FetchRequest { sha256, offset } = req.into_inner();
+        let FetchRequest {
+            sha256,
+            offset,
+            limit,
+        } = req.into_inner();
         let store = self.ctx.state.artifacts();
         let size = store.size(&sha256).await?;
         if offset > size {
@@ -227,7 +231,11 @@ impl ArtifactSvc {
             file,
             path,
             offset,
-            size,
+            // The stream ends at `offset + limit` when a range was asked for.
+            size: match limit {
+                0 => size,
+                n => offset.saturating_add(n).min(size),
+            },
             chunk_size: self.ctx.config.chunk_size.max(1),
             peer,
             state: self.ctx.state.clone(),

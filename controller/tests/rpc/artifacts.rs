@@ -45,10 +45,20 @@ async fn fetch_all(
     sha: &str,
     offset: u64,
 ) -> Result<Vec<(u64, usize)>, Status> {
+    fetch_range(client, sha, offset, 0).await
+}
+
+async fn fetch_range(
+    client: &mut ArtifactServiceClient<Channel>,
+    sha: &str,
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<(u64, usize)>, Status> {
     let mut stream = client
         .fetch(FetchRequest {
             sha256: sha.into(),
             offset,
+            limit,
         })
         .await?
         .into_inner();
@@ -144,6 +154,19 @@ async fn upload_verifies_before_storing_and_fetch_resumes_in_chunks() {
         fetch_all(&mut ag, &digest, 4500).await.expect("at end"),
         vec![]
     );
+    // A range (a zip's tail before its body): `limit` bytes from `offset`, clipped at the end.
+    assert_eq!(
+        fetch_range(&mut ag, &digest, 1500, 1200)
+            .await
+            .expect("range"),
+        vec![(1500, 1000), (2500, 200)]
+    );
+    assert_eq!(
+        fetch_range(&mut ag, &digest, 4000, 4096)
+            .await
+            .expect("tail"),
+        vec![(4000, 500)]
+    );
     let status = fetch_all(&mut ag, &digest, 4501)
         .await
         .expect_err("past end");
@@ -165,6 +188,7 @@ async fn upload_verifies_before_storing_and_fetch_resumes_in_chunks() {
         .fetch(FetchRequest {
             sha256: digest.clone(),
             offset: 1234,
+            limit: 0,
         })
         .await
         .expect("fetch")

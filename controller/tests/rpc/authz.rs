@@ -52,6 +52,7 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
                 .fetch(FetchRequest {
                     sha256: digest,
                     offset: 0,
+                    limit: 0,
                 })
                 .await?
                 .into_inner();

@@ -957,6 +957,9 @@ pub struct FetchRequest {
     /// The byte offset to start at (the size of what the agent already has).
     #[prost(uint64, tag = "2")]
     pub offset: u64,
+    /// At most this many bytes (0: to the end).
+    #[prost(uint64, tag = "3")]
+    pub limit: u64,
 }
 /// A piece of an artifact (at most 1 MiB of data).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1101,9 +1104,10 @@ pub mod artifact_service_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// Streams the artifact with the given digest from `offset` to its end, so an interrupted
-        /// download resumes where it stopped. NOT_FOUND when the digest is unknown, OUT_OF_RANGE when
-        /// `offset` is past the end.
+        /// Streams the artifact with the given digest from `offset` to its end (or `limit` bytes of
+        /// it), so an interrupted download resumes where it stopped and an agent can read a zip's
+        /// central directory (its tail) before the body. NOT_FOUND when the digest is unknown,
+        /// OUT_OF_RANGE when `offset` is past the end.
         pub async fn fetch(
             &mut self,
             request: impl tonic::IntoRequest<super::FetchRequest>,
@@ -1194,9 +1198,10 @@ pub mod artifact_service_server {
             >
             + std::marker::Send
             + 'static;
-        /// Streams the artifact with the given digest from `offset` to its end, so an interrupted
-        /// download resumes where it stopped. NOT_FOUND when the digest is unknown, OUT_OF_RANGE when
-        /// `offset` is past the end.
+        /// Streams the artifact with the given digest from `offset` to its end (or `limit` bytes of
+        /// it), so an interrupted download resumes where it stopped and an agent can read a zip's
+        /// central directory (its tail) before the body. NOT_FOUND when the digest is unknown,
+        /// OUT_OF_RANGE when `offset` is past the end.
         async fn fetch(
             &self,
             request: tonic::Request<super::FetchRequest>,

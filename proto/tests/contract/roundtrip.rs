@@ -119,7 +119,7 @@ impl ArtifactService for MemoryArtifacts {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
-        let FetchRequest { sha256, offset } = request.into_inner();
+        let FetchRequest { sha256, offset, .. } = request.into_inner();
         let data = self
             .blobs
             .lock()
@@ -388,6 +388,7 @@ async fn artifact_upload_stat_and_resumed_fetch() {
         client.fetch(FetchRequest {
             sha256: sha256.clone(),
             offset: offset as u64,
+            limit: 0,
         }),
     )
     .await
@@ -414,6 +415,7 @@ async fn artifact_upload_stat_and_resumed_fetch() {
         client.fetch(FetchRequest {
             sha256: sha256.clone(),
             offset: data.len() as u64,
+            limit: 0,
         }),
     )
     .await
@@ -425,6 +427,7 @@ async fn artifact_upload_stat_and_resumed_fetch() {
         client.fetch(FetchRequest {
             sha256,
             offset: data.len() as u64 + 1,
+            limit: 0,
         }),
     )
     .await
