@@ -64,12 +64,17 @@ impl ArrivingPack {
     /// through `file`, with its last bytes `tail` (starting at `size - tail.len()`) already in
     /// memory. An empty `tail` is fine: every read then waits for the body.
     pub fn new(path: PathBuf, file: File, size: u64, written: u64, tail: Vec<u8>) -> Self {
-        let tail_len = (tail.len() as u64).min(size);
+        // A "tail" longer than the pack cannot be one: do without.
+        let tail = if tail.len() as u64 > size {
+            Vec::new()
+        } else {
+            tail
+        };
         ArrivingPack {
             path,
             file,
             size,
-            tail_start: size - tail_len,
+            tail_start: size - tail.len() as u64,
             tail,
             state: Mutex::new(Arrival {
                 written: written.min(size),

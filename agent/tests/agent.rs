@@ -5,6 +5,7 @@
 
 #[path = "agent/fake.rs"]
 mod fake;
+mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -29,6 +30,7 @@ use fake::FakeController;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
+use support::dir_entries;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
@@ -824,15 +826,4 @@ async fn a_tail_that_disagrees_with_the_verified_pack_installs_nothing() {
         "no staging directory is left"
     );
     rig.stop_agent().await;
-}
-
-fn dir_entries(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(p)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+mod support;
+
 use apim_agent::AgentError;
 use apim_agent::arriving::{ArrivingPack, central_directory_start};
 use apim_agent::atomic::{
@@ -27,6 +29,7 @@ use apim_agent::process::{
 use apim_agent::unpack::{self, UnpackLimits, ZipSource};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
+use support::dir_entries;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zip::write::SimpleFileOptions;
@@ -37,17 +40,6 @@ fn tmp() -> TempDir {
 
 fn mode_of(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
-}
-
-fn dir_entries(p: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(p)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 // =============================================================================================
@@ -469,6 +461,20 @@ impl Arrival {
         }
     }
 
+    /// Starts staging the arriving pack into `staging`.
+    fn stage(
+        &self,
+        staging: &Path,
+    ) -> tokio::task::JoinHandle<apim_agent::error::Result<unpack::StagedTree>> {
+        let (source, staging) = (
+            ZipSource::Arriving(self.pack.clone()),
+            staging.to_path_buf(),
+        );
+        tokio::spawn(
+            async move { unpack::stage(source, &staging, TOP, &UnpackLimits::default()).await },
+        )
+    }
+
     /// Appends the body up to `to` in 7919-byte pieces, announcing each.
     fn feed(&self, to: usize) {
         let mut f = std::fs::OpenOptions::new()
@@ -509,11 +515,7 @@ async fn a_pack_is_staged_while_it_arrives() {
     let arrival = Arrival::of(&pack.zip);
     let root = tmp();
     let staging = root.path().join("staging");
-    let limits = UnpackLimits::default();
-    let stage = tokio::spawn({
-        let (source, staging) = (ZipSource::Arriving(arrival.pack.clone()), staging.clone());
-        async move { unpack::stage(source, &staging, TOP, &limits).await }
-    });
+    let stage = arrival.stage(&staging);
     let half = arrival.data.len() / 2;
     let arrival = tokio::task::spawn_blocking(move || {
         arrival.feed(half);
@@ -546,10 +548,7 @@ async fn a_pack_whose_download_fails_stages_nothing() {
     let arrival = Arrival::of(&pack.zip);
     let root = tmp();
     let staging = root.path().join("staging");
-    let stage = tokio::spawn({
-        let (source, staging) = (ZipSource::Arriving(arrival.pack.clone()), staging.clone());
-        async move { unpack::stage(source, &staging, TOP, &UnpackLimits::default()).await }
-    });
+    let stage = arrival.stage(&staging);
     let arrival = tokio::task::spawn_blocking(move || {
         arrival.feed(arrival.data.len() / 3);
         wait_for_staged_file(&staging, &format!("{TOP}/bin/api-manager.sh"));
