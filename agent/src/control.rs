@@ -152,6 +152,10 @@ fn endpoint_and_dialer(
     let uri = Endpoint::from_shared(format!("http://{}", endpoint.address))
         .map_err(|e| connect_err(e.to_string()))?
         .connect_timeout(timeout)
+        // Packs arrive in 1 MiB messages: room for several in flight (hyper's client default
+        // is a 2 MiB stream window).
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     Ok((

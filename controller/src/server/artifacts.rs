@@ -261,6 +261,7 @@ impl ArtifactSvc {
         req: Request<Streaming<UploadChunk>>,
     ) -> Result<UploadResponse, ServerError> {
         let who = caller(&req)?.who();
+        let started = std::time::Instant::now();
         let mut chunks = req.into_inner();
         let first = match chunks.message().await {
             Ok(Some(first)) => first,
@@ -305,7 +306,7 @@ impl ArtifactSvc {
         }
         store.store(&header, first.data, &mut chunks).await?;
         self.ctx.state.record_artifact(&header);
-        tracing::info!(sha256 = %header.sha256, size = header.size, name = %header.name, %who, "artifact stored");
+        tracing::info!(sha256 = %header.sha256, size = header.size, name = %header.name, %who, seconds = started.elapsed().as_secs_f64(), "artifact stored");
         Ok(UploadResponse {
             sha256: header.sha256,
             size: header.size,

@@ -154,6 +154,10 @@ where
         let _ = stop_tx.send(true);
     };
     tonic::transport::Server::builder()
+        // Uploads stream 1 MiB messages: windows of a few messages keep them flowing instead
+        // of one message per window update (hyper's default windows are 1 MiB).
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_interval))
         .serve_with_incoming_shutdown(auth::AuthService::new(routes, authorizer), incoming, signal)
