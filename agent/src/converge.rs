@@ -319,17 +319,6 @@ impl NodeExecutor {
         s
     }
 
-    /// Converge the node to `t`. `cancel` ends a readiness wait early (a newer target).
-    /// A freshly installed tree is left unsynced; the node loop calls
-    /// [`NodeExecutor::sync_installed_tree`] once the node has served for a while.
-    pub async fn converge(
-        &mut self,
-        t: &NodeTarget,
-        cancel: impl Future<Output = ()>,
-    ) -> DaemonResult<Outcome> {
-        self.converge_steps(t, cancel).await
-    }
-
     /// Whether the installed tree has not been made durable yet.
     pub fn tree_unsynced(&self) -> bool {
         self.rec.unsynced_since_boot.is_some()
@@ -356,7 +345,10 @@ impl NodeExecutor {
             .map_err(|e| DaemonError::agent(&self.name, e))
     }
 
-    async fn converge_steps(
+    /// Converge the node to `t`. `cancel` ends a readiness wait early (a newer target).
+    /// A freshly installed tree is left unsynced; the node loop calls
+    /// [`NodeExecutor::sync_installed_tree`] once the node has served for a while.
+    pub async fn converge(
         &mut self,
         t: &NodeTarget,
         cancel: impl Future<Output = ()>,

@@ -160,12 +160,8 @@ impl Fetcher {
         std::fs::rename(&partial, &done)
             .map_err(|e| DaemonError::io("rename verified pack to", &done, e))?;
         match boot_id() {
-            Some(boot) => {
-                // Unsynced on purpose (see the module docs); the stamp says since when.
-                let stamp = self.boot_stamp_path(&sha);
-                std::fs::write(&stamp, boot)
-                    .map_err(|e| DaemonError::io("write boot stamp", &stamp, e))?;
-            }
+            // Unsynced on purpose (see the module docs); the stamp says since when.
+            Some(boot) => self.write_boot_stamp(&sha, &boot)?,
             None => crate::atomic::fsync_dir(&self.cache_dir)
                 .map_err(|e| DaemonError::agent("pack cache", e))?,
         }
@@ -193,23 +189,25 @@ impl Fetcher {
         if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == boot) {
             return Ok(true);
         }
-        let path = done.to_path_buf();
-        let actual = tokio::task::spawn_blocking(move || crate::unpack::sha256_file(&path))
-            .await
-            .map_err(|source| DaemonError::Join {
-                op: "hash cached pack",
-                source,
-            })?
-            .map_err(|e| DaemonError::agent("pack", e))?;
-        if actual == sha {
-            std::fs::write(&stamp, boot)
-                .map_err(|e| DaemonError::io("write boot stamp", &stamp, e))?;
-            return Ok(true);
+        match crate::unpack::verify_sha256(done, sha).await {
+            Ok(()) => {
+                self.write_boot_stamp(sha, &boot)?;
+                Ok(true)
+            }
+            Err(AgentError::ShaMismatch { actual, .. }) => {
+                tracing::warn!(sha256 = %sha, actual = %actual, path = %done.display(), "a cached pack from an earlier boot no longer matches its digest; fetching it again");
+                remove_if_exists(done)?;
+                remove_if_exists(&stamp)?;
+                Ok(false)
+            }
+            Err(e) => Err(DaemonError::agent("pack", e)),
         }
-        tracing::warn!(sha256 = %sha, actual = %actual, path = %done.display(), "a cached pack from an earlier boot no longer matches its digest; fetching it again");
-        remove_if_exists(done)?;
-        remove_if_exists(&stamp)?;
-        Ok(false)
+    }
+
+    /// Records that the cached pack `sha` was verified in `boot`.
+    fn write_boot_stamp(&self, sha: &str, boot: &str) -> DaemonResult<()> {
+        let stamp = self.boot_stamp_path(sha);
+        std::fs::write(&stamp, boot).map_err(|e| DaemonError::io("write boot stamp", &stamp, e))
     }
 
     /// The download as the unpacker sees it: the partial file (created if missing) and the
@@ -221,13 +219,13 @@ impl Fetcher {
         partial: &Path,
         size: u64,
     ) -> DaemonResult<ArrivingPack> {
-        std::fs::OpenOptions::new()
+        // Read with `pread` only, so the append mode does not matter to the readers.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
             .create(true)
             .append(true)
             .mode(0o600)
             .open(partial)
-            .map_err(|e| DaemonError::io("open download", partial, e))?;
-        let file = std::fs::File::open(partial)
             .map_err(|e| DaemonError::io("open download", partial, e))?;
         let written = file_len(partial);
         let tail = if written < size {
@@ -271,16 +269,7 @@ impl Fetcher {
     /// `len` bytes of the artifact from `offset` (one ranged Fetch; a controller that ignores
     /// the range is read only as far as needed).
     async fn fetch_range(&self, sha: &str, offset: u64, len: u64) -> DaemonResult<Vec<u8>> {
-        let mut client = ArtifactServiceClient::new(self.control(sha)?.channel());
-        let mut stream = client
-            .fetch(FetchRequest {
-                sha256: sha.to_owned(),
-                offset,
-                limit: len,
-            })
-            .await
-            .map_err(|s| DaemonError::rpc("Fetch", &s))?
-            .into_inner();
+        let mut stream = self.open_fetch(sha, offset, len).await?;
         let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         while (out.len() as u64) < len {
             let at = offset + out.len() as u64;
@@ -311,10 +300,25 @@ impl Fetcher {
         Ok(out)
     }
 
-    fn control(&self, sha: &str) -> DaemonResult<&Control> {
-        self.control.as_ref().ok_or_else(|| DaemonError::Stream {
+    /// One `Fetch` stream of `limit` bytes (0: to the end) from `offset`.
+    async fn open_fetch(
+        &self,
+        sha: &str,
+        offset: u64,
+        limit: u64,
+    ) -> DaemonResult<tonic::Streaming<apim_proto::v1::Chunk>> {
+        let control = self.control.as_ref().ok_or_else(|| DaemonError::Stream {
             reason: format!("pack {sha} is not cached and this agent has no controller"),
-        })
+        })?;
+        Ok(ArtifactServiceClient::new(control.channel())
+            .fetch(FetchRequest {
+                sha256: sha.to_owned(),
+                offset,
+                limit,
+            })
+            .await
+            .map_err(|s| DaemonError::rpc("Fetch", &s))?
+            .into_inner())
     }
 
     /// Downloads (resuming, retrying) into `partial` until it holds the whole pack and its
@@ -399,16 +403,7 @@ impl Fetcher {
         progress: &(dyn Fn(u64, u64) + Send + Sync),
         sink: &mut Sink<'_>,
     ) -> DaemonResult<u64> {
-        let mut client = ArtifactServiceClient::new(self.control(sha)?.channel());
-        let mut stream = client
-            .fetch(FetchRequest {
-                sha256: sha.to_owned(),
-                offset,
-                limit: 0,
-            })
-            .await
-            .map_err(|s| DaemonError::rpc("Fetch", &s))?
-            .into_inner();
+        let mut stream = self.open_fetch(sha, offset, 0).await?;
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -832,12 +832,18 @@ fn verify_tree(wrapper: &Path, top: &str, plan: &Plan) -> Result<()> {
 // install
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`): a tree recorded as unsynced in another
-/// boot may have been torn by the crash in between. `None` where the kernel does not say.
+/// boot may have been torn by the crash in between. `None` where the kernel does not say. Read
+/// once per process (it cannot change while the process lives).
 pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .clone()
 }
 
 /// Makes every write on the filesystem holding `path` durable (one `syncfs`, instead of an
