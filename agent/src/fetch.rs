@@ -30,7 +30,6 @@ use std::time::Duration;
 use apim_proto::v1::FetchRequest;
 use apim_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use crate::AgentError;
@@ -149,7 +148,7 @@ impl Fetcher {
         }
         let started = std::time::Instant::now();
         let result = self
-            .download_verified(&sha, &partial, size, progress, guard.0.as_deref())
+            .download_verified(&sha, &partial, size, progress, guard.0.as_ref())
             .await;
         if let Err(e) = &result
             && let Some(pack) = guard.0.take()
@@ -329,7 +328,7 @@ impl Fetcher {
         partial: &Path,
         size: u64,
         progress: &(dyn Fn(u64, u64) + Send + Sync),
-        arriving: Option<&ArrivingPack>,
+        arriving: Option<&Arc<ArrivingPack>>,
     ) -> DaemonResult<()> {
         // The digest of the partial file's first `hashed` bytes.
         let mut hasher = Sha256::new();
@@ -394,6 +393,10 @@ impl Fetcher {
 
     /// One Fetch stream from `offset`, appended to `partial` and fed to `sink`; returns where
     /// the file ends.
+    ///
+    /// A writer thread appends, hashes and hands each chunk to the unpacker while this task
+    /// receives the next ones (at most [`DOWNLOAD_QUEUE`] in between): the chunk's buffer
+    /// goes to the file as it came off the wire, with no copy on the way.
     async fn download(
         &self,
         sha: &str,
@@ -404,13 +407,20 @@ impl Fetcher {
         sink: &mut Sink<'_>,
     ) -> DaemonResult<u64> {
         let mut stream = self.open_fetch(sha, offset, 0).await?;
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(partial)
-            .await
             .map_err(|e| DaemonError::io("open download", partial, e))?;
+        let (queue, queued) = tokio::sync::mpsc::channel::<Vec<u8>>(DOWNLOAD_QUEUE);
+        let writer = ChunkWriter {
+            file,
+            hasher: sink.hasher.clone(),
+            hashed: *sink.hashed,
+            arriving: sink.arriving.cloned(),
+        };
+        let writing = tokio::task::spawn_blocking(move || writer.run(queued));
         let mut at = offset;
         let result = loop {
             match stream.message().await {
@@ -430,35 +440,77 @@ impl Fetcher {
                             got: end,
                         });
                     }
-                    if let Err(e) = file.write_all(&chunk.data).await {
-                        break Err(DaemonError::io("write download", partial, e));
+                    if queue.send(chunk.data).await.is_err() {
+                        // The writer stopped on an error, reported below.
+                        break Ok(at);
                     }
-                    sink.hasher.update(&chunk.data);
                     at = end;
-                    *sink.hashed = at;
-                    if let Some(pack) = sink.arriving {
-                        // The unpacker reads the file: the bytes must be in it first.
-                        if let Err(e) = file.flush().await {
-                            break Err(DaemonError::io("write download", partial, e));
-                        }
-                        pack.advance(at);
-                    }
                     progress(at, size);
                 }
                 Ok(None) => break Ok(at),
                 Err(s) => break Err(DaemonError::rpc("Fetch", &s)),
             }
         };
+        drop(queue);
         // Keep what arrived so the next attempt resumes from it.
-        file.flush()
+        let written = writing
             .await
-            .map_err(|e| DaemonError::io("flush download", partial, e))?;
-        if boot_id().is_none() {
-            file.sync_all()
-                .await
-                .map_err(|e| DaemonError::io("sync download", partial, e))?;
+            .map_err(|e| DaemonError::io("write download", partial, std::io::Error::other(e)))?;
+        *sink.hasher = written.hasher;
+        *sink.hashed = written.hashed;
+        if let Some(e) = written.error {
+            return Err(DaemonError::io("write download", partial, e));
         }
         result
+    }
+}
+
+/// Download chunks (1 MiB each from the controller) received but not yet written.
+const DOWNLOAD_QUEUE: usize = 8;
+
+/// The download's writer thread: appends chunks to the partial file, keeps the running
+/// digest, and tells the unpacker how far the file is written.
+struct ChunkWriter {
+    file: std::fs::File,
+    hasher: Sha256,
+    hashed: u64,
+    arriving: Option<Arc<ArrivingPack>>,
+}
+
+/// What a [`ChunkWriter`] did: the digest of the file's first `hashed` bytes, and the write
+/// error that stopped it, if one did.
+struct Written {
+    hasher: Sha256,
+    hashed: u64,
+    error: Option<std::io::Error>,
+}
+
+impl ChunkWriter {
+    fn run(mut self, mut queued: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Written {
+        use std::io::Write as _;
+        let mut error = None;
+        while let Some(data) = queued.blocking_recv() {
+            if let Err(e) = self.file.write_all(&data) {
+                error = Some(e);
+                break;
+            }
+            self.hasher.update(&data);
+            self.hashed += data.len() as u64;
+            if let Some(pack) = &self.arriving {
+                // The bytes are in the file (an unbuffered write): the unpacker may read them.
+                pack.advance(self.hashed);
+            }
+        }
+        if boot_id().is_none()
+            && let Err(e) = self.file.sync_all()
+        {
+            error.get_or_insert(e);
+        }
+        Written {
+            hasher: self.hasher,
+            hashed: self.hashed,
+            error,
+        }
     }
 }
 
@@ -467,7 +519,7 @@ impl Fetcher {
 struct Sink<'a> {
     hasher: &'a mut Sha256,
     hashed: &'a mut u64,
-    arriving: Option<&'a ArrivingPack>,
+    arriving: Option<&'a Arc<ArrivingPack>>,
 }
 
 /// The bytes `[from, to)` of `path`.

@@ -751,12 +751,21 @@ fn extract_one(
         .map_err(|e| AgentError::io("create file", &out_path, e))?;
     let mut written = 0u64;
     loop {
-        let n = match entry.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(zip_err(zip::result::ZipError::Io(e))),
-        };
+        // The buffer is filled before it is written: the inflater hands out pieces of any
+        // length, and a write that ends inside a file-system block makes the kernel zero the
+        // rest of that block (or folio) only for the next write to fill it again.
+        let mut n = 0;
+        while n < buf.len() {
+            match entry.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(got) => n += got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(zip_err(zip::result::ZipError::Io(e))),
+            }
+        }
+        if n == 0 {
+            break;
+        }
         written += n as u64;
         if written > f.size {
             return Err(AgentError::ZipLimit {
@@ -768,6 +777,9 @@ fn extract_one(
         }
         out.write_all(&buf[..n])
             .map_err(|e| AgentError::io("write file", &out_path, e))?;
+        if n < buf.len() {
+            break; // the entry ended
+        }
     }
     if needs_chmod {
         out.set_permissions(std::fs::Permissions::from_mode(f.mode))

@@ -116,6 +116,9 @@ impl KeyPool {
 
     fn refill_loop(&self) {
         lower_own_priority();
+        // Said once, when the pool first reaches its target: from then on, issuing certificates
+        // for a rollout does not wait on prime search (benchmarks wait for this line).
+        let mut announced = false;
         loop {
             {
                 let state = self.lock();
@@ -127,9 +130,16 @@ impl KeyPool {
             // Generate without holding the lock, so takers never wait on prime search.
             match fresh_rsa_key() {
                 Ok(key) => {
-                    self.lock().keys.push(key);
+                    let mut state = self.lock();
+                    state.keys.push(key);
+                    let full = state.keys.len() >= state.target;
+                    drop(state);
                     self.generated.fetch_add(1, Ordering::Relaxed);
                     self.changed.notify_all();
+                    if full && !announced {
+                        announced = true;
+                        tracing::info!(keys = self.stats().ready, "RSA key pool full");
+                    }
                 }
                 Err(e) => {
                     // Only a broken OS random source gets here; retrying would spin.

@@ -172,6 +172,48 @@ pub fn operator(channel: Channel) -> OperatorServiceClient<Channel> {
     OperatorServiceClient::new(channel)
 }
 
+/// Upload chunks read ahead of the network.
+const UPLOAD_READ_AHEAD: usize = 4;
+/// The size of an upload chunk.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+/// Reads `file` into upload messages (the first carries `header`) until its end, the
+/// receiver's going away, or a read error: the controller checks size and sha256, so a short
+/// read fails the upload there.
+fn read_chunks(
+    mut file: std::fs::File,
+    header: UploadHeader,
+    ready: &tokio::sync::mpsc::Sender<UploadChunk>,
+) {
+    use std::io::Read as _;
+    let mut header = Some(header);
+    loop {
+        let mut data = vec![0u8; UPLOAD_CHUNK];
+        let mut filled = 0;
+        while filled < data.len() {
+            match file.read(&mut data[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        data.truncate(filled);
+        // The header goes even with an empty file, so the controller sees a whole request.
+        if filled == 0 && header.is_none() {
+            return;
+        }
+        let last = filled < UPLOAD_CHUNK;
+        let chunk = UploadChunk {
+            header: header.take(),
+            data,
+        };
+        if ready.blocking_send(chunk).is_err() || last {
+            return;
+        }
+    }
+}
+
 /// Uploads the file at `path` (sha256 `sha256`); the controller keeps what it already has.
 /// Returns whether it was new.
 pub async fn upload_if_missing(
@@ -201,44 +243,17 @@ pub async fn upload_if_missing(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Streamed from the file in 1 MiB chunks: a pack is never held in memory whole.
-    let file = tokio::fs::File::open(path).await.map_err(read_err)?;
+    // Streamed from the file in 1 MiB chunks: a pack is never held in memory whole. A reader
+    // thread keeps up to UPLOAD_READ_AHEAD chunks ready, so reading overlaps sending.
+    let file = std::fs::File::open(path).map_err(read_err)?;
     let header = UploadHeader {
         sha256: sha256.to_string(),
         size,
         name,
     };
-    let chunks = futures::stream::unfold(
-        (file, Some(header), false),
-        |(mut file, header, done)| async move {
-            use tokio::io::AsyncReadExt;
-            if done {
-                return None;
-            }
-            let mut data = vec![0u8; 1024 * 1024];
-            let mut filled = 0;
-            while filled < data.len() {
-                match file.read(&mut data[filled..]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    // The server verifies size and sha256: a short read fails the upload.
-                    Err(_) => break,
-                }
-            }
-            data.truncate(filled);
-            let last = filled == 0;
-            if last && header.is_none() {
-                return None;
-            }
-            Some((
-                UploadChunk {
-                    header: header.clone(),
-                    data,
-                },
-                (file, None, last),
-            ))
-        },
-    );
+    let (ready, chunks) = tokio::sync::mpsc::channel(UPLOAD_READ_AHEAD);
+    tokio::task::spawn_blocking(move || read_chunks(file, header, &ready));
+    let chunks = tokio_stream::wrappers::ReceiverStream::new(chunks);
     let r = client.upload(chunks).await?.into_inner();
     Ok(!r.already_present)
 }

@@ -810,6 +810,19 @@ password = { file = "secrets/db-password" }
         })
     }
 
+    /// Waits until the controller's RSA key pool is full (its log says so), as it is on a
+    /// controller that has been up for a while: the first rollout then does not wait on prime
+    /// search. Benchmarks call this so a cold rollout is measured on a warm controller.
+    pub fn wait_key_pool_full(&self) -> Result<()> {
+        let log = self.root().join("logs").join("controller.log");
+        polls("the controller's RSA key pool to fill", || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("RSA key pool full")
+                .then_some(())
+        })
+    }
+
     /// The pid in `<root>/pids/<name>.pid` when that process is alive and one of this
     /// cluster's (a re-run of the quickstart finds what is still running).
     pub fn running_pid(&self, name: &str) -> Option<u32> {

@@ -2,11 +2,11 @@
 //! `ArtifactService` (agents `Fetch`/`Stat`, operators `Upload`).
 //!
 //! Files are named by their lowercase hex sha256 in one directory. An upload streams into a
-//! temp file in the same directory while hashing, is checked against the header's size and
-//! digest, fsynced, and only then renamed into place: a name in the store always holds exactly
-//! the bytes its name promises.
+//! temp file in the same directory (a writer thread hashes and writes while the next chunks
+//! arrive), is checked against the header's size and digest, fsynced, and only then renamed
+//! into place: a name in the store always holds exactly the bytes its name promises.
 
-use std::io::{self, SeekFrom};
+use std::io::{self, SeekFrom, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -18,7 +18,7 @@ use apim_proto::v1::{
 };
 use futures::Stream;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Ctx;
@@ -27,6 +27,9 @@ use super::error::ServerError;
 
 /// Mode of stored artifacts: distribution packs are not secret, but nobody else needs them.
 const ARTIFACT_MODE: u32 = 0o640;
+
+/// Upload chunks (1 MiB each from `apimctl`) received but not yet hashed and written.
+const UPLOAD_QUEUE: usize = 8;
 
 /// Checks that `sha256` is 64 lowercase hex characters (so it is also a safe file name).
 pub fn validate_sha256(sha256: &str) -> Result<(), ServerError> {
@@ -101,6 +104,9 @@ impl ArtifactStore {
     }
 
     /// Stores `chunks` (the rest of an upload stream) as the artifact `header` describes.
+    ///
+    /// A writer thread hashes and writes while this task receives the next chunks (at most
+    /// [`UPLOAD_QUEUE`] in between), so the network, the digest and the disk overlap.
     async fn store(
         &self,
         header: &UploadHeader,
@@ -121,42 +127,58 @@ impl ArtifactStore {
             .tempfile_in(&self.dir)
             .map_err(io("creating upload temp file in", &self.dir))?;
         let tmp_path = tmp.path().to_path_buf();
-        let std_file = tmp
+        let file = tmp
             .as_file()
             .try_clone()
             .map_err(io("opening", &tmp_path))?;
-        let mut file = tokio::fs::File::from_std(std_file);
-        let mut hasher = Sha256::new();
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(UPLOAD_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || -> io::Result<(Sha256, std::fs::File)> {
+            let mut file = file;
+            let mut hasher = Sha256::new();
+            while let Some(data) = queued.blocking_recv() {
+                hasher.update(&data);
+                file.write_all(&data)?;
+            }
+            Ok((hasher, file))
+        });
         let mut received: u64 = 0;
         let mut data = first_data;
-        loop {
+        let received_all = loop {
             received += data.len() as u64;
             if received > header.size {
-                return Err(ServerError::ArtifactMismatch {
+                break Err(ServerError::ArtifactMismatch {
                     reason: format!("more than the announced {} bytes", header.size),
                 });
             }
-            hasher.update(&data);
-            file.write_all(&data)
-                .await
-                .map_err(io("writing", &tmp_path))?;
+            if queue.send(data).await.is_err() {
+                // The writer stopped: its error is reported below.
+                break Ok(());
+            }
             match chunks.message().await {
                 Ok(Some(chunk)) => {
                     if chunk.header.is_some() {
-                        return Err(ServerError::Protocol {
+                        break Err(ServerError::Protocol {
                             reason: "only the first upload message may carry a header".into(),
                         });
                     }
                     data = chunk.data;
                 }
-                Ok(None) => break,
+                Ok(None) => break Ok(()),
                 Err(status) => {
-                    return Err(ServerError::Protocol {
+                    break Err(ServerError::Protocol {
                         reason: format!("upload stream broke: {}", status.message()),
                     });
                 }
             }
-        }
+        };
+        drop(queue);
+        let written = writer.await.map_err(|e| ServerError::Io {
+            action: "writing",
+            path: tmp_path.clone(),
+            source: io::Error::other(e),
+        })?;
+        received_all?;
+        let (hasher, file) = written.map_err(io("writing", &tmp_path))?;
         if received != header.size {
             return Err(ServerError::ArtifactMismatch {
                 reason: format!("size {received}, announced {}", header.size),
@@ -168,8 +190,11 @@ impl ArtifactStore {
                 reason: format!("sha256 {actual}, announced {}", header.sha256),
             });
         }
-        file.sync_all().await.map_err(io("syncing", &tmp_path))?;
-        drop(file);
+        let synced = tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+        synced.map_err(io("syncing", &tmp_path))?;
         std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(ARTIFACT_MODE))
             .map_err(io("setting mode of", &tmp_path))?;
         tmp.persist(&final_path).map_err(|e| ServerError::Io {

@@ -18,6 +18,15 @@
 //! the rollout, side by side. Each side's figure is its median over the rounds, so both sides
 //! see the same spread of this machine's disk and page cache.
 //!
+//! Nothing is deleted while a target is being measured: the unzipped trees and the stopped
+//! clusters are kept until the target's rounds are over, then deleted, synced, and left to
+//! settle for a minute before the next target. On ext4 without a journal (this VM's root),
+//! the kernel skips "recently deleted" inodes (freed within the last 60 s) when it allocates
+//! new ones, scanning past each one. Deleting 50,000 unzipped files just before a rollout
+//! made the rollout's file creation pay for the baseline's cleanup (a fifth of the agents'
+//! CPU in `recently_deleted`); now neither side pays for the other's. A target keeps about
+//! 6 GB per round on disk until it ends.
+//!
 //! Usage: `apim-bench [--filler-mb N] [--filler-files N] [--delay-ms N] [--rounds N] [--skip-wide]`.
 //! Binaries come from the target dir (see `apim_e2e::cluster::Binaries`).
 
@@ -76,16 +85,49 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
+/// What a target leaves on disk until its rounds are over: stopped clusters and unzipped
+/// trees (see the module docs for why nothing is deleted mid-target).
+#[derive(Default)]
+struct Leftovers {
+    clusters: Vec<Cluster>,
+    unzipped: Vec<tempfile::TempDir>,
+}
+
+/// The kernel's window for "recently deleted" inodes once their inode table is written back
+/// (ext4's `RECENTCY_MIN`), plus a second.
+const INODE_SETTLE: Duration = Duration::from_secs(61);
+
+impl Leftovers {
+    /// Deletes everything, writes the deletions back, and waits out the recently-deleted
+    /// window so the next target starts on a settled file system.
+    fn delete_and_settle(&mut self) {
+        if self.clusters.is_empty() && self.unzipped.is_empty() {
+            return;
+        }
+        for c in &mut self.clusters {
+            c.shutdown();
+        }
+        self.clusters.clear();
+        self.unzipped.clear();
+        nix::unistd::sync();
+        std::thread::sleep(INODE_SETTLE);
+    }
+}
+
 /// One side-by-side round on a fresh cluster: the concurrent unzip of its packs, then the
-/// rollout of its plan. Returns (unzip, rollout), the cluster and its plan.
+/// rollout of its plan. Returns (unzip, rollout), the cluster and its plan; the unzipped
+/// trees go to `leftovers`.
 fn round(
     opts: &ClusterOptions,
     params: &PlanParams,
+    leftovers: &mut Leftovers,
 ) -> BenchResult<(Duration, Duration, Cluster, std::path::PathBuf)> {
     let mut c = Cluster::create(opts)?;
     c.start()?;
+    c.wait_key_pool_full()?;
     let plan = c.write_plan("plan.toml", params)?;
-    let unzip = unzip_concurrently(&c.packs[0].1.path, c.machines.len())?;
+    let (unzip, trees) = unzip_concurrently(&c.packs[0].1.path, c.machines.len())?;
+    leftovers.unzipped.extend(trees);
     let rollout = timed_apply(&c, &plan)?;
     Ok((unzip, rollout, c, plan))
 }
@@ -103,17 +145,24 @@ struct Rounds {
     plan: std::path::PathBuf,
 }
 
-/// Runs `rounds` side-by-side rounds, each on a fresh cluster.
-fn rounds(opts: &ClusterOptions, params: &PlanParams, rounds: usize) -> BenchResult<Rounds> {
+/// Runs `rounds` side-by-side rounds, each on a fresh cluster; every round but the last
+/// (returned running) is stopped and kept in `leftovers`.
+fn rounds(
+    opts: &ClusterOptions,
+    params: &PlanParams,
+    rounds: usize,
+    leftovers: &mut Leftovers,
+) -> BenchResult<Rounds> {
     let (mut unzips, mut rollouts, mut each) = (Vec::new(), Vec::new(), Vec::new());
     let mut last: Option<(Cluster, std::path::PathBuf)> = None;
     for i in 0..rounds {
         if let Some((mut prev, _)) = last.take() {
             prev.shutdown();
+            leftovers.clusters.push(prev);
         }
         let mut opts = opts.clone();
         opts.name = format!("{}_{i}", opts.name);
-        let (unzip, rollout, c, plan) = round(&opts, params)?;
+        let (unzip, rollout, c, plan) = round(&opts, params, leftovers)?;
         each.push(format!("{:.2}/{:.2}", secs(rollout), secs(unzip)));
         unzips.push(unzip);
         rollouts.push(rollout);
@@ -129,8 +178,9 @@ fn rounds(opts: &ClusterOptions, params: &PlanParams, rounds: usize) -> BenchRes
     })
 }
 
-/// Unzips `pack` `n` times concurrently into fresh temp dirs; returns the wall time.
-fn unzip_concurrently(pack: &Path, n: usize) -> BenchResult<Duration> {
+/// Unzips `pack` `n` times concurrently into fresh temp dirs; returns the wall time and the
+/// trees (deleted by the caller when it is time).
+fn unzip_concurrently(pack: &Path, n: usize) -> BenchResult<(Duration, Vec<tempfile::TempDir>)> {
     let dirs: Vec<tempfile::TempDir> = (0..n)
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;
@@ -152,7 +202,7 @@ fn unzip_concurrently(pack: &Path, n: usize) -> BenchResult<Duration> {
         }
         Ok(())
     })?;
-    Ok(t0.elapsed())
+    Ok((t0.elapsed(), dirs))
 }
 
 /// Applies `plan` and checks the rollout ended with every node healthy; returns the wall time.
@@ -231,6 +281,7 @@ fn run() -> BenchResult<bool> {
         ..PlanParams::default()
     };
     let mut all_met = true;
+    let mut leftovers = Leftovers::default();
 
     // 1. Cold rollout, no start delay, vs unzipping the five packs concurrently.
     let mut opts = ClusterOptions::new(Topology::V3FiveNode, "bench_cold");
@@ -242,7 +293,7 @@ fn run() -> BenchResult<bool> {
         each,
         cluster: mut cold,
         ..
-    } = rounds(&opts, &params, args.rounds)?;
+    } = rounds(&opts, &params, args.rounds, &mut leftovers)?;
     let pack = cold.packs[0].1.clone();
     println!(
         "pack: {} ({:.1} MB, {} filler files); {} rounds",
@@ -252,7 +303,7 @@ fn run() -> BenchResult<bool> {
         args.rounds
     );
     cold.shutdown();
-    drop(cold);
+    leftovers.clusters.push(cold);
     let r1 = secs(rollout) / secs(unzip);
     all_met &= r1 <= 1.25;
     println!(
@@ -264,6 +315,7 @@ fn run() -> BenchResult<bool> {
     println!("   {each}");
 
     // 2. Fixed start delay: full rollout vs staging + critical path.
+    leftovers.delete_and_settle();
     let mut opts = ClusterOptions::new(Topology::V3FiveNode, "bench_delay");
     opts.startup_delay_ms = args.delay_ms;
     opts.filler = Some(filler);
@@ -273,7 +325,7 @@ fn run() -> BenchResult<bool> {
         each,
         cluster: mut delayed,
         plan,
-    } = rounds(&opts, &params, args.rounds)?;
+    } = rounds(&opts, &params, args.rounds, &mut leftovers)?;
     let chain = critical_path(&delayed.dependencies(&plan)?);
     let ideal = unzip + Duration::from_millis(args.delay_ms) * u32::try_from(chain)?;
     let r2 = secs(full) / secs(ideal);
@@ -299,6 +351,8 @@ fn run() -> BenchResult<bool> {
     );
     delayed.shutdown();
     drop(delayed);
+    // Nothing after this point is compared with an unzip: no need to settle.
+    drop(leftovers);
 
     // 4. No-op apply, 50 nodes.
     if args.wide {
