@@ -132,13 +132,14 @@ impl KeyPool {
                 Ok(key) => {
                     let mut state = self.lock();
                     state.keys.push(key);
-                    let full = state.keys.len() >= state.target;
+                    let ready = state.keys.len();
+                    let full = ready >= state.target;
                     drop(state);
                     self.generated.fetch_add(1, Ordering::Relaxed);
                     self.changed.notify_all();
                     if full && !announced {
                         announced = true;
-                        tracing::info!(keys = self.stats().ready, "RSA key pool full");
+                        tracing::info!(keys = ready, "RSA key pool full");
                     }
                 }
                 Err(e) => {

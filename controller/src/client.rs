@@ -177,9 +177,9 @@ const UPLOAD_READ_AHEAD: usize = 4;
 /// The size of an upload chunk.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
 
-/// Reads `file` into upload messages (the first carries `header`) until its end, the
-/// receiver's going away, or a read error: the controller checks size and sha256, so a short
-/// read fails the upload there.
+/// Reads `file` into upload messages (the first carries `header`) until its end or the
+/// receiver's going away. A read error ends the stream early: the controller checks size and
+/// sha256, so the upload fails there.
 fn read_chunks(
     mut file: std::fs::File,
     header: UploadHeader,
@@ -188,22 +188,19 @@ fn read_chunks(
     use std::io::Read as _;
     let mut header = Some(header);
     loop {
-        let mut data = vec![0u8; UPLOAD_CHUNK];
-        let mut filled = 0;
-        while filled < data.len() {
-            match file.read(&mut data[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        data.truncate(filled);
-        // The header goes even with an empty file, so the controller sees a whole request.
-        if filled == 0 && header.is_none() {
+        let mut data = Vec::with_capacity(UPLOAD_CHUNK);
+        if (&mut file)
+            .take(UPLOAD_CHUNK as u64)
+            .read_to_end(&mut data)
+            .is_err()
+        {
             return;
         }
-        let last = filled < UPLOAD_CHUNK;
+        // The header goes even with an empty file, so the controller sees a whole request.
+        if data.is_empty() && header.is_none() {
+            return;
+        }
+        let last = data.len() < UPLOAD_CHUNK;
         let chunk = UploadChunk {
             header: header.take(),
             data,

@@ -98,14 +98,18 @@ struct Leftovers {
 const INODE_SETTLE: Duration = Duration::from_secs(61);
 
 impl Leftovers {
+    /// Stops `cluster` now (its processes would compete with the next round) and keeps its
+    /// files until [`Leftovers::delete_and_settle`].
+    fn keep_stopped(&mut self, mut cluster: Cluster) {
+        cluster.shutdown();
+        self.clusters.push(cluster);
+    }
+
     /// Deletes everything, writes the deletions back, and waits out the recently-deleted
     /// window so the next target starts on a settled file system.
     fn delete_and_settle(&mut self) {
         if self.clusters.is_empty() && self.unzipped.is_empty() {
             return;
-        }
-        for c in &mut self.clusters {
-            c.shutdown();
         }
         self.clusters.clear();
         self.unzipped.clear();
@@ -156,9 +160,8 @@ fn rounds(
     let (mut unzips, mut rollouts, mut each) = (Vec::new(), Vec::new(), Vec::new());
     let mut last: Option<(Cluster, std::path::PathBuf)> = None;
     for i in 0..rounds {
-        if let Some((mut prev, _)) = last.take() {
-            prev.shutdown();
-            leftovers.clusters.push(prev);
+        if let Some((prev, _)) = last.take() {
+            leftovers.keep_stopped(prev);
         }
         let mut opts = opts.clone();
         opts.name = format!("{}_{i}", opts.name);
@@ -291,7 +294,7 @@ fn run() -> BenchResult<bool> {
         unzip,
         rollout,
         each,
-        cluster: mut cold,
+        cluster: cold,
         ..
     } = rounds(&opts, &params, args.rounds, &mut leftovers)?;
     let pack = cold.packs[0].1.clone();
@@ -302,8 +305,7 @@ fn run() -> BenchResult<bool> {
         args.filler_files,
         args.rounds
     );
-    cold.shutdown();
-    leftovers.clusters.push(cold);
+    leftovers.keep_stopped(cold);
     let r1 = secs(rollout) / secs(unzip);
     all_met &= r1 <= 1.25;
     println!(
