@@ -33,9 +33,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use crate::AgentError;
-use crate::arriving::{ArrivingPack, MAX_TAIL, TAIL_PROBE, central_directory_start};
+use crate::arriving::{ArrivingPack, Block, MAX_TAIL, TAIL_PROBE, central_directory_start};
 use crate::control::Control;
 use crate::daemon_error::{DaemonError, DaemonResult};
+use crate::packfile::PackFile;
 use crate::unpack::{ZipSource, boot_id};
 
 /// Fetches and caches packs. Cheap to share behind an `Arc`.
@@ -407,12 +408,8 @@ impl Fetcher {
         sink: &mut Sink<'_>,
     ) -> DaemonResult<u64> {
         let mut stream = self.open_fetch(sha, offset, 0).await?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(partial)
-            .map_err(|e| DaemonError::io("open download", partial, e))?;
+        let file =
+            PackFile::open(partial).map_err(|e| DaemonError::io("open download", partial, e))?;
         let (queue, queued) = tokio::sync::mpsc::channel::<Vec<u8>>(DOWNLOAD_QUEUE);
         let writer = ChunkWriter {
             file,
@@ -468,10 +465,11 @@ impl Fetcher {
 /// Download chunks (1 MiB each from the controller) received but not yet written.
 const DOWNLOAD_QUEUE: usize = 8;
 
-/// The download's writer thread: appends chunks to the partial file, keeps the running
-/// digest, and tells the unpacker how far the file is written.
+/// The download's writer thread: gathers chunks into [`Block`]s, writes each to the partial
+/// file ([`PackFile`]: whole aligned blocks around the page cache), keeps the running digest,
+/// and hands each written block to the unpacker, which reads it from memory.
 struct ChunkWriter {
-    file: std::fs::File,
+    file: PackFile,
     hasher: Sha256,
     hashed: u64,
     arriving: Option<Arc<ArrivingPack>>,
@@ -487,19 +485,26 @@ struct Written {
 
 impl ChunkWriter {
     fn run(mut self, mut queued: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Written {
-        use std::io::Write as _;
+        let mut block = self.empty_block(self.hashed);
         let mut error = None;
-        while let Some(data) = queued.blocking_recv() {
-            if let Err(e) = self.file.write_all(&data) {
-                error = Some(e);
-                break;
+        'chunks: while let Some(data) = queued.blocking_recv() {
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                rest = &rest[block.fill(rest)..];
+                if block.is_full()
+                    && let Err(e) = self.commit(&mut block)
+                {
+                    error = Some(e);
+                    break 'chunks;
+                }
             }
-            self.hasher.update(&data);
-            self.hashed += data.len() as u64;
-            if let Some(pack) = &self.arriving {
-                // The bytes are in the file (an unbuffered write): the unpacker may read them.
-                pack.advance(self.hashed);
-            }
+        }
+        // What arrived of a last (or cut) block: kept, so a next attempt resumes after it.
+        if error.is_none()
+            && !block.data().is_empty()
+            && let Err(e) = self.commit(&mut block)
+        {
+            error = Some(e);
         }
         if boot_id().is_none()
             && let Err(e) = self.file.sync_all()
@@ -511,6 +516,28 @@ impl ChunkWriter {
             hashed: self.hashed,
             error,
         }
+    }
+
+    /// An empty block for the bytes from `start`.
+    fn empty_block(&self, start: u64) -> Block {
+        match &self.arriving {
+            Some(pack) => pack.spare_block(start),
+            None => Block::new(start),
+        }
+    }
+
+    /// Writes `block`, adds it to the digest and gives it to the unpacker (which may make this
+    /// wait until it catches up); `block` is then empty, for the bytes after it.
+    fn commit(&mut self, block: &mut Block) -> std::io::Result<()> {
+        self.file.write_block(block)?;
+        self.hasher.update(block.data());
+        self.hashed = block.end();
+        match &self.arriving {
+            // The bytes are in the file: the unpacker may read them, from memory.
+            Some(pack) => pack.publish(std::mem::replace(block, pack.spare_block(self.hashed))),
+            None => block.reset(self.hashed),
+        }
+        Ok(())
     }
 }
 

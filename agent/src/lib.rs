@@ -78,6 +78,7 @@ pub mod daemon;
 pub mod daemon_error;
 pub mod fetch;
 pub mod keystores;
+pub mod packfile;
 pub mod report;
 pub mod supervise;
 

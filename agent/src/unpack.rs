@@ -66,7 +66,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 use zip::ZipArchive;
 
-use crate::arriving::ArrivingPack;
+use crate::arriving::{ArrivingPack, ArrivingReader};
 use crate::atomic::{fsync_dir, parent_dir};
 use crate::error::{AgentError, Result};
 
@@ -109,9 +109,7 @@ impl ZipSource {
                     .len();
                 Ok(PreadReader::new(Source::File(Arc::new(file)), len))
             }
-            ZipSource::Arriving(a) => {
-                Ok(PreadReader::new(Source::Arriving(Arc::clone(a)), a.size()))
-            }
+            ZipSource::Arriving(a) => Ok(PreadReader::new(Source::Arriving(a.reader()), a.size())),
         }
     }
 }
@@ -953,7 +951,8 @@ fn swap_by_two_renames(staged: &StagedTree, dest: &Path) -> Result<()> {
 #[derive(Clone)]
 enum Source {
     File(Arc<File>),
-    Arriving(Arc<ArrivingPack>),
+    /// Each clone is a reader of its own, so the download knows how far each thread is.
+    Arriving(ArrivingReader),
 }
 
 impl Source {
