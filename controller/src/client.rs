@@ -178,46 +178,57 @@ const UPLOAD_READ_AHEAD: usize = 4;
 const UPLOAD_CHUNK: usize = 1024 * 1024;
 
 /// Reads `file` into upload messages (the first carries `header`) until its end or the
-/// receiver's going away. A read error ends the stream early: the controller checks size and
-/// sha256, so the upload fails there.
+/// receiver's going away, hashing what it reads; returns the file's sha256 when it was read
+/// to its end. A read error ends the stream early: the controller checks size and sha256, so
+/// the upload fails there.
 fn read_chunks(
     mut file: std::fs::File,
     header: UploadHeader,
     ready: &tokio::sync::mpsc::Sender<UploadChunk>,
-) {
+) -> Option<String> {
+    use sha2::Digest as _;
     use std::io::Read as _;
     let mut header = Some(header);
+    let mut hasher = sha2::Sha256::new();
     loop {
         let mut data = Vec::with_capacity(UPLOAD_CHUNK);
-        if (&mut file)
+        (&mut file)
             .take(UPLOAD_CHUNK as u64)
             .read_to_end(&mut data)
-            .is_err()
-        {
-            return;
-        }
+            .ok()?;
         // The header goes even with an empty file, so the controller sees a whole request.
         if data.is_empty() && header.is_none() {
-            return;
+            return Some(hex::encode(hasher.finalize()));
         }
+        hasher.update(&data);
         let last = data.len() < UPLOAD_CHUNK;
         let chunk = UploadChunk {
             header: header.take(),
             data,
         };
-        if ready.blocking_send(chunk).is_err() || last {
-            return;
+        ready.blocking_send(chunk).ok()?;
+        if last {
+            return Some(hex::encode(hasher.finalize()));
         }
     }
 }
 
-/// Uploads the file at `path` (sha256 `sha256`); the controller keeps what it already has.
-/// Returns whether it was new.
+/// What [`upload_if_missing`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// The controller lacked the pack and now has it.
+    pub sent: bool,
+    /// The file's sha256 when it was read whole on the way (it was sent), else `None`.
+    pub read_sha256: Option<String>,
+}
+
+/// Uploads the file at `path` (sha256 `sha256`); the controller keeps what it already has,
+/// and refuses a file whose sha256 is not `sha256`.
 pub async fn upload_if_missing(
     channel: Channel,
     path: &Path,
     sha256: &str,
-) -> Result<bool, ClientError> {
+) -> Result<Uploaded, ClientError> {
     let mut client = ArtifactServiceClient::new(channel);
     let read_err = |source| ClientError::Read {
         path: path.to_path_buf(),
@@ -231,7 +242,12 @@ pub async fn upload_if_missing(
         })
         .await
     {
-        Ok(r) if r.get_ref().size == size => return Ok(false),
+        Ok(r) if r.get_ref().size == size => {
+            return Ok(Uploaded {
+                sent: false,
+                read_sha256: None,
+            });
+        }
         Ok(_) => {}
         Err(s) if s.code() == tonic::Code::NotFound => {}
         Err(s) => return Err(s.into()),
@@ -241,7 +257,8 @@ pub async fn upload_if_missing(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // Streamed from the file in 1 MiB chunks: a pack is never held in memory whole. A reader
-    // thread keeps up to UPLOAD_READ_AHEAD chunks ready, so reading overlaps sending.
+    // thread keeps up to UPLOAD_READ_AHEAD chunks ready, so reading overlaps sending, and
+    // hashes them on the way.
     let file = std::fs::File::open(path).map_err(read_err)?;
     let header = UploadHeader {
         sha256: sha256.to_string(),
@@ -249,8 +266,11 @@ pub async fn upload_if_missing(
         name,
     };
     let (ready, chunks) = tokio::sync::mpsc::channel(UPLOAD_READ_AHEAD);
-    tokio::task::spawn_blocking(move || read_chunks(file, header, &ready));
+    let reading = tokio::task::spawn_blocking(move || read_chunks(file, header, &ready));
     let chunks = tokio_stream::wrappers::ReceiverStream::new(chunks);
     let r = client.upload(chunks).await?.into_inner();
-    Ok(!r.already_present)
+    Ok(Uploaded {
+        sent: !r.already_present,
+        read_sha256: reading.await.ok().flatten(),
+    })
 }

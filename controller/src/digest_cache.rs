@@ -82,41 +82,88 @@ pub fn default_dir(var: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
 /// sha256 of `path` (lowercase hex), from the cache in `cache_dir` when the file is unchanged
 /// since it was last hashed; hashes and records it otherwise.
 pub fn sha256_cached(path: &Path, cache_dir: Option<&Path>) -> std::io::Result<String> {
-    let Some(dir) = cache_dir else {
-        return sha256_file(path);
-    };
-    let key = path.canonicalize()?;
-    let stamp = Stamp::of(&std::fs::metadata(&key)?);
-    let file = dir.join(CACHE_FILE);
-    let mut entries = load(&file);
-    if let Some(e) = entries.get(&key.display().to_string())
-        && e.stamp == stamp
-    {
-        return Ok(e.sha256.clone());
+    match lookup(path, cache_dir)? {
+        Lookup::Known(sha256) => Ok(sha256),
+        Lookup::New(pending) => {
+            let sha256 = sha256_file(&pending.key)?;
+            pending.remember(&sha256);
+            Ok(sha256)
+        }
     }
-    let sha256 = sha256_file(&key)?;
-    // Hashing took a while: cache only if the file did not change meanwhile and has settled.
-    let now = SystemTime::now();
-    if std::fs::metadata(&key).map(|m| Stamp::of(&m)).ok().as_ref() == Some(&stamp)
-        && stamp.settled(now)
-    {
+}
+
+/// What the cache knows of a pack.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Its sha256, the file unchanged since it was hashed.
+    Known(String),
+    /// Nothing: hash it (once, however suits) and [`Pending::remember`] the digest.
+    New(Pending),
+}
+
+/// A pack the cache does not know yet, as it was when it was looked up.
+#[derive(Debug)]
+pub struct Pending {
+    key: PathBuf,
+    stamp: Stamp,
+    dir: Option<PathBuf>,
+}
+
+impl Pending {
+    /// The pack's canonical path (the one to hash).
+    pub fn path(&self) -> &Path {
+        &self.key
+    }
+
+    /// Records `sha256` (what the file held when it was read) if the file is still as it was
+    /// looked up and has settled; otherwise nothing is cached.
+    pub fn remember(self, sha256: &str) {
+        let Some(dir) = self.dir else { return };
+        let now = SystemTime::now();
+        let unchanged = std::fs::metadata(&self.key)
+            .map(|m| Stamp::of(&m))
+            .ok()
+            .as_ref()
+            == Some(&self.stamp);
+        if !unchanged || !self.stamp.settled(now) {
+            return;
+        }
+        let file = dir.join(CACHE_FILE);
+        let mut entries = load(&file);
         let hashed_at = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         entries.insert(
-            key.display().to_string(),
+            self.key.display().to_string(),
             Entry {
-                stamp,
-                sha256: sha256.clone(),
+                stamp: self.stamp,
+                sha256: sha256.to_owned(),
                 hashed_at,
             },
         );
-        if let Err(e) = store(dir, &file, entries) {
+        if let Err(e) = store(&dir, &file, entries) {
             tracing::debug!(path = %file.display(), error = %e, "pack digest cache not written");
         }
     }
-    Ok(sha256)
+}
+
+/// What the cache in `cache_dir` knows of `path`, without reading the pack. An error means
+/// the pack cannot be found or examined.
+pub fn lookup(path: &Path, cache_dir: Option<&Path>) -> std::io::Result<Lookup> {
+    let key = path.canonicalize()?;
+    let stamp = Stamp::of(&std::fs::metadata(&key)?);
+    if let Some(dir) = cache_dir
+        && let Some(e) = load(&dir.join(CACHE_FILE)).get(&key.display().to_string())
+        && e.stamp == stamp
+    {
+        return Ok(Lookup::Known(e.sha256.clone()));
+    }
+    Ok(Lookup::New(Pending {
+        key,
+        stamp,
+        dir: cache_dir.map(Path::to_path_buf),
+    }))
 }
 
 /// sha256 of a file, lowercase hex, streamed.

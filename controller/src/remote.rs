@@ -13,6 +13,7 @@ use apim_proto::v1::{
 
 use crate::cli::{CliError, Command, ControllerCommand, Output, TokenCommand};
 use crate::client::{self, Settings};
+use crate::digest_cache::Lookup;
 use crate::secrets::EnvSource;
 use crate::validate;
 
@@ -155,22 +156,63 @@ struct Ready {
 
 /// Validates locally, resolves the secrets, connects, and uploads the packs the controller
 /// lacks. `None` when the plan has errors (already printed).
+///
+/// A pack the operator's digest cache knows was checked against the plan by the validation.
+/// A new one is not hashed up front: when the controller lacks it, it is hashed as it is read
+/// for the upload (one read of the pack instead of two; the controller hashes it too and
+/// refuses a mismatch), and only when the controller has its digest already is it hashed
+/// here. Either way a pack that is not the plan's is reported at the plan's `sha256` before
+/// anything is applied.
 async fn prepare(
     settings: &Settings,
     path: &Path,
     env: &dyn EnvSource,
     stderr: &mut dyn Write,
 ) -> Result<Option<Ready>, CliError> {
-    let Some(plan) = crate::cli::load_plan(path, env, validate::Options::default(), stderr)? else {
+    let opts = validate::Options {
+        hash_new_packs: false,
+        ..validate::Options::default()
+    };
+    let Some(plan) = crate::cli::load_plan(path, env, opts, stderr)? else {
         return Ok(None);
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
     let secrets = crate::secrets::collect(&plan, env).map_err(CliError::Other)?;
     let channel = settings.connect().await?;
+    let cache = crate::digest_cache::default_dir(&|k| env.var(k));
     for d in plan.distributions.values() {
         let pack = plan.resolve_path(&d.path.value);
-        if client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await? {
+        let pending = match crate::digest_cache::lookup(&pack, cache.as_deref()) {
+            Ok(Lookup::New(p)) => Some(p),
+            // Known: the validation compared it. Unreadable: the upload says so.
+            Ok(Lookup::Known(_)) | Err(_) => None,
+        };
+        let uploaded = client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await;
+        if let Some(pending) = pending {
+            let actual = match uploaded.as_ref().ok().and_then(|u| u.read_sha256.clone()) {
+                Some(read) => read,
+                // Not sent (or the upload failed): hash it here.
+                None => {
+                    let at = pending.path().to_path_buf();
+                    tokio::task::spawn_blocking(move || crate::digest_cache::sha256_file(&at))
+                        .await
+                        .map_err(|e| CliError::Other(format!("hashing {}: {e}", pack.display())))?
+                        .map_err(|e| CliError::Other(format!("{}: {e}", pack.display())))?
+                }
+            };
+            if !actual.eq_ignore_ascii_case(&d.sha256.value) {
+                let report = crate::diag::Report {
+                    path: path.display().to_string(),
+                    source: text,
+                    diagnostics: vec![validate::pack_mismatch(d, &pack, &actual)],
+                };
+                let _ = write!(stderr, "{}", report.render());
+                return Ok(None);
+            }
+            pending.remember(&actual);
+        }
+        if uploaded?.sent {
             let _ = writeln!(stderr, "uploaded {}", pack.display());
         }
     }

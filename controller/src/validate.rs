@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use crate::diag::{Diagnostic, Report, did_you_mean};
-use crate::plan::{self, DbType, Issuer, Plan, Scope, Secret};
+use crate::digest_cache::Lookup;
+use crate::plan::{self, DbType, Distribution, Issuer, Plan, Scope, Secret};
 use crate::product::{self, ProductLine, Role};
 use crate::secrets::{self, EnvSource};
 
@@ -27,13 +28,21 @@ const USER_STORE_TYPES: [&str; 8] = [
 /// What [`check`] verifies beyond the plan text itself.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// Read every pack and compare its sha256 (off only to render examples without the packs).
+    /// Compare every pack's sha256 with the plan's (off only to render examples without the
+    /// packs).
     pub verify_packs: bool,
+    /// Hash the packs the operator's digest cache does not know. Off, they are only checked to
+    /// exist: `apimctl apply` hashes a new pack on its way to the controller instead, one read
+    /// instead of two (`remote::prepare`).
+    pub hash_new_packs: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { verify_packs: true }
+        Options {
+            verify_packs: true,
+            hash_new_packs: true,
+        }
     }
 }
 
@@ -363,18 +372,17 @@ fn check_distributions(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut V
         // The operator's digest cache (see crate::digest_cache), found through the same
         // environment the secrets come from.
         let cache = crate::digest_cache::default_dir(&|k| env.var(k));
-        match crate::digest_cache::sha256_cached(&path, cache.as_deref()) {
-            Ok(actual) if actual == sha => {}
-            Ok(actual) => out.push(
-                Diagnostic::error(
-                    d.sha256.span.clone(),
-                    format!(
-                        "`{}` has sha256 {actual}, not the one in the plan",
-                        path.display()
-                    ),
-                )
-                .with_hint("the pack changed or the plan is wrong; check where the zip came from"),
-            ),
+        let actual = if opts.hash_new_packs {
+            crate::digest_cache::sha256_cached(&path, cache.as_deref()).map(Some)
+        } else {
+            crate::digest_cache::lookup(&path, cache.as_deref()).map(|l| match l {
+                Lookup::Known(sha) => Some(sha),
+                Lookup::New(_) => None,
+            })
+        };
+        match actual {
+            Ok(Some(actual)) if actual != sha => out.push(pack_mismatch(d, &path, &actual)),
+            Ok(_) => {}
             Err(e) => out.push(
                 Diagnostic::error(
                     d.path.span.clone(),
@@ -384,6 +392,18 @@ fn check_distributions(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut V
             ),
         }
     }
+}
+
+/// The error for a pack at `path` whose sha256 is `actual`, not the one `d` names.
+pub fn pack_mismatch(d: &Distribution, path: &Path, actual: &str) -> Diagnostic {
+    Diagnostic::error(
+        d.sha256.span.clone(),
+        format!(
+            "`{}` has sha256 {actual}, not the one in the plan",
+            path.display()
+        ),
+    )
+    .with_hint("the pack changed or the plan is wrong; check where the zip came from")
 }
 
 /// Every secret reference of a plan with a description, for resolution and checking.

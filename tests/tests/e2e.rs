@@ -476,6 +476,48 @@ fn malformed_or_rejected_plans_change_nothing() -> TestResult {
     let out = cmd.output()?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
+    // A pack that is not the plan's, new to this apimctl (its digest cache never saw it): one
+    // a byte longer (the controller lacks a pack of that size: it is hashed on its way up and
+    // refused), and one of the same size with a byte changed (the controller has the plan's
+    // digest: it is hashed here). Either way the error points at the plan's sha256.
+    let (_, good) = &c.packs[0];
+    let original = std::fs::read(&good.path)?;
+    let file_name = good
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    for (name, bytes) in [
+        ("longer.zip", [original.as_slice(), b"!"].concat()),
+        ("altered.zip", {
+            let mut b = original.clone();
+            b[10] ^= 0xff;
+            b
+        }),
+    ] {
+        std::fs::write(c.root().join("dist").join(name), &bytes)?;
+        let wrong = c.root().join(format!("wrong-{name}.toml"));
+        let plan_text = c
+            .plan_text(&PlanParams::default())
+            .replace(&format!("dist/{file_name}"), &format!("dist/{name}"));
+        std::fs::write(&wrong, &plan_text)?;
+        let out = c.apply(&wrong)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
+        let line = plan_text
+            .lines()
+            .position(|l| l.contains(&format!("dist/{name}")))
+            .expect("the distribution line")
+            + 1;
+        assert!(
+            err.contains(&format!("wrong-{name}.toml:{line}:"))
+                && err.contains("not the one in the plan"),
+            "{name}: the error points at the plan's sha256: {err}"
+        );
+        assert!(!err.contains("uploaded"), "{name}: {err}");
+    }
+
     let s1 = c.status()?;
     assert_eq!(
         s1["generation"], s0["generation"],

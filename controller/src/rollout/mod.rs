@@ -178,6 +178,7 @@ pub async fn prepare(
         &secrets,
         validate::Options {
             verify_packs: false,
+            hash_new_packs: false,
         },
     );
     let Some(plan) = plan else {

@@ -37,6 +37,7 @@ fn render(plan: &str) -> ClusterRender {
         &env,
         validate::Options {
             verify_packs: false,
+            ..Default::default()
         },
     );
     render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).expect("render")
