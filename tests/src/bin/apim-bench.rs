@@ -3,12 +3,12 @@
 //!
 //! 1. Cold rollout of the 3.x five-node plan with no simulated start delay, vs unzipping the
 //!    five packs concurrently (target <= 1.25x): what staging costs over a bare unzip.
-//! 2. With a fixed simulated start delay: the full rollout vs (its staging time + the critical
-//!    path of the dependency graph x the delay) (target <= 1.10x): what starting tier by tier,
-//!    gated on health, costs over the ideal. The staging time is the rollout's own, from the
-//!    controller's "every changed node staged" log line. The issue's "that staging time" could
-//!    also be read as target 1's unzip; that reading charges target 1's staging overhead again
-//!    under a tighter bound, so the figure is printed too, for the record, but not judged.
+//! 2. With a fixed simulated start delay: the full rollout vs (that staging time + the critical
+//!    path of the dependency graph x the delay) (target <= 1.10x). "That staging time" is read
+//!    both ways and both must be met: the rollout's own staging (from the controller's "every
+//!    changed node staged" log line; what starting tier by tier, gated on health, costs over the
+//!    ideal), and the concurrent unzip of the same round (which also charges staging's overhead
+//!    over a bare unzip, under the tighter bound).
 //! 3. A no-op `apimctl apply` of the five-node cluster, end to end (target <= 100 ms).
 //! 4. A no-op `apimctl apply` of a 50-node cluster (10 machines x 5 profiles, real agents)
 //!    (target <= 1 s).
@@ -391,37 +391,35 @@ fn run() -> BenchResult<bool> {
         .map(|r| secs(r.rollout) / secs(r.staging + path))
         .collect();
     let r2 = median_f64(&ratios);
-    all_met &= r2 <= 1.10;
+    let r2_unzip = secs(full) / secs(unzip + path);
+    let met = r2 <= 1.10 && r2_unzip <= 1.10;
+    all_met &= met;
     println!(
-        "2. rollout with a {} ms start delay: median {:.2} s vs its staging (median {:.2} s) + critical path {chain} x {} ms: median {r2:.2}x (target <= 1.10x) {}",
+        "2. rollout with a {} ms start delay: median {:.2} s vs its staging (median {:.2} s) + critical path {chain} x {} ms: median {r2:.2}x; vs the concurrent unzip (median {:.2} s) + {:.2} s: {r2_unzip:.2}x (target <= 1.10x either way) {}",
         args.delay_ms,
         secs(full),
         secs(median(each.iter().map(|r| r.staging).collect())),
         args.delay_ms,
-        verdict(r2 <= 1.10)
+        secs(unzip),
+        secs(path),
+        verdict(met)
     );
     let each_text: Vec<String> = each
         .iter()
         .zip(&ratios)
         .map(|(r, x)| {
             format!(
-                "{:.2}/{:.2}/{:.2} ({x:.2}x)",
+                "{:.2}/{:.2}/{:.2} ({x:.2}x, {:.2}x)",
                 secs(r.rollout),
                 secs(r.staging),
-                secs(r.unzip)
+                secs(r.unzip),
+                secs(r.rollout) / secs(r.unzip + path)
             )
         })
         .collect();
     println!(
-        "   rollout/staging/unzip s per round: {}",
+        "   rollout/staging/unzip s per round (vs staging, vs unzip): {}",
         each_text.join(", ")
-    );
-    let strict = secs(full) / secs(unzip + path);
-    println!(
-        "   (read with the unzip as the staging: median {:.2} s vs {:.2} s + {:.2} s = {strict:.2}x; not judged, see the module docs)",
-        secs(full),
-        secs(unzip),
-        secs(path)
     );
 
     // 3. No-op apply, five nodes.
