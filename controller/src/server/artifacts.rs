@@ -30,6 +30,8 @@ const ARTIFACT_MODE: u32 = 0o640;
 
 /// Upload chunks (1 MiB each from `apimctl`) received but not yet hashed and written.
 const UPLOAD_QUEUE: usize = 8;
+/// The size of the writes an upload is stored in (see the store's writer thread).
+const WRITE_PIECE: usize = 8 * 1024;
 
 /// Checks that `sha256` is 64 lowercase hex characters (so it is also a safe file name).
 pub fn validate_sha256(sha256: &str) -> Result<(), ServerError> {
@@ -137,7 +139,12 @@ impl ArtifactStore {
             let mut hasher = Sha256::new();
             while let Some(data) = queued.blocking_recv() {
                 hasher.update(&data);
-                file.write_all(&data)?;
+                // Small writes get small page-cache folios, made of recently freed pages;
+                // 1 MiB writes get large folios, often memory a VM guest handed back to its
+                // hypervisor, which faults on first touch (see apim_agent::unpack).
+                for piece in data.chunks(WRITE_PIECE) {
+                    file.write_all(piece)?;
+                }
             }
             Ok((hasher, file))
         });
