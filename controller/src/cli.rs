@@ -227,7 +227,6 @@ pub enum CliError {
 fn options(skip_pack_check: bool) -> validate::Options {
     validate::Options {
         verify_packs: !skip_pack_check,
-        hash_new_packs: true,
     }
 }
 

@@ -13,7 +13,6 @@ use apim_proto::v1::{
 
 use crate::cli::{CliError, Command, ControllerCommand, Output, TokenCommand};
 use crate::client::{self, Settings};
-use crate::digest_cache::Lookup;
 use crate::secrets::EnvSource;
 use crate::validate;
 
@@ -157,7 +156,7 @@ struct Ready {
 /// Validates locally, resolves the secrets, connects, and uploads the packs the controller
 /// lacks. `None` when the plan has errors (already printed).
 ///
-/// A pack the operator's digest cache knows was checked against the plan by the validation.
+/// A pack the operator's digest cache knows is compared with the plan before anything is sent.
 /// A new one is not hashed up front: when the controller lacks it, it is hashed as it is read
 /// for the upload (one read of the pack instead of two; the controller hashes it too and
 /// refuses a mismatch), and only when the controller has its digest already is it hashed
@@ -170,24 +169,35 @@ async fn prepare(
     stderr: &mut dyn Write,
 ) -> Result<Option<Ready>, CliError> {
     let opts = validate::Options {
-        hash_new_packs: false,
-        ..validate::Options::default()
+        verify_packs: false,
     };
     let Some(plan) = crate::cli::load_plan(path, env, opts, stderr)? else {
         return Ok(None);
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
-    let secrets = crate::secrets::collect(&plan, env).map_err(CliError::Other)?;
-    let channel = settings.connect().await?;
+    let report = |diagnostics| crate::diag::Report {
+        path: path.display().to_string(),
+        source: text.clone(),
+        diagnostics,
+    };
     let cache = crate::digest_cache::default_dir(&|k| env.var(k));
+    let mut packs = Vec::new();
+    let mut problems = Vec::new();
     for d in plan.distributions.values() {
         let pack = plan.resolve_path(&d.path.value);
-        let pending = match crate::digest_cache::lookup(&pack, cache.as_deref()) {
-            Ok(Lookup::New(p)) => Some(p),
-            // Known: the validation compared it. Unreadable: the upload says so.
-            Ok(Lookup::Known(_)) | Err(_) => None,
-        };
+        match validate::check_pack(d, &pack, cache.as_deref()) {
+            Ok(pending) => packs.push((d, pack, pending)),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !problems.is_empty() {
+        let _ = write!(stderr, "{}", report(problems).render());
+        return Ok(None);
+    }
+    let secrets = crate::secrets::collect(&plan, env).map_err(CliError::Other)?;
+    let channel = settings.connect().await?;
+    for (d, pack, pending) in packs {
         let uploaded = client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await;
         if let Some(pending) = pending {
             let actual = match uploaded.as_ref().ok().and_then(|u| u.read_sha256.clone()) {
@@ -202,12 +212,8 @@ async fn prepare(
                 }
             };
             if !actual.eq_ignore_ascii_case(&d.sha256.value) {
-                let report = crate::diag::Report {
-                    path: path.display().to_string(),
-                    source: text,
-                    diagnostics: vec![validate::pack_mismatch(d, &pack, &actual)],
-                };
-                let _ = write!(stderr, "{}", report.render());
+                let mismatch = validate::pack_mismatch(d, &pack, &actual);
+                let _ = write!(stderr, "{}", report(vec![mismatch]).render());
                 return Ok(None);
             }
             pending.remember(&actual);

@@ -172,7 +172,6 @@ mod tests {
             &env,
             Options {
                 verify_packs: false,
-                hash_new_packs: false,
             },
         );
         crate::render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).unwrap()

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use crate::diag::{Diagnostic, Report, did_you_mean};
-use crate::digest_cache::Lookup;
+use crate::digest_cache::{Lookup, Pending};
 use crate::plan::{self, DbType, Distribution, Issuer, Plan, Scope, Secret};
 use crate::product::{self, ProductLine, Role};
 use crate::secrets::{self, EnvSource};
@@ -28,21 +28,14 @@ const USER_STORE_TYPES: [&str; 8] = [
 /// What [`check`] verifies beyond the plan text itself.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// Compare every pack's sha256 with the plan's (off only to render examples without the
-    /// packs).
+    /// Read every pack and compare its sha256 (off only to render examples without the packs,
+    /// and for `apimctl apply`, which checks them with [`check_pack`] on their way up).
     pub verify_packs: bool,
-    /// Hash the packs the operator's digest cache does not know. Off, they are only checked to
-    /// exist: `apimctl apply` hashes a new pack on its way to the controller instead, one read
-    /// instead of two (`remote::prepare`).
-    pub hash_new_packs: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            verify_packs: true,
-            hash_new_packs: true,
-        }
+        Options { verify_packs: true }
     }
 }
 
@@ -372,26 +365,38 @@ fn check_distributions(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut V
         // The operator's digest cache (see crate::digest_cache), found through the same
         // environment the secrets come from.
         let cache = crate::digest_cache::default_dir(&|k| env.var(k));
-        let actual = if opts.hash_new_packs {
-            crate::digest_cache::sha256_cached(&path, cache.as_deref()).map(Some)
-        } else {
-            crate::digest_cache::lookup(&path, cache.as_deref()).map(|l| match l {
-                Lookup::Known(sha) => Some(sha),
-                Lookup::New(_) => None,
-            })
-        };
-        match actual {
-            Ok(Some(actual)) if actual != sha => out.push(pack_mismatch(d, &path, &actual)),
-            Ok(_) => {}
-            Err(e) => out.push(
-                Diagnostic::error(
-                    d.path.span.clone(),
-                    format!("pack `{}` cannot be read: {e}", path.display()),
-                )
-                .with_hint("paths are relative to the plan's folder"),
-            ),
+        match crate::digest_cache::sha256_cached(&path, cache.as_deref()) {
+            Ok(actual) if actual == sha => {}
+            Ok(actual) => out.push(pack_mismatch(d, &path, &actual)),
+            Err(e) => out.push(pack_unreadable(d, &path, &e)),
         }
     }
+}
+
+/// What the operator's digest cache in `cache_dir` says of `d`'s pack at `path`, without
+/// reading the pack: `Ok(None)` when it matches the plan, `Ok(Some(pending))` when the cache
+/// does not know it (hash it, e.g. on its way to the controller, and compare with
+/// [`pack_mismatch`]), the plan's error otherwise.
+pub fn check_pack(
+    d: &Distribution,
+    path: &Path,
+    cache_dir: Option<&Path>,
+) -> Result<Option<Pending>, Diagnostic> {
+    match crate::digest_cache::lookup(path, cache_dir) {
+        Ok(Lookup::Known(actual)) if actual.eq_ignore_ascii_case(&d.sha256.value) => Ok(None),
+        Ok(Lookup::Known(actual)) => Err(pack_mismatch(d, path, &actual)),
+        Ok(Lookup::New(pending)) => Ok(Some(pending)),
+        Err(e) => Err(pack_unreadable(d, path, &e)),
+    }
+}
+
+/// The error for `d`'s pack at `path` that cannot be read.
+fn pack_unreadable(d: &Distribution, path: &Path, e: &std::io::Error) -> Diagnostic {
+    Diagnostic::error(
+        d.path.span.clone(),
+        format!("pack `{}` cannot be read: {e}", path.display()),
+    )
+    .with_hint("paths are relative to the plan's folder")
 }
 
 /// The error for a pack at `path` whose sha256 is `actual`, not the one `d` names.

@@ -178,7 +178,6 @@ pub async fn prepare(
         &secrets,
         validate::Options {
             verify_packs: false,
-            hash_new_packs: false,
         },
     );
     let Some(plan) = plan else {

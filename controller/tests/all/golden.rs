@@ -42,7 +42,6 @@ fn render_example(name: &str) -> ClusterRender {
         &env,
         Options {
             verify_packs: false,
-            ..Default::default()
         },
     );
     let plan = plan.unwrap_or_else(|| panic!("{name} does not validate:\n{}", report.render()));
@@ -542,7 +541,6 @@ fn v42_distributed_wiring() {
         &env,
         Options {
             verify_packs: false,
-            ..Default::default()
         },
     );
     let c = render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).unwrap();

@@ -140,7 +140,7 @@ proptest! {
     fn rendering_is_deterministic_and_well_formed(t in topology()) {
         let text = plan_text(&t);
         let env = BTreeMap::new();
-        let (plan, report) = validate::check(Path::new("prop.toml"), &text, &env, Options { verify_packs: false, ..Options::default() });
+        let (plan, report) = validate::check(Path::new("prop.toml"), &text, &env, Options { verify_packs: false });
         prop_assert!(!report.has_errors(), "{}\n{}", report.render(), text);
         let plan = plan.unwrap();
         let a = render::render(&plan, &env).unwrap();

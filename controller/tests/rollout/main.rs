@@ -37,7 +37,6 @@ fn render(plan: &str) -> ClusterRender {
         &env,
         validate::Options {
             verify_packs: false,
-            ..Default::default()
         },
     );
     render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).expect("render")
