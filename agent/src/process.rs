@@ -610,12 +610,23 @@ fn signal_ours(pid: i32, carbon_home: &Path, sig: Signal) -> Result<()> {
     }
 }
 
-/// Poll until `pid` is no longer this node's server, at most `limit`. True when gone.
+/// Whether `pid`, once the node's server, has gone: exited and reaped or a zombie, or reused
+/// by another program. A process that is exiting has already dropped its command line (so it
+/// no longer looks like the server) but may still hold its files and listening sockets.
+fn gone(pid: i32, carbon_home: &Path) -> bool {
+    if !pid_alive(pid) {
+        return true;
+    }
+    let exiting = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty());
+    !exiting && !is_our_server(pid, carbon_home)
+}
+
+/// Poll until `pid` is [`gone`], at most `limit`. True when gone.
 async fn wait_gone(pid: i32, carbon_home: &Path, limit: Duration) -> bool {
     let started = Instant::now();
     let mut delay = Duration::from_millis(20);
     loop {
-        if !is_our_server(pid, carbon_home) {
+        if gone(pid, carbon_home) {
             return true;
         }
         let waited = started.elapsed();
