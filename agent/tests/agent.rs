@@ -281,6 +281,11 @@ impl Rig {
             // What the controller's product catalogue says for 4.2.
             java_min: 11,
             java_max: 17,
+            process: Some(apim_proto::v1::ServerProcess {
+                pid_file: "wso2carbon.pid".into(),
+                main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
+                home_arg_prefix: "-Dcarbon.home=".into(),
+            }),
         };
         digest(&mut spec);
         spec

@@ -94,6 +94,11 @@ pub fn node_spec(
         desired: (inputs.desired)(node).into(),
         java_min: cluster.product.jdk_range().0,
         java_max: cluster.product.jdk_range().1,
+        process: Some(apim_proto::v1::ServerProcess {
+            pid_file: "wso2carbon.pid".into(),
+            main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
+            home_arg_prefix: "-Dcarbon.home=".into(),
+        }),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)

@@ -75,6 +75,10 @@ impl fmt::Debug for NodeSpec {
             .field("readiness", &self.readiness)
             .field("keystores", &self.keystores)
             .field("config_digest", &self.config_digest)
+            .field("desired", &self.desired)
+            .field("java_min", &self.java_min)
+            .field("java_max", &self.java_max)
+            .field("process", &self.process)
             .finish()
     }
 }

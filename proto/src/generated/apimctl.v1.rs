@@ -221,7 +221,8 @@ pub struct HostsEntry {
 }
 /// Everything needed to stage, configure, start, stop and health-check one server node.
 ///
-/// The carbon home is `<install_dir>/<pack.top_dir>`; every relative path below is relative to it.
+/// The node's home (WSO2's CARBON_HOME) is `<install_dir>/<pack.top_dir>`; every relative path
+/// below is relative to it.
 #[derive(Clone, PartialEq, ::prost::Message)]
 #[prost(skip_debug)]
 pub struct NodeSpec {
@@ -262,7 +263,8 @@ pub struct NodeSpec {
     /// How to stop the server gracefully (the agent still signals the process group afterwards).
     #[prost(message, optional, tag = "12")]
     pub stop: ::core::option::Option<CommandSpec>,
-    /// Extra environment for every command of this node (JAVA_HOME is set from `java_home`).
+    /// Extra environment for every command of this node, e.g. CARBON_HOME and JAVA_OPTS (the agent
+    /// sets JAVA_HOME from `java_home`, and PATH, LANG, HOME, USER and LOGNAME itself).
     #[prost(message, repeated, tag = "13")]
     pub env: ::prost::alloc::vec::Vec<EnvVar>,
     /// When the node counts as healthy.
@@ -287,6 +289,25 @@ pub struct NodeSpec {
     /// bound.
     #[prost(uint32, tag = "19")]
     pub java_max: u32,
+    /// How to find and recognise the node's server process.
+    #[prost(message, optional, tag = "20")]
+    pub process: ::core::option::Option<ServerProcess>,
+}
+/// How the agent finds a node's server process and tells it from any other program.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServerProcess {
+    /// The file, relative to the home, the server writes its own pid into, e.g. "wso2carbon.pid".
+    /// The agent trusts a pid from it only when the process is alive and is this node's server.
+    #[prost(string, tag = "1")]
+    pub pid_file: ::prost::alloc::string::String,
+    /// The server's main class, e.g. "org.wso2.carbon.bootstrap.Bootstrap": a process whose command
+    /// line has it and no `home_arg_prefix` argument is taken for this node's server (it runs from
+    /// its home). A process whose command line names the home as a path always is.
+    #[prost(string, tag = "2")]
+    pub main_class: ::prost::alloc::string::String,
+    /// The command-line prefix that names a server's home, e.g. "-Dcarbon.home=".
+    #[prost(string, tag = "3")]
+    pub home_arg_prefix: ::prost::alloc::string::String,
 }
 /// A content-addressed artifact held by the controller (ArtifactService).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -117,6 +117,7 @@ fn machine_spec_round_trips_every_field() {
         "HttpProbe",
         "KeystoreSpec",
         "TrustedCert",
+        "ServerProcess",
     ]
     .into_iter()
     .collect();

@@ -3,7 +3,7 @@
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
     ArtifactRef, CommandSpec, DesiredRun, EnvVar, HostsEntry, HttpProbe, KeystoreSpec,
-    MachineFacts, MachineSpec, NodeSpec, Readiness, StoreType, TrustedCert,
+    MachineFacts, MachineSpec, NodeSpec, Readiness, ServerProcess, StoreType, TrustedCert,
 };
 
 /// Secret strings used in the sample; the redaction test checks none of them is printed.
@@ -98,6 +98,11 @@ pub fn full_node() -> NodeSpec {
         desired: DesiredRun::Running.into(),
         java_min: 11,
         java_max: 21,
+        process: Some(ServerProcess {
+            pid_file: "wso2carbon.pid".into(),
+            main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
+            home_arg_prefix: "-Dcarbon.home=".into(),
+        }),
     }
 }
 
