@@ -71,7 +71,13 @@ pub fn node_spec(
         optimizer: node.optimizer.as_ref().map(command),
         start: Some(command(&node.start)),
         stop: Some(command(&node.stop)),
-        env: Vec::new(),
+        // The start scripts find their home themselves; the optimizer and the cipher tool are
+        // told, and the agent knows no product variable of its own.
+        env: vec![apim_proto::v1::EnvVar {
+            name: "CARBON_HOME".into(),
+            value: node.carbon_home.clone(),
+            secret: false,
+        }],
         readiness: Some(WireReadiness {
             log_file: r.log_file.clone(),
             log_line: r.log_line.clone(),
