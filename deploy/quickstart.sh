@@ -33,5 +33,5 @@ case "${1:-}" in
 esac
 
 echo "building apimctl, apim-agent and the simulated WSO2 server (cargo build)..."
-cargo build --bins -p apim-controller -p apim-agent -p apim-e2e
+cargo build --bins -p apimctl -p apim-agent -p apim-e2e
 APIM_E2E_NO_BUILD=1 exec "$target/debug/apim-e2e-quickstart" up "$dir"

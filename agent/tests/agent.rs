@@ -285,6 +285,7 @@ impl Rig {
                 pid_file: "wso2carbon.pid".into(),
                 main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
                 home_arg_prefix: "-Dcarbon.home=".into(),
+                home_env: "CARBON_HOME".into(),
             }),
         };
         digest(&mut spec);

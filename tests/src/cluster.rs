@@ -10,7 +10,7 @@
 //! The binaries are found in the cargo target dir the running executable lives in (or where
 //! `APIMCTL_BIN`, `APIM_AGENT_BIN`, `APIM_SIMJAVA` say); unless
 //! `APIM_E2E_NO_BUILD` is set, [`Binaries::locate`] first runs
-//! `cargo build --bins -p apim-controller -p apim-agent -p apim-e2e` (once per process) so a test
+//! `cargo build --bins -p apimctl -p apim-agent -p apim-e2e` (once per process) so a test
 //! never runs stale binaries. Every process runs in its own process group with its output in
 //! `<root>/logs/`; dropping a [`Cluster`] kills them all, and the simulated servers the agents
 //! started, unless [`Cluster::keep_running`] was called (the quickstart).
@@ -140,17 +140,10 @@ fn cargo_build(profile: &Path) -> Result<()> {
         .ok_or_else(|| ClusterError::Build("profile dir has no parent".into()))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--bins",
-        "-p",
-        "apim-controller",
-        "-p",
-        "apim-agent",
-    ])
-    .args(["-p", "apim-e2e"])
-    .env("CARGO_TARGET_DIR", target)
-    .current_dir(workspace_root());
+    cmd.args(["build", "--bins", "-p", "apimctl", "-p", "apim-agent"])
+        .args(["-p", "apim-e2e"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(workspace_root());
     if profile.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

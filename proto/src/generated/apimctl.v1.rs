@@ -263,8 +263,9 @@ pub struct NodeSpec {
     /// How to stop the server gracefully (the agent still signals the process group afterwards).
     #[prost(message, optional, tag = "12")]
     pub stop: ::core::option::Option<CommandSpec>,
-    /// Extra environment for every command of this node, e.g. CARBON_HOME and JAVA_OPTS (the agent
-    /// sets JAVA_HOME from `java_home`, and PATH, LANG, HOME, USER and LOGNAME itself).
+    /// Extra environment for every command of this node, e.g. JAVA_OPTS (the agent sets JAVA_HOME
+    /// from `java_home`, `process.home_env` to the node's home, and PATH, LANG, HOME, USER and
+    /// LOGNAME itself).
     #[prost(message, repeated, tag = "13")]
     pub env: ::prost::alloc::vec::Vec<EnvVar>,
     /// When the node counts as healthy.
@@ -308,6 +309,10 @@ pub struct ServerProcess {
     /// The command-line prefix that names a server's home, e.g. "-Dcarbon.home=".
     #[prost(string, tag = "3")]
     pub home_arg_prefix: ::prost::alloc::string::String,
+    /// The environment variable every command of the node gets set to the node's home as the agent
+    /// installed it, e.g. "CARBON_HOME"; empty sets none.
+    #[prost(string, tag = "4")]
+    pub home_env: ::prost::alloc::string::String,
 }
 /// A content-addressed artifact held by the controller (ArtifactService).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,0 +1,209 @@
+//! The `apimctl` binary: exit codes, what it prints, and the files `render --out` writes.
+
+use std::os::unix::fs::PermissionsExt;
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+// The plan crate's fixture (a valid plan with its packs and secret files in a temp dir).
+#[path = "../../plan/tests/all/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use support::{Fixture, examples_dir};
+
+fn apimctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_apimctl"))
+}
+
+#[test]
+fn validate_accepts_a_good_plan() {
+    let f = Fixture::new();
+    let path = f.dir.path().join("plan.toml");
+    std::fs::write(&path, f.base_plan()).unwrap();
+    apimctl()
+        .args(["validate", path.to_str().unwrap()])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "ok (t wso2am-4.5.0, 2 machines, 3 nodes)",
+        ))
+        .stderr(predicate::str::is_empty());
+}
+
+#[test]
+fn validate_reports_every_error_with_location_and_exits_1() {
+    let f = Fixture::new();
+    let text = f
+        .base_plan()
+        .replacen("machine = \"vm-2\"", "machine = \"vm-9\"", 1)
+        .replacen("role = \"gateway\"", "role = \"gateway\"\nofset = 2", 1);
+    let path = f.dir.path().join("plan.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = apimctl()
+        .args(["validate", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let p = path.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{p}:54:11: error: node `gw-1` is on unknown machine `vm-9`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{p}:56:1: error: unknown field `ofset` in [[nodes]] #3"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("= hint: did you mean `offset`?"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("54 | machine = \"vm-9\"\n   |           ^^^^^^"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 error(s), 0 warning(s)"), "{stderr}");
+}
+
+#[test]
+fn validate_of_a_missing_file_names_it() {
+    apimctl()
+        .args(["validate", "/nonexistent/plan.toml"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "error: /nonexistent/plan.toml: No such file",
+        ));
+}
+
+#[test]
+fn render_masks_secrets_unless_asked() {
+    let plan = examples_dir().join("v3-single.toml");
+    let masked = apimctl()
+        .args([
+            "render",
+            "--skip-pack-check",
+            plan.to_str().unwrap(),
+            "--node",
+            "tm-1",
+        ])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let masked = String::from_utf8(masked).unwrap();
+    assert!(
+        masked.contains(
+            "# ==== node tm-1 (traffic-manager) on machine apim-host, tm.wso2.com offset 3 ===="
+        ),
+        "{masked}"
+    );
+    assert!(
+        masked.contains("# start:     bin/wso2server.sh -Dprofile=traffic-manager start"),
+        "{masked}"
+    );
+    assert!(masked.contains("password = \"********\""));
+    assert!(!masked.contains("password = \"root\""));
+    assert!(!masked.contains("node km-1"), "--node shows one node");
+    assert!(
+        masked
+            .contains("tier 1: km-1\ntier 2: tm-1\ntier 3: publisher-1, devportal-1, gateway-1\n"),
+        "{masked}"
+    );
+    apimctl()
+        .args([
+            "render",
+            "--skip-pack-check",
+            "--show-secrets",
+            plan.to_str().unwrap(),
+            "--node",
+            "tm-1",
+        ])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("password = \"root\""));
+}
+
+#[test]
+fn render_out_writes_a_folder_per_node_and_a_hosts_file_per_machine() {
+    let out = tempfile::tempdir().unwrap();
+    let plan = examples_dir().join("v45-single.toml");
+    apimctl()
+        .args([
+            "render",
+            "--skip-pack-check",
+            plan.to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
+        .assert()
+        .code(0);
+    for node in ["cp-1", "gw-1", "tm-1"] {
+        let f = out.path().join(node).join("deployment.toml");
+        let text = std::fs::read_to_string(&f).unwrap();
+        let _: toml::Table = text.parse().unwrap();
+        assert!(
+            text.contains("password = \"sharedadmin\""),
+            "files carry the real secrets"
+        );
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    for machine in ["vm-cp", "vm-gw", "vm-tm"] {
+        let hosts = std::fs::read_to_string(out.path().join(format!("{machine}.hosts"))).unwrap();
+        assert!(hosts.contains("10.0.0.11 cp.wso2.com\n10.0.0.21 gw.wso2.com\n10.0.0.31 tm.wso2.com\n10.0.0.5 db.wso2.com\n"), "{hosts}");
+    }
+    let order = std::fs::read_to_string(out.path().join("start-order.txt")).unwrap();
+    assert!(
+        order.contains("tier 1: cp-1\ntier 2: tm-1\ntier 3: gw-1\n"),
+        "{order}"
+    );
+}
+
+#[test]
+fn render_of_an_unknown_node_fails() {
+    let plan = examples_dir().join("v3-single.toml");
+    apimctl()
+        .args([
+            "render",
+            "--skip-pack-check",
+            plan.to_str().unwrap(),
+            "--node",
+            "nope",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no node named `nope`"));
+}
+
+#[test]
+fn render_of_an_invalid_plan_writes_nothing() {
+    let f = Fixture::new();
+    let path = f.dir.path().join("plan.toml");
+    std::fs::write(
+        &path,
+        f.base_plan()
+            .replace("role = \"gateway\"", "role = \"gatway\""),
+    )
+    .unwrap();
+    let out = f.dir.path().join("out");
+    apimctl()
+        .args([
+            "render",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("unknown role `gatway`"));
+    assert!(!out.exists());
+}

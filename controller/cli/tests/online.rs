@@ -1,0 +1,105 @@
+//! `apimctl` against a real controller over mTLS, with fake agents that speak the real agent
+//! protocol: `plan` exit codes, `apply -o json`, `status` lines.
+
+// The daemon crate's rollout harness (a controller on 127.0.0.1 and fake agents).
+#[path = "../../daemon/tests/rollout/support.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use support::{Controller, Event, FakeAgent, V3_MACHINES, plan_v3};
+
+const PACK: &[u8] = b"a simulated wso2am-3.2.0 pack";
+
+type Log = Arc<Mutex<Vec<(String, Event)>>>;
+
+fn start_agents(c: &Controller) -> (BTreeMap<String, FakeAgent>, Log) {
+    let log: Log = Arc::default();
+    let agents = V3_MACHINES
+        .iter()
+        .map(|m| (m.to_string(), FakeAgent::start(c, m, Arc::clone(&log))))
+        .collect();
+    (agents, log)
+}
+
+/// Runs the real `apimctl` binary against `c` with an operator certificate and the plan's
+/// secrets in its environment; returns (exit code, stdout, stderr).
+async fn apimctl(c: &Controller, dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let issued = c
+        .state
+        .ca()
+        .issue_operator_cert("cli", apim_certs::DEFAULT_OPERATOR_CERT_TTL)
+        .expect("operator cert");
+    std::fs::write(dir.join("op.pem"), &issued.cert.cert_pem).expect("cert");
+    std::fs::write(dir.join("op-key.pem"), issued.key_pem()).expect("key");
+    std::fs::write(dir.join("ca.pem"), &c.ca_pem).expect("ca");
+    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_apimctl"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env("APIMCTL_CONTROLLER", c.addr.to_string())
+        .env("APIMCTL_CA", dir.join("ca.pem"))
+        .env("APIMCTL_CERT", dir.join("op.pem"))
+        .env("APIMCTL_KEY", dir.join("op-key.pem"))
+        .env("APIMCTL_CONFIG", dir.join("no-such-client.toml"))
+        .env("APIMCTL_CACHE_DIR", dir.join("apimctl-cache"))
+        .env("ADMIN_PW", "admin-secret")
+        .env("DB_PW", "db-secret")
+        .env("KS_PW", "ks-secret");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run apimctl"))
+        .await
+        .expect("join");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_plan_exit_codes_apply_and_status_lines() {
+    let c = Controller::start().await;
+    let (_agents, _log) = start_agents(&c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("dist")).expect("dist");
+    std::fs::write(dir.path().join("dist/wso2am-3.2.0.zip"), PACK).expect("pack");
+    let sha = apim_plan::digest(PACK);
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        plan_v3(&sha, "", "halt", "30s"),
+    )
+    .expect("plan");
+    std::fs::write(dir.path().join("bad.toml"), "[cluster\n").expect("bad plan");
+
+    // Everything is new: exit 2 (and the CLI uploaded the pack the controller lacked).
+    let (code, out, err) = apimctl(&c, dir.path(), &["plan", "plan.toml"]).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("+ km-1 (vm-km-1): create"), "{out}");
+    assert!(!out.contains("admin-secret"), "secrets are masked");
+    assert!(c.state.artifacts().path_for(&sha).expect("path").exists());
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(json["rollout"]["state"], "succeeded");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["plan", "plan.toml"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nothing to change"));
+
+    let (code, _, err) = apimctl(&c, dir.path(), &["plan", "bad.toml"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.toml:"), "{err}");
+
+    let (code, out, _) = apimctl(&c, dir.path(), &["status"]).await;
+    assert_eq!(code, 0);
+    let node_lines: Vec<&str> = out.lines().filter(|l| l.contains(" healthy ")).collect();
+    assert_eq!(node_lines.len(), 5, "{out}");
+    assert!(
+        node_lines
+            .iter()
+            .all(|l| l.starts_with("vm-") && l.contains(" gen 1 ")),
+        "every node is on plan generation 1: {out}"
+    );
+}

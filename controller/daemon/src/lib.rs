@@ -1,0 +1,14 @@
+//! apim-controller: the controller daemon — the store, the in-memory state, the rollout engine
+//! and the gRPC services agents and operators talk to.
+//!
+//! Dependencies run one way: [`server`] → [`rollout`] → [`state`] → [`store`] → `apim_plan`.
+//! [`spec`] turns a plan's render into the `MachineSpec` each agent executes and [`pki`] issues
+//! the product certificates it carries; [`run`] is `apimctl controller run`.
+
+pub mod pki;
+pub mod rollout;
+pub mod run;
+pub mod server;
+pub mod spec;
+pub mod state;
+pub mod store;

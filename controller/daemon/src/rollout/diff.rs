@@ -1,0 +1,170 @@
+//! What a plan would change: per node `deployment.toml` and hosts lines, certificates, restarts.
+
+use apim_proto::v1::{ChangeKind, MachineSpec, NodeChange, NodeSpec};
+
+/// Unified-diff lines (`+`, `-`, ` `) from `old` to `new`, with `context` unchanged lines around
+/// each change; empty when equal. An LCS over lines (files are a few hundred lines).
+pub fn line_diff(old: &str, new: &str, context: usize) -> Vec<String> {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    if a == b {
+        return Vec::new();
+    }
+    let (n, m) = (a.len(), b.len());
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut ops: Vec<(char, &str)> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            ops.push((' ', a[i]));
+            i += 1;
+            j += 1;
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            ops.push(('-', a[i]));
+            i += 1;
+        } else {
+            ops.push(('+', b[j]));
+            j += 1;
+        }
+    }
+    let keep: Vec<bool> = (0..ops.len())
+        .map(|k| {
+            let lo = k.saturating_sub(context);
+            let hi = (k + context + 1).min(ops.len());
+            ops[lo..hi].iter().any(|(c, _)| *c != ' ')
+        })
+        .collect();
+    ops.iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|((c, l), _)| format!("{c}{l}"))
+        .collect()
+}
+
+/// Replaces every secret value in `line` by the mask.
+fn mask(line: &str, secrets: &[&str]) -> String {
+    let mut out = line.to_string();
+    for s in secrets {
+        if !s.is_empty() {
+            out = out.replace(s, apim_plan::render::MASK);
+        }
+    }
+    out
+}
+
+fn hosts_text(spec: Option<&MachineSpec>) -> String {
+    spec.map(|s| {
+        s.hosts_block
+            .iter()
+            .map(|h| format!("{} {}\n", h.address, h.names.join(" ")))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Whether a node must restart (or start) to move from `old` to `new`.
+pub fn node_changed(old: Option<&NodeSpec>, new: &NodeSpec) -> bool {
+    old.is_none_or(|o| o.config_digest != new.config_digest || o.pack != new.pack)
+}
+
+fn chain(n: &NodeSpec) -> Option<&str> {
+    n.keystores.as_ref().map(|k| k.node_chain_pem.as_str())
+}
+
+/// Per node changes from `baseline` to `targets` (both: machine → spec). `secrets` are the values
+/// to mask in the diff lines.
+pub fn changes(
+    baseline: &std::collections::BTreeMap<String, MachineSpec>,
+    targets: &std::collections::BTreeMap<String, MachineSpec>,
+    secrets: &[&str],
+) -> Vec<NodeChange> {
+    let mut out = Vec::new();
+    for (machine, target) in targets {
+        let old_spec = baseline.get(machine);
+        let hosts = line_diff(&hosts_text(old_spec), &hosts_text(Some(target)), 0);
+        for node in &target.nodes {
+            let old = old_spec.and_then(|s| s.nodes.iter().find(|n| n.name == node.name));
+            let old_toml = old.map_or("", |o| o.deployment_toml.as_str());
+            let deployment_toml_diff = line_diff(old_toml, &node.deployment_toml, 2)
+                .iter()
+                .map(|l| mask(l, secrets))
+                .collect();
+            let mut certificate_changes = Vec::new();
+            if chain(node) != old.and_then(chain) && chain(node).is_some() {
+                certificate_changes.push(format!(
+                    "{} {} TLS certificate",
+                    if old.and_then(chain).is_some() {
+                        "re-issue"
+                    } else {
+                        "issue"
+                    },
+                    node.name
+                ));
+            }
+            let changed = node_changed(old, node);
+            let kind = match old {
+                None => ChangeKind::Create,
+                Some(o) if changed || o != node || !hosts.is_empty() => ChangeKind::Update,
+                Some(_) => ChangeKind::Unchanged,
+            };
+            out.push(NodeChange {
+                machine: machine.clone(),
+                node: node.name.clone(),
+                kind: kind.into(),
+                deployment_toml_diff,
+                hosts_diff: hosts.clone(),
+                certificate_changes,
+                restart: old.is_some() && changed,
+            });
+        }
+    }
+    for (machine, old_spec) in baseline {
+        for node in &old_spec.nodes {
+            let still = targets
+                .get(machine)
+                .is_some_and(|t| t.nodes.iter().any(|n| n.name == node.name));
+            if !still {
+                out.push(NodeChange {
+                    machine: machine.clone(),
+                    node: node.name.clone(),
+                    kind: ChangeKind::Delete.into(),
+                    deployment_toml_diff: Vec::new(),
+                    hosts_diff: Vec::new(),
+                    certificate_changes: Vec::new(),
+                    restart: false,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_shows_changed_lines_with_context() {
+        let d = line_diff("a\nb\nc\nd\ne\n", "a\nb\nX\nd\ne\n", 1);
+        assert_eq!(d, [" b", "-c", "+X", " d"]);
+        assert!(line_diff("same\n", "same\n", 3).is_empty());
+        assert_eq!(line_diff("", "new\n", 0), ["+new"]);
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(
+            mask("password = \"s3cret\"", &["s3cret"]),
+            "password = \"********\""
+        );
+    }
+}

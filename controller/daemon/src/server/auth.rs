@@ -1,0 +1,366 @@
+//! Authorization in one place: [`AuthService`] wraps every route, maps the HTTP/2 path to an
+//! [`Rpc`], verifies the caller's certificate (chain to the control-plane CA, validity now,
+//! clientAuth), reads its identity, checks the revocation list and the RPC's [`Access`] rule,
+//! and only then lets the call through with a [`Caller`] in the request extensions.
+//!
+//! Unknown paths are refused before any handler runs (deny by default). Handlers read the
+//! caller with [`caller`], which fails closed if the layer did not run.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use apim_certs::{PeerCert, PeerIdentity};
+use futures::future::BoxFuture;
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tonic::body::Body;
+use tonic::codegen::Service;
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use super::error::ServerError;
+use crate::state::ControllerState;
+
+/// Who may call an RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, with or without a certificate (only `Enrollment.Enroll`: the join token decides).
+    /// A certificate that *is* presented must still be valid and not revoked.
+    Anyone,
+    /// An enrolled agent (`spiffe://apimctl/agent/<machine>`).
+    Agent,
+    /// An operator (`spiffe://apimctl/operator/<name>`).
+    Operator,
+    /// Either (only `ArtifactService.Stat`: agents before a fetch, `apimctl apply` before an upload).
+    AgentOrOperator,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Access::Anyone => "anyone",
+            Access::Agent => "agent certificates",
+            Access::Operator => "operator certificates",
+            Access::AgentOrOperator => "agent or operator certificates",
+        })
+    }
+}
+
+/// Every RPC of `apimctl.v1`, so the access rule of each is written down exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    /// `Enrollment.Enroll`.
+    Enroll,
+    /// `Enrollment.Renew`.
+    Renew,
+    /// `AgentService.Connect`.
+    Connect,
+    /// `ArtifactService.Fetch`.
+    Fetch,
+    /// `ArtifactService.Stat`.
+    Stat,
+    /// `ArtifactService.Upload`.
+    Upload,
+    /// `OperatorService.Apply`.
+    Apply,
+    /// `OperatorService.Plan`.
+    Plan,
+    /// `OperatorService.Status`.
+    Status,
+    /// `OperatorService.Watch`.
+    Watch,
+    /// `OperatorService.CreateToken`.
+    CreateToken,
+    /// `OperatorService.ListAgents`.
+    ListAgents,
+    /// `OperatorService.Revoke`.
+    Revoke,
+}
+
+impl Rpc {
+    /// Every RPC, for tests that must cover them all.
+    pub const ALL: [Rpc; 13] = [
+        Rpc::Enroll,
+        Rpc::Renew,
+        Rpc::Connect,
+        Rpc::Fetch,
+        Rpc::Stat,
+        Rpc::Upload,
+        Rpc::Apply,
+        Rpc::Plan,
+        Rpc::Status,
+        Rpc::Watch,
+        Rpc::CreateToken,
+        Rpc::ListAgents,
+        Rpc::Revoke,
+    ];
+
+    /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Rpc::Enroll => "/apimctl.v1.Enrollment/Enroll",
+            Rpc::Renew => "/apimctl.v1.Enrollment/Renew",
+            Rpc::Connect => "/apimctl.v1.AgentService/Connect",
+            Rpc::Fetch => "/apimctl.v1.ArtifactService/Fetch",
+            Rpc::Stat => "/apimctl.v1.ArtifactService/Stat",
+            Rpc::Upload => "/apimctl.v1.ArtifactService/Upload",
+            Rpc::Apply => "/apimctl.v1.OperatorService/Apply",
+            Rpc::Plan => "/apimctl.v1.OperatorService/Plan",
+            Rpc::Status => "/apimctl.v1.OperatorService/Status",
+            Rpc::Watch => "/apimctl.v1.OperatorService/Watch",
+            Rpc::CreateToken => "/apimctl.v1.OperatorService/CreateToken",
+            Rpc::ListAgents => "/apimctl.v1.OperatorService/ListAgents",
+            Rpc::Revoke => "/apimctl.v1.OperatorService/Revoke",
+        }
+    }
+
+    /// The RPC served at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Rpc> {
+        Rpc::ALL.into_iter().find(|r| r.path() == path)
+    }
+
+    /// The access rule: the single table of who may call what.
+    pub fn access(self) -> Access {
+        match self {
+            Rpc::Enroll => Access::Anyone,
+            Rpc::Renew | Rpc::Connect | Rpc::Fetch => Access::Agent,
+            Rpc::Stat => Access::AgentOrOperator,
+            Rpc::Upload
+            | Rpc::Apply
+            | Rpc::Plan
+            | Rpc::Status
+            | Rpc::Watch
+            | Rpc::CreateToken
+            | Rpc::ListAgents
+            | Rpc::Revoke => Access::Operator,
+        }
+    }
+}
+
+impl fmt::Display for Rpc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.path().trim_start_matches('/'))
+    }
+}
+
+/// The authenticated caller of one call, put into the request extensions by [`AuthService`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The RPC being called.
+    pub rpc: Rpc,
+    /// The verified client certificate; `None` only on [`Access::Anyone`] RPCs called without
+    /// a certificate.
+    pub peer: Option<PeerCert>,
+}
+
+impl Caller {
+    /// The machine of an agent caller. Only agent RPCs call this, and the layer has already
+    /// ensured the peer is an agent; anything else is a fail-closed refusal.
+    pub fn machine(&self) -> Result<&str, ServerError> {
+        match &self.peer {
+            Some(PeerCert {
+                identity: PeerIdentity::Agent { machine },
+                ..
+            }) => Ok(machine),
+            Some(peer) => Err(ServerError::WrongRole {
+                rpc: self.rpc,
+                needed: Access::Agent,
+                identity: peer.identity.uri(),
+            }),
+            None => Err(ServerError::NoClientCert { rpc: self.rpc }),
+        }
+    }
+
+    /// The identity URI, for logs; "anonymous" without a certificate.
+    pub fn who(&self) -> String {
+        self.peer
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), |p| p.identity.uri())
+    }
+}
+
+/// Reads the [`Caller`] the auth layer stored; refuses the call if it is missing (a route that
+/// bypassed the layer must not run).
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, ServerError> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ServerError::InvalidClientCert {
+            reason: "authorization layer did not run for this call".into(),
+        })
+}
+
+/// Verifies certificates and applies the access table.
+#[derive(Clone)]
+pub struct Authorizer {
+    verifier: Arc<dyn ClientCertVerifier>,
+    state: Arc<ControllerState>,
+}
+
+impl fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorizer").finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    /// `verifier` is a WebPKI client verifier over the control-plane CA alone.
+    pub fn new(verifier: Arc<dyn ClientCertVerifier>, state: Arc<ControllerState>) -> Self {
+        Authorizer { verifier, state }
+    }
+
+    /// Decides one call: `chain` is what the peer presented in the TLS handshake (leaf first),
+    /// already proven to belong to the peer by the handshake signature. Checked here on every
+    /// call, so a certificate that expires or is revoked while a connection stays open stops
+    /// working at once.
+    pub fn authorize(
+        &self,
+        rpc: Rpc,
+        chain: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Caller, ServerError> {
+        let peer = match chain {
+            None | Some([]) => None,
+            Some([leaf, intermediates @ ..]) => Some(self.verify_peer(leaf, intermediates)?),
+        };
+        match (rpc.access(), &peer) {
+            (Access::Anyone, _) => {}
+            (_, None) => return Err(ServerError::NoClientCert { rpc }),
+            (Access::AgentOrOperator, Some(_)) => {}
+            (Access::Agent, Some(PeerCert { identity, .. })) => {
+                if !matches!(identity, PeerIdentity::Agent { .. }) {
+                    return Err(ServerError::WrongRole {
+                        rpc,
+                        needed: Access::Agent,
+                        identity: identity.uri(),
+                    });
+                }
+            }
+            (Access::Operator, Some(PeerCert { identity, .. })) => {
+                if !matches!(identity, PeerIdentity::Operator { .. }) {
+                    return Err(ServerError::WrongRole {
+                        rpc,
+                        needed: Access::Operator,
+                        identity: identity.uri(),
+                    });
+                }
+            }
+        }
+        Ok(Caller { rpc, peer })
+    }
+
+    /// Chain to the CA, validity now, clientAuth EKU; then the identity; then revocation.
+    pub fn verify_peer(
+        &self,
+        leaf: &CertificateDer<'static>,
+        intermediates: &[CertificateDer<'static>],
+    ) -> Result<PeerCert, ServerError> {
+        self.verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| ServerError::InvalidClientCert {
+                reason: e.to_string(),
+            })?;
+        let peer = PeerCert::from_der(leaf).map_err(|source| ServerError::NoIdentity { source })?;
+        if self.state.is_revoked(&peer) {
+            return Err(ServerError::Revoked {
+                identity: peer.identity.uri(),
+            });
+        }
+        Ok(peer)
+    }
+}
+
+/// The tower service in front of every route: authorizes, then forwards with a [`Caller`].
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    authorizer: Authorizer,
+}
+
+impl<S> AuthService<S> {
+    /// Wraps `inner` (tonic's routes).
+    pub fn new(inner: S, authorizer: Authorizer) -> Self {
+        AuthService { inner, authorizer }
+    }
+}
+
+impl<S> Service<http::Request<Body>> for AuthService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let decision = match Rpc::from_path(req.uri().path()) {
+            None => Err(ServerError::UnknownMethod {
+                path: req.uri().path().to_owned(),
+            }),
+            Some(rpc) => {
+                let chain = req
+                    .extensions()
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(|info| info.peer_certs());
+                self.authorizer
+                    .authorize(rpc, chain.as_deref().map(|c| c.as_slice()))
+            }
+        };
+        match decision {
+            Ok(caller) => {
+                tracing::debug!(rpc = %caller.rpc, caller = %caller.who(), "call authorized");
+                req.extensions_mut().insert(caller);
+                // The clone that was polled ready is the one to call (tower's rule).
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                Box::pin(ready.call(req))
+            }
+            Err(err) => {
+                tracing::warn!(path = %req.uri().path(), error = %err, "call refused");
+                let response = err.to_status().into_http::<Body>();
+                Box::pin(futures::future::ready(Ok(response)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apim_proto::prost::Message as _;
+
+    /// Every method in the contract has an access rule, and every rule names a real method.
+    #[test]
+    fn access_table_covers_the_whole_contract() {
+        let fds =
+            apim_proto::prost_types::FileDescriptorSet::decode(apim_proto::v1::FILE_DESCRIPTOR_SET)
+                .expect("descriptor set decodes");
+        let mut paths = Vec::new();
+        for file in fds.file.iter().filter(|f| f.package() == "apimctl.v1") {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!("/apimctl.v1.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+        assert_eq!(
+            paths.len(),
+            Rpc::ALL.len(),
+            "methods in the contract: {paths:?}"
+        );
+        for path in &paths {
+            assert!(Rpc::from_path(path).is_some(), "{path} has no access rule");
+        }
+        assert_eq!(Rpc::from_path("/apimctl.v1.Enrollment/Nope"), None);
+        assert_eq!(Rpc::Enroll.access(), Access::Anyone);
+        assert_eq!(Rpc::Upload.access(), Access::Operator);
+        assert_eq!(Rpc::Fetch.access(), Access::Agent);
+        assert_eq!(Rpc::Stat.access(), Access::AgentOrOperator);
+    }
+}

@@ -1,0 +1,166 @@
+//! The controller's gRPC server (mTLS; enrollment is the only call allowed without a client
+//! certificate).
+//!
+//! [`serve`] runs the four `apimctl.v1` services over TLS 1.3 on a listener the caller binds:
+//!
+//! | piece | job |
+//! | --- | --- |
+//! | [`tls`] | TLS 1.3 only, server chain `[leaf, CA]`, client certificates optional at the handshake but proven by key possession; handshakes in their own tasks with a timeout |
+//! | [`auth`] | one tower service in front of every route: path → [`auth::Rpc`] → certificate verified *per call* (CA chain, validity now, clientAuth) → identity → revocation → access table; deny by default |
+//! | [`enrollment`] | `Enroll` (join token → machine; CSR key only) and `Renew` (same machine as the presented certificate) |
+//! | [`agent`] | `Connect`: Hello → desired spec, status reports, cut on revocation, expiry or shutdown |
+//! | [`artifacts`] | `Fetch`/`Stat` for agents, verified atomic `Upload` for operators |
+//! | [`operator`] | `CreateToken`, `ListAgents`, `Revoke` (`Apply`/`Plan`/`Status`/`Watch`: UNIMPLEMENTED for now) |
+//! | [`state`] | [`ControllerState`]: CA, tokens, revocations, agents, desired specs (in memory) |
+//! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
+//!
+//! Identity always comes from the verified client certificate (never from a message field); a
+//! message naming another machine is PERMISSION_DENIED.
+
+pub mod agent;
+pub mod artifacts;
+pub mod auth;
+pub mod enrollment;
+pub mod error;
+pub mod operator;
+
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apim_proto::v1::agent_service_server::AgentServiceServer;
+use apim_proto::v1::artifact_service_server::ArtifactServiceServer;
+use apim_proto::v1::enrollment_server::EnrollmentServer;
+use apim_proto::v1::operator_service_server::OperatorServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tonic::service::Routes;
+
+pub use crate::state::{AgentSnapshot, ControllerState};
+pub use auth::{Access, Caller, Rpc};
+pub use error::ServerError;
+
+/// Default lifetime of a join token created with `ttl_s = 0`.
+pub const DEFAULT_TOKEN_TTL: Duration = apim_certs::DEFAULT_TOKEN_TTL;
+/// Longest join token an operator may ask for (kubeadm's default bootstrap-token lifetime).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest piece of an artifact sent per `Chunk` (the contract's limit).
+pub const MAX_CHUNK_SIZE: usize = 1024 * 1024;
+
+/// How the server runs. Build with [`ServerConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// DNS names and IP addresses agents and operators dial; they become the SANs of the
+    /// controller's TLS certificate. At least one.
+    pub server_names: Vec<String>,
+    /// Lifetime of the controller's TLS certificate (issued at every start).
+    pub server_cert_ttl: Duration,
+    /// Lifetime of agent certificates (agents renew at 2/3 of it).
+    pub agent_cert_ttl: Duration,
+    /// Lifetime of a join token created with `ttl_s = 0`.
+    pub token_default_ttl: Duration,
+    /// Longest join token lifetime an operator may request.
+    pub token_max_ttl: Duration,
+    /// How long a TLS handshake may take before the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// How long a new `Connect` stream may stay silent before its `Hello`.
+    pub hello_timeout: Duration,
+    /// Bytes per `Fetch` chunk (at most [`MAX_CHUNK_SIZE`]).
+    pub chunk_size: usize,
+    /// Largest artifact accepted by `Upload`.
+    pub max_artifact_size: u64,
+    /// HTTP/2 keepalive ping interval, to notice vanished agents.
+    pub keepalive_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Production defaults for a controller reachable as `server_names`.
+    pub fn new(server_names: Vec<String>) -> Self {
+        ServerConfig {
+            server_names,
+            server_cert_ttl: apim_certs::DEFAULT_SERVER_CERT_TTL,
+            agent_cert_ttl: apim_certs::DEFAULT_AGENT_CERT_TTL,
+            token_default_ttl: DEFAULT_TOKEN_TTL,
+            token_max_ttl: MAX_TOKEN_TTL,
+            handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(30),
+            chunk_size: MAX_CHUNK_SIZE,
+            max_artifact_size: 16 * 1024 * 1024 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every service holds: the state, the configuration and the shutdown flag.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    state: Arc<ControllerState>,
+    config: Arc<ServerConfig>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Serves `apimctl.v1` on `listener` until `shutdown` completes, then closes open agent
+/// streams (UNAVAILABLE, so agents reconnect elsewhere or later) and returns once every
+/// connection is done. Issues the controller's TLS certificate from `state`'s CA first.
+pub async fn serve<F>(
+    config: ServerConfig,
+    state: Arc<ControllerState>,
+    listener: TcpListener,
+    shutdown: F,
+) -> Result<(), ServerError>
+where
+    F: Future<Output = ()> + Send,
+{
+    if config.chunk_size == 0 || config.chunk_size > MAX_CHUNK_SIZE {
+        return Err(ServerError::InvalidArgument {
+            field: "chunk_size",
+            reason: format!("must be 1..={MAX_CHUNK_SIZE}"),
+        });
+    }
+    let config = Arc::new(config);
+    let tls = tls::server_config(&state, &config)?;
+    let authorizer = auth::Authorizer::new(
+        tls::ca_client_verifier(state.ca().cert_der())?,
+        Arc::clone(&state),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let incoming = tls::incoming(
+        listener,
+        TlsAcceptor::from(tls),
+        config.handshake_timeout,
+        stop_rx.clone(),
+    );
+    tokio::spawn(crate::rollout::Engine::new(Arc::clone(&state)).run(stop_rx.clone()));
+    let ctx = Ctx {
+        state,
+        config: Arc::clone(&config),
+        stop: stop_rx,
+    };
+    let routes = Routes::new(EnrollmentServer::new(enrollment::EnrollmentSvc::new(
+        ctx.clone(),
+    )))
+    .add_service(AgentServiceServer::new(agent::AgentSvc::new(ctx.clone())))
+    .add_service(ArtifactServiceServer::new(artifacts::ArtifactSvc::new(
+        ctx.clone(),
+    )))
+    .add_service(OperatorServiceServer::new(operator::OperatorSvc::new(ctx)))
+    .prepare();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("controller shutting down: closing agent streams");
+        let _ = stop_tx.send(true);
+    };
+    tonic::transport::Server::builder()
+        // Uploads stream 1 MiB messages: windows of a few messages keep them flowing instead
+        // of one message per window update (hyper's default windows are 1 MiB).
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_interval))
+        .serve_with_incoming_shutdown(auth::AuthService::new(routes, authorizer), incoming, signal)
+        .await
+        .map_err(|source| ServerError::Transport { source })
+}

@@ -1,0 +1,305 @@
+//! The `OperatorService`: `Apply` and `Plan` (through [`crate::rollout`]), `Status` and
+//! `Watch` (the cluster as agents report it), join tokens, the agent list and revocation.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use apim_proto::prost_types::Timestamp;
+use apim_proto::v1::operator_service_server::OperatorService;
+use apim_proto::v1::{
+    AgentInfo, ApplyRequest, ApplyResponse, ClusterStatus, CreateTokenRequest, CreateTokenResponse,
+    ListAgentsRequest, ListAgentsResponse, MachineStatus, NodePhase, NodeStatus, PlanRequest,
+    PlanResponse, RevokeRequest, RevokeResponse, Rollout, StatusRequest, WatchRequest,
+};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::Ctx;
+use super::auth::caller;
+use super::enrollment::timestamp;
+use super::error::ServerError;
+use crate::rollout;
+use crate::state::ControllerState;
+
+/// The `OperatorService` implementation.
+#[derive(Debug, Clone)]
+pub struct OperatorSvc {
+    ctx: Ctx,
+}
+
+impl OperatorSvc {
+    /// Serves operators over `ctx.state`.
+    pub(crate) fn new(ctx: Ctx) -> Self {
+        OperatorSvc { ctx }
+    }
+
+    fn create_token_inner(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<CreateTokenResponse, ServerError> {
+        let who = caller(&req)?.who();
+        let CreateTokenRequest { machine, ttl_s } = req.into_inner();
+        let config = &self.ctx.config;
+        let ttl = match ttl_s {
+            0 => config.token_default_ttl,
+            s => Duration::from_secs(s),
+        };
+        if ttl > config.token_max_ttl {
+            return Err(ServerError::InvalidArgument {
+                field: "ttl_s",
+                reason: format!(
+                    "{}s is longer than the controller's maximum of {}s",
+                    ttl.as_secs(),
+                    config.token_max_ttl.as_secs()
+                ),
+            });
+        }
+        let (token, record) = self.ctx.state.mint_token(&machine, ttl)?;
+        tracing::info!(%machine, token_id = %record.id, expires_at = %record.expires_at, operator = %who, "join token created");
+        Ok(CreateTokenResponse {
+            token: token.expose().to_owned(),
+            expires_at: Some(timestamp(record.expires_at)),
+        })
+    }
+
+    fn revoke_inner(&self, req: Request<RevokeRequest>) -> Result<RevokeResponse, ServerError> {
+        let who = caller(&req)?.who();
+        let machine = &req.get_ref().machine;
+        apim_certs::validate_name("machine", machine).map_err(|e| {
+            ServerError::InvalidArgument {
+                field: "machine",
+                reason: e.to_string(),
+            }
+        })?;
+        let disconnected = self.ctx.state.revoke_machine(machine)?;
+        tracing::warn!(%machine, operator = %who, disconnected, "revoked by operator");
+        Ok(RevokeResponse { disconnected })
+    }
+
+    async fn apply_inner(&self, req: Request<ApplyRequest>) -> Result<ApplyResponse, ServerError> {
+        let who = caller(&req)?.who();
+        let ApplyRequest {
+            plan_toml,
+            plan_path,
+            expected_cluster_revision,
+            author,
+            resolved_secrets,
+        } = req.into_inner();
+        let state = &self.ctx.state;
+        let prepared = rollout::prepare(
+            state,
+            state.pki_dir(),
+            &plan_path,
+            &plan_toml,
+            resolved_secrets.into_iter().collect(),
+        )
+        .await?;
+        if let Some(expected) = expected_cluster_revision {
+            let actual = rollout::cluster_revision(state)?;
+            if expected != actual {
+                return Err(ServerError::ClusterChanged { expected, actual });
+            }
+        }
+        // The certificate's identity is the author; the request's field only adds detail.
+        let author = if author.is_empty() || author == who {
+            who
+        } else {
+            format!("{who} ({author})")
+        };
+        let (generation, rollout_id) =
+            rollout::start(state, &prepared, &author, &plan_path, &plan_toml)?;
+        Ok(ApplyResponse {
+            generation,
+            rollout_id,
+        })
+    }
+
+    async fn plan_inner(&self, req: Request<PlanRequest>) -> Result<PlanResponse, ServerError> {
+        caller(&req)?;
+        let PlanRequest {
+            plan_toml,
+            plan_path,
+            resolved_secrets,
+        } = req.into_inner();
+        let state = &self.ctx.state;
+        let prepared = rollout::prepare(
+            state,
+            state.pki_dir(),
+            &plan_path,
+            &plan_toml,
+            resolved_secrets.into_iter().collect(),
+        )
+        .await?;
+        let baseline = state.store().read(|tx| tx.baseline())?;
+        let secrets: Vec<&str> = prepared.secrets.0.values().map(String::as_str).collect();
+        Ok(PlanResponse {
+            changes: rollout::diff::changes(&baseline, &prepared.targets, &secrets),
+            cluster_revision: rollout::cluster_revision(state)?,
+        })
+    }
+}
+
+/// The cluster as the controller sees it now: the latest generation and rollout, and every
+/// machine of the current plan with its agent's connection and last reported node states.
+pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerError> {
+    let (generation, latest, baseline) = state.store().read(|tx| {
+        Ok((
+            tx.latest_generation()?,
+            tx.latest_rollout()?,
+            tx.baseline()?,
+        ))
+    })?;
+    let targets = match &latest {
+        Some(r) if r.state != rollout::Phase::RolledBack => {
+            state.store().read(|tx| tx.targets(&r.id))?
+        }
+        _ => baseline,
+    };
+    let rollout = latest.map(|r| Rollout {
+        id: r.id,
+        state: r.state.wire().into(),
+        tier: r.tier,
+        message: r.message,
+        generation: r.generation,
+    });
+    let machines = targets
+        .values()
+        .map(|spec| {
+            let agent = state.agent(&spec.machine);
+            let connected = agent.as_ref().is_some_and(|a| a.connected);
+            let reported = agent.as_ref().and_then(|a| a.last_status.clone());
+            let nodes = spec
+                .nodes
+                .iter()
+                .map(|n| {
+                    let mut s = reported
+                        .as_ref()
+                        .and_then(|r| r.nodes.iter().find(|s| s.node == n.name).cloned())
+                        .unwrap_or_else(|| NodeStatus {
+                            node: n.name.clone(),
+                            phase: NodePhase::Pending.into(),
+                            ..NodeStatus::default()
+                        });
+                    if s.generation > 0 {
+                        s.plan_generation = state
+                            .store()
+                            .read(|tx| tx.plan_generation_of(&spec.machine, s.generation))?
+                            .unwrap_or(0);
+                    }
+                    Ok(s)
+                })
+                .collect::<Result<Vec<_>, ServerError>>()?;
+            Ok(MachineStatus {
+                machine: spec.machine.clone(),
+                reachable: connected,
+                unreachable_since: if connected {
+                    None
+                } else {
+                    agent
+                        .as_ref()
+                        .and_then(|a| a.last_seen)
+                        .map(Timestamp::from)
+                },
+                facts: agent.and_then(|a| a.facts),
+                nodes,
+            })
+        })
+        .collect::<Result<Vec<_>, ServerError>>()?;
+    Ok(ClusterStatus {
+        generation,
+        rollout,
+        machines,
+    })
+}
+
+/// The response stream of `Watch`.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<ClusterStatus, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OperatorService for OperatorSvc {
+    type WatchStream = WatchStream;
+
+    async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        Ok(Response::new(self.apply_inner(req).await?))
+    }
+
+    async fn plan(&self, req: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
+        Ok(Response::new(self.plan_inner(req).await?))
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<ClusterStatus>, Status> {
+        caller(&req)?;
+        Ok(Response::new(cluster_status(&self.ctx.state)?))
+    }
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        caller(&req)?;
+        let state = std::sync::Arc::clone(&self.ctx.state);
+        let mut stop = self.ctx.stop.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut changes = state.changes();
+            let mut last: Option<ClusterStatus> = None;
+            loop {
+                let status = cluster_status(&state).map_err(Status::from);
+                let same = matches!((&status, &last), (Ok(s), Some(l)) if s == l);
+                if !same {
+                    if let Ok(s) = &status {
+                        last = Some(s.clone());
+                    }
+                    let failed = status.is_err();
+                    if tx.send(status).await.is_err() || failed {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(ServerError::ShuttingDown.into())).await;
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        Ok(Response::new(self.create_token_inner(req)?))
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        caller(&req)?;
+        let agents = self
+            .ctx
+            .state
+            .agents()
+            .into_iter()
+            .map(|a| AgentInfo {
+                machine: a.machine,
+                connected: a.connected,
+                last_seen: a.last_seen.map(Timestamp::from),
+                cert_not_after: a.cert_not_after.map(timestamp),
+                revoked: a.revoked,
+                facts: a.facts,
+            })
+            .collect();
+        Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        Ok(Response::new(self.revoke_inner(req)?))
+    }
+}

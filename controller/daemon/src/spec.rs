@@ -1,0 +1,301 @@
+//! From a rendered cluster to the wire: the `apimctl.v1.MachineSpec` each agent executes.
+//!
+//! The agent knows nothing about WSO2: every path, command, port and check it needs is in here.
+
+use std::collections::BTreeMap;
+
+use apim_proto::v1::{
+    ArtifactRef, CommandSpec as WireCommand, DesiredRun, HostsEntry as WireHosts, HttpProbe,
+    MachineSpec, NodeSpec, Readiness as WireReadiness,
+};
+
+use crate::pki::{PkiError, ProductPki};
+use apim_plan::render::{ClusterRender, CommandSpec, NodeRender};
+
+/// Where the renderer's `deployment.toml` goes, relative to the carbon home.
+pub const DEPLOYMENT_TOML_PATH: &str = "repository/conf/deployment.toml";
+
+/// How long the optimizer and the start/stop scripts may run (they return at once when healthy).
+const SCRIPT_TIMEOUT_S: u32 = 300;
+
+fn command(c: &CommandSpec) -> WireCommand {
+    WireCommand {
+        argv: c.argv.clone(),
+        success_marker: c.success_marker.clone(),
+        failure_markers: c.failure_markers.clone(),
+        timeout_s: SCRIPT_TIMEOUT_S,
+    }
+}
+
+/// What, besides the render, goes into a machine's spec.
+pub struct SpecInputs<'a> {
+    /// The machine spec's own generation (strictly increasing per machine).
+    pub generation: u64,
+    /// The plan generation the render came from.
+    pub plan_generation: u64,
+    /// Pack sizes by sha256, when known.
+    pub pack_sizes: &'a BTreeMap<String, u64>,
+    /// Issues node certificates (`None`: keystores are left to the pack).
+    pub pki: Option<&'a ProductPki>,
+    /// Whether each node should run now (the rollout releases nodes tier by tier).
+    pub desired: &'a dyn Fn(&NodeRender) -> DesiredRun,
+}
+
+/// The spec of one node.
+pub fn node_spec(
+    cluster: &ClusterRender,
+    node: &NodeRender,
+    inputs: &SpecInputs<'_>,
+) -> Result<NodeSpec, PkiError> {
+    let (pack_sizes, pki) = (inputs.pack_sizes, inputs.pki);
+    let keystores = match pki {
+        Some(p) => p.keystore_spec(node)?,
+        None => None,
+    };
+    let r = &node.readiness;
+    let mut spec = NodeSpec {
+        name: node.name.clone(),
+        role: node.role.to_string(),
+        product: cluster.product.to_string(),
+        pack: Some(ArtifactRef {
+            sha256: node.pack_sha256.clone(),
+            size: pack_sizes.get(&node.pack_sha256).copied().unwrap_or(0),
+            file_name: format!("{}.zip", node.pack_top_dir),
+            top_dir: node.pack_top_dir.clone(),
+        }),
+        install_dir: node.install_dir.clone(),
+        java_home: node.java_home.clone(),
+        run_as_user: node.run_as.clone().unwrap_or_default(),
+        deployment_toml: node.deployment_toml.clone(),
+        deployment_toml_path: DEPLOYMENT_TOML_PATH.to_string(),
+        optimizer: node.optimizer.as_ref().map(command),
+        start: Some(command(&node.start)),
+        stop: Some(command(&node.stop)),
+        env: Vec::new(),
+        readiness: Some(WireReadiness {
+            log_file: r.log_file.clone(),
+            log_line: r.log_line.clone(),
+            tcp_ports: r.tcp_ports.iter().map(|p| u32::from(*p)).collect(),
+            http_urls: r
+                .http
+                .iter()
+                .map(|h| HttpProbe {
+                    url: h.url.clone(),
+                    expect_status: u32::from(h.expect_status),
+                    tls_insecure: h.tls_insecure,
+                    expect_body: h.expect_body.clone(),
+                })
+                .collect(),
+            timeout_s: u32::try_from(r.timeout_secs).unwrap_or(u32::MAX),
+            address: r.address.to_string(),
+        }),
+        keystores,
+        config_digest: String::new(),
+        desired: (inputs.desired)(node).into(),
+        java_min: cluster.product.jdk_range().0,
+        java_max: cluster.product.jdk_range().1,
+        process: Some(apim_proto::v1::ServerProcess {
+            pid_file: "wso2carbon.pid".into(),
+            main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
+            home_arg_prefix: "-Dcarbon.home=".into(),
+            home_env: "CARBON_HOME".into(),
+        }),
+    };
+    spec.config_digest = config_digest(&spec);
+    Ok(spec)
+}
+
+/// What a running node was started with: its `deployment.toml` and keystores. When it changes the
+/// node restarts; nothing else in the spec (commands, readiness checks) needs a restart.
+pub fn config_digest(spec: &NodeSpec) -> String {
+    let mut bytes = spec.deployment_toml.as_bytes().to_vec();
+    if let Some(k) = &spec.keystores {
+        for part in [
+            &k.keystore_file,
+            &k.alias,
+            &k.password,
+            &k.node_key_pem,
+            &k.node_chain_pem,
+            &k.primary_key_pem,
+            &k.truststore_file,
+            &k.truststore_password,
+        ] {
+            bytes.push(0);
+            bytes.extend_from_slice(part.as_bytes());
+        }
+        for t in &k.trusted {
+            bytes.push(0);
+            bytes.extend_from_slice(t.alias.as_bytes());
+            bytes.extend_from_slice(t.cert_pem.as_bytes());
+        }
+    }
+    apim_plan::digest(&bytes)
+}
+
+/// The spec of one machine at a generation; `None` if the plan has no such machine.
+pub fn machine_spec(
+    cluster: &ClusterRender,
+    machine: &str,
+    inputs: &SpecInputs<'_>,
+) -> Result<Option<MachineSpec>, PkiError> {
+    let Some(m) = cluster.machines.iter().find(|m| m.name == machine) else {
+        return Ok(None);
+    };
+    let nodes = m
+        .nodes
+        .iter()
+        .map(|n| node_spec(cluster, n, inputs))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(MachineSpec {
+        machine: m.name.clone(),
+        generation: inputs.generation,
+        plan_generation: inputs.plan_generation,
+        hosts_block: m
+            .hosts
+            .iter()
+            .map(|h| WireHosts {
+                address: h.address.to_string(),
+                names: h.names.clone(),
+            })
+            .collect(),
+        nodes,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apim_plan::validate::{self, Options};
+
+    fn cluster() -> ClusterRender {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/examples/v45-ha.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let env = BTreeMap::new();
+        let (plan, report) = validate::check(
+            &path,
+            &text,
+            &env,
+            Options {
+                verify_packs: false,
+            },
+        );
+        apim_plan::render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env)
+            .unwrap()
+    }
+
+    #[test]
+    fn machine_spec_carries_its_nodes_and_hosts_and_reuses_certificates() {
+        let c = cluster();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ProductPki::load_or_create(dir.path(), &c.cluster).unwrap();
+        let sizes: BTreeMap<String, u64> = [("0".repeat(64), 42)].into();
+        let run = |_: &NodeRender| DesiredRun::Running;
+        let inputs = |generation| SpecInputs {
+            generation,
+            plan_generation: 1,
+            pack_sizes: &sizes,
+            pki: Some(&pki),
+            desired: &run,
+        };
+        let spec = machine_spec(&c, "vm-gw-2", &inputs(7)).unwrap().unwrap();
+        assert_eq!(
+            (spec.machine.as_str(), spec.generation, spec.nodes.len()),
+            ("vm-gw-2", 7, 1)
+        );
+        let node = &spec.nodes[0];
+        assert_eq!(node.name, "gw-2");
+        assert_eq!(
+            node.pack.as_ref().unwrap().file_name,
+            "wso2am-universal-gw-4.5.0.zip"
+        );
+        assert_eq!(node.pack.as_ref().unwrap().size, 42);
+        assert_eq!(
+            node.start.as_ref().unwrap().argv,
+            vec!["bin/gateway.sh", "start"]
+        );
+        assert!(
+            node.optimizer.is_none(),
+            "the 4.5 gateway pack has no profileSetup.sh"
+        );
+        let readiness = node.readiness.as_ref().unwrap();
+        assert_eq!(readiness.address, "10.0.0.32");
+        assert!(readiness.http_urls.iter().any(|h| {
+            h.url
+                .ends_with(":9443/api/am/gateway/v2/server-startup-healthcheck")
+        }));
+        assert!(
+            spec.hosts_block
+                .iter()
+                .any(|h| h.address == "10.0.0.11" && h.names == ["apim-cp-1"])
+        );
+        let ks = node.keystores.as_ref().unwrap();
+        assert!(
+            ks.node_chain_pem.matches("BEGIN CERTIFICATE").count() == 2,
+            "leaf + CA"
+        );
+        assert_eq!(
+            ks.trusted
+                .iter()
+                .map(|t| t.alias.as_str())
+                .collect::<Vec<_>>(),
+            ["apimctl-cluster-ca", "gateway_certificate_alias"]
+        );
+        assert_eq!(ks.password, "wso2carbon");
+        assert_eq!(
+            (node.java_min, node.java_max),
+            (11, 21),
+            "4.5 scripts accept JDK 11-21"
+        );
+        // Paths are relative to the carbon home, where WSO2 reads `[keystore.tls] file_name`.
+        assert_eq!(
+            ks.keystore_file,
+            "repository/resources/security/wso2carbon.jks"
+        );
+        assert_eq!(
+            ks.truststore_file,
+            "repository/resources/security/client-truststore.jks"
+        );
+        assert_eq!(
+            ks.primary_keystore_file.as_deref(),
+            Some("repository/resources/security/apimctl-primary.jks")
+        );
+        assert!(
+            !format!("{node:?}").contains("BEGIN PRIVATE KEY"),
+            "Debug redacts keys"
+        );
+
+        // A second apply issues nothing new: same certificates, same digest, no restart.
+        let again = machine_spec(&c, "vm-gw-2", &inputs(8)).unwrap().unwrap();
+        assert_eq!(again.nodes[0].keystores, node.keystores);
+        assert_eq!(again.nodes[0].config_digest, node.config_digest);
+        assert_eq!(again.nodes[0].desired(), DesiredRun::Running);
+        assert!(machine_spec(&c, "vm-nope", &inputs(1)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_san_change_reissues_the_node_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ProductPki::load_or_create(dir.path(), "c").unwrap();
+        let a = pki
+            .node_material("gw-1.example.com", &["gw-1.example.com".into()])
+            .unwrap();
+        let b = pki
+            .node_material("gw-1.example.com", &["gw-1.example.com".into()])
+            .unwrap();
+        assert_eq!(a, b);
+        let c = pki
+            .node_material(
+                "gw-1.example.com",
+                &["gw-1.example.com".into(), "gw.example.com".into()],
+            )
+            .unwrap();
+        assert_ne!(a.chain_pem, c.chain_pem);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("nodes/gw-1.example.com/key.pem"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,589 @@
+//! [`ControllerState`]: what the gRPC server knows, kept in memory for speed and written
+//! through to the [`Store`] on every change, so a controller restart loses nothing
+//! ([`ControllerState::open`] loads it back).
+//!
+//! It holds the control-plane CA, the join tokens, the revocation list, every enrolled agent
+//! (its certificates, connection, facts, last status) and the desired [`MachineSpec`] of every
+//! machine. Desired specs and revocations are published through `tokio::sync::watch`, so an
+//! open agent stream reacts the moment either changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use apim_certs::{
+    ControlPlaneCa, IssuedCert, JoinToken, PeerCert, PeerIdentity, RevocationList, TokenRecord,
+    TokenRegistry,
+};
+use apim_proto::v1::{MachineFacts, MachineSpec, StatusReport};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::server::artifacts::ArtifactStore;
+use crate::server::error::ServerError;
+use crate::store::{ArtifactRow, Store, StoredAgent};
+
+/// The latest desired spec of one machine, as seen by its agent's stream.
+pub type SpecWatch = watch::Receiver<Option<Arc<MachineSpec>>>;
+
+/// The controller's in-memory state, shared by every service.
+#[derive(Debug)]
+pub struct ControllerState {
+    ca: ControlPlaneCa,
+    artifacts: ArtifactStore,
+    pki_dir: std::path::PathBuf,
+    store: Store,
+    inner: Mutex<Inner>,
+    /// Bumped on every change an operator can see (status, sessions, specs, rollouts).
+    changes: watch::Sender<u64>,
+    /// Bumped on every revocation; open streams re-check their caller when it changes.
+    revocations: watch::Sender<u64>,
+    next_session: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tokens: TokenRegistry,
+    revoked: RevocationList,
+    agents: BTreeMap<String, AgentRecord>,
+    desired: BTreeMap<String, watch::Sender<Option<Arc<MachineSpec>>>>,
+    /// Per machine, the id of its current stream; an older stream ends when it changes.
+    sessions: BTreeMap<String, watch::Sender<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct AgentRecord {
+    /// Serials of certificates issued to this machine that have not expired yet (so a
+    /// revocation can also kill them by serial and survive a later re-enrollment).
+    serials: BTreeMap<String, OffsetDateTime>,
+    /// The newest certificate issued.
+    cert_serial: Option<String>,
+    cert_not_after: Option<OffsetDateTime>,
+    /// The open stream's session id.
+    session: Option<u64>,
+    last_seen: Option<SystemTime>,
+    facts: Option<MachineFacts>,
+    held_generation: u64,
+    last_status: Option<StatusReport>,
+}
+
+/// A copy of what the controller knows about one enrolled agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSnapshot {
+    /// The machine name (its certificate identity).
+    pub machine: String,
+    /// Whether its `Connect` stream is open.
+    pub connected: bool,
+    /// When it was last heard from (enrollment, renewal or a stream message).
+    pub last_seen: Option<SystemTime>,
+    /// Serial of the newest certificate issued to it.
+    pub cert_serial: Option<String>,
+    /// When that certificate expires.
+    pub cert_not_after: Option<OffsetDateTime>,
+    /// Whether the machine is revoked.
+    pub revoked: bool,
+    /// The last facts it reported.
+    pub facts: Option<MachineFacts>,
+    /// The generation it said it holds in its last `Hello`.
+    pub held_generation: u64,
+    /// Its last status report.
+    pub last_status: Option<StatusReport>,
+}
+
+impl ControllerState {
+    /// State around a loaded CA, with artifacts stored in `artifact_dir` (created 0750 if
+    /// missing) and everything else in an in-memory store (lost on exit: tests and embedding).
+    pub fn new(ca: ControlPlaneCa, artifact_dir: &Path) -> Result<Self, ServerError> {
+        let pki_dir = artifact_dir.with_file_name("pki");
+        Self::open(ca, artifact_dir, &pki_dir, Store::in_memory()?)
+    }
+
+    /// State around a loaded CA and an opened store, loading what the store holds (tokens,
+    /// revocations, agents, the last pushed spec of every machine). Product PKIs (one folder
+    /// per cluster) live under `pki_dir`.
+    pub fn open(
+        ca: ControlPlaneCa,
+        artifact_dir: &Path,
+        pki_dir: &Path,
+        store: Store,
+    ) -> Result<Self, ServerError> {
+        let (tokens, revoked, agents, specs) =
+            store.read(|tx| Ok((tx.tokens()?, tx.revocations()?, tx.agents()?, tx.specs()?)))?;
+        let mut inner = Inner {
+            tokens,
+            revoked,
+            ..Inner::default()
+        };
+        for (machine, stored) in agents {
+            inner
+                .agents
+                .insert(machine, AgentRecord::from_stored(&stored));
+        }
+        for spec in specs {
+            inner
+                .desired
+                .insert(spec.machine.clone(), watch::channel(Some(Arc::new(spec))).0);
+        }
+        Ok(ControllerState {
+            ca,
+            artifacts: ArtifactStore::open(artifact_dir)?,
+            pki_dir: pki_dir.to_path_buf(),
+            store,
+            inner: Mutex::new(inner),
+            changes: watch::channel(0).0,
+            revocations: watch::channel(0).0,
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// Where the product PKIs live (one folder per cluster).
+    pub fn pki_dir(&self) -> &Path {
+        &self.pki_dir
+    }
+
+    /// The store behind this state.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A receiver that changes whenever something an operator can see changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Wakes [`ControllerState::changes`] watchers.
+    pub fn notify_change(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Logs a failed write-through; the in-memory state stays authoritative until the next
+    /// successful write of the same record.
+    fn persist(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&crate::store::Tx<'_>) -> Result<(), crate::store::StoreError>,
+    ) {
+        if let Err(e) = self.store.write(f) {
+            tracing::error!(error = %e, what, "could not persist controller state");
+        }
+    }
+
+    fn persist_agent(&self, inner: &Inner, machine: &str) {
+        if let Some(r) = inner.agents.get(machine) {
+            let stored = r.to_stored();
+            self.persist("agent", |tx| tx.save_agent(machine, &stored));
+        }
+    }
+
+    /// Records an artifact that was just stored in the artifact directory.
+    pub fn record_artifact(&self, header: &apim_proto::v1::UploadHeader) {
+        let row = ArtifactRow {
+            sha256: header.sha256.clone(),
+            size: header.size,
+            name: header.name.clone(),
+        };
+        self.persist("artifact", |tx| tx.record_artifact(&row));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The control-plane CA.
+    pub fn ca(&self) -> &ControlPlaneCa {
+        &self.ca
+    }
+
+    /// The content-addressed artifact store.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
+    // ---- tokens -------------------------------------------------------------------------
+
+    /// Mints a one-time join token for `machine` pinning this controller's CA, and keeps its
+    /// record (a hash of the secret only).
+    pub fn mint_token(
+        &self,
+        machine: &str,
+        ttl: Duration,
+    ) -> Result<(JoinToken, TokenRecord), ServerError> {
+        let (token, record) = JoinToken::mint(machine, ttl, self.ca.fingerprint()).map_err(
+            |source| match source {
+                apim_certs::CertsError::InvalidName { .. } => ServerError::InvalidArgument {
+                    field: "machine",
+                    reason: source.to_string(),
+                },
+                _ => ServerError::Issue {
+                    action: "minting a join token",
+                    source,
+                },
+            },
+        )?;
+        let mut inner = self.lock();
+        inner.tokens.prune(OffsetDateTime::now_utc());
+        inner
+            .tokens
+            .insert(record.clone())
+            .map_err(|source| ServerError::Issue {
+                action: "storing a join token",
+                source,
+            })?;
+        self.store.write(|tx| tx.save_tokens(&inner.tokens))?;
+        Ok((token, record))
+    }
+
+    /// Redeems a join token for the machine the agent claims; returns the token's machine.
+    pub fn redeem_token(&self, token: &str, claimed_machine: &str) -> Result<String, ServerError> {
+        let mut inner = self.lock();
+        let result = inner
+            .tokens
+            .redeem_for(token, claimed_machine, OffsetDateTime::now_utc())
+            .map_err(|source| ServerError::Token { source });
+        // A redeemed token is spent even if the rest of enrollment fails: persist it first.
+        self.store.write(|tx| tx.save_tokens(&inner.tokens))?;
+        result
+    }
+
+    // ---- certificates and revocation ----------------------------------------------------
+
+    /// Records a certificate just issued to `machine`. On enrollment (`enrolled`), a
+    /// machine-wide revocation is lifted: the operator minted a new token on purpose, and the
+    /// old certificates stay dead because they were also revoked by serial.
+    pub fn record_issued(&self, machine: &str, cert: &IssuedCert, enrolled: bool) {
+        let mut inner = self.lock();
+        if enrolled {
+            inner.revoked.reinstate(&PeerIdentity::Agent {
+                machine: machine.to_owned(),
+            });
+        }
+        let now = OffsetDateTime::now_utc();
+        let record = inner.agents.entry(machine.to_owned()).or_default();
+        record.serials.retain(|_, not_after| *not_after > now);
+        record.serials.insert(cert.serial.clone(), cert.not_after);
+        record.cert_serial = Some(cert.serial.clone());
+        record.cert_not_after = Some(cert.not_after);
+        record.last_seen = Some(SystemTime::now());
+        self.persist_agent(&inner, machine);
+        let revoked = inner.revoked.clone();
+        self.persist("revocations", |tx| tx.save_revocations(&revoked));
+    }
+
+    /// Whether this certificate's identity or serial is revoked.
+    pub fn is_revoked(&self, peer: &PeerCert) -> bool {
+        self.lock().revoked.is_revoked(&peer.identity, &peer.serial)
+    }
+
+    /// A receiver that changes on every revocation.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    /// Revokes `machine` (every certificate it holds, by name and by serial) and drops its
+    /// unused join tokens. Returns whether its stream was open (it is closed by the stream's
+    /// own task, which watches [`ControllerState::revocations`]). An unknown machine is
+    /// NOT_FOUND, to catch typos.
+    pub fn revoke_machine(&self, machine: &str) -> Result<bool, ServerError> {
+        let mut inner = self.lock();
+        let pending: Vec<String> = inner
+            .tokens
+            .records()
+            .filter(|r| r.machine == machine && !r.used)
+            .map(|r| r.id.clone())
+            .collect();
+        let Some(record) = inner.agents.get(machine) else {
+            if pending.is_empty() {
+                return Err(ServerError::UnknownMachine {
+                    machine: machine.to_owned(),
+                });
+            }
+            for id in &pending {
+                inner.tokens.remove(id);
+            }
+            self.store.write(|tx| tx.save_tokens(&inner.tokens))?;
+            return Ok(false);
+        };
+        let serials: Vec<String> = record.serials.keys().cloned().collect();
+        let connected = record.session.is_some();
+        inner
+            .revoked
+            .revoke_machine(machine)
+            .map_err(|e| ServerError::InvalidArgument {
+                field: "machine",
+                reason: e.to_string(),
+            })?;
+        for serial in &serials {
+            inner.revoked.revoke_serial(serial);
+        }
+        for id in &pending {
+            inner.tokens.remove(id);
+        }
+        self.store.write(|tx| {
+            tx.save_revocations(&inner.revoked)?;
+            tx.save_tokens(&inner.tokens)
+        })?;
+        drop(inner);
+        self.revocations.send_modify(|epoch| *epoch += 1);
+        tracing::warn!(%machine, certificates = serials.len(), "machine revoked");
+        Ok(connected)
+    }
+
+    // ---- desired specs ------------------------------------------------------------------
+
+    fn spec_sender(inner: &mut Inner, machine: &str) -> watch::Sender<Option<Arc<MachineSpec>>> {
+        inner
+            .desired
+            .entry(machine.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .clone()
+    }
+
+    /// Sets (and stores) the desired spec of `spec.machine`; a connected agent receives it at
+    /// once.
+    pub fn set_desired_spec(&self, spec: MachineSpec) {
+        self.persist("desired spec", |tx| tx.save_spec(&spec));
+        self.publish_specs(vec![spec]);
+    }
+
+    /// Publishes specs already written to the store (inside the caller's transaction) to the
+    /// agents' streams.
+    pub fn publish_specs(&self, specs: Vec<MachineSpec>) {
+        {
+            let mut inner = self.lock();
+            for spec in specs {
+                let sender = Self::spec_sender(&mut inner, &spec.machine);
+                sender.send_replace(Some(Arc::new(spec)));
+            }
+        }
+        self.notify_change();
+    }
+
+    /// The desired spec of every machine that has one.
+    pub fn desired_specs(&self) -> BTreeMap<String, MachineSpec> {
+        let inner = self.lock();
+        inner
+            .desired
+            .iter()
+            .filter_map(|(m, s)| s.borrow().as_deref().cloned().map(|s| (m.clone(), s)))
+            .collect()
+    }
+
+    /// The desired spec of `machine`, if any.
+    pub fn desired_spec(&self, machine: &str) -> Option<MachineSpec> {
+        let inner = self.lock();
+        inner
+            .desired
+            .get(machine)
+            .and_then(|sender| sender.borrow().as_deref().cloned())
+    }
+
+    /// Subscribes to `machine`'s desired spec.
+    pub fn watch_spec(&self, machine: &str) -> SpecWatch {
+        Self::spec_sender(&mut self.lock(), machine).subscribe()
+    }
+
+    /// Refuses a status report that names a node which belongs to another machine's desired
+    /// spec and not to `machine`'s (an agent reporting as someone else).
+    pub fn check_report(&self, machine: &str, report: &StatusReport) -> Result<(), ServerError> {
+        let inner = self.lock();
+        let own: BTreeSet<String> = inner
+            .desired
+            .get(machine)
+            .and_then(|s| s.borrow().as_ref().map(|spec| node_names(spec)))
+            .unwrap_or_default();
+        for status in &report.nodes {
+            if own.contains(&status.node) {
+                continue;
+            }
+            let owner = inner.desired.iter().find(|(other, sender)| {
+                other.as_str() != machine
+                    && sender
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|spec| spec.nodes.iter().any(|n| n.name == status.node))
+            });
+            if let Some((other, _)) = owner {
+                return Err(ServerError::ForeignMachine {
+                    identity: PeerIdentity::Agent {
+                        machine: machine.to_owned(),
+                    }
+                    .uri(),
+                    named: other.clone(),
+                    what: format!("status report for node {:?}", status.node),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    // ---- sessions -----------------------------------------------------------------------
+
+    /// Registers `machine`'s stream after its `Hello`; a newer stream replaces an older one.
+    /// Returns the session id and a receiver of the machine's current session id (the stream
+    /// ends when it is no longer its own).
+    pub fn open_session(
+        &self,
+        machine: &str,
+        facts: Option<MachineFacts>,
+        held: u64,
+    ) -> (u64, watch::Receiver<u64>) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        let record = inner.agents.entry(machine.to_owned()).or_default();
+        record.session = Some(id);
+        record.last_seen = Some(SystemTime::now());
+        record.held_generation = held;
+        if facts.is_some() {
+            record.facts = facts;
+        }
+        let current = inner
+            .sessions
+            .entry(machine.to_owned())
+            .or_insert_with(|| watch::channel(0).0);
+        current.send_replace(id);
+        let rx = current.subscribe();
+        self.persist_agent(&inner, machine);
+        drop(inner);
+        self.notify_change();
+        (id, rx)
+    }
+
+    /// Records a status report (already checked with [`ControllerState::check_report`]).
+    pub fn record_status(&self, machine: &str, report: StatusReport) {
+        let mut inner = self.lock();
+        let record = inner.agents.entry(machine.to_owned()).or_default();
+        record.last_seen = Some(SystemTime::now());
+        if let Some(facts) = report.facts.clone() {
+            record.facts = Some(facts);
+        }
+        record.last_status = Some(report);
+        self.persist_agent(&inner, machine);
+        drop(inner);
+        self.notify_change();
+    }
+
+    /// Marks `machine` as heard from now.
+    pub fn touch(&self, machine: &str) {
+        let mut inner = self.lock();
+        if let Some(record) = inner.agents.get_mut(machine) {
+            record.last_seen = Some(SystemTime::now());
+            self.persist_agent(&inner, machine);
+        }
+    }
+
+    /// Unregisters a stream (only if it is still the current one).
+    pub fn close_session(&self, machine: &str, session: u64) {
+        let mut inner = self.lock();
+        if let Some(record) = inner.agents.get_mut(machine)
+            && record.session == Some(session)
+        {
+            record.session = None;
+            record.last_seen = Some(SystemTime::now());
+            self.persist_agent(&inner, machine);
+            drop(inner);
+            self.notify_change();
+        }
+    }
+
+    // ---- views --------------------------------------------------------------------------
+
+    /// Every enrolled agent, by machine name.
+    pub fn agents(&self) -> Vec<AgentSnapshot> {
+        let inner = self.lock();
+        inner
+            .agents
+            .iter()
+            .map(|(machine, r)| snapshot(&inner, machine, r))
+            .collect()
+    }
+
+    /// One agent.
+    pub fn agent(&self, machine: &str) -> Option<AgentSnapshot> {
+        let inner = self.lock();
+        inner
+            .agents
+            .get(machine)
+            .map(|r| snapshot(&inner, machine, r))
+    }
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn from_unix_ms(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn odt(s: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(s).ok()
+}
+
+fn encode_hex<M: apim_proto::prost::Message>(m: &M) -> String {
+    hex::encode(m.encode_to_vec())
+}
+
+fn decode_hex<M: apim_proto::prost::Message + Default>(s: &str) -> Option<M> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| M::decode(b.as_slice()).ok())
+}
+
+impl AgentRecord {
+    fn to_stored(&self) -> StoredAgent {
+        StoredAgent {
+            serials: self
+                .serials
+                .iter()
+                .map(|(s, t)| (s.clone(), t.unix_timestamp()))
+                .collect(),
+            cert_serial: self.cert_serial.clone(),
+            cert_not_after: self.cert_not_after.map(OffsetDateTime::unix_timestamp),
+            last_seen_ms: self.last_seen.map(unix_ms),
+            facts: self.facts.as_ref().map(encode_hex),
+            held_generation: self.held_generation,
+            last_status: self.last_status.as_ref().map(encode_hex),
+        }
+    }
+
+    fn from_stored(s: &StoredAgent) -> Self {
+        AgentRecord {
+            serials: s
+                .serials
+                .iter()
+                .filter_map(|(k, t)| odt(*t).map(|t| (k.clone(), t)))
+                .collect(),
+            cert_serial: s.cert_serial.clone(),
+            cert_not_after: s.cert_not_after.and_then(odt),
+            session: None,
+            last_seen: s.last_seen_ms.map(from_unix_ms),
+            facts: s.facts.as_deref().and_then(decode_hex),
+            held_generation: s.held_generation,
+            last_status: s.last_status.as_deref().and_then(decode_hex),
+        }
+    }
+}
+
+fn node_names(spec: &MachineSpec) -> BTreeSet<String> {
+    spec.nodes.iter().map(|n| n.name.clone()).collect()
+}
+
+fn snapshot(inner: &Inner, machine: &str, r: &AgentRecord) -> AgentSnapshot {
+    AgentSnapshot {
+        machine: machine.to_owned(),
+        connected: r.session.is_some(),
+        last_seen: r.last_seen,
+        cert_serial: r.cert_serial.clone(),
+        cert_not_after: r.cert_not_after,
+        revoked: inner.revoked.is_machine_revoked(machine),
+        facts: r.facts.clone(),
+        held_generation: r.held_generation,
+        last_status: r.last_status.clone(),
+    }
+}

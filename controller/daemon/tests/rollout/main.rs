@@ -1,0 +1,389 @@
+//! The rollout engine end to end over real gRPC/mTLS on 127.0.0.1, with fake agents that speak
+//! the real agent protocol: tier order, no-op re-apply, single-node change, halt and rollback,
+//! a controller restart mid-rollout, an agent that disconnects, and plans that are refused.
+//! (One test binary, to keep link time down.)
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use apim_plan::render::{self, ClusterRender};
+use apim_plan::secrets::ResolvedSecrets;
+use apim_plan::validate;
+use apim_proto::v1::{NodePhase, RolloutState};
+use tonic::Code;
+
+use support::{Controller, Event, FakeAgent, V3_MACHINES, eventually, plan_v3, secrets};
+
+const PACK: &[u8] = b"a simulated wso2am-3.2.0 pack";
+
+type Log = Arc<Mutex<Vec<(String, Event)>>>;
+
+fn start_agents(c: &Controller) -> (BTreeMap<String, FakeAgent>, Log) {
+    let log: Log = Arc::default();
+    let agents = V3_MACHINES
+        .iter()
+        .map(|m| (m.to_string(), FakeAgent::start(c, m, Arc::clone(&log))))
+        .collect();
+    (agents, log)
+}
+
+fn render(plan: &str) -> ClusterRender {
+    let env = ResolvedSecrets(secrets().into_iter().collect());
+    let (plan, report) = validate::check(
+        std::path::Path::new("plan.toml"),
+        plan,
+        &env,
+        validate::Options {
+            verify_packs: false,
+        },
+    );
+    render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).expect("render")
+}
+
+/// Node names in the order they were started.
+fn started(log: &Log) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, Event::Started { node, .. })| node.clone())
+        .collect()
+}
+
+fn held(agents: &BTreeMap<String, FakeAgent>) -> BTreeMap<String, u64> {
+    agents
+        .iter()
+        .map(|(m, a)| (m.clone(), a.held_generation()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_roll_out_in_tier_order_reapply_is_a_no_op_and_one_change_touches_one_node() {
+    let c = Controller::start().await;
+    let sha = c.store_pack(PACK);
+    let (agents, log) = start_agents(&c);
+    let plan = plan_v3(&sha, "", "halt", "30s");
+
+    let (generation, id) = c.apply(&plan).await.expect("apply");
+    assert_eq!(generation, 1);
+    assert!(!id.is_empty());
+    let status = c.wait_rollout(RolloutState::Succeeded).await;
+    for m in &status.machines {
+        assert!(m.reachable, "{} reachable", m.machine);
+        for n in &m.nodes {
+            assert_eq!(n.phase(), NodePhase::Healthy, "{}", n.node);
+        }
+    }
+    let order = started(&log);
+    let unique: BTreeSet<&String> = order.iter().collect();
+    assert_eq!(order.len(), 5, "each node started once: {order:?}");
+    assert_eq!(unique.len(), 5);
+    let cluster = render(&plan);
+    assert!(cluster.tiers.len() > 1, "the 3.x plan has several tiers");
+    for n in cluster.nodes() {
+        let me = order.iter().position(|x| *x == n.name).expect("started");
+        for d in &n.depends_on {
+            let dep = order.iter().position(|x| x == d).expect("dep started");
+            assert!(dep < me, "{d} must start before {}: {order:?}", n.name);
+        }
+    }
+
+    // Re-applying the same plan stores nothing, pushes nothing, restarts nothing.
+    let before = held(&agents);
+    let (again, id) = c.apply(&plan).await.expect("re-apply");
+    assert_eq!((again, id.as_str()), (1, ""));
+    assert_eq!(held(&agents), before);
+    assert_eq!(started(&log).len(), 5);
+
+    // One gateway override: only the gateway restarts, only its machine gets a new spec.
+    let changed = plan_v3(
+        &sha,
+        "[apim.cors]\nallow_origins = \"https://portal.example.com\"",
+        "halt",
+        "30s",
+    );
+    let (g2, _) = c.apply(&changed).await.expect("apply change");
+    assert_eq!(g2, 2);
+    let status = c.wait_rollout(RolloutState::Succeeded).await;
+    assert_eq!(status.rollout.expect("rollout").generation, 2);
+    let order = started(&log);
+    assert_eq!(
+        &order[5..],
+        ["gw-1"],
+        "only the gateway restarts: {order:?}"
+    );
+    let after = held(&agents);
+    for (m, g) in &after {
+        if m == "vm-gw-1" {
+            assert!(*g > before[m]);
+        } else {
+            assert_eq!(*g, before[m], "{m} untouched");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halt_keeps_dependents_staged_and_rollback_restores_the_previous_generation() {
+    // halt: the publisher fails; nothing that depends on it starts.
+    let c = Controller::start().await;
+    let sha = c.store_pack(PACK);
+    let (agents, log) = start_agents(&c);
+    agents["vm-pub-1"]
+        .faults
+        .lock()
+        .unwrap()
+        .fail
+        .insert("pub-1".into());
+    let plan = plan_v3(&sha, "", "halt", "30s");
+    c.apply(&plan).await.expect("apply");
+    let status = c.wait_rollout(RolloutState::Failed).await;
+    let message = status.rollout.expect("rollout").message;
+    assert!(
+        message.contains("pub-1") && message.contains("server exited"),
+        "{message}"
+    );
+    let cluster = render(&plan);
+    let order = started(&log);
+    for n in cluster.nodes() {
+        if n.depends_on.iter().any(|d| d == "pub-1") {
+            assert!(
+                !order.contains(&n.name),
+                "{} must not start: {order:?}",
+                n.name
+            );
+            let phase = status
+                .machines
+                .iter()
+                .flat_map(|m| &m.nodes)
+                .find(|s| s.node == n.name)
+                .expect("status")
+                .phase();
+            assert_eq!(phase, NodePhase::Staged, "{} stays staged", n.name);
+        }
+    }
+    // A new apply is allowed after a halted rollout.
+    drop(agents);
+
+    // rollback: generation 1 healthy, generation 2's gateway fails, gateway returns to 1.
+    let c = Controller::start().await;
+    let sha = c.store_pack(PACK);
+    let (agents, log) = start_agents(&c);
+    c.apply(&plan_v3(&sha, "", "rollback", "30s"))
+        .await
+        .expect("apply 1");
+    c.wait_rollout(RolloutState::Succeeded).await;
+    let old_digest = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|(_, Event::Started { node, digest })| (node == "gw-1").then(|| digest.clone()))
+        .expect("gw-1 started");
+    agents["vm-gw-1"]
+        .faults
+        .lock()
+        .unwrap()
+        .fail
+        .insert("gw-1".into());
+    let changed = plan_v3(
+        &sha,
+        "[apim.cors]\nallow_origins = \"https://portal.example.com\"",
+        "rollback",
+        "30s",
+    );
+    c.apply(&changed).await.expect("apply 2");
+    let status = c.wait_rollout(RolloutState::RolledBack).await;
+    assert!(status.rollout.expect("r").message.contains("gw-1"));
+    agents["vm-gw-1"].faults.lock().unwrap().fail.clear();
+    // The gateway's machine got the previous spec again, at a higher generation.
+    let spec = c.state.desired_spec("vm-gw-1").expect("spec");
+    assert_eq!(spec.nodes[0].config_digest, old_digest);
+    eventually("the gateway holds the restored spec", || {
+        agents["vm-gw-1"].held_generation() == spec.generation
+    })
+    .await;
+    let log = log.lock().unwrap();
+    let last = log.last().expect("events");
+    assert_eq!(
+        last.1,
+        Event::Started {
+            node: "gw-1".into(),
+            digest: old_digest
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restart_mid_rollout_resumes_without_starting_anything_twice() {
+    let c = Controller::start().await;
+    let sha = c.store_pack(PACK);
+    let (agents, log) = start_agents(&c);
+    let plan = plan_v3(&sha, "", "halt", "5m");
+    let cluster = render(&plan);
+    // Hang the first node of the second tier: the rollout is mid-way when we kill it.
+    let hung = cluster.tiers[1][0].clone();
+    let hung_machine = cluster.node(&hung).expect("node").machine.clone();
+    agents[&hung_machine]
+        .faults
+        .lock()
+        .unwrap()
+        .hang
+        .insert(hung.clone());
+    c.apply(&plan).await.expect("apply");
+    eventually("the hung node was released", || {
+        started(&log).contains(&hung)
+    })
+    .await;
+    let before = started(&log);
+
+    let c = c.restart().await;
+    // The agents reconnect to the same address on their own.
+    eventually("agents reconnect", || {
+        V3_MACHINES
+            .iter()
+            .all(|m| c.state.agent(m).is_some_and(|a| a.connected))
+    })
+    .await;
+    assert_eq!(
+        started(&log),
+        before,
+        "nothing restarted by the restart itself"
+    );
+    agents[&hung_machine].unhang(&hung);
+    c.wait_rollout(RolloutState::Succeeded).await;
+    let order = started(&log);
+    let unique: BTreeSet<&String> = order.iter().collect();
+    assert_eq!(
+        order.len(),
+        5,
+        "no node started twice, none skipped: {order:?}"
+    );
+    assert_eq!(unique.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_agent_shows_unreachable_and_converges_when_it_returns() {
+    let c = Controller::start().await;
+    let sha = c.store_pack(PACK);
+    let (agents, log) = start_agents(&c);
+    c.apply(&plan_v3(&sha, "", "halt", "30s"))
+        .await
+        .expect("apply");
+    c.wait_rollout(RolloutState::Succeeded).await;
+
+    agents["vm-gw-1"].disconnect();
+    eventually("the gateway machine is unreachable", || {
+        c.state.agent("vm-gw-1").is_some_and(|a| !a.connected)
+    })
+    .await;
+    let status = c.status().await;
+    let gw = status
+        .machines
+        .iter()
+        .find(|m| m.machine == "vm-gw-1")
+        .expect("machine");
+    assert!(!gw.reachable);
+    assert!(gw.unreachable_since.is_some());
+
+    let changed = plan_v3(
+        &sha,
+        "[apim.cors]\nallow_origins = \"https://portal.example.com\"",
+        "halt",
+        "30s",
+    );
+    c.apply(&changed).await.expect("apply change");
+    let status = c.wait_rollout(RolloutState::Staging).await;
+    assert_eq!(status.generation, 2);
+    assert_eq!(started(&log).len(), 5, "nothing starts while it is away");
+
+    agents["vm-gw-1"].reconnect();
+    c.wait_rollout(RolloutState::Succeeded).await;
+    assert_eq!(&started(&log)[5..], ["gw-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_plans_change_nothing() {
+    let c = Controller::start().await;
+    let sha = c.store_pack(PACK);
+    let (agents, log) = start_agents(&c);
+    c.apply(&plan_v3(&sha, "", "halt", "30s"))
+        .await
+        .expect("apply");
+    c.wait_rollout(RolloutState::Succeeded).await;
+    let before = held(&agents);
+
+    // Malformed TOML.
+    let err = c.apply("[cluster\nname = 1").await.expect_err("malformed");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let details = apim_proto::error_details(&err).expect("details");
+    assert!(
+        details
+            .errors
+            .iter()
+            .all(|e| e.line >= 1 && e.file == "plan.toml")
+    );
+
+    // Valid TOML the controller rejects: a node on an unknown machine.
+    let bad =
+        plan_v3(&sha, "", "halt", "30s").replace("machine = \"vm-gw-1\"", "machine = \"vm-nope\"");
+    let err = c.apply(&bad).await.expect_err("unknown machine");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let details = apim_proto::error_details(&err).expect("details");
+    assert!(
+        details
+            .errors
+            .iter()
+            .any(|e| e.message.contains("vm-nope") && e.line > 1)
+    );
+
+    // A pack the controller does not have.
+    let missing = plan_v3(&"1".repeat(64), "", "halt", "30s");
+    let err = c.apply(&missing).await.expect_err("missing pack");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        apim_proto::error_details(&err).expect("details").errors[0].code,
+        "plan.pack_missing"
+    );
+
+    // A missing secret (the CLI did not send it).
+    let mut req_secrets = secrets();
+    req_secrets.remove("env:DB_PW");
+    let err = c
+        .operator()
+        .await
+        .apply(apim_proto::v1::ApplyRequest {
+            plan_toml: plan_v3(&sha, "# changed", "halt", "30s"),
+            plan_path: "plan.toml".into(),
+            expected_cluster_revision: None,
+            author: String::new(),
+            resolved_secrets: req_secrets,
+        })
+        .await
+        .expect_err("missing secret");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A stale reviewed revision.
+    let err = c
+        .operator()
+        .await
+        .apply(apim_proto::v1::ApplyRequest {
+            plan_toml: plan_v3(
+                &sha,
+                "[apim.cors]\nallow_origins = \"https://portal.example.com\"",
+                "halt",
+                "30s",
+            ),
+            plan_path: "plan.toml".into(),
+            expected_cluster_revision: Some("stale".into()),
+            author: String::new(),
+            resolved_secrets: secrets(),
+        })
+        .await
+        .expect_err("stale revision");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    let status = c.status().await;
+    assert_eq!(status.generation, 1, "no generation was stored");
+    assert_eq!(held(&agents), before, "no machine got a new spec");
+    assert_eq!(started(&log).len(), 5);
+}

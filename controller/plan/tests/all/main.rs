@@ -1,0 +1,8 @@
+//! Integration tests of the offline half of apimctl: golden renders against the WSO2 guides'
+//! samples, one failing test per validation rule, CLI behaviour, and render properties.
+//! (One test binary, to keep link time down on small CI machines.)
+
+mod golden;
+mod props;
+mod rules;
+mod support;

@@ -1,0 +1,355 @@
+//! One failing test per validation rule: each checks the message and the line:col it names.
+
+use std::collections::BTreeMap;
+
+use apim_plan::diag::Severity;
+
+use super::support::{Fixture, expect_error, expect_error_at};
+
+fn with(base: &str, from: &str, to: &str) -> String {
+    assert!(base.contains(from), "`{from}` not in base plan");
+    base.replacen(from, to, 1)
+}
+
+#[test]
+fn base_plan_is_valid() {
+    let f = Fixture::new();
+    let r = f.check(&f.base_plan());
+    assert!(r.diagnostics.is_empty(), "{}", r.render());
+}
+
+#[test]
+fn toml_syntax_error() {
+    let f = Fixture::new();
+    let text = with(&f.base_plan(), "name = \"vm-2\"", "name = \"vm-2");
+    let r = f.check(&text);
+    // The parser stops where the closing quote should be: the end of that line.
+    expect_error_at(&r, &text, "TOML syntax", text.find("\"vm-2\n").unwrap() + 5);
+}
+
+#[test]
+fn unknown_field_suggests_the_near_name() {
+    let f = Fixture::new();
+    let text = with(
+        &f.base_plan(),
+        "hostname = \"gw.example.com\"",
+        "hostnmae = \"gw.example.com\"",
+    );
+    let r = f.check(&text);
+    let out = expect_error(
+        &r,
+        &text,
+        "unknown field `hostnmae` in [[nodes]] #3",
+        "hostnmae",
+    );
+    assert!(out.contains("did you mean `hostname`?"), "{out}");
+    assert!(out.contains("^^^^^^^^"), "the key is underlined:\n{out}");
+    // The node also lacks its hostname now: both are reported.
+    assert!(
+        r.diagnostics
+            .iter()
+            .any(|d| d.message.contains("missing `hostname`")),
+        "{}",
+        r.render()
+    );
+}
+
+#[test]
+fn unknown_top_level_table() {
+    let f = Fixture::new();
+    let text = format!("{}\n[rolout]\nmax_parallel = 2\n", f.base_plan());
+    let r = f.check(&text);
+    let out = expect_error(&r, &text, "unknown field `rolout`", "rolout");
+    assert!(out.contains("did you mean `rollout`?"), "{out}");
+}
+
+#[test]
+fn duplicate_machine_name() {
+    let f = Fixture::new();
+    let text = with(&f.base_plan(), "name = \"vm-2\"", "name = \"vm-1\"");
+    let r = f.check(&text);
+    // The second "vm-1" is the duplicate.
+    let second = text.match_indices("name = \"vm-1\"").nth(1).unwrap().0;
+    expect_error_at(
+        &r,
+        &text,
+        "duplicate machine name `vm-1`",
+        second + "name = ".len(),
+    );
+}
+
+#[test]
+fn duplicate_node_name() {
+    let f = Fixture::new();
+    let text = with(&f.base_plan(), "name = \"tm-1\"", "name = \"cp-1\"");
+    let r = f.check(&text);
+    expect_error_at(
+        &r,
+        &text,
+        "duplicate node name `cp-1`",
+        text.rfind("\"cp-1\"").unwrap(),
+    );
+}
+
+#[test]
+fn duplicate_hostname() {
+    let f = Fixture::new();
+    let text = with(
+        &f.base_plan(),
+        "hostname = \"gw.example.com\"",
+        "hostname = \"cp.example.com\"\n",
+    );
+    let r = f.check(&text);
+    expect_error_at(
+        &r,
+        &text,
+        "same hostname `cp.example.com` as node `cp-1`",
+        text.rfind("\"cp.example.com\"").unwrap(),
+    );
+}
+
+#[test]
+fn node_on_unknown_machine() {
+    let f = Fixture::new();
+    let text = with(&f.base_plan(), "machine = \"vm-2\"", "machine = \"vm-3\"");
+    let r = f.check(&text);
+    let out = expect_error(
+        &r,
+        &text,
+        "node `gw-1` is on unknown machine `vm-3`",
+        "\"vm-3\"",
+    );
+    assert!(
+        out.contains("did you mean `vm-1`?") || out.contains("did you mean `vm-2`?"),
+        "{out}"
+    );
+}
+
+#[test]
+fn offset_ports_collide_on_one_machine() {
+    let f = Fixture::new();
+    // tm-1 shares vm-1 with cp-1 (offset 0): 9611 + 100 = 9711.
+    let text = with(&f.base_plan(), "offset = 1", "offset = 100");
+    let r = f.check(&text);
+    let out = expect_error(
+        &r,
+        &text,
+        "node `tm-1` (offset 100) and node `cp-1` (offset 0) both use port",
+        "100",
+    );
+    assert!(out.contains("machine `vm-1`"), "{out}");
+}
+
+#[test]
+fn several_nodes_of_a_role_need_a_load_balancer() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}\n[[nodes]]\nname = \"tm-2\"\nmachine = \"vm-2\"\nrole = \"traffic-manager\"\nhostname = \"tm2.example.com\"\noffset = 1\n",
+        f.base_plan()
+    );
+    let r = f.check(&text);
+    let second_role = text.rfind("\"traffic-manager\"\nhostname = \"tm2").unwrap();
+    let out = expect_error(
+        &r,
+        &text,
+        "role `traffic-manager` has 2 nodes and no load balancer hostname",
+        &text[second_role..],
+    );
+    assert!(out.contains("[load_balancers] traffic-manager"), "{out}");
+}
+
+#[test]
+fn a_required_role_has_no_node() {
+    let f = Fixture::new();
+    let text = with(
+        &f.base_plan(),
+        "[[nodes]]\nname = \"tm-1\"\nmachine = \"vm-1\"\nrole = \"traffic-manager\"\nhostname = \"tm.example.com\"\noffset = 1\n",
+        "",
+    );
+    let r = f.check(&text);
+    expect_error(
+        &r,
+        &text,
+        "wso2am-4.5.0 needs a `traffic-manager` node and the plan has none",
+        "\"wso2am-4.5.0\"",
+    );
+}
+
+#[test]
+fn a_role_the_release_does_not_have() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}\n[[nodes]]\nname = \"pub-1\"\nmachine = \"vm-2\"\nrole = \"publisher\"\nhostname = \"pub.example.com\"\noffset = 1\n",
+        f.base_plan()
+    );
+    let r = f.check(&text);
+    let out = expect_error(
+        &r,
+        &text,
+        "wso2am-4.5.0 has no `publisher` role (node `pub-1`)",
+        "\"publisher\"",
+    );
+    assert!(
+        out.contains("control-plane, traffic-manager, gateway, key-manager"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unknown_role_name() {
+    let f = Fixture::new();
+    let text = with(&f.base_plan(), "role = \"gateway\"", "role = \"gatway\"");
+    let r = f.check(&text);
+    let out = expect_error(&r, &text, "unknown role `gatway`", "\"gatway\"");
+    assert!(out.contains("did you mean `gateway`?"), "{out}");
+}
+
+#[test]
+fn a_release_that_is_not_supported() {
+    let f = Fixture::new();
+    let text = with(&f.base_plan(), "wso2am-4.5.0", "wso2am-2.6.0");
+    let r = f.check(&text);
+    expect_error(
+        &r,
+        &text,
+        "WSO2 API Manager 2.6.0 is not supported",
+        "\"wso2am-2.6.0\"",
+    );
+}
+
+#[test]
+fn env_secret_that_is_not_set() {
+    let f = Fixture::new();
+    let text = with(
+        &f.base_plan(),
+        "password = { file = \"secrets/admin\" }",
+        "password = { env = \"APIM_ADMIN_PW\" }",
+    );
+    let r = f.check(&text);
+    expect_error(
+        &r,
+        &text,
+        "admin password: environment variable `APIM_ADMIN_PW` is not set",
+        "\"APIM_ADMIN_PW\"",
+    );
+    // The same plan is fine once the variable exists.
+    let env: BTreeMap<String, String> = [("APIM_ADMIN_PW".to_string(), "x".to_string())].into();
+    assert!(!f.check_env(&text, &env).has_errors());
+}
+
+#[test]
+fn file_secret_that_cannot_be_read() {
+    let f = Fixture::new();
+    let text = with(
+        &f.base_plan(),
+        "keystore_password = { file = \"secrets/ks\" }",
+        "keystore_password = { file = \"secrets/nope\" }",
+    );
+    let r = f.check(&text);
+    expect_error(
+        &r,
+        &text,
+        "keystore password: cannot read secret file",
+        "\"secrets/nope\"",
+    );
+}
+
+#[test]
+fn literal_secret_is_a_warning() {
+    let f = Fixture::new();
+    let text = with(
+        &f.base_plan(),
+        "password = { file = \"secrets/admin\" }",
+        "password = \"admin\"",
+    );
+    let r = f.check(&text);
+    assert!(!r.has_errors(), "{}", r.render());
+    let w = r
+        .diagnostics
+        .iter()
+        .find(|d| d.severity == Severity::Warning)
+        .unwrap();
+    assert!(w.message.contains("literal secret"), "{}", w.message);
+    let (line, col) = apim_plan::diag::line_col(&text, text.find("\"admin\"").unwrap());
+    assert_eq!(r.location(w), format!("{}:{line}:{col}", r.path));
+}
+
+#[test]
+fn pack_that_does_not_exist() {
+    let f = Fixture::new();
+    let text = with(
+        &f.base_plan(),
+        "dist/wso2am-tm-4.5.0.zip",
+        "dist/missing.zip",
+    );
+    let r = f.check(&text);
+    expect_error(&r, &text, "pack `", "\"dist/missing.zip\"");
+}
+
+#[test]
+fn pack_whose_sha256_differs() {
+    let f = Fixture::new();
+    let wrong = "ab".repeat(32);
+    let text = with(
+        &f.base_plan(),
+        &format!(
+            "traffic-manager = {{ path = \"dist/wso2am-tm-4.5.0.zip\", sha256 = \"{}\"",
+            f.sha
+        ),
+        &format!("traffic-manager = {{ path = \"dist/wso2am-tm-4.5.0.zip\", sha256 = \"{wrong}\""),
+    );
+    let r = f.check(&text);
+    expect_error(
+        &r,
+        &text,
+        "not the one in the plan",
+        &format!("\"{wrong}\""),
+    );
+}
+
+#[test]
+fn override_for_an_unknown_node() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}\n[overrides]\n\"node:gw-9\" = '''\n[apim.cors]\nallow_origins = \"*\"\n'''\n",
+        f.base_plan()
+    );
+    let r = f.check(&text);
+    let out = expect_error(
+        &r,
+        &text,
+        "override for unknown node `gw-9`",
+        "\"node:gw-9\"",
+    );
+    assert!(out.contains("did you mean `node:gw-1`?"), "{out}");
+}
+
+#[test]
+fn override_that_is_not_toml_points_inside_the_fragment() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}\n[overrides]\n\"role:gateway\" = '''\n[apim.cors]\nallow_origins = *\n'''\n",
+        f.base_plan()
+    );
+    let r = f.check(&text);
+    expect_error(
+        &r,
+        &text,
+        "override `role:gateway` is not valid TOML",
+        "*\n'''",
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let f = Fixture::new();
+    let mut text = with(&f.base_plan(), "machine = \"vm-2\"", "machine = \"vm-3\"");
+    text = with(&text, "address = \"10.0.0.2\"", "address = \"10.0.0.1\"");
+    text = with(&text, "role = \"gateway\"", "role = \"gateway\"\nofset = 2");
+    let r = f.check(&text);
+    let (errors, _) = r.counts();
+    assert!(errors >= 3, "{}", r.render());
+    // Sorted by position in the file.
+    let starts: Vec<usize> = r.diagnostics.iter().map(|d| d.span.start).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]));
+}

@@ -1,9 +1,0 @@
-//! Integration tests of the offline half of apimctl: golden renders against the WSO2 guides'
-//! samples, one failing test per validation rule, CLI behaviour, and render properties.
-//! (One test binary, to keep link time down on small CI machines.)
-
-mod cli;
-mod golden;
-mod props;
-mod rules;
-mod support;
