@@ -5,6 +5,7 @@
 //! [`spec`] turns a plan's render into the `MachineSpec` each agent executes and [`pki`] issues
 //! the product certificates it carries; [`run`] is `apimctl controller run`.
 
+pub mod artifacts;
 pub mod pki;
 pub mod rollout;
 pub mod run;

@@ -97,6 +97,9 @@ pub enum DaemonError {
     /// The server failed.
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
+    /// The controller's state could not be loaded.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     /// Binding the listener failed.
     #[error("binding {addr}: {source}")]
     Bind {

@@ -21,9 +21,58 @@ use apim_proto::v1::{MachineFacts, MachineSpec, StatusReport};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::server::artifacts::ArtifactStore;
-use crate::server::error::ServerError;
-use crate::store::{ArtifactRow, Store, StoredAgent};
+use crate::artifacts::{ArtifactError, ArtifactStore};
+use crate::store::{ArtifactRow, Store, StoreError, StoredAgent};
+
+/// What the state can refuse or fail with; the gRPC server maps it to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store failed to read or write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The artifact directory could not be opened.
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactError),
+    /// A machine name is not acceptable.
+    #[error("invalid machine: {reason}")]
+    InvalidMachine {
+        /// Why.
+        reason: String,
+    },
+    /// The join token was refused (unknown, used, expired, wrong secret, malformed, or bound
+    /// to another machine).
+    #[error("join token refused: {source}")]
+    Token {
+        /// Why, from the token registry (never contains the secret).
+        #[source]
+        source: apim_certs::CertsError,
+    },
+    /// Minting or storing a token failed.
+    #[error("{action}: {source}")]
+    Issue {
+        /// What was being done.
+        action: &'static str,
+        /// The certs crate's error.
+        #[source]
+        source: apim_certs::CertsError,
+    },
+    /// An operator named a machine the controller knows nothing about.
+    #[error("unknown machine {machine:?}")]
+    UnknownMachine {
+        /// The name given.
+        machine: String,
+    },
+    /// An agent reported a node of another machine.
+    #[error("{identity} may not act for machine {named:?} ({what})")]
+    ForeignMachine {
+        /// The caller's identity URI.
+        identity: String,
+        /// The machine the message named.
+        named: String,
+        /// Where the name appeared.
+        what: String,
+    },
+}
 
 /// The latest desired spec of one machine, as seen by its agent's stream.
 pub type SpecWatch = watch::Receiver<Option<Arc<MachineSpec>>>;
@@ -95,7 +144,7 @@ pub struct AgentSnapshot {
 impl ControllerState {
     /// State around a loaded CA, with artifacts stored in `artifact_dir` (created 0750 if
     /// missing) and everything else in an in-memory store (lost on exit: tests and embedding).
-    pub fn new(ca: ControlPlaneCa, artifact_dir: &Path) -> Result<Self, ServerError> {
+    pub fn new(ca: ControlPlaneCa, artifact_dir: &Path) -> Result<Self, StateError> {
         let pki_dir = artifact_dir.with_file_name("pki");
         Self::open(ca, artifact_dir, &pki_dir, Store::in_memory()?)
     }
@@ -108,7 +157,7 @@ impl ControllerState {
         artifact_dir: &Path,
         pki_dir: &Path,
         store: Store,
-    ) -> Result<Self, ServerError> {
+    ) -> Result<Self, StateError> {
         let (tokens, revoked, agents, specs) =
             store.read(|tx| Ok((tx.tokens()?, tx.revocations()?, tx.agents()?, tx.specs()?)))?;
         let mut inner = Inner {
@@ -212,14 +261,13 @@ impl ControllerState {
         &self,
         machine: &str,
         ttl: Duration,
-    ) -> Result<(JoinToken, TokenRecord), ServerError> {
+    ) -> Result<(JoinToken, TokenRecord), StateError> {
         let (token, record) = JoinToken::mint(machine, ttl, self.ca.fingerprint()).map_err(
             |source| match source {
-                apim_certs::CertsError::InvalidName { .. } => ServerError::InvalidArgument {
-                    field: "machine",
+                apim_certs::CertsError::InvalidName { .. } => StateError::InvalidMachine {
                     reason: source.to_string(),
                 },
-                _ => ServerError::Issue {
+                _ => StateError::Issue {
                     action: "minting a join token",
                     source,
                 },
@@ -230,7 +278,7 @@ impl ControllerState {
         inner
             .tokens
             .insert(record.clone())
-            .map_err(|source| ServerError::Issue {
+            .map_err(|source| StateError::Issue {
                 action: "storing a join token",
                 source,
             })?;
@@ -239,12 +287,12 @@ impl ControllerState {
     }
 
     /// Redeems a join token for the machine the agent claims; returns the token's machine.
-    pub fn redeem_token(&self, token: &str, claimed_machine: &str) -> Result<String, ServerError> {
+    pub fn redeem_token(&self, token: &str, claimed_machine: &str) -> Result<String, StateError> {
         let mut inner = self.lock();
         let result = inner
             .tokens
             .redeem_for(token, claimed_machine, OffsetDateTime::now_utc())
-            .map_err(|source| ServerError::Token { source });
+            .map_err(|source| StateError::Token { source });
         // A redeemed token is spent even if the rest of enrollment fails: persist it first.
         self.store.write(|tx| tx.save_tokens(&inner.tokens))?;
         result
@@ -288,7 +336,7 @@ impl ControllerState {
     /// unused join tokens. Returns whether its stream was open (it is closed by the stream's
     /// own task, which watches [`ControllerState::revocations`]). An unknown machine is
     /// NOT_FOUND, to catch typos.
-    pub fn revoke_machine(&self, machine: &str) -> Result<bool, ServerError> {
+    pub fn revoke_machine(&self, machine: &str) -> Result<bool, StateError> {
         let mut inner = self.lock();
         let pending: Vec<String> = inner
             .tokens
@@ -298,7 +346,7 @@ impl ControllerState {
             .collect();
         let Some(record) = inner.agents.get(machine) else {
             if pending.is_empty() {
-                return Err(ServerError::UnknownMachine {
+                return Err(StateError::UnknownMachine {
                     machine: machine.to_owned(),
                 });
             }
@@ -313,8 +361,7 @@ impl ControllerState {
         inner
             .revoked
             .revoke_machine(machine)
-            .map_err(|e| ServerError::InvalidArgument {
-                field: "machine",
+            .map_err(|e| StateError::InvalidMachine {
                 reason: e.to_string(),
             })?;
         for serial in &serials {
@@ -389,7 +436,7 @@ impl ControllerState {
 
     /// Refuses a status report that names a node which belongs to another machine's desired
     /// spec and not to `machine`'s (an agent reporting as someone else).
-    pub fn check_report(&self, machine: &str, report: &StatusReport) -> Result<(), ServerError> {
+    pub fn check_report(&self, machine: &str, report: &StatusReport) -> Result<(), StateError> {
         let inner = self.lock();
         let own: BTreeSet<String> = inner
             .desired
@@ -408,7 +455,7 @@ impl ControllerState {
                         .is_some_and(|spec| spec.nodes.iter().any(|n| n.name == status.node))
             });
             if let Some((other, _)) = owner {
-                return Err(ServerError::ForeignMachine {
+                return Err(StateError::ForeignMachine {
                     identity: PeerIdentity::Agent {
                         machine: machine.to_owned(),
                     }

@@ -8,6 +8,9 @@ use apim_proto::v1::{ErrorDetail, ErrorDetails};
 use tonic::{Code, Status};
 
 use super::auth::{Access, Rpc};
+use crate::artifacts::ArtifactError;
+use crate::rollout::RolloutError;
+use crate::state::StateError;
 
 /// Why a call was refused or failed, or why the server could not start. Messages never carry
 /// secrets (tokens, keys); paths and OS errors stay in the log and are not sent to callers.
@@ -137,13 +140,6 @@ pub enum ServerError {
         machine: String,
     },
 
-    /// The RPC is part of the contract but is served by a later part of the controller.
-    #[error("{rpc} is not served by this controller yet")]
-    NotYetServed {
-        /// The RPC.
-        rpc: Rpc,
-    },
-
     /// The caller's certificate expired while its stream was open.
     #[error("client certificate expired during the session; reconnect with the renewed one")]
     SessionCertExpired,
@@ -246,9 +242,7 @@ impl ServerError {
             ServerError::Revoked { .. }
             | ServerError::WrongRole { .. }
             | ServerError::ForeignMachine { .. } => Code::PermissionDenied,
-            ServerError::UnknownMethod { .. } | ServerError::NotYetServed { .. } => {
-                Code::Unimplemented
-            }
+            ServerError::UnknownMethod { .. } => Code::Unimplemented,
             ServerError::Csr { .. }
             | ServerError::InvalidArgument { .. }
             | ServerError::Protocol { .. }
@@ -289,7 +283,6 @@ impl ServerError {
             ServerError::OffsetOutOfRange { .. } => "artifact.offset_out_of_range",
             ServerError::ArtifactMismatch { .. } => "artifact.digest_mismatch",
             ServerError::UnknownMachine { .. } => "operator.unknown_machine",
-            ServerError::NotYetServed { .. } => "rpc.not_yet_served",
             ServerError::SessionCertExpired => "auth.certificate_expired",
             ServerError::ShuttingDown => "server.shutting_down",
             ServerError::PlanRejected { .. } => "plan.invalid",
@@ -356,6 +349,68 @@ impl ServerError {
             },
         };
         apim_proto::status_with_details(code, message, &details)
+    }
+}
+
+impl From<ArtifactError> for ServerError {
+    fn from(e: ArtifactError) -> Self {
+        match e {
+            ArtifactError::InvalidDigest => ServerError::InvalidArgument {
+                field: "sha256",
+                reason: "must be 64 lowercase hex characters".into(),
+            },
+            ArtifactError::NotFound { sha256 } => ServerError::ArtifactNotFound { sha256 },
+            ArtifactError::Mismatch { reason } => ServerError::ArtifactMismatch { reason },
+            ArtifactError::Io {
+                action,
+                path,
+                source,
+            } => ServerError::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
+}
+
+impl From<StateError> for ServerError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Store(e) => ServerError::Store(e),
+            StateError::Artifacts(e) => e.into(),
+            StateError::InvalidMachine { reason } => ServerError::InvalidArgument {
+                field: "machine",
+                reason,
+            },
+            StateError::Token { source } => ServerError::Token { source },
+            StateError::Issue { action, source } => ServerError::Issue { action, source },
+            StateError::UnknownMachine { machine } => ServerError::UnknownMachine { machine },
+            StateError::ForeignMachine {
+                identity,
+                named,
+                what,
+            } => ServerError::ForeignMachine {
+                identity,
+                named,
+                what,
+            },
+        }
+    }
+}
+
+impl From<RolloutError> for ServerError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::PlanRejected { errors } => ServerError::PlanRejected { errors },
+            RolloutError::ClusterChanged { expected, actual } => {
+                ServerError::ClusterChanged { expected, actual }
+            }
+            RolloutError::InProgress { id, state } => ServerError::RolloutInProgress { id, state },
+            RolloutError::Render { reason } => ServerError::Render { reason },
+            RolloutError::Store(e) => ServerError::Store(e),
+            RolloutError::Artifacts(e) => e.into(),
+        }
     }
 }
 

@@ -9,9 +9,8 @@
 //! | [`auth`] | one tower service in front of every route: path → [`auth::Rpc`] → certificate verified *per call* (CA chain, validity now, clientAuth) → identity → revocation → access table; deny by default |
 //! | [`enrollment`] | `Enroll` (join token → machine; CSR key only) and `Renew` (same machine as the presented certificate) |
 //! | [`agent`] | `Connect`: Hello → desired spec, status reports, cut on revocation, expiry or shutdown |
-//! | [`artifacts`] | `Fetch`/`Stat` for agents, verified atomic `Upload` for operators |
-//! | [`operator`] | `CreateToken`, `ListAgents`, `Revoke` (`Apply`/`Plan`/`Status`/`Watch`: UNIMPLEMENTED for now) |
-//! | [`state`] | [`ControllerState`]: CA, tokens, revocations, agents, desired specs (in memory) |
+//! | [`artifacts`] | `Fetch`/`Stat` for agents, `Upload` for operators, over [`crate::artifacts`] |
+//! | [`operator`] | `Apply`/`Plan` (through [`crate::rollout`]), `Status`/`Watch`, `CreateToken`, `ListAgents`, `Revoke` |
 //! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
 //!
 //! Identity always comes from the verified client certificate (never from a message field); a

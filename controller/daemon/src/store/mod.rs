@@ -10,17 +10,10 @@
 //! Migrations are plain SQL in [`MIGRATIONS`], applied in order and tracked with
 //! `PRAGMA user_version`. Every write runs in a transaction ([`Store::write`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use apim_certs::{RevocationList, TokenRegistry};
-use apim_proto::prost::Message;
-use apim_proto::v1::MachineSpec;
-use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
-
-use crate::rollout::RolloutRecord;
+use rusqlite::Connection;
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "controller.db";
@@ -112,72 +105,19 @@ pub enum StoreError {
     },
 }
 
-fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+pub(crate) fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { action, source }
 }
 
-fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
+pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
     move |reason| StoreError::Corrupt { what, reason }
 }
 
-/// A stored plan generation. `secrets` holds the resolved secret values (SECRET).
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoredPlan {
-    /// The generation number (1, 2, …).
-    pub generation: u64,
-    /// Who applied it (the operator certificate's name).
-    pub author: String,
-    /// When, unix seconds.
-    pub created_at: i64,
-    /// The plan's path on the operator's side (messages only).
-    pub plan_path: String,
-    /// The plan text.
-    pub plan_toml: String,
-    /// The resolved secrets, keyed as in `ApplyRequest.resolved_secrets`. SECRET.
-    pub secrets: BTreeMap<String, String>,
-}
+mod records;
+mod tx;
 
-impl std::fmt::Debug for StoredPlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredPlan")
-            .field("generation", &self.generation)
-            .field("author", &self.author)
-            .field("created_at", &self.created_at)
-            .field("plan_path", &self.plan_path)
-            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the store keeps about an enrolled agent (its live session is not persisted).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StoredAgent {
-    /// Unexpired certificate serials → not_after (unix seconds).
-    pub serials: BTreeMap<String, i64>,
-    /// The newest certificate's serial.
-    pub cert_serial: Option<String>,
-    /// The newest certificate's expiry, unix seconds.
-    pub cert_not_after: Option<i64>,
-    /// When last heard from, unix milliseconds.
-    pub last_seen_ms: Option<i64>,
-    /// Last facts, prost-encoded and hex.
-    pub facts: Option<String>,
-    /// The generation it held at its last `Hello`.
-    pub held_generation: u64,
-    /// Last status report, prost-encoded and hex.
-    pub last_status: Option<String>,
-}
-
-/// One artifact of the index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArtifactRow {
-    /// Lowercase hex sha256.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Original file name.
-    pub name: String,
-}
+pub use records::{ArtifactRow, NodeProgress, Phase, RolloutRecord, StoredAgent, StoredPlan};
+pub use tx::Tx;
 
 /// The store. Cheap operations run synchronously under one connection lock.
 #[derive(Debug)]
@@ -185,10 +125,7 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-/// Operations inside one transaction (or one read).
-pub struct Tx<'a>(&'a Connection);
-
-fn now_s() -> i64 {
+pub(crate) fn now_s() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
@@ -280,389 +217,12 @@ impl Store {
     }
 }
 
-fn encode_spec(spec: &MachineSpec) -> Vec<u8> {
-    spec.encode_to_vec()
-}
-
-fn decode_spec(bytes: &[u8]) -> Result<MachineSpec, StoreError> {
-    MachineSpec::decode(bytes).map_err(|e| corrupt("machine spec")(e.to_string()))
-}
-
-impl Tx<'_> {
-    fn kv_get<T: for<'de> Deserialize<'de>>(
-        &self,
-        key: &str,
-        what: &'static str,
-    ) -> Result<Option<T>, StoreError> {
-        let v: Option<String> = self
-            .0
-            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(sql("reading kv"))?;
-        v.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(what)(e.to_string())))
-            .transpose()
-    }
-
-    fn kv_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let s = serde_json::to_string(value).map_err(|e| corrupt("kv value")(e.to_string()))?;
-        self.0
-            .execute(
-                "INSERT INTO kv(key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, s],
-            )
-            .map_err(sql("writing kv"))?;
-        Ok(())
-    }
-
-    // ---- tokens and revocations --------------------------------------------------------
-
-    /// Every stored join-token record.
-    pub fn tokens(&self) -> Result<TokenRegistry, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare("SELECT body FROM tokens")
-            .map_err(sql("reading tokens"))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(sql("reading tokens"))?;
-        let mut records = Vec::new();
-        for row in rows {
-            let body = row.map_err(sql("reading tokens"))?;
-            records.push(serde_json::from_str(&body).map_err(|e| corrupt("token")(e.to_string()))?);
-        }
-        Ok(TokenRegistry::from(records))
-    }
-
-    /// Replaces the stored token records with `registry`.
-    pub fn save_tokens(&self, registry: &TokenRegistry) -> Result<(), StoreError> {
-        self.0
-            .execute("DELETE FROM tokens", [])
-            .map_err(sql("clearing tokens"))?;
-        for r in registry.records() {
-            let body = serde_json::to_string(r).map_err(|e| corrupt("token")(e.to_string()))?;
-            self.0
-                .execute(
-                    "INSERT INTO tokens(id, body) VALUES (?1, ?2)",
-                    params![r.id, body],
-                )
-                .map_err(sql("writing a token"))?;
-        }
-        Ok(())
-    }
-
-    /// The revocation list (empty when none was stored).
-    pub fn revocations(&self) -> Result<RevocationList, StoreError> {
-        Ok(self
-            .kv_get("revocations", "revocations")?
-            .unwrap_or_default())
-    }
-
-    /// Stores the revocation list.
-    pub fn save_revocations(&self, list: &RevocationList) -> Result<(), StoreError> {
-        self.kv_put("revocations", list)
-    }
-
-    // ---- agents -------------------------------------------------------------------------
-
-    /// Every stored agent.
-    pub fn agents(&self) -> Result<BTreeMap<String, StoredAgent>, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare("SELECT machine, body FROM agents")
-            .map_err(sql("reading agents"))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(sql("reading agents"))?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let (m, body) = row.map_err(sql("reading agents"))?;
-            out.insert(
-                m,
-                serde_json::from_str(&body).map_err(|e| corrupt("agent")(e.to_string()))?,
-            );
-        }
-        Ok(out)
-    }
-
-    /// Stores one agent.
-    pub fn save_agent(&self, machine: &str, agent: &StoredAgent) -> Result<(), StoreError> {
-        let body = serde_json::to_string(agent).map_err(|e| corrupt("agent")(e.to_string()))?;
-        self.0
-            .execute(
-                "INSERT INTO agents(machine, body) VALUES (?1, ?2)
-                 ON CONFLICT(machine) DO UPDATE SET body = excluded.body",
-                params![machine, body],
-            )
-            .map_err(sql("writing an agent"))?;
-        Ok(())
-    }
-
-    // ---- specs ---------------------------------------------------------------------------
-
-    /// The last pushed spec of every machine.
-    pub fn specs(&self) -> Result<Vec<MachineSpec>, StoreError> {
-        self.spec_table("SELECT spec FROM specs ORDER BY machine")
-    }
-
-    fn spec_table(&self, query: &str) -> Result<Vec<MachineSpec>, StoreError> {
-        let mut stmt = self.0.prepare(query).map_err(sql("reading specs"))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(sql("reading specs"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(decode_spec(&row.map_err(sql("reading specs"))?)?);
-        }
-        Ok(out)
-    }
-
-    /// Stores the last pushed spec of `spec.machine`, and which plan generation its machine
-    /// spec generation came from (for status: agents report the spec generation).
-    pub fn save_spec(&self, spec: &MachineSpec) -> Result<(), StoreError> {
-        self.0
-            .execute(
-                "INSERT INTO specs(machine, generation, spec) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(machine) DO UPDATE SET generation = excluded.generation,
-                 spec = excluded.spec",
-                params![spec.machine, spec.generation as i64, encode_spec(spec)],
-            )
-            .map_err(sql("writing a spec"))?;
-        self.0
-            .execute(
-                "INSERT OR REPLACE INTO spec_history(machine, generation, plan_generation)
-                 VALUES (?1, ?2, ?3)",
-                params![
-                    spec.machine,
-                    spec.generation as i64,
-                    spec.plan_generation as i64
-                ],
-            )
-            .map_err(sql("writing spec history"))?;
-        Ok(())
-    }
-
-    /// The plan generation machine spec `generation` of `machine` was rendered from (`None`:
-    /// unknown, e.g. pushed before the history was kept).
-    pub fn plan_generation_of(
-        &self,
-        machine: &str,
-        generation: u64,
-    ) -> Result<Option<u64>, StoreError> {
-        self.0
-            .query_row(
-                "SELECT plan_generation FROM spec_history WHERE machine = ?1 AND generation = ?2",
-                params![machine, generation as i64],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|g| g.map(|g| g as u64).filter(|g| *g > 0))
-            .map_err(sql("reading spec history"))
-    }
-
-    /// What every machine runs when no rollout is in flight (all nodes desired RUNNING).
-    pub fn baseline(&self) -> Result<BTreeMap<String, MachineSpec>, StoreError> {
-        Ok(self
-            .spec_table("SELECT spec FROM baseline ORDER BY machine")?
-            .into_iter()
-            .map(|s| (s.machine.clone(), s))
-            .collect())
-    }
-
-    /// Replaces the baseline with `specs`.
-    pub fn set_baseline(&self, specs: &[MachineSpec]) -> Result<(), StoreError> {
-        self.0
-            .execute("DELETE FROM baseline", [])
-            .map_err(sql("clearing the baseline"))?;
-        for s in specs {
-            self.0
-                .execute(
-                    "INSERT INTO baseline(machine, spec) VALUES (?1, ?2)",
-                    params![s.machine, encode_spec(s)],
-                )
-                .map_err(sql("writing the baseline"))?;
-        }
-        Ok(())
-    }
-
-    // ---- artifacts -----------------------------------------------------------------------
-
-    /// Records a stored artifact (idempotent).
-    pub fn record_artifact(&self, row: &ArtifactRow) -> Result<(), StoreError> {
-        self.0
-            .execute(
-                "INSERT INTO artifacts(sha256, size, name, stored_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(sha256) DO NOTHING",
-                params![row.sha256, row.size as i64, row.name, now_s()],
-            )
-            .map_err(sql("recording an artifact"))?;
-        Ok(())
-    }
-
-    /// The artifact index.
-    pub fn artifacts(&self) -> Result<Vec<ArtifactRow>, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare("SELECT sha256, size, name FROM artifacts ORDER BY sha256")
-            .map_err(sql("reading artifacts"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(ArtifactRow {
-                    sha256: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    name: r.get(2)?,
-                })
-            })
-            .map_err(sql("reading artifacts"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sql("reading artifacts"))
-    }
-
-    // ---- plans ---------------------------------------------------------------------------
-
-    /// The newest plan generation, 0 when none.
-    pub fn latest_generation(&self) -> Result<u64, StoreError> {
-        let g: Option<i64> = self
-            .0
-            .query_row("SELECT MAX(generation) FROM plans", [], |r| r.get(0))
-            .map_err(sql("reading plans"))?;
-        Ok(g.unwrap_or(0) as u64)
-    }
-
-    /// Stores a plan as the next generation and returns it.
-    pub fn insert_plan(
-        &self,
-        author: &str,
-        plan_path: &str,
-        plan_toml: &str,
-        secrets: &BTreeMap<String, String>,
-    ) -> Result<u64, StoreError> {
-        let generation = self.latest_generation()? + 1;
-        let secrets =
-            serde_json::to_string(secrets).map_err(|e| corrupt("plan secrets")(e.to_string()))?;
-        self.0
-            .execute(
-                "INSERT INTO plans(generation, author, created_at, plan_path, plan_toml, secrets)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    generation as i64,
-                    author,
-                    now_s(),
-                    plan_path,
-                    plan_toml,
-                    secrets
-                ],
-            )
-            .map_err(sql("storing a plan"))?;
-        Ok(generation)
-    }
-
-    /// One plan generation.
-    pub fn plan(&self, generation: u64) -> Result<Option<StoredPlan>, StoreError> {
-        let row = self
-            .0
-            .query_row(
-                "SELECT author, created_at, plan_path, plan_toml, secrets FROM plans
-                 WHERE generation = ?1",
-                [generation as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(sql("reading a plan"))?;
-        row.map(|(author, created_at, plan_path, plan_toml, secrets)| {
-            Ok(StoredPlan {
-                generation,
-                author,
-                created_at,
-                plan_path,
-                plan_toml,
-                secrets: serde_json::from_str(&secrets)
-                    .map_err(|e| corrupt("plan secrets")(e.to_string()))?,
-            })
-        })
-        .transpose()
-    }
-
-    // ---- rollouts ------------------------------------------------------------------------
-
-    /// Stores (inserts or updates) a rollout.
-    pub fn save_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
-        let body = serde_json::to_string(r).map_err(|e| corrupt("rollout")(e.to_string()))?;
-        self.0
-            .execute(
-                "INSERT INTO rollouts(id, generation, state, updated_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state,
-                 updated_at = excluded.updated_at, body = excluded.body",
-                params![
-                    r.id,
-                    r.generation as i64,
-                    format!("{:?}", r.state),
-                    now_s(),
-                    body
-                ],
-            )
-            .map_err(sql("writing a rollout"))?;
-        Ok(())
-    }
-
-    /// The newest rollout (by generation), if any.
-    pub fn latest_rollout(&self) -> Result<Option<RolloutRecord>, StoreError> {
-        let body: Option<String> = self
-            .0
-            .query_row(
-                "SELECT body FROM rollouts ORDER BY generation DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sql("reading rollouts"))?;
-        body.map(|b| serde_json::from_str(&b).map_err(|e| corrupt("rollout")(e.to_string())))
-            .transpose()
-    }
-
-    /// Stores the target spec of every machine of a rollout (all nodes desired RUNNING).
-    pub fn save_targets(&self, rollout_id: &str, specs: &[MachineSpec]) -> Result<(), StoreError> {
-        for s in specs {
-            self.0
-                .execute(
-                    "INSERT OR REPLACE INTO rollout_targets(rollout_id, machine, spec)
-                     VALUES (?1, ?2, ?3)",
-                    params![rollout_id, s.machine, encode_spec(s)],
-                )
-                .map_err(sql("writing rollout targets"))?;
-        }
-        Ok(())
-    }
-
-    /// The target specs of a rollout, by machine.
-    pub fn targets(&self, rollout_id: &str) -> Result<BTreeMap<String, MachineSpec>, StoreError> {
-        let mut stmt = self
-            .0
-            .prepare("SELECT spec FROM rollout_targets WHERE rollout_id = ?1")
-            .map_err(sql("reading rollout targets"))?;
-        let rows = stmt
-            .query_map([rollout_id], |r| r.get::<_, Vec<u8>>(0))
-            .map_err(sql("reading rollout targets"))?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let spec = decode_spec(&row.map_err(sql("reading rollout targets"))?)?;
-            out.insert(spec.machine.clone(), spec);
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use apim_proto::v1::MachineSpec;
+
     use super::*;
 
     #[test]

@@ -1,0 +1,346 @@
+//! The rollout's decisions as a pure function: [`decide`] takes the record, the world as the
+//! controller sees it ([`World`]: target and pushed specs, what agents report, the baseline, the
+//! time) and returns a [`Decision`]; it performs no I/O. The engine carries decisions out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apim_proto::v1::{DesiredRun, MachineSpec, NodePhase, NodeStatus};
+
+use super::{Phase, RolloutRecord};
+
+/// A node's last report: its status, and whether its agent is connected now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeReport {
+    /// What the agent last said about the node.
+    pub status: NodeStatus,
+    /// Whether the agent's stream is open.
+    pub connected: bool,
+}
+
+/// Everything [`decide`] looks at besides the record.
+#[derive(Debug, Clone, Copy)]
+pub struct World<'a> {
+    /// The rollout's target spec of every machine (every node desired RUNNING).
+    pub targets: &'a BTreeMap<String, MachineSpec>,
+    /// The spec pushed to each machine now.
+    pub pushed: &'a BTreeMap<String, MachineSpec>,
+    /// The last report of each node, by (machine, node).
+    pub reports: &'a BTreeMap<(String, String), NodeReport>,
+    /// The specs of the last successful rollout (what a rollback restores).
+    pub baseline: &'a BTreeMap<String, MachineSpec>,
+    /// Now, unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// When to decide again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// At once: the record moved on.
+    Again,
+    /// When something changes, or after this long at the latest.
+    Wait(Option<Duration>),
+}
+
+/// What [`decide`] wants done. The record, the pushed specs and the baseline are written in one
+/// transaction, so a release and the spec that carries it are never apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The record after this step (unchanged when nothing happened).
+    pub record: RolloutRecord,
+    /// Specs to store and push to their machines.
+    pub push: Vec<MachineSpec>,
+    /// A new baseline (the rollout succeeded).
+    pub baseline: Option<Vec<MachineSpec>>,
+    /// When to decide again.
+    pub next: Next,
+}
+
+impl Decision {
+    fn wait(r: RolloutRecord, after: Option<Duration>) -> Self {
+        Decision {
+            record: r,
+            push: Vec::new(),
+            baseline: None,
+            next: Next::Wait(after),
+        }
+    }
+
+    fn again(r: RolloutRecord, push: Vec<MachineSpec>) -> Self {
+        Decision {
+            record: r,
+            push,
+            baseline: None,
+            next: Next::Again,
+        }
+    }
+}
+
+/// The next step of rollout `r` in `world`.
+pub fn decide(r: &RolloutRecord, world: &World<'_>) -> Decision {
+    let r = r.clone();
+    match r.state {
+        Phase::Staging => stage(r, world),
+        Phase::Starting => release(r, world),
+        Phase::RollingBack => roll_back(r, world),
+        Phase::Succeeded | Phase::Failed | Phase::RolledBack => Decision::wait(r, None),
+    }
+}
+
+fn next_generation(world: &World<'_>, machine: &str) -> u64 {
+    world.pushed.get(machine).map_or(0, |s| s.generation) + 1
+}
+
+fn report<'w>(world: &'w World<'_>, machine: &str, node: &str) -> Option<&'w NodeReport> {
+    world.reports.get(&(machine.to_owned(), node.to_owned()))
+}
+
+/// Staging: push every changed machine once (changed nodes STAGED, the rest RUNNING), then wait
+/// until every changed node reports STAGED (or HEALTHY on its target) for that push.
+fn stage(mut r: RolloutRecord, world: &World<'_>) -> Decision {
+    if r.machines.values().any(|g| *g == 0) {
+        let mut specs = Vec::new();
+        for (machine, generation) in r.machines.iter_mut() {
+            let mut spec = world
+                .targets
+                .get(machine)
+                .cloned()
+                .unwrap_or_else(|| MachineSpec {
+                    machine: machine.clone(),
+                    ..MachineSpec::default()
+                });
+            for n in &mut spec.nodes {
+                let changed = r.nodes.get(&n.name).is_some_and(|p| p.changed);
+                n.desired = if changed {
+                    DesiredRun::Staged
+                } else {
+                    DesiredRun::Running
+                }
+                .into();
+            }
+            spec.generation = next_generation(world, machine);
+            spec.plan_generation = r.generation;
+            *generation = spec.generation;
+            specs.push(spec);
+        }
+        tracing::info!(rollout = %r.id, machines = specs.len(), "staging pushed");
+        return Decision::again(r, specs);
+    }
+    let mut waiting = 0;
+    for (name, p) in &r.nodes {
+        if !p.changed {
+            continue;
+        }
+        let stage_gen = r.machines.get(&p.machine).copied().unwrap_or(0);
+        match report(world, &p.machine, name) {
+            Some(rep) if rep.status.generation >= stage_gen => {
+                let phase = rep.status.phase();
+                if phase == NodePhase::Failed {
+                    let (name, why) = (name.clone(), rep.status.last_error.clone());
+                    return fail(r, &name, &why);
+                }
+                let ok = phase == NodePhase::Staged
+                    || (phase == NodePhase::Healthy && rep.status.config_digest == p.target_digest);
+                if !ok {
+                    waiting += 1;
+                }
+            }
+            _ => waiting += 1,
+        }
+    }
+    if waiting > 0 {
+        return Decision::wait(r, None);
+    }
+    r.state = Phase::Starting;
+    r.tier = 0;
+    r.message = "starting tier 1".into();
+    tracing::info!(rollout = %r.id, "every changed node staged");
+    Decision::again(r, Vec::new())
+}
+
+/// Starting: mark released nodes done or failed, move through finished tiers, succeed after
+/// the last, and release what the limits allow in the current tier.
+fn release(mut r: RolloutRecord, world: &World<'_>) -> Decision {
+    let now = world.now_ms;
+    let timeout_ms = (r.health_timeout_s * 1000) as i64;
+    let mut deadline: Option<i64> = None;
+    let mut dirty = false;
+    let names: Vec<String> = r.nodes.keys().cloned().collect();
+    for name in &names {
+        let p = &r.nodes[name];
+        let Some(at) = p.released_at_ms else { continue };
+        if p.done {
+            continue;
+        }
+        let rep = report(world, &p.machine, name);
+        let connected = rep.is_some_and(|rep| rep.connected);
+        if let Some(rep) = rep
+            && rep.status.generation >= p.release_generation
+        {
+            let phase = rep.status.phase();
+            if phase == NodePhase::Healthy && rep.status.config_digest == p.target_digest {
+                tracing::info!(rollout = %r.id, node = %name, "node healthy");
+                if let Some(p) = r.nodes.get_mut(name) {
+                    p.done = true;
+                }
+                dirty = true;
+                continue;
+            }
+            if phase == NodePhase::Failed {
+                let why = rep.status.last_error.clone();
+                return fail(r, name, &why);
+            }
+        }
+        if connected && now - at > timeout_ms {
+            let why = format!("not healthy within {}s", r.health_timeout_s);
+            return fail(r, name, &why);
+        }
+        let d = at + timeout_ms;
+        deadline = Some(deadline.map_or(d, |x| x.min(d)));
+    }
+    while (r.tier as usize) < r.tiers.len() {
+        let tier = &r.tiers[r.tier as usize];
+        let all_done = tier
+            .iter()
+            .all(|n| r.nodes.get(n).is_none_or(|p| !p.changed || p.done));
+        if !all_done {
+            break;
+        }
+        r.tier += 1;
+        r.message = format!("starting tier {}", r.tier + 1);
+        dirty = true;
+    }
+    if r.tier as usize >= r.tiers.len() {
+        return succeed(r, world);
+    }
+    let per_machine = pick_releases(&mut r, now);
+    if per_machine.is_empty() {
+        if dirty {
+            return Decision::again(r, Vec::new());
+        }
+        let wait = deadline.map(|d| Duration::from_millis((d - now).max(0) as u64 + 10));
+        return Decision::wait(r, wait);
+    }
+    let mut specs = Vec::new();
+    for (machine, released) in &per_machine {
+        let Some(mut spec) = world.pushed.get(machine).cloned() else {
+            continue;
+        };
+        for n in &mut spec.nodes {
+            if released.contains(&n.name) {
+                n.desired = DesiredRun::Running.into();
+            }
+        }
+        spec.generation += 1;
+        for name in released {
+            if let Some(p) = r.nodes.get_mut(name) {
+                p.release_generation = spec.generation;
+            }
+            tracing::info!(rollout = %r.id, node = %name, %machine, generation = spec.generation, "node released");
+        }
+        specs.push(spec);
+    }
+    Decision::again(r, specs)
+}
+
+/// The changed, unreleased nodes of the current tier that may start now: at most
+/// `max_parallel` in flight, and one at a time of a role that already had running nodes (HA
+/// peers restart one by one). Marks them released at `now`; returns them by machine.
+fn pick_releases(r: &mut RolloutRecord, now: i64) -> BTreeMap<String, Vec<String>> {
+    let in_flight = |r: &RolloutRecord, role: Option<&str>| {
+        r.nodes
+            .values()
+            .filter(|p| p.released_at_ms.is_some() && !p.done)
+            .filter(|p| role.is_none_or(|x| p.role == x))
+            .count()
+    };
+    let tier = r.tiers[r.tier as usize].clone();
+    let mut per_machine: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in &tier {
+        let Some(p) = r.nodes.get(name) else { continue };
+        if !p.changed || p.released_at_ms.is_some() {
+            continue;
+        }
+        if in_flight(r, None) >= r.max_parallel as usize {
+            break;
+        }
+        let role = p.role.clone();
+        if r.ha_roles.contains(&role) && in_flight(r, Some(&role)) >= 1 {
+            continue;
+        }
+        let machine = p.machine.clone();
+        if let Some(p) = r.nodes.get_mut(name) {
+            p.released_at_ms = Some(now);
+        }
+        per_machine.entry(machine).or_default().push(name.clone());
+    }
+    per_machine
+}
+
+/// Every tier is done: the targets become the baseline a later rollback restores (each saying
+/// which plan generation it came from).
+fn succeed(mut r: RolloutRecord, world: &World<'_>) -> Decision {
+    r.state = Phase::Succeeded;
+    r.message = format!("generation {} is healthy", r.generation);
+    let baseline = world
+        .targets
+        .values()
+        .cloned()
+        .map(|mut s| {
+            s.plan_generation = r.generation;
+            s
+        })
+        .collect();
+    tracing::info!(rollout = %r.id, "rollout succeeded");
+    Decision {
+        record: r,
+        push: Vec::new(),
+        baseline: Some(baseline),
+        next: Next::Wait(None),
+    }
+}
+
+fn fail(mut r: RolloutRecord, node: &str, why: &str) -> Decision {
+    let machine = r.nodes.get(node).map_or("", |p| p.machine.as_str());
+    r.message = format!("node {node} on {machine} failed: {why}");
+    tracing::warn!(rollout = %r.id, %node, %machine, error = %why, rollback = r.rollback, "rollout node failed");
+    r.state = if r.rollback {
+        Phase::RollingBack
+    } else {
+        Phase::Failed
+    };
+    Decision::again(r, Vec::new())
+}
+
+/// Pushes every touched machine's baseline spec again, at a higher generation.
+fn roll_back(mut r: RolloutRecord, world: &World<'_>) -> Decision {
+    let mut specs = Vec::new();
+    for machine in r.machines.keys() {
+        let mut spec = world
+            .baseline
+            .get(machine)
+            .cloned()
+            .unwrap_or_else(|| MachineSpec {
+                machine: machine.clone(),
+                ..MachineSpec::default()
+            });
+        spec.generation = next_generation(world, machine);
+        for n in &mut spec.nodes {
+            n.desired = DesiredRun::Running.into();
+        }
+        specs.push(spec);
+    }
+    r.state = Phase::RolledBack;
+    r.message = format!("{}; the previous generation was restored", r.message);
+    tracing::warn!(rollout = %r.id, machines = specs.len(), "rolled back");
+    Decision {
+        record: r,
+        push: specs,
+        baseline: None,
+        next: Next::Wait(None),
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,222 @@
+//! From an operator's plan to the target spec of every machine: validate and render with the
+//! operator's resolved secrets, check the packs are stored, issue node certificates, build the
+//! specs; and what changes from one set of specs to another.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use apim_plan::plan::Plan;
+use apim_plan::render::ClusterRender;
+use apim_plan::secrets::ResolvedSecrets;
+use apim_plan::validate;
+use apim_proto::v1::{DesiredRun, ErrorDetail, MachineSpec};
+
+use super::RolloutError;
+use crate::artifacts::ArtifactError;
+use crate::pki::ProductPki;
+use crate::spec::{SpecInputs, machine_spec};
+use crate::state::ControllerState;
+
+/// A validated, rendered plan and the target spec of every machine.
+pub struct Prepared {
+    /// The plan.
+    pub plan: Plan,
+    /// Its render.
+    pub render: ClusterRender,
+    /// Per machine, the spec with every node desired RUNNING (generation 0).
+    pub targets: BTreeMap<String, MachineSpec>,
+    /// The secret values, for masking diffs.
+    pub secrets: ResolvedSecrets,
+}
+
+fn detail(
+    code: &str,
+    message: String,
+    hint: String,
+    file: &str,
+    source: &str,
+    at: usize,
+) -> ErrorDetail {
+    let (line, column) = apim_plan::diag::line_col(source, at);
+    ErrorDetail {
+        code: code.to_string(),
+        message,
+        hint,
+        file: file.to_string(),
+        line: line as u32,
+        column: column as u32,
+        field_path: String::new(),
+    }
+}
+
+/// Validates and renders `plan_toml` with the operator's `secrets` (never the controller's own
+/// environment or files), checks that its packs are stored, and builds the target specs.
+/// Problems are [`RolloutError::PlanRejected`] with `file:line:col`.
+pub async fn prepare(
+    state: &ControllerState,
+    pki_dir: &Path,
+    plan_path: &str,
+    plan_toml: &str,
+    secrets: BTreeMap<String, String>,
+) -> Result<Prepared, RolloutError> {
+    let secrets = ResolvedSecrets(secrets);
+    let path = if plan_path.is_empty() {
+        "plan.toml"
+    } else {
+        plan_path
+    };
+    let (plan, report) = validate::check(
+        Path::new(path),
+        plan_toml,
+        &secrets,
+        validate::Options {
+            verify_packs: false,
+        },
+    );
+    let Some(plan) = plan else {
+        let errors = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == apim_plan::diag::Severity::Error)
+            .map(|d| {
+                detail(
+                    "plan.invalid",
+                    d.message.clone(),
+                    d.hint.clone().unwrap_or_default(),
+                    path,
+                    plan_toml,
+                    d.span.start,
+                )
+            })
+            .collect();
+        return Err(RolloutError::PlanRejected { errors });
+    };
+    let mut pack_sizes = BTreeMap::new();
+    let mut missing = Vec::new();
+    for d in plan.distributions.values() {
+        match state.artifacts().size(&d.sha256.value).await {
+            Ok(size) => {
+                pack_sizes.insert(d.sha256.value.clone(), size);
+            }
+            Err(ArtifactError::NotFound { .. }) | Err(ArtifactError::InvalidDigest) => {
+                missing.push(detail(
+                    "plan.pack_missing",
+                    format!(
+                        "pack {} (sha256 {}) is not stored on the controller",
+                        d.path.value, d.sha256.value
+                    ),
+                    "apimctl apply uploads packs; or upload it with ArtifactService.Upload".into(),
+                    path,
+                    plan_toml,
+                    d.sha256.span.start,
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(RolloutError::PlanRejected { errors: missing });
+    }
+    let render = apim_plan::render::render(&plan, &secrets).map_err(|e| RolloutError::Render {
+        reason: e.to_string(),
+    })?;
+    let cluster = render.cluster.clone();
+    let dir = pki_dir.join(&cluster);
+    // Every node certificate the specs below need, issued up front on all cores.
+    let nodes: Vec<(String, Vec<String>)> = render
+        .machines
+        .iter()
+        .flat_map(|m| &m.nodes)
+        .filter(|n| n.tls.issuer == apim_plan::plan::Issuer::ClusterCa)
+        .map(|n| (n.hostname.clone(), n.tls.sans.clone()))
+        .collect();
+    let pki = tokio::task::spawn_blocking(move || {
+        let pki = ProductPki::load_or_create(&dir, &cluster)?;
+        pki.prepare_nodes(&nodes)?;
+        Ok::<_, crate::pki::PkiError>(pki)
+    })
+    .await
+    .map_err(|e| RolloutError::Render {
+        reason: e.to_string(),
+    })?
+    .map_err(|e| RolloutError::Render {
+        reason: e.to_string(),
+    })?;
+    let run = |_: &apim_plan::render::NodeRender| DesiredRun::Running;
+    let inputs = SpecInputs {
+        generation: 0,
+        plan_generation: 0,
+        pack_sizes: &pack_sizes,
+        pki: Some(&pki),
+        desired: &run,
+    };
+    let mut targets = BTreeMap::new();
+    for m in &render.machines {
+        let spec = machine_spec(&render, &m.name, &inputs)
+            .map_err(|e| RolloutError::Render {
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| RolloutError::Render {
+                reason: format!("machine {} vanished from the render", m.name),
+            })?;
+        targets.insert(m.name.clone(), spec);
+    }
+    Ok(Prepared {
+        plan,
+        render,
+        targets,
+        secrets,
+    })
+}
+
+/// Whether two machine specs are the same apart from their generations.
+pub fn same_spec(a: &MachineSpec, b: &MachineSpec) -> bool {
+    let norm = |s: &MachineSpec| MachineSpec {
+        generation: 0,
+        plan_generation: 0,
+        ..s.clone()
+    };
+    norm(a) == norm(b)
+}
+
+/// The machines whose spec changes from `baseline` to `targets` (incl. removed machines).
+pub fn changed_machines(
+    baseline: &BTreeMap<String, MachineSpec>,
+    targets: &BTreeMap<String, MachineSpec>,
+) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = targets
+        .iter()
+        .filter(|(m, t)| baseline.get(*m).is_none_or(|b| !same_spec(b, t)))
+        .map(|(m, _)| m.clone())
+        .collect();
+    out.extend(
+        baseline
+            .keys()
+            .filter(|m| !targets.contains_key(*m))
+            .cloned(),
+    );
+    out
+}
+
+/// An opaque revision of (stored generation, latest rollout, pushed specs, agents' reported
+/// configuration) — what `Plan` was computed against.
+pub fn cluster_revision(state: &ControllerState) -> Result<String, RolloutError> {
+    let (generation, rollout) = state
+        .store()
+        .read(|tx| Ok((tx.latest_generation()?, tx.latest_rollout()?)))?;
+    let mut text = format!("g{generation};");
+    if let Some(r) = rollout {
+        text.push_str(&format!("r{}:{:?};", r.id, r.state));
+    }
+    for (m, s) in state.desired_specs() {
+        text.push_str(&format!("s{m}:{};", s.generation));
+    }
+    for a in state.agents() {
+        if let Some(st) = &a.last_status {
+            for n in &st.nodes {
+                text.push_str(&format!("n{}:{}:{};", n.node, n.config_digest, n.running));
+            }
+        }
+    }
+    Ok(apim_plan::digest(text.as_bytes())[..16].to_string())
+}
