@@ -7,10 +7,14 @@
 //! server_names = ["controller.example.com", "10.0.0.2"]
 //! data_dir = "/var/lib/apimctl"
 //! key_pool = 8
+//! secrets_retention = 10
 //! ```
 //!
-//! The data directory (0700) holds `controller.db` (0600), the control-plane CA (`ca/`), the
-//! product PKIs (`pki/`) and the artifacts (`artifacts/`). READY is sent to systemd once the
+//! The data directory (0700) holds `controller.db` (0600; every value that can hold a secret is
+//! sealed with the key in `store.key`, 0600), the control-plane CA (`ca/`), the product PKIs
+//! (`pki/`) and the artifacts (`artifacts/`). The resolved secrets of the last
+//! `secrets_retention` plan generations (and of the one the cluster runs) are kept, older ones
+//! forgotten. READY is sent to systemd once the
 //! listener is bound; SIGTERM/SIGINT stop the server gracefully. `key_pool` RSA-2048 keys are
 //! kept pre-generated in memory by a nice-19 thread so a rollout never waits on key generation
 //! for the product PKI (`0` turns the pool off).
@@ -51,6 +55,13 @@ pub struct DaemonConfig {
     /// product PKI never makes a rollout wait on prime search; 0 disables the pool.
     #[serde(default = "default_key_pool")]
     pub key_pool: usize,
+    /// Plan generations whose resolved secrets the store keeps (at least 1).
+    #[serde(default = "default_secrets_retention")]
+    pub secrets_retention: u64,
+}
+
+fn default_secrets_retention() -> u64 {
+    crate::store::DEFAULT_SECRETS_RETENTION
 }
 
 fn default_listen() -> SocketAddr {
@@ -145,8 +156,9 @@ pub fn ca_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// Opens the controller's state over `data_dir` (CA, store, artifacts, PKIs).
-pub fn open_state(data_dir: &Path) -> Result<ControllerState, DaemonError> {
-    let store = Store::open(data_dir)?;
+pub fn open_state(data_dir: &Path, secrets_retention: u64) -> Result<ControllerState, DaemonError> {
+    let mut store = Store::open(data_dir)?;
+    store.set_secrets_retention(secrets_retention);
     let ca = apim_certs::ControlPlaneCa::load_or_create(&ca_dir(data_dir))?;
     Ok(ControllerState::open(
         ca,
@@ -160,7 +172,7 @@ pub fn open_state(data_dir: &Path) -> Result<ControllerState, DaemonError> {
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // First, so keys are being made while the store opens and agents connect.
     apim_certs::start_key_pool(config.key_pool);
-    let state = Arc::new(open_state(&config.data_dir)?);
+    let state = Arc::new(open_state(&config.data_dir, config.secrets_retention)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| DaemonError::Bind {

@@ -114,16 +114,34 @@ pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
 }
 
 mod records;
+mod seal;
 mod tx;
 
 pub use records::{ArtifactRow, NodeProgress, Phase, RolloutRecord, StoredAgent, StoredPlan};
+pub use seal::KEY_FILE;
 pub use tx::Tx;
+
+use seal::Sealer;
 
 /// The store. Cheap operations run synchronously under one connection lock.
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    seal: Sealer,
+    retention: u64,
 }
+
+/// Plan generations whose secrets are kept by default (see [`Store::set_secrets_retention`]).
+pub const DEFAULT_SECRETS_RETENTION: u64 = 10;
+
+/// Columns that hold sealed values: (table, key column, value column).
+const SEALED: [(&str, &str, &str); 5] = [
+    ("specs", "machine", "spec"),
+    ("baseline", "machine", "spec"),
+    ("rollout_targets", "rowid", "spec"),
+    ("plans", "generation", "secrets"),
+    ("plans", "generation", "plan_toml"),
+];
 
 pub(crate) fn now_s() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -160,15 +178,23 @@ impl Store {
             .map_err(sql("setting synchronous"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sql("setting busy timeout"))?;
-        Self::migrate(conn)
+        let seal = Sealer::load_or_create(data_dir)?;
+        Self::migrate(conn, seal)
     }
 
     /// A store in memory (tests, and a server embedded without a data directory).
     pub fn in_memory() -> Result<Store, StoreError> {
-        Self::migrate(Connection::open_in_memory().map_err(sql("opening in memory"))?)
+        let conn = Connection::open_in_memory().map_err(sql("opening in memory"))?;
+        Self::migrate(conn, Sealer::ephemeral()?)
     }
 
-    fn migrate(mut conn: Connection) -> Result<Store, StoreError> {
+    /// Keeps the resolved secrets of the last `generations` plan generations (and of the one
+    /// the cluster runs); older ones are forgotten when the next plan is stored.
+    pub fn set_secrets_retention(&mut self, generations: u64) {
+        self.retention = generations.max(1);
+    }
+
+    fn migrate(mut conn: Connection, seal: Sealer) -> Result<Store, StoreError> {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql("reading the schema version"))?;
@@ -186,8 +212,11 @@ impl Store {
                 .map_err(sql("recording the schema version"))?;
             tx.commit().map_err(sql("committing a migration"))?;
         }
+        seal_legacy(&mut conn, &seal)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            seal,
+            retention: DEFAULT_SECRETS_RETENTION,
         })
     }
 
@@ -202,7 +231,11 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(sql("starting a transaction"))?;
-        let out = f(&Tx(&tx))?;
+        let out = f(&Tx {
+            conn: &tx,
+            seal: &self.seal,
+            retention: self.retention,
+        })?;
         tx.commit().map_err(sql("committing"))?;
         Ok(out)
     }
@@ -213,14 +246,45 @@ impl Store {
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let conn = self.lock();
-        f(&Tx(&conn))
+        f(&Tx {
+            conn: &conn,
+            seal: &self.seal,
+            retention: self.retention,
+        })
     }
+}
+
+/// Seals every value written before sealing existed (a one-time pass; a no-op afterwards).
+fn seal_legacy(conn: &mut Connection, seal: &Sealer) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(sql("starting to seal"))?;
+    for (table, key, column) in SEALED {
+        let place = format!("{table}.{column}");
+        let rows: Vec<(rusqlite::types::Value, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare(&format!("SELECT {key}, {column} FROM {table}"))
+                .map_err(sql("reading values to seal"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, tx::bytes_at(r, 1)?)))
+                .map_err(sql("reading values to seal"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(sql("reading values to seal"))?
+        };
+        for (id, value) in rows.into_iter().filter(|(_, v)| !Sealer::is_sealed(v)) {
+            tx.execute(
+                &format!("UPDATE {table} SET {column} = ?1 WHERE {key} = ?2"),
+                rusqlite::params![seal.seal(&place, &value)?, id],
+            )
+            .map_err(sql("sealing a value"))?;
+        }
+    }
+    tx.commit().map_err(sql("committing sealed values"))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
+    use apim_proto::prost::Message as _;
     use apim_proto::v1::MachineSpec;
 
     use super::*;
@@ -270,5 +334,131 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(s.read(|tx| tx.latest_generation()).unwrap(), 0);
+    }
+
+    /// Every byte of the data directory's database files, for "no secret in clear" checks.
+    fn db_bytes(data: &Path) -> Vec<u8> {
+        let mut all = Vec::new();
+        for e in std::fs::read_dir(data).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(DB_FILE)
+            {
+                all.extend(std::fs::read(&p).unwrap());
+            }
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    fn secret_spec(machine: &str, generation: u64, secret: &str) -> MachineSpec {
+        MachineSpec {
+            machine: machine.into(),
+            generation,
+            nodes: vec![apim_proto::v1::NodeSpec {
+                name: "km-1".into(),
+                deployment_toml: format!("[super_admin]\npassword = \"{secret}\"\n"),
+                ..Default::default()
+            }],
+            ..MachineSpec::default()
+        }
+    }
+
+    #[test]
+    fn no_secret_is_stored_in_clear_and_old_values_are_sealed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let secret = "hunter2-db-password";
+        {
+            let s = Store::open(&data).unwrap();
+            let secrets: BTreeMap<String, String> = [("env:DB".into(), secret.into())].into();
+            s.write(|tx| {
+                let g =
+                    tx.insert_plan("alice", "plan.toml", "# literal s3cret-in-plan", &secrets)?;
+                let spec = secret_spec("vm-a", g, secret);
+                tx.save_spec(&spec)?;
+                tx.set_baseline(std::slice::from_ref(&spec))?;
+                tx.save_targets("rollout-1", &[spec])
+            })
+            .unwrap();
+            // What a controller before sealing would have written.
+            let raw = rusqlite::Connection::open(data.join(DB_FILE)).unwrap();
+            raw.execute(
+                "INSERT INTO specs(machine, generation, spec) VALUES ('vm-old', 1, ?1)",
+                [secret_spec("vm-old", 1, "legacy-pass").encode_to_vec()],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&data).unwrap();
+        let specs = s.read(|tx| tx.specs()).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert!(specs[1].nodes[0].deployment_toml.contains("legacy-pass"));
+        assert!(
+            s.read(|tx| tx.plan(1))
+                .unwrap()
+                .unwrap()
+                .plan_toml
+                .contains("s3cret-in-plan")
+        );
+        s.write(|tx| tx.save_spec(&secret_spec("vm-b", 2, secret)))
+            .unwrap();
+        drop(s);
+        let bytes = db_bytes(&data);
+        for needle in [secret, "legacy-pass", "s3cret-in-plan"] {
+            assert!(
+                !contains(&bytes, needle),
+                "{needle} is in controller.db in clear"
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn old_generations_secrets_are_pruned_but_the_running_one_is_kept() {
+        let mut s = Store::in_memory().unwrap();
+        s.set_secrets_retention(2);
+        let secrets = |g: u64| -> BTreeMap<String, String> {
+            [("env:PW".to_string(), format!("pw-{g}"))].into()
+        };
+        // Generation 1 is what the cluster runs (its baseline); 2..=5 were applied later.
+        s.write(|tx| {
+            let g = tx.insert_plan("a", "p", "t", &secrets(1))?;
+            tx.save_targets("rollout-1", &[secret_spec("vm-a", 1, "pw-1")])?;
+            tx.set_baseline(&[MachineSpec {
+                plan_generation: g,
+                ..secret_spec("vm-a", 1, "pw-1")
+            }])
+        })
+        .unwrap();
+        for g in 2..=5 {
+            s.write(|tx| tx.insert_plan("a", "p", "t", &secrets(g)).map(drop))
+                .unwrap();
+        }
+        let kept = |g: u64| {
+            s.read(|tx| tx.plan(g))
+                .unwrap()
+                .unwrap()
+                .secrets
+                .get("env:PW")
+                .cloned()
+        };
+        assert_eq!(
+            kept(1).as_deref(),
+            Some("pw-1"),
+            "the baseline's plan keeps its secrets"
+        );
+        assert_eq!((kept(2), kept(3)), (None, None));
+        assert_eq!(kept(4).as_deref(), Some("pw-4"));
+        assert_eq!(kept(5).as_deref(), Some("pw-5"));
     }
 }

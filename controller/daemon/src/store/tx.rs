@@ -5,30 +5,50 @@ use std::collections::BTreeMap;
 use apim_certs::{RevocationList, TokenRegistry};
 use apim_proto::prost::Message;
 use apim_proto::v1::MachineSpec;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use super::seal::Sealer;
 use super::{ArtifactRow, RolloutRecord, StoreError, StoredAgent, StoredPlan, corrupt, now_s, sql};
 
 /// Operations inside one transaction (or one read).
-pub struct Tx<'a>(pub(super) &'a Connection);
-
-fn encode_spec(spec: &MachineSpec) -> Vec<u8> {
-    spec.encode_to_vec()
+pub struct Tx<'a> {
+    pub(super) conn: &'a Connection,
+    pub(super) seal: &'a Sealer,
+    /// Plan generations whose secrets are kept (older ones are pruned by `insert_plan`).
+    pub(super) retention: u64,
 }
 
-fn decode_spec(bytes: &[u8]) -> Result<MachineSpec, StoreError> {
-    MachineSpec::decode(bytes).map_err(|e| corrupt("machine spec")(e.to_string()))
+/// A column that may hold bytes or (written before sealing) text.
+pub(super) fn bytes_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
+    match row.get_ref(i)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            i,
+            "sealed value".into(),
+            other.data_type(),
+        )),
+    }
 }
 
 impl Tx<'_> {
+    fn encode_spec(&self, place: &str, spec: &MachineSpec) -> Result<Vec<u8>, StoreError> {
+        self.seal.seal(place, &spec.encode_to_vec())
+    }
+
+    fn decode_spec(&self, place: &str, bytes: &[u8]) -> Result<MachineSpec, StoreError> {
+        let plain = self.seal.open(place, bytes)?;
+        MachineSpec::decode(plain.as_slice()).map_err(|e| corrupt("machine spec")(e.to_string()))
+    }
+
     fn kv_get<T: for<'de> Deserialize<'de>>(
         &self,
         key: &str,
         what: &'static str,
     ) -> Result<Option<T>, StoreError> {
         let v: Option<String> = self
-            .0
+            .conn
             .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
             .optional()
             .map_err(sql("reading kv"))?;
@@ -38,7 +58,7 @@ impl Tx<'_> {
 
     fn kv_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let s = serde_json::to_string(value).map_err(|e| corrupt("kv value")(e.to_string()))?;
-        self.0
+        self.conn
             .execute(
                 "INSERT INTO kv(key, value) VALUES (?1, ?2)
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -53,7 +73,7 @@ impl Tx<'_> {
     /// Every stored join-token record.
     pub fn tokens(&self) -> Result<TokenRegistry, StoreError> {
         let mut stmt = self
-            .0
+            .conn
             .prepare("SELECT body FROM tokens")
             .map_err(sql("reading tokens"))?;
         let rows = stmt
@@ -69,12 +89,12 @@ impl Tx<'_> {
 
     /// Replaces the stored token records with `registry`.
     pub fn save_tokens(&self, registry: &TokenRegistry) -> Result<(), StoreError> {
-        self.0
+        self.conn
             .execute("DELETE FROM tokens", [])
             .map_err(sql("clearing tokens"))?;
         for r in registry.records() {
             let body = serde_json::to_string(r).map_err(|e| corrupt("token")(e.to_string()))?;
-            self.0
+            self.conn
                 .execute(
                     "INSERT INTO tokens(id, body) VALUES (?1, ?2)",
                     params![r.id, body],
@@ -101,7 +121,7 @@ impl Tx<'_> {
     /// Every stored agent.
     pub fn agents(&self) -> Result<BTreeMap<String, StoredAgent>, StoreError> {
         let mut stmt = self
-            .0
+            .conn
             .prepare("SELECT machine, body FROM agents")
             .map_err(sql("reading agents"))?;
         let rows = stmt
@@ -121,7 +141,7 @@ impl Tx<'_> {
     /// Stores one agent.
     pub fn save_agent(&self, machine: &str, agent: &StoredAgent) -> Result<(), StoreError> {
         let body = serde_json::to_string(agent).map_err(|e| corrupt("agent")(e.to_string()))?;
-        self.0
+        self.conn
             .execute(
                 "INSERT INTO agents(machine, body) VALUES (?1, ?2)
                  ON CONFLICT(machine) DO UPDATE SET body = excluded.body",
@@ -135,17 +155,20 @@ impl Tx<'_> {
 
     /// The last pushed spec of every machine.
     pub fn specs(&self) -> Result<Vec<MachineSpec>, StoreError> {
-        self.spec_table("SELECT spec FROM specs ORDER BY machine")
+        self.spec_table("specs")
     }
 
-    fn spec_table(&self, query: &str) -> Result<Vec<MachineSpec>, StoreError> {
-        let mut stmt = self.0.prepare(query).map_err(sql("reading specs"))?;
+    /// Every spec of `table` (`specs` or `baseline`), by machine.
+    fn spec_table(&self, table: &str) -> Result<Vec<MachineSpec>, StoreError> {
+        let query = format!("SELECT spec FROM {table} ORDER BY machine");
+        let mut stmt = self.conn.prepare(&query).map_err(sql("reading specs"))?;
         let rows = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .query_map([], |r| bytes_at(r, 0))
             .map_err(sql("reading specs"))?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(decode_spec(&row.map_err(sql("reading specs"))?)?);
+            let bytes = row.map_err(sql("reading specs"))?;
+            out.push(self.decode_spec(&format!("{table}.spec"), &bytes)?);
         }
         Ok(out)
     }
@@ -153,15 +176,19 @@ impl Tx<'_> {
     /// Stores the last pushed spec of `spec.machine`, and which plan generation its machine
     /// spec generation came from (for status: agents report the spec generation).
     pub fn save_spec(&self, spec: &MachineSpec) -> Result<(), StoreError> {
-        self.0
+        self.conn
             .execute(
                 "INSERT INTO specs(machine, generation, spec) VALUES (?1, ?2, ?3)
                  ON CONFLICT(machine) DO UPDATE SET generation = excluded.generation,
                  spec = excluded.spec",
-                params![spec.machine, spec.generation as i64, encode_spec(spec)],
+                params![
+                    spec.machine,
+                    spec.generation as i64,
+                    self.encode_spec("specs.spec", spec)?
+                ],
             )
             .map_err(sql("writing a spec"))?;
-        self.0
+        self.conn
             .execute(
                 "INSERT OR REPLACE INTO spec_history(machine, generation, plan_generation)
                  VALUES (?1, ?2, ?3)",
@@ -182,7 +209,7 @@ impl Tx<'_> {
         machine: &str,
         generation: u64,
     ) -> Result<Option<u64>, StoreError> {
-        self.0
+        self.conn
             .query_row(
                 "SELECT plan_generation FROM spec_history WHERE machine = ?1 AND generation = ?2",
                 params![machine, generation as i64],
@@ -196,7 +223,7 @@ impl Tx<'_> {
     /// What every machine runs when no rollout is in flight (all nodes desired RUNNING).
     pub fn baseline(&self) -> Result<BTreeMap<String, MachineSpec>, StoreError> {
         Ok(self
-            .spec_table("SELECT spec FROM baseline ORDER BY machine")?
+            .spec_table("baseline")?
             .into_iter()
             .map(|s| (s.machine.clone(), s))
             .collect())
@@ -204,14 +231,14 @@ impl Tx<'_> {
 
     /// Replaces the baseline with `specs`.
     pub fn set_baseline(&self, specs: &[MachineSpec]) -> Result<(), StoreError> {
-        self.0
+        self.conn
             .execute("DELETE FROM baseline", [])
             .map_err(sql("clearing the baseline"))?;
         for s in specs {
-            self.0
+            self.conn
                 .execute(
                     "INSERT INTO baseline(machine, spec) VALUES (?1, ?2)",
-                    params![s.machine, encode_spec(s)],
+                    params![s.machine, self.encode_spec("baseline.spec", s)?],
                 )
                 .map_err(sql("writing the baseline"))?;
         }
@@ -222,7 +249,7 @@ impl Tx<'_> {
 
     /// Records a stored artifact (idempotent).
     pub fn record_artifact(&self, row: &ArtifactRow) -> Result<(), StoreError> {
-        self.0
+        self.conn
             .execute(
                 "INSERT INTO artifacts(sha256, size, name, stored_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(sha256) DO NOTHING",
@@ -235,7 +262,7 @@ impl Tx<'_> {
     /// The artifact index.
     pub fn artifacts(&self) -> Result<Vec<ArtifactRow>, StoreError> {
         let mut stmt = self
-            .0
+            .conn
             .prepare("SELECT sha256, size, name FROM artifacts ORDER BY sha256")
             .map_err(sql("reading artifacts"))?;
         let rows = stmt
@@ -256,7 +283,7 @@ impl Tx<'_> {
     /// The newest plan generation, 0 when none.
     pub fn latest_generation(&self) -> Result<u64, StoreError> {
         let g: Option<i64> = self
-            .0
+            .conn
             .query_row("SELECT MAX(generation) FROM plans", [], |r| r.get(0))
             .map_err(sql("reading plans"))?;
         Ok(g.unwrap_or(0) as u64)
@@ -272,8 +299,10 @@ impl Tx<'_> {
     ) -> Result<u64, StoreError> {
         let generation = self.latest_generation()? + 1;
         let secrets =
-            serde_json::to_string(secrets).map_err(|e| corrupt("plan secrets")(e.to_string()))?;
-        self.0
+            serde_json::to_vec(secrets).map_err(|e| corrupt("plan secrets")(e.to_string()))?;
+        let secrets = self.seal.seal("plans.secrets", &secrets)?;
+        let plan_toml = self.seal.seal("plans.plan_toml", plan_toml.as_bytes())?;
+        self.conn
             .execute(
                 "INSERT INTO plans(generation, author, created_at, plan_path, plan_toml, secrets)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -287,13 +316,44 @@ impl Tx<'_> {
                 ],
             )
             .map_err(sql("storing a plan"))?;
+        self.prune_secrets(generation)?;
         Ok(generation)
+    }
+
+    /// Forgets the secrets of plan generations more than `retention` behind `latest` (their
+    /// resolved secrets and the rollout target specs rendered with them), except the
+    /// generation the baseline runs: a rollback to it must still be possible.
+    fn prune_secrets(&self, latest: u64) -> Result<(), StoreError> {
+        let Some(oldest_kept) = latest.checked_sub(self.retention) else {
+            return Ok(());
+        };
+        let keep = self
+            .baseline()?
+            .values()
+            .map(|s| s.plan_generation as i64)
+            .max()
+            .unwrap_or(0);
+        let empty = self.seal.seal("plans.secrets", b"{}")?;
+        self.conn
+            .execute(
+                "UPDATE plans SET secrets = ?1 WHERE generation <= ?2 AND generation != ?3",
+                params![empty, oldest_kept as i64, keep],
+            )
+            .map_err(sql("pruning plan secrets"))?;
+        self.conn
+            .execute(
+                "DELETE FROM rollout_targets WHERE rollout_id IN
+                 (SELECT id FROM rollouts WHERE generation <= ?1 AND generation != ?2)",
+                params![oldest_kept as i64, keep],
+            )
+            .map_err(sql("pruning rollout targets"))?;
+        Ok(())
     }
 
     /// One plan generation.
     pub fn plan(&self, generation: u64) -> Result<Option<StoredPlan>, StoreError> {
         let row = self
-            .0
+            .conn
             .query_row(
                 "SELECT author, created_at, plan_path, plan_toml, secrets FROM plans
                  WHERE generation = ?1",
@@ -303,21 +363,24 @@ impl Tx<'_> {
                         r.get::<_, String>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
+                        bytes_at(r, 3)?,
+                        bytes_at(r, 4)?,
                     ))
                 },
             )
             .optional()
             .map_err(sql("reading a plan"))?;
         row.map(|(author, created_at, plan_path, plan_toml, secrets)| {
+            let plan_toml = self.seal.open("plans.plan_toml", &plan_toml)?;
+            let secrets = self.seal.open("plans.secrets", &secrets)?;
             Ok(StoredPlan {
                 generation,
                 author,
                 created_at,
                 plan_path,
-                plan_toml,
-                secrets: serde_json::from_str(&secrets)
+                plan_toml: String::from_utf8(plan_toml)
+                    .map_err(|e| corrupt("plan text")(e.to_string()))?,
+                secrets: serde_json::from_slice(&secrets)
                     .map_err(|e| corrupt("plan secrets")(e.to_string()))?,
             })
         })
@@ -329,7 +392,7 @@ impl Tx<'_> {
     /// Stores (inserts or updates) a rollout.
     pub fn save_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
         let body = serde_json::to_string(r).map_err(|e| corrupt("rollout")(e.to_string()))?;
-        self.0
+        self.conn
             .execute(
                 "INSERT INTO rollouts(id, generation, state, updated_at, body)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -350,7 +413,7 @@ impl Tx<'_> {
     /// The newest rollout (by generation), if any.
     pub fn latest_rollout(&self) -> Result<Option<RolloutRecord>, StoreError> {
         let body: Option<String> = self
-            .0
+            .conn
             .query_row(
                 "SELECT body FROM rollouts ORDER BY generation DESC LIMIT 1",
                 [],
@@ -365,11 +428,15 @@ impl Tx<'_> {
     /// Stores the target spec of every machine of a rollout (all nodes desired RUNNING).
     pub fn save_targets(&self, rollout_id: &str, specs: &[MachineSpec]) -> Result<(), StoreError> {
         for s in specs {
-            self.0
+            self.conn
                 .execute(
                     "INSERT OR REPLACE INTO rollout_targets(rollout_id, machine, spec)
                      VALUES (?1, ?2, ?3)",
-                    params![rollout_id, s.machine, encode_spec(s)],
+                    params![
+                        rollout_id,
+                        s.machine,
+                        self.encode_spec("rollout_targets.spec", s)?
+                    ],
                 )
                 .map_err(sql("writing rollout targets"))?;
         }
@@ -379,15 +446,16 @@ impl Tx<'_> {
     /// The target specs of a rollout, by machine.
     pub fn targets(&self, rollout_id: &str) -> Result<BTreeMap<String, MachineSpec>, StoreError> {
         let mut stmt = self
-            .0
+            .conn
             .prepare("SELECT spec FROM rollout_targets WHERE rollout_id = ?1")
             .map_err(sql("reading rollout targets"))?;
         let rows = stmt
-            .query_map([rollout_id], |r| r.get::<_, Vec<u8>>(0))
+            .query_map([rollout_id], |r| bytes_at(r, 0))
             .map_err(sql("reading rollout targets"))?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let spec = decode_spec(&row.map_err(sql("reading rollout targets"))?)?;
+            let bytes = row.map_err(sql("reading rollout targets"))?;
+            let spec = self.decode_spec("rollout_targets.spec", &bytes)?;
             out.insert(spec.machine.clone(), spec);
         }
         Ok(out)
