@@ -50,13 +50,31 @@ pub fn line_diff(old: &str, new: &str, context: usize) -> Vec<String> {
         .collect()
 }
 
-/// Replaces every secret value in `line` by the mask.
+/// Keys whose values are secret whatever they hold (`password`, `key_password`, `auth_token`,
+/// the secure vault's `[secrets]` entries, ...).
+fn secret_key(key: &str) -> bool {
+    let k = key.trim().trim_matches(['"', '\'']).to_ascii_lowercase();
+    ["password", "secret", "token", "passphrase"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// A diff line with every secret masked: the value of a secret-named key whatever it is, and
+/// every known secret value (the old plan's and the new one's) anywhere in the line.
 fn mask(line: &str, secrets: &[&str]) -> String {
     let mut out = line.to_string();
     for s in secrets {
         if !s.is_empty() {
             out = out.replace(s, apim_plan::render::MASK);
         }
+    }
+    // `+key = value` / `-key = value` / ` key = value`: mask by key.
+    let (sign, body) = out.split_at(out.len().min(1));
+    if let Some((key, _)) = body.split_once('=')
+        && !key.contains(['[', '{'])
+        && key.rsplit('.').next().is_some_and(secret_key)
+    {
+        return format!("{sign}{key}= \"{}\"", apim_plan::render::MASK);
     }
     out
 }
@@ -163,8 +181,26 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         assert_eq!(
-            mask("password = \"s3cret\"", &["s3cret"]),
-            "password = \"********\""
+            mask("+password = \"s3cret\"", &["s3cret"]),
+            "+password = \"********\""
+        );
+        // By key even when the value is not known (e.g. the old generation's).
+        assert_eq!(
+            mask("-key_password = \"old-one\"", &[]),
+            "-key_password = \"********\""
+        );
+        assert_eq!(
+            mask(" auth_token = 'abc'", &[]),
+            " auth_token = \"********\""
+        );
+        // By value anywhere else.
+        assert_eq!(
+            mask("+url = \"jdbc:mysql://u:s3cret@db\"", &["s3cret"]),
+            "+url = \"jdbc:mysql://u:********@db\""
+        );
+        assert_eq!(
+            mask(" hostname = \"km\"", &["s3cret"]),
+            " hostname = \"km\""
         );
     }
 }

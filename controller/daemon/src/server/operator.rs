@@ -130,8 +130,27 @@ impl OperatorSvc {
             resolved_secrets.into_iter().collect(),
         )
         .await?;
-        let baseline = state.store().read(|tx| tx.baseline())?;
-        let secrets: Vec<&str> = prepared.secrets.0.values().map(String::as_str).collect();
+        // The diff shows old lines too: mask the secrets of the generations the baseline was
+        // rendered from as well as the new ones.
+        let (baseline, old_secrets) = state.store().read(|tx| {
+            let baseline = tx.baseline()?;
+            let generations: std::collections::BTreeSet<u64> =
+                baseline.values().map(|s| s.plan_generation).collect();
+            let mut old = Vec::new();
+            for g in generations {
+                if let Some(p) = tx.plan(g)? {
+                    old.extend(p.secrets.into_values());
+                }
+            }
+            Ok((baseline, old))
+        })?;
+        let secrets: Vec<&str> = prepared
+            .secrets
+            .0
+            .values()
+            .chain(&old_secrets)
+            .map(String::as_str)
+            .collect();
         Ok(PlanResponse {
             changes: rollout::diff::changes(&baseline, &prepared.targets, &secrets),
             cluster_revision: rollout::cluster_revision(state)?,

@@ -387,3 +387,53 @@ async fn refused_plans_change_nothing() {
     assert_eq!(held(&agents), before, "no machine got a new spec");
     assert_eq!(started(&log).len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_masks_the_old_and_the_new_secrets_in_every_diff_line() {
+    let c = Controller::start().await;
+    let sha = c.store_pack(PACK);
+    let (_agents, _log) = start_agents(&c);
+    let plan = plan_v3(&sha, "", "halt", "30s");
+    c.apply(&plan).await.expect("apply");
+    c.wait_rollout(RolloutState::Succeeded).await;
+
+    // Every secret changes; the diff shows old and new lines of each.
+    let mut secrets = support::secrets();
+    secrets.insert("env:ADMIN_PW".into(), "admin-NEW-secret".into());
+    secrets.insert("env:DB_PW".into(), "db-NEW-secret".into());
+    secrets.insert("env:KS_PW".into(), "ks-NEW-secret".into());
+    let resp = c
+        .operator()
+        .await
+        .plan(apim_proto::v1::PlanRequest {
+            plan_toml: plan.clone(),
+            plan_path: "plan.toml".into(),
+            resolved_secrets: secrets,
+        })
+        .await
+        .expect("plan")
+        .into_inner();
+    let lines: Vec<&String> = resp
+        .changes
+        .iter()
+        .flat_map(|c| c.deployment_toml_diff.iter().chain(&c.hosts_diff))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('-') && l.contains("password")),
+        "the old password lines are in the diff: {lines:?}"
+    );
+    for secret in [
+        "admin-secret",
+        "db-secret",
+        "ks-secret",
+        "admin-NEW-secret",
+        "db-NEW-secret",
+        "ks-NEW-secret",
+    ] {
+        for l in &lines {
+            assert!(!l.contains(secret), "{secret} shown in the diff: {l}");
+        }
+    }
+}
