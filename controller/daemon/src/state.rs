@@ -100,6 +100,17 @@ struct Inner {
     desired: BTreeMap<String, watch::Sender<Option<Arc<MachineSpec>>>>,
     /// Per machine, the id of its current stream; an older stream ends when it changes.
     sessions: BTreeMap<String, watch::Sender<u64>>,
+    /// Per machine, the packs of the spec its current one replaced (still fetchable: a node
+    /// may be mid-way through them, and a rollback returns to them).
+    previous_packs: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The pack digests a spec names.
+fn packs_of(spec: &MachineSpec) -> BTreeSet<String> {
+    spec.nodes
+        .iter()
+        .filter_map(|n| n.pack.as_ref().map(|p| p.sha256.to_ascii_lowercase()))
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -404,10 +415,39 @@ impl ControllerState {
             let mut inner = self.lock();
             for spec in specs {
                 let sender = Self::spec_sender(&mut inner, &spec.machine);
-                sender.send_replace(Some(Arc::new(spec)));
+                let old = sender.send_replace(Some(Arc::new(spec.clone())));
+                if let Some(old) = old {
+                    let (before, now) = (packs_of(&old), packs_of(&spec));
+                    if before != now {
+                        inner.previous_packs.insert(spec.machine.clone(), before);
+                    }
+                }
             }
         }
         self.notify_change();
+    }
+
+    /// Whether `machine`'s agent may fetch the pack `sha256`: only the packs of its current
+    /// spec, of the spec that one replaced, and of the spec it runs when no rollout is in
+    /// flight (what a rollback returns to).
+    pub fn may_fetch(&self, machine: &str, sha256: &str) -> Result<bool, StateError> {
+        let sha256 = sha256.to_ascii_lowercase();
+        {
+            let inner = self.lock();
+            let current = inner
+                .desired
+                .get(machine)
+                .and_then(|s| s.borrow().as_deref().map(packs_of))
+                .unwrap_or_default();
+            let previous = inner.previous_packs.get(machine);
+            if current.contains(&sha256) || previous.is_some_and(|p| p.contains(&sha256)) {
+                return Ok(true);
+            }
+        }
+        let baseline = self.store.read(|tx| tx.baseline())?;
+        Ok(baseline
+            .get(machine)
+            .is_some_and(|s| packs_of(s).contains(&sha256)))
     }
 
     /// The desired spec of every machine that has one.
@@ -632,5 +672,50 @@ fn snapshot(inner: &Inner, machine: &str, r: &AgentRecord) -> AgentSnapshot {
         facts: r.facts.clone(),
         held_generation: r.held_generation,
         last_status: r.last_status.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apim_proto::v1::{ArtifactRef, NodeSpec};
+
+    use super::*;
+
+    fn spec(generation: u64, pack: &str) -> MachineSpec {
+        MachineSpec {
+            machine: "vm-a".into(),
+            generation,
+            nodes: vec![NodeSpec {
+                name: "n".into(),
+                pack: Some(ArtifactRef {
+                    sha256: pack.repeat(64),
+                    ..ArtifactRef::default()
+                }),
+                ..NodeSpec::default()
+            }],
+            ..MachineSpec::default()
+        }
+    }
+
+    #[test]
+    fn an_agent_may_fetch_its_current_previous_and_baseline_packs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ControlPlaneCa::load_or_create(&dir.path().join("ca")).unwrap();
+        let state = ControllerState::new(ca, &dir.path().join("artifacts")).unwrap();
+        let may = |p: &str| state.may_fetch("vm-a", &p.repeat(64)).unwrap();
+        assert!(!may("a"), "no spec yet");
+        state
+            .store()
+            .write(|tx| tx.set_baseline(&[spec(1, "a")]))
+            .unwrap();
+        state.set_desired_spec(spec(1, "a"));
+        state.set_desired_spec(spec(2, "b"));
+        assert!(may("a") && may("b"), "current and previous");
+        state.set_desired_spec(spec(3, "c"));
+        assert!(may("a"), "the baseline's pack stays fetchable (rollback)");
+        assert!(may("b") && may("c"));
+        state.set_desired_spec(spec(4, "d"));
+        assert!(!may("b"), "two specs ago, not the baseline");
+        assert!(!state.may_fetch("vm-other", &"d".repeat(64)).unwrap());
     }
 }

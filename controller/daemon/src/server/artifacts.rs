@@ -5,7 +5,7 @@ use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use apim_certs::PeerCert;
+use apim_certs::{PeerCert, PeerIdentity};
 use apim_proto::v1::artifact_service_server::ArtifactService;
 use apim_proto::v1::{Chunk, FetchRequest, StatRequest, StatResponse, UploadChunk, UploadResponse};
 use futures::Stream;
@@ -29,6 +29,27 @@ impl ArtifactSvc {
         ArtifactSvc { ctx }
     }
 
+    /// An agent may read only the packs its own specs name (see
+    /// [`crate::state::ControllerState::may_fetch`]); operators may read any.
+    fn check_scope(&self, peer: Option<&PeerCert>, sha256: &str) -> Result<(), ServerError> {
+        validate_sha256(sha256)?;
+        let Some(PeerCert {
+            identity: PeerIdentity::Agent { machine },
+            ..
+        }) = peer
+        else {
+            return Ok(());
+        };
+        if self.ctx.state.may_fetch(machine, sha256)? {
+            Ok(())
+        } else {
+            Err(ServerError::ArtifactNotInSpec {
+                machine: machine.clone(),
+                sha256: sha256.to_owned(),
+            })
+        }
+    }
+
     async fn fetch_inner(&self, req: Request<FetchRequest>) -> Result<FetchStream, ServerError> {
         let peer = caller(&req)?.peer;
         let FetchRequest {
@@ -36,6 +57,7 @@ impl ArtifactSvc {
             offset,
             limit,
         } = req.into_inner();
+        self.check_scope(peer.as_ref(), &sha256)?;
         let store = self.ctx.state.artifacts();
         let size = store.size(&sha256).await?;
         if offset > size {

@@ -115,6 +115,15 @@ pub enum ServerError {
         sha256: String,
     },
 
+    /// An agent asked for a pack that none of its machine's specs names.
+    #[error("machine {machine:?} may not fetch artifact {sha256}: none of its specs names it")]
+    ArtifactNotInSpec {
+        /// The agent's machine.
+        machine: String,
+        /// The requested digest.
+        sha256: String,
+    },
+
     /// A fetch offset lies past the end of the artifact.
     #[error("offset {offset} is past the end of artifact {sha256} ({size} bytes)")]
     OffsetOutOfRange {
@@ -241,7 +250,8 @@ impl ServerError {
             },
             ServerError::Revoked { .. }
             | ServerError::WrongRole { .. }
-            | ServerError::ForeignMachine { .. } => Code::PermissionDenied,
+            | ServerError::ForeignMachine { .. }
+            | ServerError::ArtifactNotInSpec { .. } => Code::PermissionDenied,
             ServerError::UnknownMethod { .. } => Code::Unimplemented,
             ServerError::Csr { .. }
             | ServerError::InvalidArgument { .. }
@@ -280,6 +290,7 @@ impl ServerError {
             ServerError::InvalidArgument { .. } => "request.invalid_argument",
             ServerError::Protocol { .. } => "request.protocol",
             ServerError::ArtifactNotFound { .. } => "artifact.not_found",
+            ServerError::ArtifactNotInSpec { .. } => "artifact.not_in_spec",
             ServerError::OffsetOutOfRange { .. } => "artifact.offset_out_of_range",
             ServerError::ArtifactMismatch { .. } => "artifact.digest_mismatch",
             ServerError::UnknownMachine { .. } => "operator.unknown_machine",

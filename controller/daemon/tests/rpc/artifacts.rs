@@ -124,9 +124,25 @@ async fn upload_verifies_before_storing_and_fetch_resumes_in_chunks() {
         .expect("repeat");
     assert!(again.already_present);
 
-    // An agent stats and fetches, from the start and from an offset.
+    // An agent may fetch only the packs its machine's specs name.
     let agent = h.agent_creds("vm-a");
+    let other = upload(&mut op, b"another pack", &sha256(b"another pack"), 12)
+        .await
+        .expect("upload another");
+    h.state
+        .set_desired_spec(spec_naming("vm-a", &[&digest, &sha256(b"unknown")]));
     let mut ag = ArtifactServiceClient::new(h.channel(Some(&agent)).await);
+    let status = fetch_all(&mut ag, &other.sha256, 0)
+        .await
+        .expect_err("not in the spec");
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+
+    // It stats and fetches its own, from the start and from an offset.
     let size = ag
         .stat(StatRequest {
             sha256: digest.clone(),
@@ -199,4 +215,25 @@ async fn upload_verifies_before_storing_and_fetch_resumes_in_chunks() {
     }
     assert_eq!(rest, data[1234..]);
     h.shutdown().await.expect("clean shutdown");
+}
+
+/// A spec for `machine` whose nodes use the packs `digests`.
+fn spec_naming(machine: &str, digests: &[&str]) -> apim_proto::v1::MachineSpec {
+    apim_proto::v1::MachineSpec {
+        machine: machine.into(),
+        generation: 1,
+        nodes: digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| apim_proto::v1::NodeSpec {
+                name: format!("n{i}"),
+                pack: Some(apim_proto::v1::ArtifactRef {
+                    sha256: (*d).into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
