@@ -90,6 +90,68 @@ pub struct ControllerState {
     /// Bumped on every revocation; open streams re-check their caller when it changes.
     revocations: watch::Sender<u64>,
     next_session: AtomicU64,
+    refusals: RefusalLog,
+}
+
+/// What the controller did not take from one agent message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Reports for an older spec generation than the last one.
+    pub stale_reports: usize,
+    /// Node statuses for nodes the machine's spec does not name.
+    pub unknown_nodes: usize,
+    /// Node statuses for an older generation than the node's last.
+    pub stale_nodes: usize,
+    /// Results of commands never issued (or answered twice).
+    pub unissued_results: usize,
+}
+
+impl Refused {
+    fn any(&self) -> bool {
+        *self != Refused::default()
+    }
+
+    fn add(&mut self, o: Refused) {
+        self.stale_reports += o.stale_reports;
+        self.unknown_nodes += o.unknown_nodes;
+        self.stale_nodes += o.stale_nodes;
+        self.unissued_results += o.unissued_results;
+    }
+}
+
+/// How often refusals are logged at most (per controller; counts add up in between).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts refused agent messages and logs them at most every [`REFUSAL_LOG_EVERY`], so a
+/// misbehaving agent cannot flood the log.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    inner: Mutex<(BTreeMap<String, Refused>, Option<std::time::Instant>)>,
+}
+
+impl RefusalLog {
+    fn count(&self, machine: &str, r: Refused) {
+        if !r.any() {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.entry(machine.to_owned()).or_default().add(r);
+        let due = g.1.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY);
+        if !due {
+            return;
+        }
+        g.1 = Some(std::time::Instant::now());
+        for (machine, r) in std::mem::take(&mut g.0) {
+            tracing::warn!(
+                %machine,
+                stale_reports = r.stale_reports,
+                unknown_nodes = r.unknown_nodes,
+                stale_nodes = r.stale_nodes,
+                unissued_command_results = r.unissued_results,
+                "refused agent messages"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +162,8 @@ struct Inner {
     desired: BTreeMap<String, watch::Sender<Option<Arc<MachineSpec>>>>,
     /// Per machine, the id of its current stream; an older stream ends when it changes.
     sessions: BTreeMap<String, watch::Sender<u64>>,
+    /// Per machine, the ids of commands sent and not answered yet.
+    issued_commands: BTreeMap<String, BTreeSet<String>>,
     /// Per machine, the packs of the spec its current one replaced (still fetchable: a node
     /// may be mid-way through them, and a rollback returns to them).
     previous_packs: BTreeMap<String, BTreeSet<String>>,
@@ -195,6 +259,7 @@ impl ControllerState {
             changes: watch::channel(0).0,
             revocations: watch::channel(0).0,
             next_session: AtomicU64::new(1),
+            refusals: RefusalLog::default(),
         })
     }
 
@@ -540,27 +605,85 @@ impl ControllerState {
         (id, rx)
     }
 
-    /// Records a status report (already checked with [`ControllerState::check_report`]).
-    pub fn record_status(&self, machine: &str, report: StatusReport) {
+    /// Records a status report (already checked with [`ControllerState::check_report`]),
+    /// keeping only what can be true: a report for an older spec generation than the last one
+    /// is refused whole; statuses of nodes the machine's spec does not name, or for an older
+    /// generation than the node's last, are dropped. Refusals are counted in the log.
+    pub fn record_status(&self, machine: &str, mut report: StatusReport) {
         let mut inner = self.lock();
+        let own = inner
+            .desired
+            .get(machine)
+            .and_then(|s| s.borrow().as_ref().map(|spec| node_names(spec)))
+            .unwrap_or_default();
         let record = inner.agents.entry(machine.to_owned()).or_default();
         record.last_seen = Some(SystemTime::now());
-        if let Some(facts) = report.facts.clone() {
-            record.facts = Some(facts);
+        let previous = record.last_status.take();
+        let mut refused = Refused::default();
+        if let Some(prev) = previous
+            .as_ref()
+            .filter(|p| p.generation > report.generation)
+        {
+            refused.stale_reports = 1;
+            record.last_status = Some(prev.clone());
+        } else {
+            if let Some(facts) = report.facts.clone() {
+                record.facts = Some(facts);
+            }
+            report.nodes.retain(|n| {
+                let known = own.contains(&n.node);
+                refused.unknown_nodes += usize::from(!known);
+                known
+            });
+            for n in &mut report.nodes {
+                let newer_before = previous
+                    .as_ref()
+                    .and_then(|p| p.nodes.iter().find(|o| o.node == n.node))
+                    .filter(|o| o.generation > n.generation);
+                if let Some(old) = newer_before {
+                    refused.stale_nodes += 1;
+                    *n = old.clone();
+                }
+            }
+            record.last_status = Some(report);
         }
-        record.last_status = Some(report);
         self.persist_agent(&inner, machine);
         drop(inner);
+        self.refusals.count(machine, refused);
         self.notify_change();
     }
 
-    /// Marks `machine` as heard from now.
-    pub fn touch(&self, machine: &str) {
+    /// Notes that `command_id` was sent to `machine`, so its result will be taken.
+    pub fn command_issued(&self, machine: &str, command_id: &str) {
+        self.lock()
+            .issued_commands
+            .entry(machine.to_owned())
+            .or_default()
+            .insert(command_id.to_owned());
+    }
+
+    /// Takes the result of a command issued to `machine`; `false` (and counted) for a command
+    /// the controller never sent it, or one already answered.
+    pub fn command_answered(&self, machine: &str, command_id: &str) -> bool {
         let mut inner = self.lock();
-        if let Some(record) = inner.agents.get_mut(machine) {
-            record.last_seen = Some(SystemTime::now());
-            self.persist_agent(&inner, machine);
+        if let Some(r) = inner.agents.get_mut(machine) {
+            r.last_seen = Some(SystemTime::now());
         }
+        let issued = inner
+            .issued_commands
+            .get_mut(machine)
+            .is_some_and(|s| s.remove(command_id));
+        drop(inner);
+        if !issued {
+            self.refusals.count(
+                machine,
+                Refused {
+                    unissued_results: 1,
+                    ..Refused::default()
+                },
+            );
+        }
+        issued
     }
 
     /// Unregisters a stream (only if it is still the current one).

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use apim_certs::PeerCert;
+use apim_proto::text::printable;
 use apim_proto::v1::agent_message::Kind;
 use apim_proto::v1::agent_service_server::AgentService;
 use apim_proto::v1::controller_message;
@@ -210,8 +211,16 @@ impl Session {
                 Ok(())
             }
             Some(Kind::CommandResult(result)) => {
-                state.touch(&self.machine);
-                tracing::info!(machine = %self.machine, command = %result.command_id, ok = result.ok, message = %result.message, "command result");
+                if state.command_answered(&self.machine, &result.command_id) {
+                    // Agent text reaches the log escaped: it cannot forge a line.
+                    tracing::info!(
+                        machine = %self.machine,
+                        command = %printable(&result.command_id),
+                        ok = result.ok,
+                        message = %printable(&result.message),
+                        "command result"
+                    );
+                }
                 Ok(())
             }
             Some(Kind::Hello(_)) => Err(ServerError::Protocol {

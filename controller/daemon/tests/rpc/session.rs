@@ -379,3 +379,82 @@ async fn a_stream_must_start_with_hello_and_a_newer_stream_replaces_an_older_one
     assert!(h.state.agent("vm-a").is_some_and(|r| r.connected));
     h.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reports_unknown_nodes_and_unissued_command_results_are_not_taken() {
+    let h = Harness::start().await;
+    h.state.set_desired_spec(spec("vm-a", 5, &["km-1"]));
+    let a = h.agent_creds("vm-a");
+    let mut agent = AgentServiceClient::new(h.channel(Some(&a)).await);
+    let stream = Stream::open(&mut agent, 5).await.expect("connect");
+    let last = || h.state.agent("vm-a").and_then(|r| r.last_status);
+    let seen = || h.state.agent("vm-a").and_then(|r| r.last_seen);
+
+    // A node nobody's spec names is dropped; the machine's own node is kept.
+    stream
+        .to_controller
+        .send(report(5, &["km-1", "ghost-9"]))
+        .await
+        .expect("send");
+    eventually("the report to be recorded", || {
+        last().is_some_and(|r| r.generation == 5)
+    })
+    .await;
+    let nodes: Vec<String> = last()
+        .expect("report")
+        .nodes
+        .into_iter()
+        .map(|n| n.node)
+        .collect();
+    assert_eq!(nodes, ["km-1"]);
+
+    // A report for an older generation does not replace the current one (it is heard: the
+    // agent's last_seen moves).
+    let mut old = report(3, &["km-1"]);
+    if let Some(apim_proto::v1::agent_message::Kind::Status(s)) = &mut old.kind {
+        s.nodes[0].step = "forged: vm-km-1 km-1 failed".into();
+    }
+    let before = seen();
+    stream.to_controller.send(old).await.expect("send");
+    eventually("the stale report to be heard", || seen() != before).await;
+    let r = last().expect("report");
+    assert_eq!(r.generation, 5, "a stale report was recorded: {r:?}");
+    assert!(r.nodes.iter().all(|n| !n.step.contains("forged")), "{r:?}");
+    // A result for a command never issued is not taken (and ends nothing).
+    stream
+        .to_controller
+        .send(AgentMessage {
+            kind: Some(apim_proto::v1::agent_message::Kind::CommandResult(
+                apim_proto::v1::CommandResult {
+                    command_id: "never-issued".into(),
+                    ok: true,
+                    message: "done\nFAKE LOG LINE".into(),
+                },
+            )),
+        })
+        .await
+        .expect("send");
+    // Then a genuine newer report: once it is in, the two before it were handled.
+    stream
+        .to_controller
+        .send(report(6, &["km-1"]))
+        .await
+        .expect("send");
+    eventually("the newer report", || {
+        last().is_some_and(|r| r.generation == 6)
+    })
+    .await;
+    let r = last().expect("report");
+    assert!(
+        r.nodes.iter().all(|n| !n.step.contains("forged")),
+        "a stale report was recorded: {r:?}"
+    );
+    assert!(!h.state.command_answered("vm-a", "never-issued"));
+    h.state.command_issued("vm-a", "c-1");
+    assert!(h.state.command_answered("vm-a", "c-1"));
+    assert!(
+        !h.state.command_answered("vm-a", "c-1"),
+        "answered once only"
+    );
+    h.shutdown().await.expect("clean shutdown");
+}
