@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use apim_plan::render::{self, ClusterRender, NodeRender};
+use apim_plan::render::{self, ClusterRender};
 use apim_plan::secrets::{EnvSource, ProcessEnv};
 use apim_plan::validate;
 
@@ -27,15 +27,6 @@ pub struct Cli {
     /// How to reach the controller.
     #[command(flatten)]
     pub connection: crate::client::Settings,
-}
-
-/// Output format of the controller commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Human-readable lines.
-    Text,
-    /// JSON, for scripts.
-    Json,
 }
 
 /// `apimctl controller …`.
@@ -116,7 +107,7 @@ pub enum Command {
         plan_revision: Option<String>,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: Output,
+        output: crate::output::Format,
         /// Return once the plan is stored, without following the rollout.
         #[arg(long)]
         no_wait: bool,
@@ -127,7 +118,7 @@ pub enum Command {
         plan: PathBuf,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: Output,
+        output: crate::output::Format,
     },
     /// Every machine and node: phase, step, generation, elapsed, last error.
     Status {
@@ -136,13 +127,13 @@ pub enum Command {
         watch: bool,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: Output,
+        output: crate::output::Format,
     },
     /// Every enrolled agent.
     Agents {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: Output,
+        output: crate::output::Format,
     },
     /// Join tokens.
     #[command(subcommand)]
@@ -312,109 +303,14 @@ fn cmd_render(
             );
         }
         None => {
-            let _ = write!(stdout, "{}", print_render(&cluster, only, show_secrets));
+            let _ = write!(
+                stdout,
+                "{}",
+                crate::output::render::cluster(&cluster, only, show_secrets)
+            );
         }
     }
     Ok(0)
-}
-
-/// The human-readable render of a cluster (or one node).
-pub fn print_render(cluster: &ClusterRender, only: Option<&str>, show_secrets: bool) -> String {
-    let mut s = String::new();
-    for m in &cluster.machines {
-        for n in m.nodes.iter().filter(|n| only.is_none_or(|o| o == n.name)) {
-            s.push_str(&node_header(cluster, n));
-            s.push_str("\n# ---- deployment.toml ----\n");
-            s.push_str(if show_secrets {
-                &n.deployment_toml
-            } else {
-                &n.deployment_toml_masked
-            });
-            s.push_str(&format!(
-                "\n# ---- hosts block of machine {} ----\n",
-                m.name
-            ));
-            s.push_str(&m.hosts_text());
-            s.push('\n');
-        }
-    }
-    s.push_str(&start_order_text(cluster));
-    s
-}
-
-fn tier_of(cluster: &ClusterRender, node: &str) -> usize {
-    cluster
-        .tiers
-        .iter()
-        .position(|t| t.iter().any(|n| n == node))
-        .map_or(0, |i| i + 1)
-}
-
-fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
-    let mut s = format!(
-        "# ==== node {} ({}) on machine {}, {} offset {} ====\n",
-        n.name, n.role, n.machine, n.hostname, n.offset
-    );
-    s.push_str(&format!(
-        "# install:   {} into {} (sha256 {})\n",
-        n.pack_top_dir,
-        n.install_dir,
-        short(&n.pack_sha256)
-    ));
-    s.push_str(&format!("# java_home: {}\n", n.java_home));
-    if let Some(o) = &n.optimizer {
-        s.push_str(&format!(
-            "# optimize:  {}   (once, after unpacking)\n",
-            o.display()
-        ));
-    }
-    s.push_str(&format!(
-        "# start:     {}   (in {})\n",
-        n.start.display(),
-        n.carbon_home
-    ));
-    s.push_str(&format!("# stop:      {}\n", n.stop.display()));
-    let ports: Vec<String> = n.readiness.tcp_ports.iter().map(u16::to_string).collect();
-    s.push_str(&format!(
-        "# ready:     \"{}\" in {}; ports {}\n",
-        n.readiness.log_line,
-        n.readiness.log_file,
-        ports.join(",")
-    ));
-    for h in &n.readiness.http {
-        s.push_str(&format!(
-            "#            GET {} -> {}\n",
-            h.url, h.expect_status
-        ));
-    }
-    s.push_str(&format!(
-        "# cert:      CN={} SAN={}\n",
-        n.tls.common_name,
-        n.tls.sans.join(",")
-    ));
-    let deps = if n.depends_on.is_empty() {
-        "nothing".to_string()
-    } else {
-        n.depends_on.join(", ")
-    };
-    s.push_str(&format!(
-        "# tier {}:    waits for {deps}\n",
-        tier_of(cluster, &n.name)
-    ));
-    s
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
-/// The start order as text, one tier per line.
-pub fn start_order_text(cluster: &ClusterRender) -> String {
-    let mut s = String::from("# ==== start order ====\n");
-    for (i, t) in cluster.tiers.iter().enumerate() {
-        s.push_str(&format!("tier {}: {}\n", i + 1, t.join(", ")));
-    }
-    s
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
@@ -430,11 +326,17 @@ fn write_out(cluster: &ClusterRender, only: Option<&str>, dir: &Path) -> Result<
             let nd = dir.join(&n.name);
             std::fs::create_dir_all(&nd).map_err(io_err(&nd))?;
             write_private(&nd.join("deployment.toml"), &n.deployment_toml)?;
-            write_private(&nd.join("commands.txt"), &node_header(cluster, n))?;
+            write_private(
+                &nd.join("commands.txt"),
+                &crate::output::render::node_header(cluster, n),
+            )?;
         }
         if any {
             write_private(&dir.join(format!("{}.hosts", m.name)), &m.hosts_text())?;
         }
     }
-    write_private(&dir.join("start-order.txt"), &start_order_text(cluster))
+    write_private(
+        &dir.join("start-order.txt"),
+        &crate::output::render::start_order(cluster),
+    )
 }

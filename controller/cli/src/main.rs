@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod output;
 mod remote;
 
 use clap::Parser;
