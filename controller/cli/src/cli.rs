@@ -234,20 +234,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
     }
 }
 
-/// Loads and validates a plan, printing the diagnostics. `None` when it has errors.
-pub fn load_plan(
-    path: &Path,
-    env: &dyn EnvSource,
-    opts: validate::Options,
-    stderr: &mut dyn Write,
-) -> Result<Option<apim_plan::plan::Plan>, CliError> {
-    let (plan, report) = validate::check_file(path, env, opts).map_err(io_err(path))?;
-    if !report.diagnostics.is_empty() {
-        let _ = write!(stderr, "{}", report.render());
-    }
-    Ok(plan)
-}
-
 fn cmd_validate(
     path: &Path,
     env: &dyn EnvSource,
@@ -255,7 +241,7 @@ fn cmd_validate(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let Some(plan) = load_plan(path, env, opts, stderr)? else {
+    let Some(plan) = crate::prepare::load_plan(path, env, opts, stderr)? else {
         return Ok(1);
     };
     let _ = writeln!(
@@ -283,7 +269,7 @@ fn cmd_render(
         out,
         show_secrets,
     } = args;
-    let Some(plan) = load_plan(path, env, opts, stderr)? else {
+    let Some(plan) = crate::prepare::load_plan(path, env, opts, stderr)? else {
         return Ok(1);
     };
     let cluster = render::render(&plan, env)?;

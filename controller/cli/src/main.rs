@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod output;
+mod prepare;
 mod remote;
 
 use clap::Parser;

@@ -14,7 +14,6 @@ use crate::cli::{CliError, Command, ControllerCommand, TokenCommand};
 use crate::client::{self, Settings};
 use crate::output::{self, Format, bars::LiveBars};
 use apim_plan::secrets::EnvSource;
-use apim_plan::validate;
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -148,89 +147,6 @@ pub fn run(
     })
 }
 
-/// A plan checked on the operator's machine, with the controller holding its packs.
-struct Ready {
-    channel: tonic::transport::Channel,
-    text: String,
-    secrets: std::collections::HashMap<String, String>,
-}
-
-/// Validates locally, resolves the secrets, connects, and uploads the packs the controller
-/// lacks. `None` when the plan has errors (already printed).
-///
-/// A pack the operator's digest cache knows is compared with the plan before anything is sent.
-/// A new one is not hashed up front: when the controller lacks it, it is hashed as it is read
-/// for the upload (one read of the pack instead of two; the controller hashes it too and
-/// refuses a mismatch), and only when the controller has its digest already is it hashed
-/// here. Either way a pack that is not the plan's is reported at the plan's `sha256` before
-/// anything is applied.
-async fn prepare(
-    settings: &Settings,
-    path: &Path,
-    env: &dyn EnvSource,
-    stderr: &mut dyn Write,
-) -> Result<Option<Ready>, CliError> {
-    let opts = validate::Options {
-        verify_packs: false,
-    };
-    let Some(plan) = crate::cli::load_plan(path, env, opts, stderr)? else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
-    let report = |diagnostics| apim_plan::diag::Report {
-        path: path.display().to_string(),
-        source: text.clone(),
-        diagnostics,
-    };
-    let cache = apim_plan::digest_cache::default_dir(&|k| env.var(k));
-    let mut packs = Vec::new();
-    let mut problems = Vec::new();
-    for d in plan.distributions.values() {
-        let pack = plan.resolve_path(&d.path.value);
-        match validate::check_pack(d, &pack, cache.as_deref()) {
-            Ok(pending) => packs.push((d, pack, pending)),
-            Err(problem) => problems.push(problem),
-        }
-    }
-    if !problems.is_empty() {
-        let _ = write!(stderr, "{}", report(problems).render());
-        return Ok(None);
-    }
-    let secrets = apim_plan::secrets::collect(&plan, env).map_err(CliError::Other)?;
-    let channel = settings.connect().await?;
-    for (d, pack, pending) in packs {
-        let uploaded = client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await;
-        if let Some(pending) = pending {
-            let actual = match uploaded.as_ref().ok().and_then(|u| u.read_sha256.clone()) {
-                Some(read) => read,
-                // Not sent (or the upload failed): hash it here.
-                None => {
-                    let at = pending.path().to_path_buf();
-                    tokio::task::spawn_blocking(move || apim_plan::digest_cache::sha256_file(&at))
-                        .await
-                        .map_err(|e| CliError::Other(format!("hashing {}: {e}", pack.display())))?
-                        .map_err(|e| CliError::Other(format!("{}: {e}", pack.display())))?
-                }
-            };
-            if !actual.eq_ignore_ascii_case(&d.sha256.value) {
-                let mismatch = validate::pack_mismatch(d, &pack, &actual);
-                let _ = write!(stderr, "{}", report(vec![mismatch]).render());
-                return Ok(None);
-            }
-            pending.remember(&actual);
-        }
-        if uploaded?.sent {
-            let _ = writeln!(stderr, "uploaded {}", pack.display());
-        }
-    }
-    Ok(Some(Ready {
-        channel,
-        text,
-        secrets: secrets.into_iter().collect(),
-    }))
-}
-
 fn print_details(status: &tonic::Status, stderr: &mut dyn Write) {
     let _ = writeln!(stderr, "{}", output::lines::refusal(status));
 }
@@ -246,11 +162,11 @@ async fn apply(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let Some(Ready {
+    let Some(crate::prepare::Ready {
         channel,
         text,
         secrets,
-    }) = prepare(settings, path, env, stderr).await?
+    }) = crate::prepare::prepare(settings, path, env, stderr).await?
     else {
         return Ok(1);
     };
@@ -365,11 +281,11 @@ async fn plan_cmd(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let Some(Ready {
+    let Some(crate::prepare::Ready {
         channel,
         text,
         secrets,
-    }) = prepare(settings, path, env, stderr).await?
+    }) = crate::prepare::prepare(settings, path, env, stderr).await?
     else {
         return Ok(1);
     };
