@@ -3,44 +3,60 @@
 //! packs against the digest cache, resolves the secrets, connects, and uploads the packs the
 //! controller lacks.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
+use apim_plan::diag::{Diagnostic, Report};
+use apim_plan::plan::Plan;
 use apim_plan::secrets::EnvSource;
 use apim_plan::validate;
+use tonic::transport::Channel;
 
-use crate::cli::CliError;
 use crate::client::{self, Settings};
+use crate::error::CliError;
 
-/// Loads and validates a plan, printing the diagnostics. `None` when it has errors.
+/// A plan that passed validation, with the text it was read from.
+pub struct Loaded {
+    /// The plan.
+    pub plan: Plan,
+    /// The plan file's text.
+    pub text: String,
+}
+
+/// Reads and validates the plan at `path`. Warnings are printed here; errors come back as
+/// [`CliError::InvalidPlan`] (with the warnings among them).
 pub fn load_plan(
     path: &Path,
     env: &dyn EnvSource,
     opts: validate::Options,
     stderr: &mut dyn Write,
-) -> Result<Option<apim_plan::plan::Plan>, CliError> {
-    let (plan, report) = validate::check_file(path, env, opts).map_err(|e| CliError::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    if !report.diagnostics.is_empty() {
-        let _ = write!(stderr, "{}", report.render());
+) -> Result<Loaded, CliError> {
+    let text = std::fs::read_to_string(path).map_err(CliError::io(path))?;
+    let (plan, report) = validate::check(path, &text, env, opts);
+    match plan {
+        Some(plan) => {
+            if !report.diagnostics.is_empty() {
+                let _ = write!(stderr, "{}", report.render());
+            }
+            Ok(Loaded { plan, text })
+        }
+        None => Err(CliError::InvalidPlan(report)),
     }
-    Ok(plan)
 }
 
 /// A plan checked on the operator's machine, with the controller holding its packs.
 pub struct Ready {
     /// The connection to the controller.
-    pub channel: tonic::transport::Channel,
+    pub channel: Channel,
     /// The plan file's text, as sent.
     pub text: String,
     /// Every `{ env }`/`{ file }` secret of the plan, resolved.
-    pub secrets: std::collections::HashMap<String, String>,
+    pub secrets: HashMap<String, String>,
 }
 
 /// Validates locally, resolves the secrets, connects, and uploads the packs the controller
-/// lacks. `None` when the plan has errors (already printed).
+/// lacks; prints `uploaded PACK` for each pack sent.
 ///
 /// A pack the operator's digest cache knows is compared with the plan before anything is sent.
 /// A new one is not hashed up front: when the controller lacks it, it is hashed as it is read
@@ -53,19 +69,17 @@ pub async fn prepare(
     path: &Path,
     env: &dyn EnvSource,
     stderr: &mut dyn Write,
-) -> Result<Option<Ready>, CliError> {
+) -> Result<Ready, CliError> {
     let opts = validate::Options {
         verify_packs: false,
     };
-    let Some(plan) = load_plan(path, env, opts, stderr)? else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
-    let report = |diagnostics| apim_plan::diag::Report {
-        path: path.display().to_string(),
-        source: text.clone(),
-        diagnostics,
+    let Loaded { plan, text } = load_plan(path, env, opts, stderr)?;
+    let invalid = |diagnostics: Vec<Diagnostic>| {
+        CliError::InvalidPlan(Report {
+            path: path.display().to_string(),
+            source: text.clone(),
+            diagnostics,
+        })
     };
     let cache = apim_plan::digest_cache::default_dir(&|k| env.var(k));
     let mut packs = Vec::new();
@@ -78,10 +92,9 @@ pub async fn prepare(
         }
     }
     if !problems.is_empty() {
-        let _ = write!(stderr, "{}", report(problems).render());
-        return Ok(None);
+        return Err(invalid(problems));
     }
-    let secrets = apim_plan::secrets::collect(&plan, env).map_err(CliError::Other)?;
+    let secrets = apim_plan::secrets::collect(&plan, env).map_err(CliError::Secret)?;
     let channel = settings.connect().await?;
     for (d, pack, pending) in packs {
         let uploaded = client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await;
@@ -93,14 +106,15 @@ pub async fn prepare(
                     let at = pending.path().to_path_buf();
                     tokio::task::spawn_blocking(move || apim_plan::digest_cache::sha256_file(&at))
                         .await
-                        .map_err(|e| CliError::Other(format!("hashing {}: {e}", pack.display())))?
-                        .map_err(|e| CliError::Other(format!("{}: {e}", pack.display())))?
+                        .map_err(|source| CliError::Hashing {
+                            path: pack.clone(),
+                            source,
+                        })?
+                        .map_err(CliError::io(&pack))?
                 }
             };
             if !actual.eq_ignore_ascii_case(&d.sha256.value) {
-                let mismatch = validate::pack_mismatch(d, &pack, &actual);
-                let _ = write!(stderr, "{}", report(vec![mismatch]).render());
-                return Ok(None);
+                return Err(invalid(vec![validate::pack_mismatch(d, &pack, &actual)]));
             }
             pending.remember(&actual);
         }
@@ -108,9 +122,9 @@ pub async fn prepare(
             let _ = writeln!(stderr, "uploaded {}", pack.display());
         }
     }
-    Ok(Some(Ready {
+    Ok(Ready {
         channel,
         text,
         secrets: secrets.into_iter().collect(),
-    }))
+    })
 }
