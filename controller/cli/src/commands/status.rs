@@ -1,6 +1,6 @@
 //! `apimctl status [--watch]`: every machine and node with its phase, step, plan generation,
 //! time in the phase and last error; with `--watch`, again on every change until the
-//! controller ends the stream.
+//! controller ends the stream or nobody reads the output any more.
 
 use std::io::Write;
 
@@ -27,26 +27,31 @@ pub async fn run(args: Args, settings: Settings, stdout: &mut dyn Write) -> Resu
     let mut op = client::operator(settings.connect().await?);
     if !args.watch {
         let s = op.status(StatusRequest {}).await?.into_inner();
-        print(&s, args.output, stdout);
+        let _ = print(&s, args.output, stdout);
         return Ok(Exit::Success);
     }
     let mut stream = op.watch(WatchRequest {}).await?.into_inner();
     while let Some(s) = stream.message().await? {
-        print(&s, args.output, stdout);
-        let _ = stdout.flush();
+        match print(&s, args.output, stdout).and_then(|()| stdout.flush()) {
+            Ok(()) => {}
+            // The reader has what it wanted (`status --watch | grep -m1 healthy`).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(Exit::Success),
+            Err(source) => {
+                return Err(CliError::Io {
+                    path: "stdout".into(),
+                    source,
+                });
+            }
+        }
     }
     Ok(Exit::Success)
 }
 
-fn print(status: &ClusterStatus, format: Format, stdout: &mut dyn Write) {
+fn print(status: &ClusterStatus, format: Format, stdout: &mut dyn Write) -> std::io::Result<()> {
     match format {
-        Format::Json => {
-            let _ = writeln!(stdout, "{}", json::status(status));
-        }
-        Format::Text => {
-            for l in lines::status(status) {
-                let _ = writeln!(stdout, "{l}");
-            }
-        }
+        Format::Json => writeln!(stdout, "{}", json::status(status)),
+        Format::Text => lines::status(status)
+            .iter()
+            .try_for_each(|l| writeln!(stdout, "{l}")),
     }
 }
