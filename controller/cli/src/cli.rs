@@ -1,21 +1,19 @@
-//! The `apimctl` command line.
+//! The command line: [`Cli`] with every subcommand, [`run`] handing each to its module in
+//! [`crate::commands`], and the one mapping from how a command ended to its exit code and
+//! message.
 //!
-//! Offline commands: `validate` (every problem with `file:line:col`) and `render` (what each node
-//! will get). Controller commands (over mTLS with an operator certificate, see
-//! [`crate::client`]): `apply`, `plan`, `status`, `agents`, `token create`, `revoke`. On the
-//! controller host: `controller run` and `controller operator-cert`.
-//!
-//! Exit codes: 0 success, 1 errors in the plan or the command; `plan` exits 2 when something
-//! would change.
+//! Exit codes: 0 success, 1 errors in the plan or the command (or a rollout that did not
+//! succeed); `plan` exits 2 when something would change.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use apim_plan::render::{self, ClusterRender, NodeRender};
-use apim_plan::secrets::{EnvSource, ProcessEnv};
-use apim_plan::validate;
+use apim_plan::secrets::ProcessEnv;
+
+use crate::client::Settings;
+use crate::commands::{agents, apply, controller, plan, render, revoke, status, token, validate};
+use crate::error::CliError;
 
 /// apimctl provisions distributed WSO2 API Manager deployments from one plan file.
 #[derive(Debug, Parser)]
@@ -23,418 +21,155 @@ use apim_plan::validate;
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
     /// How to reach the controller.
     #[command(flatten)]
-    pub connection: crate::client::Settings,
-}
-
-/// Output format of the controller commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Human-readable lines.
-    Text,
-    /// JSON, for scripts.
-    Json,
-}
-
-/// `apimctl controller …`.
-#[derive(Debug, Subcommand)]
-pub enum ControllerCommand {
-    /// Run the controller daemon.
-    Run {
-        /// The configuration file.
-        #[arg(long, default_value = apim_controller::run::DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// Log format: text or json.
-        #[arg(long, default_value = "text")]
-        log_format: String,
-    },
-    /// Issue an operator certificate from the CA files (run on the controller host).
-    OperatorCert {
-        /// The operator's name (its certificate identity).
-        #[arg(long)]
-        name: String,
-        /// Where to write operator.pem, operator-key.pem (0600) and ca.pem.
-        #[arg(long)]
-        out: PathBuf,
-        /// The controller's data directory.
-        #[arg(long, default_value = apim_controller::run::DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
-    },
-}
-
-/// `apimctl token …`.
-#[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Create a one-time join token for a machine.
-    Create {
-        /// The machine the token enrolls.
-        #[arg(long)]
-        machine: String,
-        /// Lifetime, e.g. 1h or 30m (default: the controller's).
-        #[arg(long)]
-        ttl: Option<String>,
-    },
+    connection: Settings,
 }
 
 /// apimctl's subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Check a plan offline and report every problem with file:line:col.
-    Validate {
-        /// The plan file.
-        plan: PathBuf,
-        /// Do not read the packs to check their sha256 (e.g. to check an example plan).
-        #[arg(long)]
-        skip_pack_check: bool,
-    },
+    Validate(validate::Args),
     /// Show what each node will get: deployment.toml, hosts block, commands, start order.
-    Render {
-        /// The plan file.
-        plan: PathBuf,
-        /// Only this node.
-        #[arg(long)]
-        node: Option<String>,
-        /// Write one folder per node (deployment.toml, commands) and one hosts file per machine
-        /// under DIR instead of printing. Files hold real secrets and are written 0600.
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// Print secrets instead of masking them.
-        #[arg(long)]
-        show_secrets: bool,
-        /// Do not read the packs to check their sha256 (e.g. to render an example plan).
-        #[arg(long)]
-        skip_pack_check: bool,
-    },
+    Render(render::Args),
     /// Validate, upload missing packs, store the plan and roll it out; follow until done.
-    Apply {
-        /// The plan file.
-        plan: PathBuf,
-        /// Refuse unless the cluster is still at this revision (from `apimctl plan`).
-        #[arg(long)]
-        plan_revision: Option<String>,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: Output,
-        /// Return once the plan is stored, without following the rollout.
-        #[arg(long)]
-        no_wait: bool,
-    },
+    Apply(apply::Args),
     /// Show what applying the plan would change; exit 0 nothing, 2 changes, 1 error.
-    Plan {
-        /// The plan file.
-        plan: PathBuf,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: Output,
-    },
+    Plan(plan::Args),
     /// Every machine and node: phase, step, generation, elapsed, last error.
-    Status {
-        /// Keep printing on every change.
-        #[arg(long)]
-        watch: bool,
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: Output,
-    },
+    Status(status::Args),
     /// Every enrolled agent.
-    Agents {
-        /// Output format.
-        #[arg(short = 'o', long, value_enum, default_value = "text")]
-        output: Output,
-    },
+    Agents(agents::Args),
     /// Join tokens.
     #[command(subcommand)]
-    Token(TokenCommand),
+    Token(token::Command),
     /// Revoke a machine's certificate and close its stream.
-    Revoke {
-        /// The machine.
-        machine: String,
-    },
+    Revoke(revoke::Args),
     /// The controller daemon and its host-side tools.
     #[command(subcommand)]
-    Controller(ControllerCommand),
+    Controller(controller::Command),
+}
+
+/// How a command that ran to its end exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit 0.
+    Success,
+    /// Exit 1: what was asked did not happen, and the output says so (a rollout that failed).
+    Failed,
+    /// Exit 2: `plan` found changes.
+    Changes,
 }
 
 /// Runs the CLI; returns the process exit code.
 pub fn run(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
-    let env = ProcessEnv;
+    let result = dispatch(cli, stdout, &mut *stderr);
+    exit_code(result, stderr)
+}
+
+/// Runs the command's module.
+fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<Exit, CliError> {
+    let env = &ProcessEnv;
     let connection = cli.connection;
-    let result = match cli.command {
-        Command::Validate {
-            plan,
-            skip_pack_check,
-        } => cmd_validate(&plan, &env, options(skip_pack_check), stdout, stderr),
-        Command::Render {
-            plan,
-            node,
-            out,
-            show_secrets,
-            skip_pack_check,
-        } => cmd_render(
-            &plan,
-            RenderArgs {
-                only: node.as_deref(),
-                out: out.as_deref(),
-                show_secrets,
-            },
-            &env,
-            options(skip_pack_check),
-            stdout,
-            stderr,
-        ),
-        Command::Controller(c) => crate::remote::controller(c, stdout, stderr),
-        other => crate::remote::run(other, connection, &env, stdout, stderr),
-    };
+    match cli.command {
+        Command::Validate(args) => validate::run(args, env, stdout, stderr),
+        Command::Render(args) => render::run(args, env, stdout, stderr),
+        Command::Controller(command) => controller::run(command, stdout),
+        Command::Apply(args) => {
+            on_controller(connection, |s| apply::run(args, s, env, stdout, stderr))
+        }
+        Command::Plan(args) => {
+            on_controller(connection, |s| plan::run(args, s, env, stdout, stderr))
+        }
+        Command::Status(args) => on_controller(connection, |s| status::run(args, s, stdout)),
+        Command::Agents(args) => on_controller(connection, |s| agents::run(args, s, stdout)),
+        Command::Token(command) => on_controller(connection, |s| token::run(command, s, stdout)),
+        Command::Revoke(args) => on_controller(connection, |s| revoke::run(args, s, stdout)),
+    }
+}
+
+/// Runs a command that talks to the controller: the connection settings completed from the
+/// client config file, the command on the [`runtime`].
+fn on_controller<F, Fut>(connection: Settings, command: F) -> Result<Exit, CliError>
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = Result<Exit, CliError>>,
+{
+    let settings = connection.with_file()?;
+    runtime()?.block_on(command(settings))
+}
+
+/// The async runtime the controller commands and the daemon run on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+/// The one mapping from how a command ended to the exit code, and the one place an error is
+/// printed: diagnostics as they are, any other error as `error: MESSAGE`.
+fn exit_code(result: Result<Exit, CliError>, stderr: &mut dyn Write) -> i32 {
     match result {
-        Ok(code) => code,
+        Ok(Exit::Success) => 0,
+        Ok(Exit::Failed) => 1,
+        Ok(Exit::Changes) => 2,
         Err(e) => {
-            let _ = writeln!(stderr, "error: {e}");
+            let _ = if e.is_diagnostics() {
+                writeln!(stderr, "{e}")
+            } else {
+                writeln!(stderr, "error: {e}")
+            };
             1
         }
     }
 }
 
-/// Errors of the CLI itself (the plan's own problems are diagnostics, not these).
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// Reading the plan or writing output failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The plan could not be rendered.
-    #[error(transparent)]
-    Render(#[from] render::RenderError),
-    /// `--node` names no node.
-    #[error("no node named `{0}` in the plan")]
-    UnknownNode(String),
-    /// Talking to the controller failed.
-    #[error(transparent)]
-    Client(#[from] crate::client::ClientError),
-    /// The daemon failed.
-    #[error(transparent)]
-    Daemon(#[from] apim_controller::run::DaemonError),
-    /// Anything else the command could not do (never contains secrets).
-    #[error("{0}")]
-    Other(String),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
 
-fn options(skip_pack_check: bool) -> validate::Options {
-    validate::Options {
-        verify_packs: !skip_pack_check,
+    fn printed(result: Result<Exit, CliError>) -> (i32, String) {
+        let mut stderr = Vec::new();
+        let code = exit_code(result, &mut stderr);
+        (code, String::from_utf8(stderr).expect("utf-8"))
     }
-}
 
-struct RenderArgs<'a> {
-    only: Option<&'a str>,
-    out: Option<&'a Path>,
-    show_secrets: bool,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
-    move |source| CliError::Io {
-        path: path.display().to_string(),
-        source,
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
-}
 
-/// Loads and validates a plan, printing the diagnostics. `None` when it has errors.
-pub fn load_plan(
-    path: &Path,
-    env: &dyn EnvSource,
-    opts: validate::Options,
-    stderr: &mut dyn Write,
-) -> Result<Option<apim_plan::plan::Plan>, CliError> {
-    let (plan, report) = validate::check_file(path, env, opts).map_err(io_err(path))?;
-    if !report.diagnostics.is_empty() {
-        let _ = write!(stderr, "{}", report.render());
+    #[test]
+    fn exit_codes_say_done_failed_or_changes() {
+        assert_eq!(printed(Ok(Exit::Success)), (0, String::new()));
+        assert_eq!(printed(Ok(Exit::Failed)), (1, String::new()));
+        assert_eq!(printed(Ok(Exit::Changes)), (2, String::new()));
     }
-    Ok(plan)
-}
 
-fn cmd_validate(
-    path: &Path,
-    env: &dyn EnvSource,
-    opts: validate::Options,
-    stdout: &mut dyn Write,
-    stderr: &mut dyn Write,
-) -> Result<i32, CliError> {
-    let Some(plan) = load_plan(path, env, opts, stderr)? else {
-        return Ok(1);
-    };
-    let _ = writeln!(
-        stdout,
-        "{}: ok ({} {}, {} machines, {} nodes)",
-        path.display(),
-        plan.cluster.name.value,
-        plan.cluster.product.value,
-        plan.machines.len(),
-        plan.nodes.len()
-    );
-    Ok(0)
-}
-
-fn cmd_render(
-    path: &Path,
-    args: RenderArgs<'_>,
-    env: &dyn EnvSource,
-    opts: validate::Options,
-    stdout: &mut dyn Write,
-    stderr: &mut dyn Write,
-) -> Result<i32, CliError> {
-    let RenderArgs {
-        only,
-        out,
-        show_secrets,
-    } = args;
-    let Some(plan) = load_plan(path, env, opts, stderr)? else {
-        return Ok(1);
-    };
-    let cluster = render::render(&plan, env)?;
-    if let Some(name) = only
-        && cluster.node(name).is_none()
-    {
-        return Err(CliError::UnknownNode(name.to_string()));
+    #[test]
+    fn an_error_is_printed_once_with_one_label() {
+        assert_eq!(
+            printed(Err(CliError::UnknownNode("km-9".into()))),
+            (1, "error: no node named `km-9` in the plan\n".into())
+        );
+        assert_eq!(
+            printed(Err(CliError::Refused(tonic::Status::unavailable("down")))),
+            (1, "error: down\n".into())
+        );
+        let (_, report) = apim_plan::validate::check(
+            std::path::Path::new("p.toml"),
+            "[cluster\n",
+            &ProcessEnv,
+            apim_plan::validate::Options::default(),
+        );
+        let (code, text) = printed(Err(CliError::InvalidPlan(report.clone())));
+        assert_eq!(code, 1);
+        assert_eq!(text, report.render(), "diagnostics as they are");
+        assert!(text.starts_with("p.toml:1:"), "{text}");
     }
-    match out {
-        Some(dir) => {
-            write_out(&cluster, only, dir)?;
-            let _ = writeln!(
-                stdout,
-                "wrote {} to {}",
-                only.unwrap_or("every node"),
-                dir.display()
-            );
-        }
-        None => {
-            let _ = write!(stdout, "{}", print_render(&cluster, only, show_secrets));
-        }
-    }
-    Ok(0)
-}
-
-/// The human-readable render of a cluster (or one node).
-pub fn print_render(cluster: &ClusterRender, only: Option<&str>, show_secrets: bool) -> String {
-    let mut s = String::new();
-    for m in &cluster.machines {
-        for n in m.nodes.iter().filter(|n| only.is_none_or(|o| o == n.name)) {
-            s.push_str(&node_header(cluster, n));
-            s.push_str("\n# ---- deployment.toml ----\n");
-            s.push_str(if show_secrets {
-                &n.deployment_toml
-            } else {
-                &n.deployment_toml_masked
-            });
-            s.push_str(&format!(
-                "\n# ---- hosts block of machine {} ----\n",
-                m.name
-            ));
-            s.push_str(&m.hosts_text());
-            s.push('\n');
-        }
-    }
-    s.push_str(&start_order_text(cluster));
-    s
-}
-
-fn tier_of(cluster: &ClusterRender, node: &str) -> usize {
-    cluster
-        .tiers
-        .iter()
-        .position(|t| t.iter().any(|n| n == node))
-        .map_or(0, |i| i + 1)
-}
-
-fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
-    let mut s = format!(
-        "# ==== node {} ({}) on machine {}, {} offset {} ====\n",
-        n.name, n.role, n.machine, n.hostname, n.offset
-    );
-    s.push_str(&format!(
-        "# install:   {} into {} (sha256 {})\n",
-        n.pack_top_dir,
-        n.install_dir,
-        short(&n.pack_sha256)
-    ));
-    s.push_str(&format!("# java_home: {}\n", n.java_home));
-    if let Some(o) = &n.optimizer {
-        s.push_str(&format!(
-            "# optimize:  {}   (once, after unpacking)\n",
-            o.display()
-        ));
-    }
-    s.push_str(&format!(
-        "# start:     {}   (in {})\n",
-        n.start.display(),
-        n.carbon_home
-    ));
-    s.push_str(&format!("# stop:      {}\n", n.stop.display()));
-    let ports: Vec<String> = n.readiness.tcp_ports.iter().map(u16::to_string).collect();
-    s.push_str(&format!(
-        "# ready:     \"{}\" in {}; ports {}\n",
-        n.readiness.log_line,
-        n.readiness.log_file,
-        ports.join(",")
-    ));
-    for h in &n.readiness.http {
-        s.push_str(&format!(
-            "#            GET {} -> {}\n",
-            h.url, h.expect_status
-        ));
-    }
-    s.push_str(&format!(
-        "# cert:      CN={} SAN={}\n",
-        n.tls.common_name,
-        n.tls.sans.join(",")
-    ));
-    let deps = if n.depends_on.is_empty() {
-        "nothing".to_string()
-    } else {
-        n.depends_on.join(", ")
-    };
-    s.push_str(&format!(
-        "# tier {}:    waits for {deps}\n",
-        tier_of(cluster, &n.name)
-    ));
-    s
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
-}
-
-/// The start order as text, one tier per line.
-pub fn start_order_text(cluster: &ClusterRender) -> String {
-    let mut s = String::from("# ==== start order ====\n");
-    for (i, t) in cluster.tiers.iter().enumerate() {
-        s.push_str(&format!("tier {}: {}\n", i + 1, t.join(", ")));
-    }
-    s
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
-    apim_plan::files::write_private(path, contents.as_bytes()).map_err(io_err(path))
-}
-
-fn write_out(cluster: &ClusterRender, only: Option<&str>, dir: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    for m in &cluster.machines {
-        let mut any = false;
-        for n in m.nodes.iter().filter(|n| only.is_none_or(|o| o == n.name)) {
-            any = true;
-            let nd = dir.join(&n.name);
-            std::fs::create_dir_all(&nd).map_err(io_err(&nd))?;
-            write_private(&nd.join("deployment.toml"), &n.deployment_toml)?;
-            write_private(&nd.join("commands.txt"), &node_header(cluster, n))?;
-        }
-        if any {
-            write_private(&dir.join(format!("{}.hosts", m.name)), &m.hosts_text())?;
-        }
-    }
-    write_private(&dir.join("start-order.txt"), &start_order_text(cluster))
 }

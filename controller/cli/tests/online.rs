@@ -27,6 +27,19 @@ fn start_agents(c: &Controller) -> (BTreeMap<String, FakeAgent>, Log) {
 /// Runs the real `apimctl` binary against `c` with an operator certificate and the plan's
 /// secrets in its environment; returns (exit code, stdout, stderr).
 async fn apimctl(c: &Controller, dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = assert_cmd::Command::from_std(apimctl_command(c, dir, args));
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run apimctl"))
+        .await
+        .expect("join");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The real `apimctl` binary with `args`, set up as [`apimctl`] runs it.
+fn apimctl_command(c: &Controller, dir: &std::path::Path, args: &[&str]) -> std::process::Command {
     let issued = c
         .state
         .ca()
@@ -35,7 +48,7 @@ async fn apimctl(c: &Controller, dir: &std::path::Path, args: &[&str]) -> (i32, 
     std::fs::write(dir.join("op.pem"), &issued.cert.cert_pem).expect("cert");
     std::fs::write(dir.join("op-key.pem"), issued.key_pem()).expect("key");
     std::fs::write(dir.join("ca.pem"), &c.ca_pem).expect("ca");
-    let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_apimctl"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_apimctl"));
     cmd.current_dir(dir)
         .args(args)
         .env("APIMCTL_CONTROLLER", c.addr.to_string())
@@ -47,14 +60,7 @@ async fn apimctl(c: &Controller, dir: &std::path::Path, args: &[&str]) -> (i32, 
         .env("ADMIN_PW", "admin-secret")
         .env("DB_PW", "db-secret")
         .env("KS_PW", "ks-secret");
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run apimctl"))
-        .await
-        .expect("join");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,4 +108,43 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
             .all(|l| l.starts_with("vm-") && l.contains(" gen 1 ")),
         "every node is on plan generation 1: {out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_ends_once_its_reader_is_gone() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let c = Controller::start().await;
+    let (_agents, _log) = start_agents(&c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut watch = apimctl_command(&c, dir.path(), &["status", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn apimctl");
+    // `apimctl status --watch | grep -m1 …`: the reader takes the first line and goes away.
+    let mut first = String::new();
+    std::io::BufReader::new(watch.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    assert!(first.starts_with("generation "), "{first}");
+
+    // The cluster changes; the watcher has nowhere to write it and ends.
+    let sha = c.store_pack(PACK);
+    c.apply(&plan_v3(&sha, "", "halt", "30s"))
+        .await
+        .expect("apply");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = watch.try_wait().expect("wait") {
+            break exit;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = watch.kill();
+            panic!("status --watch kept running with no one reading");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
 }

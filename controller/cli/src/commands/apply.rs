@@ -1,0 +1,156 @@
+//! `apimctl apply PLAN`: validates, uploads missing packs, stores the plan as a new generation
+//! and follows the rollout until it ends: live bars in a terminal, new status lines otherwise,
+//! one JSON status at the end with `-o json`. Exit 0 when the rollout succeeded (or nothing
+//! changed), 1 when it did not.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use apim_plan::secrets::EnvSource;
+use apim_proto::v1::operator_service_client::OperatorServiceClient;
+use apim_proto::v1::{ApplyRequest, RolloutState, WatchRequest};
+use tonic::transport::Channel;
+
+use crate::cli::Exit;
+use crate::client::{self, Settings};
+use crate::error::CliError;
+use crate::output::bars::LiveBars;
+use crate::output::{self, Format, json, lines};
+use crate::prepare::{Ready, prepare};
+
+/// `apimctl apply`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The plan file.
+    plan: PathBuf,
+    /// Refuse unless the cluster is still at this revision (from `apimctl plan`).
+    #[arg(long)]
+    plan_revision: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Format,
+    /// Return once the plan is stored, without following the rollout.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// Runs `apimctl apply`.
+pub async fn run(
+    args: Args,
+    settings: Settings,
+    env: &dyn EnvSource,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let Ready {
+        channel,
+        text,
+        secrets,
+    } = prepare(&settings, &args.plan, env, stderr).await?;
+    let mut op = client::operator(channel);
+    let resp = op
+        .apply(ApplyRequest {
+            plan_toml: text,
+            plan_path: args.plan.display().to_string(),
+            expected_cluster_revision: args.plan_revision,
+            author: std::env::var("USER").unwrap_or_default(),
+            resolved_secrets: secrets,
+        })
+        .await
+        .map_err(CliError::Refused)?
+        .into_inner();
+    let format = args.output;
+    if resp.rollout_id.is_empty() {
+        match format {
+            Format::Json => {
+                let _ = writeln!(stdout, "{}", json::apply_unchanged(resp.generation));
+            }
+            Format::Text => {
+                let _ = writeln!(stdout, "generation {}: nothing to change", resp.generation);
+            }
+        }
+        return Ok(Exit::Success);
+    }
+    if format == Format::Text {
+        let _ = writeln!(
+            stdout,
+            "generation {}: rollout {} started",
+            resp.generation, resp.rollout_id
+        );
+    }
+    if args.no_wait {
+        return Ok(Exit::Success);
+    }
+    follow(&mut op, &resp.rollout_id, format, stdout).await
+}
+
+/// Follows rollout `rollout_id` until it ends; prints its last status lines (or status JSON)
+/// and its result.
+async fn follow(
+    op: &mut OperatorServiceClient<Channel>,
+    rollout_id: &str,
+    format: Format,
+    stdout: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let mut stream = op.watch(WatchRequest {}).await?.into_inner();
+    let mut bars = match format {
+        Format::Text => LiveBars::for_terminal(),
+        Format::Json => None,
+    };
+    let mut last_lines: Vec<String> = Vec::new();
+    loop {
+        let status = stream.message().await?.ok_or(CliError::WatchClosed)?;
+        let Some(r) = status.rollout.clone() else {
+            continue;
+        };
+        if r.id != rollout_id {
+            continue;
+        }
+        let lines = lines::status_lines(&status);
+        match (&mut bars, format) {
+            (Some(b), _) => b.update(&status, &r),
+            (None, Format::Text) => {
+                for l in lines.iter().filter(|l| !last_lines.contains(l)) {
+                    let _ = writeln!(stdout, "{l}");
+                }
+            }
+            (None, Format::Json) => {}
+        }
+        last_lines = lines;
+        let state = r.state();
+        if matches!(
+            state,
+            RolloutState::Pending
+                | RolloutState::Staging
+                | RolloutState::Starting
+                | RolloutState::RollingBack
+        ) {
+            continue;
+        }
+        if let Some(b) = bars {
+            b.finish();
+        }
+        match format {
+            Format::Json => {
+                let _ = writeln!(stdout, "{}", json::status(&status));
+            }
+            Format::Text => {
+                for l in &last_lines {
+                    let _ = writeln!(stdout, "{l}");
+                }
+                let _ = writeln!(
+                    stdout,
+                    "rollout {}: {} ({})",
+                    r.id,
+                    output::state_name(state),
+                    r.message
+                );
+            }
+        }
+        return Ok(if state == RolloutState::Succeeded {
+            Exit::Success
+        } else {
+            Exit::Failed
+        });
+    }
+}

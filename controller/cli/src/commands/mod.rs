@@ -1,0 +1,16 @@
+//! One module per `apimctl` command, each with its clap arguments and its `run`.
+//!
+//! Offline: [`validate`], [`render`]. Against the controller (over mTLS with an operator
+//! certificate, see [`crate::client`]): [`apply`], [`plan`], [`status`], [`agents`], [`token`],
+//! [`revoke`]. On the controller host: [`controller`] (`controller run`, the daemon, and
+//! `controller operator-cert`).
+
+pub mod agents;
+pub mod apply;
+pub mod controller;
+pub mod plan;
+pub mod render;
+pub mod revoke;
+pub mod status;
+pub mod token;
+pub mod validate;

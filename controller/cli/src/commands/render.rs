@@ -1,0 +1,97 @@
+//! `apimctl render PLAN`: what each node will get (deployment.toml, hosts block, commands,
+//! start order), printed with secrets masked, or written with `--out DIR` as one folder per
+//! node and one hosts file per machine (0600: the files hold the real secrets).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use apim_plan::render::ClusterRender;
+use apim_plan::secrets::EnvSource;
+
+use crate::cli::Exit;
+use crate::error::CliError;
+use crate::output;
+use crate::prepare::{Loaded, load_plan};
+
+/// `apimctl render`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The plan file.
+    plan: PathBuf,
+    /// Only this node.
+    #[arg(long)]
+    node: Option<String>,
+    /// Write one folder per node (deployment.toml, commands) and one hosts file per machine
+    /// under DIR instead of printing. Files hold real secrets and are written 0600.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print secrets instead of masking them.
+    #[arg(long)]
+    show_secrets: bool,
+    /// Do not read the packs to check their sha256 (e.g. to render an example plan).
+    #[arg(long)]
+    skip_pack_check: bool,
+}
+
+/// Runs `apimctl render`.
+pub fn run(
+    args: Args,
+    env: &dyn EnvSource,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let opts = apim_plan::validate::Options {
+        verify_packs: !args.skip_pack_check,
+    };
+    let Loaded { plan, .. } = load_plan(&args.plan, env, opts, stderr)?;
+    let cluster = apim_plan::render::render(&plan, env)?;
+    let only = args.node.as_deref();
+    if let Some(name) = only
+        && cluster.node(name).is_none()
+    {
+        return Err(CliError::UnknownNode(name.to_string()));
+    }
+    match &args.out {
+        Some(dir) => {
+            write_out(&cluster, only, dir)?;
+            let _ = writeln!(
+                stdout,
+                "wrote {} to {}",
+                only.unwrap_or("every node"),
+                dir.display()
+            );
+        }
+        None => {
+            let text = output::render::cluster(&cluster, only, args.show_secrets);
+            let _ = write!(stdout, "{text}");
+        }
+    }
+    Ok(Exit::Success)
+}
+
+/// Writes under `dir`: per node (or only `only`) `NODE/deployment.toml` and
+/// `NODE/commands.txt`, per machine with such a node `MACHINE.hosts`, and `start-order.txt`.
+/// Every file 0600, secrets in clear.
+fn write_out(cluster: &ClusterRender, only: Option<&str>, dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(CliError::io(dir))?;
+    for m in &cluster.machines {
+        let mut any = false;
+        for n in m.nodes.iter().filter(|n| only.is_none_or(|o| o == n.name)) {
+            any = true;
+            let nd = dir.join(&n.name);
+            std::fs::create_dir_all(&nd).map_err(CliError::io(&nd))?;
+            write_private(&nd.join("deployment.toml"), &n.deployment_toml)?;
+            let header = output::render::node_header(cluster, n);
+            write_private(&nd.join("commands.txt"), &header)?;
+        }
+        if any {
+            write_private(&dir.join(format!("{}.hosts", m.name)), &m.hosts_text())?;
+        }
+    }
+    let order = output::render::start_order(cluster);
+    write_private(&dir.join("start-order.txt"), &order)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
+    apim_plan::files::write_private(path, contents.as_bytes()).map_err(CliError::io(path))
+}

@@ -1,0 +1,234 @@
+//! The text lines of the controller commands: one line per node for `status` (and `apply`
+//! without a terminal), the changes of `plan`, one line per agent, and the details of a plan
+//! the controller refused.
+
+use std::time::SystemTime;
+
+use apim_proto::v1::{
+    AgentInfo, ChangeKind, ClusterStatus, MachineStatus, NodeStatus, PlanResponse,
+};
+
+use super::{kind_name, phase_name, rfc3339, since, state_name};
+
+/// `status`: a header with the generation and the rollout, then [`status_lines`].
+pub fn status(status: &ClusterStatus) -> Vec<String> {
+    let rollout = status
+        .rollout
+        .as_ref()
+        .map_or("no rollout yet".to_string(), |r| {
+            format!("rollout {} {} ({})", r.id, state_name(r.state()), r.message)
+        });
+    let mut lines = vec![format!("generation {}: {rollout}", status.generation)];
+    lines.extend(status_lines(status));
+    lines
+}
+
+/// One line per node: machine, node, phase, the plan generation the node's spec came from
+/// (`gen N`; `gen -` when not known yet), elapsed time in the phase, step and last error; an
+/// unreachable machine's nodes say "unreachable since T".
+pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
+    status
+        .machines
+        .iter()
+        .flat_map(|m| m.nodes.iter().map(move |n| node_line(m, n)))
+        .collect()
+}
+
+/// The status line of one node (see [`status_lines`]).
+pub fn node_line(m: &MachineStatus, n: &NodeStatus) -> String {
+    let phase = if m.reachable {
+        phase_name(n.phase())
+    } else {
+        match since(m.unreachable_since.as_ref()) {
+            Some(t) => format!("unreachable since {}", rfc3339(t)),
+            None => "unreachable (never connected)".into(),
+        }
+    };
+    let generation = match n.plan_generation {
+        0 => "-".to_string(),
+        g => g.to_string(),
+    };
+    let mut line = format!(
+        "{:<14} {:<14} {:<12} gen {:<4} {:>7}",
+        m.machine,
+        n.node,
+        phase,
+        generation,
+        elapsed(since(n.phase_since.as_ref()))
+    );
+    if !n.step.is_empty() {
+        line.push_str(&format!("  {}", n.step));
+    }
+    if !n.last_error.is_empty() {
+        line.push_str(&format!("  error: {}", n.last_error));
+    }
+    line.trim_end().to_string()
+}
+
+/// Time since `t`, short: `42s`, `3m05s`, `2h10m`; `-` when not known.
+fn elapsed(t: Option<SystemTime>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let s = SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default()
+        .as_secs();
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
+/// `plan`: per node a `+`/`-`/`~` line with its change and whether it restarts, then its
+/// `deployment.toml` and hosts diff lines and certificate changes, indented; then the cluster
+/// revision (for `apply --plan-revision`) and "nothing to change" when nothing would.
+pub fn plan(resp: &PlanResponse) -> Vec<String> {
+    let mut lines = Vec::new();
+    for c in &resp.changes {
+        let sign = match c.kind() {
+            ChangeKind::Create => "+",
+            ChangeKind::Delete => "-",
+            ChangeKind::Update => "~",
+            _ => " ",
+        };
+        lines.push(format!(
+            "{sign} {} ({}): {}{}",
+            c.node,
+            c.machine,
+            kind_name(c.kind()),
+            if c.restart { ", restarts" } else { "" }
+        ));
+        for l in c.deployment_toml_diff.iter().chain(&c.hosts_diff) {
+            lines.push(format!("    {l}"));
+        }
+        for l in &c.certificate_changes {
+            lines.push(format!("    cert: {l}"));
+        }
+    }
+    lines.push(format!("cluster revision: {}", resp.cluster_revision));
+    if !resp
+        .changes
+        .iter()
+        .any(|c| c.kind() != ChangeKind::Unchanged)
+    {
+        lines.push("nothing to change".into());
+    }
+    lines
+}
+
+/// `agents`: machine, connected or not, last seen, certificate expiry, and `REVOKED`.
+pub fn agent(a: &AgentInfo) -> String {
+    format!(
+        "{:<16} {:<12} last seen {}  cert until {}{}",
+        a.machine,
+        if a.connected {
+            "connected"
+        } else {
+            "disconnected"
+        },
+        since(a.last_seen.as_ref()).map(rfc3339).unwrap_or_default(),
+        since(a.cert_not_after.as_ref())
+            .map(rfc3339)
+            .unwrap_or_default(),
+        if a.revoked { "  REVOKED" } else { "" }
+    )
+}
+
+/// The controller's refusal of a plan: one `file:line:col: error: MESSAGE` line (the location
+/// when the problem has one) and `  hint: …` per problem in its details; `error: MESSAGE` when
+/// it sent none. No trailing newline.
+pub fn refusal(status: &tonic::Status) -> String {
+    let mut lines = Vec::new();
+    match apim_proto::error_details(status) {
+        Some(d) if !d.errors.is_empty() => {
+            for e in d.errors {
+                let at = if e.line > 0 {
+                    format!("{}:{}:{}: ", e.file, e.line, e.column)
+                } else {
+                    String::new()
+                };
+                lines.push(format!("{at}error: {}", e.message));
+                if !e.hint.is_empty() {
+                    lines.push(format!("  hint: {}", e.hint));
+                }
+            }
+        }
+        _ => lines.push(format!("error: {}", status.message())),
+    }
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apim_proto::v1::NodePhase;
+
+    #[test]
+    fn a_node_line_names_machine_node_phase_and_error() {
+        let m = MachineStatus {
+            machine: "vm-gw-1".into(),
+            reachable: true,
+            ..MachineStatus::default()
+        };
+        let n = NodeStatus {
+            node: "gw-1".into(),
+            phase: NodePhase::Failed.into(),
+            generation: 7,
+            plan_generation: 3,
+            step: "waiting for readiness".into(),
+            last_error: "port 9447 refused".into(),
+            ..NodeStatus::default()
+        };
+        let line = node_line(&m, &n);
+        assert!(
+            line.starts_with("vm-gw-1        gw-1           failed"),
+            "{line}"
+        );
+        assert!(line.contains("gen 3"), "{line}");
+        let unknown = NodeStatus {
+            plan_generation: 0,
+            ..n.clone()
+        };
+        assert!(node_line(&m, &unknown).contains("gen -"));
+        assert!(
+            line.ends_with("waiting for readiness  error: port 9447 refused"),
+            "{line}"
+        );
+        let away = MachineStatus {
+            reachable: false,
+            ..m
+        };
+        assert!(node_line(&away, &n).contains("unreachable (never connected)"));
+    }
+
+    #[test]
+    fn a_refusal_names_each_problem_with_its_place_and_hint() {
+        use apim_proto::v1::{ErrorDetail, ErrorDetails};
+        let details = ErrorDetails {
+            errors: vec![
+                ErrorDetail {
+                    message: "node `gw-1` is on unknown machine `vm-9`".into(),
+                    hint: "add it to [[machines]]".into(),
+                    file: "plan.toml".into(),
+                    line: 54,
+                    column: 11,
+                    ..ErrorDetail::default()
+                },
+                ErrorDetail {
+                    message: "a rollout is in progress".into(),
+                    ..ErrorDetail::default()
+                },
+            ],
+        };
+        let status =
+            apim_proto::status_with_details(tonic::Code::InvalidArgument, "invalid", &details);
+        assert_eq!(
+            refusal(&status),
+            "plan.toml:54:11: error: node `gw-1` is on unknown machine `vm-9`\n  \
+             hint: add it to [[machines]]\nerror: a rollout is in progress"
+        );
+        assert_eq!(refusal(&tonic::Status::unavailable("down")), "error: down");
+    }
+}

@@ -1,0 +1,107 @@
+//! The text of `render`: per node a commented header (install, java, optimize, start, stop,
+//! readiness, certificate, tier), its `deployment.toml` and its machine's hosts block; then the
+//! start order. `render --out` writes the same header and start order into its files.
+
+use apim_plan::render::{ClusterRender, NodeRender};
+
+/// The whole render of `cluster` (or of the node `only`), secrets masked unless `show_secrets`.
+pub fn cluster(cluster: &ClusterRender, only: Option<&str>, show_secrets: bool) -> String {
+    let mut s = String::new();
+    for m in &cluster.machines {
+        for n in m.nodes.iter().filter(|n| only.is_none_or(|o| o == n.name)) {
+            s.push_str(&node_header(cluster, n));
+            s.push_str("\n# ---- deployment.toml ----\n");
+            s.push_str(if show_secrets {
+                &n.deployment_toml
+            } else {
+                &n.deployment_toml_masked
+            });
+            s.push_str(&format!(
+                "\n# ---- hosts block of machine {} ----\n",
+                m.name
+            ));
+            s.push_str(&m.hosts_text());
+            s.push('\n');
+        }
+    }
+    s.push_str(&start_order(cluster));
+    s
+}
+
+/// A node's commented header: what is installed where, how it is optimized, started, stopped
+/// and recognised as ready, its certificate, and its tier.
+pub fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
+    let mut s = format!(
+        "# ==== node {} ({}) on machine {}, {} offset {} ====\n",
+        n.name, n.role, n.machine, n.hostname, n.offset
+    );
+    s.push_str(&format!(
+        "# install:   {} into {} (sha256 {})\n",
+        n.pack_top_dir,
+        n.install_dir,
+        short(&n.pack_sha256)
+    ));
+    s.push_str(&format!("# java_home: {}\n", n.java_home));
+    if let Some(o) = &n.optimizer {
+        s.push_str(&format!(
+            "# optimize:  {}   (once, after unpacking)\n",
+            o.display()
+        ));
+    }
+    s.push_str(&format!(
+        "# start:     {}   (in {})\n",
+        n.start.display(),
+        n.carbon_home
+    ));
+    s.push_str(&format!("# stop:      {}\n", n.stop.display()));
+    let ports: Vec<String> = n.readiness.tcp_ports.iter().map(u16::to_string).collect();
+    s.push_str(&format!(
+        "# ready:     \"{}\" in {}; ports {}\n",
+        n.readiness.log_line,
+        n.readiness.log_file,
+        ports.join(",")
+    ));
+    for h in &n.readiness.http {
+        s.push_str(&format!(
+            "#            GET {} -> {}\n",
+            h.url, h.expect_status
+        ));
+    }
+    s.push_str(&format!(
+        "# cert:      CN={} SAN={}\n",
+        n.tls.common_name,
+        n.tls.sans.join(",")
+    ));
+    let deps = if n.depends_on.is_empty() {
+        "nothing".to_string()
+    } else {
+        n.depends_on.join(", ")
+    };
+    s.push_str(&format!(
+        "# tier {}:    waits for {deps}\n",
+        tier_of(cluster, &n.name)
+    ));
+    s
+}
+
+/// The start order, one tier per line.
+pub fn start_order(cluster: &ClusterRender) -> String {
+    let mut s = String::from("# ==== start order ====\n");
+    for (i, t) in cluster.tiers.iter().enumerate() {
+        s.push_str(&format!("tier {}: {}\n", i + 1, t.join(", ")));
+    }
+    s
+}
+
+/// The 1-based tier `node` starts in (0 when in none).
+fn tier_of(cluster: &ClusterRender, node: &str) -> usize {
+    cluster
+        .tiers
+        .iter()
+        .position(|t| t.iter().any(|n| n == node))
+        .map_or(0, |i| i + 1)
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

@@ -1,0 +1,130 @@
+//! Getting a plan ready. [`load_plan`] reads and checks it on the operator's machine (every
+//! command that takes a plan); [`prepare`], the step `apply` and `plan` share, then checks the
+//! packs against the digest cache, resolves the secrets, connects, and uploads the packs the
+//! controller lacks.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use apim_plan::diag::{Diagnostic, Report};
+use apim_plan::plan::Plan;
+use apim_plan::secrets::EnvSource;
+use apim_plan::validate;
+use tonic::transport::Channel;
+
+use crate::client::{self, Settings};
+use crate::error::CliError;
+
+/// A plan that passed validation, with the text it was read from.
+pub struct Loaded {
+    /// The plan.
+    pub plan: Plan,
+    /// The plan file's text.
+    pub text: String,
+}
+
+/// Reads and validates the plan at `path`. Warnings are printed here; errors come back as
+/// [`CliError::InvalidPlan`] (with the warnings among them).
+pub fn load_plan(
+    path: &Path,
+    env: &dyn EnvSource,
+    opts: validate::Options,
+    stderr: &mut dyn Write,
+) -> Result<Loaded, CliError> {
+    let text = std::fs::read_to_string(path).map_err(CliError::io(path))?;
+    let (plan, report) = validate::check(path, &text, env, opts);
+    match plan {
+        Some(plan) => {
+            if !report.diagnostics.is_empty() {
+                let _ = write!(stderr, "{}", report.render());
+            }
+            Ok(Loaded { plan, text })
+        }
+        None => Err(CliError::InvalidPlan(report)),
+    }
+}
+
+/// A plan checked on the operator's machine, with the controller holding its packs.
+pub struct Ready {
+    /// The connection to the controller.
+    pub channel: Channel,
+    /// The plan file's text, as sent.
+    pub text: String,
+    /// Every `{ env }`/`{ file }` secret of the plan, resolved.
+    pub secrets: HashMap<String, String>,
+}
+
+/// Validates locally, resolves the secrets, connects, and uploads the packs the controller
+/// lacks; prints `uploaded PACK` for each pack sent.
+///
+/// A pack the operator's digest cache knows is compared with the plan before anything is sent.
+/// A new one is not hashed up front: when the controller lacks it, it is hashed as it is read
+/// for the upload (one read of the pack instead of two; the controller hashes it too and
+/// refuses a mismatch), and only when the controller has its digest already is it hashed
+/// here. Either way a pack that is not the plan's is reported at the plan's `sha256` before
+/// anything is applied.
+pub async fn prepare(
+    settings: &Settings,
+    path: &Path,
+    env: &dyn EnvSource,
+    stderr: &mut dyn Write,
+) -> Result<Ready, CliError> {
+    let opts = validate::Options {
+        verify_packs: false,
+    };
+    let Loaded { plan, text } = load_plan(path, env, opts, stderr)?;
+    let invalid = |diagnostics: Vec<Diagnostic>| {
+        CliError::InvalidPlan(Report {
+            path: path.display().to_string(),
+            source: text.clone(),
+            diagnostics,
+        })
+    };
+    let cache = apim_plan::digest_cache::default_dir(&|k| env.var(k));
+    let mut packs = Vec::new();
+    let mut problems = Vec::new();
+    for d in plan.distributions.values() {
+        let pack = plan.resolve_path(&d.path.value);
+        match validate::check_pack(d, &pack, cache.as_deref()) {
+            Ok(pending) => packs.push((d, pack, pending)),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    let secrets = apim_plan::secrets::collect(&plan, env).map_err(CliError::Secret)?;
+    let channel = settings.connect().await?;
+    for (d, pack, pending) in packs {
+        let uploaded = client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await;
+        if let Some(pending) = pending {
+            let actual = match uploaded.as_ref().ok().and_then(|u| u.read_sha256.clone()) {
+                Some(read) => read,
+                // Not sent (or the upload failed): hash it here.
+                None => {
+                    let at = pending.path().to_path_buf();
+                    tokio::task::spawn_blocking(move || apim_plan::digest_cache::sha256_file(&at))
+                        .await
+                        .map_err(|source| CliError::Hashing {
+                            path: pack.clone(),
+                            source,
+                        })?
+                        .map_err(CliError::io(&pack))?
+                }
+            };
+            if !actual.eq_ignore_ascii_case(&d.sha256.value) {
+                return Err(invalid(vec![validate::pack_mismatch(d, &pack, &actual)]));
+            }
+            pending.remember(&actual);
+        }
+        if uploaded?.sent {
+            let _ = writeln!(stderr, "uploaded {}", pack.display());
+        }
+    }
+    Ok(Ready {
+        channel,
+        text,
+        secrets: secrets.into_iter().collect(),
+    })
+}
