@@ -1,7 +1,8 @@
 //! Getting a plan ready. [`load_plan`] reads and checks it on the operator's machine (every
 //! command that takes a plan); [`prepare`], the step `apply` and `plan` share, then checks the
-//! packs against the digest cache, resolves the secrets, connects, and uploads the packs the
-//! controller lacks.
+//! packs (digest, and their central directory), resolves the secrets, connects, and — for
+//! `apply` only — uploads the packs the controller lacks. `plan` is a dry run: it sends no
+//! pack.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -45,7 +46,17 @@ pub fn load_plan(
     }
 }
 
-/// A plan checked on the operator's machine, with the controller holding its packs.
+/// Whether [`prepare`] sends the packs the controller lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packs {
+    /// `apply`: upload what is missing.
+    Upload,
+    /// `plan`: check them here, send nothing.
+    CheckOnly,
+}
+
+/// A plan checked on the operator's machine (and, for `apply`, with the controller holding its
+/// packs).
 pub struct Ready {
     /// The connection to the controller.
     pub channel: Channel,
@@ -67,6 +78,7 @@ pub struct Ready {
 pub async fn prepare(
     settings: &Settings,
     path: &Path,
+    packs_mode: Packs,
     env: &dyn EnvSource,
     stderr: &mut dyn Write,
 ) -> Result<Ready, CliError> {
@@ -86,7 +98,10 @@ pub async fn prepare(
     let mut problems = Vec::new();
     for d in plan.distributions.values() {
         let pack = plan.resolve_path(&d.path.value);
-        match validate::check_pack(d, &pack, cache.as_deref()) {
+        let top = plan.cluster.product.value.pack_top_dir(d.kind);
+        match validate::check_pack(d, &pack, cache.as_deref())
+            .and_then(|pending| validate::check_pack_contents(d, &pack, &top).map(|()| pending))
+        {
             Ok(pending) => packs.push((d, pack, pending)),
             Err(problem) => problems.push(problem),
         }
@@ -97,7 +112,15 @@ pub async fn prepare(
     let secrets = apim_plan::secrets::collect(&plan, env).map_err(CliError::Secret)?;
     let channel = settings.connect().await?;
     for (d, pack, pending) in packs {
-        let uploaded = client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await;
+        let uploaded = match packs_mode {
+            Packs::Upload => {
+                client::upload_if_missing(channel.clone(), &pack, &d.sha256.value).await
+            }
+            Packs::CheckOnly => Ok(client::Uploaded {
+                sent: false,
+                read_sha256: None,
+            }),
+        };
         if let Some(pending) = pending {
             let actual = match uploaded.as_ref().ok().and_then(|u| u.read_sha256.clone()) {
                 Some(read) => read,

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use support::{Controller, Event, FakeAgent, V3_MACHINES, plan_v3};
 
-const PACK: &[u8] = b"a simulated wso2am-3.2.0 pack";
+/// The 3.x pack the test plans name.
+fn pack() -> Vec<u8> {
+    support::tiny_pack("wso2am-3.2.0")
+}
 
 type Log = Arc<Mutex<Vec<(String, Event)>>>;
 
@@ -69,8 +72,9 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
     let (_agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("dist")).expect("dist");
-    std::fs::write(dir.path().join("dist/wso2am-3.2.0.zip"), PACK).expect("pack");
-    let sha = apim_plan::digest(PACK);
+    let pack = pack();
+    std::fs::write(dir.path().join("dist/wso2am-3.2.0.zip"), &pack).expect("pack");
+    let sha = apim_plan::digest(&pack);
     std::fs::write(
         dir.path().join("plan.toml"),
         plan_v3(&sha, "", "halt", "30s"),
@@ -78,15 +82,20 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
     .expect("plan");
     std::fs::write(dir.path().join("bad.toml"), "[cluster\n").expect("bad plan");
 
-    // Everything is new: exit 2 (and the CLI uploaded the pack the controller lacked).
+    // Everything is new: exit 2. A dry run: no pack uploaded, no certificate issued.
     let (code, out, err) = apimctl(&c, dir.path(), &["plan", "plan.toml"]).await;
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("+ km-1 (vm-km-1): create"), "{out}");
     assert!(!out.contains("admin-secret"), "secrets are masked");
-    assert!(c.state.artifacts().path_for(&sha).expect("path").exists());
+    assert!(!c.state.artifacts().path_for(&sha).expect("path").exists());
+    assert!(
+        !c.state.pki_dir().join("apim-test").exists(),
+        "plan made the cluster's PKI"
+    );
 
     let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml", "-o", "json"]).await;
     assert_eq!(code, 0, "{out}{err}");
+    assert!(c.state.artifacts().path_for(&sha).expect("path").exists());
     let json: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(json["rollout"]["state"], "succeeded");
 
@@ -131,7 +140,7 @@ async fn status_watch_ends_once_its_reader_is_gone() {
     assert!(first.starts_with("generation "), "{first}");
 
     // The cluster changes; the watcher has nowhere to write it and ends.
-    let sha = c.store_pack(PACK);
+    let sha = c.store_pack(&pack());
     c.apply(&plan_v3(&sha, "", "halt", "30s"))
         .await
         .expect("apply");

@@ -2,8 +2,9 @@
 //!
 //! Files are named by their lowercase hex sha256 in one directory. An [`Upload`] streams into a
 //! temp file in the same directory (a writer thread hashes and writes while the next chunks
-//! arrive), is checked against the announced size and digest, fsynced, and only then renamed
-//! into place: a name in the store always holds exactly the bytes its name promises. The gRPC
+//! arrive), is checked against the announced size and digest and its zip central directory
+//! against `apim_plan::pack`'s guards, fsynced, and only then renamed into place: a name in
+//! the store always holds exactly the bytes its name promises, and a pack apimctl would unpack. The gRPC
 //! side (`ArtifactService`) is in [`crate::server`].
 
 use std::io::{self, Write as _};
@@ -38,6 +39,12 @@ pub enum ArtifactError {
     Mismatch {
         /// Which check failed, with expected and actual values.
         reason: String,
+    },
+    /// The upload is not a pack apimctl would unpack (see `apim_plan::pack`).
+    #[error("the pack is refused: {problem}")]
+    BadPack {
+        /// What is wrong with it.
+        problem: apim_plan::pack::PackProblem,
     },
     /// A file operation failed.
     #[error("{action} {}: {source}", path.display())]
@@ -209,6 +216,15 @@ impl Upload {
                 reason: format!("sha256 {actual}, announced {}", self.sha256),
             });
         }
+        // A bad pack never enters the store: its central directory is read before the rename.
+        let file = self.tmp.reopen().map_err(io_err("reopening", &tmp_path))?;
+        let limits = apim_plan::pack::PackLimits::default();
+        tokio::task::spawn_blocking(move || {
+            apim_plan::pack::inspect(std::io::BufReader::new(file), &limits)
+        })
+        .await
+        .map_err(|e| io_err("inspecting", &tmp_path)(io::Error::other(e)))?
+        .map_err(|problem| ArtifactError::BadPack { problem })?;
         std::fs::set_permissions(&tmp_path, std::fs::Permissions::from_mode(ARTIFACT_MODE))
             .map_err(io_err("setting mode of", &tmp_path))?;
         let final_path = self.final_path.clone();

@@ -107,6 +107,24 @@ impl ProductPki {
         })
     }
 
+    /// The PKI of a cluster under `dir` if it was made already; never creates anything (a dry
+    /// run must not issue).
+    pub fn existing(dir: &Path, cluster_name: &str) -> Result<Option<Self>, PkiError> {
+        let made = [
+            apim_certs::CLUSTER_CA_CERT_FILE,
+            apim_certs::CLUSTER_CA_KEY_FILE,
+            apim_certs::PRIMARY_CERT_FILE,
+            apim_certs::PRIMARY_KEY_FILE,
+        ]
+        .iter()
+        .all(|f| dir.join(f).is_file());
+        if made {
+            Self::load_or_create(dir, cluster_name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The cluster CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         self.ca.cert_pem()
@@ -230,13 +248,29 @@ impl ProductPki {
     }
 
     /// What the agent needs to write a node's keystores, per the plan's `[tls]`. `None` when the
-    /// plan keeps the pack's own keystores.
-    pub fn keystore_spec(&self, node: &NodeRender) -> Result<Option<KeystoreSpec>, PkiError> {
+    /// plan keeps the pack's own keystores. With `issue` false (a dry run) nothing is issued: a
+    /// certificate that would be is shown as a placeholder chain.
+    pub fn keystore_spec(
+        &self,
+        node: &NodeRender,
+        issue: bool,
+    ) -> Result<Option<KeystoreSpec>, PkiError> {
         let tls = &node.tls;
         if tls.issuer != Issuer::ClusterCa {
             return Ok(None);
         }
-        let material = self.node_material(&node.hostname, &tls.sans)?;
+        let material = if issue {
+            self.node_material(&node.hostname, &tls.sans)?
+        } else {
+            self.stored_node_material(&node.hostname, &tls.sans)
+                .unwrap_or_else(|| NodeMaterial {
+                    key_pem: String::new(),
+                    chain_pem: format!(
+                        "(a certificate for {} to be issued by apply)\n",
+                        tls.sans.join(",")
+                    ),
+                })
+        };
         let primary_chain = format!("{}{}", self.primary.cert_pem(), self.ca.cert_pem());
         Ok(Some(KeystoreSpec {
             store_type: match tls.store_type {

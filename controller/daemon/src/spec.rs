@@ -37,6 +37,8 @@ pub struct SpecInputs<'a> {
     pub pack_sizes: &'a BTreeMap<String, u64>,
     /// Issues node certificates (`None`: keystores are left to the pack).
     pub pki: Option<&'a ProductPki>,
+    /// Whether certificates missing from the PKI are issued (false: a dry run previews them).
+    pub issue: bool,
     /// Whether each node should run now (the rollout releases nodes tier by tier).
     pub desired: &'a dyn Fn(&NodeRender) -> DesiredRun,
 }
@@ -49,7 +51,7 @@ pub fn node_spec(
 ) -> Result<NodeSpec, PkiError> {
     let (pack_sizes, pki) = (inputs.pack_sizes, inputs.pki);
     let keystores = match pki {
-        Some(p) => p.keystore_spec(node)?,
+        Some(p) => p.keystore_spec(node, inputs.issue)?,
         None => None,
     };
     let r = &node.readiness;
@@ -196,6 +198,7 @@ mod tests {
             plan_generation: 1,
             pack_sizes: &sizes,
             pki: Some(&pki),
+            issue: true,
             desired: &run,
         };
         let spec = machine_spec(&c, "vm-gw-2", &inputs(7)).unwrap().unwrap();

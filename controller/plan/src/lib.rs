@@ -12,6 +12,7 @@ pub mod diag;
 pub mod digest_cache;
 pub mod files;
 pub mod graph;
+pub mod pack;
 pub mod plan;
 pub mod render;
 pub mod secrets;

@@ -366,10 +366,39 @@ fn check_distributions(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut V
         // environment the secrets come from.
         let cache = crate::digest_cache::default_dir(&|k| env.var(k));
         match crate::digest_cache::sha256_cached(&path, cache.as_deref()) {
-            Ok(actual) if actual == sha => {}
+            Ok(actual) if actual == sha => {
+                if let Err(problem) = check_pack_contents(d, &path, &product.pack_top_dir(d.kind)) {
+                    out.push(problem);
+                }
+            }
             Ok(actual) => out.push(pack_mismatch(d, &path, &actual)),
             Err(e) => out.push(pack_unreadable(d, &path, &e)),
         }
+    }
+}
+
+/// Reads `d`'s pack's central directory (never its data): a pack no product pack looks like,
+/// or one whose top directory is not `expected_top`, is the plan's error at `d.path`.
+pub fn check_pack_contents(
+    d: &Distribution,
+    path: &Path,
+    expected_top: &str,
+) -> Result<(), Diagnostic> {
+    let refused = |why: String| {
+        Diagnostic::error(
+            d.path.span.clone(),
+            format!("pack `{}` is refused: {why}", path.display()),
+        )
+    };
+    match crate::pack::inspect_file(path, &crate::pack::PackLimits::default()) {
+        Ok(s) if s.top_dir == expected_top => Ok(()),
+        Ok(s) => Err(refused(format!(
+            "its top directory is `{}`, the release needs `{expected_top}`",
+            s.top_dir
+        ))
+        .with_hint("the pack is for another release or product; check [cluster] product")),
+        Err(problem) => Err(refused(problem.to_string())
+            .with_hint("apimctl unpacks only packs laid out like WSO2's own zips")),
     }
 }
 

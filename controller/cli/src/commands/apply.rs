@@ -16,7 +16,7 @@ use crate::client::{self, Settings};
 use crate::error::CliError;
 use crate::output::bars::LiveBars;
 use crate::output::{self, Format, json, lines};
-use crate::prepare::{Ready, prepare};
+use crate::prepare::{Packs, Ready, prepare};
 
 /// `apimctl apply`.
 #[derive(Debug, clap::Args)]
@@ -46,7 +46,7 @@ pub async fn run(
         channel,
         text,
         secrets,
-    } = prepare(&settings, &args.plan, env, stderr).await?;
+    } = prepare(&settings, &args.plan, Packs::Upload, env, stderr).await?;
     let mut op = client::operator(channel);
     let resp = op
         .apply(ApplyRequest {

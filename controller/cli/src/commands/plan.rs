@@ -12,7 +12,7 @@ use crate::cli::Exit;
 use crate::client::{self, Settings};
 use crate::error::CliError;
 use crate::output::{Format, json, lines};
-use crate::prepare::{Ready, prepare};
+use crate::prepare::{Packs, Ready, prepare};
 
 /// `apimctl plan`.
 #[derive(Debug, clap::Args)]
@@ -36,7 +36,7 @@ pub async fn run(
         channel,
         text,
         secrets,
-    } = prepare(&settings, &args.plan, env, stderr).await?;
+    } = prepare(&settings, &args.plan, Packs::CheckOnly, env, stderr).await?;
     let resp = client::operator(channel)
         .plan(PlanRequest {
             plan_toml: text,

@@ -36,7 +36,7 @@ pub use crate::store::{NodeProgress, Phase, RolloutRecord};
 pub use decide::{Decision, Next, NodeReport, World, decide};
 pub use engine::Engine;
 pub use error::RolloutError;
-pub use prepare::{Prepared, changed_machines, cluster_revision, prepare, same_spec};
+pub use prepare::{Mode, Prepared, changed_machines, cluster_revision, prepare, same_spec};
 
 use crate::state::ControllerState;
 

@@ -17,6 +17,15 @@ use crate::pki::ProductPki;
 use crate::spec::{SpecInputs, machine_spec};
 use crate::state::ControllerState;
 
+/// Why a plan is prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// To roll it out: its packs must be stored; certificates are issued.
+    Apply,
+    /// To show what would change (`apimctl plan`): nothing is issued, packs may be missing.
+    DryRun,
+}
+
 /// A validated, rendered plan and the target spec of every machine.
 pub struct Prepared {
     /// The plan.
@@ -58,6 +67,7 @@ pub async fn prepare(
     plan_path: &str,
     plan_toml: &str,
     secrets: BTreeMap<String, String>,
+    mode: Mode,
 ) -> Result<Prepared, RolloutError> {
     let secrets = ResolvedSecrets(secrets);
     let path = if plan_path.is_empty() {
@@ -96,8 +106,12 @@ pub async fn prepare(
     for d in plan.distributions.values() {
         match state.artifacts().size(&d.sha256.value).await {
             Ok(size) => {
+                let at = d.path.span.start;
+                check_stored_pack(state, plan.cluster.product.value, d, path, plan_toml, at)
+                    .await?;
                 pack_sizes.insert(d.sha256.value.clone(), size);
             }
+            Err(ArtifactError::NotFound { .. }) if mode == Mode::DryRun => {}
             Err(ArtifactError::NotFound { .. }) | Err(ArtifactError::InvalidDigest) => {
                 missing.push(detail(
                     "plan.pack_missing",
@@ -130,10 +144,13 @@ pub async fn prepare(
         .filter(|n| n.tls.issuer == apim_plan::plan::Issuer::ClusterCa)
         .map(|n| (n.hostname.clone(), n.tls.sans.clone()))
         .collect();
-    let pki = tokio::task::spawn_blocking(move || {
-        let pki = ProductPki::load_or_create(&dir, &cluster)?;
-        pki.prepare_nodes(&nodes)?;
-        Ok::<_, crate::pki::PkiError>(pki)
+    let pki = tokio::task::spawn_blocking(move || match mode {
+        Mode::Apply => {
+            let pki = ProductPki::load_or_create(&dir, &cluster)?;
+            pki.prepare_nodes(&nodes)?;
+            Ok::<_, crate::pki::PkiError>(Some(pki))
+        }
+        Mode::DryRun => ProductPki::existing(&dir, &cluster),
     })
     .await
     .map_err(|e| RolloutError::Render {
@@ -147,7 +164,8 @@ pub async fn prepare(
         generation: 0,
         plan_generation: 0,
         pack_sizes: &pack_sizes,
-        pki: Some(&pki),
+        pki: pki.as_ref(),
+        issue: mode == Mode::Apply,
         desired: &run,
     };
     let mut targets = BTreeMap::new();
@@ -166,6 +184,45 @@ pub async fn prepare(
         render,
         targets,
         secrets,
+    })
+}
+
+/// Reads a stored pack's central directory: a pack no agent would unpack, or one for another
+/// release, is refused before any machine is touched.
+async fn check_stored_pack(
+    state: &ControllerState,
+    product: apim_plan::catalogue::Product,
+    d: &apim_plan::plan::Distribution,
+    file: &str,
+    plan_toml: &str,
+    at: usize,
+) -> Result<(), RolloutError> {
+    let stored = state.artifacts().path_for(&d.sha256.value)?;
+    let expected = product.pack_top_dir(d.kind);
+    let limits = apim_plan::pack::PackLimits::default();
+    let checked =
+        tokio::task::spawn_blocking(move || apim_plan::pack::inspect_file(&stored, &limits))
+            .await
+            .map_err(|e| RolloutError::Render {
+                reason: e.to_string(),
+            })?;
+    let why = match checked {
+        Ok(s) if s.top_dir == expected => return Ok(()),
+        Ok(s) => format!(
+            "its top directory is `{}`, the release needs `{expected}`",
+            s.top_dir
+        ),
+        Err(problem) => problem.to_string(),
+    };
+    Err(RolloutError::PlanRejected {
+        errors: vec![detail(
+            "plan.pack_refused",
+            format!("pack {} is refused: {why}", d.path.value),
+            "apimctl unpacks only packs laid out like WSO2's own zips".into(),
+            file,
+            plan_toml,
+            at,
+        )],
     })
 }
 

@@ -372,6 +372,10 @@ impl From<ArtifactError> for ServerError {
             },
             ArtifactError::NotFound { sha256 } => ServerError::ArtifactNotFound { sha256 },
             ArtifactError::Mismatch { reason } => ServerError::ArtifactMismatch { reason },
+            e @ ArtifactError::BadPack { .. } => ServerError::InvalidArgument {
+                field: "pack",
+                reason: e.to_string(),
+            },
             ArtifactError::Io {
                 action,
                 path,

@@ -92,6 +92,7 @@ impl OperatorSvc {
             &plan_path,
             &plan_toml,
             resolved_secrets.into_iter().collect(),
+            rollout::Mode::Apply,
         )
         .await?;
         if let Some(expected) = expected_cluster_revision {
@@ -128,6 +129,7 @@ impl OperatorSvc {
             &plan_path,
             &plan_toml,
             resolved_secrets.into_iter().collect(),
+            rollout::Mode::DryRun,
         )
         .await?;
         // The diff shows old lines too: mask the secrets of the generations the baseline was

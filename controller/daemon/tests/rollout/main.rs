@@ -16,7 +16,10 @@ use tonic::Code;
 
 use support::{Controller, Event, FakeAgent, V3_MACHINES, eventually, plan_v3, secrets};
 
-const PACK: &[u8] = b"a simulated wso2am-3.2.0 pack";
+/// The 3.x pack the test plans name.
+fn pack() -> Vec<u8> {
+    support::tiny_pack("wso2am-3.2.0")
+}
 
 type Log = Arc<Mutex<Vec<(String, Event)>>>;
 
@@ -61,7 +64,7 @@ fn held(agents: &BTreeMap<String, FakeAgent>) -> BTreeMap<String, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_roll_out_in_tier_order_reapply_is_a_no_op_and_one_change_touches_one_node() {
     let c = Controller::start().await;
-    let sha = c.store_pack(PACK);
+    let sha = c.store_pack(&pack());
     let (agents, log) = start_agents(&c);
     let plan = plan_v3(&sha, "", "halt", "30s");
 
@@ -127,7 +130,7 @@ async fn five_nodes_roll_out_in_tier_order_reapply_is_a_no_op_and_one_change_tou
 async fn halt_keeps_dependents_staged_and_rollback_restores_the_previous_generation() {
     // halt: the publisher fails; nothing that depends on it starts.
     let c = Controller::start().await;
-    let sha = c.store_pack(PACK);
+    let sha = c.store_pack(&pack());
     let (agents, log) = start_agents(&c);
     agents["vm-pub-1"]
         .faults
@@ -167,7 +170,7 @@ async fn halt_keeps_dependents_staged_and_rollback_restores_the_previous_generat
 
     // rollback: generation 1 healthy, generation 2's gateway fails, gateway returns to 1.
     let c = Controller::start().await;
-    let sha = c.store_pack(PACK);
+    let sha = c.store_pack(&pack());
     let (agents, log) = start_agents(&c);
     c.apply(&plan_v3(&sha, "", "rollback", "30s"))
         .await
@@ -216,7 +219,7 @@ async fn halt_keeps_dependents_staged_and_rollback_restores_the_previous_generat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_restart_mid_rollout_resumes_without_starting_anything_twice() {
     let c = Controller::start().await;
-    let sha = c.store_pack(PACK);
+    let sha = c.store_pack(&pack());
     let (agents, log) = start_agents(&c);
     let plan = plan_v3(&sha, "", "halt", "5m");
     let cluster = render(&plan);
@@ -264,7 +267,7 @@ async fn a_controller_restart_mid_rollout_resumes_without_starting_anything_twic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_agent_shows_unreachable_and_converges_when_it_returns() {
     let c = Controller::start().await;
-    let sha = c.store_pack(PACK);
+    let sha = c.store_pack(&pack());
     let (agents, log) = start_agents(&c);
     c.apply(&plan_v3(&sha, "", "halt", "30s"))
         .await
@@ -304,7 +307,7 @@ async fn a_disconnected_agent_shows_unreachable_and_converges_when_it_returns() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_plans_change_nothing() {
     let c = Controller::start().await;
-    let sha = c.store_pack(PACK);
+    let sha = c.store_pack(&pack());
     let (agents, log) = start_agents(&c);
     c.apply(&plan_v3(&sha, "", "halt", "30s"))
         .await
@@ -391,7 +394,7 @@ async fn refused_plans_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_masks_the_old_and_the_new_secrets_in_every_diff_line() {
     let c = Controller::start().await;
-    let sha = c.store_pack(PACK);
+    let sha = c.store_pack(&pack());
     let (_agents, _log) = start_agents(&c);
     let plan = plan_v3(&sha, "", "halt", "30s");
     c.apply(&plan).await.expect("apply");
@@ -436,4 +439,30 @@ async fn plan_masks_the_old_and_the_new_secrets_in_every_diff_line() {
             assert!(!l.contains(secret), "{secret} shown in the diff: {l}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_pack_of_another_release_is_refused_before_any_machine_is_touched() {
+    let c = Controller::start().await;
+    let (agents, _log) = start_agents(&c);
+    let sha = c.store_pack(&support::tiny_pack("wso2am-4.2.0"));
+    let status = c
+        .apply(&plan_v3(&sha, "", "halt", "30s"))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let details = apim_proto::error_details(&status).expect("details");
+    assert!(
+        details.errors[0]
+            .message
+            .contains("its top directory is `wso2am-4.2.0`, the release needs `wso2am-3.2.0`"),
+        "{details:?}"
+    );
+    assert_eq!(
+        (details.errors[0].line, details.errors[0].column),
+        (8, 20),
+        "at the pack's path"
+    );
+    assert!(c.state.desired_specs().is_empty(), "nothing pushed");
+    assert!(held(&agents).values().all(|g| *g == 0));
 }

@@ -556,3 +556,17 @@ on_failure = "{on_failure}"
 
 /// Machines of [`plan_v3`].
 pub const V3_MACHINES: [&str; 5] = ["vm-km-1", "vm-tm-1", "vm-pub-1", "vm-dp-1", "vm-gw-1"];
+
+/// A zip laid out like a product pack: one small file under `top/` (the fake agents never
+/// unpack it; the controller reads its central directory).
+pub fn tiny_pack(top: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.start_file(
+        format!("{top}/bin/version.txt"),
+        zip::write::SimpleFileOptions::default(),
+    )
+    .expect("zip entry");
+    w.write_all(top.as_bytes()).expect("zip data");
+    w.finish().expect("zip").into_inner()
+}

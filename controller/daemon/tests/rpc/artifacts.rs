@@ -83,7 +83,7 @@ async fn upload_verifies_before_storing_and_fetch_resumes_in_chunks() {
     let h = Harness::start_with(|c| c.chunk_size = CHUNK).await;
     let operator = h.operator_creds("alice");
     let mut op = ArtifactServiceClient::new(h.channel(Some(&operator)).await);
-    let data: Vec<u8> = (0..4500u32).map(|i| (i * 7 % 251) as u8).collect();
+    let data = pack_of_size(4500);
     let digest = sha256(&data);
 
     // Wrong digest, short content, long content: refused, nothing stored (not even a temp).
@@ -126,7 +126,8 @@ async fn upload_verifies_before_storing_and_fetch_resumes_in_chunks() {
 
     // An agent may fetch only the packs its machine's specs name.
     let agent = h.agent_creds("vm-a");
-    let other = upload(&mut op, b"another pack", &sha256(b"another pack"), 12)
+    let another = pack_of_size(3000);
+    let other = upload(&mut op, &another, &sha256(&another), another.len() as u64)
         .await
         .expect("upload another");
     h.state
@@ -236,4 +237,54 @@ fn spec_naming(machine: &str, digests: &[&str]) -> apim_proto::v1::MachineSpec {
             .collect(),
         ..Default::default()
     }
+}
+
+/// A zip pack (one stored file of varied bytes under `top/`) padded with a zip comment to
+/// exactly `size` bytes.
+fn pack_of_size(size: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let build = |comment: String| {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        w.start_file("top/data.bin", stored).expect("entry");
+        let data: Vec<u8> = (0..size as u32 / 2).map(|i| (i * 7 % 251) as u8).collect();
+        w.write_all(&data).expect("data");
+        w.set_comment(comment).expect("comment");
+        w.finish().expect("zip").into_inner()
+    };
+    let bare = build(String::new()).len();
+    let padded = build("x".repeat(size - bare));
+    assert_eq!(padded.len(), size);
+    padded
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_is_not_a_safe_pack_is_refused_and_not_stored() {
+    use std::io::Write as _;
+    let h = Harness::start().await;
+    let operator = h.operator_creds("alice");
+    let mut op = ArtifactServiceClient::new(h.channel(Some(&operator)).await);
+    let traversal = {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file(
+            "top/../../etc/passwd",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .expect("entry");
+        w.write_all(b"root::0:0::/:/bin/sh").expect("data");
+        w.finish().expect("zip").into_inner()
+    };
+    for (bytes, why) in [
+        (traversal, "parent-directory"),
+        (b"not a zip at all".to_vec(), "not a readable zip archive"),
+    ] {
+        let status = upload(&mut op, &bytes, &sha256(&bytes), bytes.len() as u64)
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(why), "{}", status.message());
+    }
+    assert_eq!(stored_files(&h), Vec::<String>::new());
+    h.shutdown().await.expect("clean shutdown");
 }

@@ -131,11 +131,11 @@ fn offset_ports_collide_on_one_machine() {
     // tm-1 shares vm-1 with cp-1 (offset 0): 9611 + 100 = 9711.
     let text = with(&f.base_plan(), "offset = 1", "offset = 100");
     let r = f.check(&text);
-    let out = expect_error(
+    let out = expect_error_at(
         &r,
         &text,
         "node `tm-1` (offset 100) and node `cp-1` (offset 0) both use port",
-        "100",
+        text.find("offset = 100").unwrap() + "offset = ".len(),
     );
     assert!(out.contains("machine `vm-1`"), "{out}");
 }
@@ -352,4 +352,42 @@ fn every_problem_is_reported_at_once() {
     // Sorted by position in the file.
     let starts: Vec<usize> = r.diagnostics.iter().map(|d| d.span.start).collect();
     assert!(starts.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn a_pack_with_an_unsafe_entry_or_another_top_directory_is_refused() {
+    use std::io::Write as _;
+    let f = Fixture::new();
+    let evil = {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let o = zip::write::SimpleFileOptions::default();
+        w.start_file("wso2am-tm-4.5.0/bin/ok.sh", o).unwrap();
+        w.start_file("wso2am-tm-4.5.0/../../etc/cron.d/x", o)
+            .unwrap();
+        w.write_all(b"* * * * * root id").unwrap();
+        w.finish().unwrap().into_inner()
+    };
+    for (bytes, message) in [
+        (evil, "parent-directory (..) component"),
+        (
+            super::support::tiny_pack("wso2am-4.2.0"),
+            "its top directory is `wso2am-4.2.0`, the release needs `wso2am-tm-4.5.0`",
+        ),
+    ] {
+        std::fs::write(f.dir.path().join("dist/bad.zip"), &bytes).unwrap();
+        let text = with(
+            &f.base_plan(),
+            &format!(
+                "traffic-manager = {{ path = \"dist/wso2am-tm-4.5.0.zip\", sha256 = \"{}\"",
+                f.sha
+            ),
+            &format!(
+                "traffic-manager = {{ path = \"dist/bad.zip\", sha256 = \"{}\"",
+                apim_plan::digest(&bytes)
+            ),
+        );
+        let r = f.check(&text);
+        let out = expect_error(&r, &text, message, "\"dist/bad.zip\"");
+        assert!(out.contains("pack `"), "{out}");
+    }
 }

@@ -11,35 +11,56 @@ pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples")
 }
 
-/// A temp dir holding a fake 4.5 pack set and secret files, plus the plan text that uses them.
+/// A temp dir holding a small 4.5 pack set (zips laid out like the real ones) and secret files,
+/// plus the plan text that uses them.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
+    /// sha256 of the traffic manager pack.
     pub sha: String,
+    /// sha256 of each pack, by its top directory.
+    pub shas: BTreeMap<String, String>,
+}
+
+/// A zip with one file under `top/`.
+pub fn tiny_pack(top: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.start_file(
+        format!("{top}/bin/version.txt"),
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    w.write_all(top.as_bytes()).unwrap();
+    w.finish().unwrap().into_inner()
 }
 
 impl Fixture {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dist")).unwrap();
-        let bytes = b"PK\x05\x06 not really a zip, only its digest matters here";
-        for name in [
-            "wso2am-acp-4.5.0.zip",
-            "wso2am-universal-gw-4.5.0.zip",
-            "wso2am-tm-4.5.0.zip",
+        let mut shas = BTreeMap::new();
+        for top in [
+            "wso2am-acp-4.5.0",
+            "wso2am-universal-gw-4.5.0",
+            "wso2am-tm-4.5.0",
         ] {
-            std::fs::write(dir.path().join("dist").join(name), bytes).unwrap();
+            let bytes = tiny_pack(top);
+            std::fs::write(dir.path().join("dist").join(format!("{top}.zip")), &bytes).unwrap();
+            shas.insert(top.to_string(), apim_plan::digest(&bytes));
         }
         std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
         for name in ["admin", "db", "ks"] {
             std::fs::write(dir.path().join("secrets").join(name), "s3cret\n").unwrap();
         }
-        let sha = apim_plan::digest(bytes);
-        Fixture { dir, sha }
+        let sha = shas["wso2am-tm-4.5.0"].clone();
+        Fixture { dir, sha, shas }
     }
 
     /// A valid 4.5 single-node plan (one control plane, gateway and traffic manager).
     pub fn base_plan(&self) -> String {
-        BASE.replace("@SHA@", &self.sha)
+        BASE.replace("@SHA_ACP@", &self.shas["wso2am-acp-4.5.0"])
+            .replace("@SHA_GW@", &self.shas["wso2am-universal-gw-4.5.0"])
+            .replace("@SHA_TM@", &self.shas["wso2am-tm-4.5.0"])
     }
 
     pub fn check(&self, text: &str) -> Report {
@@ -59,9 +80,9 @@ product = "wso2am-4.5.0"
 java_home = "/usr/lib/jvm/java-17"
 
 [distributions]
-control-plane = { path = "dist/wso2am-acp-4.5.0.zip", sha256 = "@SHA@" }
-gateway = { path = "dist/wso2am-universal-gw-4.5.0.zip", sha256 = "@SHA@" }
-traffic-manager = { path = "dist/wso2am-tm-4.5.0.zip", sha256 = "@SHA@" }
+control-plane = { path = "dist/wso2am-acp-4.5.0.zip", sha256 = "@SHA_ACP@" }
+gateway = { path = "dist/wso2am-universal-gw-4.5.0.zip", sha256 = "@SHA_GW@" }
+traffic-manager = { path = "dist/wso2am-tm-4.5.0.zip", sha256 = "@SHA_TM@" }
 
 [admin]
 password = { file = "secrets/admin" }
