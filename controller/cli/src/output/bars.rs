@@ -63,7 +63,7 @@ impl LiveBars {
         let header = if rollout.message.is_empty() {
             format!("{} tier {}", state_name(rollout.state()), rollout.tier + 1)
         } else {
-            rollout.message.clone()
+            apim_proto::text::printable(&rollout.message).into_owned()
         };
         self.header.set_message(header);
         let style = ProgressStyle::with_template("{bar:16} {msg}")

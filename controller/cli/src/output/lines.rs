@@ -1,12 +1,15 @@
 //! The text lines of the controller commands: one line per node for `status` (and `apply`
 //! without a terminal), the changes of `plan`, one line per agent, and the details of a plan
-//! the controller refused.
+//! the controller refused. Text an agent wrote (steps, errors, the rollout message that quotes
+//! them) is shown through [`printable`]: it cannot forge a line or drive the terminal.
 
 use std::time::SystemTime;
 
 use apim_proto::v1::{
     AgentInfo, ChangeKind, ClusterStatus, MachineStatus, NodeStatus, PlanResponse,
 };
+
+use apim_proto::text::printable;
 
 use super::{kind_name, phase_name, rfc3339, since, state_name};
 
@@ -16,7 +19,12 @@ pub fn status(status: &ClusterStatus) -> Vec<String> {
         .rollout
         .as_ref()
         .map_or("no rollout yet".to_string(), |r| {
-            format!("rollout {} {} ({})", r.id, state_name(r.state()), r.message)
+            format!(
+                "rollout {} {} ({})",
+                r.id,
+                state_name(r.state()),
+                printable(&r.message)
+            )
         });
     let mut lines = vec![format!("generation {}: {rollout}", status.generation)];
     lines.extend(status_lines(status));
@@ -50,17 +58,17 @@ pub fn node_line(m: &MachineStatus, n: &NodeStatus) -> String {
     };
     let mut line = format!(
         "{:<14} {:<14} {:<12} gen {:<4} {:>7}",
-        m.machine,
-        n.node,
+        printable(&m.machine),
+        printable(&n.node),
         phase,
         generation,
         elapsed(since(n.phase_since.as_ref()))
     );
     if !n.step.is_empty() {
-        line.push_str(&format!("  {}", n.step));
+        line.push_str(&format!("  {}", printable(&n.step)));
     }
     if !n.last_error.is_empty() {
-        line.push_str(&format!("  error: {}", n.last_error));
+        line.push_str(&format!("  error: {}", printable(&n.last_error)));
     }
     line.trim_end().to_string()
 }
@@ -149,13 +157,13 @@ pub fn refusal(status: &tonic::Status) -> String {
                 } else {
                     String::new()
                 };
-                lines.push(format!("{at}error: {}", e.message));
+                lines.push(format!("{at}error: {}", printable(&e.message)));
                 if !e.hint.is_empty() {
-                    lines.push(format!("  hint: {}", e.hint));
+                    lines.push(format!("  hint: {}", printable(&e.hint)));
                 }
             }
         }
-        _ => lines.push(format!("error: {}", status.message())),
+        _ => lines.push(format!("error: {}", printable(status.message()))),
     }
     lines.join("\n")
 }
