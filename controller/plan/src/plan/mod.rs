@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use toml::de::DeTable;
 
+use crate::catalogue::defaults;
+pub use crate::catalogue::{DbType, StoreType};
 use crate::catalogue::{PackKind, Product, Role};
 use crate::diag::{Diagnostic, did_you_mean};
 pub use walk::At;
@@ -69,47 +71,6 @@ pub struct Admin {
     pub password: Secret,
 }
 
-/// Database engines WSO2 supports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DbType {
-    /// MySQL.
-    Mysql,
-    /// PostgreSQL (WSO2 calls it `postgre`).
-    Postgres,
-    /// Microsoft SQL Server.
-    Mssql,
-    /// Oracle.
-    Oracle,
-    /// Embedded H2 (single-node demos only).
-    H2,
-}
-
-impl DbType {
-    const NAMES: [&'static str; 5] = ["mysql", "postgres", "mssql", "oracle", "h2"];
-
-    fn parse(s: &str) -> Option<DbType> {
-        Some(match s {
-            "mysql" => DbType::Mysql,
-            "postgres" | "postgresql" | "postgre" => DbType::Postgres,
-            "mssql" => DbType::Mssql,
-            "oracle" => DbType::Oracle,
-            "h2" => DbType::H2,
-            _ => return None,
-        })
-    }
-
-    /// Default port of the engine.
-    pub fn default_port(self) -> u16 {
-        match self {
-            DbType::Mysql => 3306,
-            DbType::Postgres => 5432,
-            DbType::Mssql => 1433,
-            DbType::Oracle => 1521,
-            DbType::H2 => 0,
-        }
-    }
-}
-
 /// One of `[databases.apim_db]` / `[databases.shared_db]`.
 #[derive(Clone, Debug)]
 pub struct Database {
@@ -145,25 +106,6 @@ pub enum Issuer {
     PackDefault,
 }
 
-/// Keystore format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreType {
-    /// Java KeyStore.
-    Jks,
-    /// PKCS#12.
-    Pkcs12,
-}
-
-impl StoreType {
-    /// The name WSO2's `type =` field uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreType::Jks => "JKS",
-            StoreType::Pkcs12 => "PKCS12",
-        }
-    }
-}
-
 /// `[tls]`.
 #[derive(Clone, Debug)]
 pub struct Tls {
@@ -171,7 +113,8 @@ pub struct Tls {
     pub issuer: At<Issuer>,
     /// Keystore type.
     pub keystore_type: StoreType,
-    /// File name of each node's TLS keystore under `repository/resources/security`.
+    /// File name of each node's TLS keystore in the security folder
+    /// ([`crate::catalogue::layout::SECURITY_DIR`]).
     pub keystore_file: String,
     /// Alias of the node's key in its TLS keystore.
     pub keystore_alias: String,
@@ -585,7 +528,7 @@ fn parse_root(
         Some(mut a) => {
             let username = a
                 .string("username", out)
-                .unwrap_or_else(|| At::new("admin".into(), a.span.clone()));
+                .unwrap_or_else(|| At::new(defaults::ADMIN_USERNAME.into(), a.span.clone()));
             let password = secret(&mut a, "password", out);
             if password.is_none() && a.key_span("password").is_none() {
                 a.missing(
@@ -614,9 +557,9 @@ fn parse_root(
         Some(mut u) => {
             let t = u.string("type", out);
             u.finish(out);
-            t.unwrap_or_else(|| At::new("database_unique_id".into(), SPAN0))
+            t.unwrap_or_else(|| At::new(defaults::USER_STORE_TYPE.into(), SPAN0))
         }
-        None => At::new("database_unique_id".into(), SPAN0),
+        None => At::new(defaults::USER_STORE_TYPE.into(), SPAN0),
     };
 
     let tls = parse_tls(root, out);
@@ -757,26 +700,16 @@ fn parse_root(
         }
     }
 
-    let v3 = product.is_some_and(|p| p.line() == crate::catalogue::ProductLine::V3);
     let mut gateway_environments = Vec::new();
     for mut g in root.tables("gateway_environments", out) {
         let span = g.span.clone();
         let name = g.req_string("name", out, "name = \"Default\"");
-        let env_type = choice(
-            &mut g,
-            "type",
-            &[
-                ("hybrid", "hybrid"),
-                ("production", "production"),
-                ("sandbox", "sandbox"),
-            ],
-            "hybrid",
-            out,
-        );
+        let types = defaults::GATEWAY_ENVIRONMENT_TYPES.map(|t| (t, t));
+        let env_type = choice(&mut g, "type", &types, types[0].1, out);
         let description = g
             .string("description", out)
             .map(|d| d.value)
-            .unwrap_or_else(|| default_env_description(env_type.value));
+            .unwrap_or_else(|| defaults::gateway_environment_description(env_type.value).into());
         let display_in_api_console = g
             .bool("display_in_api_console", out)
             .is_none_or(|b| b.value);
@@ -785,7 +718,7 @@ fn parse_root(
             .is_none_or(|b| b.value);
         let label = g
             .string("label", out)
-            .unwrap_or_else(|| At::new("Default".into(), span.clone()));
+            .unwrap_or_else(|| At::new(defaults::GATEWAY_LABEL.into(), span.clone()));
         let gateways = g.strings("gateways", out);
         let hostname = g.string("hostname", out);
         g.finish(out);
@@ -803,22 +736,17 @@ fn parse_root(
             });
         }
     }
-    if gateway_environments.is_empty() {
+    if gateway_environments.is_empty()
+        && let Some(product) = product
+    {
+        let env_type = defaults::GATEWAY_ENVIRONMENT_TYPES[0];
         gateway_environments.push(GatewayEnvironment {
-            name: At::new(
-                if v3 {
-                    "Production and Sandbox"
-                } else {
-                    "Default"
-                }
-                .into(),
-                SPAN0,
-            ),
-            env_type: At::new("hybrid".into(), SPAN0),
-            description: default_env_description("hybrid"),
+            name: At::new(defaults::gateway_environment_name(product).into(), SPAN0),
+            env_type: At::new(env_type.into(), SPAN0),
+            description: defaults::gateway_environment_description(env_type).into(),
             display_in_api_console: true,
             show_as_token_endpoint_url: true,
-            label: At::new("Default".into(), SPAN0),
+            label: At::new(defaults::GATEWAY_LABEL.into(), SPAN0),
             gateways: None,
             hostname: None,
             span: SPAN0,
@@ -854,15 +782,6 @@ fn parse_root(
         rollout,
         overrides,
     })
-}
-
-fn default_env_description(env_type: &str) -> String {
-    match env_type {
-        "production" => "This is a gateway that handles production token traffic.".into(),
-        "sandbox" => "This is a gateway that handles sandbox token traffic.".into(),
-        _ => "This is a hybrid gateway that handles both production and sandbox token traffic."
-            .into(),
-    }
 }
 
 fn parse_cluster(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Option<Cluster> {
@@ -993,45 +912,52 @@ fn parse_tls(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Option<Tls
     let keystore_type = choice(
         &mut t,
         "keystore_type",
-        &[("JKS", StoreType::Jks), ("PKCS12", StoreType::Pkcs12)],
+        &[
+            (StoreType::Jks.as_str(), StoreType::Jks),
+            (StoreType::Pkcs12.as_str(), StoreType::Pkcs12),
+        ],
         StoreType::Jks,
         out,
     )
     .value;
-    let default_file = match keystore_type {
-        StoreType::Jks => "wso2carbon.jks",
-        StoreType::Pkcs12 => "wso2carbon.p12",
-    };
     let keystore_file = t
         .string("keystore_file", out)
-        .map_or(default_file.to_string(), |s| s.value);
+        .map_or(keystore_type.keystore_file().to_string(), |s| s.value);
     let keystore_alias = t
         .string("keystore_alias", out)
-        .map_or("wso2carbon".to_string(), |s| s.value);
+        .map_or(defaults::KEY_ALIAS.to_string(), |s| s.value);
     let keystore_password = secret(&mut t, "keystore_password", out);
     let primary_keystore_file = t.string("primary_keystore_file", out).map(|s| s.value);
     let primary_alias = t
         .string("primary_alias", out)
-        .map_or("apimctl-primary".to_string(), |s| s.value);
+        .map_or(defaults::PRIMARY_ALIAS.to_string(), |s| s.value);
     let truststore_file = t
         .string("truststore_file", out)
-        .map_or("client-truststore.jks".to_string(), |s| s.value);
-    let truststore_password = secret(&mut t, "truststore_password", out)
-        .unwrap_or_else(|| At::new(SecretSource::Default("wso2carbon"), t.span.clone()));
+        .map_or(defaults::TRUSTSTORE_FILE.to_string(), |s| s.value);
+    let truststore_password = secret(&mut t, "truststore_password", out).unwrap_or_else(|| {
+        At::new(
+            SecretSource::Default(defaults::STORE_PASSWORD),
+            t.span.clone(),
+        )
+    });
     let provided_keystore = t.string("provided_keystore", out);
     let provided_truststore = t.string("provided_truststore", out);
     let keystore_password = match keystore_password {
         Some(p) => p,
-        None if issuer.value == Issuer::PackDefault => {
-            At::new(SecretSource::Default("wso2carbon"), t.span.clone())
-        }
+        None if issuer.value == Issuer::PackDefault => At::new(
+            SecretSource::Default(defaults::STORE_PASSWORD),
+            t.span.clone(),
+        ),
         None => {
             t.missing(
                 "keystore_password",
                 out,
                 "keystore_password = { env = \"APIM_KEYSTORE_PASSWORD\" } (also the key password)",
             );
-            At::new(SecretSource::Default("wso2carbon"), t.span.clone())
+            At::new(
+                SecretSource::Default(defaults::STORE_PASSWORD),
+                t.span.clone(),
+            )
         }
     };
     match issuer.value {

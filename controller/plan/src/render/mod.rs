@@ -13,9 +13,10 @@ use std::net::IpAddr;
 
 use toml::{Table, Value};
 
-use crate::catalogue::{PackKind, Product, ProductLine, Role};
+use crate::catalogue::defaults::{self, StoreType};
+use crate::catalogue::{PackKind, Port, Product, ProductLine, Role, database, layout};
 use crate::graph::{self, Tiers};
-use crate::plan::{DbType, Issuer, Plan, Scope, StoreType};
+use crate::plan::{DbType, Issuer, Plan, Scope};
 use crate::secrets::{self, EnvSource};
 use crate::validate::secret_refs;
 use doc::{Doc, arr, s};
@@ -220,18 +221,6 @@ pub struct NodeRender {
     pub tls: NodeTls,
 }
 
-/// Whether a role keeps API metadata in `apim_db` on this release.
-pub fn needs_apim_db(product: Product, role: Role) -> bool {
-    match product.line() {
-        ProductLine::V3 => role != Role::Gateway,
-        ProductLine::V4 => matches!(
-            role,
-            Role::ControlPlane | Role::TrafficManager | Role::KeyManager
-        ),
-        ProductLine::V45Split => matches!(role, Role::ControlPlane | Role::KeyManager),
-    }
-}
-
 /// Resolved secrets; in masked mode every value is [`MASK`].
 struct Secrets {
     admin: String,
@@ -340,19 +329,13 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
         let install_dir = format!("{base_install}/{}", node.name.value);
         let carbon_home = format!("{install_dir}/{top_dir}");
         let offset = node.offset.value;
-        let profile_arg = profile.profile.map(|p| format!("-Dprofile={p}"));
-        let optimizer = (profile.optimize).then(|| CommandSpec {
-            argv: vec![
-                "bin/profileSetup.sh".to_string(),
-                profile_arg.clone().expect("optimized roles have a profile"),
-            ],
-            success_marker: Some("Finished the optimizations".to_string()),
-            failure_markers: vec!["Profile is not specified properly".to_string()],
+        let optimizer = profile.optimizer_argv().map(|argv| CommandSpec {
+            argv,
+            success_marker: Some(layout::OPTIMIZER_SUCCESS.to_string()),
+            failure_markers: vec![layout::OPTIMIZER_FAILURE.to_string()],
         });
-        let mut start = vec![format!("bin/{}", profile.script)];
-        start.extend(profile_arg.clone());
-        start.push("start".to_string());
-        let stop = vec![format!("bin/{}", profile.script), "stop".to_string()];
+        let start = profile.start_argv();
+        let stop = profile.stop_argv();
 
         let address = machine.address.value;
         let host = match address {
@@ -360,7 +343,11 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
             IpAddr::V4(a) => a.to_string(),
         };
         let mut http = vec![HttpCheck {
-            url: format!("http://{host}:{}/services/Version", 9763 + offset),
+            url: format!(
+                "http://{host}:{}{}",
+                Port::Http.at(offset),
+                layout::VERSION_PATH
+            ),
             expect_status: 200,
             expect_body: Some(product.server_name(profile.pack)),
             tls_insecure: false,
@@ -368,8 +355,9 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
         if node.role.value == Role::Gateway && product.has_gateway_healthcheck() {
             http.push(HttpCheck {
                 url: format!(
-                    "https://{host}:{}/api/am/gateway/v2/server-startup-healthcheck",
-                    9443 + offset
+                    "https://{host}:{}{}",
+                    Port::Https.at(offset),
+                    layout::GATEWAY_HEALTHCHECK_PATH
                 ),
                 expect_status: 200,
                 expect_body: None,
@@ -414,12 +402,12 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
             start: CommandSpec::plain(start),
             stop: CommandSpec::plain(stop),
             readiness: Readiness {
-                log_file: "repository/logs/wso2carbon.log".to_string(),
-                log_line: "WSO2 Carbon started in".to_string(),
+                log_file: layout::LOG_FILE.to_string(),
+                log_line: layout::READY_LINE.to_string(),
                 address,
                 tcp_ports: crate::catalogue::readiness_ports(product, node.role.value)
                     .into_iter()
-                    .map(|p| p + offset)
+                    .map(|p| p.at(offset))
                     .collect(),
                 http,
                 timeout_secs: plan.rollout.health_timeout.as_secs(),
@@ -523,39 +511,55 @@ impl<'p> Wiring<'p> {
     }
 
     /// `https://host:port` of a role's management endpoint: its LB (no port) when it has one,
-    /// else its single node's hostname with 9443 + offset.
+    /// else its single node's hostname with [`Port::Https`] at the node's offset.
     fn mgmt(&mut self, role: Role) -> String {
         self.note(role);
         if let Some(lb) = self.plan.load_balancers.get(&role) {
             return format!("https://{}", lb.hostname.value);
         }
         match self.nodes(role).first() {
-            Some(n) => format!("https://{}:{}", n.hostname.value, 9443 + n.offset.value),
-            None => "https://localhost:${mgt.transport.https.port}".to_string(),
+            Some(n) => format!(
+                "https://{}:{}",
+                n.hostname.value,
+                Port::Https.at(n.offset.value)
+            ),
+            None => LOCAL_MGMT.to_string(),
         }
     }
 
     /// `scheme://node:base+offset` for every node of a role (per-node endpoints never go through an LB).
-    fn each(&mut self, role: Role, scheme: &str, base: u16) -> Vec<String> {
+    fn each(&mut self, role: Role, scheme: &str, port: Port) -> Vec<String> {
         self.note(role);
         self.nodes(role)
             .iter()
-            .map(|n| format!("{scheme}://{}:{}", n.hostname.value, base + n.offset.value))
+            .map(|n| {
+                format!(
+                    "{scheme}://{}:{}",
+                    n.hostname.value,
+                    port.at(n.offset.value)
+                )
+            })
             .collect()
     }
 
     /// Same, for the other nodes of my own role (HA peers).
-    fn peers(&self, scheme: &str, base: u16) -> Vec<String> {
+    fn peers(&self, scheme: &str, port: Port) -> Vec<String> {
         self.plan
             .nodes_of(self.me.role.value)
             .filter(|n| n.name.value != self.me.name.value)
-            .map(|n| format!("{scheme}://{}:{}", n.hostname.value, base + n.offset.value))
+            .map(|n| {
+                format!(
+                    "{scheme}://{}:{}",
+                    n.hostname.value,
+                    port.at(n.offset.value)
+                )
+            })
             .collect()
     }
 
     /// My own endpoint through `localhost`.
-    fn local(&self, scheme: &str, base: u16) -> String {
-        format!("{scheme}://localhost:{}", base + self.me.offset.value)
+    fn local(&self, scheme: &str, port: Port) -> String {
+        format!("{scheme}://localhost:{}", port.at(self.me.offset.value))
     }
 }
 
@@ -596,7 +600,7 @@ fn node_document(
     d.set("super_admin.create_admin_account", Value::Boolean(true));
     d.set("user_store.type", s(&plan.user_store_type.value));
 
-    if needs_apim_db(product, role)
+    if product.needs_apim_db(role)
         && let Some(db) = &plan.apim_db
     {
         database(&mut d, db, &sec.apim_db);
@@ -607,12 +611,16 @@ fn node_document(
 
     // Keystores.
     let tls = &plan.tls;
+    let shipped = defaults::SHIPPED_KEYSTORE_TYPE;
     let (ks_file, ks_alias) = match tls.issuer.value {
-        Issuer::PackDefault => ("wso2carbon.jks".to_string(), "wso2carbon".to_string()),
+        Issuer::PackDefault => (
+            shipped.keystore_file().to_string(),
+            defaults::KEY_ALIAS.to_string(),
+        ),
         _ => (tls.keystore_file.clone(), tls.keystore_alias.clone()),
     };
     let ks_type = if tls.issuer.value == Issuer::PackDefault {
-        "JKS"
+        shipped.as_str()
     } else {
         tls.keystore_type.as_str()
     };
@@ -636,17 +644,25 @@ fn node_document(
         );
     }
     d.set("truststore.file_name", s(&tls.truststore_file));
-    d.set("truststore.type", s("JKS"));
+    d.set("truststore.type", s(defaults::TRUSTSTORE_TYPE.as_str()));
     d.set("truststore.password", s(&sec.truststore));
 
     // Behind a load balancer: advertise the LB's ports.
     if lb.is_some() {
         if role == Role::Gateway {
-            d.set("transport.http.properties.port", Value::Integer(9763));
-            d.set("transport.http.properties.proxyPort", Value::Integer(80));
-            d.set("transport.https.properties.port", Value::Integer(9443));
+            let http = i64::from(Port::Http.base());
+            let https = i64::from(Port::Https.base());
+            d.set("transport.http.properties.port", Value::Integer(http));
+            d.set(
+                "transport.http.properties.proxyPort",
+                Value::Integer(LB_HTTP_PORT.into()),
+            );
+            d.set("transport.https.properties.port", Value::Integer(https));
         }
-        d.set("transport.https.properties.proxyPort", Value::Integer(443));
+        d.set(
+            "transport.https.properties.proxyPort",
+            Value::Integer(LB_HTTPS_PORT.into()),
+        );
     }
 
     match line {
@@ -677,26 +693,14 @@ fn node_document(
     }
 
     // The CORS defaults the packs ship for API-serving roles.
-    if matches!(
-        role,
-        Role::Gateway | Role::Publisher | Role::Devportal | Role::ControlPlane
-    ) {
-        d.set("apim.cors.allow_origins", s("*"));
+    if let Some(cors) = defaults::cors(product, role) {
+        d.set("apim.cors.allow_origins", s(cors.allow_origins));
+        d.set("apim.cors.allow_methods", arr(cors.allow_methods));
+        d.set("apim.cors.allow_headers", arr(cors.allow_headers));
         d.set(
-            "apim.cors.allow_methods",
-            arr(["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]),
+            "apim.cors.allow_credentials",
+            Value::Boolean(cors.allow_credentials),
         );
-        let mut headers = vec![
-            "authorization",
-            "Access-Control-Allow-Origin",
-            "Content-Type",
-            "SOAPAction",
-        ];
-        if line != ProductLine::V3 {
-            headers.extend(["apikey", "Internal-Key"]);
-        }
-        d.set("apim.cors.allow_headers", arr(headers));
-        d.set("apim.cors.allow_credentials", Value::Boolean(false));
     }
 
     // Overrides, merged last: all, then role, then node.
@@ -722,10 +726,7 @@ fn primary_keystore_file(plan: &Plan) -> Option<String> {
     (tls.issuer.value == Issuer::ClusterCa).then(|| {
         tls.primary_keystore_file
             .clone()
-            .unwrap_or_else(|| match tls.keystore_type {
-                StoreType::Jks => "apimctl-primary.jks".to_string(),
-                StoreType::Pkcs12 => "apimctl-primary.p12".to_string(),
-            })
+            .unwrap_or_else(|| tls.keystore_type.primary_keystore_file().to_string())
     })
 }
 
@@ -740,23 +741,10 @@ fn keystore_section(d: &mut Doc, section: &str, file: &str, ty: &str, password: 
 
 fn database(d: &mut Doc, db: &crate::plan::Database, password: &str) {
     let p = format!("database.{}", db.id);
-    let type_name = match db.db_type.value {
-        DbType::Mysql => "mysql",
-        DbType::Postgres => "postgre",
-        DbType::Mssql => "mssql",
-        DbType::Oracle => "oracle",
-        DbType::H2 => "h2",
-    };
-    d.set(&format!("{p}.type"), s(type_name));
-    let default_h2 = match db.id {
-        "apim_db" => {
-            "jdbc:h2:./repository/database/WSO2AM_DB;AUTO_SERVER=TRUE;DB_CLOSE_ON_EXIT=FALSE"
-        }
-        _ => "jdbc:h2:./repository/database/WSO2SHARED_DB;DB_CLOSE_ON_EXIT=FALSE",
-    };
+    d.set(&format!("{p}.type"), s(db.db_type.value.wso2_type()));
     match (&db.url, db.db_type.value) {
         (Some(url), _) => d.set(&format!("{p}.url"), s(&url.value)),
-        (None, DbType::H2) => d.set(&format!("{p}.url"), s(default_h2)),
+        (None, DbType::H2) => d.set(&format!("{p}.url"), s(database::h2_url(db.id))),
         (None, DbType::Oracle) => {
             let host = db.host.as_ref().map_or("", |h| h.value.as_str());
             let name = db.name.as_ref().map_or("", |n| n.value.as_str());
@@ -782,25 +770,33 @@ fn database(d: &mut Doc, db: &crate::plan::Database, password: &str) {
     d.set(&format!("{p}.password"), s(password));
 }
 
+/// The ports a load balancer serves HTTP and HTTPS on (not product ports: WSO2 only advertises
+/// them as `proxyPort`).
+const LB_HTTP_PORT: u16 = 80;
+const LB_HTTPS_PORT: u16 = 443;
+
+/// A node's own management endpoint, through the property the product sets to its HTTPS port.
+const LOCAL_MGMT: &str = "https://localhost:${mgt.transport.https.port}";
+
 const REF_USER: &str = "$ref{super_admin.username}";
 const REF_PASS: &str = "$ref{super_admin.password}";
 
 /// `[apim.throttling]` decision endpoints and one url_group per traffic manager.
 fn throttling_client(d: &mut Doc, w: &mut Wiring<'_>, service_url: bool, credentials: bool) {
     if service_url {
-        let url = format!("{}/services/", w.mgmt(Role::TrafficManager));
+        let url = format!("{}{}", w.mgmt(Role::TrafficManager), layout::SERVICES_PATH);
         d.set("apim.throttling.service_url", s(&url));
     }
     d.set(
         "apim.throttling.throttle_decision_endpoints",
-        arr(w.each(Role::TrafficManager, "tcp", 5672)),
+        arr(w.each(Role::TrafficManager, "tcp", Port::Amqp)),
     );
     if credentials {
         d.set("apim.throttling.username", s(REF_USER));
         d.set("apim.throttling.password", s(REF_PASS));
     }
-    let binary = w.each(Role::TrafficManager, "tcp", 9611);
-    let auth = w.each(Role::TrafficManager, "ssl", 9711);
+    let binary = w.each(Role::TrafficManager, "tcp", Port::Binary);
+    let auth = w.each(Role::TrafficManager, "ssl", Port::BinaryAuth);
     for (b, a) in binary.into_iter().zip(auth) {
         let mut t = Table::new();
         t.insert("traffic_manager_urls".into(), arr([b]));
@@ -810,7 +806,7 @@ fn throttling_client(d: &mut Doc, w: &mut Wiring<'_>, service_url: bool, credent
 }
 
 fn key_manager_client(d: &mut Doc, w: &mut Wiring<'_>, km_role: Role, type_default: bool) {
-    let url = format!("{}/services/", w.mgmt(km_role));
+    let url = format!("{}{}", w.mgmt(km_role), layout::SERVICES_PATH);
     d.set("apim.key_manager.service_url", s(&url));
     d.set("apim.key_manager.username", s(REF_USER));
     d.set("apim.key_manager.password", s(REF_PASS));
@@ -834,7 +830,7 @@ fn token_revocation(d: &mut Doc, notify_base: &str) {
     let mut props = Table::new();
     props.insert(
         "notification_endpoint".into(),
-        s(&format!("{notify_base}/internal/data/v1/notify")),
+        s(&format!("{notify_base}{}", layout::NOTIFY_PATH)),
     );
     props.insert("username".into(), s("${admin.username}"));
     props.insert("password".into(), s("${admin.password}"));
@@ -874,20 +870,20 @@ fn gateway_environments(d: &mut Doc, plan: &Plan, w: &mut Wiring<'_>, with_servi
         });
         let (service, ws, wss, http, https) = match (lb_host, members.first()) {
             (Some(h), _) => (
-                format!("https://{h}/services/"),
-                format!("ws://{h}:9099"),
-                format!("wss://{h}:8099"),
+                format!("https://{h}{}", layout::SERVICES_PATH),
+                format!("ws://{h}:{}", Port::Ws.base()),
+                format!("wss://{h}:{}", Port::Wss.base()),
                 format!("http://{h}"),
                 format!("https://{h}"),
             ),
             (None, Some(g)) => {
                 let (h, o) = (&g.hostname.value, g.offset.value);
                 (
-                    format!("https://{h}:{}/services/", 9443 + o),
-                    format!("ws://{h}:{}", 9099 + o),
-                    format!("wss://{h}:{}", 8099 + o),
-                    format!("http://{h}:{}", 8280 + o),
-                    format!("https://{h}:{}", 8243 + o),
+                    format!("https://{h}:{}{}", Port::Https.at(o), layout::SERVICES_PATH),
+                    format!("ws://{h}:{}", Port::Ws.at(o)),
+                    format!("wss://{h}:{}", Port::Wss.at(o)),
+                    format!("http://{h}:{}", Port::PassthruHttp.at(o)),
+                    format!("https://{h}:{}", Port::PassthruHttps.at(o)),
                 )
             }
             (None, None) => continue,
@@ -929,7 +925,7 @@ fn v3_role(plan: &Plan, node: &crate::plan::Node, d: &mut Doc, w: &mut Wiring<'_
         }
         Role::TrafficManager => {
             key_manager_client(d, w, Role::KeyManager, false);
-            let peers = w.peers("tcp", 5672);
+            let peers = w.peers("tcp", Port::Amqp);
             if !peers.is_empty() {
                 d.set("apim.throttling.event_duplicate_url", arr(peers));
             }
@@ -938,7 +934,10 @@ fn v3_role(plan: &Plan, node: &crate::plan::Node, d: &mut Doc, w: &mut Wiring<'_
             gateway_environments(d, plan, w, true);
             throttling_client(d, w, true, true);
             let devportal = w.mgmt(Role::Devportal);
-            d.set("apim.devportal.url", s(&format!("{devportal}/devportal")));
+            d.set(
+                "apim.devportal.url",
+                s(&format!("{devportal}{}", layout::DEVPORTAL_PATH)),
+            );
             key_manager_client(d, w, Role::KeyManager, false);
             cache_invalidation(d, role);
         }
@@ -948,7 +947,7 @@ fn v3_role(plan: &Plan, node: &crate::plan::Node, d: &mut Doc, w: &mut Wiring<'_
             let km = w.mgmt(Role::KeyManager);
             d.set(
                 "apim.oauth_config.revoke_endpoint",
-                s(&format!("{km}/oauth2/revoke")),
+                s(&format!("{km}{}", layout::REVOKE_PATH)),
             );
             throttling_client(d, w, false, false);
             cache_invalidation(d, role);
@@ -976,31 +975,34 @@ fn v4_role(plan: &Plan, node: &crate::plan::Node, d: &mut Doc, w: &mut Wiring<'_
         d.set("apim.event_hub.enable", Value::Boolean(true));
         d.set("apim.event_hub.username", s(REF_USER));
         d.set("apim.event_hub.password", s(REF_PASS));
-        let url = format!("{}/services/", w.mgmt(Role::ControlPlane));
+        let url = format!("{}{}", w.mgmt(Role::ControlPlane), layout::SERVICES_PATH);
         d.set("apim.event_hub.service_url", s(&url));
         d.set(
             "apim.event_hub.event_listening_endpoints",
-            arr(w.each(Role::ControlPlane, "tcp", 5672)),
+            arr(w.each(Role::ControlPlane, "tcp", Port::Amqp)),
         );
     };
     match role {
         Role::ControlPlane => {
             gateway_environments(d, plan, w, true);
             let me = w.mgmt(Role::ControlPlane);
-            d.set("apim.devportal.url", s(&format!("{me}/devportal")));
+            d.set(
+                "apim.devportal.url",
+                s(&format!("{me}{}", layout::DEVPORTAL_PATH)),
+            );
             // The control plane's own event hub, reached through localhost (guide text).
             d.set("apim.event_hub.enable", Value::Boolean(true));
             d.set("apim.event_hub.username", s(REF_USER));
             d.set("apim.event_hub.password", s(REF_PASS));
             d.set(
                 "apim.event_hub.service_url",
-                s("https://localhost:${mgt.transport.https.port}/services/"),
+                s(&format!("{LOCAL_MGMT}{}", layout::SERVICES_PATH)),
             );
             d.set(
                 "apim.event_hub.event_listening_endpoints",
-                arr([w.local("tcp", 5672)]),
+                arr([w.local("tcp", Port::Amqp)]),
             );
-            let peers = w.peers("tcp", 5672);
+            let peers = w.peers("tcp", Port::Amqp);
             if !peers.is_empty() {
                 d.set("apim.event_hub.event_duplicate_url", arr(peers));
             }
@@ -1021,12 +1023,12 @@ fn v4_role(plan: &Plan, node: &crate::plan::Node, d: &mut Doc, w: &mut Wiring<'_
         }
         Role::TrafficManager => {
             event_hub_client(d, w);
-            let peers = w.peers("tcp", 5672);
+            let peers = w.peers("tcp", Port::Amqp);
             if !peers.is_empty() {
                 d.set("apim.throttling.event_duplicate_url", arr(peers));
                 d.set(
                     "apim.throttling.throttle_decision_endpoints",
-                    arr([w.local("tcp", 5672)]),
+                    arr([w.local("tcp", Port::Amqp)]),
                 );
             }
             if product.line() == ProductLine::V4 {
@@ -1070,8 +1072,8 @@ fn v4_role(plan: &Plan, node: &crate::plan::Node, d: &mut Doc, w: &mut Wiring<'_
 
 /// One `[[apim.event_hub.publish.url_group]]` per control plane (event hub).
 fn publish_groups(d: &mut Doc, w: &mut Wiring<'_>) {
-    let urls = w.each(Role::ControlPlane, "tcp", 9611);
-    let auth = w.each(Role::ControlPlane, "ssl", 9711);
+    let urls = w.each(Role::ControlPlane, "tcp", Port::Binary);
+    let auth = w.each(Role::ControlPlane, "ssl", Port::BinaryAuth);
     for (u, a) in urls.into_iter().zip(auth) {
         let mut t = Table::new();
         t.insert("urls".into(), arr([u]));
