@@ -11,7 +11,7 @@ use crate::catalogue::defaults::USER_STORE_TYPES;
 use crate::catalogue::{self, Port, ProductLine, Role};
 use crate::diag::{Diagnostic, Report, did_you_mean};
 use crate::digest_cache::{Lookup, Pending};
-use crate::plan::{self, DbType, Distribution, Issuer, Plan, Scope, Secret};
+use crate::plan::{self, DbType, Distribution, Issuer, Plan, Scope};
 use crate::secrets::{self, EnvSource};
 
 /// What [`check`] verifies beyond the plan text itself.
@@ -405,25 +405,8 @@ pub fn pack_mismatch(d: &Distribution, path: &Path, actual: &str) -> Diagnostic 
     .with_hint("the pack changed or the plan is wrong; check where the zip came from")
 }
 
-/// Every secret reference of a plan with a description, for resolution and checking.
-pub fn secret_refs(p: &Plan) -> Vec<(&'static str, &Secret)> {
-    let mut v = vec![("admin password", &p.admin.password)];
-    if let Some(db) = &p.apim_db {
-        v.push(("apim_db password", &db.password));
-    }
-    if let Some(db) = &p.shared_db {
-        v.push(("shared_db password", &db.password));
-    }
-    v.push(("keystore password", &p.tls.keystore_password));
-    v.push(("truststore password", &p.tls.truststore_password));
-    if let Some(t) = &p.analytics.auth_token {
-        v.push(("analytics auth token", t));
-    }
-    v
-}
-
 fn check_secrets(p: &Plan, env: &dyn EnvSource, out: &mut Vec<Diagnostic>) {
-    for (what, s) in secret_refs(p) {
+    for (what, s) in p.secret_refs() {
         if let Err(e) = secrets::resolve(&s.value, &p.base_dir, env) {
             out.push(
                 Diagnostic::error(s.span.clone(), format!("{what}: {e}"))

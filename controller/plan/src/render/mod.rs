@@ -18,7 +18,6 @@ use crate::catalogue::{PackKind, Port, Product, ProductLine, Role, database, lay
 use crate::graph::{self, Tiers};
 use crate::plan::{DbType, Issuer, Plan, Scope};
 use crate::secrets::{self, EnvSource};
-use crate::validate::secret_refs;
 use doc::{Doc, arr, s};
 
 /// What masked secrets look like in printed output.
@@ -249,7 +248,7 @@ fn resolve_secrets(
     env: &dyn EnvSource,
 ) -> Result<BTreeMap<&'static str, String>, RenderError> {
     let mut map = BTreeMap::new();
-    for (what, s) in secret_refs(plan) {
+    for (what, s) in plan.secret_refs() {
         let v = secrets::resolve(&s.value, &plan.base_dir, env)
             .map_err(|reason| RenderError::Secret { what, reason })?;
         map.insert(what, v);
