@@ -1,11 +1,12 @@
 //! A node's `deployment.toml`: the settings every role gets, its role's wiring ([`super::v3`],
 //! [`super::v4`]), and the plan's overrides merged last.
 
-use toml::Value;
+use toml::{Table, Value};
 
 use super::doc::{Doc, arr, s};
+use super::secret_values::Secrets;
 use super::wiring::Wiring;
-use super::{Secrets, node, v3, v4};
+use super::{node, v3, v4};
 use crate::catalogue::defaults;
 use crate::catalogue::{Port, ProductLine, Role, database};
 use crate::plan::{Database, DbType, Issuer, Node, Plan, Scope};
@@ -15,9 +16,10 @@ use crate::plan::{Database, DbType, Issuer, Node, Plan, Scope};
 const LB_HTTP_PORT: u16 = 80;
 const LB_HTTPS_PORT: u16 = 443;
 
-/// The node's whole `deployment.toml`: `[server]`, admin, databases, keystores, transports,
-/// the role's wiring, analytics, CORS, then the plan's overrides (all, role, node).
-pub(super) fn node_document(plan: &Plan, node: &Node, sec: &Secrets, w: &mut Wiring<'_>) -> String {
+/// The node's whole `deployment.toml` as a tree, secrets as their sentinels: `[server]`, admin,
+/// databases, keystores, transports, the role's wiring, analytics, CORS, then the plan's
+/// overrides (all, role, node).
+pub(super) fn node_document(plan: &Plan, node: &Node, sec: &Secrets, w: &mut Wiring<'_>) -> Table {
     let mut d = Doc::new();
     server(&mut d, plan, node);
     admin_and_databases(&mut d, plan, node, sec);
@@ -30,7 +32,7 @@ pub(super) fn node_document(plan: &Plan, node: &Node, sec: &Secrets, w: &mut Wir
     analytics(&mut d, plan, node, sec);
     cors(&mut d, plan, node);
     overrides(&mut d, plan, node);
-    d.to_string()
+    d.into_table()
 }
 
 /// `[server]`: the name peers reach the node by (its role's LB if any), address, role, offset.

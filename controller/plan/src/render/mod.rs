@@ -7,7 +7,8 @@
 //! - [`document`]: a node's `deployment.toml`, on [`doc::Doc`]; the role wiring in [`v3`] and
 //!   [`v4`], the peer URLs and shared sections in [`wiring`];
 //! - [`node`]: install paths, commands, readiness, TLS; [`hosts`]: the hosts block;
-//! - [`output`]: the render's types.
+//! - [`output`]: the render's types; [`secret_values`]: how one document tree yields both the
+//!   real and the masked text.
 //!
 //! [`wiring::Wiring`] records who points at whom, from which [`crate::graph`] derives the start
 //! order.
@@ -17,6 +18,7 @@ mod document;
 mod hosts;
 mod node;
 mod output;
+mod secret_values;
 mod v3;
 mod v4;
 mod wiring;
@@ -30,6 +32,7 @@ pub use output::{
     ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeRender, NodeTls,
     Readiness, Sensitive,
 };
+use secret_values::Secrets;
 
 /// What masked secrets look like in printed output.
 pub const MASK: &str = "********";
@@ -47,16 +50,7 @@ pub enum RenderError {
     },
 }
 
-/// Resolved secrets; in masked mode every value is [`MASK`].
-struct Secrets {
-    admin: String,
-    apim_db: String,
-    shared_db: String,
-    keystore: String,
-    truststore: String,
-    analytics_token: Option<String>,
-}
-
+/// Every secret of the plan, by description, read through `env`.
 fn resolve_secrets(
     plan: &Plan,
     env: &dyn EnvSource,
@@ -70,41 +64,18 @@ fn resolve_secrets(
     Ok(map)
 }
 
-impl Secrets {
-    fn new(map: &BTreeMap<&'static str, String>, masked: bool) -> Self {
-        let get = |k: &str| -> String {
-            if masked {
-                MASK.to_string()
-            } else {
-                map.get(k).cloned().unwrap_or_default()
-            }
-        };
-        Secrets {
-            admin: get("admin password"),
-            apim_db: get("apim_db password"),
-            shared_db: get("shared_db password"),
-            keystore: get("keystore password"),
-            truststore: get("truststore password"),
-            analytics_token: map
-                .contains_key("analytics auth token")
-                .then(|| get("analytics auth token")),
-        }
-    }
-}
-
 /// Renders a validated plan.
 pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderError> {
-    let secret_map = resolve_secrets(plan, env)?;
-    let revealed = Secrets::new(&secret_map, false);
-    let masked = Secrets::new(&secret_map, true);
+    let secrets = Secrets::new(plan, resolve_secrets(plan, env)?);
 
+    // Each document is built once; the real and the masked text come from the same tree.
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut documents = Vec::new();
     for node in &plan.nodes {
         let mut wiring = wiring::Wiring::new(plan, node);
-        let toml_text = document::node_document(plan, node, &revealed, &mut wiring);
-        let mut throwaway = wiring::Wiring::new(plan, node);
-        let masked_text = document::node_document(plan, node, &masked, &mut throwaway);
+        let tree = document::node_document(plan, node, &secrets, &mut wiring);
+        let toml_text = doc::to_text(&secrets.reveal(&tree));
+        let masked_text = doc::to_text(&secrets.mask(&tree));
         edges.insert(node.name.value.clone(), wiring.refs);
         documents.push((node, toml_text, masked_text));
     }
@@ -127,8 +98,8 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
             deployment_toml,
             deployment_toml_masked,
             depends_on: deps.get(&node.name.value).cloned().unwrap_or_default(),
-            keystore_password: revealed.keystore.clone(),
-            truststore_password: revealed.truststore.clone(),
+            keystore_password: secrets.value(&secrets.keystore),
+            truststore_password: secrets.value(&secrets.truststore),
         };
         let idx = plan
             .machines
@@ -145,4 +116,42 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
         machines,
         tiers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{self, Options};
+
+    #[test]
+    fn one_tree_gives_the_real_and_the_masked_text() {
+        // The example's admin password is `admin`, the same as its user name.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/examples/v45-single.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let env = BTreeMap::new();
+        let opts = Options {
+            verify_packs: false,
+        };
+        let (plan, report) = validate::check(&path, &text, &env, opts);
+        let plan = plan.unwrap_or_else(|| panic!("{}", report.render()));
+        let c = render(&plan, &env).unwrap();
+        for n in c.nodes() {
+            let real: toml::Table = n.deployment_toml.parse().unwrap();
+            let masked: toml::Table = n.deployment_toml_masked.parse().unwrap();
+            assert_eq!(real["super_admin"]["username"].as_str(), Some("admin"));
+            assert_eq!(real["super_admin"]["password"].as_str(), Some("admin"));
+            assert_eq!(masked["super_admin"]["username"].as_str(), Some("admin"));
+            assert_eq!(masked["super_admin"]["password"].as_str(), Some(MASK));
+            assert_eq!(real["truststore"]["password"].as_str(), Some("wso2carbon"));
+            assert_eq!(masked["truststore"]["password"].as_str(), Some(MASK));
+            for t in [&n.deployment_toml, &n.deployment_toml_masked] {
+                assert!(!t.contains('\u{0}'), "no sentinel left in {}", n.name);
+            }
+            assert_eq!(
+                n.tls.keystore_password.0,
+                real["keystore"]["tls"]["password"].as_str().unwrap()
+            );
+        }
+    }
 }
