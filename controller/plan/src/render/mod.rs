@@ -4,14 +4,13 @@
 //!
 //! WSO2 facts (ports, paths, defaults, role profiles) come from [`crate::catalogue`]; the
 //! wiring (which keys name which peers, see `docs/plan.md`, "What the renderer writes") is here:
-//! - [`document`]: a node's `deployment.toml`, on [`doc::Doc`]; the role wiring in [`v3`] and
-//!   [`v4`], the peer URLs and shared sections in [`wiring`];
-//! - [`node`]: install paths, commands, readiness, TLS; [`hosts`]: the hosts block;
-//! - [`output`]: the render's types; [`secret_values`]: how one document tree yields both the
-//!   real and the masked text.
-//!
-//! [`wiring::Wiring`] records who points at whom, from which [`crate::graph`] derives the start
-//! order.
+//! - `document`: a node's `deployment.toml`, section by section; the role wiring in `v3` and
+//!   `v4`, the peer URLs and the sections several roles share in `wiring` (whose `Wiring`
+//!   records who points at whom, from which [`crate::graph`] derives the start order);
+//! - `secret_values`: the document is built once, secrets as sentinels, and yields both the real
+//!   and the masked text;
+//! - `node`: install paths, commands, readiness, TLS; `hosts`: the hosts block;
+//! - `output`: the render's types, re-exported here.
 
 mod doc;
 mod document;
