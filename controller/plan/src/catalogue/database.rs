@@ -1,4 +1,5 @@
-//! The database engines WSO2 API Manager supports, how `deployment.toml` names them, and the
+//! The database engines WSO2 API Manager supports, how `deployment.toml` names them, the JDBC
+//! URL written for Oracle (whose service name the host/port/name keys cannot carry), and the
 //! embedded H2 databases the packs ship with.
 
 /// Database engines WSO2 supports.
@@ -63,4 +64,9 @@ pub fn h2_url(id: &str) -> &'static str {
         }
         _ => "jdbc:h2:./repository/database/WSO2SHARED_DB;DB_CLOSE_ON_EXIT=FALSE",
     }
+}
+
+/// The JDBC URL of an Oracle service `name` at `host:port` (thin driver, service name form).
+pub fn oracle_url(host: &str, port: u16, name: &str) -> String {
+    format!("jdbc:oracle:thin:@//{host}:{port}/{name}")
 }

@@ -220,7 +220,7 @@ fn database(d: &mut Doc, db: &Database, password: &str) {
             let name = db.name.as_ref().map_or("", |n| n.value.as_str());
             d.set(
                 &format!("{p}.url"),
-                s(&format!("jdbc:oracle:thin:@//{host}:{}/{name}", db.port)),
+                s(&database::oracle_url(host, db.port, name)),
             );
         }
         (None, _) => {
