@@ -24,7 +24,7 @@ use apim_plan::render::NodeRender;
 
 /// Where WSO2 keeps its keystores, relative to the carbon home (`[keystore.*] file_name` is
 /// resolved there).
-pub const SECURITY_DIR: &str = "repository/resources/security";
+pub const SECURITY_DIR: &str = apim_plan::catalogue::layout::SECURITY_DIR;
 
 /// Node certificates with less than this left are re-issued on the next apply.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);

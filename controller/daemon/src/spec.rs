@@ -10,10 +10,11 @@ use apim_proto::v1::{
 };
 
 use crate::pki::{PkiError, ProductPki};
+use apim_plan::catalogue::layout;
 use apim_plan::render::{ClusterRender, CommandSpec, NodeRender};
 
 /// Where the renderer's `deployment.toml` goes, relative to the carbon home.
-pub const DEPLOYMENT_TOML_PATH: &str = "repository/conf/deployment.toml";
+pub const DEPLOYMENT_TOML_PATH: &str = layout::CONFIG_FILE;
 
 /// How long the optimizer and the start/stop scripts may run (they return at once when healthy).
 const SCRIPT_TIMEOUT_S: u32 = 300;
@@ -96,15 +97,20 @@ pub fn node_spec(
         desired: (inputs.desired)(node).into(),
         java_min: cluster.product.jdk_range().0,
         java_max: cluster.product.jdk_range().1,
-        process: Some(apim_proto::v1::ServerProcess {
-            pid_file: "wso2carbon.pid".into(),
-            main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
-            home_arg_prefix: "-Dcarbon.home=".into(),
-            home_env: "CARBON_HOME".into(),
-        }),
+        process: Some(server_process(&layout::SERVER_PROCESS)),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
+}
+
+/// How the agent recognises the node's server process.
+fn server_process(p: &layout::ServerProcess) -> apim_proto::v1::ServerProcess {
+    apim_proto::v1::ServerProcess {
+        pid_file: p.pid_file.into(),
+        main_class: p.main_class.into(),
+        home_arg_prefix: p.home_arg_prefix.into(),
+        home_env: p.home_env.into(),
+    }
 }
 
 /// What a running node was started with: its `deployment.toml` and keystores. When it changes the

@@ -6,6 +6,11 @@
 //! [`render::ClusterRender`] (per machine: hosts block; per node: `deployment.toml`, commands,
 //! readiness checks, dependencies); [`graph`] derives the start tiers. The controller daemon turns
 //! a render into the specs its agents run; the CLI prints it.
+//!
+//! Every fact about WSO2 API Manager (releases, roles, scripts, ports, paths, process identity,
+//! defaults) is in [`catalogue`], which depends on nothing else here. The other modules depend
+//! one way: [`plan`] on the catalogue; [`secrets`] and [`graph`] on the plan; [`validate`] and
+//! [`render`] on those (never on each other).
 
 pub mod catalogue;
 pub mod diag;

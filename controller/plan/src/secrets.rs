@@ -51,7 +51,7 @@ pub fn secret_key(source: &SecretSource) -> Option<String> {
 /// Errors name the secret, never its value.
 pub fn collect(plan: &Plan, env: &dyn EnvSource) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
-    for (what, s) in crate::validate::secret_refs(plan) {
+    for (what, s) in plan.secret_refs() {
         if let Some(key) = secret_key(&s.value) {
             let v = resolve(&s.value, &plan.base_dir, env).map_err(|e| format!("{what}: {e}"))?;
             out.insert(key, v);

@@ -7,23 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use crate::catalogue::{self, ProductLine, Role};
+use crate::catalogue::defaults::USER_STORE_TYPES;
+use crate::catalogue::{self, Port, ProductLine, Role};
 use crate::diag::{Diagnostic, Report, did_you_mean};
 use crate::digest_cache::{Lookup, Pending};
-use crate::plan::{self, DbType, Distribution, Issuer, Plan, Scope, Secret};
+use crate::plan::{self, DbType, Distribution, Issuer, Plan, Scope};
 use crate::secrets::{self, EnvSource};
-
-/// User store types WSO2 documents.
-const USER_STORE_TYPES: [&str; 8] = [
-    "database_unique_id",
-    "database",
-    "read_only_ldap_unique_id",
-    "read_write_ldap_unique_id",
-    "active_directory_unique_id",
-    "read_only_ldap",
-    "read_write_ldap",
-    "active_directory",
-];
 
 /// What [`check`] verifies beyond the plan text itself.
 #[derive(Clone, Copy, Debug)]
@@ -233,7 +222,8 @@ fn check_ports(p: &Plan, out: &mut Vec<Diagnostic>) {
     let mut by_port: BTreeMap<(&str, u32), &plan::Node> = BTreeMap::new();
     for n in &p.nodes {
         let mut reported = BTreeSet::new();
-        for base in catalogue::all_ports(product, n.role.value) {
+        for named in catalogue::all_ports(product, n.role.value) {
+            let base = named.base();
             let port = u32::from(base) + u32::from(n.offset.value);
             if port > 65535 {
                 out.push(Diagnostic::error(
@@ -253,7 +243,11 @@ fn check_ports(p: &Plan, out: &mut Vec<Diagnostic>) {
                             "node `{}` (offset {}) and node `{}` (offset {}) both use port {port} on machine `{}`",
                             n.name.value, n.offset.value, other.name.value, other.offset.value, n.machine.value
                         ),
-                    ).with_hint("give every node on a machine its own offset, and mind ports 100 apart (9611/9711)"));
+                    ).with_hint(format!(
+                        "give every node on a machine its own offset, and mind ports 100 apart ({}/{})",
+                        Port::Binary.base(),
+                        Port::BinaryAuth.base()
+                    )));
                 }
                 Some(_) => {}
                 None => {
@@ -440,25 +434,8 @@ pub fn pack_mismatch(d: &Distribution, path: &Path, actual: &str) -> Diagnostic 
     .with_hint("the pack changed or the plan is wrong; check where the zip came from")
 }
 
-/// Every secret reference of a plan with a description, for resolution and checking.
-pub fn secret_refs(p: &Plan) -> Vec<(&'static str, &Secret)> {
-    let mut v = vec![("admin password", &p.admin.password)];
-    if let Some(db) = &p.apim_db {
-        v.push(("apim_db password", &db.password));
-    }
-    if let Some(db) = &p.shared_db {
-        v.push(("shared_db password", &db.password));
-    }
-    v.push(("keystore password", &p.tls.keystore_password));
-    v.push(("truststore password", &p.tls.truststore_password));
-    if let Some(t) = &p.analytics.auth_token {
-        v.push(("analytics auth token", t));
-    }
-    v
-}
-
 fn check_secrets(p: &Plan, env: &dyn EnvSource, out: &mut Vec<Diagnostic>) {
-    for (what, s) in secret_refs(p) {
+    for (what, s) in p.secret_refs() {
         if let Err(e) = secrets::resolve(&s.value, &p.base_dir, env) {
             out.push(
                 Diagnostic::error(s.span.clone(), format!("{what}: {e}"))
@@ -484,10 +461,7 @@ fn check_secrets(p: &Plan, env: &dyn EnvSource, out: &mut Vec<Diagnostic>) {
 
 fn check_databases(p: &Plan, out: &mut Vec<Diagnostic>) {
     let product = p.cluster.product.value;
-    let needs_apim = p
-        .nodes
-        .iter()
-        .any(|n| crate::render::needs_apim_db(product, n.role.value));
+    let needs_apim = p.nodes.iter().any(|n| product.needs_apim_db(n.role.value));
     if p.shared_db.is_none() {
         out.push(
             Diagnostic::error(

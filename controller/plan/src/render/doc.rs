@@ -73,8 +73,18 @@ impl Doc {
 
     /// The document as TOML text.
     pub fn to_text(&self) -> String {
-        toml::to_string(&self.root).expect("a table of plain values always serializes")
+        to_text(&self.root)
     }
+
+    /// The document's tree.
+    pub fn into_table(self) -> Table {
+        self.root
+    }
+}
+
+/// A document's tree as TOML text.
+pub fn to_text(table: &Table) -> String {
+    toml::to_string(table).expect("a table of plain values always serializes")
 }
 
 impl std::fmt::Display for Doc {

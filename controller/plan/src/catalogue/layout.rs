@@ -1,0 +1,87 @@
+//! Where things are in a node's carbon home (the unpacked pack), how the optimizer and the start
+//! scripts are called, how a running server shows itself (log line, pid file, command line) and
+//! the HTTP paths it serves. The same for every supported release.
+
+/// The server's configuration, relative to the carbon home.
+pub const CONFIG_FILE: &str = "repository/conf/deployment.toml";
+
+/// Keystores and truststores, relative to the carbon home; `[keystore.*] file_name` and
+/// `[truststore] file_name` are resolved here.
+pub const SECURITY_DIR: &str = "repository/resources/security";
+
+/// The carbon log, relative to the carbon home.
+pub const LOG_FILE: &str = "repository/logs/wso2carbon.log";
+
+/// What the carbon log says once the server has started
+/// (`StartupFinalizerServiceComponent`: `WSO2 Carbon started in <n> sec`).
+pub const READY_LINE: &str = "WSO2 Carbon started in";
+
+/// The folder of the start scripts, relative to the carbon home.
+pub const BIN_DIR: &str = "bin";
+
+/// The profile optimizer, relative to the carbon home; run once after unpacking.
+pub const OPTIMIZER_SCRIPT: &str = "bin/profileSetup.sh";
+
+/// What the optimizer prints when it worked (it exits 0 either way).
+pub const OPTIMIZER_SUCCESS: &str = "Finished the optimizations";
+
+/// What the optimizer prints for a profile it does not know.
+pub const OPTIMIZER_FAILURE: &str = "Profile is not specified properly";
+
+/// The argument that names a profile, to the optimizer and to the start scripts.
+pub const PROFILE_ARG_PREFIX: &str = "-Dprofile=";
+
+/// The start scripts' verb that starts the server in the background.
+pub const START_VERB: &str = "start";
+
+/// The start scripts' verb that stops it.
+pub const STOP_VERB: &str = "stop";
+
+/// `-Dprofile=<profile>`.
+pub fn profile_arg(profile: &str) -> String {
+    format!("{PROFILE_ARG_PREFIX}{profile}")
+}
+
+/// `bin/<script>`.
+pub fn script_path(script: &str) -> String {
+    format!("{BIN_DIR}/{script}")
+}
+
+/// How the server process can be recognised on a machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerProcess {
+    /// The pid file the server writes, relative to the carbon home.
+    pub pid_file: &'static str,
+    /// The JVM's main class.
+    pub main_class: &'static str,
+    /// The JVM argument that names the carbon home (the home follows it).
+    pub home_arg_prefix: &'static str,
+    /// The environment variable the start scripts take the carbon home from.
+    pub home_env: &'static str,
+}
+
+/// The carbon server's process identity.
+pub const SERVER_PROCESS: ServerProcess = ServerProcess {
+    pid_file: "wso2carbon.pid",
+    main_class: "org.wso2.carbon.bootstrap.Bootstrap",
+    home_arg_prefix: "-Dcarbon.home=",
+    home_env: "CARBON_HOME",
+};
+
+/// Served on the HTTP servlet port: answers with the server name and version.
+pub const VERSION_PATH: &str = "/services/Version";
+
+/// Served by gateways (4.1 and later) on the HTTPS port: 200 once every API is deployed.
+pub const GATEWAY_HEALTHCHECK_PATH: &str = "/api/am/gateway/v2/server-startup-healthcheck";
+
+/// The admin services' base path peers call (key manager, event hub, throttling, gateways).
+pub const SERVICES_PATH: &str = "/services/";
+
+/// The developer portal's path.
+pub const DEVPORTAL_PATH: &str = "/devportal";
+
+/// The token revocation notification endpoint's path (`internal#data#v1` webapp).
+pub const NOTIFY_PATH: &str = "/internal/data/v1/notify";
+
+/// The OAuth2 revoke endpoint's path.
+pub const REVOKE_PATH: &str = "/oauth2/revoke";

@@ -1,0 +1,341 @@
+//! The plan's typed model: what each section of `plan.toml` means once parsed, every value with
+//! the span it was written at, and the questions asked of a whole plan (its machines, the nodes
+//! of a role, its secret references, its paths).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::At;
+use crate::catalogue::{DbType, PackKind, Product, Role, StoreType};
+
+/// Where a secret comes from. Secrets are resolved on the machine running `apimctl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the `apimctl` process.
+    Env(String),
+    /// A file (relative paths are relative to the plan's folder); one trailing newline is dropped.
+    File(PathBuf),
+    /// A literal in the plan (accepted, with a warning).
+    Literal(String),
+    /// A well-known product default (e.g. the shipped truststore's password).
+    Default(&'static str),
+}
+
+/// A secret reference with the span it was written at.
+pub type Secret = At<SecretSource>;
+
+/// `[cluster]`.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// Cluster name; names the primary keystore's certificate and the rollout.
+    pub name: At<String>,
+    /// The release, e.g. `wso2am-3.2.0`.
+    pub product: At<Product>,
+    /// Where packs are unpacked on each machine (a folder per node below it).
+    pub install_dir: At<String>,
+    /// JAVA_HOME on each machine (machines may override).
+    pub java_home: At<String>,
+    /// Unix user the servers run as (machines may override); `None` = the agent's user.
+    pub run_as: Option<At<String>>,
+}
+
+/// One pack of `[distributions]`.
+#[derive(Clone, Debug)]
+pub struct Distribution {
+    /// Which pack this is.
+    pub kind: PackKind,
+    /// Path of the zip (relative to the plan's folder).
+    pub path: At<String>,
+    /// Expected sha256 of the zip, lowercase hex.
+    pub sha256: At<String>,
+}
+
+/// `[admin]`: the super admin account of every node.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// User name.
+    pub username: At<String>,
+    /// Password.
+    pub password: Secret,
+}
+
+/// One of `[databases.apim_db]` / `[databases.shared_db]`.
+#[derive(Clone, Debug)]
+pub struct Database {
+    /// `apim_db` or `shared_db`.
+    pub id: &'static str,
+    /// Engine.
+    pub db_type: At<DbType>,
+    /// Server host name (not for h2).
+    pub host: Option<At<String>>,
+    /// Server port.
+    pub port: u16,
+    /// Database (or Oracle service) name.
+    pub name: Option<At<String>>,
+    /// Database user.
+    pub username: At<String>,
+    /// Database password.
+    pub password: Secret,
+    /// Explicit JDBC URL, replacing host/port/name.
+    pub url: Option<At<String>>,
+    /// Span of the table, for messages.
+    pub span: std::ops::Range<usize>,
+}
+
+/// Who makes the nodes' TLS keystores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Issuer {
+    /// apimctl's cluster CA issues a certificate per node (CN = node hostname) and one shared
+    /// primary keystore.
+    ClusterCa,
+    /// The operator's own keystore files are shipped as they are.
+    Provided,
+    /// The pack's shipped `CN=localhost` keystores are left alone (demos only; warned about).
+    PackDefault,
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// Who makes the keystores.
+    pub issuer: At<Issuer>,
+    /// Keystore type.
+    pub keystore_type: StoreType,
+    /// File name of each node's TLS keystore under `repository/resources/security`.
+    pub keystore_file: String,
+    /// Alias of the node's key in its TLS keystore.
+    pub keystore_alias: String,
+    /// TLS keystore password (= key password, as WSO2 requires).
+    pub keystore_password: Secret,
+    /// File name of the shared primary keystore (`None` = the TLS keystore doubles as primary).
+    pub primary_keystore_file: Option<String>,
+    /// Alias of the primary key.
+    pub primary_alias: String,
+    /// Truststore file name.
+    pub truststore_file: String,
+    /// Truststore password.
+    pub truststore_password: Secret,
+    /// Provided keystore (issuer = provided), relative to the plan.
+    pub provided_keystore: Option<At<String>>,
+    /// Provided truststore (issuer = provided), relative to the plan.
+    pub provided_truststore: Option<At<String>>,
+}
+
+/// One `[[machines]]` entry: a VM running one agent.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    /// Machine name (the agent's identity).
+    pub name: At<String>,
+    /// The machine's address, written into every machine's hosts block.
+    pub address: At<IpAddr>,
+    /// JAVA_HOME override.
+    pub java_home: Option<At<String>>,
+    /// install_dir override.
+    pub install_dir: Option<At<String>>,
+    /// run_as override.
+    pub run_as: Option<At<String>>,
+    /// Span of the entry.
+    pub span: std::ops::Range<usize>,
+}
+
+/// One `[[nodes]]` entry: a WSO2 server.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Node name.
+    pub name: At<String>,
+    /// The machine it runs on.
+    pub machine: At<String>,
+    /// Its role.
+    pub role: At<Role>,
+    /// Its own host name (certificate CN; what peers use when its role has no load balancer).
+    pub hostname: At<String>,
+    /// Port offset.
+    pub offset: At<u16>,
+    /// 4.5+ gateways: the `gateway_id` (defaults to the node name).
+    pub gateway_id: Option<At<String>>,
+    /// Span of the entry.
+    pub span: std::ops::Range<usize>,
+}
+
+/// A load balancer fronting the nodes of one role.
+#[derive(Clone, Debug)]
+pub struct LoadBalancer {
+    /// The role it fronts.
+    pub role: At<Role>,
+    /// The host name peers and clients use.
+    pub hostname: At<String>,
+    /// Its address, when hosts files should map it (otherwise DNS does).
+    pub address: Option<At<IpAddr>>,
+}
+
+/// One `[[gateway_environments]]` entry.
+#[derive(Clone, Debug)]
+pub struct GatewayEnvironment {
+    /// Environment name shown in the portals.
+    pub name: At<String>,
+    /// `hybrid`, `production` or `sandbox`.
+    pub env_type: At<String>,
+    /// Description.
+    pub description: String,
+    /// Show in the API console.
+    pub display_in_api_console: bool,
+    /// Show as the token endpoint URL.
+    pub show_as_token_endpoint_url: bool,
+    /// The label gateways of this environment subscribe to (4.x `gateway_labels`).
+    pub label: At<String>,
+    /// Gateway nodes of this environment (`None` = every gateway).
+    pub gateways: Option<Vec<At<String>>>,
+    /// Public host name of the environment (default: the gateway LB, or the single gateway).
+    pub hostname: Option<At<String>>,
+    /// Span of the entry.
+    pub span: std::ops::Range<usize>,
+}
+
+/// `[analytics]`.
+#[derive(Clone, Debug, Default)]
+pub struct Analytics {
+    /// Publish analytics.
+    pub enabled: bool,
+    /// 4.x: the analytics cloud config endpoint.
+    pub config_endpoint: Option<At<String>>,
+    /// 4.x: the analytics auth token.
+    pub auth_token: Option<Secret>,
+}
+
+/// What to do when a node fails to become healthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop: dependents stay unstarted.
+    Halt,
+    /// Return every touched node to the previous generation.
+    Rollback,
+}
+
+/// How start tiers are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOrder {
+    /// From who points at whom.
+    Graph,
+    /// The guides' strict order, one role rank per tier.
+    Strict,
+}
+
+/// `[rollout]`.
+#[derive(Clone, Debug)]
+pub struct Rollout {
+    /// Most nodes started at once.
+    pub max_parallel: u32,
+    /// How long a node may take to become ready.
+    pub health_timeout: Duration,
+    /// Halt or roll back.
+    pub on_failure: OnFailure,
+    /// Graph or strict order.
+    pub start_order: StartOrder,
+}
+
+/// Who an override applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every node.
+    All,
+    /// Every node of a role.
+    Role(Role),
+    /// One node.
+    Node(String),
+}
+
+/// A raw `deployment.toml` fragment merged last.
+#[derive(Clone, Debug)]
+pub struct Override {
+    /// Who it applies to.
+    pub scope: At<Scope>,
+    /// The TOML fragment.
+    pub text: String,
+    /// Byte offset in the plan where the fragment's content starts (for error positions).
+    pub content_offset: usize,
+    /// Parsed fragment.
+    pub table: toml::Table,
+}
+
+/// A parsed plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The folder relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// `[cluster]`.
+    pub cluster: Cluster,
+    /// `[distributions]`, by pack.
+    pub distributions: BTreeMap<PackKind, Distribution>,
+    /// `[admin]`.
+    pub admin: Admin,
+    /// `[databases.apim_db]`.
+    pub apim_db: Option<Database>,
+    /// `[databases.shared_db]`.
+    pub shared_db: Option<Database>,
+    /// `[user_store] type`.
+    pub user_store_type: At<String>,
+    /// `[tls]`.
+    pub tls: Tls,
+    /// `[hosts]`: extra names for every machine's hosts block.
+    pub hosts: Vec<(At<String>, At<IpAddr>)>,
+    /// `[[machines]]`.
+    pub machines: Vec<Machine>,
+    /// `[[nodes]]`.
+    pub nodes: Vec<Node>,
+    /// `[load_balancers]`, by role.
+    pub load_balancers: BTreeMap<Role, LoadBalancer>,
+    /// `[[gateway_environments]]` (one default environment when absent).
+    pub gateway_environments: Vec<GatewayEnvironment>,
+    /// `[analytics]`.
+    pub analytics: Analytics,
+    /// `[rollout]`.
+    pub rollout: Rollout,
+    /// `[overrides]`, in source order.
+    pub overrides: Vec<Override>,
+}
+
+impl Plan {
+    /// The machine named `name`.
+    pub fn machine(&self, name: &str) -> Option<&Machine> {
+        self.machines.iter().find(|m| m.name.value == name)
+    }
+
+    /// Nodes of `role`, in plan order.
+    pub fn nodes_of(&self, role: Role) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(move |n| n.role.value == role)
+    }
+
+    /// A path from the plan, resolved against the plan's folder.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        resolve_path(&self.base_dir, p)
+    }
+
+    /// Every secret reference of the plan with a description, for resolution and checking.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &Secret)> {
+        let mut v = vec![("admin password", &self.admin.password)];
+        if let Some(db) = &self.apim_db {
+            v.push(("apim_db password", &db.password));
+        }
+        if let Some(db) = &self.shared_db {
+            v.push(("shared_db password", &db.password));
+        }
+        v.push(("keystore password", &self.tls.keystore_password));
+        v.push(("truststore password", &self.tls.truststore_password));
+        if let Some(t) = &self.analytics.auth_token {
+            v.push(("analytics auth token", t));
+        }
+        v
+    }
+}
+
+/// Resolves `p` against `base` unless absolute.
+pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}

@@ -1,0 +1,177 @@
+//! A node's render apart from its `deployment.toml`: where it is installed, the commands that
+//! optimize, start and stop it, when it counts as ready, and the certificate it needs.
+
+use std::net::IpAddr;
+
+use super::{CommandSpec, HttpCheck, NodeRender, NodeTls, Readiness, Sensitive};
+use crate::catalogue::{Port, Role, RoleProfile, layout, readiness_ports};
+use crate::plan::{Issuer, Machine, Node, Plan};
+
+/// What the renderer has made for a node before it is assembled.
+pub(super) struct NodeParts {
+    /// The full `deployment.toml`.
+    pub deployment_toml: String,
+    /// The same with secrets masked.
+    pub deployment_toml_masked: String,
+    /// Nodes that must be ready first.
+    pub depends_on: Vec<String>,
+    /// The keystores' password.
+    pub keystore_password: String,
+    /// The truststore's password.
+    pub truststore_password: String,
+}
+
+/// Assembles a node's render.
+pub(super) fn node_render(plan: &Plan, node: &Node, parts: NodeParts) -> NodeRender {
+    let product = plan.cluster.product.value;
+    let machine = plan
+        .machine(&node.machine.value)
+        .expect("validated: node machine exists");
+    let profile = product
+        .role_profile(node.role.value)
+        .expect("validated: role exists");
+    let top_dir = product.pack_top_dir(profile.pack);
+    let base_install = machine
+        .install_dir
+        .as_ref()
+        .unwrap_or(&plan.cluster.install_dir)
+        .value
+        .trim_end_matches('/')
+        .to_string();
+    let install_dir = format!("{base_install}/{}", node.name.value);
+    let carbon_home = format!("{install_dir}/{top_dir}");
+    NodeRender {
+        name: node.name.value.clone(),
+        role: node.role.value,
+        machine: machine.name.value.clone(),
+        hostname: node.hostname.value.clone(),
+        offset: node.offset.value,
+        pack: profile.pack,
+        pack_top_dir: top_dir,
+        pack_sha256: plan
+            .distributions
+            .get(&profile.pack)
+            .map(|d| d.sha256.value.to_ascii_lowercase())
+            .unwrap_or_default(),
+        install_dir,
+        carbon_home,
+        java_home: machine
+            .java_home
+            .as_ref()
+            .unwrap_or(&plan.cluster.java_home)
+            .value
+            .clone(),
+        run_as: machine
+            .run_as
+            .as_ref()
+            .or(plan.cluster.run_as.as_ref())
+            .map(|u| u.value.clone()),
+        config_digest: crate::digest(parts.deployment_toml.as_bytes()),
+        deployment_toml: parts.deployment_toml,
+        deployment_toml_masked: parts.deployment_toml_masked,
+        optimizer: optimizer(&profile),
+        start: CommandSpec::plain(profile.start_argv()),
+        stop: CommandSpec::plain(profile.stop_argv()),
+        readiness: readiness(plan, node, machine, &profile),
+        depends_on: parts.depends_on,
+        tls: tls(
+            plan,
+            node,
+            parts.keystore_password,
+            parts.truststore_password,
+        ),
+    }
+}
+
+/// The profile optimizer, for roles that run it.
+fn optimizer(profile: &RoleProfile) -> Option<CommandSpec> {
+    profile.optimizer_argv().map(|argv| CommandSpec {
+        argv,
+        success_marker: Some(layout::OPTIMIZER_SUCCESS.to_string()),
+        failure_markers: vec![layout::OPTIMIZER_FAILURE.to_string()],
+    })
+}
+
+/// The ready line, the role's ports at the node's offset, `/services/Version` (which must name
+/// the pack's product) and, for gateways that have it, the startup health check.
+fn readiness(plan: &Plan, node: &Node, machine: &Machine, profile: &RoleProfile) -> Readiness {
+    let product = plan.cluster.product.value;
+    let offset = node.offset.value;
+    let address = machine.address.value;
+    let host = match address {
+        IpAddr::V6(a) => format!("[{a}]"),
+        IpAddr::V4(a) => a.to_string(),
+    };
+    let mut http = vec![HttpCheck {
+        url: format!(
+            "http://{host}:{}{}",
+            Port::Http.at(offset),
+            layout::VERSION_PATH
+        ),
+        expect_status: 200,
+        expect_body: Some(product.server_name(profile.pack)),
+        tls_insecure: false,
+    }];
+    if node.role.value == Role::Gateway && product.has_gateway_healthcheck() {
+        http.push(HttpCheck {
+            url: format!(
+                "https://{host}:{}{}",
+                Port::Https.at(offset),
+                layout::GATEWAY_HEALTHCHECK_PATH
+            ),
+            expect_status: 200,
+            expect_body: None,
+            tls_insecure: true,
+        });
+    }
+    Readiness {
+        log_file: layout::LOG_FILE.to_string(),
+        log_line: layout::READY_LINE.to_string(),
+        address,
+        tcp_ports: readiness_ports(product, node.role.value)
+            .into_iter()
+            .map(|p| p.at(offset))
+            .collect(),
+        http,
+        timeout_secs: plan.rollout.health_timeout.as_secs(),
+    }
+}
+
+/// The node's certificate (CN = its hostname; SANs add its role's load balancer) and keystores.
+fn tls(
+    plan: &Plan,
+    node: &Node,
+    keystore_password: String,
+    truststore_password: String,
+) -> NodeTls {
+    let lb = plan
+        .load_balancers
+        .get(&node.role.value)
+        .map(|lb| lb.hostname.value.clone());
+    NodeTls {
+        issuer: plan.tls.issuer.value,
+        store_type: plan.tls.keystore_type,
+        keystore_file: plan.tls.keystore_file.clone(),
+        alias: plan.tls.keystore_alias.clone(),
+        common_name: node.hostname.value.clone(),
+        sans: std::iter::once(node.hostname.value.clone())
+            .chain(lb)
+            .collect(),
+        primary_keystore_file: primary_keystore_file(plan),
+        primary_alias: plan.tls.primary_alias.clone(),
+        truststore_file: plan.tls.truststore_file.clone(),
+        keystore_password: Sensitive(keystore_password),
+        truststore_password: Sensitive(truststore_password),
+    }
+}
+
+/// The shared primary keystore's file name: only the cluster CA makes one; provided and shipped
+/// keystores double as primary (they are the same file on every node).
+pub(super) fn primary_keystore_file(plan: &Plan) -> Option<String> {
+    let tls = &plan.tls;
+    (tls.issuer.value == Issuer::ClusterCa).then(|| {
+        tls.primary_keystore_file
+            .clone()
+            .unwrap_or_else(|| tls.keystore_type.primary_keystore_file().to_string())
+    })
+}

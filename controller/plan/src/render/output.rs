@@ -1,0 +1,207 @@
+//! What a render produces: the cluster's machines with their hosts blocks and nodes, and per
+//! node its `deployment.toml` (with secrets and masked), commands, readiness checks, start
+//! dependencies and certificate.
+
+use std::net::IpAddr;
+
+use super::MASK;
+use crate::catalogue::{PackKind, Product, Role};
+use crate::graph::Tiers;
+use crate::plan::{Issuer, StoreType};
+
+/// The whole cluster, rendered.
+#[derive(Clone, Debug)]
+pub struct ClusterRender {
+    /// Cluster name.
+    pub cluster: String,
+    /// The release.
+    pub product: Product,
+    /// Per machine, in plan order.
+    pub machines: Vec<MachineRender>,
+    /// Start tiers (node names).
+    pub tiers: Tiers,
+}
+
+impl ClusterRender {
+    /// Every node, in plan order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRender> {
+        self.machines.iter().flat_map(|m| m.nodes.iter())
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeRender> {
+        self.nodes().find(|n| n.name == name)
+    }
+}
+
+/// One line of a hosts block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostsEntry {
+    /// Address.
+    pub address: IpAddr,
+    /// Names mapped to it.
+    pub names: Vec<String>,
+}
+
+/// One machine's share of the cluster.
+#[derive(Clone, Debug)]
+pub struct MachineRender {
+    /// Machine name.
+    pub name: String,
+    /// Its address.
+    pub address: IpAddr,
+    /// The managed block of its hosts file.
+    pub hosts: Vec<HostsEntry>,
+    /// Its nodes, in plan order.
+    pub nodes: Vec<NodeRender>,
+}
+
+impl MachineRender {
+    /// The hosts block as text (without the agent's markers).
+    pub fn hosts_text(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|e| format!("{} {}\n", e.address, e.names.join(" ")))
+            .collect()
+    }
+}
+
+/// A command run in the node's carbon home.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandSpec {
+    /// argv; the first element is relative to the carbon home.
+    pub argv: Vec<String>,
+    /// Output that means success (for tools that exit 0 on failure).
+    pub success_marker: Option<String>,
+    /// Output that means failure.
+    pub failure_markers: Vec<String>,
+}
+
+impl CommandSpec {
+    pub(super) fn plain(argv: Vec<String>) -> Self {
+        CommandSpec {
+            argv,
+            success_marker: None,
+            failure_markers: Vec::new(),
+        }
+    }
+
+    /// The argv as one display line (for humans; never executed through a shell).
+    pub fn display(&self) -> String {
+        self.argv.join(" ")
+    }
+}
+
+/// An HTTP readiness probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpCheck {
+    /// URL probed.
+    pub url: String,
+    /// Expected status.
+    pub expect_status: u16,
+    /// Text the body must contain, if any.
+    pub expect_body: Option<String>,
+    /// Skip certificate verification (local health endpoints only).
+    pub tls_insecure: bool,
+}
+
+/// When a node counts as ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// Log file, relative to the carbon home.
+    pub log_file: String,
+    /// The line that means the server started.
+    pub log_line: String,
+    /// Address the ports are probed on.
+    pub address: IpAddr,
+    /// Ports that must accept connections (offset applied).
+    pub tcp_ports: Vec<u16>,
+    /// HTTP probes.
+    pub http: Vec<HttpCheck>,
+    /// How long the node may take.
+    pub timeout_secs: u64,
+}
+
+/// The certificate a node needs (issued by the cluster CA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTls {
+    /// Who issues.
+    pub issuer: Issuer,
+    /// Keystore type.
+    pub store_type: StoreType,
+    /// TLS keystore file name.
+    pub keystore_file: String,
+    /// Alias of the node key.
+    pub alias: String,
+    /// Certificate CN.
+    pub common_name: String,
+    /// Certificate SANs (the hostname first, then the role's LB hostname).
+    pub sans: Vec<String>,
+    /// Shared primary keystore file, if separate from the TLS keystore.
+    pub primary_keystore_file: Option<String>,
+    /// Alias of the primary key.
+    pub primary_alias: String,
+    /// Truststore file name.
+    pub truststore_file: String,
+    /// Store (= key) password of the keystores apimctl writes.
+    pub keystore_password: Sensitive,
+    /// Password of the truststore the cluster CA is imported into.
+    pub truststore_password: Sensitive,
+}
+
+/// A secret value that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sensitive(pub String);
+
+impl std::fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+/// One node, fully rendered.
+#[derive(Clone, Debug)]
+pub struct NodeRender {
+    /// Node name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Machine name.
+    pub machine: String,
+    /// The node's own host name.
+    pub hostname: String,
+    /// Port offset.
+    pub offset: u16,
+    /// Which pack.
+    pub pack: PackKind,
+    /// The pack's file name and top directory.
+    pub pack_top_dir: String,
+    /// Expected sha256 of the pack.
+    pub pack_sha256: String,
+    /// Folder the node is unpacked into.
+    pub install_dir: String,
+    /// `install_dir/<top dir>`.
+    pub carbon_home: String,
+    /// JAVA_HOME.
+    pub java_home: String,
+    /// Unix user to run as.
+    pub run_as: Option<String>,
+    /// The full `deployment.toml`, secrets included.
+    pub deployment_toml: String,
+    /// The same with secrets masked, for printing.
+    pub deployment_toml_masked: String,
+    /// sha256 of `deployment_toml`: a change means a restart.
+    pub config_digest: String,
+    /// Profile optimizer, run once per fresh unpack.
+    pub optimizer: Option<CommandSpec>,
+    /// Start command.
+    pub start: CommandSpec,
+    /// Stop command.
+    pub stop: CommandSpec,
+    /// Readiness checks.
+    pub readiness: Readiness,
+    /// Nodes that must be ready before this one starts.
+    pub depends_on: Vec<String>,
+    /// Certificates and keystores.
+    pub tls: NodeTls,
+}
