@@ -21,58 +21,18 @@ use apim_proto::v1::{MachineFacts, MachineSpec, StatusReport};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::artifacts::{ArtifactError, ArtifactStore};
-use crate::store::{ArtifactRow, Store, StoreError, StoredAgent};
+use crate::artifacts::ArtifactStore;
+use crate::store::{ArtifactRow, Store};
 
-/// What the state can refuse or fail with; the gRPC server maps it to a status.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// The store failed to read or write.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The artifact directory could not be opened.
-    #[error(transparent)]
-    Artifacts(#[from] ArtifactError),
-    /// A machine name is not acceptable.
-    #[error("invalid machine: {reason}")]
-    InvalidMachine {
-        /// Why.
-        reason: String,
-    },
-    /// The join token was refused (unknown, used, expired, wrong secret, malformed, or bound
-    /// to another machine).
-    #[error("join token refused: {source}")]
-    Token {
-        /// Why, from the token registry (never contains the secret).
-        #[source]
-        source: apim_certs::CertsError,
-    },
-    /// Minting or storing a token failed.
-    #[error("{action}: {source}")]
-    Issue {
-        /// What was being done.
-        action: &'static str,
-        /// The certs crate's error.
-        #[source]
-        source: apim_certs::CertsError,
-    },
-    /// An operator named a machine the controller knows nothing about.
-    #[error("unknown machine {machine:?}")]
-    UnknownMachine {
-        /// The name given.
-        machine: String,
-    },
-    /// An agent reported a node of another machine.
-    #[error("{identity} may not act for machine {named:?} ({what})")]
-    ForeignMachine {
-        /// The caller's identity URI.
-        identity: String,
-        /// The machine the message named.
-        named: String,
-        /// Where the name appeared.
-        what: String,
-    },
-}
+mod agents;
+mod error;
+mod refusals;
+
+pub use agents::AgentSnapshot;
+use agents::{AgentRecord, node_names, snapshot};
+pub use error::StateError;
+use refusals::RefusalLog;
+pub use refusals::Refused;
 
 /// The latest desired spec of one machine, as seen by its agent's stream.
 pub type SpecWatch = watch::Receiver<Option<Arc<MachineSpec>>>;
@@ -91,67 +51,6 @@ pub struct ControllerState {
     revocations: watch::Sender<u64>,
     next_session: AtomicU64,
     refusals: RefusalLog,
-}
-
-/// What the controller did not take from one agent message.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    /// Reports for an older spec generation than the last one.
-    pub stale_reports: usize,
-    /// Node statuses for nodes the machine's spec does not name.
-    pub unknown_nodes: usize,
-    /// Node statuses for an older generation than the node's last.
-    pub stale_nodes: usize,
-    /// Results of commands never issued (or answered twice).
-    pub unissued_results: usize,
-}
-
-impl Refused {
-    fn any(&self) -> bool {
-        *self != Refused::default()
-    }
-
-    fn add(&mut self, o: Refused) {
-        self.stale_reports += o.stale_reports;
-        self.unknown_nodes += o.unknown_nodes;
-        self.stale_nodes += o.stale_nodes;
-        self.unissued_results += o.unissued_results;
-    }
-}
-
-/// How often refusals are logged at most (per controller; counts add up in between).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Counts refused agent messages and logs them at most every [`REFUSAL_LOG_EVERY`], so a
-/// misbehaving agent cannot flood the log.
-#[derive(Debug, Default)]
-struct RefusalLog {
-    inner: Mutex<(BTreeMap<String, Refused>, Option<std::time::Instant>)>,
-}
-
-impl RefusalLog {
-    fn count(&self, machine: &str, r: Refused) {
-        if !r.any() {
-            return;
-        }
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.entry(machine.to_owned()).or_default().add(r);
-        let due = g.1.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY);
-        if !due {
-            return;
-        }
-        g.1 = Some(std::time::Instant::now());
-        for (machine, r) in std::mem::take(&mut g.0) {
-            tracing::warn!(
-                %machine,
-                stale_reports = r.stale_reports,
-                unknown_nodes = r.unknown_nodes,
-                stale_nodes = r.stale_nodes,
-                unissued_command_results = r.unissued_results,
-                "refused agent messages"
-            );
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -175,45 +74,6 @@ fn packs_of(spec: &MachineSpec) -> BTreeSet<String> {
         .iter()
         .filter_map(|n| n.pack.as_ref().map(|p| p.sha256.to_ascii_lowercase()))
         .collect()
-}
-
-#[derive(Debug, Default)]
-struct AgentRecord {
-    /// Serials of certificates issued to this machine that have not expired yet (so a
-    /// revocation can also kill them by serial and survive a later re-enrollment).
-    serials: BTreeMap<String, OffsetDateTime>,
-    /// The newest certificate issued.
-    cert_serial: Option<String>,
-    cert_not_after: Option<OffsetDateTime>,
-    /// The open stream's session id.
-    session: Option<u64>,
-    last_seen: Option<SystemTime>,
-    facts: Option<MachineFacts>,
-    held_generation: u64,
-    last_status: Option<StatusReport>,
-}
-
-/// A copy of what the controller knows about one enrolled agent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentSnapshot {
-    /// The machine name (its certificate identity).
-    pub machine: String,
-    /// Whether its `Connect` stream is open.
-    pub connected: bool,
-    /// When it was last heard from (enrollment, renewal or a stream message).
-    pub last_seen: Option<SystemTime>,
-    /// Serial of the newest certificate issued to it.
-    pub cert_serial: Option<String>,
-    /// When that certificate expires.
-    pub cert_not_after: Option<OffsetDateTime>,
-    /// Whether the machine is revoked.
-    pub revoked: bool,
-    /// The last facts it reported.
-    pub facts: Option<MachineFacts>,
-    /// The generation it said it holds in its last `Hello`.
-    pub held_generation: u64,
-    /// Its last status report.
-    pub last_status: Option<StatusReport>,
 }
 
 impl ControllerState {
@@ -719,82 +579,6 @@ impl ControllerState {
             .agents
             .get(machine)
             .map(|r| snapshot(&inner, machine, r))
-    }
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn from_unix_ms(ms: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
-
-fn odt(s: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(s).ok()
-}
-
-fn encode_hex<M: apim_proto::prost::Message>(m: &M) -> String {
-    hex::encode(m.encode_to_vec())
-}
-
-fn decode_hex<M: apim_proto::prost::Message + Default>(s: &str) -> Option<M> {
-    hex::decode(s)
-        .ok()
-        .and_then(|b| M::decode(b.as_slice()).ok())
-}
-
-impl AgentRecord {
-    fn to_stored(&self) -> StoredAgent {
-        StoredAgent {
-            serials: self
-                .serials
-                .iter()
-                .map(|(s, t)| (s.clone(), t.unix_timestamp()))
-                .collect(),
-            cert_serial: self.cert_serial.clone(),
-            cert_not_after: self.cert_not_after.map(OffsetDateTime::unix_timestamp),
-            last_seen_ms: self.last_seen.map(unix_ms),
-            facts: self.facts.as_ref().map(encode_hex),
-            held_generation: self.held_generation,
-            last_status: self.last_status.as_ref().map(encode_hex),
-        }
-    }
-
-    fn from_stored(s: &StoredAgent) -> Self {
-        AgentRecord {
-            serials: s
-                .serials
-                .iter()
-                .filter_map(|(k, t)| odt(*t).map(|t| (k.clone(), t)))
-                .collect(),
-            cert_serial: s.cert_serial.clone(),
-            cert_not_after: s.cert_not_after.and_then(odt),
-            session: None,
-            last_seen: s.last_seen_ms.map(from_unix_ms),
-            facts: s.facts.as_deref().and_then(decode_hex),
-            held_generation: s.held_generation,
-            last_status: s.last_status.as_deref().and_then(decode_hex),
-        }
-    }
-}
-
-fn node_names(spec: &MachineSpec) -> BTreeSet<String> {
-    spec.nodes.iter().map(|n| n.name.clone()).collect()
-}
-
-fn snapshot(inner: &Inner, machine: &str, r: &AgentRecord) -> AgentSnapshot {
-    AgentSnapshot {
-        machine: machine.to_owned(),
-        connected: r.session.is_some(),
-        last_seen: r.last_seen,
-        cert_serial: r.cert_serial.clone(),
-        cert_not_after: r.cert_not_after,
-        revoked: inner.revoked.is_machine_revoked(machine),
-        facts: r.facts.clone(),
-        held_generation: r.held_generation,
-        last_status: r.last_status.clone(),
     }
 }
 

@@ -1,0 +1,54 @@
+//! [`StateError`]: what the state can refuse or fail with.
+
+use crate::artifacts::ArtifactError;
+use crate::store::StoreError;
+
+/// What the state can refuse or fail with; the gRPC server maps it to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store failed to read or write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The artifact directory could not be opened.
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactError),
+    /// A machine name is not acceptable.
+    #[error("invalid machine: {reason}")]
+    InvalidMachine {
+        /// Why.
+        reason: String,
+    },
+    /// The join token was refused (unknown, used, expired, wrong secret, malformed, or bound
+    /// to another machine).
+    #[error("join token refused: {source}")]
+    Token {
+        /// Why, from the token registry (never contains the secret).
+        #[source]
+        source: apim_certs::CertsError,
+    },
+    /// Minting or storing a token failed.
+    #[error("{action}: {source}")]
+    Issue {
+        /// What was being done.
+        action: &'static str,
+        /// The certs crate's error.
+        #[source]
+        source: apim_certs::CertsError,
+    },
+    /// An operator named a machine the controller knows nothing about.
+    #[error("unknown machine {machine:?}")]
+    UnknownMachine {
+        /// The name given.
+        machine: String,
+    },
+    /// An agent reported a node of another machine.
+    #[error("{identity} may not act for machine {named:?} ({what})")]
+    ForeignMachine {
+        /// The caller's identity URI.
+        identity: String,
+        /// The machine the message named.
+        named: String,
+        /// Where the name appeared.
+        what: String,
+    },
+}
