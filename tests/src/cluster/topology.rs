@@ -1,0 +1,314 @@
+//! What a test cluster looks like: the topologies, their nodes, and the plan they make.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::{Result, io};
+use crate::simpack::{Filler, PackKind};
+
+/// The seed topologies a cluster can be laid out as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// WSO2 API Manager 3.2.0, five profiles, one machine each.
+    V3FiveNode,
+    /// WSO2 API Manager 4.5.0 split packs in HA: two control planes, two traffic managers,
+    /// two gateways, one machine each.
+    V45Ha,
+    /// WSO2 API Manager 3.2.0 at scale: this many machines, each running all five profiles
+    /// (offsets 0-4), every role behind a load balancer (benchmarks: 10 machines = 50 nodes).
+    V3Wide(u8),
+}
+
+/// One node of a topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDef {
+    /// Node name.
+    pub name: String,
+    /// Its machine's name.
+    pub machine: String,
+    /// Portable role.
+    pub role: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// `gateway_id` (4.5 gateways).
+    pub gateway_id: Option<String>,
+    /// Port offset.
+    pub offset: u16,
+}
+
+impl Topology {
+    /// The product string of the plan.
+    pub fn product(self) -> &'static str {
+        match self {
+            Topology::V3FiveNode | Topology::V3Wide(_) => "wso2am-3.2.0",
+            Topology::V45Ha => "wso2am-4.5.0",
+        }
+    }
+
+    /// A JDK version the product supports (3.2 runs on 8 or 11, 4.5 on 17 or 21).
+    pub fn java_version(self) -> &'static str {
+        match self {
+            Topology::V3FiveNode | Topology::V3Wide(_) => "11.0.21",
+            Topology::V45Ha => "17.0.9",
+        }
+    }
+
+    /// The packs' keystore format (`[tls] keystore_type`).
+    pub fn keystore_type(self) -> &'static str {
+        match self {
+            Topology::V3FiveNode | Topology::V3Wide(_) => "JKS",
+            Topology::V45Ha => "PKCS12",
+        }
+    }
+
+    /// `[load_balancers]`: (role, LB hostname) for every role with several nodes.
+    pub fn load_balancers(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Topology::V3FiveNode => Vec::new(),
+            Topology::V45Ha => vec![
+                ("control-plane", "api.am.wso2.com"),
+                ("traffic-manager", "tm.am.wso2.com"),
+                ("gateway", "gw.wso2.com"),
+            ],
+            Topology::V3Wide(_) => vec![
+                ("key-manager", "km.wso2.com"),
+                ("traffic-manager", "tm.wso2.com"),
+                ("publisher", "pub.wso2.com"),
+                ("devportal", "dp.wso2.com"),
+                ("gateway", "gw.wso2.com"),
+            ],
+        }
+    }
+
+    /// (distribution key, pack kind, version) of every pack the plan needs.
+    pub fn packs(self) -> Vec<(&'static str, PackKind, &'static str)> {
+        match self {
+            Topology::V3FiveNode | Topology::V3Wide(_) => {
+                vec![("default", PackKind::AllInOne, "3.2.0")]
+            }
+            Topology::V45Ha => vec![
+                ("control-plane", PackKind::ApiControlPlane, "4.5.0"),
+                ("gateway", PackKind::UniversalGateway, "4.5.0"),
+                ("traffic-manager", PackKind::TrafficManager, "4.5.0"),
+            ],
+        }
+    }
+
+    /// Every node: one machine each (`vm-<node>`), or five per machine for [`Topology::V3Wide`].
+    pub fn nodes(self) -> Vec<NodeDef> {
+        const V3: [(&str, &str); 5] = [
+            ("km", "key-manager"),
+            ("tm", "traffic-manager"),
+            ("pub", "publisher"),
+            ("dp", "devportal"),
+            ("gw", "gateway"),
+        ];
+        if let Topology::V3Wide(machines) = self {
+            let mut v = Vec::new();
+            for m in 1..=machines {
+                for (offset, (short, role)) in (0u16..).zip(V3) {
+                    v.push(NodeDef {
+                        name: format!("{short}-{m}"),
+                        machine: format!("vm-{m}"),
+                        role: role.to_string(),
+                        hostname: format!("{short}-{m}.wso2.com"),
+                        gateway_id: None,
+                        offset,
+                    });
+                }
+            }
+            return v;
+        }
+        let list: &[(&str, &str, &str, Option<&str>)] = match self {
+            Topology::V3FiveNode => &[
+                ("km-1", "key-manager", "km.wso2.com", None),
+                ("tm-1", "traffic-manager", "tm.wso2.com", None),
+                ("pub-1", "publisher", "pub.wso2.com", None),
+                ("dp-1", "devportal", "dp.wso2.com", None),
+                ("gw-1", "gateway", "gw.wso2.com", None),
+            ],
+            Topology::V45Ha => &[
+                ("cp-1", "control-plane", "apim-cp-1", None),
+                ("cp-2", "control-plane", "apim-cp-2", None),
+                ("tm-1", "traffic-manager", "traffic-manager-1", None),
+                ("tm-2", "traffic-manager", "traffic-manager-2", None),
+                ("gw-1", "gateway", "gateway-1", Some("gateway_00")),
+                ("gw-2", "gateway", "gateway-2", Some("gateway_01")),
+            ],
+            Topology::V3Wide(_) => &[],
+        };
+        list.iter()
+            .map(|(n, r, h, g)| NodeDef {
+                name: (*n).to_string(),
+                machine: format!("vm-{n}"),
+                role: (*r).to_string(),
+                hostname: (*h).to_string(),
+                gateway_id: g.map(str::to_string),
+                offset: 0,
+            })
+            .collect()
+    }
+}
+
+/// How to lay a cluster out.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The topology.
+    pub topology: Topology,
+    /// A name unique among concurrently running clusters: it picks the 127.x addresses.
+    pub name: String,
+    /// The simulated servers' delay between start and ready.
+    pub startup_delay_ms: u64,
+    /// Padding for realistically sized packs (benchmarks).
+    pub filler: Option<Filler>,
+}
+
+impl ClusterOptions {
+    /// Options for `topology` with a short simulated start delay.
+    pub fn new(topology: Topology, name: impl Into<String>) -> ClusterOptions {
+        ClusterOptions {
+            topology,
+            name: name.into(),
+            startup_delay_ms: 200,
+            filler: None,
+        }
+    }
+}
+
+/// What varies between the plans a test applies to one cluster.
+#[derive(Debug, Clone)]
+pub struct PlanParams {
+    /// `[rollout] on_failure`: `halt` or `rollback`.
+    pub on_failure: String,
+    /// `[rollout] health_timeout`.
+    pub health_timeout: String,
+    /// `[rollout] max_parallel`.
+    pub max_parallel: u32,
+    /// `[overrides]` entries: (scope, deployment.toml fragment).
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Default for PlanParams {
+    fn default() -> Self {
+        PlanParams {
+            on_failure: "halt".into(),
+            health_timeout: "2m".into(),
+            max_parallel: 2,
+            overrides: Vec::new(),
+        }
+    }
+}
+
+impl super::Cluster {
+    /// The plan text for `params`.
+    pub fn plan_text(&self, params: &PlanParams) -> String {
+        let mut s = format!(
+            r#"# Generated by the apim-e2e harness: {topology:?} on loopback.
+[cluster]
+name = "apim-e2e"
+product = "{product}"
+install_dir = "/opt/wso2"
+java_home = "/usr/lib/jvm/java-17-openjdk-amd64"
+
+[distributions]
+"#,
+            topology = self.topology,
+            product = self.topology.product()
+        );
+        for (key, p) in &self.packs {
+            s.push_str(&format!(
+                "{key} = {{ path = \"dist/{}\", sha256 = \"{}\" }}\n",
+                p.path
+                    .file_name()
+                    .map_or(String::new(), |f| f.to_string_lossy().into_owned()),
+                p.sha256
+            ));
+        }
+        s.push_str(
+            r#"
+[admin]
+username = "admin"
+password = { file = "secrets/admin-password" }
+
+[databases.apim_db]
+type = "mysql"
+host = "db.wso2.com"
+port = 3306
+name = "apim_db"
+username = "apimadmin"
+password = { file = "secrets/db-password" }
+
+[databases.shared_db]
+type = "mysql"
+host = "db.wso2.com"
+port = 3306
+name = "shared_db"
+username = "sharedadmin"
+password = { file = "secrets/db-password" }
+
+[hosts]
+"db.wso2.com" = "127.0.0.1"
+"#,
+        );
+        // The packs keep the `.jks` names; from 4.4 on their content is PKCS12.
+        s.push_str(&format!(
+            "\n[tls]\nissuer = \"cluster-ca\"\nkeystore_type = \"{}\"\nkeystore_file = \"wso2carbon.jks\"\nkeystore_password = {{ file = \"secrets/keystore-password\" }}\n",
+            self.topology.keystore_type()
+        ));
+        // No real load balancer: each LB name resolves to the role's first node's machine.
+        let lbs = self.topology.load_balancers();
+        if !lbs.is_empty() {
+            s.push_str("\n[load_balancers]\n");
+        }
+        for (role, hostname) in lbs {
+            let n = self.topology.nodes().into_iter().find(|n| n.role == role);
+            let addr = n
+                .and_then(|n| self.machine_of(&n.name).ok().map(|m| m.address))
+                .unwrap_or(Ipv4Addr::LOCALHOST);
+            s.push_str(&format!(
+                "{role} = {{ hostname = \"{hostname}\", address = \"{addr}\" }}\n"
+            ));
+        }
+        for m in &self.machines {
+            s.push_str(&format!(
+                "\n[[machines]]\nname = \"{}\"\naddress = \"{}\"\njava_home = {:?}\n",
+                m.name,
+                m.address,
+                m.jdk.display().to_string()
+            ));
+        }
+        for n in self.topology.nodes() {
+            s.push_str(&format!(
+                "\n[[nodes]]\nname = \"{}\"\nmachine = \"{}\"\nrole = \"{}\"\nhostname = \"{}\"\noffset = {}\n",
+                n.name, n.machine, n.role, n.hostname, n.offset
+            ));
+            if let Some(g) = &n.gateway_id {
+                s.push_str(&format!("gateway_id = \"{g}\"\n"));
+            }
+        }
+        let env = if self.topology == Topology::V45Ha {
+            "\n[[gateway_environments]]\nname = \"Default\"\ntype = \"hybrid\"\nlabel = \"Default\"\n"
+        } else {
+            "\n[[gateway_environments]]\nname = \"Production and Sandbox\"\ntype = \"hybrid\"\n"
+        };
+        s.push_str(env);
+        s.push_str(&format!(
+            "\n[rollout]\nmax_parallel = {}\nhealth_timeout = \"{}\"\non_failure = \"{}\"\n",
+            params.max_parallel, params.health_timeout, params.on_failure
+        ));
+        if !params.overrides.is_empty() {
+            s.push_str("\n[overrides]\n");
+            for (scope, text) in &params.overrides {
+                s.push_str(&format!("\"{scope}\" = '''\n{}\n'''\n", text.trim_end()));
+            }
+        }
+        s
+    }
+
+    /// Writes the plan for `params` as `<root>/<file>` and returns its path.
+    pub fn write_plan(&self, file: &str, params: &PlanParams) -> Result<PathBuf> {
+        let p = self.root().join(file);
+        std::fs::write(&p, self.plan_text(params)).map_err(io("write", &p))?;
+        Ok(p)
+    }
+}
