@@ -207,3 +207,44 @@ fn render_of_an_invalid_plan_writes_nothing() {
         .stderr(predicate::str::contains("unknown role `gatway`"));
     assert!(!out.exists());
 }
+
+#[test]
+fn render_out_never_writes_outside_its_folder() {
+    let f = Fixture::new();
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("a/b/out");
+    let plan = f.dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        f.base_plan()
+            .replacen("name = \"cp-1\"", "name = \"../../etc\"", 1),
+    )
+    .unwrap();
+    apimctl()
+        .args([
+            "render",
+            plan.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "node name `../../etc` is not allowed",
+        ));
+    let written: Vec<_> = walk(root.path());
+    assert!(written.is_empty(), "files written: {written:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

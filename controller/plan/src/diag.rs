@@ -138,19 +138,29 @@ impl Report {
         let line_end = self.source[start..]
             .find('\n')
             .map_or(self.source.len(), |i| start + i);
-        let line_text = &self.source[line_start..line_end];
+        let line_text = self.source[line_start..line_end].trim_end_matches('\r');
         let (line_no, col) = line_col(&self.source, start);
         let gutter = line_no.to_string().len();
-        let _ = writeln!(out, "{:gutter$} |", "");
-        let _ = writeln!(out, "{line_no} | {}", line_text.trim_end_matches('\r'));
         let end = floor_char_boundary(&self.source, d.span.end.min(line_end).max(start));
         let width = self.source[start..end].chars().count().max(1);
+        // A very long line is shown as a window around the span (a plan may hold a 1 MB value).
+        let skip = (col - 1).saturating_sub(SHOWN_BEFORE);
+        let shown: String = line_text.chars().skip(skip).take(SHOWN_LINE).collect();
+        let cut = line_text.chars().count() > skip + SHOWN_LINE;
+        let _ = writeln!(out, "{:gutter$} |", "");
         let _ = writeln!(
             out,
-            "{:gutter$} | {}{}",
+            "{line_no} | {}{shown}{}",
+            if skip > 0 { "…" } else { "" },
+            if cut { "…" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "{:gutter$} | {}{}{}",
             "",
-            " ".repeat(col - 1),
-            "^".repeat(width)
+            if skip > 0 { " " } else { "" },
+            " ".repeat(col - 1 - skip),
+            "^".repeat(width.min(SHOWN_LINE - (col - 1 - skip)).max(1))
         );
         if let Some(hint) = &d.hint {
             let _ = writeln!(out, "{:gutter$} = hint: {hint}", "");
@@ -158,6 +168,11 @@ impl Report {
         out.push('\n');
     }
 }
+
+/// Characters of a source line shown before a diagnostic's column, at most.
+const SHOWN_BEFORE: usize = 40;
+/// Characters of a source line shown, at most.
+const SHOWN_LINE: usize = 160;
 
 /// The known name closest to `unknown`, if one is close enough to be a likely typo.
 pub fn did_you_mean<'a>(
@@ -202,6 +217,26 @@ mod tests {
         assert!(text.contains("2 | nmae = \"x\"\n  | ^^^^\n"), "{text}");
         assert!(text.contains("= hint: did you mean `name`?"), "{text}");
         assert!(text.contains("1 error(s), 0 warning(s)"));
+    }
+
+    #[test]
+    fn a_long_line_is_shown_as_a_window_around_the_span() {
+        let source = format!("name = \"{}\"\n", "x".repeat(10_000));
+        let report = Report {
+            path: "plan.toml".into(),
+            source: source.clone(),
+            diagnostics: vec![Diagnostic::error(5000..5003, "bad")],
+        };
+        let text = report.render();
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[2].starts_with("1 | …x") && lines[2].ends_with("x…"),
+            "{}",
+            lines[2]
+        );
+        let caret = lines[3].find('^').unwrap();
+        assert_eq!(caret, "1 | …".chars().count() + 40, "{}", lines[3]);
     }
 
     #[test]

@@ -72,20 +72,34 @@ pub fn run(
 /// Writes under `dir`: per node (or only `only`) `NODE/deployment.toml` and
 /// `NODE/commands.txt`, per machine with such a node `MACHINE.hosts`, and `start-order.txt`.
 /// Every file 0600, secrets in clear.
+/// A node or machine name as one plain path component under the output folder (validation
+/// already allows only safe names; this keeps `--out` inside its folder whatever happens).
+fn component<'a>(dir: &Path, name: &'a str) -> Result<&'a str, CliError> {
+    if apim_plan::validate::is_safe_name(name) {
+        Ok(name)
+    } else {
+        Err(CliError::io(dir)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{:?} is not a safe file name", name),
+        )))
+    }
+}
+
 fn write_out(cluster: &ClusterRender, only: Option<&str>, dir: &Path) -> Result<(), CliError> {
     std::fs::create_dir_all(dir).map_err(CliError::io(dir))?;
     for m in &cluster.machines {
         let mut any = false;
         for n in m.nodes.iter().filter(|n| only.is_none_or(|o| o == n.name)) {
             any = true;
-            let nd = dir.join(&n.name);
+            let nd = dir.join(component(dir, &n.name)?);
             std::fs::create_dir_all(&nd).map_err(CliError::io(&nd))?;
             write_private(&nd.join("deployment.toml"), &n.deployment_toml)?;
             let header = output::render::node_header(cluster, n);
             write_private(&nd.join("commands.txt"), &header)?;
         }
         if any {
-            write_private(&dir.join(format!("{}.hosts", m.name)), &m.hosts_text())?;
+            let machine = component(dir, &m.name)?;
+            write_private(&dir.join(format!("{machine}.hosts")), &m.hosts_text())?;
         }
     }
     let order = output::render::start_order(cluster);

@@ -153,6 +153,9 @@ pub struct Node {
     pub hostname: At<String>,
     /// Port offset.
     pub offset: At<u16>,
+    /// False when `offset` was written but is not a valid offset (reported where it is
+    /// written); its ports are then not compared with other nodes'.
+    pub offset_valid: bool,
     /// 4.5+ gateways: the `gateway_id` (defaults to the node name).
     pub gateway_id: Option<At<String>>,
     /// Span of the entry.
@@ -274,6 +277,9 @@ pub struct Plan {
     pub apim_db: Option<Database>,
     /// `[databases.shared_db]`.
     pub shared_db: Option<Database>,
+    /// The `[databases.*]` tables written in the plan, parsed or not (a table with an error is
+    /// reported there, not as missing).
+    pub databases_written: Vec<&'static str>,
     /// `[user_store] type`.
     pub user_store_type: At<String>,
     /// `[tls]`.

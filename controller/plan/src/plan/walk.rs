@@ -139,10 +139,11 @@ impl<'t, 'i> Fields<'t, 'i> {
         out: &mut Vec<Diagnostic>,
     ) -> Option<At<i64>> {
         let v = self.raw(key)?;
-        let parsed = v
-            .get_ref()
-            .as_integer()
-            .and_then(|i| i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok());
+        let Some(int) = v.get_ref().as_integer() else {
+            self.type_error(key, v, "an integer", out);
+            return None;
+        };
+        let parsed = i64::from_str_radix(&int.as_str().replace('_', ""), int.radix()).ok();
         match parsed {
             Some(n) if range.contains(&n) => Some(At::new(n, v.span())),
             Some(n) => {
@@ -158,7 +159,16 @@ impl<'t, 'i> Fields<'t, 'i> {
                 None
             }
             None => {
-                self.type_error(key, v, "an integer", out);
+                out.push(Diagnostic::error(
+                    v.span(),
+                    format!(
+                        "`{key}` in {} is {}, outside {}..={}",
+                        self.name,
+                        int.as_str(),
+                        range.start(),
+                        range.end()
+                    ),
+                ));
                 None
             }
         }

@@ -391,3 +391,106 @@ fn a_pack_with_an_unsafe_entry_or_another_top_directory_is_refused() {
         assert!(out.contains("pack `"), "{out}");
     }
 }
+
+#[test]
+fn unsafe_names_and_paths_are_refused_where_they_are_written() {
+    let f = Fixture::new();
+    let huge = "c".repeat(1 << 20);
+    let cases: [(&str, &str, &str); 8] = [
+        (
+            "name = \"cp-1\"",
+            "name = \"../../etc\"",
+            "node name `../../etc` is not allowed",
+        ),
+        (
+            "name = \"cp-1\"",
+            "name = \"cp;reboot\"",
+            "node name `cp;reboot` is not allowed",
+        ),
+        (
+            "name = \"vm-1\"",
+            "name = \"m2$(id)\"",
+            "machine name `m2$(id)` is not allowed",
+        ),
+        (
+            "name = \"t\"",
+            &format!("name = \"{huge}\""),
+            "cluster name is 1048576 characters long (at most 63)",
+        ),
+        (
+            "java_home = \"/usr/lib/jvm/java-17\"",
+            "java_home = \"/usr/lib/jvm/java-17\"\ninstall_dir = \"/opt/../../etc\"",
+            "`install_dir` `/opt/../../etc` must not hold `.` or `..` components",
+        ),
+        (
+            "java_home = \"/usr/lib/jvm/java-17\"",
+            "java_home = \"/usr/lib/jvm/java-17\"\ninstall_dir = \"opt/wso2\"",
+            "`install_dir` `opt/wso2` must be an absolute path",
+        ),
+        (
+            "java_home = \"/usr/lib/jvm/java-17\"",
+            "java_home = \"/usr/lib/jvm/$(reboot)\"",
+            "`java_home` `/usr/lib/jvm/$(reboot)` may only hold",
+        ),
+        (
+            "java_home = \"/usr/lib/jvm/java-17\"",
+            "java_home = \"/usr/lib/jvm/java-17\"\nrun_as = \"wso2;id\"",
+            "`run_as` `wso2;id` is not a valid user name",
+        ),
+    ];
+    for (from, to, message) in cases {
+        let text = with(&f.base_plan(), from, to);
+        let r = f.check(&text);
+        let at = to.rsplit_once(" = ").map_or(to, |(_, v)| v);
+        let at = if at.len() > 100 { &at[..100] } else { at };
+        expect_error(&r, &text, message, at);
+    }
+}
+
+#[test]
+fn a_bad_offset_or_database_type_is_reported_once_where_it_is_written() {
+    let f = Fixture::new();
+    for (to, message) in [
+        (
+            "offset = \"x\"",
+            "`offset` in [[nodes]] #2 must be an integer, found string",
+        ),
+        (
+            "offset = -1",
+            "`offset` in [[nodes]] #2 is -1, outside 0..=60000",
+        ),
+        (
+            "offset = 99999999999999999999",
+            "`offset` in [[nodes]] #2 is 99999999999999999999, outside 0..=60000",
+        ),
+    ] {
+        let text = with(&f.base_plan(), "offset = 1", to);
+        let r = f.check(&text);
+        expect_error_at(
+            &r,
+            &text,
+            message,
+            text.find(to).unwrap() + "offset = ".len(),
+        );
+        let errors: Vec<&str> = r
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.message.as_str())
+            .collect();
+        assert_eq!(errors, [message], "one error, no spurious port collision");
+    }
+    let text = with(&f.base_plan(), "type = \"mysql\"", "type = \"mongo\"");
+    let r = f.check(&text);
+    let errors: Vec<&str> = r
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(
+        errors,
+        ["unknown database type `mongo`"],
+        "not also `plan has no [databases.…]`"
+    );
+}

@@ -187,7 +187,7 @@ fn parse_root(
     let product = cluster.as_ref().map(|c| c.product.value);
     let distributions = settings::distributions(root, out);
     let admin = settings::admin(root, out);
-    let (apim_db, shared_db) = settings::databases(root, out);
+    let (apim_db, shared_db, databases_written) = settings::databases(root, out);
     let user_store_type = settings::user_store(root, out);
     let tls = settings::tls(root, out);
     let hosts = topology::hosts(root, out);
@@ -205,6 +205,7 @@ fn parse_root(
         admin: admin?,
         apim_db,
         shared_db,
+        databases_written,
         user_store_type,
         tls: tls?,
         hosts,

@@ -121,14 +121,18 @@ pub(super) fn admin(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Opt
 pub(super) fn databases(
     root: &mut Fields<'_, '_>,
     out: &mut Vec<Diagnostic>,
-) -> (Option<Database>, Option<Database>) {
+) -> (Option<Database>, Option<Database>, Vec<&'static str>) {
     let Some(mut dbs) = root.table("databases", out) else {
-        return (None, None);
+        return (None, None, Vec::new());
     };
+    let written = ["apim_db", "shared_db"]
+        .into_iter()
+        .filter(|id| dbs.key_span(id).is_some())
+        .collect();
     let apim_db = database(&mut dbs, "apim_db", out);
     let shared_db = database(&mut dbs, "shared_db", out);
     dbs.finish(out);
-    (apim_db, shared_db)
+    (apim_db, shared_db, written)
 }
 
 fn database(

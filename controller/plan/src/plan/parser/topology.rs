@@ -87,8 +87,10 @@ pub(super) fn nodes(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Vec
             out,
             "the node's own DNS name, e.g. \"gw1.wso2.com\"",
         );
-        let offset = n
-            .int("offset", 0..=60000, out)
+        let written = n.key_span("offset").is_some();
+        let parsed = n.int("offset", 0..=60000, out);
+        let offset_valid = parsed.is_some() || !written;
+        let offset = parsed
             .map(|o| At::new(o.value as u16, o.span))
             .unwrap_or_else(|| At::new(0, n.span.clone()));
         let gateway_id = n.string("gateway_id", out);
@@ -103,6 +105,7 @@ pub(super) fn nodes(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Vec
                 role,
                 hostname,
                 offset,
+                offset_valid,
                 gateway_id,
                 span,
             });

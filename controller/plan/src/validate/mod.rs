@@ -4,6 +4,9 @@
 //! on this machine (packs and their sha256, secret files and variables), because a plan that
 //! cannot be applied should fail here rather than half-way through a rollout.
 
+mod names;
+pub use names::{is_safe_name, is_user_name, path_problem};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -62,6 +65,7 @@ pub fn check_file(
 
 fn validate(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnostic>) {
     let product = p.cluster.product.value;
+    names::check(p, out);
     check_unique(p, out);
     check_nodes(p, out);
     check_ports(p, out);
@@ -220,7 +224,7 @@ fn check_nodes(p: &Plan, out: &mut Vec<Diagnostic>) {
 fn check_ports(p: &Plan, out: &mut Vec<Diagnostic>) {
     let product = p.cluster.product.value;
     let mut by_port: BTreeMap<(&str, u32), &plan::Node> = BTreeMap::new();
-    for n in &p.nodes {
+    for n in p.nodes.iter().filter(|n| n.offset_valid) {
         let mut reported = BTreeSet::new();
         for named in catalogue::all_ports(product, n.role.value) {
             let base = named.base();
@@ -462,7 +466,7 @@ fn check_secrets(p: &Plan, env: &dyn EnvSource, out: &mut Vec<Diagnostic>) {
 fn check_databases(p: &Plan, out: &mut Vec<Diagnostic>) {
     let product = p.cluster.product.value;
     let needs_apim = p.nodes.iter().any(|n| product.needs_apim_db(n.role.value));
-    if p.shared_db.is_none() {
+    if p.shared_db.is_none() && !p.databases_written.contains(&"shared_db") {
         out.push(
             Diagnostic::error(
                 0..0,
@@ -471,7 +475,7 @@ fn check_databases(p: &Plan, out: &mut Vec<Diagnostic>) {
             .with_hint("[databases.shared_db] type = \"mysql\" …"),
         );
     }
-    if needs_apim && p.apim_db.is_none() {
+    if needs_apim && p.apim_db.is_none() && !p.databases_written.contains(&"apim_db") {
         out.push(
             Diagnostic::error(
                 0..0,
