@@ -199,7 +199,7 @@ impl NodeExecutor {
         let bytes = serde_json::to_vec_pretty(&new).map_err(|e| DaemonError::Config {
             reason: format!("serialising node record: {e}"),
         })?;
-        crate::atomic::write_atomic(&path, &bytes, 0o600)
+        apim_atomic::write_atomic(&path, &bytes, 0o600)
             .map_err(|e| DaemonError::agent(&self.name, e))?;
         Ok(new)
     }
@@ -647,7 +647,7 @@ impl NodeExecutor {
                 tail(&out.output)
             )));
         }
-        crate::atomic::write_atomic(
+        apim_atomic::write_atomic(
             &carbon_home.join(OPTIMIZED_MARKER),
             format!("{}\n", opt.argv.join(" ")).as_bytes(),
             0o644,
@@ -668,7 +668,7 @@ impl NodeExecutor {
         if current.as_deref() != Some(spec.deployment_toml.as_bytes()) {
             self.report(gen_, NodePhase::Configuring, "writing deployment.toml");
             // 0600 and owned by the user the server runs as: it holds the cluster's secrets.
-            let mut writer = crate::atomic::AtomicWriter::new(0o600);
+            let mut writer = apim_atomic::AtomicWriter::new(0o600);
             if let Some(c) = credentials(&self.name, spec)? {
                 writer = writer.owner(c.uid, c.gid);
             }

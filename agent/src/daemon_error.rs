@@ -224,10 +224,10 @@ pub enum DaemonError {
 
 impl DaemonError {
     /// Wraps a building-block error with the node (or "machine") it happened to.
-    pub fn agent(context: impl Into<String>, source: AgentError) -> Self {
+    pub fn agent(context: impl Into<String>, source: impl Into<AgentError>) -> Self {
         DaemonError::Agent {
             context: context.into(),
-            source,
+            source: source.into(),
         }
     }
 

@@ -122,7 +122,7 @@ pub enum EnrollError {
     Persist {
         /// The atomic writer's error (carries the path).
         #[source]
-        source: crate::AgentError,
+        source: apim_atomic::AtomicError,
     },
 }
 
@@ -287,14 +287,14 @@ impl AgentIdentity {
                 },
             )?;
         }
-        crate::atomic::write_atomic(
+        apim_atomic::write_atomic(
             &state_dir.join(CA_FILE),
             self.ca_pem.as_bytes(),
             PRIVATE_MODE,
         )
         .map_err(|source| EnrollError::Persist { source })?;
         let bundle = format!("{}{}", self.key_pem, self.cert_pem);
-        crate::atomic::write_atomic(
+        apim_atomic::write_atomic(
             &state_dir.join(IDENTITY_FILE),
             bundle.as_bytes(),
             PRIVATE_MODE,

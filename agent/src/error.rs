@@ -36,15 +36,9 @@ pub enum AgentError {
         source: tokio::task::JoinError,
     },
 
-    /// A fault-injection hook asked the atomic writer to stop as if the process had crashed.
-    /// Only produced when a test requested it (see [`crate::atomic::FaultPoint`]).
-    #[error("simulated crash at {point:?} while writing {}", path.display())]
-    SimulatedCrash {
-        /// Where the simulated crash happened.
-        point: crate::atomic::FaultPoint,
-        /// The file that was being written.
-        path: PathBuf,
-    },
+    /// An atomic file write failed (the error names the file and the step).
+    #[error(transparent)]
+    Write(#[from] apim_atomic::AtomicError),
 
     /// The ledger file exists but cannot be parsed; the agent refuses to guess its content.
     #[error("ledger {} is unreadable (refusing to treat it as empty): {reason}", path.display())]

@@ -162,7 +162,7 @@ impl Fetcher {
         match boot_id() {
             // Unsynced on purpose (see the module docs); the stamp says since when.
             Some(boot) => self.write_boot_stamp(&sha, &boot)?,
-            None => crate::atomic::fsync_dir(&self.cache_dir)
+            None => apim_atomic::fsync_dir(&self.cache_dir)
                 .map_err(|e| DaemonError::agent("pack cache", e))?,
         }
         tracing::info!(sha256 = %sha, path = %done.display(), seconds = started.elapsed().as_secs_f64(), "pack downloaded and verified");

@@ -12,7 +12,7 @@
 //!   (temp file + rename, keeping the file's mode and owner), falling back to an in-place
 //!   rewrite when the rename fails with `EBUSY`/`EXDEV` — the case of a bind-mounted
 //!   `/etc/hosts` in a container (moby#28187). The rename goes through
-//!   [`crate::atomic::FileOps`] so tests can force that path.
+//!   [`apim_atomic::FileOps`] so tests can force that path.
 //!
 //! Placement rules, chosen so that "apply then remove" gives back the original bytes:
 //! a new block is appended at the end; if the file did not end with a newline, one line
@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{AtomicWriter, FileOps, RealFileOps, WriteMethod};
 use crate::error::{AgentError, Result};
+use apim_atomic::{AtomicWriter, FileOps, RealFileOps, WriteMethod};
 
 /// First line of the managed block.
 pub const BEGIN_MARKER: &str = "# BEGIN apimctl managed block (do not edit)";

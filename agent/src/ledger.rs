@@ -10,7 +10,7 @@
 //!   the same generation with the same content as a no-op, and refuses the same generation
 //!   with different content ([`AgentError::GenerationConflict`]): one generation names one
 //!   content.
-//! * Writes go through [`crate::atomic`] with mode `0600` (a machine spec carries passwords),
+//! * Writes go through [`apim_atomic`] with mode `0600` (a machine spec carries passwords),
 //!   in a state directory created `0700`.
 //!
 //! The file is JSON in a small envelope (`format`, `generation`, `value`) so a future format
@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::write_atomic;
 use crate::error::{AgentError, Result};
+use apim_atomic::write_atomic;
 
 /// The envelope's format version.
 const FORMAT: u32 = 1;

@@ -9,14 +9,13 @@
 //! Every OS effect sits behind a seam so tests run unprivileged in temp dirs while production
 //! uses the real paths: an install/staging root and a state dir are plain paths, the hosts file
 //! path is a parameter ([`hosts::DEFAULT_HOSTS_PATH`] in production) with a
-//! [`atomic::FileOps`] seam for its rename, and scripts run through a
+//! [`apim_atomic::FileOps`] seam for its rename, and scripts run through a
 //! [`process::ProcessRunner`] ([`process::TokioRunner`] in production).
 //!
 //! # The pieces
 //!
 //! | module | job |
 //! | --- | --- |
-//! | [`atomic`] | temp + fsync + rename + dir fsync: never a half-written file |
 //! | [`ledger`] | the accepted generation, persisted atomically; older generations refused |
 //! | [`unpack`] | sha256 check, guarded parallel zip staging, atomic swap into place |
 //! | [`arriving`] | a pack still downloading, readable while it arrives (staging overlaps the fetch) |
@@ -43,10 +42,10 @@
 //!    [`unpack::install_staged`] swaps the tree in. Only when the pack changed: a reinstall
 //!    wipes the node's local state (H2 databases, Solr index, logs).
 //! 6. **optimize once** — run `profileSetup.sh -Dprofile=<p>` on a fresh tree only, and write a
-//!    marker file (e.g. `.apimctl-profile-<p>` via [`atomic::write_atomic`]) so it never runs
+//!    marker file (e.g. `.apimctl-profile-<p>` via [`apim_atomic::write_atomic`]) so it never runs
 //!    twice: the script is not idempotent and would overwrite `deployment.toml`.
 //! 7. **write config** — `deployment.toml` (mode 0600, it holds passwords) and any other
-//!    rendered file, each with [`atomic::write_atomic`]; only files whose bytes differ.
+//!    rendered file, each with [`apim_atomic::write_atomic`]; only files whose bytes differ.
 //! 8. **hosts** — [`hosts::apply`] the machine's block (no write when unchanged).
 //! 9. **keystores** — write/import the node's keystores (the certs crate builds them).
 //! 10. **start** — record [`health::log_offset`], then [`process::start`] (a no-op for a live
@@ -60,7 +59,6 @@
 //!     crash of the machine is installed again.
 
 pub mod arriving;
-pub mod atomic;
 pub mod control;
 pub mod enroll;
 pub mod error;

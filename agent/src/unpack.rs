@@ -67,8 +67,8 @@ use sha2::{Digest, Sha256};
 use zip::ZipArchive;
 
 use crate::arriving::{ArrivingPack, ArrivingReader};
-use crate::atomic::{fsync_dir, parent_dir};
 use crate::error::{AgentError, Result};
+use apim_atomic::parent_dir;
 
 /// Prefix of the private staging directories under the staging root.
 pub const STAGE_PREFIX: &str = ".apimctl-stage-";
@@ -898,7 +898,7 @@ pub fn install_staged_blocking(staged: StagedTree, dest: &Path) -> Result<Instal
         }
         Err(e) => return Err(AgentError::io("stat install destination", dest, e)),
     };
-    fsync_dir(parent)?;
+    apim_atomic::fsync_dir(parent)?;
     // The wrapper now holds the old tree (or nothing).
     let leftover = match std::fs::remove_dir_all(&staged.wrapper) {
         Ok(()) => None,

@@ -12,9 +12,6 @@ mod support;
 
 use apim_agent::AgentError;
 use apim_agent::arriving::{ArrivingPack, central_directory_start};
-use apim_agent::atomic::{
-    AtomicWriter, FaultPoint, FileOps, WriteMethod, temp_path_for, write_atomic,
-};
 use apim_agent::facts::{self, JavaFact, JavaVersionSource, Problem, Requirements};
 use apim_agent::health::{
     self, CARBON_STARTED, HttpProbe, LogProbe, ProcessProbe, ReadinessOutcome, ReadinessSpec,
@@ -27,6 +24,7 @@ use apim_agent::process::{
     StopOutcome, StopSpec, StopVia, TokioRunner,
 };
 use apim_agent::unpack::{self, UnpackLimits, ZipSource};
+use apim_atomic::{FileOps, WriteMethod};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use support::dir_entries;
@@ -42,100 +40,6 @@ fn mode_of(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
-// =============================================================================================
-// atomic
-
-#[test]
-fn atomic_write_creates_and_replaces_with_exact_mode() {
-    let d = tmp();
-    let p = d.path().join("deployment.toml");
-    write_atomic(&p, b"first", 0o600).unwrap();
-    assert_eq!(std::fs::read(&p).unwrap(), b"first");
-    assert_eq!(mode_of(&p), 0o600);
-    write_atomic(&p, b"second version", 0o640).unwrap();
-    assert_eq!(std::fs::read(&p).unwrap(), b"second version");
-    assert_eq!(mode_of(&p), 0o640);
-    assert_eq!(dir_entries(d.path()), vec!["deployment.toml"]);
-}
-
-#[test]
-fn atomic_crash_before_rename_keeps_old_file_and_next_write_cleans_up() {
-    let d = tmp();
-    let p = d.path().join("deployment.toml");
-    write_atomic(&p, b"old content", 0o600).unwrap();
-    let err = AtomicWriter::new(0o600)
-        .simulate_crash(FaultPoint::BeforeRename)
-        .write(&p, b"new content")
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            AgentError::SimulatedCrash {
-                point: FaultPoint::BeforeRename,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    // The target is untouched; the complete temp file is what a crash leaves.
-    assert_eq!(std::fs::read(&p).unwrap(), b"old content");
-    let t = temp_path_for(&p);
-    assert_eq!(std::fs::read(&t).unwrap(), b"new content");
-    // The next write removes the leftover and lands.
-    write_atomic(&p, b"newer", 0o600).unwrap();
-    assert_eq!(std::fs::read(&p).unwrap(), b"newer");
-    assert!(!t.exists());
-    assert_eq!(dir_entries(d.path()), vec!["deployment.toml"]);
-}
-
-#[test]
-fn atomic_crash_mid_write_never_tears_the_target() {
-    let d = tmp();
-    let p = d.path().join("state.json");
-    write_atomic(&p, b"{\"generation\": 1}", 0o600).unwrap();
-    let big = vec![b'x'; 100_000];
-    let err = AtomicWriter::new(0o600)
-        .simulate_crash(FaultPoint::MidWrite)
-        .write(&p, &big)
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        AgentError::SimulatedCrash {
-            point: FaultPoint::MidWrite,
-            ..
-        }
-    ));
-    assert_eq!(std::fs::read(&p).unwrap(), b"{\"generation\": 1}");
-    assert_eq!(
-        std::fs::read(temp_path_for(&p)).unwrap().len(),
-        50_000,
-        "torn temp file"
-    );
-    write_atomic(&p, &big, 0o600).unwrap();
-    assert_eq!(std::fs::read(&p).unwrap(), big);
-    assert_eq!(dir_entries(d.path()), vec!["state.json"]);
-}
-
-#[test]
-fn atomic_write_never_follows_a_planted_symlink() {
-    let d = tmp();
-    let victim = d.path().join("victim");
-    std::fs::write(&victim, b"precious").unwrap();
-    let sub = d.path().join("conf");
-    std::fs::create_dir(&sub).unwrap();
-    let p = sub.join("deployment.toml");
-    std::os::unix::fs::symlink(&victim, temp_path_for(&p)).unwrap();
-    write_atomic(&p, b"secret = 1", 0o600).unwrap();
-    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
-    assert_eq!(std::fs::read(&p).unwrap(), b"secret = 1");
-    assert!(
-        !std::fs::symlink_metadata(&p)
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
-}
-
 /// A rename that always fails with the given errno, counting calls.
 struct FailingRename {
     errno: i32,
@@ -147,25 +51,6 @@ impl FileOps for FailingRename {
         *self.calls.lock().unwrap() += 1;
         Err(io::Error::from_raw_os_error(self.errno))
     }
-}
-
-#[test]
-fn atomic_rename_failure_leaves_old_file_and_no_temp() {
-    let d = tmp();
-    let p = d.path().join("f");
-    write_atomic(&p, b"old", 0o644).unwrap();
-    let ops = FailingRename {
-        errno: nix::libc::EACCES,
-        calls: Mutex::new(0),
-    };
-    let err = AtomicWriter::new(0o644)
-        .file_ops(&ops)
-        .write(&p, b"new")
-        .unwrap_err();
-    assert!(matches!(err, AgentError::Io { .. }), "{err}");
-    assert_eq!(*ops.calls.lock().unwrap(), 1);
-    assert_eq!(std::fs::read(&p).unwrap(), b"old");
-    assert_eq!(dir_entries(d.path()), vec!["f"]);
 }
 
 // =============================================================================================
