@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::control::ControllerEndpoint;
 use crate::daemon_error::{DaemonError, DaemonResult};
+use apim_certs::tls::ControllerEndpoint;
 
 /// Default state dir of a production agent.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/apim-agent";

@@ -7,33 +7,26 @@
 //! a fresh key, verifies and persists the answer atomically, and swaps the channel, so a client
 //! built once keeps working across renewals. Errors are retried with capped backoff.
 //!
-//! The TLS pieces ([`client_config`], [`connect`], [`connect_lazy`]) are public so the CLI and
-//! tests can dial the controller with other identities the same way.
+//! The TLS configurations and the dialer are [`apim_certs::tls`]'s.
 
 use std::fmt;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use apim_certs::AgentKey;
+use apim_certs::tls::{self, ControllerEndpoint};
 use apim_proto::v1::RenewRequest;
 use apim_proto::v1::enrollment_client::EnrollmentClient;
-use hyper_util::rt::TokioIo;
-use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::OffsetDateTime;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::enroll::{AgentIdentity, EnrollError, tls_err};
 
@@ -41,169 +34,6 @@ use crate::enroll::{AgentIdentity, EnrollError, tls_err};
 const MIN_RENEW_PAUSE: Duration = Duration::from_secs(1);
 /// Longest pause between failed renewal attempts.
 const MAX_RENEW_BACKOFF: Duration = Duration::from_secs(60);
-
-/// The crypto provider for every agent TLS connection (ring, never the process default).
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Where the controller listens, and the name its certificate must carry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControllerEndpoint {
-    /// `host:port` to dial (a DNS name, an IPv4 address, or `[v6]`).
-    pub address: String,
-    /// The name checked against the controller certificate's SANs.
-    pub server_name: String,
-}
-
-impl ControllerEndpoint {
-    /// Parses `host:port`; the server name is the host (brackets of an IPv6 literal removed).
-    pub fn parse(address: &str) -> Result<Self, EnrollError> {
-        let bad = |reason: &str| EnrollError::Connect {
-            address: address.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (host, port) = address
-            .rsplit_once(':')
-            .ok_or_else(|| bad("expected host:port"))?;
-        port.parse::<u16>().map_err(|_| bad("invalid port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad("empty host"));
-        }
-        Ok(ControllerEndpoint {
-            address: address.to_owned(),
-            server_name: host.to_owned(),
-        })
-    }
-
-    /// Checks the server certificate against `name` instead of the dialled host.
-    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = name.into();
-        self
-    }
-}
-
-/// A TLS 1.3-only client configuration trusting only `ca_pem`, presenting `identity` (chain and
-/// key) when given, with ALPN `h2`.
-pub fn client_config(
-    ca_pem: &str,
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> Result<rustls::ClientConfig, EnrollError> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.map_err(tls_err)?).map_err(tls_err)?;
-    }
-    if roots.is_empty() {
-        return Err(tls_err("no CA certificate in the trusted CA PEM"));
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_root_certificates(roots);
-    let mut config = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(tls_err)?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
-}
-
-/// Dials TCP and runs the TLS handshake with a fixed configuration; plugged into tonic with
-/// `connect_with_connector` (the endpoint URI is `http://…` because TLS happens here).
-#[derive(Clone)]
-struct TlsDialer {
-    address: String,
-    server_name: ServerName<'static>,
-    connector: TlsConnector,
-}
-
-impl Service<Uri> for TlsDialer {
-    type Response = TokioIo<TlsStream<TcpStream>>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let tcp = TcpStream::connect(&this.address).await?;
-            tcp.set_nodelay(true)?;
-            let tls = this.connector.connect(this.server_name, tcp).await?;
-            Ok(TokioIo::new(tls))
-        })
-    }
-}
-
-fn endpoint_and_dialer(
-    endpoint: &ControllerEndpoint,
-    config: Arc<rustls::ClientConfig>,
-    timeout: Duration,
-) -> Result<(Endpoint, TlsDialer), EnrollError> {
-    let connect_err = |reason: String| EnrollError::Connect {
-        address: endpoint.address.clone(),
-        reason,
-    };
-    let server_name = ServerName::try_from(endpoint.server_name.clone())
-        .map_err(|e| connect_err(format!("server name {:?}: {e}", endpoint.server_name)))?;
-    let uri = Endpoint::from_shared(format!("http://{}", endpoint.address))
-        .map_err(|e| connect_err(e.to_string()))?
-        .connect_timeout(timeout)
-        // Packs arrive in 1 MiB messages: room for several in flight (hyper's client default
-        // is a 2 MiB stream window).
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    Ok((
-        uri,
-        TlsDialer {
-            address: endpoint.address.clone(),
-            server_name,
-            connector: TlsConnector::from(config),
-        },
-    ))
-}
-
-/// Connects now (TCP + TLS handshake), so a bad address or certificate fails here.
-pub async fn connect(
-    endpoint: &ControllerEndpoint,
-    config: Arc<rustls::ClientConfig>,
-    timeout: Duration,
-) -> Result<Channel, EnrollError> {
-    let (uri, dialer) = endpoint_and_dialer(endpoint, config, timeout)?;
-    uri.connect_with_connector(dialer)
-        .await
-        .map_err(|e| EnrollError::Connect {
-            address: endpoint.address.clone(),
-            reason: error_chain(&e),
-        })
-}
-
-/// A channel that connects on first use and reconnects after failures.
-pub fn connect_lazy(
-    endpoint: &ControllerEndpoint,
-    config: Arc<rustls::ClientConfig>,
-    timeout: Duration,
-) -> Result<Channel, EnrollError> {
-    let (uri, dialer) = endpoint_and_dialer(endpoint, config, timeout)?;
-    Ok(uri.connect_with_connector_lazy(dialer))
-}
-
-/// An error and its sources on one line (tonic's transport errors hide the cause otherwise).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
 
 /// A tonic transport that sends each call through the controller channel current at the time
 /// of the call (see the module docs). Clone it freely.
@@ -297,11 +127,11 @@ impl Control {
         config: &ControlConfig,
         identity: &AgentIdentity,
     ) -> Result<Channel, EnrollError> {
-        connect_lazy(
+        Ok(tls::connect_lazy(
             &config.endpoint,
             Arc::new(identity.client_config()?),
             config.connect_timeout,
-        )
+        )?)
     }
 
     /// The transport for gRPC clients, e.g. `AgentServiceClient::new(control.channel())`.
@@ -404,37 +234,5 @@ pub struct RenewalTask(tokio::task::JoinHandle<()>);
 impl Drop for RenewalTask {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_parse_host_and_port() {
-        let e = ControllerEndpoint::parse("ctl.example.com:7443").expect("dns");
-        assert_eq!(e.server_name, "ctl.example.com");
-        let e = ControllerEndpoint::parse("[::1]:7443").expect("v6");
-        assert_eq!(
-            (e.address.as_str(), e.server_name.as_str()),
-            ("[::1]:7443", "::1")
-        );
-        let e = ControllerEndpoint::parse("10.0.0.5:7443")
-            .expect("v4")
-            .with_server_name("ctl");
-        assert_eq!(e.server_name, "ctl");
-        for bad in ["ctl.example.com", ":7443", "ctl:http", "ctl:70000"] {
-            assert!(ControllerEndpoint::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn client_config_offers_h2_and_needs_a_ca() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = apim_certs::ControlPlaneCa::load_or_create(dir.path()).expect("CA");
-        let config = client_config(ca.cert_pem(), None).expect("config");
-        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
-        assert!(client_config("not a pem", None).is_err());
     }
 }

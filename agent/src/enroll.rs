@@ -14,22 +14,17 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use apim_certs::tls::{self, ControllerEndpoint, TlsError};
 use apim_certs::{AgentKey, ParsedToken, PeerCert, PeerIdentity};
 use apim_proto::v1::EnrollRequest;
 use apim_proto::v1::enrollment_client::EnrollmentClient;
-use rustls::RootCertStore;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
-
-use crate::control::{self, ControllerEndpoint};
 
 /// The agent's private key and certificate (PEM, one file), mode 0600.
 pub const IDENTITY_FILE: &str = "agent-identity.pem";
@@ -132,6 +127,19 @@ pub(crate) fn tls_err(e: impl fmt::Display) -> EnrollError {
     }
 }
 
+/// The one mapping of [`apim_certs::tls`]'s errors: an unusable address or a failed dial is a
+/// connection problem (retried while enrolling), a configuration one is a TLS problem.
+impl From<TlsError> for EnrollError {
+    fn from(e: TlsError) -> Self {
+        match e {
+            TlsError::Config { reason } => EnrollError::Tls { reason },
+            TlsError::Address { address, reason } | TlsError::Connect { address, reason } => {
+                EnrollError::Connect { address, reason }
+            }
+        }
+    }
+}
+
 /// Facts about the agent's current certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityInfo {
@@ -194,11 +202,7 @@ impl AgentIdentity {
         if parsed.public_key().raw != key.public_key_der().as_slice() {
             return Err(bad("the certificate is not for this agent's key".into()));
         }
-        let mut roots = RootCertStore::empty();
-        roots.add(ca_der).map_err(tls_err)?;
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), control::provider())
-            .build()
-            .map_err(tls_err)?
+        tls::ca_client_verifier(&ca_der)?
             .verify_client_cert(&cert_der, &[], UnixTime::now())
             .map_err(|e| bad(format!("certificate does not verify against the CA: {e}")))?;
         let peer = PeerCert::from_der(&cert_der).map_err(|source| EnrollError::Certs {
@@ -322,7 +326,7 @@ impl AgentIdentity {
     pub fn client_config(&self) -> Result<rustls::ClientConfig, EnrollError> {
         let cert = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(tls_err)?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(tls_err)?;
-        control::client_config(&self.ca_pem, Some((vec![cert], key)))
+        Ok(tls::client_config(&self.ca_pem, Some((vec![cert], key)))?)
     }
 }
 
@@ -353,86 +357,6 @@ impl fmt::Debug for EnrollOptions {
     }
 }
 
-/// A server certificate verifier for first contact: the controller's CA is the certificate in
-/// the presented chain whose sha256 equals the token's pin; the leaf must chain to it and match
-/// the dialled name. Records a pin mismatch so the caller can report it precisely.
-#[derive(Debug)]
-struct PinnedCaVerifier {
-    pin: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    mismatch: Arc<Mutex<Option<String>>>,
-}
-
-impl ServerCertVerifier for PinnedCaVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented: Vec<String> = intermediates
-            .iter()
-            .map(|c| apim_certs::sha256_fingerprint(c))
-            .collect();
-        let Some(ca) = intermediates
-            .iter()
-            .zip(&presented)
-            .find(|(_, fp)| **fp == self.pin)
-            .map(|(c, _)| c.clone().into_owned())
-        else {
-            let actual = presented.last().cloned().unwrap_or_else(|| "none".into());
-            if let Ok(mut slot) = self.mismatch.lock() {
-                *slot = Some(actual);
-            }
-            return Err(rustls::Error::General(
-                "controller CA does not match the join token's pin".into(),
-            ));
-        };
-        let mut roots = RootCertStore::empty();
-        roots.add(ca)?;
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&self.provider))
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Enrolls this agent: see the module docs for the steps. Returns the persisted identity.
 pub async fn enroll(opts: &EnrollOptions) -> Result<AgentIdentity, EnrollError> {
     let token = ParsedToken::parse(&opts.token).map_err(|source| EnrollError::Token { source })?;
@@ -440,30 +364,15 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<AgentIdentity, EnrollError> 
         action: "checking the machine name",
         source,
     })?;
-    let mismatch = Arc::new(Mutex::new(None));
-    let verifier = Arc::new(PinnedCaVerifier {
-        pin: token.ca_fingerprint.clone(),
-        provider: control::provider(),
-        mismatch: Arc::clone(&mismatch),
-    });
-    let mut config = rustls::ClientConfig::builder_with_provider(control::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let channel = control::connect(&opts.endpoint, Arc::new(config), opts.connect_timeout)
+    let (config, mismatch) = tls::first_contact_config(&token.ca_fingerprint)?;
+    let channel = tls::connect(&opts.endpoint, Arc::new(config), opts.connect_timeout)
         .await
-        .map_err(|e| {
-            let seen = mismatch.lock().ok().and_then(|mut slot| slot.take());
-            match seen {
-                Some(actual) => EnrollError::CaPinMismatch {
-                    expected: token.ca_fingerprint.clone(),
-                    actual,
-                },
-                None => e,
-            }
+        .map_err(|e| match mismatch.take() {
+            Some(actual) => EnrollError::CaPinMismatch {
+                expected: token.ca_fingerprint.clone(),
+                actual,
+            },
+            None => e.into(),
         })?;
 
     let key = AgentKey::generate().map_err(|source| EnrollError::Certs {

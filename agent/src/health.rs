@@ -21,16 +21,12 @@ use std::fmt;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::error::{AgentError, Result};
@@ -264,12 +260,9 @@ pub async fn probe_tcp(
 
 /// `GET url` within `timeout`; `Ok(status)` whatever the status.
 ///
-/// For `https` the server certificate is **not verified** (the handshake signature still is).
-/// Why that is right here: the agent probes its *own* node, on this machine; at first start the
-/// node may still serve the pack's default self-signed `wso2carbon` certificate, or a
-/// certificate for its public host name rather than the address probed. The probe sends no
-/// credentials and reads only the status code, so the worst an impostor could do is fake
-/// readiness — which the log-line and process probes would still contradict.
+/// For `https` the server certificate is **not verified** (the handshake signature still is):
+/// the agent probes its *own* node, on this machine, with
+/// [`apim_certs::tls::insecure_local_probe_config`] (which says why that is right here).
 pub async fn probe_http(url: &str, timeout: Duration) -> std::result::Result<u16, String> {
     probe_http_body(url, timeout)
         .await
@@ -331,7 +324,7 @@ async fn http_get(url: &str) -> std::result::Result<(u16, String), String> {
         .map_err(|e| format!("connect: {e}"))?;
     if u.https {
         let name = ServerName::try_from(u.host.clone()).map_err(|e| format!("server name: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(insecure_tls_config())
+        let tls = tokio_rustls::TlsConnector::from(apim_certs::tls::insecure_local_probe_config())
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
@@ -385,66 +378,6 @@ where
     };
     driver.abort();
     result
-}
-
-fn insecure_tls_config() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-        .with_no_client_auth();
-    Arc::new(cfg)
-}
-
-/// Accepts any certificate chain; still checks the handshake signatures with it.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,11 +14,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use apim_agent::config::{AgentConfig, Timings};
-use apim_agent::control::ControllerEndpoint;
 use apim_agent::converge::OPTIMIZED_MARKER;
 use apim_agent::daemon;
 use apim_agent::daemon_error::DaemonResult;
 use apim_agent::keystores::keystores_digest;
+use apim_certs::tls::ControllerEndpoint;
 use apim_e2e::fakejdk::{FakeJdk, JdkSettings, MachineSettings, make_fake_jdk};
 use apim_e2e::probe::{loopback_for, tcp_open, tls_peer_certificate};
 use apim_e2e::simpack::{PackInfo, PackKind, PackOptions, build_pack};
