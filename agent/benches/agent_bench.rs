@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apim_agent::config::AgentConfig;
-use apim_agent::converge::{ExecContext, NodeExecutor, NodeTarget, Outcome};
-use apim_agent::fetch::Fetcher;
-use apim_agent::report::StatusBoard;
-use apim_agent::unpack::{self, UnpackLimits};
+use apim_agent::daemon::config::AgentConfig;
+use apim_agent::daemon::converge::{ExecContext, NodeExecutor, NodeTarget, Outcome};
+use apim_agent::daemon::fetch::Fetcher;
+use apim_agent::daemon::report::StatusBoard;
+use apim_agent::exec::unpack::{self, UnpackLimits};
 use apim_certs::tls::ControllerEndpoint;
 use apim_e2e::fakejdk::{JdkSettings, MachineSettings, make_fake_jdk};
 use apim_e2e::probe::loopback_for;

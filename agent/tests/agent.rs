@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use apim_agent::config::{AgentConfig, Timings};
-use apim_agent::converge::OPTIMIZED_MARKER;
 use apim_agent::daemon;
-use apim_agent::daemon_error::DaemonResult;
-use apim_agent::keystores::keystores_digest;
+use apim_agent::daemon::config::{AgentConfig, Timings};
+use apim_agent::daemon::converge::OPTIMIZED_MARKER;
+use apim_agent::daemon::error::DaemonResult;
+use apim_agent::exec::keystores::keystores_digest;
 use apim_certs::tls::ControllerEndpoint;
 use apim_e2e::fakejdk::{FakeJdk, JdkSettings, MachineSettings, make_fake_jdk};
 use apim_e2e::probe::{loopback_for, tcp_open, tls_peer_certificate};
@@ -657,7 +657,7 @@ async fn cut_download_resumes_and_bad_digest_or_jdk_unpacks_nothing() {
     assert_eq!(
         std::fs::read_to_string(rig.state().join(format!("cache/{}.boot", rig.pack.sha256)))
             .unwrap(),
-        apim_agent::unpack::boot_id().unwrap()
+        apim_agent::exec::unpack::boot_id().unwrap()
     );
     let cached = rig.state().join(format!("cache/{}.zip", rig.pack.sha256));
     assert_eq!(
@@ -725,7 +725,7 @@ async fn cut_download_resumes_and_bad_digest_or_jdk_unpacks_nothing() {
 /// an earlier boot (the machine went down in between) may be torn and is installed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_left_unsynced_by_a_machine_crash_is_installed_again() {
-    let boot = apim_agent::unpack::boot_id().expect("this kernel reports a boot id");
+    let boot = apim_agent::exec::unpack::boot_id().expect("this kernel reports a boot id");
     let mut rig = Rig::new("agentd_unsynced").await;
     let staged = rig.node("gw-1", "gateway-worker", 1, DesiredRun::Staged);
     rig.ctl.push(rig.machine(1, vec![staged])).await;

@@ -10,20 +10,20 @@ use std::time::Duration;
 
 mod support;
 
-use apim_agent::AgentError;
-use apim_agent::arriving::{ArrivingPack, central_directory_start};
-use apim_agent::facts::{self, JavaFact, JavaVersionSource, Problem, Requirements};
-use apim_agent::health::{
+use apim_agent::exec::ExecError;
+use apim_agent::exec::arriving::{ArrivingPack, central_directory_start};
+use apim_agent::exec::facts::{self, JavaFact, JavaVersionSource, Problem, Requirements};
+use apim_agent::exec::health::{
     self, CARBON_STARTED, HttpProbe, LogProbe, ProcessProbe, ReadinessOutcome, ReadinessSpec,
     TcpProbe,
 };
-use apim_agent::hosts::{self, BEGIN_MARKER, END_MARKER, HostsChange, HostsEntry, HostsFile};
-use apim_agent::ledger::{CommitOutcome, Generational, Ledger};
-use apim_agent::process::{
+use apim_agent::exec::hosts::{self, BEGIN_MARKER, END_MARKER, HostsChange, HostsEntry, HostsFile};
+use apim_agent::exec::ledger::{CommitOutcome, Generational, Ledger};
+use apim_agent::exec::process::{
     self, CommandSpec, PidFileState, ProcessRunner, ScriptOutput, StartOutcome, StartSpec,
     StopOutcome, StopSpec, StopVia, TokioRunner,
 };
-use apim_agent::unpack::{self, UnpackLimits, ZipSource};
+use apim_agent::exec::unpack::{self, UnpackLimits, ZipSource};
 use apim_atomic::{FileOps, WriteMethod};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -108,7 +108,7 @@ fn ledger_refuses_an_older_generation_and_keeps_the_file() {
     assert!(
         matches!(
             err,
-            AgentError::GenerationRegressed {
+            ExecError::GenerationRegressed {
                 held: 5,
                 offered: 4,
                 ..
@@ -141,7 +141,7 @@ fn ledger_same_generation_different_content_is_refused() {
     l.commit(spec(2, &["a"])).unwrap();
     let err = l.commit(spec(2, &["b"])).unwrap_err();
     assert!(
-        matches!(err, AgentError::GenerationConflict { generation: 2, .. }),
+        matches!(err, ExecError::GenerationConflict { generation: 2, .. }),
         "{err}"
     );
     let reloaded: Ledger<Spec> = Ledger::load(d.path(), "spec").unwrap();
@@ -153,13 +153,13 @@ fn ledger_refuses_to_load_a_corrupt_file() {
     let d = tmp();
     std::fs::write(d.path().join("spec.json"), b"{\"format\":1,\"generation\":").unwrap();
     let err = Ledger::<Spec>::load(d.path(), "spec").unwrap_err();
-    assert!(matches!(err, AgentError::LedgerCorrupt { .. }), "{err}");
+    assert!(matches!(err, ExecError::LedgerCorrupt { .. }), "{err}");
     // An envelope that disagrees with its value is corrupt too.
     let lie = serde_json::json!({"format": 1, "generation": 9, "value": spec(2, &["a"])});
     std::fs::write(d.path().join("spec.json"), lie.to_string()).unwrap();
     assert!(matches!(
         Ledger::<Spec>::load(d.path(), "spec"),
-        Err(AgentError::LedgerCorrupt { .. })
+        Err(ExecError::LedgerCorrupt { .. })
     ));
 }
 
@@ -304,12 +304,12 @@ async fn verify_sha256_accepts_the_right_digest_and_refuses_others() {
     };
     let err = unpack::verify_sha256(&pack.zip, &wrong).await.unwrap_err();
     assert!(
-        matches!(&err, AgentError::ShaMismatch { actual, .. } if *actual == digest),
+        matches!(&err, ExecError::ShaMismatch { actual, .. } if *actual == digest),
         "{err}"
     );
     assert!(matches!(
         unpack::verify_sha256(&pack.zip, "abc").await,
-        Err(AgentError::BadDigest { .. })
+        Err(ExecError::BadDigest { .. })
     ));
 }
 
@@ -350,7 +350,7 @@ impl Arrival {
     fn stage(
         &self,
         staging: &Path,
-    ) -> tokio::task::JoinHandle<apim_agent::error::Result<unpack::StagedTree>> {
+    ) -> tokio::task::JoinHandle<apim_agent::exec::Result<unpack::StagedTree>> {
         let (source, staging) = (
             ZipSource::Arriving(self.pack.clone()),
             staging.to_path_buf(),
@@ -520,7 +520,7 @@ async fn install_swaps_out_the_previous_tree_and_removes_it() {
 }
 
 /// Stage `zip` and assert it is refused and that nothing was written anywhere.
-async fn assert_refused(zip: &Path, limits: &UnpackLimits) -> AgentError {
+async fn assert_refused(zip: &Path, limits: &UnpackLimits) -> ExecError {
     let root = tmp();
     let staging = root.path().join("a/b/staging");
     std::fs::create_dir_all(&staging).unwrap();
@@ -631,7 +631,7 @@ async fn unsafe_entries_are_refused_and_nothing_is_written() {
         build_zip(&z, &items);
         let err = assert_refused(&z, &UnpackLimits::default()).await;
         assert!(
-            matches!(err, AgentError::UnsafeEntry { .. }),
+            matches!(err, ExecError::UnsafeEntry { .. }),
             "{label}: {err}"
         );
     }
@@ -665,7 +665,7 @@ async fn exact_duplicate_names_are_refused() {
     std::fs::write(&z, &bytes).unwrap();
     let err = assert_refused(&z, &UnpackLimits::default()).await;
     assert!(
-        matches!(&err, AgentError::UnsafeEntry { reason, .. } if reason.contains("twice")),
+        matches!(&err, ExecError::UnsafeEntry { reason, .. } if reason.contains("twice")),
         "{err}"
     );
 }
@@ -682,7 +682,7 @@ async fn entries_outside_the_expected_top_dir_are_refused() {
         ],
     );
     let err = assert_refused(&z, &UnpackLimits::default()).await;
-    assert!(matches!(err, AgentError::UnexpectedTopDir { .. }), "{err}");
+    assert!(matches!(err, ExecError::UnexpectedTopDir { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -710,7 +710,7 @@ async fn zip_bomb_limits_are_enforced_before_writing() {
     ] {
         let err = assert_refused(&z, &limits).await;
         assert!(
-            matches!(&err, AgentError::ZipLimit { what: w, .. } if *w == what),
+            matches!(&err, ExecError::ZipLimit { what: w, .. } if *w == what),
             "{what}: {err}"
         );
     }
@@ -726,7 +726,7 @@ async fn zip_bomb_limits_are_enforced_before_writing() {
     assert!(
         matches!(
             err,
-            AgentError::ZipLimit {
+            ExecError::ZipLimit {
                 what: "entry size",
                 ..
             }
@@ -748,7 +748,7 @@ async fn a_corrupt_entry_fails_and_cleans_the_staging_dir() {
     let z = d.path().join("corrupt.zip");
     std::fs::write(&z, &bytes).unwrap();
     let err = assert_refused(&z, &UnpackLimits::default()).await;
-    assert!(matches!(err, AgentError::Zip { .. }), "{err}");
+    assert!(matches!(err, ExecError::Zip { .. }), "{err}");
 }
 
 #[test]
@@ -892,7 +892,7 @@ fn hosts_damaged_block_is_refused_and_file_untouched() {
     let damaged = format!("127.0.0.1 localhost\n{BEGIN_MARKER}\n10.0.0.1 a\n");
     std::fs::write(&p, &damaged).unwrap();
     let err = hosts::apply(&p, &[entry("10.0.0.2", &["b"])]).unwrap_err();
-    assert!(matches!(err, AgentError::HostsCorrupt { .. }), "{err}");
+    assert!(matches!(err, ExecError::HostsCorrupt { .. }), "{err}");
     assert_eq!(std::fs::read_to_string(&p).unwrap(), damaged);
 }
 
@@ -1192,7 +1192,7 @@ async fn concurrent_starts_of_one_node_start_it_once() {
         .count();
     let busy = [&a, &b]
         .iter()
-        .filter(|r| matches!(r, Err(AgentError::NodeBusy { .. })))
+        .filter(|r| matches!(r, Err(ExecError::NodeBusy { .. })))
         .count();
     assert_eq!((started, busy), (1, 1), "{a:?} / {b:?}");
     assert_eq!(node.starts(), 1);
@@ -1339,7 +1339,7 @@ async fn start_failures_are_reported_with_the_script_output() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, AgentError::ScriptFailed { output, status, .. } if output.contains("boom: cannot start") && status == "exit code 3"),
+        matches!(&err, ExecError::ScriptFailed { output, status, .. } if output.contains("boom: cannot start") && status == "exit code 3"),
         "{err}"
     );
 
@@ -1347,20 +1347,20 @@ async fn start_failures_are_reported_with_the_script_output() {
     spec.pid_timeout = Duration::from_millis(300);
     let err = process::start(&TokioRunner, &spec).await.unwrap_err();
     assert!(
-        matches!(&err, AgentError::NoPidAfterStart { output, .. } if output.contains("Starting fake WSO2")),
+        matches!(&err, ExecError::NoPidAfterStart { output, .. } if output.contains("Starting fake WSO2")),
         "{err}"
     );
 
     let err = process::start(&TokioRunner, &node.start_spec("die"))
         .await
         .unwrap_err();
-    assert!(matches!(err, AgentError::DiedAfterStart { .. }), "{err}");
+    assert!(matches!(err, ExecError::DiedAfterStart { .. }), "{err}");
 
     let mut spec = node.start_spec("hang");
     spec.script_timeout = Duration::from_secs(2);
     let err = process::start(&TokioRunner, &spec).await.unwrap_err();
     assert!(
-        matches!(&err, AgentError::ScriptTimeout { output, .. } if output.contains("Starting fake WSO2")),
+        matches!(&err, ExecError::ScriptTimeout { output, .. } if output.contains("Starting fake WSO2")),
         "{err}"
     );
 
@@ -1368,7 +1368,7 @@ async fn start_failures_are_reported_with_the_script_output() {
     spec.argv = vec!["bin/missing.sh".into(), "start".into()];
     assert!(matches!(
         process::start(&TokioRunner, &spec).await,
-        Err(AgentError::Spawn { .. })
+        Err(ExecError::Spawn { .. })
     ));
 }
 
@@ -1377,7 +1377,7 @@ async fn start_failures_are_reported_with_the_script_output() {
 struct RecordingRunner(Mutex<Vec<CommandSpec>>);
 
 impl ProcessRunner for RecordingRunner {
-    async fn run(&self, cmd: &CommandSpec) -> apim_agent::Result<ScriptOutput> {
+    async fn run(&self, cmd: &CommandSpec) -> apim_agent::exec::Result<ScriptOutput> {
         self.0.lock().unwrap().push(cmd.clone());
         Ok(ScriptOutput {
             status: process::ExitInfo {
@@ -1398,7 +1398,7 @@ async fn run_as_switches_user_only_when_root() {
     let res = process::start(&rec, &spec).await;
     if nix::unistd::geteuid().is_root() {
         assert!(
-            matches!(res, Err(AgentError::ScriptFailed { .. })),
+            matches!(res, Err(ExecError::ScriptFailed { .. })),
             "{res:?}"
         );
         let cmd = rec.0.lock().unwrap()[0].clone();
@@ -1413,7 +1413,7 @@ async fn run_as_switches_user_only_when_root() {
         );
     } else {
         assert!(
-            matches!(res, Err(AgentError::CannotSwitchUser { .. })),
+            matches!(res, Err(ExecError::CannotSwitchUser { .. })),
             "{res:?}"
         );
         assert!(rec.0.lock().unwrap().is_empty());
@@ -1421,7 +1421,7 @@ async fn run_as_switches_user_only_when_root() {
     spec.run_as = Some("no-such-user-apimctl".into());
     assert!(matches!(
         process::start(&rec, &spec).await,
-        Err(AgentError::UnknownUser { .. })
+        Err(ExecError::UnknownUser { .. })
     ));
 }
 
@@ -1433,7 +1433,7 @@ async fn run_as_really_runs_the_server_as_that_user() {
         spec.run_as = Some("nobody".into());
         let res = process::start(&TokioRunner, &spec).await;
         assert!(
-            matches!(res, Err(AgentError::CannotSwitchUser { .. })),
+            matches!(res, Err(ExecError::CannotSwitchUser { .. })),
             "{res:?}"
         );
         return;
@@ -1676,7 +1676,7 @@ async fn http_probe_checks_the_status() {
     };
     assert!(matches!(
         health::wait_ready(&bad, Duration::from_secs(1), never()).await,
-        Err(AgentError::InvalidProbe { .. })
+        Err(ExecError::InvalidProbe { .. })
     ));
     server.abort();
 }
@@ -1891,7 +1891,7 @@ async fn java_version_from_output_or_release_file() {
     );
     assert!(matches!(
         facts::java_version(&broken).await,
-        Err(AgentError::JavaProbe { .. })
+        Err(ExecError::JavaProbe { .. })
     ));
 }
 

@@ -8,12 +8,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use apim_agent::config::{
+use apim_agent::daemon;
+use apim_agent::daemon::config::{
     AgentConfig, DEFAULT_CONFIG_FILE, DEFAULT_STATE_DIR, FileConfig, LogFormat, read_token_file,
 };
-use apim_agent::daemon;
-use apim_agent::daemon_error::DaemonError;
-use apim_agent::enroll::EnrollError;
+use apim_agent::daemon::error::DaemonError;
+use apim_agent::daemon::identity::EnrollError;
 use apim_certs::tls::ControllerEndpoint;
 use clap::Parser;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::daemon_error::{DaemonError, DaemonResult};
+use crate::daemon::error::{DaemonError, DaemonResult};
 use apim_certs::tls::ControllerEndpoint;
 
 /// Default state dir of a production agent.
@@ -157,7 +157,7 @@ impl AgentConfig {
             machine: machine.into(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             install_root: PathBuf::from("/"),
-            hosts_file: PathBuf::from(crate::hosts::DEFAULT_HOSTS_PATH),
+            hosts_file: PathBuf::from(crate::exec::hosts::DEFAULT_HOSTS_PATH),
             token: None,
             timings: Timings::default(),
         }

@@ -14,7 +14,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::daemon_error::{DaemonError, DaemonResult};
+use crate::exec::error::{ExecError, Result};
 
 /// A digest of everything in `ks` that ends up in a store (secrets included, never printed).
 pub fn keystores_digest(ks: &KeystoreSpec) -> String {
@@ -46,12 +46,11 @@ pub fn keystores_digest(ks: &KeystoreSpec) -> String {
     hex::encode(h.finalize())
 }
 
-fn format_of(node: &str, ks: &KeystoreSpec) -> DaemonResult<StoreFormat> {
+fn format_of(ks: &KeystoreSpec) -> Result<StoreFormat> {
     match StoreType::try_from(ks.store_type) {
         Ok(StoreType::Jks) => Ok(StoreFormat::Jks),
         Ok(StoreType::Pkcs12) => Ok(StoreFormat::Pkcs12),
-        _ => Err(DaemonError::BadSpec {
-            node: node.to_owned(),
+        _ => Err(ExecError::InvalidKeystoreSpec {
             reason: format!(
                 "keystores.store_type {} is not JKS or PKCS12",
                 ks.store_type
@@ -60,59 +59,46 @@ fn format_of(node: &str, ks: &KeystoreSpec) -> DaemonResult<StoreFormat> {
     }
 }
 
-fn key_der(node: &str, what: &'static str, pem: &str) -> DaemonResult<Vec<u8>> {
+fn key_der(what: &'static str, pem: &str) -> Result<Vec<u8>> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes())
         .map(|k| k.secret_der().to_vec())
-        .map_err(|_| DaemonError::BadPem {
-            node: node.to_owned(),
-            what,
-        })
+        .map_err(|_| ExecError::BadPem { what })
 }
 
-fn chain_der(node: &str, what: &'static str, pem: &str) -> DaemonResult<Vec<Vec<u8>>> {
+fn chain_der(what: &'static str, pem: &str) -> Result<Vec<Vec<u8>>> {
     let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
         .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| DaemonError::BadPem {
-            node: node.to_owned(),
-            what,
-        })?;
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| ExecError::BadPem { what })?;
     if chain.is_empty() {
-        return Err(DaemonError::BadPem {
-            node: node.to_owned(),
-            what,
-        });
+        return Err(ExecError::BadPem { what });
     }
     Ok(chain)
 }
 
 /// Hands the stores of `ks` (written by the agent, as root) to the user the server runs as;
 /// they keep their 0600 mode.
-pub fn chown_stores(carbon_home: &Path, ks: &KeystoreSpec, uid: u32, gid: u32) -> DaemonResult<()> {
+pub fn chown_stores(home: &Path, ks: &KeystoreSpec, uid: u32, gid: u32) -> Result<()> {
     let files = [
         Some(ks.keystore_file.as_str()),
         ks.primary_keystore_file.as_deref(),
         Some(ks.truststore_file.as_str()),
     ];
     for rel in files.into_iter().flatten().filter(|f| !f.is_empty()) {
-        let path = carbon_home.join(rel);
+        let path = home.join(rel);
         if path.exists() {
             std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(|e| DaemonError::io("chown", &path, e))?;
+                .map_err(|e| ExecError::io("chown", &path, e))?;
         }
     }
     Ok(())
 }
 
-/// Writes the stores of `ks` under `carbon_home`. Blocking file I/O (and an RSA-free but
+/// Writes the stores of `ks` under the node's `home`. Blocking file I/O (and an RSA-free but
 /// SHA-heavy encoding); call from `spawn_blocking`.
-pub fn write_keystores_blocking(
-    node: &str,
-    carbon_home: &Path,
-    ks: &KeystoreSpec,
-) -> DaemonResult<()> {
-    let format = format_of(node, ks)?;
-    let rel = |field: &str, p: &str| -> DaemonResult<std::path::PathBuf> {
+pub fn write_keystores_blocking(home: &Path, ks: &KeystoreSpec) -> Result<()> {
+    let format = format_of(ks)?;
+    let rel = |field: &str, p: &str| -> Result<std::path::PathBuf> {
         let path = Path::new(p);
         if p.is_empty()
             || path.is_absolute()
@@ -120,19 +106,14 @@ pub fn write_keystores_blocking(
                 .components()
                 .any(|c| matches!(c, std::path::Component::ParentDir))
         {
-            return Err(DaemonError::BadSpec {
-                node: node.to_owned(),
-                reason: format!(
-                    "keystores.{field} {p:?} must be a relative path inside CARBON_HOME"
-                ),
+            return Err(ExecError::InvalidKeystoreSpec {
+                reason: format!("keystores.{field} {p:?} must be a relative path inside the home"),
             });
         }
-        Ok(carbon_home.join(path))
+        Ok(home.join(path))
     };
     let ks_err = |what: String| {
-        let node = node.to_owned();
-        move |source| DaemonError::Keystore {
-            node,
+        move |source| ExecError::Keystore {
             what,
             source: Box::new(source),
         }
@@ -141,8 +122,8 @@ pub fn write_keystores_blocking(
     let tls_path = rel("keystore_file", &ks.keystore_file)?;
     let contents = KeystoreBuilder::new().private_key(
         &ks.alias,
-        &key_der(node, "node_key_pem", &ks.node_key_pem)?,
-        &chain_der(node, "node_chain_pem", &ks.node_chain_pem)?,
+        &key_der("node_key_pem", &ks.node_key_pem)?,
+        &chain_der("node_chain_pem", &ks.node_chain_pem)?,
     );
     contents
         .write(&tls_path, format, &ks.password)
@@ -153,8 +134,8 @@ pub fn write_keystores_blocking(
         let alias = ks.primary_alias.as_deref().unwrap_or(&ks.alias);
         let contents = KeystoreBuilder::new().private_key(
             alias,
-            &key_der(node, "primary_key_pem", &ks.primary_key_pem)?,
-            &chain_der(node, "primary_chain_pem", &ks.primary_chain_pem)?,
+            &key_der("primary_key_pem", &ks.primary_key_pem)?,
+            &chain_der("primary_chain_pem", &ks.primary_chain_pem)?,
         );
         contents
             .write(&path, format, &ks.password)
@@ -166,8 +147,8 @@ pub fn write_keystores_blocking(
         let ders = ks
             .trusted
             .iter()
-            .map(|t| chain_der(node, "trusted.cert_pem", &t.cert_pem).map(|mut c| c.swap_remove(0)))
-            .collect::<DaemonResult<Vec<_>>>()?;
+            .map(|t| chain_der("trusted.cert_pem", &t.cert_pem).map(|mut c| c.swap_remove(0)))
+            .collect::<Result<Vec<_>>>()?;
         let certs: Vec<(&str, &[u8])> = ks
             .trusted
             .iter()

@@ -16,8 +16,8 @@ use apim_proto::v1::{DesiredRun, NodePhase};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::Timings;
-use crate::converge::{NodeExecutor, NodeTarget, Outcome};
+use crate::daemon::config::Timings;
+use crate::daemon::converge::{NodeExecutor, NodeTarget, Outcome};
 
 /// The latest target of a node (`None`: remove it).
 pub type TargetRx = watch::Receiver<Option<Arc<NodeTarget>>>;
@@ -111,7 +111,7 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
     }
 }
 
-fn exec_board(exec: &NodeExecutor) -> Arc<crate::report::StatusBoard> {
+fn exec_board(exec: &NodeExecutor) -> Arc<crate::daemon::report::StatusBoard> {
     exec.board()
 }
 

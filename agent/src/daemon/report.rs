@@ -12,7 +12,7 @@ use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{MachineFacts as WireFacts, NodePhase, NodeStatus, StatusReport};
 use tokio::sync::watch;
 
-use crate::facts::{JavaFact, MachineFacts};
+use crate::exec::facts::{JavaFact, MachineFacts};
 
 /// Shared, cheap-to-read status of every node of the held spec.
 #[derive(Debug)]

@@ -10,7 +10,7 @@
 //!
 //! **Unpacking while it arrives.** [`Fetcher::fetch`] with a `ready` channel first fetches the
 //! zip's tail (its central directory, a ranged `Fetch`), then hands the unpacker an
-//! [`ArrivingPack`] that serves reads as the body is written (see [`crate::arriving`]). The
+//! [`ArrivingPack`] that serves reads as the body is written (see [`crate::exec::arriving`]). The
 //! download stays the judge: it fails the arriving pack when it fails, and it checks, once the
 //! digest matched, that the tail the unpacker read is the verified file's.
 //!
@@ -32,12 +32,12 @@ use apim_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use crate::AgentError;
-use crate::arriving::{ArrivingPack, Block, MAX_TAIL, TAIL_PROBE, central_directory_start};
-use crate::control::Control;
-use crate::daemon_error::{DaemonError, DaemonResult};
-use crate::packfile::PackFile;
-use crate::unpack::{ZipSource, boot_id};
+use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
+use crate::daemon::link::Control;
+use crate::exec::ExecError;
+use crate::exec::arriving::{ArrivingPack, Block, MAX_TAIL, TAIL_PROBE, central_directory_start};
+use crate::exec::packfile::PackFile;
+use crate::exec::unpack::{ZipSource, boot_id};
 
 /// Fetches and caches packs. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -114,9 +114,9 @@ impl Fetcher {
     ) -> DaemonResult<PathBuf> {
         let sha = sha256.trim().to_ascii_lowercase();
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(DaemonError::agent(
+            return Err(DaemonError::exec(
                 "pack",
-                AgentError::BadDigest {
+                ExecError::BadDigest {
                     value: sha256.to_owned(),
                 },
             ));
@@ -162,8 +162,7 @@ impl Fetcher {
         match boot_id() {
             // Unsynced on purpose (see the module docs); the stamp says since when.
             Some(boot) => self.write_boot_stamp(&sha, &boot)?,
-            None => apim_atomic::fsync_dir(&self.cache_dir)
-                .map_err(|e| DaemonError::agent("pack cache", e))?,
+            None => apim_atomic::fsync_dir(&self.cache_dir).on("pack cache")?,
         }
         tracing::info!(sha256 = %sha, path = %done.display(), seconds = started.elapsed().as_secs_f64(), "pack downloaded and verified");
         if let Some(pack) = guard.0.take() {
@@ -189,18 +188,18 @@ impl Fetcher {
         if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == boot) {
             return Ok(true);
         }
-        match crate::unpack::verify_sha256(done, sha).await {
+        match crate::exec::unpack::verify_sha256(done, sha).await {
             Ok(()) => {
                 self.write_boot_stamp(sha, &boot)?;
                 Ok(true)
             }
-            Err(AgentError::ShaMismatch { actual, .. }) => {
+            Err(ExecError::ShaMismatch { actual, .. }) => {
                 tracing::warn!(sha256 = %sha, actual = %actual, path = %done.display(), "a cached pack from an earlier boot no longer matches its digest; fetching it again");
                 remove_if_exists(done)?;
                 remove_if_exists(&stamp)?;
                 Ok(false)
             }
-            Err(e) => Err(DaemonError::agent("pack", e)),
+            Err(e) => Err(DaemonError::exec("pack", e)),
         }
     }
 
@@ -569,13 +568,13 @@ async fn read_range(path: &Path, from: u64, to: u64) -> DaemonResult<Vec<u8>> {
 /// The digest state of `path`'s current content, and its length.
 async fn hash_prefix(path: &Path) -> DaemonResult<(Sha256, u64)> {
     let p = path.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::unpack::sha256_state(&p))
+    tokio::task::spawn_blocking(move || crate::exec::unpack::sha256_state(&p))
         .await
         .map_err(|source| DaemonError::Join {
             op: "hash download",
             source,
         })?
-        .map_err(|e| DaemonError::agent("pack", e))
+        .on("pack")
 }
 
 fn retryable(e: &DaemonError) -> bool {

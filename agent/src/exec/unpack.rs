@@ -4,7 +4,7 @@
 //!
 //! 1. The pack's digest is checked: the fetcher hashes it as it arrives ([`verify_sha256`] does
 //!    it for a file at rest). A pack still arriving ([`ZipSource::Arriving`], see
-//!    [`crate::arriving`]) is staged *while* it arrives, and the staged tree is discarded unless
+//!    [`crate::exec::arriving`]) is staged *while* it arrives, and the staged tree is discarded unless
 //!    the digest matches in the end; it is never installed before.
 //! 2. [`stage`] extracts into a fresh private directory
 //!    `<staging_root>/.apimctl-stage-<random>/` (mode 0700) on the same filesystem as the
@@ -66,8 +66,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 use zip::ZipArchive;
 
-use crate::arriving::{ArrivingPack, ArrivingReader};
-use crate::error::{AgentError, Result};
+use crate::exec::arriving::{ArrivingPack, ArrivingReader};
+use crate::exec::error::{ExecError, Result};
 use apim_atomic::parent_dir;
 
 /// Prefix of the private staging directories under the staging root.
@@ -94,7 +94,7 @@ const S_IFDIR: u32 = 0o040000;
 pub enum ZipSource {
     /// A complete pack (the verified cache entry).
     File(PathBuf),
-    /// A pack still being downloaded; reads wait for the bytes (see [`crate::arriving`]).
+    /// A pack still being downloaded; reads wait for the bytes (see [`crate::exec::arriving`]).
     Arriving(Arc<ArrivingPack>),
 }
 
@@ -110,10 +110,10 @@ impl ZipSource {
     fn reader(&self) -> Result<PreadReader> {
         match self {
             ZipSource::File(p) => {
-                let file = File::open(p).map_err(|e| AgentError::io("open zip", p, e))?;
+                let file = File::open(p).map_err(|e| ExecError::io("open zip", p, e))?;
                 let len = file
                     .metadata()
-                    .map_err(|e| AgentError::io("stat zip", p, e))?
+                    .map_err(|e| ExecError::io("stat zip", p, e))?
                     .len();
                 Ok(PreadReader::new(Source::File(Arc::new(file)), len))
             }
@@ -170,7 +170,7 @@ impl StagedTree {
     /// Remove the staged tree without installing it.
     pub fn discard(self) -> Result<()> {
         std::fs::remove_dir_all(&self.wrapper)
-            .map_err(|e| AgentError::io("remove staging directory", &self.wrapper, e))
+            .map_err(|e| ExecError::io("remove staging directory", &self.wrapper, e))
     }
 
     /// Give the whole staged tree to `uid:gid` (the node's `run_as` user must own its
@@ -188,11 +188,11 @@ impl StagedTree {
                 Some(gid),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(|e| AgentError::io("chown", &p, e.into()))?;
-            let md = std::fs::symlink_metadata(&p).map_err(|e| AgentError::io("stat", &p, e))?;
+            .map_err(|e| ExecError::io("chown", &p, e.into()))?;
+            let md = std::fs::symlink_metadata(&p).map_err(|e| ExecError::io("stat", &p, e))?;
             if md.is_dir() {
-                for ent in std::fs::read_dir(&p).map_err(|e| AgentError::io("list", &p, e))? {
-                    stack.push(ent.map_err(|e| AgentError::io("list", &p, e))?.path());
+                for ent in std::fs::read_dir(&p).map_err(|e| ExecError::io("list", &p, e))? {
+                    stack.push(ent.map_err(|e| ExecError::io("list", &p, e))?.path());
                 }
             }
         }
@@ -216,14 +216,14 @@ pub async fn verify_sha256(file: &Path, expected: &str) -> Result<()> {
     let path = file.to_path_buf();
     let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
         .await
-        .map_err(|source| AgentError::Join {
+        .map_err(|source| ExecError::Join {
             op: "sha256",
             source,
         })??;
     if actual == expected {
         Ok(())
     } else {
-        Err(AgentError::ShaMismatch {
+        Err(ExecError::ShaMismatch {
             path: file.to_path_buf(),
             expected,
             actual,
@@ -236,7 +236,7 @@ fn normalise_digest(d: &str) -> Result<String> {
     if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(d)
     } else {
-        Err(AgentError::BadDigest { value: d })
+        Err(ExecError::BadDigest { value: d })
     }
 }
 
@@ -248,7 +248,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// The sha256 state of `path`'s content (streamed, 1 MiB reads) and its length, so a caller
 /// can go on hashing what it appends (a resumed download).
 pub fn sha256_state(path: &Path) -> Result<(Sha256, u64)> {
-    let mut f = File::open(path).map_err(|e| AgentError::io("open for hashing", path, e))?;
+    let mut f = File::open(path).map_err(|e| ExecError::io("open for hashing", path, e))?;
     let mut h = Sha256::new();
     let mut len = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -257,7 +257,7 @@ pub fn sha256_state(path: &Path) -> Result<(Sha256, u64)> {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(AgentError::io("read for hashing", path, e)),
+            Err(e) => return Err(ExecError::io("read for hashing", path, e)),
         };
         h.update(&buf[..n]);
         len += n as u64;
@@ -297,7 +297,7 @@ pub async fn stage(
     );
     tokio::task::spawn_blocking(move || stage_blocking(&source, &root, &top, &limits))
         .await
-        .map_err(|source| AgentError::Join {
+        .map_err(|source| ExecError::Join {
             op: "zip extraction",
             source,
         })?
@@ -309,7 +309,7 @@ pub async fn install_staged(staged: StagedTree, dest: &Path) -> Result<InstallOu
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || install_staged_blocking(staged, &dest))
         .await
-        .map_err(|source| AgentError::Join {
+        .map_err(|source| ExecError::Join {
             op: "install staged tree",
             source,
         })?
@@ -321,15 +321,15 @@ pub fn clean_stale_staging(staging_root: &Path) -> Result<usize> {
     let rd = match std::fs::read_dir(staging_root) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(AgentError::io("list staging root", staging_root, e)),
+        Err(e) => return Err(ExecError::io("list staging root", staging_root, e)),
     };
     let mut n = 0;
     for ent in rd {
-        let ent = ent.map_err(|e| AgentError::io("list staging root", staging_root, e))?;
+        let ent = ent.map_err(|e| ExecError::io("list staging root", staging_root, e))?;
         if ent.file_name().to_string_lossy().starts_with(STAGE_PREFIX) {
             let p = ent.path();
             std::fs::remove_dir_all(&p)
-                .map_err(|e| AgentError::io("remove stale staging directory", &p, e))?;
+                .map_err(|e| ExecError::io("remove stale staging directory", &p, e))?;
             tracing::info!(path = %p.display(), "removed stale staging directory");
             n += 1;
         }
@@ -412,21 +412,21 @@ fn plan<R: Read + Seek>(
 ) -> Result<Plan> {
     let count = archive.len() as u64;
     if count > limits.max_entries {
-        return Err(AgentError::ZipLimit {
+        return Err(ExecError::ZipLimit {
             zip: zip.to_path_buf(),
             what: "entry count",
             limit: limits.max_entries,
             actual: count,
         });
     }
-    let unsafe_entry = |entry: &str, reason: &str| AgentError::UnsafeEntry {
+    let unsafe_entry = |entry: &str, reason: &str| ExecError::UnsafeEntry {
         zip: zip.to_path_buf(),
         entry: entry.to_string(),
         reason: reason.to_string(),
     };
     if archive.has_duplicate_names() {
         // The zip reader keeps one of them; `unzip` would write both, the last one winning.
-        return Err(AgentError::UnsafeEntry {
+        return Err(ExecError::UnsafeEntry {
             zip: zip.to_path_buf(),
             entry: "(several)".into(),
             reason: "the central directory names one path twice".into(),
@@ -437,19 +437,19 @@ fn plan<R: Read + Seek>(
     for index in 0..archive.len() {
         let e = archive
             .by_index_data(index)
-            .map_err(|source| AgentError::Zip {
+            .map_err(|source| ExecError::Zip {
                 zip: zip.to_path_buf(),
                 entry: None,
                 source,
             })?;
-        let name = e.name().map_err(|source| AgentError::Zip {
+        let name = e.name().map_err(|source| ExecError::Zip {
             zip: zip.to_path_buf(),
             entry: Some(String::from_utf8_lossy(e.name_raw()).into_owned()),
             source,
         })?;
         let comps = sanitize_name(&name).map_err(|r| unsafe_entry(&name, r))?;
         if comps[0] != top {
-            return Err(AgentError::UnexpectedTopDir {
+            return Err(ExecError::UnexpectedTopDir {
                 zip: zip.to_path_buf(),
                 entry: name.into_owned(),
                 expected: top.to_string(),
@@ -492,7 +492,7 @@ fn plan<R: Read + Seek>(
         }
         let size = e.size();
         if size > limits.max_entry_size {
-            return Err(AgentError::ZipLimit {
+            return Err(ExecError::ZipLimit {
                 zip: zip.to_path_buf(),
                 what: "entry size",
                 limit: limits.max_entry_size,
@@ -501,7 +501,7 @@ fn plan<R: Read + Seek>(
         }
         plan.total = plan.total.saturating_add(size);
         if plan.total > limits.max_total_size {
-            return Err(AgentError::ZipLimit {
+            return Err(ExecError::ZipLimit {
                 zip: zip.to_path_buf(),
                 what: "total size",
                 limit: limits.max_total_size,
@@ -521,7 +521,7 @@ fn plan<R: Read + Seek>(
     // Extraction follows the zip's layout (and a download in progress).
     plan.files.sort_by_key(|f| f.offset);
     if plan.files.is_empty() && plan.dirs.is_empty() {
-        return Err(AgentError::UnexpectedTopDir {
+        return Err(ExecError::UnexpectedTopDir {
             zip: zip.to_path_buf(),
             entry: "(empty archive)".into(),
             expected: top.to_string(),
@@ -563,14 +563,14 @@ pub fn stage_blocking(
     let top_ok = sanitize_name(expected_top_dir).is_ok_and(|c| c.len() == 1)
         && !expected_top_dir.contains('/');
     if !top_ok {
-        return Err(AgentError::UnexpectedTopDir {
+        return Err(ExecError::UnexpectedTopDir {
             zip: zip.to_path_buf(),
             entry: "(expected top directory is not a plain name)".into(),
             expected: expected_top_dir.to_string(),
         });
     }
     let reader = source.reader()?;
-    let archive = ZipArchive::new(reader).map_err(|source| AgentError::Zip {
+    let archive = ZipArchive::new(reader).map_err(|source| ExecError::Zip {
         zip: zip.to_path_buf(),
         entry: None,
         source,
@@ -581,12 +581,12 @@ pub fn stage_blocking(
         .recursive(true)
         .mode(0o755)
         .create(staging_root)
-        .map_err(|e| AgentError::io("create staging root", staging_root, e))?;
+        .map_err(|e| ExecError::io("create staging root", staging_root, e))?;
     let wrapper = staging_root.join(format!("{STAGE_PREFIX}{:016x}", rand::random::<u64>()));
     DirBuilder::new()
         .mode(0o700)
         .create(&wrapper)
-        .map_err(|e| AgentError::io("create staging directory", &wrapper, e))?;
+        .map_err(|e| ExecError::io("create staging directory", &wrapper, e))?;
     let mut guard = WrapperGuard(Some(wrapper.clone()));
 
     // Directories first (sorted, so parents precede children), then files in parallel.
@@ -604,7 +604,7 @@ pub fn stage_blocking(
         DirBuilder::new()
             .mode(mode)
             .create(&p)
-            .map_err(|e| AgentError::io("create directory", &p, e))?;
+            .map_err(|e| ExecError::io("create directory", &p, e))?;
         if umask.is_none_or(|u| mode & u != 0) {
             chmod_dirs.push((p, mode));
         }
@@ -614,7 +614,7 @@ pub fn stage_blocking(
 
     for (p, mode) in chmod_dirs {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| AgentError::io("set directory mode", &p, e))?;
+            .map_err(|e| ExecError::io("set directory mode", &p, e))?;
     }
 
     verify_tree(&wrapper, expected_top_dir, &plan)?;
@@ -738,7 +738,7 @@ fn extract_one(
     umask: Option<u32>,
     buf: &mut [u8],
 ) -> Result<u64> {
-    let zip_err = |source| AgentError::Zip {
+    let zip_err = |source| ExecError::Zip {
         zip: zip.to_path_buf(),
         entry: Some(f.rel.to_string_lossy().into_owned()),
         source,
@@ -754,7 +754,7 @@ fn extract_one(
         .mode(if needs_chmod { 0o600 } else { f.mode })
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&out_path)
-        .map_err(|e| AgentError::io("create file", &out_path, e))?;
+        .map_err(|e| ExecError::io("create file", &out_path, e))?;
     let mut written = 0u64;
     loop {
         // The buffer is filled before it is written: the inflater hands out pieces of any
@@ -774,7 +774,7 @@ fn extract_one(
         }
         written += n as u64;
         if written > f.size {
-            return Err(AgentError::ZipLimit {
+            return Err(ExecError::ZipLimit {
                 zip: zip.to_path_buf(),
                 what: "declared entry size",
                 limit: f.size,
@@ -783,7 +783,7 @@ fn extract_one(
         }
         for piece in buf[..n].chunks(WRITE_PIECE) {
             out.write_all(piece)
-                .map_err(|e| AgentError::io("write file", &out_path, e))?;
+                .map_err(|e| ExecError::io("write file", &out_path, e))?;
         }
         if n < buf.len() {
             break; // the entry ended
@@ -791,7 +791,7 @@ fn extract_one(
     }
     if needs_chmod {
         out.set_permissions(std::fs::Permissions::from_mode(f.mode))
-            .map_err(|e| AgentError::io("set file mode", &out_path, e))?;
+            .map_err(|e| ExecError::io("set file mode", &out_path, e))?;
     }
     Ok(written)
 }
@@ -805,15 +805,15 @@ fn current_umask() -> Option<u32> {
 
 /// Walk the staged tree: exactly the planned dirs and files, nothing else, no links.
 fn verify_tree(wrapper: &Path, top: &str, plan: &Plan) -> Result<()> {
-    let mismatch = |reason: String| AgentError::StagedTreeMismatch {
+    let mismatch = |reason: String| ExecError::StagedTreeMismatch {
         path: wrapper.to_path_buf(),
         reason,
     };
     let names: Vec<_> = std::fs::read_dir(wrapper)
-        .map_err(|e| AgentError::io("list", wrapper, e))?
+        .map_err(|e| ExecError::io("list", wrapper, e))?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<io::Result<_>>()
-        .map_err(|e| AgentError::io("list", wrapper, e))?;
+        .map_err(|e| ExecError::io("list", wrapper, e))?;
     if names.len() != 1 || names[0] != top {
         return Err(mismatch(format!("expected only {top:?}, found {names:?}")));
     }
@@ -821,11 +821,11 @@ fn verify_tree(wrapper: &Path, top: &str, plan: &Plan) -> Result<()> {
     let mut stack = vec![wrapper.join(top)];
     while let Some(dir) = stack.pop() {
         dirs += 1;
-        for ent in std::fs::read_dir(&dir).map_err(|e| AgentError::io("list", &dir, e))? {
-            let ent = ent.map_err(|e| AgentError::io("list", &dir, e))?;
+        for ent in std::fs::read_dir(&dir).map_err(|e| ExecError::io("list", &dir, e))? {
+            let ent = ent.map_err(|e| ExecError::io("list", &dir, e))?;
             let ft = ent
                 .file_type()
-                .map_err(|e| AgentError::io("stat", ent.path(), e))?;
+                .map_err(|e| ExecError::io("stat", ent.path(), e))?;
             if ft.is_dir() {
                 stack.push(ent.path());
             } else if ft.is_file() {
@@ -869,8 +869,8 @@ pub fn boot_id() -> Option<String> {
 /// Makes every write on the filesystem holding `path` durable (one `syncfs`, instead of an
 /// fsync per unpacked file).
 pub fn sync_filesystem(path: &Path) -> Result<()> {
-    let f = File::open(path).map_err(|e| AgentError::io("open", path, e))?;
-    nix::unistd::syncfs(&f).map_err(|e| AgentError::io("syncfs", path, e.into()))
+    let f = File::open(path).map_err(|e| ExecError::io("open", path, e))?;
+    nix::unistd::syncfs(&f).map_err(|e| ExecError::io("syncfs", path, e.into()))
 }
 
 /// Blocking body of [`install_staged`].
@@ -880,7 +880,7 @@ pub fn install_staged_blocking(staged: StagedTree, dest: &Path) -> Result<Instal
         .recursive(true)
         .mode(0o755)
         .create(parent)
-        .map_err(|e| AgentError::io("create install directory", parent, e))?;
+        .map_err(|e| ExecError::io("create install directory", parent, e))?;
     let replaced_previous = match std::fs::symlink_metadata(dest) {
         Ok(_) => {
             swap_into_place(&staged, dest)?;
@@ -888,7 +888,7 @@ pub fn install_staged_blocking(staged: StagedTree, dest: &Path) -> Result<Instal
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::rename(&staged.top, dest).map_err(|e| {
-                AgentError::io(
+                ExecError::io(
                     "move staged tree into place (staging root and destination must share a filesystem)",
                     dest,
                     e,
@@ -896,7 +896,7 @@ pub fn install_staged_blocking(staged: StagedTree, dest: &Path) -> Result<Instal
             })?;
             false
         }
-        Err(e) => return Err(AgentError::io("stat install destination", dest, e)),
+        Err(e) => return Err(ExecError::io("stat install destination", dest, e)),
     };
     apim_atomic::fsync_dir(parent)?;
     // The wrapper now holds the old tree (or nothing).
@@ -928,7 +928,7 @@ fn swap_into_place(staged: &StagedTree, dest: &Path) -> Result<()> {
         Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
             swap_by_two_renames(staged, dest)
         }
-        Err(e) => Err(AgentError::io(
+        Err(e) => Err(ExecError::io(
             "swap staged tree into place (staging root and destination must share a filesystem)",
             dest,
             e.into(),
@@ -946,10 +946,10 @@ fn swap_into_place(staged: &StagedTree, dest: &Path) -> Result<()> {
 fn swap_by_two_renames(staged: &StagedTree, dest: &Path) -> Result<()> {
     let aside = staged.wrapper.join(".previous");
     std::fs::rename(dest, &aside)
-        .map_err(|e| AgentError::io("move previous tree aside", dest, e))?;
+        .map_err(|e| ExecError::io("move previous tree aside", dest, e))?;
     if let Err(e) = std::fs::rename(&staged.top, dest) {
         let _ = std::fs::rename(&aside, dest);
-        return Err(AgentError::io("move staged tree into place", dest, e));
+        return Err(ExecError::io("move staged tree into place", dest, e));
     }
     Ok(())
 }

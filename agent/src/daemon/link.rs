@@ -1,6 +1,6 @@
 //! The agent's mTLS connection to the controller, and the renewal of its certificate.
 //!
-//! [`Control`] loads the identity [`crate::enroll`] persisted, and hands out a
+//! [`Control`] loads the identity [`crate::daemon::identity`] persisted, and hands out a
 //! [`RenewingChannel`]: a tonic transport that always sends through the *current* TLS 1.3
 //! channel (CA pinned, agent certificate presented). A background task
 //! ([`Control::spawn_renewal`]) calls `Enrollment.Renew` at 2/3 of the certificate's life with
@@ -28,7 +28,7 @@ use tonic::codegen::Service;
 use tonic::codegen::http;
 use tonic::transport::Channel;
 
-use crate::enroll::{AgentIdentity, EnrollError, tls_err};
+use crate::daemon::identity::{AgentIdentity, EnrollError, tls_err};
 
 /// Shortest pause between two renewal attempts (protects the controller from a hot loop).
 const MIN_RENEW_PAUSE: Duration = Duration::from_secs(1);
@@ -70,7 +70,7 @@ impl Service<http::Request<Body>> for RenewingChannel {
 pub struct ControlConfig {
     /// Where the controller listens.
     pub endpoint: ControllerEndpoint,
-    /// Where [`crate::enroll`] persisted the identity (renewals are written there too).
+    /// Where [`crate::daemon::identity`] persisted the identity (renewals are written there too).
     pub state_dir: PathBuf,
     /// Limit for each TCP connect and TLS handshake.
     pub connect_timeout: Duration,

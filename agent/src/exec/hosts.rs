@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AgentError, Result};
+use crate::exec::error::{ExecError, Result};
 use apim_atomic::{AtomicWriter, FileOps, RealFileOps, WriteMethod};
 
 /// First line of the managed block.
@@ -60,7 +60,7 @@ impl HostsEntry {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |reason: String| AgentError::InvalidHostsEntry {
+        let bad = |reason: String| ExecError::InvalidHostsEntry {
             entry: format!("{} {}", self.ip, self.names.join(" ")),
             reason,
         };
@@ -253,7 +253,7 @@ pub enum SpliceError {
     Corrupt(String),
     /// An entry is invalid.
     #[error(transparent)]
-    Entry(AgentError),
+    Entry(ExecError),
 }
 
 /// A hosts file with its filesystem seam.
@@ -299,14 +299,14 @@ impl<'a> HostsFile<'a> {
         let (existing, mode, owner) = match std::fs::read(&self.path) {
             Ok(b) => {
                 let md = std::fs::metadata(&self.path)
-                    .map_err(|e| AgentError::io("stat hosts file", &self.path, e))?;
+                    .map_err(|e| ExecError::io("stat hosts file", &self.path, e))?;
                 (b, md.mode() & 0o7777, Some((md.uid(), md.gid())))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), 0o644, None),
-            Err(e) => return Err(AgentError::io("read hosts file", &self.path, e)),
+            Err(e) => return Err(ExecError::io("read hosts file", &self.path, e)),
         };
         let new = splice(&existing, entries).map_err(|e| match e {
-            SpliceError::Corrupt(reason) => AgentError::HostsCorrupt {
+            SpliceError::Corrupt(reason) => ExecError::HostsCorrupt {
                 path: self.path.clone(),
                 reason,
             },

@@ -20,7 +20,7 @@
 //! held, the download waits for the slowest reader, except while any reader waits for the
 //! download (so neither can wait for the other). With no reader reading, the oldest blocks past
 //! [`WINDOW`] are let go. The cache file is written around the page cache where it can be
-//! ([`crate::packfile`]): the unpack reads the download's own blocks, so a download costs a
+//! ([`crate::exec::packfile`]): the unpack reads the download's own blocks, so a download costs a
 //! few MiB of memory instead of a pack's worth of page cache.
 //!
 //! Nothing read this way is trusted: the bytes were not verified when they were read. The

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Result alias used throughout the crate.
-pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+pub type Result<T, E = ExecError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong while the agent touches the machine.
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
+pub enum ExecError {
     /// A filesystem call failed; `op` says what the agent was doing, in words.
     #[error("{op} {}: {source}", path.display())]
     Io {
@@ -318,6 +318,30 @@ pub enum AgentError {
         reason: String,
     },
 
+    /// Writing a keystore or importing a trusted certificate failed.
+    #[error("keystores: {what}: {source}")]
+    Keystore {
+        /// Which store or step.
+        what: String,
+        /// The certs crate's error (boxed: it is large).
+        #[source]
+        source: Box<apim_certs::CertsError>,
+    },
+
+    /// A PEM in the keystore spec could not be parsed.
+    #[error("keystores: {what} is not valid PEM")]
+    BadPem {
+        /// Which field.
+        what: &'static str,
+    },
+
+    /// The keystore spec names a format or a path the agent cannot use.
+    #[error("keystores: {reason}")]
+    InvalidKeystoreSpec {
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The system information library could not read the machine's facts.
     #[error("cannot read machine facts: {reason}")]
     Facts {
@@ -326,10 +350,10 @@ pub enum AgentError {
     },
 }
 
-impl AgentError {
-    /// Shorthand for [`AgentError::Io`].
+impl ExecError {
+    /// Shorthand for [`ExecError::Io`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        AgentError::Io {
+        ExecError::Io {
             op,
             path: path.into(),
             source,

@@ -29,8 +29,8 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::error::{AgentError, Result};
-use crate::process::{PidFileState, pid_file_state};
+use crate::exec::error::{ExecError, Result};
+use crate::exec::process::{PidFileState, pid_file_state};
 
 /// The longest pause between two readiness rounds. Short, because a rollout's next tier
 /// waits on this node: a probe that passed is not repeated, and a failing one is a refused
@@ -403,7 +403,7 @@ pub async fn wait_ready(
     cancel: impl Future<Output = ()>,
 ) -> Result<ReadinessReport> {
     for h in &spec.http {
-        parse_url(&h.url).map_err(|reason| AgentError::InvalidProbe {
+        parse_url(&h.url).map_err(|reason| ExecError::InvalidProbe {
             probe: h.url.clone(),
             reason,
         })?;

@@ -1,7 +1,7 @@
 //! The download's file: whole aligned blocks written with `O_DIRECT`, the rest buffered.
 //!
 //! A pack being downloaded is read once, by the unpacker following the download, and that read
-//! is served from the download's own blocks in memory ([`crate::arriving`]). Written through
+//! is served from the download's own blocks in memory ([`crate::exec::arriving`]). Written through
 //! the page cache as well, every download would also take a pack's worth of fresh page cache
 //! (200–500 MB) that nothing reads while it is there. On a VM that is the dearest memory there
 //! is: a page the guest has not touched for a while costs the hypervisor a fault to hand back,
@@ -11,14 +11,14 @@
 //! network file systems) every write is buffered, as before.
 //!
 //! Durability is unchanged: a verified pack is not synced unless the kernel has no boot id
-//! (see [`crate::fetch`]).
+//! (see [`crate::daemon::fetch`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::arriving::Block;
+use crate::exec::arriving::Block;
 
 /// The partial file of one download, open for positioned writes (never `O_APPEND`: a
 /// positioned write to an appending file would land at its end whatever the offset).
@@ -90,7 +90,7 @@ impl PackFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arriving::{BLOCK_SIZE, DIO_ALIGN};
+    use crate::exec::arriving::{BLOCK_SIZE, DIO_ALIGN};
 
     /// A resumed download: an unaligned head already in the file, then a head block up to the
     /// next aligned offset, whole blocks, and a short tail. The file ends up byte for byte the

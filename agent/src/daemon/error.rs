@@ -1,13 +1,15 @@
 //! The daemon's error type: what can stop a converge step, a download, or the agent itself.
 //!
-//! Building-block failures stay [`AgentError`]s (wrapped with the node they happened to, so a
-//! `FAILED(reason)` report names it); the daemon adds what only it knows about: the controller
-//! stream, downloads, keystores, the spec's own consistency, readiness.
+//! Failures of the exec layer stay [`ExecError`]s, wrapped with the node they happened to (so a
+//! `FAILED(reason)` report names it) by [`DaemonError::exec`], the one conversion, or its
+//! shorthand [`OnNode::on`]; identity and link failures stay [`EnrollError`]s. The daemon adds
+//! what only it knows about: the controller stream, downloads, the spec's own consistency,
+//! readiness.
 
 use std::path::PathBuf;
 
-use crate::AgentError;
-use crate::enroll::EnrollError;
+use crate::daemon::identity::EnrollError;
+use crate::exec::ExecError;
 
 /// Result alias for the daemon's modules.
 pub type DaemonResult<T> = std::result::Result<T, DaemonError>;
@@ -15,15 +17,15 @@ pub type DaemonResult<T> = std::result::Result<T, DaemonError>;
 /// Everything that can go wrong in the agent daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// A building block (ledger, unpack, hosts, process, health, facts) failed while working
-    /// on `context` (a node name or "machine").
+    /// An OS effect (ledger, unpack, hosts, process, health, keystores, facts) failed while
+    /// working on `context` (a node name or "machine").
     #[error("{context}: {source}")]
-    Agent {
+    Exec {
         /// The node or "machine" the step was for.
         context: String,
-        /// The building block's error.
+        /// The exec layer's error.
         #[source]
-        source: AgentError,
+        source: ExecError,
     },
 
     /// Enrollment or the persisted identity failed.
@@ -155,27 +157,6 @@ pub enum DaemonError {
         reason: String,
     },
 
-    /// Writing a keystore or importing a trusted certificate failed.
-    #[error("keystores of {node}: {what}: {source}")]
-    Keystore {
-        /// The node.
-        node: String,
-        /// Which store or step.
-        what: String,
-        /// The certs crate's error (boxed: it is large).
-        #[source]
-        source: Box<apim_certs::CertsError>,
-    },
-
-    /// A PEM in the keystore spec could not be parsed.
-    #[error("keystores of {node}: {what} is not valid PEM")]
-    BadPem {
-        /// The node.
-        node: String,
-        /// Which field.
-        what: &'static str,
-    },
-
     /// The node did not become ready (timed out, or its process died while starting).
     #[error("{node} not ready: {report}")]
     NotReady {
@@ -192,7 +173,7 @@ pub enum DaemonError {
         offered: u64,
         /// The ledger's refusal.
         #[source]
-        source: AgentError,
+        source: ExecError,
     },
 
     /// The spec names another machine than this agent's certificate.
@@ -223,9 +204,9 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
-    /// Wraps a building-block error with the node (or "machine") it happened to.
-    pub fn agent(context: impl Into<String>, source: impl Into<AgentError>) -> Self {
-        DaemonError::Agent {
+    /// Wraps an exec-layer error with the node (or "machine") it happened to.
+    pub fn exec(context: impl Into<String>, source: impl Into<ExecError>) -> Self {
+        DaemonError::Exec {
             context: context.into(),
             source: source.into(),
         }
@@ -247,5 +228,17 @@ impl DaemonError {
             code: status.code(),
             message: status.message().to_owned(),
         }
+    }
+}
+
+/// `result.on(node)`: an exec-layer result in the daemon's terms ([`DaemonError::exec`]).
+pub trait OnNode<T> {
+    /// Wraps the error with the node (or "machine") it happened to.
+    fn on(self, context: &str) -> DaemonResult<T>;
+}
+
+impl<T, E: Into<ExecError>> OnNode<T> for Result<T, E> {
+    fn on(self, context: &str) -> DaemonResult<T> {
+        self.map_err(|e| DaemonError::exec(context, e))
     }
 }

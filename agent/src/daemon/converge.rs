@@ -21,18 +21,20 @@ use std::time::{Duration, Instant};
 use apim_proto::v1::{DesiredRun, NodePhase, NodeSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AgentConfig;
-use crate::daemon_error::{DaemonError, DaemonResult};
-use crate::facts::{self, Requirements};
-use crate::fetch::Fetcher;
-use crate::health::{self, LogProbe, ProcessProbe, ReadinessOutcome, ReadinessSpec, TcpProbe};
-use crate::keystores;
-use crate::process::{
+use crate::daemon::config::AgentConfig;
+use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
+use crate::daemon::fetch::Fetcher;
+use crate::daemon::report::{StatusBoard, Update};
+use crate::exec::facts::{self, Requirements};
+use crate::exec::health::{
+    self, LogProbe, ProcessProbe, ReadinessOutcome, ReadinessSpec, TcpProbe,
+};
+use crate::exec::keystores;
+use crate::exec::process::{
     self, CommandSpec, Credentials, PidFileState, ProcessRunner, SAFE_PATH, StartOutcome,
     StartSpec, StopSpec, TokioRunner,
 };
-use crate::report::{StatusBoard, Update};
-use crate::unpack::{self, UnpackLimits};
+use crate::exec::unpack::{self, UnpackLimits};
 
 /// Marker written in CARBON_HOME after the optimizer succeeded on a fresh unpack.
 pub const OPTIMIZED_MARKER: &str = ".apimctl-optimized";
@@ -194,13 +196,12 @@ impl NodeExecutor {
             return Ok(new);
         }
         let dir = self.ctx.config.nodes_dir();
-        crate::fetch::create_private_dir(&dir)?;
+        crate::daemon::fetch::create_private_dir(&dir)?;
         let path = dir.join(format!("{}.json", self.name));
         let bytes = serde_json::to_vec_pretty(&new).map_err(|e| DaemonError::Config {
             reason: format!("serialising node record: {e}"),
         })?;
-        apim_atomic::write_atomic(&path, &bytes, 0o600)
-            .map_err(|e| DaemonError::agent(&self.name, e))?;
+        apim_atomic::write_atomic(&path, &bytes, 0o600).on(&self.name)?;
         Ok(new)
     }
 
@@ -342,7 +343,7 @@ impl NodeExecutor {
         tokio::task::spawn_blocking(move || unpack::sync_filesystem(&home))
             .await
             .map_err(|source| DaemonError::Join { op: "sync", source })?
-            .map_err(|e| DaemonError::agent(&self.name, e))
+            .on(&self.name)
     }
 
     /// Converge the node to `t`. `cancel` ends a readiness wait early (a newer target).
@@ -425,8 +426,7 @@ impl NodeExecutor {
                 .unwrap_or_else(|| carbon_home.clone());
             std::fs::create_dir_all(&staging_root)
                 .map_err(|e| DaemonError::io("create install dir", &staging_root, e))?;
-            unpack::clean_stale_staging(&staging_root)
-                .map_err(|e| DaemonError::agent(&self.name, e))?;
+            unpack::clean_stale_staging(&staging_root).on(&self.name)?;
             let stage_started = Instant::now();
             let staged = self
                 .fetch_and_stage(gen_, &pack, &staging_root, &progress)
@@ -445,7 +445,7 @@ impl NodeExecutor {
                     op: "chown",
                     source,
                 })?
-                .map_err(|e| DaemonError::agent(&self.name, e))?,
+                .on(&self.name)?,
                 None => staged,
             };
             if pid.is_some() {
@@ -456,7 +456,7 @@ impl NodeExecutor {
             }
             unpack::install_staged(staged, &carbon_home)
                 .await
-                .map_err(|e| DaemonError::agent(&self.name, e))?;
+                .on(&self.name)?;
             self.healthy_digest = None;
             let boot = unpack::boot_id();
             if boot.is_none() {
@@ -515,7 +515,7 @@ impl NodeExecutor {
         self.start(t, &carbon_home, cancel).await
     }
 
-    /// Fetches the pack and stages it while it arrives ([`crate::arriving`]). The staged tree
+    /// Fetches the pack and stages it while it arrives ([`crate::exec::arriving`]). The staged tree
     /// is returned only when the download verified (digest, and the tail it was read with);
     /// otherwise it is discarded and the download's error returned.
     async fn fetch_and_stage(
@@ -540,11 +540,11 @@ impl NodeExecutor {
         };
         let (fetched, staged) = tokio::join!(fetch, stage);
         match (fetched, staged) {
-            (Ok(_), Some(staged)) => staged.map_err(|e| DaemonError::agent(&self.name, e)),
+            (Ok(_), Some(staged)) => staged.on(&self.name),
             (Ok(zip), None) => {
                 unpack::stage_zip(&zip, staging_root, &pack.top_dir, &self.ctx.limits)
                     .await
-                    .map_err(|e| DaemonError::agent(&self.name, e))
+                    .on(&self.name)
             }
             (Err(e), staged) => {
                 if let Some(Ok(tree)) = staged
@@ -561,7 +561,7 @@ impl NodeExecutor {
         let root = carbon_home.parent().unwrap_or(carbon_home);
         let f = facts::gather(root, Some(Path::new(&spec.java_home)))
             .await
-            .map_err(|e| DaemonError::agent(&self.name, e))?;
+            .on(&self.name)?;
         // The controller says which JDKs the product supports; 0 means no check.
         let jdk_min = spec.java_min;
         let jdk_max = if spec.java_max == 0 {
@@ -609,10 +609,7 @@ impl NodeExecutor {
             credentials: credentials(&self.name, spec)?,
             timeout: timeout_of(opt.timeout_s, DEFAULT_SCRIPT_TIMEOUT),
         };
-        let out = TokioRunner
-            .run(&cmd)
-            .await
-            .map_err(|e| DaemonError::agent(&self.name, e))?;
+        let out = TokioRunner.run(&cmd).await.on(&self.name)?;
         let tail = |s: &str| {
             s.chars()
                 .rev()
@@ -652,7 +649,7 @@ impl NodeExecutor {
             format!("{}\n", opt.argv.join(" ")).as_bytes(),
             0o644,
         )
-        .map_err(|e| DaemonError::agent(&self.name, e))?;
+        .on(&self.name)?;
         Ok(())
     }
 
@@ -674,7 +671,7 @@ impl NodeExecutor {
             }
             writer
                 .write(&path, spec.deployment_toml.as_bytes())
-                .map_err(|e| DaemonError::agent(&self.name, e))?;
+                .on(&self.name)?;
         } else {
             let mode = std::fs::metadata(&path)
                 .map_err(|e| DaemonError::io("stat", &path, e))?
@@ -705,7 +702,7 @@ impl NodeExecutor {
         let (name, home) = (self.name.clone(), carbon_home.to_path_buf());
         let owner = credentials(&self.name, spec)?.map(|c| (c.uid, c.gid));
         tokio::task::spawn_blocking(move || {
-            keystores::write_keystores_blocking(&name, &home, &ks)?;
+            keystores::write_keystores_blocking(&home, &ks)?;
             match owner {
                 Some((uid, gid)) => keystores::chown_stores(&home, &ks, uid, gid),
                 None => Ok(()),
@@ -715,7 +712,8 @@ impl NodeExecutor {
         .map_err(|source| DaemonError::Join {
             op: "keystores",
             source,
-        })??;
+        })?
+        .on(&name)?;
         let mut rec = self.rec.clone();
         rec.keystores_digest = Some(digest);
         self.set_record(rec)
@@ -725,7 +723,7 @@ impl NodeExecutor {
         self.healthy_digest = None;
         let out = process::stop(&TokioRunner, &self.stop_spec(spec, carbon_home))
             .await
-            .map_err(|e| DaemonError::agent(&self.name, e))?;
+            .on(&self.name)?;
         tracing::info!(node = %self.name, outcome = ?out, "node stopped");
         self.report_process(None, self.rec.applied_digest.as_deref().unwrap_or(""));
         Ok(())
@@ -772,9 +770,7 @@ impl NodeExecutor {
         let mut rec = self.rec.clone();
         rec.applied_digest = Some(spec.config_digest.clone());
         self.set_record(rec)?;
-        let outcome = process::start(&TokioRunner, &s)
-            .await
-            .map_err(|e| DaemonError::agent(&self.name, e))?;
+        let outcome = process::start(&TokioRunner, &s).await.on(&self.name)?;
         let pid = match outcome {
             StartOutcome::Started { pid, .. } | StartOutcome::AlreadyRunning { pid } => pid,
         };
@@ -838,7 +834,7 @@ impl NodeExecutor {
         let report =
             health::wait_ready(&rs, timeout_of(r.timeout_s, DEFAULT_READY_TIMEOUT), cancel)
                 .await
-                .map_err(|e| DaemonError::agent(&self.name, e))?;
+                .on(&self.name)?;
         match report.outcome {
             ReadinessOutcome::Ready => {
                 self.healthy_digest = Some(spec.config_digest.clone());
@@ -896,9 +892,9 @@ fn credentials(node: &str, spec: &NodeSpec) -> DaemonResult<Option<Credentials>>
         .ok()
         .flatten()
         .ok_or_else(|| {
-            DaemonError::agent(
+            DaemonError::exec(
                 node,
-                crate::AgentError::UnknownUser {
+                crate::exec::ExecError::UnknownUser {
                     user: spec.run_as_user.clone(),
                 },
             )
@@ -913,9 +909,9 @@ fn credentials(node: &str, spec: &NodeSpec) -> DaemonResult<Option<Credentials>>
     } else if user.uid == euid {
         Ok(None)
     } else {
-        Err(DaemonError::agent(
+        Err(DaemonError::exec(
             node,
-            crate::AgentError::CannotSwitchUser {
+            crate::exec::ExecError::CannotSwitchUser {
                 user: spec.run_as_user.clone(),
                 euid: euid.as_raw(),
             },

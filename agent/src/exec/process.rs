@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Pid, User};
 
-use crate::error::{AgentError, Result};
+use crate::exec::error::{ExecError, Result};
 
 /// The pid file WSO2 writes in CARBON_HOME.
 pub const PID_FILE: &str = "wso2carbon.pid";
@@ -141,13 +141,13 @@ pub struct TokioRunner;
 impl ProcessRunner for TokioRunner {
     async fn run(&self, cmd: &CommandSpec) -> Result<ScriptOutput> {
         let mut capture = tempfile::tempfile()
-            .map_err(|e| AgentError::io("create output capture for", &cmd.program, e))?;
+            .map_err(|e| ExecError::io("create output capture for", &cmd.program, e))?;
         let out = capture
             .try_clone()
-            .map_err(|e| AgentError::io("duplicate output capture for", &cmd.program, e))?;
+            .map_err(|e| ExecError::io("duplicate output capture for", &cmd.program, e))?;
         let err = capture
             .try_clone()
-            .map_err(|e| AgentError::io("duplicate output capture for", &cmd.program, e))?;
+            .map_err(|e| ExecError::io("duplicate output capture for", &cmd.program, e))?;
         let mut c = tokio::process::Command::new(&cmd.program);
         c.args(&cmd.args)
             .current_dir(&cmd.cwd)
@@ -162,7 +162,7 @@ impl ProcessRunner for TokioRunner {
             // std drops supplementary groups when root sets a uid.
             c.uid(cr.uid).gid(cr.gid);
         }
-        let mut child = c.spawn().map_err(|source| AgentError::Spawn {
+        let mut child = c.spawn().map_err(|source| ExecError::Spawn {
             program: cmd.program.clone(),
             source,
         })?;
@@ -170,13 +170,13 @@ impl ProcessRunner for TokioRunner {
         tracing::debug!(cmd = ?cmd, pid = ?pgid, "spawned");
         let status = match tokio::time::timeout(cmd.timeout, child.wait()).await {
             Ok(Ok(st)) => st,
-            Ok(Err(e)) => return Err(AgentError::io("wait for", &cmd.program, e)),
+            Ok(Err(e)) => return Err(ExecError::io("wait for", &cmd.program, e)),
             Err(_) => {
                 if let Some(pg) = pgid {
                     let _ = killpg(pg, Signal::SIGKILL);
                 }
                 let _ = child.kill().await;
-                return Err(AgentError::ScriptTimeout {
+                return Err(ExecError::ScriptTimeout {
                     program: cmd.program.clone(),
                     args: cmd.args.clone(),
                     timeout: cmd.timeout,
@@ -233,7 +233,7 @@ pub fn pid_file_state(carbon_home: &Path) -> Result<PidFileState> {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PidFileState::None),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(PidFileState::Garbage),
-        Err(e) => return Err(AgentError::io("read pid file", &path, e)),
+        Err(e) => return Err(ExecError::io("read pid file", &path, e)),
     };
     Ok(match text.trim().parse::<i32>() {
         Ok(pid) if pid > 0 => {
@@ -497,7 +497,7 @@ pub async fn start<R: ProcessRunner>(runner: &R, spec: &StartSpec) -> Result<Sta
     tracing::info!(cmd = ?cmd, "starting node");
     let output = runner.run(&cmd).await?;
     if !output.status.success() {
-        return Err(AgentError::ScriptFailed {
+        return Err(ExecError::ScriptFailed {
             program: cmd.program,
             args: cmd.args,
             status: output.status.to_string(),
@@ -514,7 +514,7 @@ pub async fn start<R: ProcessRunner>(runner: &R, spec: &StartSpec) -> Result<Sta
                 return Ok(StartOutcome::Started { pid, output });
             }
             PidFileState::Stale(pid) => {
-                return Err(AgentError::DiedAfterStart {
+                return Err(ExecError::DiedAfterStart {
                     pid_file,
                     pid,
                     output: output.output,
@@ -524,7 +524,7 @@ pub async fn start<R: ProcessRunner>(runner: &R, spec: &StartSpec) -> Result<Sta
         }
         let waited = started.elapsed();
         if waited >= spec.pid_timeout {
-            return Err(AgentError::NoPidAfterStart {
+            return Err(ExecError::NoPidAfterStart {
                 pid_file,
                 waited,
                 output: output.output,
@@ -589,7 +589,7 @@ pub async fn stop<R: ProcessRunner>(runner: &R, spec: &StopSpec) -> Result<StopO
             via: StopVia::Sigkill,
         });
     }
-    Err(AgentError::StillAlive {
+    Err(ExecError::StillAlive {
         pid,
         waited: spec.kill_wait,
     })
@@ -602,7 +602,7 @@ fn signal_ours(pid: i32, carbon_home: &Path, sig: Signal) -> Result<()> {
     }
     match kill(Pid::from_raw(pid), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(source) => Err(AgentError::Signal {
+        Err(source) => Err(ExecError::Signal {
             pid,
             signal: sig.as_str(),
             source,
@@ -645,12 +645,12 @@ fn remove_pid_file(path: &Path) -> Result<()> {
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(AgentError::io("remove stale pid file", path, e)),
+        Err(e) => Err(ExecError::io("remove stale pid file", path, e)),
     }
 }
 
 fn split_argv(carbon_home: &Path, argv: &[String]) -> Result<(PathBuf, Vec<String>)> {
-    let invalid = |reason: &str| AgentError::InvalidCommand {
+    let invalid = |reason: &str| ExecError::InvalidCommand {
         carbon_home: carbon_home.to_path_buf(),
         reason: reason.to_string(),
     };
@@ -688,11 +688,11 @@ fn resolve_run_as(run_as: Option<&str>) -> Result<RunAs> {
         });
     };
     let u = User::from_name(name)
-        .map_err(|source| AgentError::UserLookup {
+        .map_err(|source| ExecError::UserLookup {
             user: name.to_string(),
             source,
         })?
-        .ok_or_else(|| AgentError::UnknownUser {
+        .ok_or_else(|| ExecError::UnknownUser {
             user: name.to_string(),
         })?;
     let switch_to = if euid.is_root() {
@@ -704,7 +704,7 @@ fn resolve_run_as(run_as: Option<&str>) -> Result<RunAs> {
     } else if u.uid == euid {
         None
     } else {
-        return Err(AgentError::CannotSwitchUser {
+        return Err(ExecError::CannotSwitchUser {
             user: name.to_string(),
             euid: euid.as_raw(),
         });
@@ -762,14 +762,14 @@ impl NodeLock {
             .mode(0o600)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|e| AgentError::io("open node lock", &path, e))?;
+            .map_err(|e| ExecError::io("open node lock", &path, e))?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(NodeLock { _lock: l }),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(AgentError::NodeBusy {
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(ExecError::NodeBusy {
                 carbon_home: carbon_home.to_path_buf(),
                 lock: path,
             }),
-            Err((_, e)) => Err(AgentError::io("lock", &path, e.into())),
+            Err((_, e)) => Err(ExecError::io("lock", &path, e.into())),
         }
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AgentError, Result};
+use crate::exec::error::{ExecError, Result};
 
 /// Where a Java version was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +94,7 @@ pub async fn gather(install_root: &Path, java_home: Option<&Path>) -> Result<Mac
     let root = install_root.to_path_buf();
     let sys = tokio::task::spawn_blocking(move || system_facts(&root))
         .await
-        .map_err(|source| AgentError::Join {
+        .map_err(|source| ExecError::Join {
             op: "machine facts",
             source,
         })??;
@@ -118,7 +118,7 @@ fn system_facts(install_root: &Path) -> Result<MachineFacts> {
             .with_memory(MemoryRefreshKind::nothing().with_ram())
             .with_cpu(CpuRefreshKind::nothing()),
     )
-    .map_err(|e| AgentError::Facts {
+    .map_err(|e| ExecError::Facts {
         reason: e.to_string(),
     })?;
     let (measured, vfs) = statvfs_nearest(install_root)?;
@@ -150,14 +150,14 @@ fn statvfs_nearest(path: &Path) -> Result<(PathBuf, nix::sys::statvfs::Statvfs)>
             Err(nix::errno::Errno::ENOENT) => match p.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => p = parent,
                 _ => {
-                    return Err(AgentError::io(
+                    return Err(ExecError::io(
                         "statvfs",
                         path,
                         nix::errno::Errno::ENOENT.into(),
                     ));
                 }
             },
-            Err(e) => return Err(AgentError::io("statvfs", p, e.into())),
+            Err(e) => return Err(ExecError::io("statvfs", p, e.into())),
         }
     }
 }
@@ -190,12 +190,12 @@ pub async fn java_version(java_home: &Path) -> Result<JavaInfo> {
                 source: JavaVersionSource::ReleaseFile,
                 run_error: Some(run_error),
             }),
-            None => Err(AgentError::JavaProbe {
+            None => Err(ExecError::JavaProbe {
                 java_home: java_home.to_path_buf(),
                 reason: format!("{run_error}; and {} has no JAVA_VERSION", release.display()),
             }),
         },
-        Err(e) => Err(AgentError::JavaProbe {
+        Err(e) => Err(ExecError::JavaProbe {
             java_home: java_home.to_path_buf(),
             reason: format!("{run_error}; and cannot read {}: {e}", release.display()),
         }),
@@ -206,7 +206,7 @@ async fn run_java_version(java: &Path) -> std::result::Result<String, String> {
     let mut cmd = tokio::process::Command::new(java);
     cmd.arg("-version")
         .env_clear()
-        .env("PATH", crate::process::SAFE_PATH)
+        .env("PATH", crate::exec::process::SAFE_PATH)
         .env("LANG", "C.UTF-8")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -6,9 +6,9 @@
 //! * [`Ledger::load`] reads `<state dir>/<name>.json`; a missing file is an empty ledger, an
 //!   unreadable one is an error (never silently treated as empty: that would let an old
 //!   generation in).
-//! * [`Ledger::commit`] refuses a lower generation ([`AgentError::GenerationRegressed`]), treats
+//! * [`Ledger::commit`] refuses a lower generation ([`ExecError::GenerationRegressed`]), treats
 //!   the same generation with the same content as a no-op, and refuses the same generation
-//!   with different content ([`AgentError::GenerationConflict`]): one generation names one
+//!   with different content ([`ExecError::GenerationConflict`]): one generation names one
 //!   content.
 //! * Writes go through [`apim_atomic`] with mode `0600` (a machine spec carries passwords),
 //!   in a state directory created `0700`.
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AgentError, Result};
+use crate::exec::error::{ExecError, Result};
 use apim_atomic::write_atomic;
 
 /// The envelope's format version.
@@ -72,30 +72,30 @@ where
             .recursive(true)
             .mode(0o700)
             .create(state_dir)
-            .map_err(|e| AgentError::io("create state directory", state_dir, e))?;
+            .map_err(|e| ExecError::io("create state directory", state_dir, e))?;
         let path = state_dir.join(format!("{name}.json"));
         let current = match std::fs::read(&path) {
             Ok(bytes) => Some(Self::decode(&path, &bytes)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(AgentError::io("read ledger", &path, e)),
+            Err(e) => return Err(ExecError::io("read ledger", &path, e)),
         };
         Ok(Ledger { path, current })
     }
 
     fn decode(path: &Path, bytes: &[u8]) -> Result<T> {
         let env: Envelope<T> =
-            serde_json::from_slice(bytes).map_err(|e| AgentError::LedgerCorrupt {
+            serde_json::from_slice(bytes).map_err(|e| ExecError::LedgerCorrupt {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
         if env.format != FORMAT {
-            return Err(AgentError::LedgerCorrupt {
+            return Err(ExecError::LedgerCorrupt {
                 path: path.to_path_buf(),
                 reason: format!("unknown format {} (this agent reads {FORMAT})", env.format),
             });
         }
         if env.generation != env.value.generation() {
-            return Err(AgentError::LedgerCorrupt {
+            return Err(ExecError::LedgerCorrupt {
                 path: path.to_path_buf(),
                 reason: format!(
                     "envelope says generation {} but the value says {}",
@@ -128,7 +128,7 @@ where
         let previous = self.generation();
         if let (Some(held), Some(cur)) = (previous, self.current.as_ref()) {
             if offered < held {
-                return Err(AgentError::GenerationRegressed {
+                return Err(ExecError::GenerationRegressed {
                     path: self.path.clone(),
                     held,
                     offered,
@@ -140,7 +140,7 @@ where
                 return if a == b {
                     Ok(CommitOutcome::Unchanged)
                 } else {
-                    Err(AgentError::GenerationConflict {
+                    Err(ExecError::GenerationConflict {
                         path: self.path.clone(),
                         generation: held,
                     })
@@ -153,7 +153,7 @@ where
             value: &new,
         };
         let mut bytes =
-            serde_json::to_vec_pretty(&env).map_err(|source| AgentError::LedgerSerialize {
+            serde_json::to_vec_pretty(&env).map_err(|source| ExecError::LedgerSerialize {
                 path: self.path.clone(),
                 source,
             })?;
@@ -164,7 +164,7 @@ where
     }
 
     fn to_value(&self, v: &T) -> Result<serde_json::Value> {
-        serde_json::to_value(v).map_err(|source| AgentError::LedgerSerialize {
+        serde_json::to_value(v).map_err(|source| ExecError::LedgerSerialize {
             path: self.path.clone(),
             source,
         })
