@@ -35,8 +35,8 @@ use apim_e2e::fakejdk::{JdkSettings, MachineSettings, make_fake_jdk};
 use apim_e2e::probe::loopback_for;
 use apim_e2e::simpack::{Filler, PackInfo, PackKind, PackOptions, build_pack};
 use apim_proto::v1::{
-    ArtifactRef, CommandSpec, DesiredRun, HostsEntry, HttpProbe, MachineSpec, NodePhase, NodeSpec,
-    Readiness,
+    ArtifactRef, CommandSpec, DesiredRun, EnvVar, HostsEntry, HttpProbe, MachineSpec, NodePhase,
+    NodeSpec, Readiness, ServerProcess,
 };
 
 const ROUNDS: usize = 3;
@@ -162,11 +162,13 @@ async fn bench_staging(work: &Path) -> Result<(f64, f64, PackInfo), BoxError> {
 fn node_spec(
     pack: &PackInfo,
     jdk: &Path,
+    root: &Path,
     ip: Ipv4Addr,
     name: &str,
     profile: &str,
     offset: u16,
 ) -> NodeSpec {
+    let home = root.join("opt/wso2").join(name).join(&pack.top_dir);
     let toml = format!(
         "[server]\nhostname = \"{name}.bench\"\noffset = {offset}\nserver_role = \"{profile}\"\n\n\
          [super_admin]\nusername = \"admin\"\npassword = \"admin\"\ncreate_admin_account = true\n\n\
@@ -205,6 +207,11 @@ fn node_spec(
             argv: vec!["bin/api-manager.sh".into(), "stop".into()],
             ..CommandSpec::default()
         }),
+        env: vec![EnvVar {
+            name: "CARBON_HOME".into(),
+            value: home.display().to_string(),
+            secret: false,
+        }],
         readiness: Some(Readiness {
             log_file: "repository/logs/wso2carbon.log".into(),
             log_line: "WSO2 Carbon started in".into(),
@@ -219,6 +226,11 @@ fn node_spec(
         }),
         config_digest: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(toml.as_bytes())),
         desired: DesiredRun::Running as i32,
+        process: Some(ServerProcess {
+            pid_file: "wso2carbon.pid".into(),
+            main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
+            home_arg_prefix: "-Dcarbon.home=".into(),
+        }),
         ..NodeSpec::default()
     }
 }
@@ -287,8 +299,24 @@ async fn main() -> Result<(), BoxError> {
         limits: UnpackLimits::default(),
     });
     let nodes = [
-        node_spec(&pack, &jdk.home, ip, "gw-1", "gateway-worker", 1),
-        node_spec(&pack, &jdk.home, ip, "tm-1", "traffic-manager", 2),
+        node_spec(
+            &pack,
+            &jdk.home,
+            &config.install_root,
+            ip,
+            "gw-1",
+            "gateway-worker",
+            1,
+        ),
+        node_spec(
+            &pack,
+            &jdk.home,
+            &config.install_root,
+            ip,
+            "tm-1",
+            "traffic-manager",
+            2,
+        ),
     ];
     let mut noop = Vec::new();
     let mut homes = Vec::new();
@@ -307,7 +335,7 @@ async fn main() -> Result<(), BoxError> {
             t.elapsed().as_secs_f64()
         );
         assert!(matches!(first, Outcome::Healthy { .. }));
-        homes.push(exec.carbon_home(spec)?);
+        homes.push(exec.home(spec)?);
         let mut worst = Duration::ZERO;
         let t = Instant::now();
         for _ in 0..NOOP_ITERATIONS {

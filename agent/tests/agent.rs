@@ -23,7 +23,7 @@ use apim_e2e::fakejdk::{FakeJdk, JdkSettings, MachineSettings, make_fake_jdk};
 use apim_e2e::probe::{loopback_for, tcp_open, tls_peer_certificate};
 use apim_e2e::simpack::{PackInfo, PackKind, PackOptions, build_pack};
 use apim_proto::v1::{
-    ArtifactRef, CommandSpec, DesiredRun, HostsEntry, HttpProbe, KeystoreSpec, MachineSpec,
+    ArtifactRef, CommandSpec, DesiredRun, EnvVar, HostsEntry, HttpProbe, KeystoreSpec, MachineSpec,
     NodePhase, NodeSpec, NodeStatus, Readiness, StatusReport, StoreType, TrustedCert,
 };
 use fake::FakeController;
@@ -266,7 +266,12 @@ impl Rig {
                 argv: vec!["bin/api-manager.sh".into(), "stop".into()],
                 ..CommandSpec::default()
             }),
-            env: Vec::new(),
+            // What the controller sends: the home as this machine sees it.
+            env: vec![EnvVar {
+                name: "CARBON_HOME".into(),
+                value: self.home(name).display().to_string(),
+                secret: false,
+            }],
             readiness: Some(Readiness {
                 log_file: "repository/logs/wso2carbon.log".into(),
                 log_line: "WSO2 Carbon started in".into(),

@@ -14,13 +14,12 @@ use apim_agent::exec::ExecError;
 use apim_agent::exec::arriving::{ArrivingPack, central_directory_start};
 use apim_agent::exec::facts::{self, JavaFact, JavaVersionSource, Problem, Requirements};
 use apim_agent::exec::health::{
-    self, CARBON_STARTED, HttpProbe, LogProbe, ProcessProbe, ReadinessOutcome, ReadinessSpec,
-    TcpProbe,
+    self, HttpProbe, LogProbe, ProcessProbe, ReadinessOutcome, ReadinessSpec, TcpProbe,
 };
 use apim_agent::exec::hosts::{self, BEGIN_MARKER, END_MARKER, HostsChange, HostsEntry, HostsFile};
 use apim_agent::exec::ledger::{CommitOutcome, Generational, Ledger};
 use apim_agent::exec::process::{
-    self, CommandSpec, PidFileState, ProcessRunner, ScriptOutput, StartOutcome, StartSpec,
+    self, CommandSpec, PidFileState, ProcessRunner, ScriptOutput, Server, StartOutcome, StartSpec,
     StopOutcome, StopSpec, StopVia, TokioRunner,
 };
 use apim_agent::exec::unpack::{self, UnpackLimits, ZipSource};
@@ -1009,6 +1008,15 @@ proptest! {
 // =============================================================================================
 // process
 
+/// The line Carbon logs when startup has finished.
+const CARBON_STARTED: &str = "WSO2 Carbon started in";
+/// The pid file WSO2 writes in its home.
+const PID_FILE: &str = "wso2carbon.pid";
+/// The JVM main class of every Carbon server.
+const BOOTSTRAP_CLASS: &str = "org.wso2.carbon.bootstrap.Bootstrap";
+/// The argument that names a Carbon server's home.
+const HOME_ARG_PREFIX: &str = "-Dcarbon.home=";
+
 /// A fake WSO2 start script with the real contract: `start` nohups `run` and returns at once,
 /// `run` writes its own pid to wso2carbon.pid, logs the started line and runs until TERM;
 /// `stop` sends TERM to the pid. `FAKE_MODE` selects misbehaviours.
@@ -1049,7 +1057,7 @@ run)
 esac
 "#;
 
-/// A CARBON_HOME with the fake script; kills a server left running when dropped.
+/// A node home with the fake script; kills a server left running when dropped.
 struct FakeNode {
     dir: TempDir,
     home: PathBuf,
@@ -1067,12 +1075,20 @@ impl FakeNode {
         FakeNode { dir, home }
     }
 
+    /// How the agent recognises this node's server: what the controller sends for WSO2.
+    fn server(&self) -> Server {
+        Server::new(&self.home, PID_FILE, BOOTSTRAP_CLASS, HOME_ARG_PREFIX)
+    }
+
     fn start_spec(&self, mode: &str) -> StartSpec {
         let mut s = StartSpec::new(
-            &self.home,
+            self.server(),
             vec!["bin/fake.sh".into(), "start".into()],
             "/usr/lib/jvm/fake-jdk",
         );
+        // What the controller sends in the node's environment.
+        s.env
+            .insert("CARBON_HOME".into(), self.home.display().to_string());
         s.env.insert("FAKE_MODE".into(), mode.into());
         s.env
             .insert("STARTED_LINE".into(), format!("{CARBON_STARTED} 1 sec"));
@@ -1082,11 +1098,13 @@ impl FakeNode {
 
     fn stop_spec(&self, mode: &str) -> StopSpec {
         let mut s = StopSpec::new(
-            &self.home,
+            self.server(),
             vec!["bin/fake.sh".into(), "stop".into()],
             "/usr/lib/jvm/fake-jdk",
             Duration::from_secs(30),
         );
+        s.env
+            .insert("CARBON_HOME".into(), self.home.display().to_string());
         s.env.insert("FAKE_MODE".into(), mode.into());
         s
     }
@@ -1104,7 +1122,7 @@ impl FakeNode {
 
 impl Drop for FakeNode {
     fn drop(&mut self) {
-        if let Ok(PidFileState::Alive(pid)) = process::pid_file_state(&self.home) {
+        if let Ok(PidFileState::Alive(pid)) = process::pid_file_state(&self.server()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -1118,7 +1136,7 @@ impl Drop for FakeNode {
 async fn start_runs_once_and_a_second_start_sees_it_alive() {
     let node = FakeNode::new();
     assert_eq!(
-        process::pid_file_state(&node.home).unwrap(),
+        process::pid_file_state(&node.server()).unwrap(),
         PidFileState::None
     );
     let out = process::start(&TokioRunner, &node.start_spec("normal"))
@@ -1133,7 +1151,7 @@ async fn start_runs_once_and_a_second_start_sees_it_alive() {
         "script output captured: {output:?}"
     );
     assert_eq!(
-        process::pid_file_state(&node.home).unwrap(),
+        process::pid_file_state(&node.server()).unwrap(),
         PidFileState::Alive(pid)
     );
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -1157,7 +1175,7 @@ async fn start_runs_once_and_a_second_start_sees_it_alive() {
     );
     assert!(!process::pid_alive(pid));
     assert_eq!(
-        process::pid_file_state(&node.home).unwrap(),
+        process::pid_file_state(&node.server()).unwrap(),
         PidFileState::Stale(pid)
     );
     assert!(
@@ -1173,7 +1191,7 @@ async fn start_runs_once_and_a_second_start_sees_it_alive() {
         StopOutcome::NotRunning
     );
     assert_eq!(
-        process::pid_file_state(&node.home).unwrap(),
+        process::pid_file_state(&node.server()).unwrap(),
         PidFileState::None
     );
 }
@@ -1305,7 +1323,7 @@ async fn stale_and_foreign_pid_files_do_not_block_a_start() {
     // A pid that is alive but not this node (pid 1).
     std::fs::write(&pid_file, "1\n").unwrap();
     assert_eq!(
-        process::pid_file_state(&node.home).unwrap(),
+        process::pid_file_state(&node.server()).unwrap(),
         PidFileState::Stale(1)
     );
     // A dead pid.
@@ -1314,12 +1332,12 @@ async fn stale_and_foreign_pid_files_do_not_block_a_start() {
     child.wait().unwrap();
     std::fs::write(&pid_file, format!("{dead}")).unwrap();
     assert_eq!(
-        process::pid_file_state(&node.home).unwrap(),
+        process::pid_file_state(&node.server()).unwrap(),
         PidFileState::Stale(dead)
     );
     std::fs::write(&pid_file, "not a pid").unwrap();
     assert_eq!(
-        process::pid_file_state(&node.home).unwrap(),
+        process::pid_file_state(&node.server()).unwrap(),
         PidFileState::Garbage
     );
 
@@ -1735,7 +1753,7 @@ async fn a_dead_process_fails_fast_with_its_log_tail() {
             port: 1,
         }],
         process: Some(ProcessProbe {
-            carbon_home: node.home.clone(),
+            server: node.server(),
         }),
         ..Default::default()
     };
@@ -1795,7 +1813,7 @@ async fn fake_node_start_wait_ready_stop() {
             start_offset: offset,
         }),
         process: Some(ProcessProbe {
-            carbon_home: node.home.clone(),
+            server: node.server(),
         }),
         ..Default::default()
     };

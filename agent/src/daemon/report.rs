@@ -228,7 +228,7 @@ mod tests {
         board.update("km-1", working);
         assert_eq!(last_error(&board), "");
         // A failure of generation 3 itself is reported.
-        board.update("km-1", fail(3, "port 9443 in use"));
-        assert_eq!(last_error(&board), "port 9443 in use");
+        board.update("km-1", fail(3, "port 7000 in use"));
+        assert_eq!(last_error(&board), "port 7000 in use");
     }
 }

@@ -133,10 +133,7 @@ fn supervise(
     if !healthy {
         return;
     }
-    let Ok(home) = exec.carbon_home(&d.spec) else {
-        return;
-    };
-    if exec.live_pid(&home).is_some() {
+    if exec.home(&d.spec).is_err() || exec.live_pid(&d.spec).is_some() {
         return;
     }
     exec.restarts += 1;

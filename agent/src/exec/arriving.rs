@@ -46,8 +46,8 @@ use std::time::{Duration, Instant};
 /// fetched with a second range, up to [`MAX_TAIL`].
 pub const TAIL_PROBE: u64 = 1 << 20;
 
-/// The largest central directory (plus end records) kept in memory. A 4.x WSO2 pack has about
-/// 25,000 entries, a directory of ~3 MiB.
+/// The largest central directory (plus end records) kept in memory. A large product pack has
+/// about 25,000 entries, a directory of ~3 MiB.
 pub const MAX_TAIL: u64 = 64 << 20;
 
 /// The alignment direct I/O needs of buffers, file offsets and lengths (4096 serves devices

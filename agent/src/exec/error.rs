@@ -1,4 +1,4 @@
-//! The one error type of the agent's building blocks.
+//! The one error type of the exec layer.
 //!
 //! Every variant carries the context an operator needs to act on it (the path, the entry, the
 //! pid, the limit) so that a `failed(reason)` phase reported to the controller is self-explaining
@@ -131,7 +131,7 @@ pub enum ExecError {
         zip: PathBuf,
         /// The entry name.
         entry: String,
-        /// The top directory the plan expects (e.g. `wso2am-4.2.0`).
+        /// The top directory the plan expects (e.g. `product-1.0`).
         expected: String,
     },
 
@@ -177,19 +177,19 @@ pub enum ExecError {
     },
 
     /// The command line given for a node script is unusable.
-    #[error("invalid command for {}: {reason}", carbon_home.display())]
+    #[error("invalid command for {}: {reason}", home.display())]
     InvalidCommand {
-        /// The node's CARBON_HOME.
-        carbon_home: PathBuf,
+        /// The node's home.
+        home: PathBuf,
         /// Why.
         reason: String,
     },
 
     /// Another start or stop of the same node holds the node's lock.
-    #[error("another start/stop of {} is in progress (lock {} is held)", carbon_home.display(), lock.display())]
+    #[error("another start/stop of {} is in progress (lock {} is held)", home.display(), lock.display())]
     NodeBusy {
-        /// The node's CARBON_HOME.
-        carbon_home: PathBuf,
+        /// The node's home.
+        home: PathBuf,
         /// The lock file.
         lock: PathBuf,
     },
@@ -256,7 +256,7 @@ pub enum ExecError {
         output: String,
     },
 
-    /// The start script returned but no live server pid appeared in `wso2carbon.pid`.
+    /// The start script returned but no live server pid appeared in the pid file.
     #[error("no live pid in {} within {waited:?} after start; script output:\n{output}", pid_file.display())]
     NoPidAfterStart {
         /// The pid file.

@@ -5,14 +5,14 @@
 //! between rounds, until every probe has passed, the deadline passes, the caller cancels, or
 //! the server process dies — which fails *fast*, with the tail of the node's log as the reason.
 //!
-//! Probes (see `wso2_internals.md` §4 for what WSO2 offers):
-//! * **log line** — `repository/logs/wso2carbon.log` contains `WSO2 Carbon started in`,
-//!   searched only *after* the offset recorded with [`log_offset`] before the start, so the line
-//!   from a previous run does not count. A file that shrank (rotated) is read from its start.
+//! Probes (the spec's `Readiness` says which, and with what):
+//! * **log line** — the node's log file contains the spec's line, searched only *after* the
+//!   offset recorded with [`log_offset`] before the start, so the line from a previous run does
+//!   not count. A file that shrank (rotated) is read from its start.
 //! * **TCP** — a connect to each listed port succeeds.
-//! * **HTTP(S)** — `GET url` answers with the expected status (e.g. `/services/Version` 200,
-//!   `/api/am/gateway/v2/server-startup-healthcheck` 200).
-//! * **process** — the node's `wso2carbon.pid` still names a live server of this node.
+//! * **HTTP(S)** — `GET url` answers with the expected status (and, when asked, a body that
+//!   contains a marker).
+//! * **process** — the node's pid file still names a live server of this node.
 //!
 //! Passed probes stay passed (ports and log lines do not un-happen during startup); the process
 //! probe is re-checked every round.
@@ -30,7 +30,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::exec::error::{ExecError, Result};
-use crate::exec::process::{PidFileState, pid_file_state};
+use crate::exec::process::{PidFileState, Server, pid_file_state};
 
 /// The longest pause between two readiness rounds. Short, because a rollout's next tier
 /// waits on this node: a probe that passed is not repeated, and a failing one is a refused
@@ -38,9 +38,6 @@ use crate::exec::process::{PidFileState, pid_file_state};
 /// (a server starting for a minute is 2,400 reads of a log tail), while every millisecond of
 /// pause is added to each tier of the rollout (a 2 s cap once added up to 2 s per tier).
 pub const READINESS_POLL_MAX: Duration = Duration::from_millis(25);
-
-/// The line Carbon logs when startup has finished.
-pub const CARBON_STARTED: &str = "WSO2 Carbon started in";
 
 /// How much log is shown when the process died.
 const LOG_TAIL_BYTES: u64 = 8 * 1024;
@@ -56,7 +53,7 @@ pub fn log_offset(path: &Path) -> u64 {
 pub struct LogProbe {
     /// The log file.
     pub path: PathBuf,
-    /// The text to wait for (usually [`CARBON_STARTED`]).
+    /// The text to wait for (the line the server logs once it has started).
     pub needle: String,
     /// Only bytes after this offset count (from [`log_offset`] before the start).
     pub start_offset: u64,
@@ -86,8 +83,8 @@ pub struct HttpProbe {
 /// Expect the node's server process to stay alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessProbe {
-    /// The node's CARBON_HOME (its `wso2carbon.pid` is read each round).
-    pub carbon_home: PathBuf,
+    /// The node's server (its pid file is read each round).
+    pub server: Server,
 }
 
 /// Every probe of one node.
@@ -126,7 +123,7 @@ pub enum ReadinessOutcome {
 /// One probe's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckReport {
-    /// e.g. `log:WSO2 Carbon started in`, `tcp:127.0.0.1:9443`, `http:https://…`, `process`.
+    /// e.g. `log:<the line>`, `tcp:127.0.0.1:8443`, `http:https://…`, `process`.
     pub name: String,
     /// When it passed (since the wait began); `None` if it did not.
     pub passed_after: Option<Duration>,
@@ -461,7 +458,7 @@ pub async fn wait_ready(
         // Liveness first: a dead server fails fast.
         if let (Some(pp), Some(rep)) = (&spec.process, process_report.as_mut()) {
             rep.attempts += 1;
-            let state = pid_file_state(&pp.carbon_home)
+            let state = pid_file_state(&pp.server)
                 .map_err(|e| e.to_string())
                 .and_then(|s| match s {
                     PidFileState::Alive(_) => Ok(()),
@@ -507,9 +504,10 @@ pub async fn wait_ready(
         }
         if checks.iter().all(|c| c.report.passed_after.is_some()) {
             // One last liveness look so "ready" never reports a server that just died.
-            let alive = spec.process.as_ref().is_none_or(|pp| {
-                matches!(pid_file_state(&pp.carbon_home), Ok(PidFileState::Alive(_)))
-            });
+            let alive = spec
+                .process
+                .as_ref()
+                .is_none_or(|pp| matches!(pid_file_state(&pp.server), Ok(PidFileState::Alive(_))));
             if alive {
                 return Ok(finish(ReadinessOutcome::Ready, checks, process_report));
             }

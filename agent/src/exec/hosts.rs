@@ -342,10 +342,11 @@ mod tests {
 
     #[test]
     fn render_lists_entries_between_markers() {
-        let s = render_block(&[e("10.0.0.11", &["km.wso2.com"]), e("::1", &["a", "b"])]).unwrap();
+        let s =
+            render_block(&[e("10.0.0.11", &["km.example.com"]), e("::1", &["a", "b"])]).unwrap();
         assert_eq!(
             s,
-            format!("{BEGIN_MARKER}\n10.0.0.11 km.wso2.com\n::1 a b\n{END_MARKER}\n")
+            format!("{BEGIN_MARKER}\n10.0.0.11 km.example.com\n::1 a b\n{END_MARKER}\n")
         );
         assert_eq!(render_block(&[]).unwrap(), "");
     }

@@ -4,11 +4,11 @@
 //!
 //! 1. The pack's digest is checked: the fetcher hashes it as it arrives ([`verify_sha256`] does
 //!    it for a file at rest). A pack still arriving ([`ZipSource::Arriving`], see
-//!    [`crate::exec::arriving`]) is staged *while* it arrives, and the staged tree is discarded unless
-//!    the digest matches in the end; it is never installed before.
+//!    [`crate::exec::arriving`]) is staged *while* it arrives, and the staged tree is discarded
+//!    unless the digest matches in the end; it is never installed before.
 //! 2. [`stage`] extracts into a fresh private directory
 //!    `<staging_root>/.apimctl-stage-<random>/` (mode 0700) on the same filesystem as the
-//!    install dir, and returns the staged top directory (e.g. `…/wso2am-4.2.0`).
+//!    install dir, and returns the staged top directory (e.g. `…/product-1.0`).
 //! 3. [`install_staged`] moves the staged tree into place with one `renameat2(RENAME_EXCHANGE)`
 //!    (there is never a moment without a tree at the destination), then removes the old tree.
 //!
@@ -22,7 +22,7 @@
 //!
 //! * Entry names: no absolute paths, no `..` component at all (even `a/../b`), no backslash, no
 //!   NUL; every entry must sit under `expected_top_dir/`.
-//! * **Symlinks: every symlink entry is refused**, whatever its target. WSO2 packs contain none,
+//! * **Symlinks: every symlink entry is refused**, whatever its target. The packs contain none,
 //!   and refusing them outright removes the whole class of "link then write through it"
 //!   attacks instead of reasoning about where a link leads. Device, FIFO and socket entries are
 //!   refused too; encrypted entries are refused.
@@ -42,7 +42,7 @@
 //! does), or 0644 when the zip has no unix modes (zips made on Windows); directories get their
 //! mode or 0755, always with `u+rwx` so the agent can replace and delete the tree. Any
 //! `bin/*.sh` (at any depth, e.g. `diagnostics-tool/bin/diagnostics.sh`) always gets the exec
-//! bits. Timestamps are not restored: nothing in a WSO2 pack depends on them.
+//! bits. Timestamps are not restored: nothing in the packs depends on them.
 //!
 //! # Speed
 //!
@@ -136,7 +136,7 @@ pub struct UnpackLimits {
 }
 
 impl Default for UnpackLimits {
-    /// Generous for any WSO2 pack (a 4.x pack is ~25k entries and ~1 GiB unpacked).
+    /// Generous for any product pack (the largest known is ~25k entries and ~1 GiB unpacked).
     fn default() -> Self {
         UnpackLimits {
             max_entries: 200_000,
@@ -162,7 +162,7 @@ pub struct StagedTree {
 }
 
 impl StagedTree {
-    /// The staged top directory (e.g. `<staging_root>/.apimctl-stage-…/wso2am-4.2.0`).
+    /// The staged top directory (e.g. `<staging_root>/.apimctl-stage-…/product-1.0`).
     pub fn path(&self) -> &Path {
         &self.top
     }
@@ -174,7 +174,7 @@ impl StagedTree {
     }
 
     /// Give the whole staged tree to `uid:gid` (the node's `run_as` user must own its
-    /// CARBON_HOME: the server writes logs, `tmp/`, the pid file and H2 databases there).
+    /// home: the server writes logs, `tmp/`, the pid file and its databases there).
     /// Blocking; symlinks are not followed (a staged tree has none anyway).
     pub fn chown_blocking(&self, uid: u32, gid: u32) -> Result<()> {
         let uid = nix::unistd::Uid::from_raw(uid);
