@@ -43,7 +43,7 @@ impl NodeExecutor {
             program,
             args: rest.to_vec(),
             cwd: node.home.clone(),
-            env: process::node_env(spec.java_home.as_ref(), &run_as, &Self::env(spec)),
+            env: process::node_env(spec.java_home.as_ref(), &run_as, &self.env(spec)),
             credentials: run_as.switch_to,
             timeout: timeout_of(opt.timeout_s, DEFAULT_SCRIPT_TIMEOUT),
         };

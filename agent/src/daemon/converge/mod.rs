@@ -433,10 +433,21 @@ impl NodeExecutor {
         self.healthy_digest = None;
     }
 
-    fn env(spec: &NodeSpec) -> BTreeMap<String, String> {
+    /// The spec's environment for the node's commands. Under an install root other than `/`
+    /// (a test seam), a value naming a path under the spec's `install_dir` is taken under the
+    /// root, as the install dir itself is: the controller names the home as the machine sees it.
+    fn env(&self, spec: &NodeSpec) -> BTreeMap<String, String> {
+        let install_dir = Path::new(&spec.install_dir);
+        let rooted = |value: &str| {
+            let under = install_dir.is_absolute() && Path::new(value).starts_with(install_dir);
+            match self.ctx.config.rooted(&self.name, value) {
+                Ok(p) if under => p.display().to_string(),
+                _ => value.to_owned(),
+            }
+        };
         spec.env
             .iter()
-            .map(|e| (e.name.clone(), e.value.clone()))
+            .map(|e| (e.name.clone(), rooted(&e.value)))
             .collect()
     }
 

@@ -88,7 +88,7 @@ impl NodeExecutor {
         let offset = log_path.as_deref().map(health::log_offset);
         self.report(t.generation, NodePhase::Starting, start.argv.join(" "));
         let mut s = StartSpec::new(server.clone(), start.argv.clone(), &spec.java_home);
-        s.env = Self::env(spec);
+        s.env = self.env(spec);
         s.run_as = Self::run_as_user(spec);
         if start.timeout_s > 0 {
             s.script_timeout = Duration::from_secs(u64::from(start.timeout_s));
@@ -247,7 +247,7 @@ impl NodeExecutor {
             &spec.java_home,
             self.ctx.config.timings.stop_grace,
         );
-        s.env = Self::env(spec);
+        s.env = self.env(spec);
         s.run_as = Self::run_as_user(spec);
         if let Some(t) = spec.stop.as_ref().map(|s| s.timeout_s).filter(|t| *t > 0) {
             s.script_timeout = Duration::from_secs(u64::from(t));

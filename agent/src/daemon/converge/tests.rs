@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use apim_certs::tls::ControllerEndpoint;
-use apim_proto::v1::{ArtifactRef, DesiredRun, NodeSpec, Readiness, ServerProcess};
+use apim_proto::v1::{ArtifactRef, DesiredRun, EnvVar, NodeSpec, Readiness, ServerProcess};
 
 use super::{ExecContext, NodeExecutor, NodeTarget};
 use crate::daemon::config::AgentConfig;
@@ -123,4 +123,45 @@ fn an_empty_log_line_or_file_disables_the_log_check() {
         exec.readiness_log(&with("/var/log/x", "started"), &home)
             .is_err()
     );
+}
+
+#[test]
+fn env_values_naming_the_install_dir_follow_the_install_root() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec = executor(dir.path());
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: value.into(),
+        secret: false,
+    };
+    let spec = NodeSpec {
+        env: vec![
+            var("APP_HOME", "/opt/app/n1/product-1.0"),
+            var("APP_BASE", "/opt/app/n1"),
+            var("NEIGHBOUR", "/opt/app/n10/product-1.0"),
+            var("JAVA_OPTS", "-Xmx1g"),
+        ],
+        ..spec(DesiredRun::Running)
+    };
+    let env = exec.env(&spec);
+    let root = dir.path().join("root");
+    assert_eq!(
+        env["APP_HOME"],
+        root.join("opt/app/n1/product-1.0").display().to_string()
+    );
+    assert_eq!(
+        env["APP_BASE"],
+        root.join("opt/app/n1").display().to_string()
+    );
+    assert_eq!(env["NEIGHBOUR"], "/opt/app/n10/product-1.0");
+    assert_eq!(env["JAVA_OPTS"], "-Xmx1g");
+    // On a real machine (install root `/`) the spec's values are used as they are.
+    let mut real = executor(dir.path());
+    Arc::get_mut(&mut real.ctx)
+        .expect("one owner")
+        .config
+        .install_root = "/".into();
+    let env = real.env(&spec);
+    assert_eq!(env["APP_HOME"], "/opt/app/n1/product-1.0");
+    assert_eq!(env["APP_BASE"], "/opt/app/n1");
 }
