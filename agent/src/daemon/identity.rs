@@ -1,12 +1,13 @@
-//! Enrollment: how a fresh agent turns a one-time join token into its mTLS identity.
+//! The agent's identity: how a fresh agent turns a one-time join token into its mTLS identity
+//! ([`enroll`]), and the persisted key, certificate and trusted CA ([`AgentIdentity`]).
 //!
 //! 1. Parse the token (`apimctl1.<id>.<secret>.<ca-sha256>`); a malformed token fails before
 //!    any network traffic.
-//! 2. Dial the controller over TLS 1.3 with a verifier that pins the CA: the controller
-//!    presents `[leaf, CA]`; the CA certificate's sha256 must equal the token's pin, and the
-//!    leaf must chain to it and match the dialled name. On a mismatch the handshake is
-//!    aborted, so the token secret (and every other byte of application data) is never sent,
-//!    and [`enroll`] returns [`EnrollError::CaPinMismatch`].
+//! 2. Dial the controller with [`apim_certs::tls::first_contact_config`], which pins the CA:
+//!    the controller presents `[leaf, CA]`; the CA certificate's sha256 must equal the token's
+//!    pin, and the leaf must chain to it and match the dialled name. On a mismatch the
+//!    handshake is aborted, so the token secret (and every other byte of application data) is
+//!    never sent, and [`enroll`] returns [`EnrollError::CaPinMismatch`].
 //! 3. Generate a P-256 key, send a CSR with the token, check the returned CA against the pin
 //!    and the returned certificate against the key, the CA and the machine name.
 //! 4. Persist the identity in the state dir, atomically, mode 0600: [`IDENTITY_FILE`] (private

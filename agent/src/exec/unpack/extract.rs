@@ -37,7 +37,7 @@ impl Drop for WrapperGuard {
     }
 }
 
-/// Blocking body of [`stage`].
+/// Blocking body of [`super::stage`].
 pub fn stage_blocking(
     source: &ZipSource,
     staging_root: &Path,

@@ -33,7 +33,7 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
     nix::unistd::syncfs(&f).map_err(|e| ExecError::io("syncfs", path, e.into()))
 }
 
-/// Blocking body of [`install_staged`].
+/// Blocking body of [`super::install_staged`].
 pub fn install_staged_blocking(staged: StagedTree, dest: &Path) -> Result<InstallOutcome> {
     let parent = parent_dir(dest);
     DirBuilder::new()
