@@ -428,7 +428,12 @@ fn still_at(file: &File, path: &Path) -> io::Result<bool> {
 fn remove_stale_temps(path: &Path) -> Result<()> {
     let dir = parent_dir(path);
     let prefix = temp_prefix(path);
-    let entries = std::fs::read_dir(dir).map_err(|e| AtomicError::io("list directory", dir, e))?;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // No directory, no leftovers: creating the temp file says what is wrong.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(AtomicError::io("list directory", dir, e)),
+    };
     for ent in entries {
         let ent = ent.map_err(|e| AtomicError::io("list directory", dir, e))?;
         if !is_temp_of(&prefix, ent.file_name().as_bytes()) {

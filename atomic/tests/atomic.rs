@@ -260,3 +260,17 @@ fn concurrent_writers_of_one_target_all_land() {
     );
     assert_eq!(dir_entries(d.path()), vec!["shared"]);
 }
+
+#[test]
+fn a_missing_directory_is_reported_by_the_temp_file_it_prevents() {
+    let d = tmp();
+    let p = d.path().join("missing/file");
+    let err = write_atomic(&p, b"x", 0o600).unwrap_err();
+    match &err {
+        AtomicError::Io { op, source, .. } => {
+            assert_eq!(*op, "create temp file", "{err}");
+            assert_eq!(source.kind(), io::ErrorKind::NotFound, "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
