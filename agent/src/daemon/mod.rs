@@ -2,8 +2,10 @@
 //!
 //! The agent is one long-running process per VM: it holds its identity, keeps a link to the
 //! controller, ledgers each machine spec it accepts and converges every node to it, supervises
-//! the nodes it runs and reports what it sees. Errors are [`DaemonError`]s; an exec error is
-//! wrapped with the node it happened to in one place ([`error::OnNode`]).
+//! the nodes it runs and reports what it sees. Errors are [`DaemonError`]s: an exec error is
+//! wrapped with the node it happened to in one place ([`error::OnNode`]); enrollment and link
+//! failures are [`identity::EnrollError`]s (callers match on them), carried by
+//! [`DaemonError::Enroll`].
 //!
 //! | module | job |
 //! | --- | --- |
