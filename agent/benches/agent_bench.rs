@@ -25,18 +25,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apim_agent::config::AgentConfig;
-use apim_agent::control::ControllerEndpoint;
-use apim_agent::converge::{ExecContext, NodeExecutor, NodeTarget, Outcome};
-use apim_agent::fetch::Fetcher;
-use apim_agent::report::StatusBoard;
-use apim_agent::unpack::{self, UnpackLimits};
+use apim_agent::daemon::config::AgentConfig;
+use apim_agent::daemon::converge::{ExecContext, NodeExecutor, NodeTarget, Outcome};
+use apim_agent::daemon::fetch::Fetcher;
+use apim_agent::daemon::report::StatusBoard;
+use apim_agent::exec::unpack::{self, UnpackLimits};
+use apim_certs::tls::ControllerEndpoint;
 use apim_e2e::fakejdk::{JdkSettings, MachineSettings, make_fake_jdk};
 use apim_e2e::probe::loopback_for;
 use apim_e2e::simpack::{Filler, PackInfo, PackKind, PackOptions, build_pack};
 use apim_proto::v1::{
     ArtifactRef, CommandSpec, DesiredRun, HostsEntry, HttpProbe, MachineSpec, NodePhase, NodeSpec,
-    Readiness,
+    Readiness, ServerProcess,
 };
 
 const ROUNDS: usize = 3;
@@ -205,6 +205,7 @@ fn node_spec(
             argv: vec!["bin/api-manager.sh".into(), "stop".into()],
             ..CommandSpec::default()
         }),
+        env: Vec::new(),
         readiness: Some(Readiness {
             log_file: "repository/logs/wso2carbon.log".into(),
             log_line: "WSO2 Carbon started in".into(),
@@ -219,6 +220,12 @@ fn node_spec(
         }),
         config_digest: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(toml.as_bytes())),
         desired: DesiredRun::Running as i32,
+        process: Some(ServerProcess {
+            pid_file: "wso2carbon.pid".into(),
+            main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
+            home_arg_prefix: "-Dcarbon.home=".into(),
+            home_env: "CARBON_HOME".into(),
+        }),
         ..NodeSpec::default()
     }
 }
@@ -307,7 +314,7 @@ async fn main() -> Result<(), BoxError> {
             t.elapsed().as_secs_f64()
         );
         assert!(matches!(first, Outcome::Healthy { .. }));
-        homes.push(exec.carbon_home(spec)?);
+        homes.push(exec.home(spec)?);
         let mut worst = Duration::ZERO;
         let t = Instant::now();
         for _ in 0..NOOP_ITERATIONS {

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use apim_agent::unpack::{self, UnpackLimits};
+use apim_agent::exec::unpack::{self, UnpackLimits};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,10 +1,8 @@
 //! Small file helpers shared by every module that keeps key material on disk: private
-//! directories (0700), private files (0600, written atomically via temp file + rename in the
-//! same directory), and the "load the pair, or create both" dance used by the two CAs and the
-//! primary key.
+//! directories (0700), private files (0600, written atomically with [`apim_atomic`]), and the
+//! "load the pair, or create both" dance used by the two CAs and the primary key.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -41,9 +39,9 @@ pub(crate) fn write_private_file(path: &Path, bytes: &[u8], no_clobber: bool) ->
     write_atomic(path, bytes, PRIVATE_FILE_MODE, None, no_clobber)
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory (created 0600, so
-/// the content is never readable by others on the way) is written and synced, given `mode`
-/// and `owner` (uid, gid), and renamed over `path`; the directory is synced after.
+/// Writes `bytes` to `path` atomically ([`apim_atomic`]: a private temp file in the same
+/// directory, given `mode` and `owner` (uid, gid), synced, renamed over `path`; the directory is
+/// synced after). With `no_clobber`, an existing `path` is an error.
 pub(crate) fn write_atomic(
     path: &Path,
     bytes: &[u8],
@@ -51,44 +49,23 @@ pub(crate) fn write_atomic(
     owner: Option<(u32, u32)>,
     no_clobber: bool,
 ) -> Result<()> {
-    let dir = parent_dir(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".apimctl-tmp")
-        .permissions(fs::Permissions::from_mode(PRIVATE_FILE_MODE))
-        .tempfile_in(dir)
-        .map_err(CertsError::io("creating temporary file in", dir))?;
-    tmp.write_all(bytes)
-        .map_err(CertsError::io("writing temporary file for", path))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(CertsError::io("syncing temporary file for", path))?;
-    // Some umasks/filesystems ignore the create mode; make sure.
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
-        .map_err(CertsError::io("setting permissions on", tmp.path()))?;
+    let mut writer = apim_atomic::AtomicWriter::new(mode).no_clobber(no_clobber);
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid))
-            .map_err(CertsError::io("setting the owner of", tmp.path()))?;
+        writer = writer.owner(uid, gid);
     }
-    let persisted = if no_clobber {
-        tmp.persist_noclobber(path)
-    } else {
-        tmp.persist(path)
-    };
-    persisted.map_err(|e| CertsError::Io {
-        action: "renaming temporary file to",
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    sync_dir(dir);
-    Ok(())
-}
-
-/// Best-effort fsync of a directory so a rename survives a crash.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        // Not all filesystems support fsync on directories; the rename itself already happened.
-        let _ = d.sync_all();
-    }
+    writer.write(path, bytes).map(drop).map_err(|e| match e {
+        apim_atomic::AtomicError::Io { op, path, source } => CertsError::Io {
+            action: op,
+            path,
+            source,
+        },
+        // Only when a test asks the writer for it; never here.
+        other => CertsError::Io {
+            action: "writing",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// Reads a file that holds a secret, refusing it if group or others can read or write it.

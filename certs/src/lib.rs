@@ -12,7 +12,9 @@
 //!   [`NodeCert`]s (CN/SAN = hostname + LB hostnames), the shared [`PrimaryKey`], and keystore
 //!   writers ([`KeystoreBuilder`] for PKCS#12, [`Keytool`] for JKS and truststore import).
 //!
-//! No networking here: the controller and the agent wire these into gRPC/TLS.
+//! [`tls`] holds every rustls configuration of the control plane (client with CA pinning,
+//! first contact by fingerprint, server, client-certificate verifier, the local probe) and,
+//! with the `channel` feature, the tonic dialer the agent and the CLI use.
 
 mod agent;
 mod control_plane;
@@ -25,6 +27,7 @@ mod keystore;
 mod pki;
 mod product;
 mod revocation;
+pub mod tls;
 mod token;
 
 pub use agent::AgentKey;

@@ -8,12 +8,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use apim_agent::config::{
+use apim_agent::daemon;
+use apim_agent::daemon::config::{
     AgentConfig, DEFAULT_CONFIG_FILE, DEFAULT_STATE_DIR, FileConfig, LogFormat, read_token_file,
 };
-use apim_agent::control::ControllerEndpoint;
-use apim_agent::daemon;
-use apim_agent::daemon_error::DaemonError;
+use apim_agent::daemon::error::DaemonError;
+use apim_agent::daemon::identity::EnrollError;
+use apim_certs::tls::ControllerEndpoint;
 use clap::Parser;
 
 /// The apimctl agent: converges this VM to the machine spec the controller streams to it.
@@ -79,7 +80,7 @@ fn build_config(cli: Cli) -> Result<(AgentConfig, LogFormat), DaemonError> {
         .controller
         .or(file.controller)
         .ok_or_else(|| missing("--controller"))?;
-    let mut endpoint = ControllerEndpoint::parse(&address)?;
+    let mut endpoint = ControllerEndpoint::parse(&address).map_err(EnrollError::from)?;
     if let Some(n) = cli.server_name.or(file.server_name) {
         endpoint = endpoint.with_server_name(n);
     }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use apim_agent::enroll::AgentIdentity;
+use apim_agent::daemon::identity::AgentIdentity;
 use apim_certs::{AgentKey, ControlPlaneCa};
 use apim_proto::v1::agent_message::Kind as AgentKind;
 use apim_proto::v1::agent_service_server::{AgentService, AgentServiceServer};

@@ -8,4 +8,5 @@ mod keystores;
 mod product;
 mod revocation;
 mod support;
+mod tls;
 mod tokens;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apim_agent::control::{self, ControllerEndpoint};
+use apim_certs::tls::{self, ControllerEndpoint};
 use apim_certs::{AgentKey, ControlPlaneCa};
 use apim_controller::server::{self, ControllerState, ServerConfig};
 use apim_controller::store::Store;
@@ -188,8 +188,8 @@ pub async fn channel(
         .collect::<Result<Vec<_>, _>>()
         .expect("cert pem");
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
-    let config = control::client_config(ca_pem, Some((chain, key))).expect("client config");
-    control::connect(endpoint, Arc::new(config), Duration::from_secs(20))
+    let config = tls::client_config(ca_pem, Some((chain, key))).expect("client config");
+    tls::connect(endpoint, Arc::new(config), Duration::from_secs(20))
         .await
         .expect("TLS connect")
 }
@@ -330,9 +330,9 @@ impl AgentCtx {
                 .collect::<Result<Vec<_>, _>>()
                 .expect("cert pem");
             let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("key");
-            let config = control::client_config(&self.ca_pem, Some((chain, key))).expect("cfg");
+            let config = tls::client_config(&self.ca_pem, Some((chain, key))).expect("cfg");
             let Ok(channel) =
-                control::connect(&endpoint, Arc::new(config), Duration::from_secs(5)).await
+                tls::connect(&endpoint, Arc::new(config), Duration::from_secs(5)).await
             else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use apim_agent::control::ControllerEndpoint;
-use apim_agent::enroll::{self, CA_FILE, EnrollError, EnrollOptions, IDENTITY_FILE};
+use apim_agent::daemon::identity::{
+    self as enroll, CA_FILE, EnrollError, EnrollOptions, IDENTITY_FILE,
+};
+use apim_certs::tls::ControllerEndpoint;
 use apim_certs::{AgentKey, ControlPlaneCa};
 use apim_proto::v1::{CreateTokenRequest, EnrollRequest, RenewRequest};
 use rustls_pki_types::pem::PemObject;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use apim_agent::control::{Control, ControlConfig};
-use apim_agent::enroll::{self, EnrollOptions};
+use apim_agent::daemon::identity::{self as enroll, EnrollOptions};
+use apim_agent::daemon::link::{Control, ControlConfig};
 use apim_proto::v1::{
     AgentMessage, ControllerMessage, ListAgentsRequest, MachineSpec, RevokeRequest, StatRequest,
     agent_service_client::AgentServiceClient, artifact_service_client::ArtifactServiceClient,

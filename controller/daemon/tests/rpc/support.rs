@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apim_agent::control::{self, ControllerEndpoint};
+use apim_certs::tls::{self, ControllerEndpoint};
 use apim_certs::{AgentKey, CA_CERT_FILE, CA_KEY_FILE, ControlPlaneCa};
 use apim_controller::server::{self, ControllerState, ServerConfig};
 use apim_proto::v1::{
@@ -182,8 +182,8 @@ pub async fn channel_to(
         let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).expect("key pem");
         (chain, key)
     });
-    let config = control::client_config(ca_pem, identity).expect("client config");
-    control::connect(endpoint, Arc::new(config), CONNECT_TIMEOUT)
+    let config = tls::client_config(ca_pem, identity).expect("client config");
+    tls::connect(endpoint, Arc::new(config), CONNECT_TIMEOUT)
         .await
         .expect("TLS connect")
 }

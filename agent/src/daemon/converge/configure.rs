@@ -1,0 +1,163 @@
+//! The steps that prepare an installed tree: optimize_once, configure, certificates.
+
+use std::os::unix::fs::PermissionsExt;
+
+use apim_proto::v1::NodePhase;
+
+use super::{
+    DEFAULT_SCRIPT_TIMEOUT, NodeExecutor, NodeTarget, OPTIMIZED_MARKER, Observed, rel_path,
+    timeout_of,
+};
+use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
+use crate::exec::keystores;
+use crate::exec::process::{self, CommandSpec, ProcessRunner, TokioRunner};
+
+/// How much of the optimizer's output a failure report quotes.
+const OUTPUT_QUOTED: usize = 2000;
+
+impl NodeExecutor {
+    /// Step 6: the spec's optimizer, once per fresh tree: it is not idempotent (it rewrites
+    /// the tree's configuration), so a marker file in the home says it ran.
+    pub(super) async fn optimize_once(&self, t: &NodeTarget, node: &Observed) -> DaemonResult<()> {
+        let spec = &t.spec;
+        let Some(opt) = &spec.optimizer else {
+            return Ok(());
+        };
+        if node.home.join(OPTIMIZED_MARKER).exists() {
+            return Ok(());
+        }
+        self.report(t.generation, NodePhase::Optimizing, opt.argv.join(" "));
+        let fail = |reason: String| DaemonError::Optimizer {
+            node: self.name.clone(),
+            reason,
+        };
+        let (first, rest) = opt
+            .argv
+            .split_first()
+            .ok_or_else(|| fail("empty argv".into()))?;
+        let program = node
+            .home
+            .join(rel_path(&self.name, "optimizer.argv[0]", first)?);
+        let run_as = self.run_as(spec)?;
+        let cmd = CommandSpec {
+            program,
+            args: rest.to_vec(),
+            cwd: node.home.clone(),
+            env: process::node_env(
+                spec.java_home.as_ref(),
+                &run_as,
+                &Self::env(spec, &node.home),
+            ),
+            credentials: run_as.switch_to,
+            timeout: timeout_of(opt.timeout_s, DEFAULT_SCRIPT_TIMEOUT),
+        };
+        let out = TokioRunner.run(&cmd).await.on(&self.name)?;
+        let tail = |s: &str| {
+            let skip = s.chars().count().saturating_sub(OUTPUT_QUOTED);
+            s.chars().skip(skip).collect::<String>()
+        };
+        if !out.status.success() {
+            return Err(fail(format!(
+                "{}; output: {}",
+                out.status,
+                tail(&out.output)
+            )));
+        }
+        if let Some(m) = opt
+            .failure_markers
+            .iter()
+            .find(|m| out.output.contains(m.as_str()))
+        {
+            return Err(fail(format!(
+                "its output says {m:?} (it exits 0 on failure); output: {}",
+                tail(&out.output)
+            )));
+        }
+        if let Some(m) = &opt.success_marker
+            && !out.output.contains(m.as_str())
+        {
+            return Err(fail(format!(
+                "its output lacks {m:?}; output: {}",
+                tail(&out.output)
+            )));
+        }
+        apim_atomic::write_atomic(
+            &node.home.join(OPTIMIZED_MARKER),
+            format!("{}\n", opt.argv.join(" ")).as_bytes(),
+            0o644,
+        )
+        .on(&self.name)
+    }
+
+    /// Step 8: the rendered configuration file, written only when its bytes differ: mode 0600
+    /// and owned by the run-as user, as it holds the cluster's secrets.
+    pub(super) fn configure(&self, t: &NodeTarget, node: &Observed) -> DaemonResult<()> {
+        let spec = &t.spec;
+        let rel = rel_path(
+            &self.name,
+            "deployment_toml_path",
+            &spec.deployment_toml_path,
+        )?;
+        let path = node.home.join(rel);
+        let current = std::fs::read(&path).ok();
+        if current.as_deref() != Some(spec.deployment_toml.as_bytes()) {
+            self.report(
+                t.generation,
+                NodePhase::Configuring,
+                "writing deployment.toml",
+            );
+            let mut writer = apim_atomic::AtomicWriter::new(0o600);
+            if let Some(c) = self.run_as(spec)?.switch_to {
+                writer = writer.owner(c.uid, c.gid);
+            }
+            writer
+                .write(&path, spec.deployment_toml.as_bytes())
+                .on(&self.name)?;
+        } else {
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| DaemonError::io("stat", &path, e))?
+                .permissions()
+                .mode();
+            if mode & 0o777 != 0o600 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| DaemonError::io("chmod 0600", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 9: the keystores, written (and handed to the run-as user) only when their digest
+    /// differs from the one recorded.
+    pub(super) async fn certificates(
+        &mut self,
+        t: &NodeTarget,
+        node: &Observed,
+    ) -> DaemonResult<()> {
+        let Some(ks) = t.spec.keystores.clone() else {
+            return Ok(());
+        };
+        let digest = keystores::keystores_digest(&ks);
+        if self.rec.keystores_digest.as_deref() == Some(digest.as_str()) {
+            return Ok(());
+        }
+        self.report(t.generation, NodePhase::Certificates, "writing keystores");
+        let home = node.home.clone();
+        let owner = self.run_as(&t.spec)?.switch_to.map(|c| (c.uid, c.gid));
+        tokio::task::spawn_blocking(move || {
+            keystores::write_keystores_blocking(&home, &ks)?;
+            match owner {
+                Some((uid, gid)) => keystores::chown_stores(&home, &ks, uid, gid),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|source| DaemonError::Join {
+            op: "keystores",
+            source,
+        })?
+        .on(&self.name)?;
+        let mut rec = self.rec.clone();
+        rec.keystores_digest = Some(digest);
+        self.set_record(rec)
+    }
+}

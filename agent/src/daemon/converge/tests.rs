@@ -1,0 +1,149 @@
+//! The spec checks of converge that need no process: a node that must run without a process
+//! identity, the log check switched off by an empty line.
+
+use std::sync::Arc;
+
+use apim_certs::tls::ControllerEndpoint;
+use apim_proto::v1::{ArtifactRef, DesiredRun, EnvVar, NodeSpec, Readiness, ServerProcess};
+
+use super::{ExecContext, NodeExecutor, NodeTarget};
+use crate::daemon::config::AgentConfig;
+use crate::daemon::error::DaemonError;
+use crate::daemon::fetch::Fetcher;
+use crate::daemon::report::StatusBoard;
+use crate::exec::unpack::UnpackLimits;
+
+fn executor(dir: &std::path::Path) -> NodeExecutor {
+    let endpoint = ControllerEndpoint::parse("127.0.0.1:1").expect("endpoint");
+    let mut config = AgentConfig::new(endpoint, "vm-1");
+    config.state_dir = dir.join("state");
+    config.install_root = dir.join("root");
+    let ctx = Arc::new(ExecContext {
+        fetcher: Arc::new(Fetcher::new(config.cache_dir(), None, 1)),
+        config,
+        board: Arc::new(StatusBoard::new()),
+        limits: UnpackLimits::default(),
+    });
+    NodeExecutor::load("n1", ctx).expect("executor")
+}
+
+fn spec(desired: DesiredRun) -> NodeSpec {
+    NodeSpec {
+        name: "n1".into(),
+        pack: Some(ArtifactRef {
+            sha256: "ab".repeat(32),
+            size: 1,
+            file_name: "product-1.0.zip".into(),
+            top_dir: "product-1.0".into(),
+        }),
+        install_dir: "/opt/app/n1".into(),
+        desired: desired as i32,
+        process: Some(ServerProcess {
+            pid_file: "server.pid".into(),
+            main_class: "app.Main".into(),
+            home_arg_prefix: "-Dapp.home=".into(),
+            home_env: "APP_HOME".into(),
+        }),
+        ..NodeSpec::default()
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_must_run_needs_to_know_its_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut exec = executor(dir.path());
+    for process in [
+        None,
+        Some(ServerProcess {
+            pid_file: String::new(),
+            ..ServerProcess::default()
+        }),
+    ] {
+        let target = NodeTarget {
+            generation: 1,
+            spec: NodeSpec {
+                process,
+                ..spec(DesiredRun::Running)
+            },
+        };
+        let err = exec
+            .converge(&target, std::future::pending())
+            .await
+            .expect_err("no process identity");
+        assert!(
+            matches!(&err, DaemonError::BadSpec { reason, .. } if reason.contains("process.pid_file")),
+            "{err}"
+        );
+    }
+    // A pid file outside the home is refused too.
+    let mut outside = spec(DesiredRun::Running);
+    outside.process.as_mut().unwrap().pid_file = "../server.pid".into();
+    let target = NodeTarget {
+        generation: 1,
+        spec: outside,
+    };
+    let err = exec
+        .converge(&target, std::future::pending())
+        .await
+        .expect_err("a pid file outside the home");
+    assert!(matches!(err, DaemonError::BadSpec { .. }), "{err}");
+    // A node that is only stopped needs nothing of the kind.
+    let target = NodeTarget {
+        generation: 1,
+        spec: NodeSpec {
+            process: None,
+            ..spec(DesiredRun::Stopped)
+        },
+    };
+    let stopped = exec.converge(&target, std::future::pending()).await;
+    assert!(stopped.is_ok(), "{stopped:?}");
+}
+
+#[test]
+fn an_empty_log_line_or_file_disables_the_log_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec = executor(dir.path());
+    let home = dir.path().join("home");
+    let with = |log_file: &str, log_line: &str| NodeSpec {
+        readiness: Some(Readiness {
+            log_file: log_file.into(),
+            log_line: log_line.into(),
+            ..Readiness::default()
+        }),
+        ..spec(DesiredRun::Running)
+    };
+    let log = |s: &NodeSpec| exec.readiness_log(s, &home).expect("valid");
+    assert_eq!(
+        log(&with("logs/server.log", "Server started")),
+        Some(home.join("logs/server.log"))
+    );
+    assert_eq!(log(&with("logs/server.log", "")), None);
+    assert_eq!(log(&with("", "Server started")), None);
+    assert_eq!(log(&spec(DesiredRun::Running)), None);
+    assert!(
+        exec.readiness_log(&with("/var/log/x", "started"), &home)
+            .is_err()
+    );
+}
+
+#[test]
+fn the_home_variable_names_the_home_the_agent_installed() {
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: value.into(),
+        secret: false,
+    };
+    let mut spec = NodeSpec {
+        env: vec![var("JAVA_OPTS", "-Xmx1g")],
+        ..spec(DesiredRun::Running)
+    };
+    let home = std::path::Path::new("/srv/root/opt/app/n1/product-1.0");
+    if let Some(p) = spec.process.as_mut() {
+        p.home_env = "APP_HOME".into();
+    }
+    let env = NodeExecutor::env(&spec, home);
+    assert_eq!(env["APP_HOME"], home.display().to_string());
+    assert_eq!(env["JAVA_OPTS"], "-Xmx1g");
+    spec.process = None;
+    assert!(!NodeExecutor::env(&spec, home).contains_key("APP_HOME"));
+}

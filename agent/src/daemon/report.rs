@@ -1,0 +1,234 @@
+//! The status board: the agent's one truth about its nodes, turned into `StatusReport`s.
+//!
+//! Node workers write their phase, step, error, pid and restarts here; the connection loop
+//! sends a full report whenever a phase (or another field the controller acts on) changes,
+//! and periodically. `phase_since` changes only when the phase does.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use apim_proto::prost_types::Timestamp;
+use apim_proto::v1::{MachineFacts as WireFacts, NodePhase, NodeStatus, StatusReport};
+use tokio::sync::watch;
+
+use crate::exec::facts::{JavaFact, MachineFacts};
+
+/// Shared, cheap-to-read status of every node of the held spec.
+#[derive(Debug)]
+pub struct StatusBoard {
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    generation: u64,
+    nodes: BTreeMap<String, NodeStatus>,
+    version: u64,
+}
+
+/// A change to one node's status; `None` fields stay as they are.
+#[derive(Debug, Default, Clone)]
+pub struct Update {
+    /// New phase.
+    pub phase: Option<NodePhase>,
+    /// New step text.
+    pub step: Option<String>,
+    /// New last error (`Some("")` clears it).
+    pub last_error: Option<String>,
+    /// New generation the status refers to.
+    pub generation: Option<u64>,
+    /// New restart count.
+    pub restarts: Option<u32>,
+    /// New pid (`Some(None)` clears it).
+    pub pid: Option<Option<u32>>,
+    /// New running flag.
+    pub running: Option<bool>,
+    /// New config digest.
+    pub config_digest: Option<String>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        StatusBoard {
+            inner: Mutex::new(Inner::default()),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl StatusBoard {
+    /// An empty board.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the machine spec generation the agent converges to.
+    pub fn set_generation(&self, generation: u64) {
+        let mut g = self.lock();
+        if g.generation != generation {
+            g.generation = generation;
+            g.version += 1;
+            self.changed.send_replace(g.version);
+        }
+    }
+
+    /// Applies `u` to `node` (creating it PENDING); notifies subscribers when anything but
+    /// the step text changed.
+    pub fn update(&self, node: &str, u: Update) {
+        let mut g = self.lock();
+        let st = g
+            .nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeStatus {
+                node: node.to_owned(),
+                phase: NodePhase::Pending as i32,
+                phase_since: Some(now()),
+                ..NodeStatus::default()
+            });
+        let before = st.clone();
+        if let Some(p) = u.phase
+            && st.phase != p as i32
+        {
+            st.phase = p as i32;
+            st.phase_since = Some(now());
+        }
+        if let Some(s) = u.step {
+            st.step = s;
+        }
+        if let Some(gen_) = u.generation {
+            // Work on a new generation starts clean: an error of the previous one is history.
+            if gen_ != st.generation && u.phase != Some(NodePhase::Failed) {
+                st.last_error.clear();
+            }
+            st.generation = gen_;
+        }
+        if let Some(e) = u.last_error {
+            st.last_error = e;
+        }
+        if let Some(r) = u.restarts {
+            st.restarts = r;
+        }
+        if let Some(p) = u.pid {
+            st.pid = p;
+        }
+        if let Some(r) = u.running {
+            st.running = r;
+        }
+        if let Some(d) = u.config_digest {
+            st.config_digest = d;
+        }
+        let mut cmp = st.clone();
+        cmp.step = before.step.clone();
+        if cmp != before {
+            tracing::info!(
+                node,
+                phase = ?NodePhase::try_from(st.phase).unwrap_or(NodePhase::Unspecified),
+                step = %st.step,
+                last_error = %st.last_error,
+                restarts = st.restarts,
+                "node status"
+            );
+            g.version += 1;
+            self.changed.send_replace(g.version);
+        }
+    }
+
+    /// Forgets a node that left the spec.
+    pub fn remove(&self, node: &str) {
+        let mut g = self.lock();
+        if g.nodes.remove(node).is_some() {
+            g.version += 1;
+            self.changed.send_replace(g.version);
+        }
+    }
+
+    /// One node's status.
+    pub fn node(&self, node: &str) -> Option<NodeStatus> {
+        self.lock().nodes.get(node).cloned()
+    }
+
+    /// The full report (without facts).
+    pub fn snapshot(&self) -> StatusReport {
+        let g = self.lock();
+        StatusReport {
+            generation: g.generation,
+            nodes: g.nodes.values().cloned().collect(),
+            facts: None,
+        }
+    }
+
+    /// Changes whenever a report-worthy field changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
+}
+
+/// The wire form of the machine facts.
+pub fn wire_facts(f: &MachineFacts) -> WireFacts {
+    let (java_version, java_home_found) = match &f.java {
+        JavaFact::Found(j) => (j.version.clone(), true),
+        JavaFact::Missing { .. } | JavaFact::NotChecked => (String::new(), false),
+    };
+    WireFacts {
+        hostname: f.hostname.clone(),
+        os: f.os.clone(),
+        kernel: f.kernel.clone(),
+        cpus: u32::try_from(f.cpus).unwrap_or(u32::MAX),
+        memory_bytes: f.memory_total,
+        disk_free_bytes: f.disk_free,
+        java_version,
+        java_home_found,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error(board: &StatusBoard) -> String {
+        board.snapshot().nodes[0].last_error.clone()
+    }
+
+    #[test]
+    fn a_new_generation_clears_the_previous_error_but_not_its_own() {
+        let board = StatusBoard::default();
+        let fail = |generation, error: &str| Update {
+            phase: Some(NodePhase::Failed),
+            last_error: Some(error.to_owned()),
+            generation: Some(generation),
+            ..Update::default()
+        };
+        board.update("km-1", fail(1, "JDK 17 is not supported"));
+        assert_eq!(last_error(&board), "JDK 17 is not supported");
+        // Same generation, new step: the error stays.
+        board.update(
+            "km-1",
+            Update {
+                step: Some("retrying".into()),
+                ..Update::default()
+            },
+        );
+        assert_eq!(last_error(&board), "JDK 17 is not supported");
+        // Generation 2 starts: the old error is gone.
+        let working = Update {
+            phase: Some(NodePhase::Unpacking),
+            generation: Some(2),
+            ..Update::default()
+        };
+        board.update("km-1", working);
+        assert_eq!(last_error(&board), "");
+        // A failure of generation 3 itself is reported.
+        board.update("km-1", fail(3, "port 7000 in use"));
+        assert_eq!(last_error(&board), "port 7000 in use");
+    }
+}

@@ -1,0 +1,156 @@
+//! One task per node: converge to the latest target, requeue failures with backoff, and
+//! restart a RUNNING node whose process died (counted and reported).
+//!
+//! The task follows a `watch` of the node's target (kube-rs style: level-triggered, only the
+//! latest target matters). `None` means the node left the spec: it is stopped and forgotten.
+//! When the sender is dropped (the agent shuts down) the task ends and the node keeps
+//! running: an agent restart adopts it.
+//!
+//! A freshly installed tree is synced `tree_sync_delay` after the node first reported
+//! healthy, from this loop, so the sync never sits in a rollout's path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apim_proto::v1::{DesiredRun, NodePhase};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::daemon::config::Timings;
+use crate::daemon::converge::{NodeExecutor, NodeTarget, Outcome};
+
+/// The latest target of a node (`None`: remove it).
+pub type TargetRx = watch::Receiver<Option<Arc<NodeTarget>>>;
+
+/// `base * 2^(n-1)`, capped at `max`, for the n-th consecutive failure (n >= 1).
+pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
+    let exp = n.saturating_sub(1).min(20);
+    base.saturating_mul(1u32 << exp).min(max)
+}
+
+/// Runs the node's converge/supervise loop until its target becomes `None` or the sender is
+/// dropped.
+pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timings) {
+    let board = exec_board(&exec);
+    let mut done: Option<Arc<NodeTarget>> = None;
+    let mut last: Option<Arc<NodeTarget>> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut failures: u32 = 0;
+    let mut sync_at: Option<Instant> = None;
+    loop {
+        if rx.has_changed().is_err() {
+            // The agent is shutting down: leave the node as it is.
+            return;
+        }
+        let target = rx.borrow_and_update().clone();
+        let Some(t) = target else {
+            if let Some(l) = &last
+                && let Err(e) = exec.stop_for_removal(&l.spec).await
+            {
+                tracing::error!(node = exec.name(), error = %e, "stopping a node that left the spec failed");
+            }
+            board.remove(exec.name());
+            tracing::info!(node = exec.name(), "node left the spec");
+            return;
+        };
+        last = Some(Arc::clone(&t));
+        let due = done.as_deref() != Some(&*t) && retry_at.is_none_or(|r| Instant::now() >= r);
+        if due {
+            let mut cancel_rx = rx.clone();
+            let cancel = async move {
+                let _ = cancel_rx.changed().await;
+            };
+            match exec.converge(&t, cancel).await {
+                Ok(Outcome::Superseded) => {}
+                Ok(outcome) => {
+                    if matches!(outcome, Outcome::Healthy { .. }) && exec.tree_unsynced() {
+                        sync_at.get_or_insert(Instant::now() + timings.tree_sync_delay);
+                    }
+                    done = Some(Arc::clone(&t));
+                    failures = 0;
+                    retry_at = None;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = backoff(timings.retry_backoff, timings.retry_backoff_max, failures);
+                    tracing::warn!(node = exec.name(), error = %e, retry_in = ?delay, "converge failed");
+                    exec.report_failed(t.generation, &e.to_string());
+                    retry_at = Some(Instant::now() + delay);
+                    done = None;
+                }
+            }
+        }
+        if sync_at.is_some_and(|at| Instant::now() >= at) {
+            sync_at = match exec.sync_installed_tree().await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(node = exec.name(), error = %e, "syncing the installed tree failed; will retry");
+                    Some(Instant::now() + timings.supervise_interval)
+                }
+            };
+        }
+        let mut wait = timings.supervise_interval;
+        if let Some(at) = sync_at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
+        if let Some(r) = retry_at {
+            wait = wait.min(r.saturating_duration_since(Instant::now()));
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                retry_at = None;
+                failures = 0;
+            }
+            () = tokio::time::sleep(wait) => {
+                supervise(&mut exec, &mut done, &mut retry_at, &timings);
+            }
+        }
+    }
+}
+
+fn exec_board(exec: &NodeExecutor) -> Arc<crate::daemon::report::StatusBoard> {
+    exec.board()
+}
+
+/// A RUNNING node that was healthy and whose process is gone: count, report, schedule.
+fn supervise(
+    exec: &mut NodeExecutor,
+    done: &mut Option<Arc<NodeTarget>>,
+    retry_at: &mut Option<Instant>,
+    timings: &Timings,
+) {
+    let Some(d) = done.clone() else { return };
+    if DesiredRun::try_from(d.spec.desired) != Ok(DesiredRun::Running) {
+        return;
+    }
+    let healthy = exec
+        .board()
+        .node(exec.name())
+        .is_some_and(|s| s.phase == NodePhase::Healthy as i32);
+    if !healthy {
+        return;
+    }
+    if exec.home(&d.spec).is_err() || exec.live_pid(&d.spec).is_some() {
+        return;
+    }
+    exec.restarts += 1;
+    exec.mark_unhealthy();
+    exec.report_process(None, &d.spec.config_digest);
+    let delay = backoff(
+        timings.restart_backoff,
+        timings.restart_backoff_max,
+        exec.restarts,
+    );
+    let msg = format!(
+        "process exited unexpectedly; restart #{} in {:.1} s",
+        exec.restarts,
+        delay.as_secs_f64()
+    );
+    tracing::warn!(node = exec.name(), "{msg}");
+    exec.report_failed(d.generation, &msg);
+    *retry_at = Some(Instant::now() + delay);
+    *done = None;
+}

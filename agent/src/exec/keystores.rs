@@ -1,0 +1,168 @@
+//! A node's keystores and truststore, as its `KeystoreSpec` says, through the certs crate.
+//!
+//! The node TLS keystore (key + chain) and the primary keystore are written whole (PKCS#12 or
+//! JKS, natively: no JVM on the way, atomically, mode 0600); the `trusted` certificates are
+//! imported into the pack's existing truststore under their aliases in one read and one write
+//! (idempotent: an alias is replaced, never duplicated). [`keystores_digest`] lets the converge
+//! loop skip all of it when nothing changed since the last successful write.
+
+use std::path::Path;
+
+use apim_certs::{KeystoreBuilder, StoreFormat};
+use apim_proto::v1::{KeystoreSpec, StoreType};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::exec::error::{ExecError, Result};
+
+/// A digest of everything in `ks` that ends up in a store (secrets included, never printed).
+pub fn keystores_digest(ks: &KeystoreSpec) -> String {
+    let mut h = Sha256::new();
+    let mut part = |s: &str| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    part(&ks.store_type.to_string());
+    for s in [
+        &ks.keystore_file,
+        &ks.alias,
+        &ks.password,
+        &ks.node_key_pem,
+        &ks.node_chain_pem,
+        ks.primary_keystore_file.as_deref().unwrap_or(""),
+        ks.primary_alias.as_deref().unwrap_or(""),
+        &ks.primary_key_pem,
+        &ks.primary_chain_pem,
+        &ks.truststore_file,
+        &ks.truststore_password,
+    ] {
+        part(s);
+    }
+    for t in &ks.trusted {
+        part(&t.alias);
+        part(&t.cert_pem);
+    }
+    hex::encode(h.finalize())
+}
+
+fn format_of(ks: &KeystoreSpec) -> Result<StoreFormat> {
+    match StoreType::try_from(ks.store_type) {
+        Ok(StoreType::Jks) => Ok(StoreFormat::Jks),
+        Ok(StoreType::Pkcs12) => Ok(StoreFormat::Pkcs12),
+        _ => Err(ExecError::InvalidKeystoreSpec {
+            reason: format!(
+                "keystores.store_type {} is not JKS or PKCS12",
+                ks.store_type
+            ),
+        }),
+    }
+}
+
+fn key_der(what: &'static str, pem: &str) -> Result<Vec<u8>> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map(|k| k.secret_der().to_vec())
+        .map_err(|_| ExecError::BadPem { what })
+}
+
+fn chain_der(what: &'static str, pem: &str) -> Result<Vec<Vec<u8>>> {
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| ExecError::BadPem { what })?;
+    if chain.is_empty() {
+        return Err(ExecError::BadPem { what });
+    }
+    Ok(chain)
+}
+
+/// Hands the stores of `ks` (written by the agent, as root) to the user the server runs as;
+/// they keep their 0600 mode.
+pub fn chown_stores(home: &Path, ks: &KeystoreSpec, uid: u32, gid: u32) -> Result<()> {
+    let files = [
+        Some(ks.keystore_file.as_str()),
+        ks.primary_keystore_file.as_deref(),
+        Some(ks.truststore_file.as_str()),
+    ];
+    for rel in files.into_iter().flatten().filter(|f| !f.is_empty()) {
+        let path = home.join(rel);
+        if path.exists() {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| ExecError::io("chown", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the stores of `ks` under the node's `home`. Blocking file I/O (and an RSA-free but
+/// SHA-heavy encoding); call from `spawn_blocking`.
+pub fn write_keystores_blocking(home: &Path, ks: &KeystoreSpec) -> Result<()> {
+    let format = format_of(ks)?;
+    let rel = |field: &str, p: &str| -> Result<std::path::PathBuf> {
+        let path = Path::new(p);
+        if p.is_empty()
+            || path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(ExecError::InvalidKeystoreSpec {
+                reason: format!("keystores.{field} {p:?} must be a relative path inside the home"),
+            });
+        }
+        Ok(home.join(path))
+    };
+    let ks_err = |what: String| {
+        move |source| ExecError::Keystore {
+            what,
+            source: Box::new(source),
+        }
+    };
+
+    let tls_path = rel("keystore_file", &ks.keystore_file)?;
+    let contents = KeystoreBuilder::new().private_key(
+        &ks.alias,
+        &key_der("node_key_pem", &ks.node_key_pem)?,
+        &chain_der("node_chain_pem", &ks.node_chain_pem)?,
+    );
+    contents
+        .write(&tls_path, format, &ks.password)
+        .map_err(ks_err(format!("writing {}", ks.keystore_file)))?;
+
+    if let Some(primary) = ks.primary_keystore_file.as_deref() {
+        let path = rel("primary_keystore_file", primary)?;
+        let alias = ks.primary_alias.as_deref().unwrap_or(&ks.alias);
+        let contents = KeystoreBuilder::new().private_key(
+            alias,
+            &key_der("primary_key_pem", &ks.primary_key_pem)?,
+            &chain_der("primary_chain_pem", &ks.primary_chain_pem)?,
+        );
+        contents
+            .write(&path, format, &ks.password)
+            .map_err(ks_err(format!("writing {primary}")))?;
+    }
+
+    if !ks.trusted.is_empty() {
+        let store = rel("truststore_file", &ks.truststore_file)?;
+        let ders = ks
+            .trusted
+            .iter()
+            .map(|t| chain_der("trusted.cert_pem", &t.cert_pem).map(|mut c| c.swap_remove(0)))
+            .collect::<Result<Vec<_>>>()?;
+        let certs: Vec<(&str, &[u8])> = ks
+            .trusted
+            .iter()
+            .zip(&ders)
+            .map(|(t, der)| (t.alias.as_str(), der.as_slice()))
+            .collect();
+        let aliases: Vec<&str> = certs.iter().map(|(a, _)| *a).collect();
+        apim_certs::import_trusted_certs(&store, &ks.truststore_password, &certs).map_err(
+            ks_err(format!(
+                "importing {} into {}",
+                aliases.join(", "),
+                ks.truststore_file
+            )),
+        )?;
+    }
+    Ok(())
+}
