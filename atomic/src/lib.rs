@@ -66,6 +66,17 @@ pub enum AtomicError {
     },
 }
 
+/// For callers whose errors carry an `io::Error`: the same kind, the whole message.
+impl From<AtomicError> for io::Error {
+    fn from(e: AtomicError) -> Self {
+        let kind = match &e {
+            AtomicError::Io { source, .. } => source.kind(),
+            AtomicError::SimulatedCrash { .. } => io::ErrorKind::Interrupted,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
 impl AtomicError {
     fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         AtomicError::Io {

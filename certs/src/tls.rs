@@ -12,13 +12,14 @@
 //! With the `channel` feature, [`connect`] and [`connect_lazy`] dial a tonic `Channel` through
 //! these configurations ([`ControllerEndpoint`] says where).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -173,11 +174,16 @@ pub fn server_config(
     ca: &ControlPlaneCa,
     issued: &IssuedKeyPair,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = vec![
-        CertificateDer::from(issued.cert.cert_der.clone()),
-        CertificateDer::from(ca.cert_der().to_vec()),
-    ];
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem().as_bytes()).map_err(config_err)?;
+    server_config_with(ca, ServerCert::new(ca, issued)?)
+}
+
+/// [`server_config`] presenting whatever `cert` holds at each handshake, so the controller
+/// renews its certificate without a restart: connections open keep their session, new ones
+/// get the new certificate.
+pub fn server_config_with(
+    ca: &ControlPlaneCa,
+    cert: Arc<ServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let verifier = PossessionOnly {
         webpki: ca_client_verifier(ca.cert_der())?,
     };
@@ -185,10 +191,55 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(config_err)?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain, key)
-        .map_err(config_err)?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The controller's serving certificate and key (`[leaf, CA]`), replaceable while it serves.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// The certificate `issued` by `ca`.
+    pub fn new(ca: &ControlPlaneCa, issued: &IssuedKeyPair) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(ServerCert {
+            current: RwLock::new(certified_key(ca, issued)?),
+        }))
+    }
+
+    /// Presents `issued` from the next handshake on.
+    pub fn replace(&self, ca: &ControlPlaneCa, issued: &IssuedKeyPair) -> Result<(), TlsError> {
+        let key = certified_key(ca, issued)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+}
+
+fn certified_key(
+    ca: &ControlPlaneCa,
+    issued: &IssuedKeyPair,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = vec![
+        CertificateDer::from(issued.cert.cert_der.clone()),
+        CertificateDer::from(ca.cert_der().to_vec()),
+    ];
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem().as_bytes()).map_err(config_err)?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(config_err)?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
 /// A WebPKI client-certificate verifier trusting only the CA `ca_der` (chain, validity at the

@@ -6,13 +6,17 @@
 //! `~/.config/apimctl/client.toml`) with the keys `controller`, `ca`, `cert`, `key`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use apim_certs::tls;
 use apim_proto::v1::artifact_service_client::ArtifactServiceClient;
 use apim_proto::v1::operator_service_client::OperatorServiceClient;
 use apim_proto::v1::{StatRequest, UploadChunk, UploadHeader};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +49,13 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// Connecting failed.
-    #[error("connecting to {address}: {source}")]
+    /// Connecting failed (TLS configuration, address, TCP or the handshake).
+    #[error("{source}")]
     Connect {
         /// The controller.
         address: String,
-        /// tonic's error.
-        source: tonic::transport::Error,
+        /// What failed, with its causes.
+        source: tls::TlsError,
     },
     /// A call failed.
     #[error("{}", status.message())]
@@ -143,27 +147,26 @@ impl Settings {
             .key
             .as_ref()
             .ok_or_else(|| missing("operator key", "key", "APIMCTL_KEY", "key"))?;
-        let host = address
-            .rsplit_once(':')
-            .map_or(address.as_str(), |(h, _)| h)
-            .trim_matches(['[', ']'])
-            .to_string();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(ca)?))
-            .identity(Identity::from_pem(read(cert)?, read(key)?))
-            .domain_name(host);
-        let connect_err = |source| ClientError::Connect {
+        let pem_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: rustls_pki_types::pem::Error| ClientError::Config {
+                path,
+                reason: e.to_string(),
+            }
+        };
+        let chain = CertificateDer::pem_slice_iter(read(cert)?.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_err(cert))?;
+        let key = PrivateKeyDer::from_pem_slice(read(key)?.as_bytes()).map_err(pem_err(key))?;
+        let tls_err = |source| ClientError::Connect {
             address: address.clone(),
             source,
         };
-        Endpoint::from_shared(format!("https://{address}"))
-            .map_err(connect_err)?
-            .tls_config(tls)
-            .map_err(connect_err)?
-            .connect_timeout(Duration::from_secs(10))
-            .connect()
+        let config = tls::client_config(&read(ca)?, Some((chain, key))).map_err(tls_err)?;
+        let endpoint = tls::ControllerEndpoint::parse(&address).map_err(tls_err)?;
+        tls::connect(&endpoint, Arc::new(config), Duration::from_secs(10))
             .await
-            .map_err(connect_err)
+            .map_err(tls_err)
     }
 }
 

@@ -77,7 +77,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    apim_plan::files::write_private(path, contents.as_bytes()).map_err(io(path))
+    apim_atomic::write_atomic(path, contents.as_bytes(), 0o600).map_err(|e| io(path)(e.into()))
 }
 
 /// Where a node's key, chain and issuance record (`meta`: SANs and expiry) are kept.

@@ -208,7 +208,7 @@ fn store(dir: &Path, file: &Path, mut entries: BTreeMap<String, Entry>) -> std::
             .create(dir)?;
     }
     let bytes = serde_json::to_vec_pretty(&entries).map_err(std::io::Error::other)?;
-    crate::files::write_private(file, &bytes)
+    apim_atomic::write_atomic(file, &bytes, 0o600).map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

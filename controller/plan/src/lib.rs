@@ -15,7 +15,6 @@
 pub mod catalogue;
 pub mod diag;
 pub mod digest_cache;
-pub mod files;
 pub mod graph;
 pub mod pack;
 pub mod plan;

@@ -75,7 +75,8 @@ fn operator_cert(args: OperatorCertArgs, stdout: &mut dyn Write) -> Result<Exit,
     std::fs::create_dir_all(&out).map_err(CliError::io(&out))?;
     let write = |file: &str, text: &str| {
         let path = out.join(file);
-        apim_plan::files::write_private(&path, text.as_bytes()).map_err(CliError::io(&path))
+        apim_atomic::write_atomic(&path, text.as_bytes(), 0o600)
+            .map_err(|e| CliError::io(&path)(e.into()))
     };
     write("operator.pem", &issued.cert.cert_pem)?;
     write("operator-key.pem", issued.key_pem())?;

@@ -107,5 +107,6 @@ fn write_out(cluster: &ClusterRender, only: Option<&str>, dir: &Path) -> Result<
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), CliError> {
-    apim_plan::files::write_private(path, contents.as_bytes()).map_err(CliError::io(path))
+    apim_atomic::write_atomic(path, contents.as_bytes(), 0o600)
+        .map_err(|e| CliError::io(path)(e.into()))
 }

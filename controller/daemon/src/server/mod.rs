@@ -55,7 +55,7 @@ pub struct ServerConfig {
     /// DNS names and IP addresses agents and operators dial; they become the SANs of the
     /// controller's TLS certificate. At least one.
     pub server_names: Vec<String>,
-    /// Lifetime of the controller's TLS certificate (issued at every start).
+    /// Lifetime of the controller's TLS certificate (issued at every start, renewed at 2/3).
     pub server_cert_ttl: Duration,
     /// Lifetime of agent certificates (agents renew at 2/3 of it).
     pub agent_cert_ttl: Duration,
@@ -120,19 +120,27 @@ where
         });
     }
     let config = Arc::new(config);
-    let tls = tls::server_config(&state, &config)?;
-    let authorizer = auth::Authorizer::new(
-        tls::ca_client_verifier(state.ca().cert_der())?,
-        Arc::clone(&state),
-    );
+    let (tls_config, serving) = tls::server_config(&state, &config)?;
+    let verifier = apim_certs::tls::ca_client_verifier(state.ca().cert_der()).map_err(|e| {
+        ServerError::TlsConfig {
+            reason: e.to_string(),
+        }
+    })?;
+    let authorizer = auth::Authorizer::new(verifier, Arc::clone(&state));
     let (stop_tx, stop_rx) = watch::channel(false);
     let incoming = tls::incoming(
         listener,
-        TlsAcceptor::from(tls),
+        TlsAcceptor::from(tls_config),
         config.handshake_timeout,
         stop_rx.clone(),
     );
     tokio::spawn(crate::rollout::Engine::new(Arc::clone(&state)).run(stop_rx.clone()));
+    tokio::spawn(tls::renew(
+        Arc::clone(&state),
+        Arc::clone(&config),
+        serving,
+        stop_rx.clone(),
+    ));
     let ctx = Ctx {
         state,
         config: Arc::clone(&config),

@@ -1,6 +1,7 @@
-//! TLS 1.3 for the controller: the server configuration (its certificate chain includes the CA
-//! so a first-contact agent can check its pin), the client-certificate policy, and the accept
-//! loop that feeds finished handshakes to tonic.
+//! TLS 1.3 for the controller: its serving certificate (issued at start, renewed at 2/3 of its
+//! life and swapped in without a restart), the configuration from `apim_certs::tls` (the chain
+//! includes the CA so a first-contact agent can check its pin), and the accept loop that feeds
+//! finished handshakes to tonic.
 //!
 //! Client certificates are optional at the handshake (an unenrolled agent must reach `Enroll`).
 //! The handshake proves that a peer holds the private key of the certificate it presents
@@ -14,14 +15,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::DistinguishedName;
-use rustls::RootCertStore;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use apim_certs::IssuedKeyPair;
+use apim_certs::tls::{self, ServerCert};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -35,119 +30,80 @@ use crate::state::ControllerState;
 /// At most this many TLS handshakes run at once; further connections wait in the backlog.
 const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 
-/// The crypto provider used everywhere in the controller (ring; never the process default,
-/// so a second provider elsewhere in the dependency graph cannot cause a panic).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn tls_err(e: impl std::fmt::Display) -> ServerError {
-    ServerError::TlsConfig {
-        reason: e.to_string(),
-    }
-}
-
-/// A WebPKI client verifier trusting only the control-plane CA (`ca_der`); used per call.
-pub fn ca_client_verifier(ca_der: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, ServerError> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca_der.to_vec()))
-        .map_err(tls_err)?;
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(tls_err)
-}
-
-/// The handshake-time client policy: certificates are requested (the CA is named as the
-/// acceptable issuer) but optional; a presented one must be backed by its private key. Chain
-/// and time checks are left to the per-call authorizer (see the module docs).
-#[derive(Debug)]
-struct PossessionOnly {
-    webpki: Arc<dyn ClientCertVerifier>,
-}
-
-impl ClientCertVerifier for PossessionOnly {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.webpki.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        // Deliberately deferred: every call re-verifies the chain at its own instant.
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
-}
-
-/// Issues the controller's server certificate (SANs = `config.server_names`) and builds the
-/// TLS 1.3-only server configuration presenting `[leaf, CA]`, with ALPN `h2`.
-pub fn server_config(
-    state: &ControllerState,
-    config: &ServerConfig,
-) -> Result<Arc<rustls::ServerConfig>, ServerError> {
-    let ca = state.ca();
-    let issued = ca
+/// Issues the controller's server certificate (SANs = `config.server_names`).
+fn issue(state: &ControllerState, config: &ServerConfig) -> Result<IssuedKeyPair, ServerError> {
+    let issued = state
+        .ca()
         .issue_server_cert(&config.server_names, config.server_cert_ttl)
         .map_err(|source| ServerError::Issue {
             action: "issuing the controller's TLS server certificate",
             source,
         })?;
-    let chain = vec![
-        CertificateDer::from(issued.cert.cert_der.clone()),
-        CertificateDer::from(ca.cert_der().to_vec()),
-    ];
-    let key = PrivateKeyDer::from_pem_slice(issued.key_pem().as_bytes()).map_err(tls_err)?;
-    let verifier = Arc::new(PossessionOnly {
-        webpki: ca_client_verifier(ca.cert_der())?,
-    });
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(tls_err)?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
     tracing::info!(
         names = ?config.server_names,
         serial = %issued.cert.serial,
         not_after = %issued.cert.not_after,
         "controller TLS certificate issued"
     );
-    Ok(Arc::new(tls))
+    Ok(issued)
+}
+
+/// The server configuration (see [`apim_certs::tls::server_config_with`]) presenting a
+/// certificate issued now, and that certificate, for [`renew`] to replace.
+pub fn server_config(
+    state: &ControllerState,
+    config: &ServerConfig,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ServerCert>), ServerError> {
+    let issued = issue(state, config)?;
+    let cert = ServerCert::new(state.ca(), &issued).map_err(tls_err)?;
+    let tls = tls::server_config_with(state.ca(), Arc::clone(&cert)).map_err(tls_err)?;
+    Ok((tls, cert))
+}
+
+/// Renews the serving certificate at 2/3 of its lifetime (`config.server_cert_ttl`, counted from
+/// its issue; its `not_before` is back-dated for clock skew), forever (until `stop`), swapping it
+/// into `cert` without a restart. A failed issue is retried after a minute at most (sooner when
+/// the old one ends first); the old certificate keeps serving meanwhile.
+pub async fn renew(
+    state: Arc<ControllerState>,
+    config: Arc<ServerConfig>,
+    cert: Arc<ServerCert>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let ttl = config.server_cert_ttl;
+    let mut issued_at = tokio::time::Instant::now();
+    let mut wait = ttl * 2 / 3;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep_until(issued_at + wait) => {}
+        }
+        let renewed = issue(&state, &config).and_then(|issued| {
+            cert.replace(state.ca(), &issued).map_err(tls_err)?;
+            Ok(issued)
+        });
+        match renewed {
+            Ok(issued) => {
+                tracing::info!(serial = %issued.cert.serial, "controller TLS certificate renewed and in use");
+                issued_at = tokio::time::Instant::now();
+                wait = ttl * 2 / 3;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "renewing the controller's TLS certificate failed; retrying");
+                let left = ttl.saturating_sub(issued_at.elapsed());
+                wait = issued_at.elapsed()
+                    + Duration::from_secs(60)
+                        .min(left / 2)
+                        .max(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn tls_err(e: impl std::fmt::Display) -> ServerError {
+    ServerError::TlsConfig {
+        reason: e.to_string(),
+    }
 }
 
 /// Accepts TCP connections until `stop` turns true, runs each TLS handshake in its own task

@@ -458,3 +458,94 @@ async fn stale_reports_unknown_nodes_and_unissued_command_results_are_not_taken(
     );
     h.shutdown().await.expect("clean shutdown");
 }
+
+/// The serial of the certificate the controller presents to a new handshake now.
+async fn served_serial(h: &Harness) -> String {
+    let config = apim_certs::tls::insecure_local_probe_config();
+    let tcp = tokio::net::TcpStream::connect(&h.endpoint.address)
+        .await
+        .expect("tcp");
+    let name = rustls_pki_types::ServerName::try_from(h.endpoint.server_name.clone())
+        .expect("server name");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let leaf = tls.get_ref().1.peer_certificates().expect("chain")[0].clone();
+    apim_certs::PeerCert::from_der(&leaf)
+        .map_or_else(|_| apim_certs::sha256_fingerprint(&leaf), |p| p.serial)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_certificate_is_renewed_under_a_connected_agent_and_a_watching_operator() {
+    let ttl = Duration::from_secs(6);
+    let h = Harness::start_with(|c| c.server_cert_ttl = ttl).await;
+    let started = tokio::time::Instant::now();
+    let first = served_serial(&h).await;
+
+    // An agent on its stream, an operator watching (the machine in the cluster's baseline, so
+    // status shows it).
+    h.state.set_desired_spec(spec("vm-a", 1, &["km-1"]));
+    h.state
+        .store()
+        .write(|tx| tx.set_baseline(&[spec("vm-a", 1, &["km-1"])]))
+        .expect("baseline");
+    let a = h.agent_creds("vm-a");
+    let mut agent = AgentServiceClient::new(h.channel(Some(&a)).await);
+    let mut stream = Stream::open(&mut agent, 0).await.expect("connect");
+    assert_eq!(stream.next_spec().await.generation, 1);
+    let mut op = h.operator().await;
+    let mut watch = op
+        .watch(apim_proto::v1::WatchRequest {})
+        .await
+        .expect("watch")
+        .into_inner();
+    within("the first status", watch.message())
+        .await
+        .expect("watch healthy")
+        .expect("a status");
+
+    // New handshakes get a new certificate once 2/3 of the first one's life has passed; the
+    // first one then expires while the stream and the watch stay open.
+    let mut renewed = first.clone();
+    while renewed == first {
+        assert!(
+            started.elapsed() < crate::support::PATIENCE,
+            "never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        renewed = served_serial(&h).await;
+    }
+    tokio::time::sleep_until(started + ttl + Duration::from_secs(1)).await;
+
+    // The agent's stream still carries reports; the watch sees them, with no error.
+    stream
+        .to_controller
+        .send(report(1, &["km-1"]))
+        .await
+        .expect("send");
+    let seen = within("a watched change", async {
+        loop {
+            let s = watch.message().await.expect("watch healthy").expect("open");
+            let reported = s
+                .machines
+                .iter()
+                .flat_map(|m| &m.nodes)
+                .any(|n| n.node == "km-1" && n.generation == 1 && s.machines[0].reachable);
+            if reported {
+                return s;
+            }
+        }
+    })
+    .await;
+    assert_eq!(seen.machines.len(), 1);
+    // A new connection made after the first certificate expired works: the renewed one serves.
+    let fresh = h
+        .operator()
+        .await
+        .status(apim_proto::v1::StatusRequest {})
+        .await;
+    assert!(fresh.is_ok(), "{fresh:?}");
+    assert_ne!(served_serial(&h).await, first);
+    h.shutdown().await.expect("clean shutdown");
+}

@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 #[path = "../common/wait.rs"]
 mod wait;
-pub use wait::{eventually, within};
+pub use wait::{PATIENCE, eventually, within};
 
 /// Connect timeout for test clients.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
