@@ -80,10 +80,18 @@ impl AgentKey {
     /// A DER PKCS#10 request signed by this key. It names `machine` (CN and URI SAN) only as a
     /// courtesy for humans reading it: the controller ignores everything but the public key.
     pub fn csr_der(&self, machine: &str) -> Result<Vec<u8>> {
-        let identity = PeerIdentity::agent(machine)?;
+        self.csr_der_for(&PeerIdentity::agent(machine)?)
+    }
+
+    /// A DER PKCS#10 request naming `identity` (an operator renewing names itself).
+    pub fn csr_der_for(&self, identity: &PeerIdentity) -> Result<Vec<u8>> {
+        let name = match identity {
+            PeerIdentity::Agent { machine } => machine,
+            PeerIdentity::Operator { name } => name,
+        };
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, machine);
+        params.distinguished_name.push(DnType::CommonName, name);
         let uri = identity.uri();
         params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().map_err(|_| {
             CertsError::InvalidName {

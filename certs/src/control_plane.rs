@@ -193,17 +193,42 @@ impl ControlPlaneCa {
         machine: &str,
         ttl: Duration,
     ) -> Result<IssuedCert> {
-        let identity = PeerIdentity::agent(machine)?;
+        let issued = self.sign_client_csr(csr_der, &PeerIdentity::agent(machine)?, ttl)?;
+        tracing::info!(%machine, serial = %issued.serial, not_after = %issued.not_after, "signed agent certificate");
+        Ok(issued)
+    }
+
+    /// Signs an operator's renewal CSR under the same policy as [`Self::sign_agent_csr`]: the
+    /// name comes from the operator's authenticated certificate, only the CSR's key is used.
+    pub fn sign_operator_csr(
+        &self,
+        csr_der: &[u8],
+        name: &str,
+        ttl: Duration,
+    ) -> Result<IssuedCert> {
+        let issued = self.sign_client_csr(csr_der, &PeerIdentity::operator(name)?, ttl)?;
+        tracing::info!(operator = %name, serial = %issued.serial, not_after = %issued.not_after, "signed operator certificate");
+        Ok(issued)
+    }
+
+    fn sign_client_csr(
+        &self,
+        csr_der: &[u8],
+        identity: &PeerIdentity,
+        ttl: Duration,
+    ) -> Result<IssuedCert> {
         let public_key = csr_public_key(csr_der)?;
-        let mut params = self.leaf_params(machine, ttl)?;
-        params.subject_alt_names = vec![uri_san(&identity)?];
+        let name = match identity {
+            PeerIdentity::Agent { machine } => machine,
+            PeerIdentity::Operator { name } => name,
+        };
+        let mut params = self.leaf_params(name, ttl)?;
+        params.subject_alt_names = vec![uri_san(identity)?];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params
             .signed_by(&public_key, &self.issuer)
-            .map_err(CertsError::rcgen("signing agent certificate"))?;
-        let issued = IssuedCert::from_certificate(&cert)?;
-        tracing::info!(%machine, serial = %issued.serial, not_after = %issued.not_after, "signed agent certificate");
-        Ok(issued)
+            .map_err(CertsError::rcgen("signing a client certificate"))?;
+        IssuedCert::from_certificate(&cert)
     }
 
     /// Issues an operator client certificate with a fresh key (made here, on the controller

@@ -8,6 +8,11 @@
 //! data_dir = "/var/lib/apimctl"
 //! key_pool = 8
 //! secrets_retention = 10
+//! # Certificate lifetimes (durations such as "90s", "12h", "30d"):
+//! server_cert_ttl = "90d"          # the controller's own; renewed at 2/3, without a restart
+//! agent_cert_ttl = "24h"           # agents renew at 2/3 of it
+//! agent_recovery_grace = "30d"     # how long after expiry an agent may still recover
+//! operator_cert_ttl = "30d"        # certificates renewed with `apimctl renew-cert`
 //! ```
 //!
 //! The data directory (0700) holds `controller.db` (0600; every value that can hold a secret is
@@ -22,6 +27,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -58,6 +64,50 @@ pub struct DaemonConfig {
     /// Plan generations whose resolved secrets the store keeps (at least 1).
     #[serde(default = "default_secrets_retention")]
     pub secrets_retention: u64,
+    /// Lifetime of the controller's TLS certificate.
+    #[serde(default, deserialize_with = "duration")]
+    pub server_cert_ttl: Option<Duration>,
+    /// Lifetime of agent certificates.
+    #[serde(default, deserialize_with = "duration")]
+    pub agent_cert_ttl: Option<Duration>,
+    /// How long after expiry an agent certificate may recover.
+    #[serde(default, deserialize_with = "duration")]
+    pub agent_recovery_grace: Option<Duration>,
+    /// Lifetime of renewed operator certificates.
+    #[serde(default, deserialize_with = "duration")]
+    pub operator_cert_ttl: Option<Duration>,
+}
+
+/// A duration written like the plan's (`"90s"`, `"5m"`, `"12h"`, `"30d"`).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    apim_plan::plan::parse_duration(&text)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration like \"12h\" or \"30d\""
+            ))
+        })
+}
+
+impl DaemonConfig {
+    /// The server settings this configuration asks for.
+    pub fn server_config(&self) -> ServerConfig {
+        let mut c = ServerConfig::new(self.server_names.clone());
+        if let Some(t) = self.server_cert_ttl {
+            c.server_cert_ttl = t;
+        }
+        if let Some(t) = self.agent_cert_ttl {
+            c.agent_cert_ttl = t;
+        }
+        if let Some(t) = self.agent_recovery_grace {
+            c.agent_recovery_grace = t;
+        }
+        if let Some(t) = self.operator_cert_ttl {
+            c.operator_cert_ttl = t;
+        }
+        c
+    }
 }
 
 fn default_secrets_retention() -> u64 {
@@ -193,13 +243,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
-    server::serve(
-        ServerConfig::new(config.server_names.clone()),
-        state,
-        listener,
-        shutdown,
-    )
-    .await?;
+    server::serve(config.server_config(), state, listener, shutdown).await?;
     Ok(())
 }
 
@@ -215,6 +259,15 @@ mod tests {
         assert_eq!(c.key_pool, DEFAULT_KEY_POOL);
         let off: DaemonConfig = toml::from_str("key_pool = 0").unwrap();
         assert_eq!(off.key_pool, 0);
+        let ttl: DaemonConfig =
+            toml::from_str("agent_cert_ttl = \"90s\"\nagent_recovery_grace = \"30d\"").unwrap();
+        let server = ttl.server_config();
+        assert_eq!(server.agent_cert_ttl, Duration::from_secs(90));
+        assert_eq!(
+            server.agent_recovery_grace,
+            Duration::from_secs(30 * 86_400)
+        );
+        assert!(toml::from_str::<DaemonConfig>("agent_cert_ttl = \"soon\"").is_err());
         assert!(toml::from_str::<DaemonConfig>("lisen = \"x\"").is_err());
     }
 }

@@ -1531,10 +1531,10 @@ pub struct RenewRequest {
     #[prost(bytes = "vec", tag = "1")]
     pub csr_der: ::prost::alloc::vec::Vec<u8>,
 }
-/// A certificate issued by `Renew`.
+/// A certificate issued by `Renew` or `Recover`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RenewResponse {
-    /// The agent's new certificate chain, leaf first (PEM).
+    /// The caller's new certificate chain, leaf first (PEM).
     #[prost(string, tag = "1")]
     pub cert_chain_pem: ::prost::alloc::string::String,
     /// The controller's CA certificate (PEM), which may have been rotated.
@@ -1555,9 +1555,10 @@ pub mod enrollment_client {
     )]
     use tonic::codegen::*;
     use tonic::codegen::http::Uri;
-    /// Issues agent certificates. `Enroll` is the only RPC in the package callable without a client
-    /// certificate (the agent pins the controller's CA and proves itself with a one-time join token);
-    /// `Renew` requires mTLS and takes the identity from the presented certificate.
+    /// Issues agent and operator certificates. `Enroll` is the only RPC in the package callable
+    /// without a client certificate (the agent pins the controller's CA and proves itself with a
+    /// one-time join token); `Renew` and `Recover` require mTLS and take the identity from the
+    /// presented certificate.
     #[derive(Debug, Clone)]
     pub struct EnrollmentClient<T> {
         inner: tonic::client::Grpc<T>,
@@ -1650,8 +1651,9 @@ pub mod enrollment_client {
                 .insert(GrpcMethod::new("apimctl.v1.Enrollment", "Enroll"));
             self.inner.unary(req, path, codec).await
         }
-        /// Issues a fresh certificate for the machine identified by the presented client certificate
-        /// (agents renew at about 70% of the lifetime).
+        /// Issues a fresh certificate for the agent or operator identified by the presented (valid)
+        /// client certificate (agents renew at about 2/3 of the lifetime, operators with
+        /// `apimctl renew-cert`).
         pub async fn renew(
             &mut self,
             request: impl tonic::IntoRequest<super::RenewRequest>,
@@ -1671,6 +1673,31 @@ pub mod enrollment_client {
             let mut req = request.into_request();
             req.extensions_mut()
                 .insert(GrpcMethod::new("apimctl.v1.Enrollment", "Renew"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Issues a fresh certificate to an agent whose certificate EXPIRED (e.g. during a controller
+        /// outage longer than its lifetime), presented over mTLS (the handshake proves the key): only
+        /// within the controller's recovery window after its not_after, only for the newest
+        /// certificate the controller issued to that machine, never for a revoked machine or serial.
+        pub async fn recover(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RenewRequest>,
+        ) -> std::result::Result<tonic::Response<super::RenewResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.Enrollment/Recover",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.Enrollment", "Recover"));
             self.inner.unary(req, path, codec).await
         }
     }
@@ -1694,16 +1721,26 @@ pub mod enrollment_server {
             &self,
             request: tonic::Request<super::EnrollRequest>,
         ) -> std::result::Result<tonic::Response<super::EnrollResponse>, tonic::Status>;
-        /// Issues a fresh certificate for the machine identified by the presented client certificate
-        /// (agents renew at about 70% of the lifetime).
+        /// Issues a fresh certificate for the agent or operator identified by the presented (valid)
+        /// client certificate (agents renew at about 2/3 of the lifetime, operators with
+        /// `apimctl renew-cert`).
         async fn renew(
             &self,
             request: tonic::Request<super::RenewRequest>,
         ) -> std::result::Result<tonic::Response<super::RenewResponse>, tonic::Status>;
+        /// Issues a fresh certificate to an agent whose certificate EXPIRED (e.g. during a controller
+        /// outage longer than its lifetime), presented over mTLS (the handshake proves the key): only
+        /// within the controller's recovery window after its not_after, only for the newest
+        /// certificate the controller issued to that machine, never for a revoked machine or serial.
+        async fn recover(
+            &self,
+            request: tonic::Request<super::RenewRequest>,
+        ) -> std::result::Result<tonic::Response<super::RenewResponse>, tonic::Status>;
     }
-    /// Issues agent certificates. `Enroll` is the only RPC in the package callable without a client
-    /// certificate (the agent pins the controller's CA and proves itself with a one-time join token);
-    /// `Renew` requires mTLS and takes the identity from the presented certificate.
+    /// Issues agent and operator certificates. `Enroll` is the only RPC in the package callable
+    /// without a client certificate (the agent pins the controller's CA and proves itself with a
+    /// one-time join token); `Renew` and `Recover` require mTLS and take the identity from the
+    /// presented certificate.
     #[derive(Debug)]
     pub struct EnrollmentServer<T> {
         inner: Arc<T>,
@@ -1851,6 +1888,49 @@ pub mod enrollment_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RenewSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.Enrollment/Recover" => {
+                    #[allow(non_camel_case_types)]
+                    struct RecoverSvc<T: Enrollment>(pub Arc<T>);
+                    impl<T: Enrollment> tonic::server::UnaryService<super::RenewRequest>
+                    for RecoverSvc<T> {
+                        type Response = super::RenewResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RenewRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Enrollment>::recover(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RecoverSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -2053,6 +2133,10 @@ pub struct MachineStatus {
     /// The last reported status of each of its nodes.
     #[prost(message, repeated, tag = "5")]
     pub nodes: ::prost::alloc::vec::Vec<NodeStatus>,
+    /// Whether the machine is revoked: its agent is refused until it enrolls again with a new join
+    /// token (`apimctl token create`), which lifts the revocation.
+    #[prost(bool, tag = "6")]
+    pub revoked: bool,
 }
 /// A join token request.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -32,8 +32,13 @@ pub enum Access {
     Agent,
     /// An operator (`spiffe://apimctl/operator/<name>`).
     Operator,
-    /// Either (only `ArtifactService.Stat`: agents before a fetch, `apimctl apply` before an upload).
+    /// Either (`ArtifactService.Stat`: agents before a fetch, `apimctl apply` before an upload;
+    /// `Enrollment.Renew`: agents and operators renew their own certificates).
     AgentOrOperator,
+    /// An agent whose certificate may have EXPIRED, within the recovery window after its
+    /// not_after (only `Enrollment.Recover`); everything else about the certificate is checked
+    /// as usual.
+    RecoveringAgent,
 }
 
 impl fmt::Display for Access {
@@ -43,6 +48,7 @@ impl fmt::Display for Access {
             Access::Agent => "agent certificates",
             Access::Operator => "operator certificates",
             Access::AgentOrOperator => "agent or operator certificates",
+            Access::RecoveringAgent => "agent certificates, expired within the recovery window",
         })
     }
 }
@@ -54,6 +60,8 @@ pub enum Rpc {
     Enroll,
     /// `Enrollment.Renew`.
     Renew,
+    /// `Enrollment.Recover`.
+    Recover,
     /// `AgentService.Connect`.
     Connect,
     /// `ArtifactService.Fetch`.
@@ -80,9 +88,10 @@ pub enum Rpc {
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 13] = [
+    pub const ALL: [Rpc; 14] = [
         Rpc::Enroll,
         Rpc::Renew,
+        Rpc::Recover,
         Rpc::Connect,
         Rpc::Fetch,
         Rpc::Stat,
@@ -101,6 +110,7 @@ impl Rpc {
         match self {
             Rpc::Enroll => "/apimctl.v1.Enrollment/Enroll",
             Rpc::Renew => "/apimctl.v1.Enrollment/Renew",
+            Rpc::Recover => "/apimctl.v1.Enrollment/Recover",
             Rpc::Connect => "/apimctl.v1.AgentService/Connect",
             Rpc::Fetch => "/apimctl.v1.ArtifactService/Fetch",
             Rpc::Stat => "/apimctl.v1.ArtifactService/Stat",
@@ -124,8 +134,9 @@ impl Rpc {
     pub fn access(self) -> Access {
         match self {
             Rpc::Enroll => Access::Anyone,
-            Rpc::Renew | Rpc::Connect | Rpc::Fetch => Access::Agent,
-            Rpc::Stat => Access::AgentOrOperator,
+            Rpc::Connect | Rpc::Fetch => Access::Agent,
+            Rpc::Renew | Rpc::Stat => Access::AgentOrOperator,
+            Rpc::Recover => Access::RecoveringAgent,
             Rpc::Upload
             | Rpc::Apply
             | Rpc::Plan
@@ -196,6 +207,7 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, ServerError> {
 pub struct Authorizer {
     verifier: Arc<dyn ClientCertVerifier>,
     state: Arc<ControllerState>,
+    recovery_grace: std::time::Duration,
 }
 
 impl fmt::Debug for Authorizer {
@@ -205,9 +217,18 @@ impl fmt::Debug for Authorizer {
 }
 
 impl Authorizer {
-    /// `verifier` is a WebPKI client verifier over the control-plane CA alone.
-    pub fn new(verifier: Arc<dyn ClientCertVerifier>, state: Arc<ControllerState>) -> Self {
-        Authorizer { verifier, state }
+    /// `verifier` is a WebPKI client verifier over the control-plane CA alone;
+    /// `recovery_grace` how long after its expiry an agent certificate may still `Recover`.
+    pub fn new(
+        verifier: Arc<dyn ClientCertVerifier>,
+        state: Arc<ControllerState>,
+        recovery_grace: std::time::Duration,
+    ) -> Self {
+        Authorizer {
+            verifier,
+            state,
+            recovery_grace,
+        }
     }
 
     /// Decides one call: `chain` is what the peer presented in the TLS handshake (leaf first),
@@ -221,13 +242,16 @@ impl Authorizer {
     ) -> Result<Caller, ServerError> {
         let peer = match chain {
             None | Some([]) => None,
+            Some([leaf, intermediates @ ..]) if rpc.access() == Access::RecoveringAgent => {
+                Some(self.verify_recovering(leaf, intermediates)?)
+            }
             Some([leaf, intermediates @ ..]) => Some(self.verify_peer(leaf, intermediates)?),
         };
         match (rpc.access(), &peer) {
             (Access::Anyone, _) => {}
             (_, None) => return Err(ServerError::NoClientCert { rpc }),
             (Access::AgentOrOperator, Some(_)) => {}
-            (Access::Agent, Some(PeerCert { identity, .. })) => {
+            (Access::Agent | Access::RecoveringAgent, Some(PeerCert { identity, .. })) => {
                 if !matches!(identity, PeerIdentity::Agent { .. }) {
                     return Err(ServerError::WrongRole {
                         rpc,
@@ -255,8 +279,46 @@ impl Authorizer {
         leaf: &CertificateDer<'static>,
         intermediates: &[CertificateDer<'static>],
     ) -> Result<PeerCert, ServerError> {
+        self.verify_at(leaf, intermediates, UnixTime::now())
+    }
+
+    /// [`Self::verify_peer`] for `Recover`: an expired certificate is checked as of its last
+    /// valid second (chain, signature, clientAuth), and refused once its expiry is more than
+    /// the recovery window ago.
+    fn verify_recovering(
+        &self,
+        leaf: &CertificateDer<'static>,
+        intermediates: &[CertificateDer<'static>],
+    ) -> Result<PeerCert, ServerError> {
+        let claimed =
+            PeerCert::from_der(leaf).map_err(|source| ServerError::NoIdentity { source })?;
+        let now = time::OffsetDateTime::now_utc();
+        if now <= claimed.not_after {
+            return self.verify_peer(leaf, intermediates);
+        }
+        if now - claimed.not_after > self.recovery_grace {
+            return Err(ServerError::InvalidClientCert {
+                reason: format!(
+                    "the certificate expired at {}, longer ago than the controller's recovery window of {}s",
+                    claimed.not_after,
+                    self.recovery_grace.as_secs()
+                ),
+            });
+        }
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(claimed.not_after.unix_timestamp()).unwrap_or(0),
+        ));
+        self.verify_at(leaf, intermediates, at)
+    }
+
+    fn verify_at(
+        &self,
+        leaf: &CertificateDer<'static>,
+        intermediates: &[CertificateDer<'static>],
+        at: UnixTime,
+    ) -> Result<PeerCert, ServerError> {
         self.verifier
-            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .verify_client_cert(leaf, intermediates, at)
             .map_err(|e| ServerError::InvalidClientCert {
                 reason: e.to_string(),
             })?;
@@ -362,5 +424,6 @@ mod tests {
         assert_eq!(Rpc::Upload.access(), Access::Operator);
         assert_eq!(Rpc::Fetch.access(), Access::Agent);
         assert_eq!(Rpc::Stat.access(), Access::AgentOrOperator);
+        assert_eq!(Rpc::Recover.access(), Access::RecoveringAgent);
     }
 }

@@ -1,9 +1,11 @@
 //! The `Enrollment` service: `Enroll` trades a one-time join token and a CSR for an agent
-//! certificate; `Renew` issues a fresh certificate for the machine of the presented one.
+//! certificate; `Renew` issues a fresh certificate for the agent or operator of the presented
+//! (valid) one; `Recover` issues one for an agent whose certificate expired, within the
+//! recovery window, when that certificate is the newest the machine was issued.
 //!
-//! The machine in the certificate comes from the redeemed token (Enroll) or from the verified
-//! client certificate (Renew), never from the request. A CSR that *names* another machine is
-//! refused outright, as a sign of a confused or malicious agent.
+//! The identity in the certificate comes from the redeemed token (Enroll) or from the verified
+//! client certificate (Renew, Recover), never from the request. A CSR that *names* another
+//! identity is refused outright, as a sign of a confused or malicious client.
 
 use apim_certs::{CertsError, IDENTITY_URI_PREFIX, IssuedCert, PeerIdentity};
 use apim_proto::prost_types::Timestamp;
@@ -33,6 +35,20 @@ pub fn timestamp(t: OffsetDateTime) -> Timestamp {
 /// Cheap checks before anything is redeemed or signed: size, DER shape, self-signature, and
 /// that every name the CSR carries (CN, apimctl URI SANs) is `machine`'s.
 pub fn precheck_csr(csr_der: &[u8], machine: &str) -> Result<(), ServerError> {
+    precheck_csr_for(
+        csr_der,
+        &PeerIdentity::Agent {
+            machine: machine.to_owned(),
+        },
+    )
+}
+
+/// [`precheck_csr`] for any identity (an operator renewing names itself).
+fn precheck_csr_for(csr_der: &[u8], identity: &PeerIdentity) -> Result<(), ServerError> {
+    let machine = match identity {
+        PeerIdentity::Agent { machine } => machine.as_str(),
+        PeerIdentity::Operator { name } => name.as_str(),
+    };
     let refuse = |reason: String| ServerError::Csr { reason };
     if csr_der.is_empty() || csr_der.len() > MAX_CSR_BYTES {
         return Err(refuse(format!(
@@ -47,9 +63,6 @@ pub fn precheck_csr(csr_der: &[u8], machine: &str) -> Result<(), ServerError> {
     }
     csr.verify_signature()
         .map_err(|e| refuse(format!("self-signature does not verify: {e}")))?;
-    let identity = PeerIdentity::Agent {
-        machine: machine.to_owned(),
-    };
     let foreign = |named: String, what: &str| ServerError::ForeignMachine {
         identity: identity.uri(),
         named,
@@ -131,17 +144,63 @@ impl EnrollmentSvc {
 
     fn renew_inner(&self, req: Request<RenewRequest>) -> Result<RenewResponse, ServerError> {
         let caller = caller(&req)?;
+        let csr_der = &req.get_ref().csr_der;
+        let identity = caller
+            .peer
+            .as_ref()
+            .map(|p| p.identity.clone())
+            .ok_or(ServerError::NoClientCert { rpc: caller.rpc })?;
+        let issued = match &identity {
+            PeerIdentity::Agent { machine } => {
+                precheck_csr(csr_der, machine)?;
+                let issued = self.sign(csr_der, machine)?;
+                self.ctx.state.record_issued(machine, &issued, false);
+                tracing::info!(%machine, serial = %issued.serial, not_after = %issued.not_after, "agent certificate renewed");
+                issued
+            }
+            PeerIdentity::Operator { name } => {
+                precheck_csr_for(csr_der, &identity)?;
+                let issued = self
+                    .ctx
+                    .state
+                    .ca()
+                    .sign_operator_csr(csr_der, name, self.ctx.config.operator_cert_ttl)
+                    .map_err(|source| match source {
+                        CertsError::CsrRejected { reason } => ServerError::Csr { reason },
+                        source => ServerError::Issue {
+                            action: "signing an operator certificate",
+                            source,
+                        },
+                    })?;
+                tracing::info!(operator = %name, serial = %issued.serial, not_after = %issued.not_after, "operator certificate renewed");
+                issued
+            }
+        };
+        Ok(self.answer(issued))
+    }
+
+    fn recover_inner(&self, req: Request<RenewRequest>) -> Result<RenewResponse, ServerError> {
+        let caller = caller(&req)?;
         let machine = caller.machine()?.to_owned();
+        let presented = caller.peer.as_ref().map(|p| p.serial.clone());
+        let newest = self.ctx.state.agent(&machine).and_then(|a| a.cert_serial);
+        if presented.is_none() || presented != newest {
+            return Err(ServerError::NotNewestCert { machine });
+        }
         let csr_der = &req.get_ref().csr_der;
         precheck_csr(csr_der, &machine)?;
         let issued = self.sign(csr_der, &machine)?;
         self.ctx.state.record_issued(&machine, &issued, false);
-        tracing::info!(%machine, serial = %issued.serial, not_after = %issued.not_after, "agent certificate renewed");
-        Ok(RenewResponse {
+        tracing::warn!(%machine, serial = %issued.serial, not_after = %issued.not_after, "agent certificate recovered after it expired");
+        Ok(self.answer(issued))
+    }
+
+    fn answer(&self, issued: IssuedCert) -> RenewResponse {
+        RenewResponse {
             cert_chain_pem: issued.cert_pem,
             ca_pem: self.ctx.state.ca().cert_pem().to_owned(),
             not_after: Some(timestamp(issued.not_after)),
-        })
+        }
     }
 }
 
@@ -156,5 +215,9 @@ impl Enrollment for EnrollmentSvc {
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         Ok(Response::new(self.renew_inner(req)?))
+    }
+
+    async fn recover(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        Ok(Response::new(self.recover_inner(req)?))
     }
 }

@@ -149,6 +149,14 @@ pub enum ServerError {
         machine: String,
     },
 
+    /// `Recover` with a certificate that is not the newest the machine was issued (an older
+    /// or copied one).
+    #[error("only the newest certificate issued to machine {machine:?} may recover it")]
+    NotNewestCert {
+        /// The machine.
+        machine: String,
+    },
+
     /// The caller's certificate expired while its stream was open.
     #[error("client certificate expired during the session; reconnect with the renewed one")]
     SessionCertExpired,
@@ -251,7 +259,8 @@ impl ServerError {
             ServerError::Revoked { .. }
             | ServerError::WrongRole { .. }
             | ServerError::ForeignMachine { .. }
-            | ServerError::ArtifactNotInSpec { .. } => Code::PermissionDenied,
+            | ServerError::ArtifactNotInSpec { .. }
+            | ServerError::NotNewestCert { .. } => Code::PermissionDenied,
             ServerError::UnknownMethod { .. } => Code::Unimplemented,
             ServerError::Csr { .. }
             | ServerError::InvalidArgument { .. }
@@ -291,6 +300,7 @@ impl ServerError {
             ServerError::Protocol { .. } => "request.protocol",
             ServerError::ArtifactNotFound { .. } => "artifact.not_found",
             ServerError::ArtifactNotInSpec { .. } => "artifact.not_in_spec",
+            ServerError::NotNewestCert { .. } => "auth.not_newest_certificate",
             ServerError::OffsetOutOfRange { .. } => "artifact.offset_out_of_range",
             ServerError::ArtifactMismatch { .. } => "artifact.digest_mismatch",
             ServerError::UnknownMachine { .. } => "operator.unknown_machine",
@@ -315,11 +325,13 @@ impl ServerError {
                 "enroll the agent with a join token, or use an operator certificate"
             }
             ServerError::InvalidClientCert { .. } => {
-                "the certificate must be issued by this controller's CA and be valid now; \
-                 agents renew automatically, an expired agent must enroll again"
+                "the certificate must be issued by this controller's CA and be valid now; agents \
+                 renew (and, within the recovery window, recover) automatically; past it, enroll \
+                 again with a new join token"
             }
             ServerError::Revoked { .. } => {
-                "create a new join token (apimctl token create) and enroll again"
+                "re-admit the machine: apimctl token create --machine <name>, and put the token in \
+                 the agent's token file; it enrolls again on its own"
             }
             ServerError::Token { .. } => {
                 "create a new join token with apimctl token create --machine <name>"

@@ -46,6 +46,8 @@ pub use error::ServerError;
 pub const DEFAULT_TOKEN_TTL: Duration = apim_certs::DEFAULT_TOKEN_TTL;
 /// Longest join token an operator may ask for (kubeadm's default bootstrap-token lifetime).
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long after its expiry an agent certificate may still recover by default (30 days).
+pub const DEFAULT_AGENT_RECOVERY_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Largest piece of an artifact sent per `Chunk` (the contract's limit).
 pub const MAX_CHUNK_SIZE: usize = 1024 * 1024;
 
@@ -59,6 +61,11 @@ pub struct ServerConfig {
     pub server_cert_ttl: Duration,
     /// Lifetime of agent certificates (agents renew at 2/3 of it).
     pub agent_cert_ttl: Duration,
+    /// How long after its expiry an agent certificate may still `Recover` (an agent cut off by
+    /// a controller outage longer than its certificate's life rejoins without a person).
+    pub agent_recovery_grace: Duration,
+    /// Lifetime of operator certificates renewed with `Renew`.
+    pub operator_cert_ttl: Duration,
     /// Lifetime of a join token created with `ttl_s = 0`.
     pub token_default_ttl: Duration,
     /// Longest join token lifetime an operator may request.
@@ -82,6 +89,8 @@ impl ServerConfig {
             server_names,
             server_cert_ttl: apim_certs::DEFAULT_SERVER_CERT_TTL,
             agent_cert_ttl: apim_certs::DEFAULT_AGENT_CERT_TTL,
+            agent_recovery_grace: DEFAULT_AGENT_RECOVERY_GRACE,
+            operator_cert_ttl: apim_certs::DEFAULT_OPERATOR_CERT_TTL,
             token_default_ttl: DEFAULT_TOKEN_TTL,
             token_max_ttl: MAX_TOKEN_TTL,
             handshake_timeout: Duration::from_secs(10),
@@ -126,7 +135,8 @@ where
             reason: e.to_string(),
         }
     })?;
-    let authorizer = auth::Authorizer::new(verifier, Arc::clone(&state));
+    let authorizer =
+        auth::Authorizer::new(verifier, Arc::clone(&state), config.agent_recovery_grace);
     let (stop_tx, stop_rx) = watch::channel(false);
     let incoming = tls::incoming(
         listener,

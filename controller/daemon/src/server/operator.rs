@@ -221,6 +221,7 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                         .and_then(|a| a.last_seen)
                         .map(Timestamp::from)
                 },
+                revoked: agent.as_ref().is_some_and(|a| a.revoked),
                 facts: agent.and_then(|a| a.facts),
                 nodes,
             })

@@ -40,6 +40,10 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             .renew(RenewRequest { csr_der: vec![] })
             .await
             .map(drop),
+        Rpc::Recover => EnrollmentClient::new(ch)
+            .recover(RenewRequest { csr_der: vec![] })
+            .await
+            .map(drop),
         Rpc::Connect => {
             let mut inbound = AgentServiceClient::new(ch)
                 .connect(tokio_stream::iter(vec![hello(0)]))
@@ -133,6 +137,11 @@ fn expected(rpc: Rpc, cred: Cred) -> Option<(Code, &'static str)> {
     match cred {
         Cred::NoCert if rpc == Rpc::Enroll => Some((Code::Unauthenticated, "enroll.token_refused")),
         Cred::NoCert => Some((Code::Unauthenticated, "auth.no_client_certificate")),
+        // Within the recovery window an expired certificate reaches Recover, which takes only
+        // the newest certificate the machine was issued (this one was minted aside).
+        Cred::Expired if rpc == Rpc::Recover => {
+            Some((Code::PermissionDenied, "auth.not_newest_certificate"))
+        }
         Cred::ForeignCa | Cred::Expired => {
             Some((Code::Unauthenticated, "auth.invalid_client_certificate"))
         }
@@ -140,7 +149,7 @@ fn expected(rpc: Rpc, cred: Cred) -> Option<(Code, &'static str)> {
         Cred::Agent if access == Access::Operator => {
             Some((Code::PermissionDenied, "auth.wrong_role"))
         }
-        Cred::Operator if access == Access::Agent => {
+        Cred::Operator if matches!(access, Access::Agent | Access::RecoveringAgent) => {
             Some((Code::PermissionDenied, "auth.wrong_role"))
         }
         Cred::Agent | Cred::Operator => None,
@@ -190,7 +199,7 @@ async fn every_rpc_refuses_every_wrong_credential() {
             let details = apim_proto::error_details(&status)
                 .unwrap_or_else(|| panic!("{rpc} with {cred:?}: no ErrorDetails"));
             assert_eq!(details.errors[0].code, detail, "{rpc} with {cred:?}");
-            if cred == Cred::Expired {
+            if cred == Cred::Expired && rpc != Rpc::Recover {
                 assert!(
                     status.message().to_lowercase().contains("expired"),
                     "{rpc}: {}",
@@ -199,9 +208,10 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 13 RPCs × 4 credentials refused everywhere, 8 operator RPCs for the agent and 3 agent
-    // RPCs for the operator (Stat is open to both: agents before a fetch, apply before an upload).
-    assert_eq!(rows, 13 * 4 + 8 + 3);
+    // 14 RPCs × 4 credentials refused everywhere, 8 operator RPCs for the agent and 3 agent
+    // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
+    // before an upload; each renews its own certificate).
+    assert_eq!(rows, 14 * 4 + 8 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");

@@ -308,3 +308,192 @@ async fn a_man_in_the_middle_gets_nothing() {
     .expect("the real controller enrolls");
     h.shutdown().await.expect("clean shutdown");
 }
+
+/// An agent certificate for `machine` valid for `ttl`, recorded as issued (the newest).
+fn short_lived_agent(h: &Harness, machine: &str, ttl: Duration) -> (crate::support::Creds, String) {
+    let key = AgentKey::generate().expect("agent key");
+    let issued = h
+        .state
+        .ca()
+        .sign_agent_csr(&key.csr_der(machine).expect("csr"), machine, ttl)
+        .expect("sign");
+    h.state.record_issued(machine, &issued, true);
+    let serial = issued.serial.clone();
+    (
+        crate::support::Creds {
+            cert_pem: issued.cert_pem,
+            key_pem: key.key_pem(),
+        },
+        serial,
+    )
+}
+
+fn csr(machine: &str) -> (AgentKey, Vec<u8>) {
+    let key = AgentKey::generate().expect("key");
+    let csr = key.csr_der(machine).expect("csr");
+    (key, csr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_agent_recovers_with_its_newest_certificate_within_the_window_only() {
+    let h = Harness::start().await;
+    let (expired, serial) = short_lived_agent(&h, "vm-a", Duration::from_secs(1));
+    let (older, _) = short_lived_agent(&h, "vm-b", Duration::from_secs(1));
+    let (_newer, _) = short_lived_agent(&h, "vm-b", Duration::from_secs(3600));
+    let (revoked, _) = short_lived_agent(&h, "vm-r", Duration::from_secs(1));
+    h.state.revoke_machine("vm-r").expect("revoke");
+    let not_after = apim_certs::PeerCert::from_der(
+        &apim_certs::cert_pem_to_der(&expired.cert_pem).expect("pem"),
+    )
+    .expect("cert")
+    .not_after;
+    eventually("the certificates to expire", || {
+        time::OffsetDateTime::now_utc() >= not_after + time::Duration::seconds(1)
+    })
+    .await;
+
+    // Renew no longer takes it; Recover does, and the new certificate works.
+    let mut client =
+        apim_proto::v1::enrollment_client::EnrollmentClient::new(h.channel(Some(&expired)).await);
+    let (_, request) = csr("vm-a");
+    let status = client
+        .renew(RenewRequest {
+            csr_der: request.clone(),
+        })
+        .await
+        .expect_err("expired");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let (key, request) = csr("vm-a");
+    let answer = client
+        .recover(RenewRequest { csr_der: request })
+        .await
+        .expect("recovered")
+        .into_inner();
+    let fresh = crate::support::Creds {
+        cert_pem: answer.cert_chain_pem,
+        key_pem: key.key_pem(),
+    };
+    let recovered =
+        apim_certs::PeerCert::from_der(&apim_certs::cert_pem_to_der(&fresh.cert_pem).expect("pem"))
+            .expect("cert");
+    assert_ne!(recovered.serial, serial);
+    assert!(recovered.not_after > time::OffsetDateTime::now_utc());
+    let mut agent = apim_proto::v1::artifact_service_client::ArtifactServiceClient::new(
+        h.channel(Some(&fresh)).await,
+    );
+    let stat = agent
+        .stat(apim_proto::v1::StatRequest {
+            sha256: "a".repeat(64),
+        })
+        .await
+        .expect_err("no such artifact");
+    assert_eq!(
+        stat.code(),
+        Code::NotFound,
+        "the recovered certificate is accepted"
+    );
+
+    // The expired certificate cannot recover twice (it is no longer the newest), nor can an
+    // older certificate of another machine, nor a revoked machine's.
+    for (creds, machine, what) in [
+        (&expired, "vm-a", "newest"),
+        (&older, "vm-b", "newest"),
+        (&revoked, "vm-r", "revoked"),
+    ] {
+        let mut c =
+            apim_proto::v1::enrollment_client::EnrollmentClient::new(h.channel(Some(creds)).await);
+        let status = c
+            .recover(RenewRequest {
+                csr_der: csr(machine).1,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{}",
+            status.message()
+        );
+        assert!(status.message().contains(what), "{}", status.message());
+    }
+    h.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_ends_with_the_controllers_window() {
+    let h = Harness::start_with(|c| c.agent_recovery_grace = Duration::ZERO).await;
+    let (expired, _) = short_lived_agent(&h, "vm-a", Duration::from_secs(1));
+    let not_after = apim_certs::PeerCert::from_der(
+        &apim_certs::cert_pem_to_der(&expired.cert_pem).expect("pem"),
+    )
+    .expect("cert")
+    .not_after;
+    eventually("the certificate to expire", || {
+        time::OffsetDateTime::now_utc() >= not_after + time::Duration::seconds(1)
+    })
+    .await;
+    let status =
+        apim_proto::v1::enrollment_client::EnrollmentClient::new(h.channel(Some(&expired)).await)
+            .recover(RenewRequest {
+                csr_der: csr("vm-a").1,
+            })
+            .await
+            .expect_err("past the window");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().contains("recovery window"),
+        "{}",
+        status.message()
+    );
+    h.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_renews_its_own_certificate_with_the_current_one() {
+    let h = Harness::start().await;
+    let alice = h.operator_creds("alice");
+    let mut client =
+        apim_proto::v1::enrollment_client::EnrollmentClient::new(h.channel(Some(&alice)).await);
+    // A CSR naming someone else is refused; one naming alice gets alice a new certificate.
+    let operator = |name: &str| apim_certs::PeerIdentity::Operator { name: name.into() };
+    let key = AgentKey::generate().expect("key");
+    let status = client
+        .renew(RenewRequest {
+            csr_der: key.csr_der_for(&operator("bob")).expect("csr"),
+        })
+        .await
+        .expect_err("a foreign name");
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    let request = key.csr_der_for(&operator("alice")).expect("csr");
+    let answer = client
+        .renew(RenewRequest { csr_der: request })
+        .await
+        .expect("renewed")
+        .into_inner();
+    let renewed = crate::support::Creds {
+        cert_pem: answer.cert_chain_pem,
+        key_pem: key.key_pem(),
+    };
+    let peer = apim_certs::PeerCert::from_der(
+        &apim_certs::cert_pem_to_der(&renewed.cert_pem).expect("pem"),
+    )
+    .expect("cert");
+    assert_eq!(
+        peer.identity,
+        apim_certs::PeerIdentity::Operator {
+            name: "alice".into()
+        }
+    );
+    let mut op = apim_proto::v1::operator_service_client::OperatorServiceClient::new(
+        h.channel(Some(&renewed)).await,
+    );
+    op.status(apim_proto::v1::StatusRequest {})
+        .await
+        .expect("the renewed certificate works");
+    h.shutdown().await.expect("clean shutdown");
+}

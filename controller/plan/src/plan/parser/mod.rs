@@ -36,6 +36,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             's' => 1,
             'm' => 60,
             'h' => 3600,
+            'd' => 86_400,
             _ => return None,
         };
         any = true;
