@@ -534,3 +534,130 @@ fn malformed_or_rejected_plans_change_nothing() -> TestResult {
     );
     Ok(())
 }
+
+/// When the agent certificate in `state_dir` expires.
+fn agent_cert_not_after(
+    state_dir: &Path,
+) -> Result<time::OffsetDateTime, Box<dyn std::error::Error>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = std::fs::read(state_dir.join("agent-identity.pem"))?;
+    let der = CertificateDer::from_pem_slice(&pem)?;
+    Ok(apim_certs::PeerCert::from_der(&der)?.not_after)
+}
+
+#[test]
+fn an_agent_outliving_its_certificate_in_a_controller_outage_keeps_its_nodes_and_rejoins()
+-> TestResult {
+    let mut opts = ClusterOptions::new(Topology::V3FiveNode, "e2e_cert_outage");
+    opts.startup_delay_ms = 100;
+    opts.controller_settings = vec!["agent_cert_ttl = \"15s\"".into()];
+    let mut c = Cluster::create(&opts)?;
+    c.start()?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    apply_ok(&c, &plan)?;
+    let nodes = c.node_names();
+    let pids: BTreeMap<String, Vec<u32>> = nodes
+        .iter()
+        .map(|n| Ok((n.clone(), c.server_pids(n)?)))
+        .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+
+    // The controller goes away for longer than an agent certificate lives.
+    c.kill_controller();
+    let km = c.machine("vm-km-1")?.clone();
+    let deadline = std::time::Instant::now() + apim_e2e::cluster::PATIENCE;
+    loop {
+        let not_after = agent_cert_not_after(&km.state_dir)?;
+        if time::OffsetDateTime::now_utc() > not_after + time::Duration::seconds(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the certificate never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Meanwhile the machine restarts its agent, with only an expired certificate: it loads its
+    // ledger and keeps its node (the same server answers).
+    c.kill_agent("vm-km-1");
+    c.start_agent("vm-km-1")?;
+    let version = std::net::SocketAddr::from((km.address, 9763));
+    let answered = apim_e2e::probe::wait_until(
+        apim_e2e::cluster::PATIENCE,
+        std::time::Duration::from_millis(100),
+        || apim_e2e::probe::http_get(version, "/services/Version").is_ok_and(|r| r.status == 200),
+    );
+    assert!(answered, "km-1 serves while the controller is away");
+    assert_eq!(
+        c.server_pids("km-1")?,
+        pids["km-1"],
+        "km-1 was not restarted"
+    );
+
+    // The controller returns: every agent recovers a certificate on its own and reports.
+    c.start_controller()?;
+    c.wait_agents_connected()?;
+    let s = c.wait_status("every node healthy again", |s| all_healthy(s, &nodes))?;
+    for n in &nodes {
+        assert_eq!(c.server_pids(n)?, pids[n], "{n} kept its server: {s}");
+        assert_eq!(c.start_count(n)?, 1, "{n} started once");
+    }
+    let renewed = agent_cert_not_after(&km.state_dir)?;
+    assert!(
+        renewed > time::OffsetDateTime::now_utc(),
+        "vm-km-1 holds a valid certificate"
+    );
+    let log = std::fs::read_to_string(c.root().join("logs/controller.log"))?;
+    assert!(
+        log.contains("agent certificate recovered after it expired"),
+        "the controller logged the recovery"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_revoked_machine_is_shown_revoked_and_rejoins_with_a_new_token_alone() -> TestResult {
+    let c = started(Topology::V3FiveNode, "e2e_readmit", 100)?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    apply_ok(&c, &plan)?;
+    let pids = c.server_pids("tm-1")?;
+    let out = c.apimctl(&["revoke", "vm-tm-1"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let revoked = |s: &serde_json::Value, yes: bool| {
+        s["machines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["machine"] == "vm-tm-1" && m["revoked"] == yes)
+    };
+    c.wait_status("vm-tm-1 shown revoked", |s| revoked(s, true))?;
+    let shown = c.apimctl(&["status"])?;
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("tm-1") && l.contains(" revoked ")),
+        "{shown}"
+    );
+    assert_eq!(
+        c.server_pids("tm-1")?,
+        pids,
+        "a revoked machine keeps its node running"
+    );
+
+    // Re-admission: one command on the controller side, the token file on the machine.
+    let token = c.apimctl(&["token", "create", "--machine", "vm-tm-1"])?;
+    assert!(token.status.success(), "{}", text(&token));
+    apim_e2e::cluster::write_private(&c.root().join("tokens/vm-tm-1"), &token.stdout)?;
+    let s = c.wait_status("vm-tm-1 back", |s| {
+        revoked(s, false)
+            && s["machines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["machine"] == "vm-tm-1" && m["reachable"] == true)
+    })?;
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    assert_eq!(c.server_pids("tm-1")?, pids, "tm-1 was not restarted");
+    Ok(())
+}

@@ -99,8 +99,11 @@ fn build_config(cli: Cli) -> Result<(AgentConfig, LogFormat), DaemonError> {
     if let Some(h) = cli.hosts_file.or(file.hosts_file) {
         config.hosts_file = h;
     }
-    config.token = match cli.token_file.or(file.token_file) {
-        Some(p) => Some(read_token_file(&p)?),
+    config.token_file = cli.token_file.or(file.token_file);
+    config.token = match &config.token_file {
+        // A machine enrolled already needs no token; one put there later re-admits it.
+        Some(p) if !p.exists() => None,
+        Some(p) => Some(read_token_file(p)?),
         None => std::env::var("APIM_AGENT_TOKEN")
             .ok()
             .map(|t| t.trim().to_owned())

@@ -131,6 +131,8 @@ pub struct AgentConfig {
     pub hosts_file: PathBuf,
     /// The join token, for the first start only. SECRET.
     pub token: Option<String>,
+    /// Where the join token is read from (read again to re-admit a revoked machine).
+    pub token_file: Option<PathBuf>,
     /// Loop timings.
     pub timings: Timings,
 }
@@ -144,6 +146,7 @@ impl fmt::Debug for AgentConfig {
             .field("install_root", &self.install_root)
             .field("hosts_file", &self.hosts_file)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .field("timings", &self.timings)
             .finish()
     }
@@ -159,7 +162,17 @@ impl AgentConfig {
             install_root: PathBuf::from("/"),
             hosts_file: PathBuf::from(crate::exec::hosts::DEFAULT_HOSTS_PATH),
             token: None,
+            token_file: None,
             timings: Timings::default(),
+        }
+    }
+
+    /// The join token now: the token file's content when there is one (an operator may have
+    /// put a new token there), else the token given at start.
+    pub fn current_token(&self) -> Option<String> {
+        match &self.token_file {
+            Some(p) => read_token_file(p).ok(),
+            None => self.token.clone(),
         }
     }
 

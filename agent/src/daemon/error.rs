@@ -70,6 +70,9 @@ pub enum DaemonError {
         code: tonic::Code,
         /// The controller's (or transport's) message.
         message: String,
+        /// The controller's stable error code (`ErrorDetail.code`, e.g. `auth.revoked`), empty
+        /// when it sent none.
+        detail: String,
     },
 
     /// The controller sent a chunk that does not continue the download where it stands.
@@ -227,7 +230,17 @@ impl DaemonError {
             call,
             code: status.code(),
             message: status.message().to_owned(),
+            detail: apim_proto::error_details(status)
+                .and_then(|d| d.errors.into_iter().next())
+                .map(|e| e.code)
+                .unwrap_or_default(),
         }
+    }
+
+    /// Whether the controller refused the call because this machine (or its certificate) is
+    /// revoked.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self, DaemonError::Rpc { detail, .. } if detail == "auth.revoked")
     }
 }
 

@@ -77,6 +77,8 @@ pub enum EnrollError {
         code: tonic::Code,
         /// The controller's message.
         message: String,
+        /// The controller's stable error code (`ErrorDetail.code`, e.g. `auth.revoked`).
+        detail: String,
     },
 
     /// The controller's answer does not hold together (wrong key, wrong machine, a
@@ -122,6 +124,26 @@ pub enum EnrollError {
     },
 }
 
+impl EnrollError {
+    /// The controller refused `call` with `status`.
+    pub fn refused(call: &'static str, status: &tonic::Status) -> Self {
+        EnrollError::Refused {
+            call,
+            code: status.code(),
+            message: status.message().to_owned(),
+            detail: apim_proto::error_details(status)
+                .and_then(|d| d.errors.into_iter().next())
+                .map(|e| e.code)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether the controller refused because this machine (or certificate) is revoked.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self, EnrollError::Refused { detail, .. } if detail == "auth.revoked")
+    }
+}
+
 pub(crate) fn tls_err(e: impl fmt::Display) -> EnrollError {
     EnrollError::Tls {
         reason: e.to_string(),
@@ -157,6 +179,11 @@ pub struct IdentityInfo {
 }
 
 impl IdentityInfo {
+    /// Whether the certificate has expired (the agent then recovers rather than renews).
+    pub fn expired(&self) -> bool {
+        OffsetDateTime::now_utc() > self.not_after
+    }
+
     /// When to renew: at 2/3 of the certificate's life ([`apim_certs::renew_at`]), counted
     /// from when it was actually obtained rather than from the back-dated `not_before` (for
     /// short lifetimes the back-dating alone would make a brand-new certificate due at once).
@@ -193,6 +220,17 @@ impl AgentIdentity {
         expected_machine: Option<&str>,
         obtained_at: OffsetDateTime,
     ) -> Result<Self, EnrollError> {
+        Self::assemble(key, cert_pem, ca_pem, expected_machine, obtained_at, false)
+    }
+
+    fn assemble(
+        key: &AgentKey,
+        cert_pem: &str,
+        ca_pem: &str,
+        expected_machine: Option<&str>,
+        obtained_at: OffsetDateTime,
+        allow_expired: bool,
+    ) -> Result<Self, EnrollError> {
         let bad = |reason: String| EnrollError::BadAnswer { reason };
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| bad(format!("certificate PEM: {e}")))?;
@@ -203,8 +241,18 @@ impl AgentIdentity {
         if parsed.public_key().raw != key.public_key_der().as_slice() {
             return Err(bad("the certificate is not for this agent's key".into()));
         }
+        // An expired certificate is checked as of its last valid second: it still proves the
+        // machine to the controller's `Recover`, within the controller's window.
+        let not_after = parsed.validity().not_after.to_datetime();
+        let at = if allow_expired && OffsetDateTime::now_utc() > not_after {
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                u64::try_from(not_after.unix_timestamp()).unwrap_or(0),
+            ))
+        } else {
+            UnixTime::now()
+        };
         tls::ca_client_verifier(&ca_der)?
-            .verify_client_cert(&cert_der, &[], UnixTime::now())
+            .verify_client_cert(&cert_der, &[], at)
             .map_err(|e| bad(format!("certificate does not verify against the CA: {e}")))?;
         let peer = PeerCert::from_der(&cert_der).map_err(|source| EnrollError::Certs {
             action: "reading the agent certificate's identity",
@@ -235,7 +283,8 @@ impl AgentIdentity {
     }
 
     /// Loads the identity persisted in `state_dir` and re-checks it (key ↔ certificate ↔ CA).
-    /// An expired certificate fails here: the agent must enroll again.
+    /// An expired certificate loads (see [`IdentityInfo::expired`]): the agent keeps enforcing
+    /// its ledger and recovers a new certificate when the controller is back.
     pub fn load(state_dir: &Path) -> Result<Self, EnrollError> {
         let err = |reason: String| EnrollError::Identity {
             dir: state_dir.to_path_buf(),
@@ -272,7 +321,7 @@ impl AgentIdentity {
         let cert_der = CertificateDer::from_pem_slice(identity.as_bytes())
             .map_err(|e| err(format!("{IDENTITY_FILE} holds no certificate: {e}")))?;
         let cert_pem = apim_certs::cert_der_to_pem(&cert_der);
-        Self::from_parts(&key, &cert_pem, &ca_pem, None, obtained_at)
+        Self::assemble(&key, &cert_pem, &ca_pem, None, obtained_at, true)
             .map_err(|e| err(e.to_string()))
     }
 
@@ -393,11 +442,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<AgentIdentity, EnrollError> 
             csr_der,
         })
         .await
-        .map_err(|status| EnrollError::Refused {
-            call: "Enroll",
-            code: status.code(),
-            message: status.message().to_owned(),
-        })?
+        .map_err(|status| EnrollError::refused("Enroll", &status))?
         .into_inner();
     apim_certs::verify_ca_pin(&response.ca_pem, &token.ca_fingerprint).map_err(|e| {
         EnrollError::BadAnswer {

@@ -152,11 +152,14 @@ impl Control {
         self.inner.identity.subscribe()
     }
 
-    /// Renews now: fresh key, CSR, `Renew` over the current channel; the answer must be for
-    /// the same machine and the same (pinned) CA. Persists it, then swaps the channel.
+    /// Renews now: fresh key, CSR, `Renew` over the current channel (`Recover` when the
+    /// certificate has expired, e.g. after a controller outage longer than its life); the
+    /// answer must be for the same machine and the same (pinned) CA. Persists it, then swaps
+    /// the channel.
     pub async fn renew(&self) -> Result<Arc<AgentIdentity>, EnrollError> {
         let _one_at_a_time = self.inner.renewing.lock().await;
         let current = self.identity();
+        let expired = current.info().expired();
         let machine = current.info().machine.clone();
         let key = AgentKey::generate().map_err(|source| EnrollError::Certs {
             action: "generating the renewal key",
@@ -166,14 +169,14 @@ impl Control {
             action: "building the renewal CSR",
             source,
         })?;
-        let response = EnrollmentClient::new(self.channel())
-            .renew(RenewRequest { csr_der })
-            .await
-            .map_err(|status| EnrollError::Refused {
-                call: "Renew",
-                code: status.code(),
-                message: status.message().to_owned(),
-            })?
+        let mut client = EnrollmentClient::new(self.channel());
+        let (call, answer) = if expired {
+            ("Recover", client.recover(RenewRequest { csr_der }).await)
+        } else {
+            ("Renew", client.renew(RenewRequest { csr_der }).await)
+        };
+        let response = answer
+            .map_err(|status| EnrollError::refused(call, &status))?
             .into_inner();
         let pinned =
             CertificateDer::from_pem_slice(current.ca_pem().as_bytes()).map_err(tls_err)?;
@@ -197,9 +200,19 @@ impl Control {
             %machine,
             serial = %renewed.info().serial,
             not_after = %renewed.info().not_after,
+            recovered = expired,
             "agent certificate renewed"
         );
         Ok(renewed)
+    }
+
+    /// Replaces the identity (after enrolling again with a new join token) and swaps the
+    /// channel.
+    pub fn replace_identity(&self, identity: AgentIdentity) -> Result<(), EnrollError> {
+        let channel = Self::channel_for(&self.inner.config, &identity)?;
+        self.inner.channel.send_replace(channel);
+        self.inner.identity.send_replace(Arc::new(identity));
+        Ok(())
     }
 
     /// Starts the renewal loop; it stops when the returned handle is dropped.

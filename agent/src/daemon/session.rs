@@ -175,6 +175,27 @@ async fn connection_loop(shared: Arc<Shared>) {
             attempt = 0;
         }
         attempt += 1;
+        if result.as_ref().is_err_and(DaemonError::is_revoked) {
+            readmit(&shared).await;
+            attempt = 0;
+            continue;
+        }
+        // An expired certificate (the controller was away longer than its life) is recovered
+        // now rather than at the renewal loop's next try; a revoked machine learns it here.
+        if shared.control.identity().info().expired() {
+            match shared.control.renew().await {
+                Ok(_) => {
+                    attempt = 0;
+                    continue;
+                }
+                Err(e) if e.is_revoked() => {
+                    readmit(&shared).await;
+                    attempt = 0;
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "recovering the expired certificate failed"),
+            }
+        }
         let delay = jitter(backoff(t.reconnect_base, t.reconnect_max, attempt));
         let why = match &result {
             Ok(()) => "the controller closed the stream".to_owned(),
@@ -184,6 +205,63 @@ async fn connection_loop(shared: Arc<Shared>) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
             "not connected ({why}); retrying in {:.1} s",
             delay.as_secs_f64()
+        ))]);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// This machine is revoked: it keeps its nodes running (its ledger) and waits for an operator
+/// to re-admit it — a new join token in its token file (`apimctl token create --machine M`) —
+/// then enrolls again with it. A token that was tried already is not sent twice.
+async fn readmit(shared: &Shared) {
+    let config = &shared.config;
+    let mut tried: Option<String> = None;
+    let mut attempt: u32 = 0;
+    loop {
+        let token = config.current_token().filter(|t| tried.as_ref() != Some(t));
+        if let Some(token) = token {
+            tried = Some(token.clone());
+            let opts = EnrollOptions {
+                endpoint: config.endpoint.clone(),
+                machine: config.machine.clone(),
+                token,
+                state_dir: config.state_dir.clone(),
+                connect_timeout: config.timings.connect_timeout,
+            };
+            match identity::enroll(&opts).await {
+                Ok(id) => {
+                    tracing::warn!(machine = %config.machine, serial = %id.info().serial, "re-admitted: enrolled again with a new join token");
+                    match shared.control.replace_identity(id) {
+                        Ok(()) => return,
+                        Err(e) => tracing::error!(error = %e, "cannot use the new identity"),
+                    }
+                }
+                Err(e @ EnrollError::Connect { .. }) => {
+                    // Not the token's fault: try it again.
+                    tried = None;
+                    tracing::warn!(error = %e, "controller not reachable for re-enrollment");
+                }
+                Err(e) => tracing::error!(error = %e, "re-enrollment refused"),
+            }
+        }
+        attempt += 1;
+        let delay = jitter(backoff(
+            config.timings.reconnect_base,
+            config.timings.reconnect_max,
+            attempt,
+        ));
+        let hint = match &config.token_file {
+            Some(p) => format!("put a new join token in {}", p.display()),
+            None => "restart the agent with a new join token".to_owned(),
+        };
+        tracing::error!(
+            machine = %config.machine,
+            retry_in = ?delay,
+            "this machine is revoked; to re-admit it run `apimctl token create --machine {}` and {hint}",
+            config.machine
+        );
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
+            "revoked; waiting for a new join token ({hint})"
         ))]);
         tokio::time::sleep(delay).await;
     }

@@ -316,10 +316,14 @@ impl Cluster {
             Some(a) => a.port(),
             None => {
                 let port = free_port()?;
-                let text = format!(
+                let mut text = format!(
                     "listen = \"127.0.0.1:{port}\"\nserver_names = [\"127.0.0.1\", \"localhost\"]\ndata_dir = {:?}\n",
                     r.join("controller-data").display().to_string()
                 );
+                for line in &opts.controller_settings {
+                    text.push_str(line);
+                    text.push('\n');
+                }
                 std::fs::write(&config, text).map_err(io("write", &config))?;
                 port
             }
@@ -532,8 +536,10 @@ impl Cluster {
                 return Err(command_error("apimctl token create", &out));
             }
             write_private(&token_file, &out.stdout)?;
-            cmd.arg("--token-file").arg(&token_file);
         }
+        // Always given, as an installed agent's config does: a new token there re-admits a
+        // revoked machine.
+        cmd.arg("--token-file").arg(&token_file);
         let child = self.spawn(&format!("agent-{}", m.name), cmd)?;
         self.agents.insert(m.name.clone(), child);
         Ok(())

@@ -161,6 +161,8 @@ pub struct ClusterOptions {
     pub startup_delay_ms: u64,
     /// Padding for realistically sized packs (benchmarks).
     pub filler: Option<Filler>,
+    /// Extra lines for the controller's configuration file, e.g. `agent_cert_ttl = "15s"`.
+    pub controller_settings: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -171,6 +173,7 @@ impl ClusterOptions {
             name: name.into(),
             startup_delay_ms: 200,
             filler: None,
+            controller_settings: Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub fn status(status: &ClusterStatus) -> Value {
         "machines": status.machines.iter().map(|m| json!({
             "machine": m.machine,
             "reachable": m.reachable,
+            "revoked": m.revoked,
             "unreachable_since": since(m.unreachable_since.as_ref()).map(rfc3339),
             "nodes": m.nodes.iter().map(|n| json!({
                 "node": n.node, "phase": phase_name(n.phase()), "step": n.step,

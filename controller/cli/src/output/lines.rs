@@ -33,7 +33,7 @@ pub fn status(status: &ClusterStatus) -> Vec<String> {
 
 /// One line per node: machine, node, phase, the plan generation the node's spec came from
 /// (`gen N`; `gen -` when not known yet), elapsed time in the phase, step and last error; an
-/// unreachable machine's nodes say "unreachable since T".
+/// unreachable machine's nodes say "unreachable since T", a revoked machine's "revoked".
 pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
     status
         .machines
@@ -44,7 +44,9 @@ pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
 
 /// The status line of one node (see [`status_lines`]).
 pub fn node_line(m: &MachineStatus, n: &NodeStatus) -> String {
-    let phase = if m.reachable {
+    let phase = if m.revoked {
+        "revoked".to_string()
+    } else if m.reachable {
         phase_name(n.phase())
     } else {
         match since(m.unreachable_since.as_ref()) {
@@ -209,6 +211,15 @@ mod tests {
             ..m
         };
         assert!(node_line(&away, &n).contains("unreachable (never connected)"));
+        let revoked = MachineStatus {
+            revoked: true,
+            ..away
+        };
+        assert!(
+            node_line(&revoked, &n).contains(" revoked "),
+            "{}",
+            node_line(&revoked, &n)
+        );
     }
 
     #[test]
