@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
-use crate::commands::{agents, apply, controller, plan, render, revoke, status, token, validate};
+use crate::commands::{
+    agents, apply, controller, plan, render, renew_cert, revoke, status, token, validate,
+};
 use crate::error::CliError;
 
 /// apimctl provisions distributed WSO2 API Manager deployments from one plan file.
@@ -47,6 +49,8 @@ enum Command {
     Token(token::Command),
     /// Revoke a machine's certificate and close its stream.
     Revoke(revoke::Args),
+    /// Renew your operator certificate with the current one (before it expires).
+    RenewCert(renew_cert::Args),
     /// The controller daemon and its host-side tools.
     #[command(subcommand)]
     Controller(controller::Command),
@@ -87,6 +91,7 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         Command::Agents(args) => on_controller(connection, |s| agents::run(args, s, stdout)),
         Command::Token(command) => on_controller(connection, |s| token::run(command, s, stdout)),
         Command::Revoke(args) => on_controller(connection, |s| revoke::run(args, s, stdout)),
+        Command::RenewCert(args) => on_controller(connection, |s| renew_cert::run(args, s, stdout)),
     }
 }
 

@@ -119,6 +119,23 @@ impl Settings {
         Ok(self)
     }
 
+    /// The operator certificate and key files, as the settings name them.
+    pub fn identity_files(&self) -> Result<(PathBuf, PathBuf), ClientError> {
+        let cert = self.cert.clone().ok_or(ClientError::Missing {
+            what: "operator certificate",
+            flag: "cert",
+            env: "APIMCTL_CERT",
+            key: "cert",
+        })?;
+        let key = self.key.clone().ok_or(ClientError::Missing {
+            what: "operator key",
+            flag: "key",
+            env: "APIMCTL_KEY",
+            key: "key",
+        })?;
+        Ok((cert, key))
+    }
+
     /// Opens an mTLS channel to the controller.
     pub async fn connect(&self) -> Result<Channel, ClientError> {
         let missing = |what, flag, env, key| ClientError::Missing {

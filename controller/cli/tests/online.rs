@@ -157,3 +157,58 @@ async fn status_watch_ends_once_its_reader_is_gone() {
     };
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_renews_its_certificate_with_the_current_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Controller::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Files as `controller operator-cert` wrote them; kept across the two runs below.
+    let cmd = apimctl_command(&c, dir.path(), &["renew-cert"]);
+    let before = std::fs::read_to_string(dir.path().join("op.pem")).expect("cert");
+    let key_before = std::fs::read_to_string(dir.path().join("op-key.pem")).expect("key");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = cmd;
+        cmd.output().expect("run")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("renewed the certificate of operator cli"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let after = std::fs::read_to_string(dir.path().join("op.pem")).expect("cert");
+    let key_after = std::fs::read_to_string(dir.path().join("op-key.pem")).expect("key");
+    assert_ne!(after, before);
+    assert_ne!(key_after, key_before, "a fresh key");
+    for f in ["op.pem", "op-key.pem"] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    // The renewed pair works.
+    let mut status = std::process::Command::new(env!("CARGO_BIN_EXE_apimctl"));
+    status
+        .args(["status", "-o", "json"])
+        .env("APIMCTL_CONTROLLER", c.addr.to_string())
+        .env("APIMCTL_CA", dir.path().join("ca.pem"))
+        .env("APIMCTL_CERT", dir.path().join("op.pem"))
+        .env("APIMCTL_KEY", dir.path().join("op-key.pem"))
+        .env("APIMCTL_CONFIG", dir.path().join("no-such-client.toml"));
+    let out = tokio::task::spawn_blocking(move || status.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
