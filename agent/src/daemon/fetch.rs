@@ -83,6 +83,16 @@ impl Fetcher {
         self.cache_dir.join(format!("{sha256}.partial"))
     }
 
+    /// Forgets a cached pack (its digest verified, but it will never be unpacked: its entries
+    /// are refused), so a bad pack does not stay in the cache for ever.
+    pub fn discard(&self, sha256: &str) {
+        for p in [self.cached_path(sha256), self.boot_stamp_path(sha256)] {
+            if let Err(e) = remove_if_exists(&p) {
+                tracing::warn!(error = %e, "cannot remove a refused pack from the cache");
+            }
+        }
+    }
+
     /// The boot a cached pack was verified in.
     fn boot_stamp_path(&self, sha256: &str) -> PathBuf {
         self.cache_dir.join(format!("{sha256}.boot"))

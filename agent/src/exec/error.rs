@@ -135,6 +135,18 @@ pub enum ExecError {
         expected: String,
     },
 
+    /// An entry's data is damaged: it does not inflate, inflates to more than the archive
+    /// declares, or fails its CRC-32.
+    #[error("zip {} is corrupt: entry {entry:?} {reason}", zip.display())]
+    CorruptEntry {
+        /// The archive.
+        zip: PathBuf,
+        /// The entry.
+        entry: String,
+        /// What is wrong with its data.
+        reason: String,
+    },
+
     /// The archive exceeds a zip-bomb guard.
     #[error("zip {} exceeds the {what} limit: {actual} > {limit}", zip.display())]
     ZipLimit {
@@ -351,6 +363,19 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// Whether the archive itself was refused (unsafe entries, another top directory, a
+    /// limit, damaged data, unreadable): the same pack will never unpack.
+    pub fn is_refused_archive(&self) -> bool {
+        matches!(
+            self,
+            ExecError::UnsafeEntry { .. }
+                | ExecError::UnexpectedTopDir { .. }
+                | ExecError::ZipLimit { .. }
+                | ExecError::CorruptEntry { .. }
+                | ExecError::Zip { .. }
+        )
+    }
+
     /// Shorthand for [`ExecError::Io`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ExecError::Io {

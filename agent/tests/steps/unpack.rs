@@ -588,7 +588,7 @@ async fn zip_bomb_limits_are_enforced_before_writing() {
 async fn a_corrupt_entry_fails_and_cleans_the_staging_dir() {
     let pack = good_pack();
     let mut bytes = std::fs::read(&pack.zip).unwrap();
-    // Flip bytes in the middle of big.jar's compressed data (CRC or inflate error).
+    // Flip bytes in the middle of the compressed data (CRC or inflate error).
     let at = bytes.len() / 3;
     for b in &mut bytes[at..at + 64] {
         *b ^= 0x5a;
@@ -597,7 +597,12 @@ async fn a_corrupt_entry_fails_and_cleans_the_staging_dir() {
     let z = d.path().join("corrupt.zip");
     std::fs::write(&z, &bytes).unwrap();
     let err = assert_refused(&z, &UnpackLimits::default()).await;
-    assert!(matches!(err, ExecError::Zip { .. }), "{err}");
+    // Said as what it is: a damaged entry, named, not the zip reader's "File is larger than
+    // its declared uncompressed size".
+    assert!(matches!(err, ExecError::CorruptEntry { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("is corrupt: entry \"wso2am-9.9.9/"), "{text}");
+    assert!(!text.contains("File is larger"), "{text}");
 }
 
 #[test]

@@ -51,14 +51,21 @@ impl NodeExecutor {
     pub(super) async fn stage_only(&self, t: &NodeTarget) -> DaemonResult<Outcome> {
         let pack = t.spec.pack.clone().unwrap_or_default();
         self.report(t.generation, NodePhase::Fetching, FETCHING);
-        self.ctx
+        let zip = self
+            .ctx
             .fetcher
             .ensure(&pack.sha256, pack.size, &self.progress())
             .await?;
+        // The guards that would fire at install run now, so a bad pack fails its staging
+        // (the node keeps serving) instead of its release.
+        if let Err(e) = unpack::check_zip(&zip, &pack.top_dir, &self.ctx.limits).await {
+            self.ctx.fetcher.discard(&pack.sha256);
+            return Err(DaemonError::exec(&self.name, e));
+        }
         self.report(
             t.generation,
             NodePhase::Staged,
-            "pack fetched and verified; installs when released (the node keeps running)",
+            "pack fetched, verified and checked; installs when released (the node keeps running)",
         );
         Ok(Outcome::Staged)
     }
@@ -175,12 +182,19 @@ impl NodeExecutor {
             Some(unpack::stage(source, staging_root, &pack.top_dir, &self.ctx.limits).await)
         };
         let (fetched, staged) = tokio::join!(fetch, stage);
+        let refused = |e: crate::exec::error::ExecError| {
+            // A verified pack whose entries are refused never unpacks: it leaves the cache.
+            if e.is_refused_archive() {
+                self.ctx.fetcher.discard(&pack.sha256);
+            }
+            DaemonError::exec(&self.name, e)
+        };
         match (fetched, staged) {
-            (Ok(_), Some(staged)) => staged.on(&self.name),
+            (Ok(_), Some(staged)) => staged.map_err(refused),
             (Ok(zip), None) => {
                 unpack::stage_zip(&zip, staging_root, &pack.top_dir, &self.ctx.limits)
                     .await
-                    .on(&self.name)
+                    .map_err(refused)
             }
             (Err(e), staged) => {
                 if let Some(Ok(tree)) = staged

@@ -37,6 +37,33 @@ impl Drop for WrapperGuard {
     }
 }
 
+/// Runs every guard of the central directory (names, kinds, top directory, limits) on the
+/// zip at `zip` and writes nothing: a pack staged for later is known to unpack now.
+pub fn check_blocking(zip: &Path, expected_top_dir: &str, limits: &UnpackLimits) -> Result<()> {
+    let source = ZipSource::File(zip.to_path_buf());
+    check_top(zip, expected_top_dir)?;
+    let archive = ZipArchive::new(source.reader()?).map_err(|source| ExecError::Zip {
+        zip: zip.to_path_buf(),
+        entry: None,
+        source,
+    })?;
+    plan(&archive, zip, expected_top_dir, limits).map(drop)
+}
+
+fn check_top(zip: &Path, expected_top_dir: &str) -> Result<()> {
+    let top_ok = sanitize_name(expected_top_dir).is_ok_and(|c| c.len() == 1)
+        && !expected_top_dir.contains('/');
+    if top_ok {
+        Ok(())
+    } else {
+        Err(ExecError::UnexpectedTopDir {
+            zip: zip.to_path_buf(),
+            entry: "(expected top directory is not a plain name)".into(),
+            expected: expected_top_dir.to_string(),
+        })
+    }
+}
+
 /// Blocking body of [`super::stage`].
 pub fn stage_blocking(
     source: &ZipSource,
@@ -45,15 +72,7 @@ pub fn stage_blocking(
     limits: &UnpackLimits,
 ) -> Result<StagedTree> {
     let zip = source.path();
-    let top_ok = sanitize_name(expected_top_dir).is_ok_and(|c| c.len() == 1)
-        && !expected_top_dir.contains('/');
-    if !top_ok {
-        return Err(ExecError::UnexpectedTopDir {
-            zip: zip.to_path_buf(),
-            entry: "(expected top directory is not a plain name)".into(),
-            expected: expected_top_dir.to_string(),
-        });
-    }
+    check_top(zip, expected_top_dir)?;
     let reader = source.reader()?;
     let archive = ZipArchive::new(reader).map_err(|source| ExecError::Zip {
         zip: zip.to_path_buf(),
@@ -251,7 +270,7 @@ fn extract_one(
                 Ok(0) => break,
                 Ok(got) => n += got,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(zip_err(zip::result::ZipError::Io(e))),
+                Err(e) => return Err(corrupt(zip, f, &e)),
             }
         }
         if n == 0 {
@@ -279,6 +298,27 @@ fn extract_one(
             .map_err(|e| ExecError::io("set file mode", &out_path, e))?;
     }
     Ok(written)
+}
+
+/// A read error while inflating an entry, said plainly: the zip reader's own words ("File is
+/// larger than its declared uncompressed size") point at the wrong thing.
+fn corrupt(zip: &Path, f: &PlannedFile, e: &io::Error) -> ExecError {
+    let text = e.to_string();
+    let reason = if text.contains("larger than its declared") {
+        format!(
+            "inflates to more than the {} bytes the archive declares (damaged or forged data)",
+            f.size
+        )
+    } else if text.to_lowercase().contains("checksum") || text.to_lowercase().contains("crc") {
+        "fails its CRC-32 check (damaged data)".to_owned()
+    } else {
+        format!("cannot be inflated (damaged data: {text})")
+    };
+    ExecError::CorruptEntry {
+        zip: zip.to_path_buf(),
+        entry: f.rel.to_string_lossy().into_owned(),
+        reason,
+    }
 }
 
 /// The process umask, read without changing it (Linux ≥ 4.7 reports it in /proc).

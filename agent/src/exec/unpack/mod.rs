@@ -291,6 +291,22 @@ pub async fn stage(
         })?
 }
 
+/// Checks a fetched pack the way [`stage_zip`] would before writing anything (see the module
+/// docs' guards), without extracting it.
+pub async fn check_zip(zip: &Path, expected_top_dir: &str, limits: &UnpackLimits) -> Result<()> {
+    let (zip, top, limits) = (
+        zip.to_path_buf(),
+        expected_top_dir.to_string(),
+        limits.clone(),
+    );
+    tokio::task::spawn_blocking(move || extract::check_blocking(&zip, &top, &limits))
+        .await
+        .map_err(|source| ExecError::Join {
+            op: "zip check",
+            source,
+        })?
+}
+
 /// Move `staged` to `dest` (atomically swapping out any existing tree), then delete the old
 /// tree. `dest`'s parent is created if missing and must be on the staging root's filesystem.
 pub async fn install_staged(staged: StagedTree, dest: &Path) -> Result<InstallOutcome> {
