@@ -281,3 +281,64 @@ async fn tls_1_2_is_refused() {
     assert!(outcome.is_err(), "a TLS 1.2 handshake succeeded");
     h.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_and_ca_certificates_and_a_huge_token_are_refused() {
+    let h = Harness::start().await;
+    // A self-signed certificate shaped like an agent's.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "vm-a");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://apimctl/agent/vm-a".try_into().expect("ia5"),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let self_signed = Creds {
+        cert_pem: params.self_signed(&key).expect("self-signed").pem(),
+        key_pem: key.serialize_pem(),
+    };
+    // The control-plane CA's own certificate and key presented as a client certificate.
+    let ca_dir = h.ca_dir();
+    let ca_as_client = Creds {
+        cert_pem: std::fs::read_to_string(ca_dir.join(apim_certs::CA_CERT_FILE)).expect("ca"),
+        key_pem: std::fs::read_to_string(ca_dir.join(apim_certs::CA_KEY_FILE)).expect("key"),
+    };
+    for (what, creds) in [("self-signed", &self_signed), ("the CA", &ca_as_client)] {
+        let status = call(Rpc::Status, h.channel(Some(creds)).await)
+            .await
+            .expect_err(what);
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{what}: {}",
+            status.message()
+        );
+    }
+    // A 1 MB join token: refused as malformed, quickly, without echoing it.
+    let token = format!("apimctl1.{}", "A".repeat(1 << 20));
+    let csr_der = AgentKey::generate()
+        .expect("key")
+        .csr_der("vm-a")
+        .expect("csr");
+    let status = within(
+        "a huge token",
+        EnrollmentClient::new(h.channel(None).await).enroll(EnrollRequest {
+            token,
+            machine: "vm-a".into(),
+            csr_der,
+        }),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unauthenticated | Code::InvalidArgument | Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    assert!(status.message().len() < 1000, "the token is not echoed");
+    h.shutdown().await.expect("clean shutdown");
+}
