@@ -1,0 +1,20 @@
+//! apim-testkit: what the workspace's integration tests share — the fakes, the CA fixtures and
+//! the test plans.
+//!
+//! - [`controller`]: the real controller in-process on 127.0.0.1 (restartable; credentials,
+//!   channels, apply/status/wait);
+//! - [`fake_agent`]: agents that speak the real protocol and fail or hang on demand;
+//! - [`ca`]: credentials and certificates minted with rcgen for edge cases;
+//! - [`plans`]: the test plans and packs, the repository's examples, report assertions;
+//! - [`messages`]: agent messages and specs sent by hand; [`wait`]: bounded waits.
+//!
+//! A normal library used only as a dev-dependency: crates it depends on may use it from their
+//! integration tests and benchmarks, never from `#[cfg(test)]` code in their `src/` (that would
+//! link a second copy of them).
+
+pub mod ca;
+pub mod controller;
+pub mod fake_agent;
+pub mod messages;
+pub mod plans;
+pub mod wait;
