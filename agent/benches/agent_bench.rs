@@ -16,10 +16,6 @@
 //! `APIM_BENCH_FILLER_MB` to change the filler size (default 460 MiB uncompressed, which
 //! deflates to a little over 200 MB).
 
-#[allow(dead_code)] // the benchmark uses part of the fake controller
-#[path = "../tests/agent/fake.rs"]
-mod fake;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +34,8 @@ use apim_proto::v1::{
     ArtifactRef, CommandSpec, DesiredRun, HostsEntry, HttpProbe, MachineSpec, NodePhase, NodeSpec,
     Readiness, ServerProcess,
 };
+use apim_testkit::fake_controller::FakeController;
+use apim_testkit::sim::simjava;
 
 const ROUNDS: usize = 3;
 const NOOP_ITERATIONS: usize = 50;
@@ -61,35 +59,6 @@ fn dir_size_files(p: &Path) -> (u64, u64) {
         }
     }
     (files, bytes)
-}
-
-fn simjava() -> Result<PathBuf, BoxError> {
-    if let Some(p) = apim_e2e::fakejdk::locate_simjava() {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("no profile dir")?;
-    let target_dir = profile_dir.parent().ok_or("no target dir")?;
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "apim-e2e",
-            "--bin",
-            "apim-simjava",
-        ])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()?;
-    if !status.success() {
-        return Err("building apim-simjava failed".into());
-    }
-    Ok(target_dir.join("release/apim-simjava"))
 }
 
 async fn bench_staging(work: &Path) -> Result<(f64, f64, PackInfo), BoxError> {
@@ -267,14 +236,14 @@ async fn main() -> Result<(), BoxError> {
     std::fs::write(&hosts, "127.0.0.1 localhost\n")?;
     let mut machine = MachineSettings::new(IpAddr::V4(ip), &hosts);
     machine.startup_delay_ms = 100;
-    let jdk = make_fake_jdk(&work.join("jdk"), &JdkSettings::new(machine, simjava()?))?;
+    let jdk = make_fake_jdk(&work.join("jdk"), &JdkSettings::new(machine, simjava()))?;
     let pack = build_pack(
         PackKind::AllInOne,
         "4.2.0",
         &work.join("packs"),
         &PackOptions::default(),
     )?;
-    let ctl = fake::FakeController::start(IpAddr::V4(ip)).await;
+    let ctl = FakeController::start(IpAddr::V4(ip)).await;
     ctl.add_artifact(&pack.sha256, &pack.path);
     let state = work.join("state");
     ctl.provision_agent(&state, MACHINE);

@@ -3,8 +3,6 @@
 //! simulated WSO2 processes (apim-e2e packs and fake JDK), real sockets on a per-test 127.x
 //! address. Conditions are polled; timeouts are failure guards only.
 
-#[path = "agent/fake.rs"]
-mod fake;
 #[path = "agent/rig.rs"]
 mod rig;
 mod support;
@@ -17,9 +15,10 @@ use std::time::SystemTime;
 use apim_agent::daemon::converge::OPTIMIZED_MARKER;
 use apim_e2e::probe::{tcp_open, tls_peer_certificate};
 use apim_proto::v1::{DesiredRun, KeystoreSpec, NodePhase, StoreType, TrustedCert};
+use apim_testkit::ca::mint_tls;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rig::{Rig, TIMEOUT, alive, all_in, digest, mint_tls, mtime, pid_of, status};
+use rig::{Rig, TIMEOUT, alive, all_in, digest, mtime, pid_of, status};
 use support::dir_entries;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

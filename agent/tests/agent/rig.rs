@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use apim_agent::daemon;
@@ -24,40 +23,13 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
-use crate::fake::FakeController;
+use apim_testkit::fake_controller::FakeController;
+use apim_testkit::sim::simjava;
 
 /// Failure guard for polling; generous for a loaded 2-core machine.
 pub const TIMEOUT: Duration = Duration::from_secs(180);
 pub const MACHINE: &str = "vm-1";
 pub const VERSION: &str = "4.2.0";
-
-/// The `apim-simjava` binary (the fake JDK's `java`): found next to this test binary, or
-/// built once with the cargo that builds this test.
-pub fn simjava() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = apim_e2e::fakejdk::locate_simjava() {
-            return p;
-        }
-        let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "apim-e2e", "--bin", "apim-simjava"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build for apim-simjava");
-        assert!(status.success(), "building apim-simjava failed");
-        let p = profile_dir.join("apim-simjava");
-        assert!(p.is_file(), "{} missing after build", p.display());
-        p
-    })
-    .clone()
-}
 
 /// One simulated machine, its fake controller and (when running) its agent.
 pub struct Rig {
@@ -353,25 +325,4 @@ pub fn mtime(p: &Path) -> SystemTime {
     std::fs::metadata(p)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// A self-signed CA and a leaf for `name`, as PEM (key is PKCS#8).
-pub fn mint_tls(name: &str) -> (String, String, String, Vec<u8>) {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(vec![]).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test cluster CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf_params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("leaf params");
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
-    (
-        leaf_key.serialize_pem(),
-        format!("{}{}", leaf.pem(), ca.pem()),
-        ca.pem(),
-        leaf.der().to_vec(),
-    )
 }

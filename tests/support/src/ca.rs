@@ -1,5 +1,6 @@
-//! Credentials: PEM pairs signed by a control-plane CA, and certificates minted with rcgen for
-//! the edge cases the CA itself never issues (expired, wrong usage).
+//! Credentials: PEM pairs signed by a control-plane CA, certificates minted with rcgen for the
+//! edge cases the CA itself never issues (expired, wrong usage), and a throwaway CA with a leaf
+//! for node keystores.
 
 use std::path::Path;
 
@@ -89,4 +90,26 @@ pub fn mint_with_rcgen(
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     }
+}
+
+/// A self-signed CA and a leaf for `name`, as PEM (key is PKCS#8): (leaf key, leaf + CA chain,
+/// CA certificate, leaf DER).
+pub fn mint_tls(name: &str) -> (String, String, String, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(vec![]).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test cluster CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf_params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("leaf params");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    (
+        leaf_key.serialize_pem(),
+        format!("{}{}", leaf.pem(), ca.pem()),
+        ca.pem(),
+        leaf.der().to_vec(),
+    )
 }
