@@ -16,9 +16,10 @@ use apim_agent::daemon::converge::OPTIMIZED_MARKER;
 use apim_e2e::probe::{tcp_open, tls_peer_certificate};
 use apim_proto::v1::{DesiredRun, KeystoreSpec, NodePhase, StoreType, TrustedCert};
 use apim_testkit::ca::mint_tls;
+use apim_testkit::specs::digest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rig::{Rig, TIMEOUT, alive, all_in, digest, mtime, pid_of, status};
+use rig::{Rig, TIMEOUT, alive, all_in, mtime, pid_of, status};
 use support::dir_entries;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +194,12 @@ async fn reapply_change_crash_and_agent_restart() {
 
     // 2. A changed deployment.toml restarts only that node.
     let mut gw2 = gw.clone();
-    gw2.deployment_toml = rig.toml("gw-1", "gateway-worker", 1, "# changed\n");
+    gw2.deployment_toml = rig.toml(
+        "gw-1",
+        "gateway-worker",
+        1,
+        "[apim.cors]\nallow_origins = \"https://changed.test\"\n",
+    );
     digest(&mut gw2);
     let mark = rig.ctl.report_count();
     rig.ctl

@@ -1,5 +1,5 @@
-//! apim-testkit: what the workspace's integration tests share — the fakes, the CA fixtures and
-//! the test plans.
+//! apim-testkit: what the workspace's integration tests share — the fakes, the CA fixtures, the
+//! test plans, and NodeSpecs made by rendering a plan.
 //!
 //! - [`controller`]: the real controller in-process on 127.0.0.1 (restartable; credentials,
 //!   channels, apply/status/wait);
@@ -8,8 +8,9 @@
 //! - [`fake_node`]: a fake WSO2 home for the agent's process and health tests;
 //! - [`ca`]: credentials, certificates minted with rcgen for edge cases, a throwaway CA;
 //! - [`plans`]: the test plans and packs, the repository's examples, report assertions;
-//! - [`messages`]: agent messages and specs sent by hand; [`sim`]: the simulated JVM;
-//!   [`wait`]: bounded waits.
+//! - [`specs`]: MachineSpecs and NodeSpecs exactly as the controller sends them;
+//! - [`messages`]: agent messages sent by hand; [`sim`]: the simulated JVM; [`wait`]: bounded
+//!   waits.
 //!
 //! A normal library used only as a dev-dependency: crates it depends on may use it from their
 //! integration tests and benchmarks, never from `#[cfg(test)]` code in their `src/` (that would
@@ -23,4 +24,5 @@ pub mod fake_node;
 pub mod messages;
 pub mod plans;
 pub mod sim;
+pub mod specs;
 pub mod wait;

@@ -6,9 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use apim_plan::render::{self, ClusterRender};
-use apim_plan::secrets::ResolvedSecrets;
-use apim_plan::validate;
+use apim_plan::render::ClusterRender;
 use apim_proto::v1::{NodePhase, RolloutState};
 use tonic::Code;
 
@@ -34,16 +32,7 @@ fn start_agents(c: &Controller) -> (BTreeMap<String, FakeAgent>, Log) {
 }
 
 fn render(plan: &str) -> ClusterRender {
-    let env = ResolvedSecrets(secrets().into_iter().collect());
-    let (plan, report) = validate::check(
-        std::path::Path::new("plan.toml"),
-        plan,
-        &env,
-        validate::Options {
-            verify_packs: false,
-        },
-    );
-    render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).expect("render")
+    apim_testkit::specs::render(plan).cluster
 }
 
 /// Node names in the order they were started.

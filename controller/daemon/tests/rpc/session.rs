@@ -15,7 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
 use apim_testkit::controller::{CONNECT_TIMEOUT, Controller as Harness};
-use apim_testkit::messages::{hello, report, spec};
+use apim_testkit::messages::{hello, report};
+use apim_testkit::specs::spec;
 use apim_testkit::wait::{PATIENCE, eventually, within};
 
 /// An open `Connect` stream: a sender for agent messages and the controller's messages.
