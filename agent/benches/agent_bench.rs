@@ -16,11 +16,7 @@
 //! `APIM_BENCH_FILLER_MB` to change the filler size (default 460 MiB uncompressed, which
 //! deflates to a little over 200 MB).
 
-#[allow(dead_code)] // the benchmark uses part of the fake controller
-#[path = "../tests/agent/fake.rs"]
-mod fake;
-
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,10 +30,10 @@ use apim_certs::tls::ControllerEndpoint;
 use apim_e2e::fakejdk::{JdkSettings, MachineSettings, make_fake_jdk};
 use apim_e2e::probe::loopback_for;
 use apim_e2e::simpack::{Filler, PackInfo, PackKind, PackOptions, build_pack};
-use apim_proto::v1::{
-    ArtifactRef, CommandSpec, DesiredRun, HostsEntry, HttpProbe, MachineSpec, NodePhase, NodeSpec,
-    Readiness, ServerProcess,
-};
+use apim_proto::v1::NodePhase;
+use apim_testkit::fake_controller::FakeController;
+use apim_testkit::sim::simjava;
+use apim_testkit::specs::PlanBuilder;
 
 const ROUNDS: usize = 3;
 const NOOP_ITERATIONS: usize = 50;
@@ -61,35 +57,6 @@ fn dir_size_files(p: &Path) -> (u64, u64) {
         }
     }
     (files, bytes)
-}
-
-fn simjava() -> Result<PathBuf, BoxError> {
-    if let Some(p) = apim_e2e::fakejdk::locate_simjava() {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("no profile dir")?;
-    let target_dir = profile_dir.parent().ok_or("no target dir")?;
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "--release",
-            "-p",
-            "apim-e2e",
-            "--bin",
-            "apim-simjava",
-        ])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()?;
-    if !status.success() {
-        return Err("building apim-simjava failed".into());
-    }
-    Ok(target_dir.join("release/apim-simjava"))
 }
 
 async fn bench_staging(work: &Path) -> Result<(f64, f64, PackInfo), BoxError> {
@@ -159,77 +126,6 @@ async fn bench_staging(work: &Path) -> Result<(f64, f64, PackInfo), BoxError> {
     Ok((best_stage, best_unzip, pack))
 }
 
-fn node_spec(
-    pack: &PackInfo,
-    jdk: &Path,
-    ip: Ipv4Addr,
-    name: &str,
-    profile: &str,
-    offset: u16,
-) -> NodeSpec {
-    let toml = format!(
-        "[server]\nhostname = \"{name}.bench\"\noffset = {offset}\nserver_role = \"{profile}\"\n\n\
-         [super_admin]\nusername = \"admin\"\npassword = \"admin\"\ncreate_admin_account = true\n\n\
-         [keystore.tls]\nfile_name = \"wso2carbon.jks\"\ntype = \"JKS\"\npassword = \"wso2carbon\"\n\
-         alias = \"wso2carbon\"\nkey_password = \"wso2carbon\"\n\n[apimsim]\nstartup_delay_ms = 100\n"
-    );
-    NodeSpec {
-        name: name.into(),
-        role: profile.into(),
-        product: "wso2am-4.2.0".into(),
-        pack: Some(ArtifactRef {
-            sha256: pack.sha256.clone(),
-            size: pack.size,
-            file_name: format!("{}.zip", pack.top_dir),
-            top_dir: pack.top_dir.clone(),
-        }),
-        install_dir: format!("/opt/wso2/{name}"),
-        java_home: jdk.display().to_string(),
-        deployment_toml: toml.clone(),
-        deployment_toml_path: "repository/conf/deployment.toml".into(),
-        optimizer: Some(CommandSpec {
-            argv: vec!["bin/profileSetup.sh".into(), format!("-Dprofile={profile}")],
-            success_marker: Some("Finished the optimizations".into()),
-            failure_markers: vec!["Profile is not specified properly".into()],
-            timeout_s: 120,
-        }),
-        start: Some(CommandSpec {
-            argv: vec![
-                "bin/api-manager.sh".into(),
-                format!("-Dprofile={profile}"),
-                "start".into(),
-            ],
-            ..CommandSpec::default()
-        }),
-        stop: Some(CommandSpec {
-            argv: vec!["bin/api-manager.sh".into(), "stop".into()],
-            ..CommandSpec::default()
-        }),
-        env: Vec::new(),
-        readiness: Some(Readiness {
-            log_file: "repository/logs/wso2carbon.log".into(),
-            log_line: "WSO2 Carbon started in".into(),
-            tcp_ports: vec![u32::from(9443 + offset), u32::from(9763 + offset)],
-            http_urls: vec![HttpProbe {
-                url: format!("http://{ip}:{}/services/Version", 9763 + offset),
-                expect_status: 200,
-                ..HttpProbe::default()
-            }],
-            timeout_s: 120,
-            address: ip.to_string(),
-        }),
-        config_digest: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(toml.as_bytes())),
-        desired: DesiredRun::Running as i32,
-        process: Some(ServerProcess {
-            pid_file: "wso2carbon.pid".into(),
-            main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
-            home_arg_prefix: "-Dcarbon.home=".into(),
-            home_env: "CARBON_HOME".into(),
-        }),
-        ..NodeSpec::default()
-    }
-}
-
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -267,14 +163,14 @@ async fn main() -> Result<(), BoxError> {
     std::fs::write(&hosts, "127.0.0.1 localhost\n")?;
     let mut machine = MachineSettings::new(IpAddr::V4(ip), &hosts);
     machine.startup_delay_ms = 100;
-    let jdk = make_fake_jdk(&work.join("jdk"), &JdkSettings::new(machine, simjava()?))?;
+    let jdk = make_fake_jdk(&work.join("jdk"), &JdkSettings::new(machine, simjava()))?;
     let pack = build_pack(
         PackKind::AllInOne,
         "4.2.0",
         &work.join("packs"),
         &PackOptions::default(),
     )?;
-    let ctl = fake::FakeController::start(IpAddr::V4(ip)).await;
+    let ctl = FakeController::start(IpAddr::V4(ip)).await;
     ctl.add_artifact(&pack.sha256, &pack.path);
     let state = work.join("state");
     ctl.provision_agent(&state, MACHINE);
@@ -293,10 +189,19 @@ async fn main() -> Result<(), BoxError> {
         board: Arc::new(StatusBoard::new()),
         limits: UnpackLimits::default(),
     });
-    let nodes = [
-        node_spec(&pack, &jdk.home, ip, "gw-1", "gateway-worker", 1),
-        node_spec(&pack, &jdk.home, ip, "tm-1", "traffic-manager", 2),
-    ];
+    // The spec the controller would send: both nodes on this machine, their peers elsewhere.
+    let spec = PlanBuilder::new("4.2.0")
+        .issuer("pack-default")
+        .java_home(&jdk.home)
+        .sim_pack(&pack)
+        .machine(MACHINE, ip)
+        .node("gw-1", MACHINE, "gateway-worker", 1)
+        .node("tm-1", MACHINE, "traffic-manager", 2)
+        .with_peers("vm-peers", loopback_for("agent_bench", 2))
+        .overrides("all", "[apimsim]\nstartup_delay_ms = 100\n")
+        .render()
+        .machine(MACHINE, 1);
+    let nodes = spec.nodes.clone();
     let mut noop = Vec::new();
     let mut homes = Vec::new();
     for spec in &nodes {
@@ -345,16 +250,6 @@ async fn main() -> Result<(), BoxError> {
             hosts.display()
         ),
     )?;
-    let spec = MachineSpec {
-        machine: MACHINE.into(),
-        generation: 1,
-        hosts_block: vec![HostsEntry {
-            address: ip.to_string(),
-            names: vec!["gw-1.bench".into(), "tm-1.bench".into()],
-        }],
-        nodes: nodes.to_vec(),
-        plan_generation: 1,
-    };
     ctl.push(spec).await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_apim-agent"))
         .arg("--config")

@@ -3,8 +3,6 @@
 //! simulated WSO2 processes (apim-e2e packs and fake JDK), real sockets on a per-test 127.x
 //! address. Conditions are polled; timeouts are failure guards only.
 
-#[path = "agent/fake.rs"]
-mod fake;
 #[path = "agent/rig.rs"]
 mod rig;
 mod support;
@@ -17,9 +15,11 @@ use std::time::SystemTime;
 use apim_agent::daemon::converge::OPTIMIZED_MARKER;
 use apim_e2e::probe::{tcp_open, tls_peer_certificate};
 use apim_proto::v1::{DesiredRun, KeystoreSpec, NodePhase, StoreType, TrustedCert};
+use apim_testkit::ca::mint_tls;
+use apim_testkit::specs::digest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use rig::{Rig, TIMEOUT, alive, all_in, digest, mint_tls, mtime, pid_of, status};
+use rig::{Rig, TIMEOUT, alive, all_in, mtime, pid_of, status};
 use support::dir_entries;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +194,12 @@ async fn reapply_change_crash_and_agent_restart() {
 
     // 2. A changed deployment.toml restarts only that node.
     let mut gw2 = gw.clone();
-    gw2.deployment_toml = rig.toml("gw-1", "gateway-worker", 1, "# changed\n");
+    gw2.deployment_toml = rig.toml(
+        "gw-1",
+        "gateway-worker",
+        1,
+        "[apim.cors]\nallow_origins = \"https://changed.test\"\n",
+    );
     digest(&mut gw2);
     let mark = rig.ctl.report_count();
     rig.ctl

@@ -1,68 +1,40 @@
 //! The test rig of the daemon tests: one simulated machine (temp dirs, a fake JDK, a simulated
-//! pack), its fake controller and the agent, and helpers to read its reports.
+//! pack), its fake controller and the agent, the NodeSpecs the controller would send it
+//! (rendered from a plan), and helpers to read its reports.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use apim_agent::daemon;
 use apim_agent::daemon::config::{AgentConfig, Timings};
 use apim_agent::daemon::error::DaemonResult;
-use apim_agent::exec::keystores::keystores_digest;
 use apim_certs::tls::ControllerEndpoint;
 use apim_e2e::fakejdk::{FakeJdk, JdkSettings, MachineSettings, make_fake_jdk};
 use apim_e2e::probe::loopback_for;
 use apim_e2e::simpack::{PackInfo, PackKind, PackOptions, build_pack};
 use apim_proto::v1::{
-    ArtifactRef, CommandSpec, DesiredRun, HostsEntry, HttpProbe, MachineSpec, NodePhase, NodeSpec,
-    NodeStatus, Readiness, StatusReport,
+    DesiredRun, HostsEntry, MachineSpec, NodePhase, NodeSpec, NodeStatus, StatusReport,
 };
+use apim_testkit::fake_controller::FakeController;
+use apim_testkit::sim::simjava;
+use apim_testkit::specs::PlanBuilder;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
-
-use crate::fake::FakeController;
 
 /// Failure guard for polling; generous for a loaded 2-core machine.
 pub const TIMEOUT: Duration = Duration::from_secs(180);
 pub const MACHINE: &str = "vm-1";
 pub const VERSION: &str = "4.2.0";
 
-/// The `apim-simjava` binary (the fake JDK's `java`): found next to this test binary, or
-/// built once with the cargo that builds this test.
-pub fn simjava() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = apim_e2e::fakejdk::locate_simjava() {
-            return p;
-        }
-        let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "apim-e2e", "--bin", "apim-simjava"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build for apim-simjava");
-        assert!(status.success(), "building apim-simjava failed");
-        let p = profile_dir.join("apim-simjava");
-        assert!(p.is_file(), "{} missing after build", p.display());
-        p
-    })
-    .clone()
-}
-
 /// One simulated machine, its fake controller and (when running) its agent.
 pub struct Rig {
     pub tmp: TempDir,
     pub ip: Ipv4Addr,
+    /// The address of the machine the plan puts the node's peers on (never started).
+    pub peers: Ipv4Addr,
     pub ctl: FakeController,
     pub jdk: FakeJdk,
     pub pack: PackInfo,
@@ -102,6 +74,7 @@ impl Rig {
         Rig {
             tmp,
             ip,
+            peers: loopback_for(test, 2),
             ctl,
             jdk,
             pack,
@@ -190,100 +163,42 @@ impl Rig {
         }
     }
 
-    pub fn toml(&self, node: &str, profile: &str, offset: u16, extra: &str) -> String {
-        format!(
-            "[server]\nhostname = \"{node}.test\"\noffset = {offset}\nserver_role = \"{profile}\"\n\n\
-             [super_admin]\nusername = \"admin\"\npassword = \"admin\"\ncreate_admin_account = true\n\n\
-             [keystore.tls]\nfile_name = \"wso2carbon.jks\"\ntype = \"JKS\"\npassword = \"wso2carbon\"\n\
-             alias = \"wso2carbon\"\nkey_password = \"wso2carbon\"\n\n\
-             [apimsim]\nstartup_delay_ms = 100\n{extra}"
-        )
+    /// A 4.2.0 plan with node `name` on this machine (`profile`: gateway-worker or
+    /// traffic-manager, or their roles), the roles it is wired to on a peer machine, the pack's
+    /// own keystores, a short simulated start (`[apimsim]`) and `extra` as the node's override.
+    pub fn plan(&self, name: &str, profile: &str, offset: u16, extra: &str) -> PlanBuilder {
+        let plan = PlanBuilder::new(VERSION)
+            .issuer("pack-default")
+            .java_home(&self.jdk.home)
+            .sim_pack(&self.pack)
+            .machine(MACHINE, self.ip)
+            .node(name, MACHINE, profile, offset)
+            .with_peers("vm-peers", self.peers)
+            .overrides("all", "[apimsim]\nstartup_delay_ms = 100\n");
+        if extra.is_empty() {
+            plan
+        } else {
+            plan.overrides(&format!("node:{name}"), extra)
+        }
     }
 
-    /// A 4.2.0 node: `profile` is gateway-worker or traffic-manager.
+    /// The `deployment.toml` the controller renders for the node, with `extra` merged last.
+    pub fn toml(&self, node: &str, profile: &str, offset: u16, extra: &str) -> String {
+        self.plan(node, profile, offset, extra)
+            .render()
+            .node(node)
+            .deployment_toml
+    }
+
+    /// The node's spec as the controller sends it, to be `desired`.
     pub fn node(&self, name: &str, profile: &str, offset: u16, desired: DesiredRun) -> NodeSpec {
-        let ports: &[u16] = if profile == "gateway-worker" {
-            &[9443, 9763, 8280, 8243, 9099, 8099]
-        } else {
-            &[9443, 9763, 5672, 9611, 9711]
-        };
-        let mut http = vec![HttpProbe {
-            url: format!("http://{}:{}/services/Version", self.ip, 9763 + offset),
-            expect_status: 200,
-            tls_insecure: false,
-            expect_body: None,
-        }];
-        if profile == "gateway-worker" {
-            http.push(HttpProbe {
-                url: format!(
-                    "https://{}:{}/api/am/gateway/v2/server-startup-healthcheck",
-                    self.ip,
-                    9443 + offset
-                ),
-                expect_status: 200,
-                tls_insecure: true,
-                expect_body: None,
-            });
-        }
-        let mut spec = NodeSpec {
-            name: name.to_owned(),
-            role: profile.to_owned(),
-            product: format!("wso2am-{VERSION}"),
-            pack: Some(ArtifactRef {
-                sha256: self.pack.sha256.clone(),
-                size: self.pack.size,
-                file_name: format!("{}.zip", self.pack.top_dir),
-                top_dir: self.pack.top_dir.clone(),
-            }),
-            install_dir: format!("/opt/wso2/{name}"),
-            java_home: self.jdk.home.display().to_string(),
-            run_as_user: String::new(),
-            deployment_toml: self.toml(name, profile, offset, ""),
-            deployment_toml_path: "repository/conf/deployment.toml".into(),
-            optimizer: Some(CommandSpec {
-                argv: vec!["bin/profileSetup.sh".into(), format!("-Dprofile={profile}")],
-                success_marker: Some("Finished the optimizations".into()),
-                failure_markers: vec!["Profile is not specified properly".into()],
-                timeout_s: 120,
-            }),
-            start: Some(CommandSpec {
-                argv: vec![
-                    "bin/api-manager.sh".into(),
-                    format!("-Dprofile={profile}"),
-                    "start".into(),
-                ],
-                ..CommandSpec::default()
-            }),
-            stop: Some(CommandSpec {
-                argv: vec!["bin/api-manager.sh".into(), "stop".into()],
-                ..CommandSpec::default()
-            }),
-            env: Vec::new(),
-            readiness: Some(Readiness {
-                log_file: "repository/logs/wso2carbon.log".into(),
-                log_line: "WSO2 Carbon started in".into(),
-                tcp_ports: ports.iter().map(|p| u32::from(p + offset)).collect(),
-                http_urls: http,
-                timeout_s: 120,
-                address: self.ip.to_string(),
-            }),
-            keystores: None,
-            config_digest: String::new(),
-            desired: desired as i32,
-            // What the controller's product catalogue says for 4.2.
-            java_min: 11,
-            java_max: 17,
-            process: Some(apim_proto::v1::ServerProcess {
-                pid_file: "wso2carbon.pid".into(),
-                main_class: "org.wso2.carbon.bootstrap.Bootstrap".into(),
-                home_arg_prefix: "-Dcarbon.home=".into(),
-                home_env: "CARBON_HOME".into(),
-            }),
-        };
-        digest(&mut spec);
+        let mut spec = self.plan(name, profile, offset, "").render().node(name);
+        spec.desired = desired as i32;
         spec
     }
 
+    /// This machine's spec at `generation` with `nodes`, their hostnames (`<node>.test`, as in
+    /// [`Rig::plan`]) on its address.
     pub fn machine(&self, generation: u64, nodes: Vec<NodeSpec>) -> MachineSpec {
         MachineSpec {
             machine: MACHINE.into(),
@@ -312,16 +227,6 @@ impl Drop for Rig {
             }
         }
     }
-}
-
-/// What the controller does: a digest of what needs a restart when it changes.
-pub fn digest(spec: &mut NodeSpec) {
-    let mut h = Sha256::new();
-    h.update(spec.deployment_toml.as_bytes());
-    if let Some(k) = &spec.keystores {
-        h.update(keystores_digest(k).as_bytes());
-    }
-    spec.config_digest = hex::encode(h.finalize());
 }
 
 pub fn status<'a>(r: &'a StatusReport, node: &str) -> Option<&'a NodeStatus> {
@@ -353,25 +258,4 @@ pub fn mtime(p: &Path) -> SystemTime {
     std::fs::metadata(p)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// A self-signed CA and a leaf for `name`, as PEM (key is PKCS#8).
-pub fn mint_tls(name: &str) -> (String, String, String, Vec<u8>) {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(vec![]).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test cluster CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf_params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("leaf params");
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
-    (
-        leaf_key.serialize_pem(),
-        format!("{}{}", leaf.pem(), ca.pem()),
-        ca.pem(),
-        leaf.der().to_vec(),
-    )
 }

@@ -10,7 +10,8 @@ use apim_agent::exec::health::{
 use apim_agent::exec::process::{self, StartOutcome, StopOutcome, StopVia, TokioRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::fake_node::{CARBON_STARTED, FakeNode};
+use apim_testkit::fake_node::{CARBON_STARTED, FakeNode};
+
 use crate::tmp;
 
 fn never() -> std::future::Pending<()> {

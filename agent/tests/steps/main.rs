@@ -6,8 +6,6 @@ use std::path::Path;
 
 use tempfile::TempDir;
 
-#[path = "../support/fake_node.rs"]
-mod fake_node;
 #[path = "../support/mod.rs"]
 mod support;
 

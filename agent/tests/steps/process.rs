@@ -11,7 +11,7 @@ use apim_agent::exec::process::{
     StopVia, TokioRunner,
 };
 
-use crate::fake_node::FakeNode;
+use apim_testkit::fake_node::FakeNode;
 
 #[tokio::test]
 async fn start_runs_once_and_a_second_start_sees_it_alive() {

@@ -5,12 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use assert_cmd::Command;
 use predicates::prelude::*;
 
-// The plan crate's fixture (a valid plan with its packs and secret files in a temp dir).
-#[path = "../../plan/tests/all/support.rs"]
-#[allow(dead_code)]
-mod support;
-
-use support::{Fixture, examples_dir};
+use apim_testkit::plans::{Fixture, examples_dir};
 
 fn apimctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_apimctl"))

@@ -1,19 +1,16 @@
 //! `apimctl` against a real controller over mTLS, with fake agents that speak the real agent
 //! protocol: `plan` exit codes, `apply -o json`, `status` lines.
 
-// The daemon crate's rollout harness (a controller on 127.0.0.1 and fake agents).
-#[path = "../../daemon/tests/rollout/support.rs"]
-#[allow(dead_code, unused_imports)]
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use support::{Controller, Event, FakeAgent, V3_MACHINES, plan_v3};
+use apim_testkit::controller::Controller;
+use apim_testkit::fake_agent::{Event, FakeAgent};
+use apim_testkit::plans::{V3_MACHINES, plan_v3, tiny_pack};
 
 /// The 3.x pack the test plans name.
 fn pack() -> Vec<u8> {
-    support::tiny_pack("wso2am-3.2.0")
+    tiny_pack("wso2am-3.2.0")
 }
 
 type Log = Arc<Mutex<Vec<(String, Event)>>>;
@@ -50,7 +47,7 @@ fn apimctl_command(c: &Controller, dir: &std::path::Path, args: &[&str]) -> std:
         .expect("operator cert");
     std::fs::write(dir.join("op.pem"), &issued.cert.cert_pem).expect("cert");
     std::fs::write(dir.join("op-key.pem"), issued.key_pem()).expect("key");
-    std::fs::write(dir.join("ca.pem"), &c.ca_pem).expect("ca");
+    std::fs::write(dir.join("ca.pem"), c.ca_pem()).expect("ca");
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_apimctl"));
     cmd.current_dir(dir)
         .args(args)

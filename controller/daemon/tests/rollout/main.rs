@@ -3,22 +3,21 @@
 //! a controller restart mid-rollout, an agent that disconnects, and plans that are refused.
 //! (One test binary, to keep link time down.)
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use apim_plan::render::{self, ClusterRender};
-use apim_plan::secrets::ResolvedSecrets;
-use apim_plan::validate;
+use apim_plan::render::ClusterRender;
 use apim_proto::v1::{NodePhase, RolloutState};
 use tonic::Code;
 
-use support::{Controller, Event, FakeAgent, V3_MACHINES, eventually, plan_v3, secrets};
+use apim_testkit::controller::Controller;
+use apim_testkit::fake_agent::{Event, FakeAgent};
+use apim_testkit::plans::{V3_MACHINES, plan_v3, secrets, tiny_pack};
+use apim_testkit::wait::eventually;
 
 /// The 3.x pack the test plans name.
 fn pack() -> Vec<u8> {
-    support::tiny_pack("wso2am-3.2.0")
+    tiny_pack("wso2am-3.2.0")
 }
 
 type Log = Arc<Mutex<Vec<(String, Event)>>>;
@@ -33,16 +32,7 @@ fn start_agents(c: &Controller) -> (BTreeMap<String, FakeAgent>, Log) {
 }
 
 fn render(plan: &str) -> ClusterRender {
-    let env = ResolvedSecrets(secrets().into_iter().collect());
-    let (plan, report) = validate::check(
-        std::path::Path::new("plan.toml"),
-        plan,
-        &env,
-        validate::Options {
-            verify_packs: false,
-        },
-    );
-    render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).expect("render")
+    apim_testkit::specs::render(plan).cluster
 }
 
 /// Node names in the order they were started.
@@ -401,7 +391,7 @@ async fn plan_masks_the_old_and_the_new_secrets_in_every_diff_line() {
     c.wait_rollout(RolloutState::Succeeded).await;
 
     // Every secret changes; the diff shows old and new lines of each.
-    let mut secrets = support::secrets();
+    let mut secrets = secrets();
     secrets.insert("env:ADMIN_PW".into(), "admin-NEW-secret".into());
     secrets.insert("env:DB_PW".into(), "db-NEW-secret".into());
     secrets.insert("env:KS_PW".into(), "ks-NEW-secret".into());
@@ -445,7 +435,7 @@ async fn plan_masks_the_old_and_the_new_secrets_in_every_diff_line() {
 async fn a_stored_pack_of_another_release_is_refused_before_any_machine_is_touched() {
     let c = Controller::start().await;
     let (agents, _log) = start_agents(&c);
-    let sha = c.store_pack(&support::tiny_pack("wso2am-4.2.0"));
+    let sha = c.store_pack(&tiny_pack("wso2am-4.2.0"));
     let status = c
         .apply(&plan_v3(&sha, "", "halt", "30s"))
         .await

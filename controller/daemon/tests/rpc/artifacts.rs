@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::support::Harness;
+use apim_testkit::controller::Controller as Harness;
 
 const CHUNK: usize = 1000;
 

@@ -13,7 +13,10 @@ use apim_proto::v1::{
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::support::{Creds, Harness, hello, mint_with_rcgen, within};
+use apim_testkit::ca::{Creds, mint_with_rcgen};
+use apim_testkit::controller::Controller as Harness;
+use apim_testkit::messages::hello;
+use apim_testkit::wait::{eventually, within};
 
 /// A syntactically valid token that the controller never minted.
 const BOGUS_TOKEN: &str = "apimctl1.0011223344556677.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.0000000000000000000000000000000000000000000000000000000000000000";
@@ -244,7 +247,7 @@ async fn a_certificate_that_expires_on_an_open_connection_stops_working() {
         .not_after;
     // X.509 times have whole seconds and WebPKI compares whole seconds: the certificate is
     // valid through the second of its not_after.
-    crate::support::eventually("the certificate to expire", || {
+    eventually("the certificate to expire", || {
         time::OffsetDateTime::now_utc() >= not_after + time::Duration::seconds(1)
     })
     .await;

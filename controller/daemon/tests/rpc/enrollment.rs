@@ -17,7 +17,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
 use tonic::Code;
 
-use crate::support::{CONNECT_TIMEOUT, Harness, eventually, within};
+use apim_testkit::controller::{CONNECT_TIMEOUT, Controller as Harness, anonymous_enrollment};
+use apim_testkit::wait::{eventually, within};
 
 fn options(h: &Harness, machine: &str, token: &str, dir: &std::path::Path) -> EnrollOptions {
     EnrollOptions {
@@ -126,7 +127,7 @@ async fn a_csr_naming_another_machine_is_refused_and_does_not_burn_the_token() {
     let h = Harness::start().await;
     let token = h.token_for("vm-a", 0).await;
     let key = AgentKey::generate().expect("key");
-    let mut client = crate::support::anonymous_enrollment(&h).await;
+    let mut client = anonymous_enrollment(&h).await;
     let status = client
         .enroll(EnrollRequest {
             token: token.clone(),

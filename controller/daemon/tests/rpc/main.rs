@@ -7,4 +7,3 @@ mod artifacts;
 mod authz;
 mod enrollment;
 mod session;
-mod support;

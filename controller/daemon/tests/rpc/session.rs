@@ -14,7 +14,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
-use crate::support::{CONNECT_TIMEOUT, Harness, eventually, hello, report, spec, within};
+use apim_testkit::controller::{CONNECT_TIMEOUT, Controller as Harness};
+use apim_testkit::messages::{hello, report};
+use apim_testkit::specs::spec;
+use apim_testkit::wait::{PATIENCE, eventually, within};
 
 /// An open `Connect` stream: a sender for agent messages and the controller's messages.
 struct Stream {
@@ -509,10 +512,7 @@ async fn the_serving_certificate_is_renewed_under_a_connected_agent_and_a_watchi
     // first one then expires while the stream and the watch stay open.
     let mut renewed = first.clone();
     while renewed == first {
-        assert!(
-            started.elapsed() < crate::support::PATIENCE,
-            "never renewed"
-        );
+        assert!(started.elapsed() < PATIENCE, "never renewed");
         tokio::time::sleep(Duration::from_millis(200)).await;
         renewed = served_serial(&h).await;
     }

@@ -12,7 +12,7 @@ use apim_plan::render::{self, ClusterRender};
 use apim_plan::validate::{self, Options};
 use toml::Value;
 
-use super::support::examples_dir;
+use apim_testkit::plans::examples_dir;
 
 /// What we render instead of the sample's value.
 enum Expect {

@@ -5,4 +5,3 @@
 mod golden;
 mod props;
 mod rules;
-mod support;

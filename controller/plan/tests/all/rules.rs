@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use apim_plan::diag::Severity;
 
-use super::support::{Fixture, expect_error, expect_error_at};
+use apim_testkit::plans::{Fixture, expect_error, expect_error_at, tiny_pack};
 
 fn with(base: &str, from: &str, to: &str) -> String {
     assert!(base.contains(from), "`{from}` not in base plan");
@@ -370,7 +370,7 @@ fn a_pack_with_an_unsafe_entry_or_another_top_directory_is_refused() {
     for (bytes, message) in [
         (evil, "parent-directory (..) component"),
         (
-            super::support::tiny_pack("wso2am-4.2.0"),
+            tiny_pack("wso2am-4.2.0"),
             "its top directory is `wso2am-4.2.0`, the release needs `wso2am-tm-4.5.0`",
         ),
     ] {

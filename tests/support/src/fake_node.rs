@@ -1,21 +1,23 @@
-//! A fake WSO2 node for the process and health tests: a home with a start script that keeps
-//! the real contract, and the process identity the controller sends for WSO2.
+//! A fake WSO2 node for the agent's process and health tests: a home with a start script that
+//! keeps the real contract, recognised by the process identity the controller sends for WSO2
+//! (the catalogue's).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use apim_agent::exec::process::{self, PidFileState, Server, StartSpec, StopSpec};
+use apim_plan::catalogue::layout::{READY_LINE, SERVER_PROCESS};
 use tempfile::TempDir;
 
 /// The line Carbon logs when startup has finished.
-pub const CARBON_STARTED: &str = "WSO2 Carbon started in";
+pub const CARBON_STARTED: &str = READY_LINE;
 /// The pid file WSO2 writes in its home.
-pub const PID_FILE: &str = "wso2carbon.pid";
+pub const PID_FILE: &str = SERVER_PROCESS.pid_file;
 /// The JVM main class of every Carbon server.
-pub const BOOTSTRAP_CLASS: &str = "org.wso2.carbon.bootstrap.Bootstrap";
+pub const BOOTSTRAP_CLASS: &str = SERVER_PROCESS.main_class;
 /// The argument that names a Carbon server's home.
-pub const HOME_ARG_PREFIX: &str = "-Dcarbon.home=";
+pub const HOME_ARG_PREFIX: &str = SERVER_PROCESS.home_arg_prefix;
 
 /// A fake WSO2 start script with the real contract: `start` nohups `run` and returns at once,
 /// `run` writes its own pid to wso2carbon.pid, logs the started line and runs until TERM;
@@ -59,11 +61,20 @@ esac
 
 /// A node home with the fake script; kills a server left running when dropped.
 pub struct FakeNode {
+    /// The temp dir holding the home.
     pub dir: TempDir,
+    /// The node's carbon home (`bin/fake.sh`, `repository/logs/`).
     pub home: PathBuf,
 }
 
+impl Default for FakeNode {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FakeNode {
+    /// A fresh home with the fake script.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("carbon");
@@ -80,6 +91,7 @@ impl FakeNode {
         Server::new(&self.home, PID_FILE, BOOTSTRAP_CLASS, HOME_ARG_PREFIX)
     }
 
+    /// How the agent starts it; `mode` is the script's `FAKE_MODE` (empty: behave).
     pub fn start_spec(&self, mode: &str) -> StartSpec {
         let mut s = StartSpec::new(
             self.server(),
@@ -87,8 +99,10 @@ impl FakeNode {
             "/usr/lib/jvm/fake-jdk",
         );
         // What the controller sends in the node's environment.
-        s.env
-            .insert("CARBON_HOME".into(), self.home.display().to_string());
+        s.env.insert(
+            SERVER_PROCESS.home_env.into(),
+            self.home.display().to_string(),
+        );
         s.env.insert("FAKE_MODE".into(), mode.into());
         s.env
             .insert("STARTED_LINE".into(), format!("{CARBON_STARTED} 1 sec"));
@@ -96,6 +110,7 @@ impl FakeNode {
         s
     }
 
+    /// How the agent stops it.
     pub fn stop_spec(&self, mode: &str) -> StopSpec {
         let mut s = StopSpec::new(
             self.server(),
@@ -103,16 +118,20 @@ impl FakeNode {
             "/usr/lib/jvm/fake-jdk",
             Duration::from_secs(30),
         );
-        s.env
-            .insert("CARBON_HOME".into(), self.home.display().to_string());
+        s.env.insert(
+            SERVER_PROCESS.home_env.into(),
+            self.home.display().to_string(),
+        );
         s.env.insert("FAKE_MODE".into(), mode.into());
         s
     }
 
+    /// The carbon log.
     pub fn log(&self) -> PathBuf {
         self.home.join("repository/logs/wso2carbon.log")
     }
 
+    /// How many times the script was asked to start.
     pub fn starts(&self) -> usize {
         std::fs::read_to_string(self.home.join("starts.txt"))
             .map(|s| s.lines().count())

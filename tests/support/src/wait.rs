@@ -1,5 +1,4 @@
 //! Waiting in tests: bounded polls and awaits (failure guards, never synchronisation).
-//! Shared by the `rpc` and `rollout` test binaries.
 
 use std::future::Future;
 use std::time::Duration;

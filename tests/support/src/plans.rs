@@ -1,27 +1,97 @@
-//! Shared helpers: a valid base plan in a temp dir (with a real pack file and secret files).
+//! The plans tests apply and check: the five-node 3.x plan the controller's and the CLI's
+//! online tests roll out ([`plan_v3`], with the [`secrets`] it references), the 4.5 [`Fixture`]
+//! (a valid plan beside its packs and secret files), tiny packs, the repository's examples, and
+//! assertions on validation reports.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use apim_plan::diag::{Report, Severity, line_col};
 use apim_plan::validate::{self, Options};
 
-/// The repository's deploy/examples folder.
-pub fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples")
+/// The resolved secrets the test plans reference.
+pub fn secrets() -> HashMap<String, String> {
+    [
+        ("env:ADMIN_PW".to_string(), "admin-secret".to_string()),
+        ("env:DB_PW".to_string(), "db-secret".to_string()),
+        ("env:KS_PW".to_string(), "ks-secret".to_string()),
+    ]
+    .into()
 }
 
-/// A temp dir holding a small 4.5 pack set (zips laid out like the real ones) and secret files,
-/// plus the plan text that uses them.
-pub struct Fixture {
-    pub dir: tempfile::TempDir,
-    /// sha256 of the traffic manager pack.
-    pub sha: String,
-    /// sha256 of each pack, by its top directory.
-    pub shas: BTreeMap<String, String>,
+/// The five-node 3.x plan, one machine per node (127.0.0.x), with an optional gateway
+/// override and failure policy.
+pub fn plan_v3(pack_sha: &str, gateway_override: &str, on_failure: &str, timeout: &str) -> String {
+    let nodes = [
+        ("km-1", "key-manager", "km.wso2.com"),
+        ("tm-1", "traffic-manager", "tm.wso2.com"),
+        ("pub-1", "publisher", "pub.wso2.com"),
+        ("dp-1", "devportal", "dp.wso2.com"),
+        ("gw-1", "gateway", "gw.wso2.com"),
+    ];
+    let mut s = format!(
+        r#"[cluster]
+name = "apim-test"
+product = "wso2am-3.2.0"
+install_dir = "/opt/wso2"
+java_home = "/usr/lib/jvm/java-11"
+
+[distributions]
+default = {{ path = "dist/wso2am-3.2.0.zip", sha256 = "{pack_sha}" }}
+
+[admin]
+username = "admin"
+password = {{ env = "ADMIN_PW" }}
+
+[databases.apim_db]
+type = "mysql"
+host = "db.wso2.com"
+port = 3306
+name = "apim_db"
+username = "apim"
+password = {{ env = "DB_PW" }}
+
+[databases.shared_db]
+type = "mysql"
+host = "db.wso2.com"
+port = 3306
+name = "shared_db"
+username = "apim"
+password = {{ env = "DB_PW" }}
+
+[tls]
+issuer = "cluster-ca"
+keystore_type = "PKCS12"
+keystore_password = {{ env = "KS_PW" }}
+
+[hosts]
+"db.wso2.com" = "127.0.0.1"
+
+[rollout]
+max_parallel = 2
+health_timeout = "{timeout}"
+on_failure = "{on_failure}"
+"#
+    );
+    for (i, (name, role, host)) in nodes.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[machines]]\nname = \"vm-{name}\"\naddress = \"127.0.1.{}\"\n\n[[nodes]]\nname = \"{name}\"\nmachine = \"vm-{name}\"\nrole = \"{role}\"\nhostname = \"{host}\"\noffset = 0\n",
+            i + 1
+        ));
+    }
+    if !gateway_override.is_empty() {
+        s.push_str(&format!(
+            "\n[overrides]\n\"node:gw-1\" = '''\n{gateway_override}\n'''\n"
+        ));
+    }
+    s
 }
 
-/// A zip with one file under `top/`.
+/// Machines of [`plan_v3`].
+pub const V3_MACHINES: [&str; 5] = ["vm-km-1", "vm-tm-1", "vm-pub-1", "vm-dp-1", "vm-gw-1"];
+
+/// A zip laid out like a product pack: one small file under `top/` (the fake agents never
+/// unpack it; the controller and the validator read its central directory).
 pub fn tiny_pack(top: &str) -> Vec<u8> {
     use std::io::Write as _;
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -29,12 +99,35 @@ pub fn tiny_pack(top: &str) -> Vec<u8> {
         format!("{top}/bin/version.txt"),
         zip::write::SimpleFileOptions::default(),
     )
-    .unwrap();
-    w.write_all(top.as_bytes()).unwrap();
-    w.finish().unwrap().into_inner()
+    .expect("zip entry");
+    w.write_all(top.as_bytes()).expect("zip data");
+    w.finish().expect("zip").into_inner()
+}
+
+/// The repository's `deploy/examples` folder.
+pub fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples")
+}
+
+/// A temp dir holding a small 4.5 pack set (zips laid out like the real ones) and secret files,
+/// plus the plan text that uses them.
+pub struct Fixture {
+    /// The plan's folder: `dist/*.zip`, `secrets/{admin,db,ks}`.
+    pub dir: tempfile::TempDir,
+    /// sha256 of the traffic manager pack.
+    pub sha: String,
+    /// sha256 of each pack, by its top directory.
+    pub shas: BTreeMap<String, String>,
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Fixture {
+    /// Writes the packs and secret files into a new temp dir.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dist")).unwrap();
@@ -63,10 +156,12 @@ impl Fixture {
             .replace("@SHA_TM@", &self.shas["wso2am-tm-4.5.0"])
     }
 
+    /// Validates `text` as `plan.toml` in the fixture's folder (packs verified).
     pub fn check(&self, text: &str) -> Report {
         self.check_env(text, &BTreeMap::new())
     }
 
+    /// [`Fixture::check`] with `env` as the environment.
     pub fn check_env(&self, text: &str, env: &BTreeMap<String, String>) -> Report {
         let path = self.dir.path().join("plan.toml");
         std::fs::write(&path, text).unwrap();
