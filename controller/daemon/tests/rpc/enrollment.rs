@@ -311,7 +311,11 @@ async fn a_man_in_the_middle_gets_nothing() {
 }
 
 /// An agent certificate for `machine` valid for `ttl`, recorded as issued (the newest).
-fn short_lived_agent(h: &Harness, machine: &str, ttl: Duration) -> (crate::support::Creds, String) {
+fn short_lived_agent(
+    h: &Harness,
+    machine: &str,
+    ttl: Duration,
+) -> (apim_testkit::ca::Creds, String) {
     let key = AgentKey::generate().expect("agent key");
     let issued = h
         .state
@@ -321,7 +325,7 @@ fn short_lived_agent(h: &Harness, machine: &str, ttl: Duration) -> (crate::suppo
     h.state.record_issued(machine, &issued, true);
     let serial = issued.serial.clone();
     (
-        crate::support::Creds {
+        apim_testkit::ca::Creds {
             cert_pem: issued.cert_pem,
             key_pem: key.key_pem(),
         },
@@ -370,7 +374,7 @@ async fn an_expired_agent_recovers_with_its_newest_certificate_within_the_window
         .await
         .expect("recovered")
         .into_inner();
-    let fresh = crate::support::Creds {
+    let fresh = apim_testkit::ca::Creds {
         cert_pem: answer.cert_chain_pem,
         key_pem: key.key_pem(),
     };
@@ -476,7 +480,7 @@ async fn an_operator_renews_its_own_certificate_with_the_current_one() {
         .await
         .expect("renewed")
         .into_inner();
-    let renewed = crate::support::Creds {
+    let renewed = apim_testkit::ca::Creds {
         cert_pem: answer.cert_chain_pem,
         key_pem: key.key_pem(),
     };
