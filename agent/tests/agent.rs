@@ -476,3 +476,56 @@ async fn a_tail_that_disagrees_with_the_verified_pack_installs_nothing() {
     );
     rig.stop_agent().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_pack_staged_behind_a_running_node_fails_its_staging_and_leaves_the_cache() {
+    let mut rig = Rig::new("agentd_bad_stage").await;
+    let n1 = rig.node("n1", "traffic-manager", 1, DesiredRun::Running);
+    rig.ctl.push(rig.machine(1, vec![n1.clone()])).await;
+    rig.start_agent();
+    let healthy = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "n1 HEALTHY", |r| {
+            all_in(r, 1, &["n1"], NodePhase::Healthy)
+        })
+        .await;
+    let pid = pid_of(&healthy, "n1");
+
+    // A new pack with a traversal entry (its digest is right), staged behind the running node.
+    let evil = apim_e2e::simpack::build_pack(
+        apim_e2e::simpack::PackKind::AllInOne,
+        "4.2.0",
+        &rig.root().join("evil-packs"),
+        &apim_e2e::simpack::PackOptions {
+            evil: vec![apim_e2e::simpack::EvilEntry::ParentTraversal],
+            ..apim_e2e::simpack::PackOptions::default()
+        },
+    )
+    .expect("evil pack");
+    rig.ctl.add_artifact(&evil.sha256, &evil.path);
+    let mut n1_next = rig.node("n1", "traffic-manager", 1, DesiredRun::Staged);
+    if let Some(p) = n1_next.pack.as_mut() {
+        p.sha256 = evil.sha256.clone();
+        p.size = evil.size;
+    }
+    rig.ctl.push(rig.machine(2, vec![n1_next])).await;
+    let failed = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "n1 FAILED at staging", |r| {
+            status(r, "n1")
+                .is_some_and(|s| s.generation == 2 && s.phase == NodePhase::Failed as i32)
+        })
+        .await;
+    let e = &status(&failed, "n1").expect("n1").last_error;
+    assert!(e.contains("unsafe zip entry"), "{e}");
+    assert!(alive(pid), "the running node keeps serving its old tree");
+    let cache = rig.state().join("cache");
+    assert!(
+        !dir_entries(&cache)
+            .iter()
+            .any(|f| f.starts_with(&evil.sha256)),
+        "the refused pack left the cache: {:?}",
+        dir_entries(&cache)
+    );
+    rig.stop_agent().await;
+}
