@@ -46,6 +46,35 @@ pub fn load_plan(
     }
 }
 
+/// The configuration files of the plan's packs found on this machine, for a render here; each
+/// pack it cannot read is named on `stderr` (its nodes render without their base file).
+pub fn local_packs(plan: &Plan, stderr: &mut dyn Write) -> apim_plan::pack::PackSet {
+    use apim_plan::pack;
+    let mut set = pack::PackSet::none();
+    for d in plan.distributions.values() {
+        let path = plan.resolve_path(&d.path.value);
+        let read = if path.is_file() {
+            pack::inspect_file(&path, &pack::PackLimits::default())
+                .and_then(|_| pack::config::read_file(&path))
+                .map_err(|e| e.to_string())
+        } else {
+            Err("not found".to_string())
+        };
+        match read {
+            Ok(config) => set.insert(d.kind, std::sync::Arc::new(config)),
+            Err(why) => {
+                let _ = writeln!(
+                    stderr,
+                    "note: pack {}: {why}: its nodes are rendered without the pack's own \
+                     deployment.toml, so the product's defaults are not shown",
+                    path.display()
+                );
+            }
+        }
+    }
+    set
+}
+
 /// Whether [`prepare`] sends the packs the controller lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packs {

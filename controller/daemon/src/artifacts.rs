@@ -7,9 +7,13 @@
 //! the store always holds exactly the bytes its name promises, and a pack apimctl would unpack. The gRPC
 //! side (`ArtifactService`) is in [`crate::server`].
 
+use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use apim_plan::pack::PackConfig;
 
 use sha2::{Digest, Sha256};
 
@@ -85,6 +89,8 @@ pub fn validate_sha256(sha256: &str) -> Result<(), ArtifactError> {
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     dir: PathBuf,
+    /// Configuration files read out of stored packs (content-addressed, so never stale).
+    configs: Arc<std::sync::Mutex<HashMap<String, Arc<PackConfig>>>>,
 }
 
 impl ArtifactStore {
@@ -97,6 +103,7 @@ impl ArtifactStore {
         }
         Ok(ArtifactStore {
             dir: dir.to_path_buf(),
+            configs: Default::default(),
         })
     }
 
@@ -127,6 +134,37 @@ impl ArtifactStore {
                 source,
             }),
         }
+    }
+
+    /// A stored pack's configuration files, after its central directory passed the pack guards
+    /// again; read once per digest.
+    pub async fn pack_config(&self, sha256: &str) -> Result<Arc<PackConfig>, ArtifactError> {
+        if let Some(c) = self.cached(sha256) {
+            return Ok(c);
+        }
+        self.size(sha256).await?;
+        let path = self.path_for(sha256)?;
+        let read = tokio::task::spawn_blocking(move || {
+            apim_plan::pack::inspect_file(&path, &apim_plan::pack::PackLimits::default())
+                .and_then(|_| apim_plan::pack::config::read_file(&path))
+        })
+        .await
+        .map_err(|e| ArtifactError::Io {
+            action: "reading",
+            path: self.dir.join(sha256),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let config = Arc::new(read.map_err(|problem| ArtifactError::BadPack { problem })?);
+        self.configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sha256.to_string(), config.clone());
+        Ok(config)
+    }
+
+    fn cached(&self, sha256: &str) -> Option<Arc<PackConfig>> {
+        let cache = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(sha256).cloned()
     }
 
     /// Starts storing an artifact of `size` bytes whose sha256 should be `sha256`.

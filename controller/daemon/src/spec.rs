@@ -188,8 +188,12 @@ mod tests {
                 verify_packs: false,
             },
         );
-        apim_plan::render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env)
-            .unwrap()
+        apim_plan::render::render(
+            &plan.unwrap_or_else(|| panic!("{}", report.render())),
+            &env,
+            &apim_plan::pack::PackSet::none(),
+        )
+        .unwrap()
     }
 
     #[test]

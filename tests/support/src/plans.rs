@@ -90,17 +90,36 @@ on_failure = "{on_failure}"
 /// Machines of [`plan_v3`].
 pub const V3_MACHINES: [&str; 5] = ["vm-km-1", "vm-tm-1", "vm-pub-1", "vm-dp-1", "vm-gw-1"];
 
-/// A zip laid out like a product pack: one small file under `top/` (the fake agents never
-/// unpack it; the controller and the validator read its central directory).
+/// A zip laid out like a product pack: a version file and, for each role the pack runs, the
+/// small base `deployment.toml` the renderer merges onto (the fake agents never unpack it; the
+/// controller and the validator read its central directory and its configuration files).
 pub fn tiny_pack(top: &str) -> Vec<u8> {
     use std::io::Write as _;
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    w.start_file(
-        format!("{top}/bin/version.txt"),
-        zip::write::SimpleFileOptions::default(),
-    )
-    .expect("zip entry");
-    w.write_all(top.as_bytes()).expect("zip data");
+    let mut file = |path: String, data: &str| {
+        w.start_file(path, zip::write::SimpleFileOptions::default())
+            .expect("zip entry");
+        w.write_all(data.as_bytes()).expect("zip data");
+    };
+    file(format!("{top}/bin/version.txt"), top);
+    let product = top
+        .rsplit_once('-')
+        .and_then(|(_, v)| apim_plan::catalogue::Product::parse(&format!("wso2am-{v}")).ok());
+    let mut bases = std::collections::BTreeSet::new();
+    for p in product.iter() {
+        for role in p.roles() {
+            let profile = p.role_profile(*role).expect("the release's role");
+            if p.pack_top_dir(profile.pack) == top {
+                bases.insert(profile.base_config_file());
+            }
+        }
+    }
+    for base in bases {
+        file(
+            format!("{top}/{base}"),
+            "[server]\nhostname = \"localhost\"\n\n[[event_handler]]\nname = \"userPostSelfRegistration\"\n",
+        );
+    }
     w.finish().expect("zip").into_inner()
 }
 

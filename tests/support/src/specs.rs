@@ -49,7 +49,8 @@ pub fn render(text: &str) -> Rendered {
     );
     let plan = plan.unwrap_or_else(|| panic!("{}\n{text}", report.render()));
     Rendered {
-        cluster: apim_plan::render::render(&plan, &env).expect("render"),
+        cluster: apim_plan::render::render(&plan, &env, &apim_plan::pack::PackSet::none())
+            .expect("render"),
         pack_sizes: BTreeMap::new(),
         pki: OnceLock::new(),
     }

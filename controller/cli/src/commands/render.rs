@@ -28,7 +28,9 @@ pub struct Args {
     /// Print secrets instead of masking them.
     #[arg(long)]
     show_secrets: bool,
-    /// Do not read the packs to check their sha256 (e.g. to render an example plan).
+    /// Do not check the packs' sha256 (e.g. to render an example plan). Packs that are present
+    /// are still read for their base files; missing ones are named, and their nodes rendered
+    /// without the product's defaults.
     #[arg(long)]
     skip_pack_check: bool,
 }
@@ -44,7 +46,8 @@ pub fn run(
         verify_packs: !args.skip_pack_check,
     };
     let Loaded { plan, .. } = load_plan(&args.plan, env, opts, stderr)?;
-    let cluster = apim_plan::render::render(&plan, env)?;
+    let packs = crate::prepare::local_packs(&plan, stderr);
+    let cluster = apim_plan::render::render(&plan, env, &packs)?;
     let only = args.node.as_deref();
     if let Some(name) = only
         && cluster.node(name).is_none()

@@ -41,6 +41,11 @@ pub fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
         n.install_dir,
         short(&n.pack_sha256)
     ));
+    s.push_str(&match &n.base_file {
+        Some(f) => format!("# base:      {f} (the plan merged onto it)\n"),
+        None => "# base:      none: the pack was not read, so its own defaults are not shown\n"
+            .to_string(),
+    });
     s.push_str(&format!("# java_home: {}\n", n.java_home));
     if let Some(o) = &n.optimizer {
         s.push_str(&format!(

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
+use apim_plan::pack::{PackConfig, PackSet};
 use apim_plan::plan::Plan;
 use apim_plan::render::ClusterRender;
 use apim_plan::secrets::ResolvedSecrets;
@@ -102,13 +104,16 @@ pub async fn prepare(
         return Err(RolloutError::PlanRejected { errors });
     };
     let mut pack_sizes = BTreeMap::new();
+    let mut packs = PackSet::none();
     let mut missing = Vec::new();
     for d in plan.distributions.values() {
         match state.artifacts().size(&d.sha256.value).await {
             Ok(size) => {
                 let at = d.path.span.start;
-                check_stored_pack(state, plan.cluster.product.value, d, path, plan_toml, at)
-                    .await?;
+                let config =
+                    check_stored_pack(state, plan.cluster.product.value, d, path, plan_toml, at)
+                        .await?;
+                packs.insert(d.kind, config);
                 pack_sizes.insert(d.sha256.value.clone(), size);
             }
             Err(ArtifactError::NotFound { .. }) if mode == Mode::DryRun => {}
@@ -131,8 +136,22 @@ pub async fn prepare(
     if !missing.is_empty() {
         return Err(RolloutError::PlanRejected { errors: missing });
     }
-    let render = apim_plan::render::render(&plan, &secrets).map_err(|e| RolloutError::Render {
-        reason: e.to_string(),
+    let render = apim_plan::render::render(&plan, &secrets, &packs).map_err(|e| match &e {
+        apim_plan::render::RenderError::Base { pack, .. } => RolloutError::PlanRejected {
+            errors: vec![detail(
+                "plan.pack_base",
+                e.to_string(),
+                "the pack is not the release's own zip (or is damaged)".into(),
+                path,
+                plan_toml,
+                plan.distributions
+                    .get(pack)
+                    .map_or(0, |d| d.path.span.start),
+            )],
+        },
+        _ => RolloutError::Render {
+            reason: e.to_string(),
+        },
     })?;
     let cluster = render.cluster.clone();
     let dir = pki_dir.join(&cluster);
@@ -187,8 +206,8 @@ pub async fn prepare(
     })
 }
 
-/// Reads a stored pack's central directory: a pack no agent would unpack, or one for another
-/// release, is refused before any machine is touched.
+/// Reads a stored pack's central directory and configuration files: a pack no agent would
+/// unpack, or one for another release, is refused before any machine is touched.
 async fn check_stored_pack(
     state: &ControllerState,
     product: apim_plan::catalogue::Product,
@@ -196,23 +215,16 @@ async fn check_stored_pack(
     file: &str,
     plan_toml: &str,
     at: usize,
-) -> Result<(), RolloutError> {
-    let stored = state.artifacts().path_for(&d.sha256.value)?;
+) -> Result<Arc<PackConfig>, RolloutError> {
     let expected = product.pack_top_dir(d.kind);
-    let limits = apim_plan::pack::PackLimits::default();
-    let checked =
-        tokio::task::spawn_blocking(move || apim_plan::pack::inspect_file(&stored, &limits))
-            .await
-            .map_err(|e| RolloutError::Render {
-                reason: e.to_string(),
-            })?;
-    let why = match checked {
-        Ok(s) if s.top_dir == expected => return Ok(()),
-        Ok(s) => format!(
+    let why = match state.artifacts().pack_config(&d.sha256.value).await {
+        Ok(c) if c.top_dir == expected => return Ok(c),
+        Ok(c) => format!(
             "its top directory is `{}`, the release needs `{expected}`",
-            s.top_dir
+            c.top_dir
         ),
-        Err(problem) => problem.to_string(),
+        Err(ArtifactError::BadPack { problem }) => problem.to_string(),
+        Err(e) => return Err(e.into()),
     };
     Err(RolloutError::PlanRejected {
         errors: vec![detail(

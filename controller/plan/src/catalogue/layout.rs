@@ -5,6 +5,31 @@
 /// The server's configuration, relative to the carbon home.
 pub const CONFIG_FILE: &str = "repository/conf/deployment.toml";
 
+/// The optimizer's per-profile configurations, relative to the carbon home: `profileSetup.sh`
+/// copies `<profile>.toml` over [`CONFIG_FILE`] (wso2_internals.md §2).
+pub const DEPLOYMENT_TEMPLATES_DIR: &str = "repository/resources/conf/deployment-templates";
+
+/// The config mapper's Jinja templates (`**.j2`), relative to the carbon home: every key a
+/// `deployment.toml` can set that is not in a rule file is a variable of one of these.
+pub const CONFIG_TEMPLATES_DIR: &str = "repository/resources/conf/templates";
+
+/// The config mapper's rule files, relative to the carbon home: defaults, inferences and key
+/// renames, whose keys are the rest of what a `deployment.toml` can set (wso2_internals.md §5).
+pub const KEY_RULE_FILES: [&str; 3] = [
+    "repository/resources/conf/default.json",
+    "repository/resources/conf/infer.json",
+    "repository/resources/conf/key-mappings.json",
+];
+
+/// The file a node's `deployment.toml` starts from: what the optimizer installs for its profile,
+/// else what the pack ships.
+pub fn base_config_file(optimizer_profile: Option<&str>) -> String {
+    match optimizer_profile {
+        Some(p) => format!("{DEPLOYMENT_TEMPLATES_DIR}/{p}.toml"),
+        None => CONFIG_FILE.to_string(),
+    }
+}
+
 /// Keystores and truststores, relative to the carbon home; `[keystore.*] file_name` and
 /// `[truststore] file_name` are resolved here.
 pub const SECURITY_DIR: &str = "repository/resources/security";
@@ -21,6 +46,10 @@ pub const BIN_DIR: &str = "bin";
 
 /// The profile optimizer, relative to the carbon home; run once after unpacking.
 pub const OPTIMIZER_SCRIPT: &str = "bin/profileSetup.sh";
+
+/// Tells the optimizer to leave `deployment.toml` alone: apimctl writes the whole file itself
+/// (from the same template), so nothing depends on what the optimizer copied.
+pub const OPTIMIZER_SKIP_CONFIG: &str = "--skipConfigOptimization";
 
 /// What the optimizer prints when it worked (it exits 0 either way).
 pub const OPTIMIZER_SUCCESS: &str = "Finished the optimizations";

@@ -106,6 +106,11 @@ impl RoleProfile {
         }
     }
 
+    /// The file (relative to the carbon home) a node's `deployment.toml` is merged onto.
+    pub fn base_config_file(&self) -> String {
+        layout::base_config_file(self.optimizer_profile)
+    }
+
     /// Whether the optimizer runs after a fresh unpack.
     pub fn optimizes(&self) -> bool {
         self.optimizer_profile.is_some()
@@ -113,8 +118,13 @@ impl RoleProfile {
 
     /// The optimizer's argv (relative to the carbon home), if the role runs it.
     pub fn optimizer_argv(&self) -> Option<Vec<String>> {
-        self.optimizer_profile
-            .map(|p| vec![layout::OPTIMIZER_SCRIPT.to_string(), layout::profile_arg(p)])
+        self.optimizer_profile.map(|p| {
+            vec![
+                layout::OPTIMIZER_SCRIPT.to_string(),
+                layout::profile_arg(p),
+                layout::OPTIMIZER_SKIP_CONFIG.to_string(),
+            ]
+        })
     }
 
     /// The start command's argv (relative to the carbon home).
@@ -273,7 +283,11 @@ mod tests {
         assert!(km.optimizes());
         assert_eq!(
             km.optimizer_argv().unwrap(),
-            ["bin/profileSetup.sh", "-Dprofile=api-key-manager-node"]
+            [
+                "bin/profileSetup.sh",
+                "-Dprofile=api-key-manager-node",
+                "--skipConfigOptimization"
+            ]
         );
         assert_eq!(
             km.start_argv(),

@@ -10,8 +10,11 @@
 //! - `secret_values`: the document is built once, secrets as sentinels, and yields both the real
 //!   and the masked text;
 //! - `node`: install paths, commands, readiness, TLS; `hosts`: the hosts block;
+//! - `base`: the pack's own file (its optimizer template, or its shipped `deployment.toml`) as
+//!   the base the tree is merged onto;
 //! - `output`: the render's types, re-exported here.
 
+mod base;
 mod doc;
 mod document;
 mod hosts;
@@ -25,7 +28,8 @@ mod wiring;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::graph;
-use crate::plan::Plan;
+use crate::pack::PackSet;
+use crate::plan::{Node, Plan};
 use crate::secrets::{self, EnvSource};
 pub use output::{
     ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeRender, NodeTls,
@@ -47,6 +51,18 @@ pub enum RenderError {
         /// Why (never the value).
         reason: String,
     },
+    /// A pack lacks the file a node's configuration is built on, or the file does not parse.
+    #[error("node {node}: the pack's {file}: {reason}")]
+    Base {
+        /// The node.
+        node: String,
+        /// Its pack.
+        pack: crate::catalogue::PackKind,
+        /// The file, under the pack's top directory.
+        file: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Every secret of the plan, by description, read through `env`.
@@ -63,8 +79,13 @@ fn resolve_secrets(
     Ok(map)
 }
 
-/// Renders a validated plan.
-pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderError> {
+/// Renders a validated plan. Each node's `deployment.toml` is merged onto its pack's base file
+/// when `packs` holds the pack, and written whole otherwise.
+pub fn render(
+    plan: &Plan,
+    env: &dyn EnvSource,
+    packs: &PackSet,
+) -> Result<ClusterRender, RenderError> {
     let secrets = Secrets::new(plan, resolve_secrets(plan, env)?);
 
     // Each document is built once; the real and the masked text come from the same tree.
@@ -73,10 +94,23 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
     for node in &plan.nodes {
         let mut wiring = wiring::Wiring::new(plan, node);
         let tree = document::node_document(plan, node, &secrets, &mut wiring);
-        let toml_text = doc::to_text(&secrets.reveal(&tree));
-        let masked_text = doc::to_text(&secrets.mask(&tree));
+        let (real, masked) = (secrets.reveal(&tree), secrets.mask(&tree));
+        let (base_file, toml_text, masked_text) = match node_base(plan, node, packs)? {
+            Some((file, text)) => {
+                let merge = |t| {
+                    base::merge(text, t).map_err(|reason| RenderError::Base {
+                        node: node.name.value.clone(),
+                        pack: profile_pack(plan, node),
+                        file: file.clone(),
+                        reason,
+                    })
+                };
+                (Some(file.clone()), merge(&real)?, merge(&masked)?)
+            }
+            None => (None, doc::to_text(&real), doc::to_text(&masked)),
+        };
         edges.insert(node.name.value.clone(), wiring.refs);
-        documents.push((node, toml_text, masked_text));
+        documents.push((node, base_file, toml_text, masked_text));
     }
     let tiers = graph::tiers(plan, &edges);
     let deps = graph::dependencies(plan, &edges);
@@ -92,8 +126,9 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
             nodes: Vec::new(),
         })
         .collect();
-    for (node, deployment_toml, deployment_toml_masked) in documents {
+    for (node, base_file, deployment_toml, deployment_toml_masked) in documents {
         let parts = node::NodeParts {
+            base_file,
             deployment_toml,
             deployment_toml_masked,
             depends_on: deps.get(&node.name.value).cloned().unwrap_or_default(),
@@ -117,6 +152,47 @@ pub fn render(plan: &Plan, env: &dyn EnvSource) -> Result<ClusterRender, RenderE
     })
 }
 
+fn profile_pack(plan: &Plan, node: &Node) -> crate::catalogue::PackKind {
+    plan.cluster
+        .product
+        .value
+        .role_profile(node.role.value)
+        .expect("validated role")
+        .pack
+}
+
+/// The node's base file: its path under the pack's top directory and its text, when `packs`
+/// holds the node's pack.
+fn node_base<'a>(
+    plan: &Plan,
+    node: &Node,
+    packs: &'a PackSet,
+) -> Result<Option<(String, &'a str)>, RenderError> {
+    let profile = plan
+        .cluster
+        .product
+        .value
+        .role_profile(node.role.value)
+        .expect("validated role");
+    let Some(config) = packs.get(profile.pack) else {
+        return Ok(None);
+    };
+    let path = profile.base_config_file();
+    let file = format!("{}/{path}", config.top_dir);
+    match config.file(&path) {
+        Some(text) => Ok(Some((file, text))),
+        None => Err(RenderError::Base {
+            node: node.name.value.clone(),
+            pack: profile.pack,
+            file,
+            reason: format!(
+                "missing: {} ships it for the {} role",
+                plan.cluster.product.value, node.role.value
+            ),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,7 +210,7 @@ mod tests {
         };
         let (plan, report) = validate::check(&path, &text, &env, opts);
         let plan = plan.unwrap_or_else(|| panic!("{}", report.render()));
-        let c = render(&plan, &env).unwrap();
+        let c = render(&plan, &env, &PackSet::none()).unwrap();
         for n in c.nodes() {
             let real: toml::Table = n.deployment_toml.parse().unwrap();
             let masked: toml::Table = n.deployment_toml_masked.parse().unwrap();

@@ -9,6 +9,8 @@ use crate::plan::{Issuer, Machine, Node, Plan};
 
 /// What the renderer has made for a node before it is assembled.
 pub(super) struct NodeParts {
+    /// The pack file the document was merged onto, if any.
+    pub base_file: Option<String>,
     /// The full `deployment.toml`.
     pub deployment_toml: String,
     /// The same with secrets masked.
@@ -67,6 +69,7 @@ pub(super) fn node_render(plan: &Plan, node: &Node, parts: NodeParts) -> NodeRen
             .or(plan.cluster.run_as.as_ref())
             .map(|u| u.value.clone()),
         config_digest: crate::digest(parts.deployment_toml.as_bytes()),
+        base_file: parts.base_file,
         deployment_toml: parts.deployment_toml,
         deployment_toml_masked: parts.deployment_toml_masked,
         optimizer: optimizer(&profile),

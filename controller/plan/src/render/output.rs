@@ -186,6 +186,9 @@ pub struct NodeRender {
     pub java_home: String,
     /// Unix user to run as.
     pub run_as: Option<String>,
+    /// The pack file (under its top directory) `deployment_toml` is merged onto; `None` when
+    /// the render had no pack to read, so the product's own defaults are not in the text.
+    pub base_file: Option<String>,
     /// The full `deployment.toml`, secrets included.
     pub deployment_toml: String,
     /// The same with secrets masked, for printing.

@@ -45,7 +45,7 @@ fn render_example(name: &str) -> ClusterRender {
         },
     );
     let plan = plan.unwrap_or_else(|| panic!("{name} does not validate:\n{}", report.render()));
-    render::render(&plan, &env).unwrap()
+    render::render(&plan, &env, &apim_plan::pack::PackSet::none()).unwrap()
 }
 
 fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
@@ -543,7 +543,12 @@ fn v42_distributed_wiring() {
             verify_packs: false,
         },
     );
-    let c = render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).unwrap();
+    let c = render::render(
+        &plan.unwrap_or_else(|| panic!("{}", report.render())),
+        &env,
+        &apim_plan::pack::PackSet::none(),
+    )
+    .unwrap();
     let doc =
         |n: &str| -> Value { Value::Table(c.node(n).unwrap().deployment_toml.parse().unwrap()) };
     let cp = doc("cp-1");

@@ -143,8 +143,8 @@ proptest! {
         let (plan, report) = validate::check(Path::new("prop.toml"), &text, &env, Options { verify_packs: false });
         prop_assert!(!report.has_errors(), "{}\n{}", report.render(), text);
         let plan = plan.unwrap();
-        let a = render::render(&plan, &env).unwrap();
-        let b = render::render(&plan, &env).unwrap();
+        let a = render::render(&plan, &env, &apim_plan::pack::PackSet::none()).unwrap();
+        let b = render::render(&plan, &env, &apim_plan::pack::PackSet::none()).unwrap();
         prop_assert_eq!(&a.tiers, &b.tiers);
         let ports: BTreeMap<String, u16> = plan.nodes.iter().map(|n| (n.hostname.value.clone(), n.offset.value)).collect();
         for (x, y) in a.nodes().zip(b.nodes()) {

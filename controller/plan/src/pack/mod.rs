@@ -3,7 +3,10 @@
 //! absolute paths, `..`, backslashes, symlinks and special files, encrypted or duplicate
 //! entries, and more entries or bytes than [`PackLimits`] allow. `validate` runs it on local
 //! packs, the controller on every upload and before a rollout; the agent keeps its own guards
-//! (and enforces the declared sizes while inflating).
+//! (and enforces the declared sizes while inflating). [`config`] reads the configuration files
+//! the renderer builds on.
+
+pub mod config;
 
 use std::collections::HashSet;
 use std::io::{Read, Seek};
@@ -40,6 +43,34 @@ pub struct PackSummary {
     pub entries: u64,
     /// Total uncompressed size, bytes.
     pub total_size: u64,
+}
+
+pub use config::PackConfig;
+
+use crate::catalogue::PackKind;
+
+/// The configuration of the packs a render builds on, by kind. A kind missing here renders
+/// without its base file, and the render says so ([`crate::render::NodeRender::base_file`]).
+#[derive(Clone, Debug, Default)]
+pub struct PackSet {
+    packs: std::collections::BTreeMap<PackKind, std::sync::Arc<PackConfig>>,
+}
+
+impl PackSet {
+    /// No packs: every node renders without its base file.
+    pub fn none() -> Self {
+        PackSet::default()
+    }
+
+    /// Adds (or replaces) a pack's configuration.
+    pub fn insert(&mut self, kind: PackKind, config: std::sync::Arc<PackConfig>) {
+        self.packs.insert(kind, config);
+    }
+
+    /// A pack's configuration, if read.
+    pub fn get(&self, kind: PackKind) -> Option<&PackConfig> {
+        self.packs.get(&kind).map(|c| c.as_ref())
+    }
 }
 
 /// Why a pack is refused.
