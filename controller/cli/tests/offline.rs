@@ -231,6 +231,84 @@ fn render_out_never_writes_outside_its_folder() {
     assert!(written.is_empty(), "files written: {written:?}");
 }
 
+#[test]
+fn render_builds_on_the_local_packs_and_warns_of_keys_they_never_read() {
+    let f = Fixture::new();
+    let path = f.dir.path().join("plan.toml");
+    std::fs::write(&path, f.base_plan()).unwrap();
+    let out = f.dir.path().join("plain");
+    apimctl()
+        .args([
+            "render",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .assert()
+        .code(0)
+        .stderr(predicate::str::is_empty());
+    let gw = std::fs::read_to_string(out.join("gw-1/deployment.toml")).unwrap();
+    assert!(
+        gw.contains("name = \"userPostSelfRegistration\""),
+        "the pack's own key: {gw}"
+    );
+    let header = std::fs::read_to_string(out.join("gw-1/commands.txt")).unwrap();
+    assert!(
+        header.contains("# base:      wso2am-universal-gw-4.5.0/repository/conf/deployment.toml"),
+        "{header}"
+    );
+
+    // Packs whose product reads exactly what the renderer writes for this plan.
+    let docs: Vec<String> = ["cp-1", "gw-1", "tm-1"]
+        .iter()
+        .map(|n| std::fs::read_to_string(out.join(n).join("deployment.toml")).unwrap())
+        .collect();
+    let template = apim_testkit::plans::template_reading(docs.iter().map(String::as_str));
+    for top in f.shas.keys() {
+        let zip = apim_testkit::plans::pack_with(top, std::slice::from_ref(&template));
+        std::fs::write(f.dir.path().join("dist").join(format!("{top}.zip")), zip).unwrap();
+    }
+    let text = format!(
+        "{}\n[overrides]\n\"role:gateway\" = '''\n[apim.cors]\nallow_orgins = \"https://x.example.com\"\n'''\n",
+        f.base_plan()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let line = text[..text.find("allow_orgins").unwrap()].lines().count() + 1;
+    let at = format!(
+        "{}:{line}:1: warning: node gw-1: `apim.cors.allow_orgins`",
+        path.display()
+    );
+    apimctl()
+        .args([
+            "render",
+            path.to_str().unwrap(),
+            "--skip-pack-check",
+            "--node",
+            "gw-1",
+        ])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("allow_orgins"))
+        .stderr(predicate::str::contains(at.as_str()))
+        .stderr(predicate::str::contains(
+            "did you mean `apim.cors.allow_origins`?",
+        ));
+    let strict = f.dir.path().join("strict");
+    apimctl()
+        .args([
+            "render",
+            path.to_str().unwrap(),
+            "--skip-pack-check",
+            "--strict",
+            "--out",
+            strict.to_str().unwrap(),
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(at.replace("warning", "error")));
+    assert!(!strict.exists(), "nothing written");
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

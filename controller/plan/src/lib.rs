@@ -5,7 +5,8 @@
 //! with its `file:line:col`; [`render::render`] turns a valid plan into a
 //! [`render::ClusterRender`] (per machine: hosts block; per node: `deployment.toml`, commands,
 //! readiness checks, dependencies); [`graph`] derives the start tiers. The controller daemon turns
-//! a render into the specs its agents run; the CLI prints it.
+//! a render into the specs its agents run; the CLI prints it. [`lint`] checks a render against
+//! its packs (keys the product would ignore, placeholder hosts left from the pack's file).
 //!
 //! Every fact about WSO2 API Manager (releases, roles, scripts, ports, paths, process identity,
 //! defaults) is in [`catalogue`], which depends on nothing else here. The other modules depend
@@ -16,6 +17,7 @@ pub mod catalogue;
 pub mod diag;
 pub mod digest_cache;
 pub mod graph;
+pub mod lint;
 pub mod pack;
 pub mod plan;
 pub mod render;

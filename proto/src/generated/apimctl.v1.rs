@@ -2012,9 +2012,13 @@ pub struct ApplyRequest {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Refuse the plan (INVALID_ARGUMENT, the warnings as errors) when the render has warnings:
+    /// keys the node's pack never reads, placeholder hosts left from the pack's file.
+    #[prost(bool, tag = "6")]
+    pub strict: bool,
 }
 /// The stored generation and its rollout.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ApplyResponse {
     /// The new generation (or the current one when the plan changes nothing).
     #[prost(uint64, tag = "1")]
@@ -2022,6 +2026,10 @@ pub struct ApplyResponse {
     /// The rollout's id, to follow with Watch; empty when nothing needs to roll out.
     #[prost(string, tag = "2")]
     pub rollout_id: ::prost::alloc::string::String,
+    /// What the render of the plan against its packs warns about (code "render.unknown_key",
+    /// "render.placeholder_host"); text from the plan and the packs, shown escaped.
+    #[prost(message, repeated, tag = "3")]
+    pub warnings: ::prost::alloc::vec::Vec<ErrorDetail>,
 }
 /// A plan to compare with the cluster.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2039,6 +2047,9 @@ pub struct PlanRequest {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// As in `ApplyRequest.strict`.
+    #[prost(bool, tag = "4")]
+    pub strict: bool,
 }
 /// What applying a plan would change.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2050,6 +2061,10 @@ pub struct PlanResponse {
     /// pass it as `ApplyRequest.expected_cluster_revision` to apply exactly what was reviewed.
     #[prost(string, tag = "2")]
     pub cluster_revision: ::prost::alloc::string::String,
+    /// As in `ApplyResponse.warnings`; also one "render.no_base" per pack the controller does not
+    /// store yet (its nodes were compared without the pack's own file).
+    #[prost(message, repeated, tag = "3")]
+    pub warnings: ::prost::alloc::vec::Vec<ErrorDetail>,
 }
 /// The changes one node would see.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

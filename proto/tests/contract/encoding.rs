@@ -213,6 +213,7 @@ fn debug_output_redacts_secrets() {
         plan_path: "plan.toml".into(),
         expected_cluster_revision: Some("rev-1".into()),
         author: "ops".into(),
+        strict: true,
         resolved_secrets: HashMap::from([(
             "env:APIM_DB_PASSWORD".into(),
             "resolved-s3cret".into(),

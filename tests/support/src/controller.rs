@@ -191,6 +191,7 @@ impl Controller {
             .operator()
             .await
             .apply(ApplyRequest {
+                strict: false,
                 plan_toml: plan.into(),
                 plan_path: "plan.toml".into(),
                 expected_cluster_revision: None,

@@ -94,33 +94,77 @@ pub const V3_MACHINES: [&str; 5] = ["vm-km-1", "vm-tm-1", "vm-pub-1", "vm-dp-1",
 /// small base `deployment.toml` the renderer merges onto (the fake agents never unpack it; the
 /// controller and the validator read its central directory and its configuration files).
 pub fn tiny_pack(top: &str) -> Vec<u8> {
+    pack_with(top, &[])
+}
+
+/// A [`tiny_pack`] with `extra` files (path under the top directory → text; a path of the tiny
+/// pack is replaced).
+pub fn pack_with(top: &str, extra: &[(String, String)]) -> Vec<u8> {
     use std::io::Write as _;
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let mut file = |path: String, data: &str| {
-        w.start_file(path, zip::write::SimpleFileOptions::default())
-            .expect("zip entry");
-        w.write_all(data.as_bytes()).expect("zip data");
-    };
-    file(format!("{top}/bin/version.txt"), top);
+    let mut files: BTreeMap<String, String> = BTreeMap::new();
+    files.insert("bin/version.txt".into(), top.into());
     let product = top
         .rsplit_once('-')
         .and_then(|(_, v)| apim_plan::catalogue::Product::parse(&format!("wso2am-{v}")).ok());
-    let mut bases = std::collections::BTreeSet::new();
     for p in product.iter() {
         for role in p.roles() {
             let profile = p.role_profile(*role).expect("the release's role");
             if p.pack_top_dir(profile.pack) == top {
-                bases.insert(profile.base_config_file());
+                files.insert(
+                    profile.base_config_file(),
+                    "[server]\nhostname = \"localhost\"\n\n[[event_handler]]\nname = \"userPostSelfRegistration\"\n"
+                        .into(),
+                );
             }
         }
     }
-    for base in bases {
-        file(
-            format!("{top}/{base}"),
-            "[server]\nhostname = \"localhost\"\n\n[[event_handler]]\nname = \"userPostSelfRegistration\"\n",
-        );
+    files.extend(extra.iter().cloned());
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (path, data) in files {
+        w.start_file(
+            format!("{top}/{path}"),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .expect("zip entry");
+        w.write_all(data.as_bytes()).expect("zip data");
     }
     w.finish().expect("zip").into_inner()
+}
+
+/// A config-mapper template (for `repository/resources/conf/templates/`) that reads every
+/// leaf key of the `deployment.toml` texts `docs` (arrays whole), and nothing else: a pack
+/// whose product reads exactly what those documents write.
+pub fn template_reading<'a>(docs: impl IntoIterator<Item = &'a str>) -> (String, String) {
+    fn leaves(prefix: &str, t: &toml::Table, out: &mut std::collections::BTreeSet<String>) {
+        for (k, v) in t {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => leaves(&path, t, out),
+                _ => {
+                    out.insert(path);
+                }
+            }
+        }
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for d in docs {
+        leaves("", &d.parse().expect("a rendered document"), &mut keys);
+    }
+    let body: String = keys
+        .iter()
+        .map(|k| format!("<k>{{{{ {k} }}}}</k>\n"))
+        .collect();
+    (
+        format!(
+            "{}/repository/conf/keys.xml.j2",
+            apim_plan::catalogue::layout::CONFIG_TEMPLATES_DIR
+        ),
+        body,
+    )
 }
 
 /// The repository's `deploy/examples` folder.

@@ -29,6 +29,10 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Format,
+    /// Refuse the plan when its render has warnings (keys a node's pack never reads,
+    /// placeholder hosts left from a pack's file).
+    #[arg(long)]
+    strict: bool,
     /// Return once the plan is stored, without following the rollout.
     #[arg(long)]
     no_wait: bool,
@@ -55,10 +59,14 @@ pub async fn run(
             expected_cluster_revision: args.plan_revision,
             author: std::env::var("USER").unwrap_or_default(),
             resolved_secrets: secrets,
+            strict: args.strict,
         })
         .await
         .map_err(CliError::Refused)?
         .into_inner();
+    for l in lines::warnings(&resp.warnings) {
+        let _ = writeln!(stderr, "{l}");
+    }
     let format = args.output;
     if resp.rollout_id.is_empty() {
         match format {

@@ -22,6 +22,10 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: Format,
+    /// Refuse the plan when its render has warnings (keys a node's pack never reads,
+    /// placeholder hosts left from a pack's file).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Runs `apimctl plan`.
@@ -42,10 +46,14 @@ pub async fn run(
             plan_toml: text,
             plan_path: args.plan.display().to_string(),
             resolved_secrets: secrets,
+            strict: args.strict,
         })
         .await
         .map_err(CliError::Refused)?
         .into_inner();
+    for l in lines::warnings(&resp.warnings) {
+        let _ = writeln!(stderr, "{l}");
+    }
     match args.output {
         Format::Json => {
             let _ = writeln!(stdout, "{}", json::plan(&resp));

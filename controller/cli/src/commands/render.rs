@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use apim_plan::diag::{Report, Severity};
 use apim_plan::render::ClusterRender;
 use apim_plan::secrets::EnvSource;
 
@@ -25,6 +26,10 @@ pub struct Args {
     /// under DIR instead of printing. Files hold real secrets and are written 0600.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Fail (exit 1, nothing written) when the render has warnings: keys a node's pack never
+    /// reads, placeholder hosts left from a pack's file.
+    #[arg(long)]
+    strict: bool,
     /// Print secrets instead of masking them.
     #[arg(long)]
     show_secrets: bool,
@@ -45,9 +50,24 @@ pub fn run(
     let opts = apim_plan::validate::Options {
         verify_packs: !args.skip_pack_check,
     };
-    let Loaded { plan, .. } = load_plan(&args.plan, env, opts, stderr)?;
+    let Loaded { plan, text } = load_plan(&args.plan, env, opts, stderr)?;
     let packs = crate::prepare::local_packs(&plan, stderr);
     let cluster = apim_plan::render::render(&plan, env, &packs)?;
+    let findings = apim_plan::lint::check(&plan, &cluster, &packs);
+    if !findings.is_empty() {
+        let mut report = Report {
+            path: args.plan.display().to_string(),
+            source: text,
+            diagnostics: findings.into_iter().map(|f| f.diagnostic).collect(),
+        };
+        if args.strict {
+            for d in &mut report.diagnostics {
+                d.severity = Severity::Error;
+            }
+            return Err(CliError::InvalidPlan(report));
+        }
+        let _ = write!(stderr, "{}", report.render());
+    }
     let only = args.node.as_deref();
     if let Some(name) = only
         && cluster.node(name).is_none()

@@ -150,24 +150,31 @@ pub fn agent(a: &AgentInfo) -> String {
 /// when the problem has one) and `  hint: …` per problem in its details; `error: MESSAGE` when
 /// it sent none. No trailing newline.
 pub fn refusal(status: &tonic::Status) -> String {
-    let mut lines = Vec::new();
     match apim_proto::error_details(status) {
-        Some(d) if !d.errors.is_empty() => {
-            for e in d.errors {
-                let at = if e.line > 0 {
-                    format!("{}:{}:{}: ", e.file, e.line, e.column)
-                } else {
-                    String::new()
-                };
-                lines.push(format!("{at}error: {}", printable(&e.message)));
-                if !e.hint.is_empty() {
-                    lines.push(format!("  hint: {}", printable(&e.hint)));
-                }
-            }
-        }
-        _ => lines.push(format!("error: {}", printable(status.message()))),
+        Some(d) if !d.errors.is_empty() => details(&d.errors, "error").join("\n"),
+        _ => format!("error: {}", printable(status.message())),
     }
-    lines.join("\n")
+}
+
+/// The controller's warnings about a plan, as [`refusal`] shows its errors.
+pub fn warnings(ws: &[apim_proto::v1::ErrorDetail]) -> Vec<String> {
+    details(ws, "warning")
+}
+
+fn details(ds: &[apim_proto::v1::ErrorDetail], severity: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for e in ds {
+        let at = if e.line > 0 {
+            format!("{}:{}:{}: ", printable(&e.file), e.line, e.column)
+        } else {
+            String::new()
+        };
+        lines.push(format!("{at}{severity}: {}", printable(&e.message)));
+        if !e.hint.is_empty() {
+            lines.push(format!("  hint: {}", printable(&e.hint)));
+        }
+    }
+    lines
 }
 
 #[cfg(test)]

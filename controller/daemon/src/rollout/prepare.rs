@@ -38,6 +38,8 @@ pub struct Prepared {
     pub targets: BTreeMap<String, MachineSpec>,
     /// The secret values, for masking diffs.
     pub secrets: ResolvedSecrets,
+    /// What the render against the packs warns about, and (dry run) the packs not stored yet.
+    pub warnings: Vec<ErrorDetail>,
 }
 
 fn detail(
@@ -70,6 +72,7 @@ pub async fn prepare(
     plan_toml: &str,
     secrets: BTreeMap<String, String>,
     mode: Mode,
+    strict: bool,
 ) -> Result<Prepared, RolloutError> {
     let secrets = ResolvedSecrets(secrets);
     let path = if plan_path.is_empty() {
@@ -105,6 +108,7 @@ pub async fn prepare(
     };
     let mut pack_sizes = BTreeMap::new();
     let mut packs = PackSet::none();
+    let mut no_base = Vec::new();
     let mut missing = Vec::new();
     for d in plan.distributions.values() {
         match state.artifacts().size(&d.sha256.value).await {
@@ -116,7 +120,20 @@ pub async fn prepare(
                 packs.insert(d.kind, config);
                 pack_sizes.insert(d.sha256.value.clone(), size);
             }
-            Err(ArtifactError::NotFound { .. }) if mode == Mode::DryRun => {}
+            Err(ArtifactError::NotFound { .. }) if mode == Mode::DryRun => {
+                no_base.push(detail(
+                    "render.no_base",
+                    format!(
+                        "pack {} is not stored on the controller yet: its nodes are compared \
+                         without the pack's own deployment.toml",
+                        d.path.value
+                    ),
+                    "apimctl apply uploads it and renders on its file".into(),
+                    path,
+                    plan_toml,
+                    d.path.span.start,
+                ));
+            }
             Err(ArtifactError::NotFound { .. }) | Err(ArtifactError::InvalidDigest) => {
                 missing.push(detail(
                     "plan.pack_missing",
@@ -153,6 +170,22 @@ pub async fn prepare(
             reason: e.to_string(),
         },
     })?;
+    let findings: Vec<ErrorDetail> = apim_plan::lint::check(&plan, &render, &packs)
+        .into_iter()
+        .map(|f| {
+            detail(
+                f.code,
+                f.diagnostic.message,
+                f.diagnostic.hint.unwrap_or_default(),
+                path,
+                plan_toml,
+                f.diagnostic.span.start,
+            )
+        })
+        .collect();
+    if strict && !findings.is_empty() {
+        return Err(RolloutError::PlanRejected { errors: findings });
+    }
     let cluster = render.cluster.clone();
     let dir = pki_dir.join(&cluster);
     // Every node certificate the specs below need, issued up front on all cores.
@@ -203,6 +236,7 @@ pub async fn prepare(
         render,
         targets,
         secrets,
+        warnings: no_base.into_iter().chain(findings).collect(),
     })
 }
 

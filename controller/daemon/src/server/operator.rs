@@ -84,6 +84,7 @@ impl OperatorSvc {
             expected_cluster_revision,
             author,
             resolved_secrets,
+            strict,
         } = req.into_inner();
         let state = &self.ctx.state;
         let prepared = rollout::prepare(
@@ -93,6 +94,7 @@ impl OperatorSvc {
             &plan_toml,
             resolved_secrets.into_iter().collect(),
             rollout::Mode::Apply,
+            strict,
         )
         .await?;
         if let Some(expected) = expected_cluster_revision {
@@ -112,6 +114,7 @@ impl OperatorSvc {
         Ok(ApplyResponse {
             generation,
             rollout_id,
+            warnings: prepared.warnings,
         })
     }
 
@@ -121,6 +124,7 @@ impl OperatorSvc {
             plan_toml,
             plan_path,
             resolved_secrets,
+            strict,
         } = req.into_inner();
         let state = &self.ctx.state;
         let prepared = rollout::prepare(
@@ -130,6 +134,7 @@ impl OperatorSvc {
             &plan_toml,
             resolved_secrets.into_iter().collect(),
             rollout::Mode::DryRun,
+            strict,
         )
         .await?;
         // The diff shows old lines too: mask the secrets of the generations the baseline was
@@ -156,6 +161,7 @@ impl OperatorSvc {
         Ok(PlanResponse {
             changes: rollout::diff::changes(&baseline, &prepared.targets, &secrets),
             cluster_revision: rollout::cluster_revision(state)?,
+            warnings: prepared.warnings,
         })
     }
 }

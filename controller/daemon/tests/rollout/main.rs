@@ -350,6 +350,7 @@ async fn refused_plans_change_nothing() {
             expected_cluster_revision: None,
             author: String::new(),
             resolved_secrets: req_secrets,
+            strict: false,
         })
         .await
         .expect_err("missing secret");
@@ -370,6 +371,7 @@ async fn refused_plans_change_nothing() {
             expected_cluster_revision: Some("stale".into()),
             author: String::new(),
             resolved_secrets: secrets(),
+            strict: false,
         })
         .await
         .expect_err("stale revision");
@@ -402,6 +404,7 @@ async fn plan_masks_the_old_and_the_new_secrets_in_every_diff_line() {
             plan_toml: plan.clone(),
             plan_path: "plan.toml".into(),
             resolved_secrets: secrets,
+            strict: false,
         })
         .await
         .expect("plan")
@@ -455,4 +458,87 @@ async fn a_stored_pack_of_another_release_is_refused_before_any_machine_is_touch
     );
     assert!(c.state.desired_specs().is_empty(), "nothing pushed");
     assert!(held(&agents).values().all(|g| *g == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_pack_never_reads_is_a_warning_and_strict_refuses_the_plan() {
+    let c = Controller::start().await;
+    // A pack whose product reads what the renderer writes for the plan, and nothing else.
+    let docs = render(&plan_v3(&"0".repeat(64), "", "halt", "30s"));
+    let template =
+        apim_testkit::plans::template_reading(docs.nodes().map(|n| n.deployment_toml.as_str()));
+    let sha = c.store_pack(&apim_testkit::plans::pack_with("wso2am-3.2.0", &[template]));
+    let plan = plan_v3(
+        &sha,
+        "[apim.cors]\nallow_orgins = \"https://x.example.com\"",
+        "halt",
+        "30s",
+    );
+    let line = plan[..plan.find("allow_orgins").unwrap()].lines().count() as u32 + 1;
+    let request = |strict| apim_proto::v1::ApplyRequest {
+        plan_toml: plan.clone(),
+        plan_path: "plan.toml".into(),
+        expected_cluster_revision: None,
+        author: String::new(),
+        resolved_secrets: secrets(),
+        strict,
+    };
+
+    let err = c
+        .operator()
+        .await
+        .apply(request(true))
+        .await
+        .expect_err("strict");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let details = apim_proto::error_details(&err).expect("details");
+    assert_eq!(details.errors.len(), 1, "{details:?}");
+    let e = &details.errors[0];
+    assert_eq!(
+        (e.code.as_str(), e.file.as_str(), e.line, e.column),
+        ("render.unknown_key", "plan.toml", line, 1)
+    );
+    assert!(e.message.contains("`apim.cors.allow_orgins`"), "{e:?}");
+    assert_eq!(e.hint, "did you mean `apim.cors.allow_origins`?");
+    assert_eq!(c.status().await.generation, 0, "nothing was stored");
+
+    let dry = c
+        .operator()
+        .await
+        .plan(apim_proto::v1::PlanRequest {
+            plan_toml: plan.clone(),
+            plan_path: "plan.toml".into(),
+            resolved_secrets: secrets(),
+            strict: false,
+        })
+        .await
+        .expect("plan")
+        .into_inner();
+    assert_eq!(dry.warnings, details.errors);
+
+    let applied = c
+        .operator()
+        .await
+        .apply(request(false))
+        .await
+        .expect("apply")
+        .into_inner();
+    assert_eq!(applied.generation, 1);
+    assert_eq!(applied.warnings, details.errors);
+
+    // A dry run of a plan whose pack is not stored yet says its nodes had no base file.
+    let dry = c
+        .operator()
+        .await
+        .plan(apim_proto::v1::PlanRequest {
+            plan_toml: plan_v3(&"1".repeat(64), "", "halt", "30s"),
+            plan_path: "plan.toml".into(),
+            resolved_secrets: secrets(),
+            strict: true,
+        })
+        .await
+        .expect("plan")
+        .into_inner();
+    let codes: Vec<&str> = dry.warnings.iter().map(|w| w.code.as_str()).collect();
+    assert_eq!(codes, ["render.no_base"], "{:?}", dry.warnings);
 }

@@ -3,8 +3,8 @@
 
 use super::doc::{Doc, arr, s};
 use super::wiring::{
-    Wiring, cache_invalidation, gateway_environments, key_manager_client, throttling_client,
-    token_revocation,
+    Wiring, cache_invalidation, gateway_environments, key_manager_client, revoke_endpoint,
+    throttling_client, token_revocation,
 };
 use crate::catalogue::{Port, Role, layout};
 use crate::plan::{Node, Plan};
@@ -21,6 +21,7 @@ pub(super) fn v3_role(plan: &Plan, node: &Node, d: &mut Doc, w: &mut Wiring<'_>)
         }
         Role::TrafficManager => {
             key_manager_client(d, w, Role::KeyManager, false);
+            revoke_endpoint(d, w, Role::KeyManager);
             let peers = w.peers("tcp", Port::Amqp);
             if !peers.is_empty() {
                 d.set("apim.throttling.event_duplicate_url", arr(peers));
@@ -40,11 +41,7 @@ pub(super) fn v3_role(plan: &Plan, node: &Node, d: &mut Doc, w: &mut Wiring<'_>)
         Role::Devportal => {
             gateway_environments(d, plan, w, false);
             key_manager_client(d, w, Role::KeyManager, false);
-            let km = w.mgmt(Role::KeyManager);
-            d.set(
-                "apim.oauth_config.revoke_endpoint",
-                s(&format!("{km}{}", layout::REVOKE_PATH)),
-            );
+            revoke_endpoint(d, w, Role::KeyManager);
             throttling_client(d, w, false, false);
             cache_invalidation(d, role);
         }

@@ -6,7 +6,7 @@ use toml::{Table, Value};
 use super::doc::{Doc, arr, s};
 use super::wiring::{
     LOCAL_MGMT, REF_PASS, REF_USER, Wiring, cache_invalidation, gateway_environments,
-    key_manager_client, throttling_client, token_revocation,
+    key_manager_client, revoke_endpoint, throttling_client, token_revocation,
 };
 use crate::catalogue::{Port, ProductLine, Role, layout};
 use crate::plan::{Node, Plan};
@@ -85,6 +85,7 @@ fn traffic_manager(d: &mut Doc, plan: &Plan, w: &mut Wiring<'_>, km_role: Role) 
     }
     if plan.cluster.product.value.line() == ProductLine::V4 {
         key_manager_client(d, w, km_role, false);
+        revoke_endpoint(d, w, km_role);
     }
 }
 
@@ -93,7 +94,8 @@ fn traffic_manager(d: &mut Doc, plan: &Plan, w: &mut Wiring<'_>, km_role: Role) 
 fn gateway(d: &mut Doc, plan: &Plan, node: &Node, w: &mut Wiring<'_>, km_role: Role) {
     key_manager_client(d, w, km_role, false);
     event_hub_client(d, w);
-    throttling_client(d, w, false, false);
+    // The service URL too: the pack's gateway template ships a placeholder there.
+    throttling_client(d, w, true, false);
     let labels: Vec<String> = plan
         .gateway_environments
         .iter()

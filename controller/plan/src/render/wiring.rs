@@ -132,6 +132,15 @@ pub(super) fn throttling_client(
     }
 }
 
+/// `[apim.oauth_config] revoke_endpoint`: the key manager's OAuth2 revoke endpoint.
+pub(super) fn revoke_endpoint(d: &mut Doc, w: &mut Wiring<'_>, km_role: Role) {
+    let km = w.mgmt(km_role);
+    d.set(
+        "apim.oauth_config.revoke_endpoint",
+        s(&format!("{km}{}", layout::REVOKE_PATH)),
+    );
+}
+
 /// `[apim.key_manager]`: the key manager's service URL and credentials.
 pub(super) fn key_manager_client(
     d: &mut Doc,

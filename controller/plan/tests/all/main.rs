@@ -3,5 +3,6 @@
 //! (One test binary, to keep link time down on small CI machines.)
 
 mod golden;
+mod lint;
 mod props;
 mod rules;
