@@ -624,3 +624,67 @@ fn v42_distributed_wiring() {
         ]
     );
 }
+
+/// Renders an example plan after `edit`, with the secrets the examples reference.
+fn render_edited(name: &str, edit: impl Fn(String) -> String) -> ClusterRender {
+    let path = examples_dir().join(name);
+    let text = edit(std::fs::read_to_string(&path).unwrap());
+    let env: BTreeMap<String, String> = [
+        ("APIM_ADMIN_PASSWORD", "pw"),
+        ("APIM_ANALYTICS_TOKEN", "tok"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
+    let (plan, report) = validate::check(
+        &path,
+        &text,
+        &env,
+        Options {
+            verify_packs: false,
+        },
+    );
+    render::render(&plan.unwrap_or_else(|| panic!("{}", report.render())), &env).unwrap()
+}
+
+/// wso2_internals §2: a key manager whose optimizer profile has no OSGi folder (4.3–4.4
+/// `api-key-manager-node`, 4.5 ACP `key-manager`) is optimized with it and started without it.
+#[test]
+fn key_managers_are_optimized_with_their_profile_and_started_without_a_missing_osgi_one() {
+    let v44 = render_edited("v42-distributed.toml", |t| {
+        t.replace("wso2am-4.2.0", "wso2am-4.4.0")
+    });
+    let km = v44.node("km-1").unwrap();
+    assert_eq!(
+        km.optimizer.as_ref().unwrap().argv,
+        ["bin/profileSetup.sh", "-Dprofile=api-key-manager-node"]
+    );
+    assert_eq!(km.start.argv, ["bin/api-manager.sh", "start"]);
+    // Its peers keep the profiles their packs have folders for.
+    assert_eq!(
+        v44.node("gw-prod").unwrap().start.argv,
+        ["bin/api-manager.sh", "-Dprofile=gateway-worker", "start"]
+    );
+    assert_eq!(
+        v44.node("cp-1").unwrap().start.argv,
+        ["bin/api-manager.sh", "-Dprofile=control-plane", "start"]
+    );
+
+    let v45 = render_edited("v45-single.toml", |t| {
+        t.replace(
+            "[[gateway_environments]]",
+            "[[nodes]]\nname = \"km-1\"\nmachine = \"vm-cp\"\nrole = \"key-manager\"\n\
+             hostname = \"km.wso2.com\"\noffset = 1\n\n[[gateway_environments]]",
+        )
+    });
+    let km = v45.node("km-1").unwrap();
+    assert_eq!(
+        km.optimizer.as_ref().unwrap().argv,
+        ["bin/profileSetup.sh", "-Dprofile=key-manager"]
+    );
+    assert_eq!(km.start.argv, ["bin/key-manager.sh", "start"]);
+    assert_eq!(km.stop.argv, ["bin/key-manager.sh", "stop"]);
+    assert_eq!(
+        v45.node("cp-1").unwrap().start.argv,
+        ["bin/api-cp.sh", "start"]
+    );
+}
