@@ -210,6 +210,25 @@ impl Product {
         }
     }
 
+    /// Whether a role's `deployment.toml` gets `[apim.analytics]`: on 3.x the profiles whose
+    /// 3.2 deployment templates configure it (publisher, devportal and gateway publish to or
+    /// read from the API-M Analytics server); on 4.x and 4.5+ the gateway only, the one node
+    /// the guides (4.5 guide, step 5) and the 4.2 templates configure to publish to the
+    /// analytics cloud (the control-plane and key-manager templates carry no such section).
+    pub fn configures_analytics(&self, role: Role) -> bool {
+        match self.line() {
+            ProductLine::V3 => matches!(role, Role::Publisher | Role::Devportal | Role::Gateway),
+            ProductLine::V4 | ProductLine::V45Split => role == Role::Gateway,
+        }
+    }
+
+    /// Whether the release's analytics is the 4.x analytics cloud, configured with a
+    /// `config_endpoint` and an on-premise `auth_token` (3.x publishes to its own API-M
+    /// Analytics server instead).
+    pub fn has_cloud_analytics(&self) -> bool {
+        self.line() != ProductLine::V3
+    }
+
     /// Whether a role keeps API metadata in `apim_db` on this release.
     pub fn needs_apim_db(&self, role: Role) -> bool {
         match self.line() {

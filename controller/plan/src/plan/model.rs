@@ -173,7 +173,8 @@ pub struct LoadBalancer {
     pub address: Option<At<IpAddr>>,
 }
 
-/// One `[[gateway_environments]]` entry.
+/// One `[[gateway_environments]]` entry. Its gateways subscribe (4.x `gateway_labels`) to its
+/// `name`: the control plane deploys an API to an environment by name.
 #[derive(Clone, Debug)]
 pub struct GatewayEnvironment {
     /// Environment name shown in the portals.
@@ -186,8 +187,6 @@ pub struct GatewayEnvironment {
     pub display_in_api_console: bool,
     /// Show as the token endpoint URL.
     pub show_as_token_endpoint_url: bool,
-    /// The label gateways of this environment subscribe to (4.x `gateway_labels`).
-    pub label: At<String>,
     /// Gateway nodes of this environment (`None` = every gateway).
     pub gateways: Option<Vec<At<String>>>,
     /// Public host name of the environment (default: the gateway LB, or the single gateway).
@@ -201,6 +200,8 @@ pub struct GatewayEnvironment {
 pub struct Analytics {
     /// Publish analytics.
     pub enabled: bool,
+    /// Where `enabled` is written (the start of the plan when it is not).
+    pub enabled_span: std::ops::Range<usize>,
     /// 4.x: the analytics cloud config endpoint.
     pub config_endpoint: Option<At<String>>,
     /// 4.x: the analytics auth token.

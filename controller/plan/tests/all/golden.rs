@@ -606,6 +606,13 @@ fn v42_distributed_wiring() {
             .deployment_toml_masked
             .contains("auth_token = \"********\"")
     );
+    // The analytics token goes to the gateways only (4.5 guide step 5, the 4.2 templates).
+    for n in ["cp-1", "km-1", "tm-1"] {
+        assert!(
+            lookup(&doc(n), "apim.analytics").is_none(),
+            "{n} gets no [apim.analytics]"
+        );
+    }
     assert_eq!(
         c.node("km-1").unwrap().start.argv,
         vec![
@@ -687,4 +694,43 @@ fn key_managers_are_optimized_with_their_profile_and_started_without_a_missing_o
         v45.node("cp-1").unwrap().start.argv,
         ["bin/api-cp.sh", "start"]
     );
+}
+
+/// 4.x gateways subscribe to the names of their environments (the control plane deploys to an
+/// environment by name); 3.x analytics is switched on where the 3.2 templates configure it.
+#[test]
+fn gateways_subscribe_to_their_environment_names_and_analytics_goes_where_the_release_has_it() {
+    let c = render_edited("v42-distributed.toml", |t| {
+        t.replace("label = \"Production\"\n", "")
+            .replace("name = \"Production\"", "name = \"External\"")
+    });
+    let gw = Value::Table(c.node("gw-prod").unwrap().deployment_toml.parse().unwrap());
+    assert_eq!(
+        lookup(&gw, "apim.sync_runtime_artifacts.gateway.gateway_labels"),
+        Some(&Value::Array(vec![Value::String("External".into())]))
+    );
+    let cp = Value::Table(c.node("cp-1").unwrap().deployment_toml.parse().unwrap());
+    assert_eq!(
+        lookup(&cp, "apim.gateway.environment[0].name").and_then(Value::as_str),
+        Some("External")
+    );
+
+    let v3 = render_edited("v3-single.toml", |t| {
+        format!("{t}\n[analytics]\nenabled = true\n")
+    });
+    for (node, configured) in [
+        ("km-1", false),
+        ("tm-1", false),
+        ("publisher-1", true),
+        ("devportal-1", true),
+        ("gateway-1", true),
+    ] {
+        let doc = Value::Table(v3.node(node).unwrap().deployment_toml.parse().unwrap());
+        let enable = lookup(&doc, "apim.analytics.enable").and_then(Value::as_bool);
+        assert_eq!(enable, configured.then_some(true), "{node}");
+        assert!(
+            lookup(&doc, "apim.analytics.auth_token").is_none(),
+            "{node}"
+        );
+    }
 }

@@ -494,3 +494,152 @@ fn a_bad_offset_or_database_type_is_reported_once_where_it_is_written() {
         "not also `plan has no [databases.…]`"
     );
 }
+
+/// A second gateway on vm-2 (offset 10), named `gw-2`, with `extra` lines in its entry, and a
+/// load balancer in front of both.
+fn with_second_gateway(base: &str, extra: &str) -> String {
+    format!(
+        "{base}\n[[nodes]]\nname = \"gw-2\"\nmachine = \"vm-2\"\nrole = \"gateway\"\nhostname = \"gw2.example.com\"\noffset = 10\n{extra}\n[load_balancers]\ngateway = \"gw-lb.example.com\"\n"
+    )
+}
+
+#[test]
+fn a_gateway_label_that_is_not_its_environment_name() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}\n[[gateway_environments]]\nname = \"External\"\nlabel = \"external\"\n",
+        f.base_plan()
+    );
+    let r = f.check(&text);
+    let out = expect_error(
+        &r,
+        &text,
+        "gateway environment `External` has label `external`",
+        "\"external\"",
+    );
+    assert!(
+        out.contains("deploys APIs to an environment by its name"),
+        "{out}"
+    );
+    assert!(out.contains("label = \"External\""), "{out}");
+    // Without the label, or with the name as the label, its gateways subscribe to the name.
+    for label in ["", "label = \"External\"\n"] {
+        let text = format!(
+            "{}\n[[gateway_environments]]\nname = \"External\"\n{label}",
+            f.base_plan()
+        );
+        let r = f.check(&text);
+        assert!(!r.has_errors(), "{}", r.render());
+    }
+}
+
+#[test]
+fn a_duplicate_gateway_id_names_both_nodes() {
+    let f = Fixture::new();
+    // Both written.
+    let base = with(
+        &f.base_plan(),
+        "hostname = \"gw.example.com\"",
+        "hostname = \"gw.example.com\"\ngateway_id = \"gw-a\"",
+    );
+    let text = with_second_gateway(&base, "gateway_id = \"gw-a\"\n");
+    let r = f.check(&text);
+    expect_error_at(
+        &r,
+        &text,
+        "gateway_id `gw-a` of gateway node `gw-2` (written) is also the gateway_id of gateway node `gw-1` (written)",
+        text.rfind("\"gw-a\"").unwrap(),
+    );
+    // One defaulted to its node's name, the other written as that name.
+    let text = with_second_gateway(&f.base_plan(), "gateway_id = \"gw-1\"\n");
+    let r = f.check(&text);
+    let out = expect_error(
+        &r,
+        &text,
+        "gateway_id `gw-1` of gateway node `gw-2` (written) is also the gateway_id of gateway node `gw-1` (its name, by default)",
+        "\"gw-1\"\n\n[load",
+    );
+    assert!(out.contains("give every gateway a different one"), "{out}");
+    // Unique ids (defaulted names) are fine.
+    let r = f.check(&with_second_gateway(&f.base_plan(), ""));
+    assert!(!r.has_errors(), "{}", r.render());
+}
+
+#[test]
+fn a_gateway_in_no_environment() {
+    let f = Fixture::new();
+    let text = format!(
+        "{}\n[[gateway_environments]]\nname = \"Default\"\ngateways = [\"gw-1\"]\n",
+        with_second_gateway(&f.base_plan(), "")
+    );
+    let r = f.check(&text);
+    let out = expect_error(
+        &r,
+        &text,
+        "gateway node `gw-2` is in no gateway environment (Default)",
+        "\"gw-2\"",
+    );
+    assert!(
+        out.contains("add \"gw-2\" to an environment's `gateways`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn analytics_enabled_on_4x_needs_its_endpoint_and_token() {
+    let f = Fixture::new();
+    let text = format!("{}\n[analytics]\nenabled = true\n", f.base_plan());
+    let r = f.check(&text);
+    expect_error_at(
+        &r,
+        &text,
+        "[analytics] enabled = true on wso2am-4.5.0 needs `config_endpoint` and `auth_token`",
+        text.rfind("true").unwrap(),
+    );
+    let text = format!(
+        "{}\n[analytics]\nenabled = true\nconfig_endpoint = \"https://analytics.example.com/auth/v1\"\n",
+        f.base_plan()
+    );
+    let r = f.check(&text);
+    expect_error_at(
+        &r,
+        &text,
+        "needs `auth_token`:",
+        text.rfind("true").unwrap(),
+    );
+    let text = format!(
+        "{}\n[analytics]\nenabled = true\nconfig_endpoint = \"http://analytics.example.com\"\nauth_token = {{ file = \"secrets/ks\" }}\n",
+        f.base_plan()
+    );
+    let r = f.check(&text);
+    expect_error(
+        &r,
+        &text,
+        "`config_endpoint` `http://analytics.example.com` must be an https:// URL",
+        "\"http://analytics",
+    );
+}
+
+#[test]
+fn analytics_cloud_settings_on_3x_are_refused() {
+    let text = std::fs::read_to_string(apim_testkit::plans::examples_dir().join("v3-single.toml"))
+        .unwrap()
+        + "\n[analytics]\nenabled = true\nauth_token = \"t\"\n";
+    let path = apim_testkit::plans::examples_dir().join("v3-single.toml");
+    let env = BTreeMap::new();
+    let (_, r) = apim_plan::validate::check(
+        &path,
+        &text,
+        &env,
+        apim_plan::validate::Options {
+            verify_packs: false,
+        },
+    );
+    let out = expect_error(
+        &r,
+        &text,
+        "[analytics] `auth_token` is a 4.x analytics-cloud setting; wso2am-3.2.0 publishes",
+        "\"t\"\n",
+    );
+    assert!(out.contains("store_api_url"), "{out}");
+}
