@@ -28,7 +28,7 @@ use crate::graph;
 use crate::plan::Plan;
 use crate::secrets::{self, EnvSource};
 pub use output::{
-    ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeRender, NodeTls,
+    ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeJvm, NodeRender, NodeTls,
     Readiness, Sensitive,
 };
 use secret_values::Secrets;

@@ -5,6 +5,7 @@
 //! cannot be applied should fail here rather than half-way through a rollout.
 
 mod gateways;
+mod jvm;
 mod names;
 pub use names::{is_safe_name, is_user_name, path_problem};
 
@@ -78,6 +79,7 @@ fn validate(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnost
     gateways::check_membership(p, out);
     gateways::check_gateway_ids(p, out);
     gateways::check_analytics(p, out);
+    jvm::check(p, out);
     check_hosts(p, out);
     if !USER_STORE_TYPES.contains(&p.user_store_type.value.as_str()) {
         let mut d = Diagnostic::error(
