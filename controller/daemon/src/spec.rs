@@ -98,6 +98,7 @@ pub fn node_spec(
         java_min: cluster.product.jdk_range().0,
         java_max: cluster.product.jdk_range().1,
         process: Some(server_process(&layout::SERVER_PROCESS)),
+        memory_bytes: node.jvm.memory_bytes,
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
