@@ -95,6 +95,7 @@ impl OperatorSvc {
             rollout::Mode::Apply,
         )
         .await?;
+        rollout::check_memory(state, &prepared, &plan_path, &plan_toml)?;
         if let Some(expected) = expected_cluster_revision {
             let actual = rollout::cluster_revision(state)?;
             if expected != actual {
@@ -132,6 +133,7 @@ impl OperatorSvc {
             rollout::Mode::DryRun,
         )
         .await?;
+        rollout::check_memory(state, &prepared, &plan_path, &plan_toml)?;
         // The diff shows old lines too: mask the secrets of the generations the baseline was
         // rendered from as well as the new ones.
         let (baseline, old_secrets) = state.store().read(|tx| {
