@@ -734,3 +734,19 @@ fn gateways_subscribe_to_their_environment_names_and_analytics_goes_where_the_re
         );
     }
 }
+
+/// The 4.2 example sizes every node's heap and the gateways' more.
+#[test]
+fn the_v42_example_sizes_its_jvms() {
+    let c = render_edited("v42-distributed.toml", |t| t);
+    assert_eq!(
+        c.node("cp-1").unwrap().jvm.java_opts,
+        ["-Xms2g", "-Xmx2g", "-XX:+UseG1GC"]
+    );
+    assert_eq!(
+        c.node("gw-prod").unwrap().jvm.java_opts,
+        ["-Xms4g", "-Xmx4g", "-XX:+UseG1GC"]
+    );
+    let vm_cp = c.machines.iter().find(|m| m.name == "vm-cp").unwrap();
+    assert_eq!(vm_cp.memory_need().div_ceil(1 << 20), 5530);
+}
