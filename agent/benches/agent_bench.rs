@@ -209,6 +209,7 @@ async fn main() -> Result<(), BoxError> {
         let target = NodeTarget {
             generation: 1,
             spec: spec.clone(),
+            machine_memory: Default::default(),
         };
         let t = Instant::now();
         let first = exec.converge(&target, std::future::pending()).await?;

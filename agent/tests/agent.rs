@@ -529,3 +529,69 @@ async fn a_bad_pack_staged_behind_a_running_node_fails_its_staging_and_leaves_th
     );
     rig.stop_agent().await;
 }
+
+/// The memory pre-flight: the nodes of a spec that must run need more memory together than the
+/// machine has (each would fit alone), so none of them fetches, installs or starts anything;
+/// once one is asked to stop, the other fits and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_short_of_memory_for_its_nodes_together_starts_none_of_them() {
+    let mut rig = Rig::new("agentd_memory").await;
+    let total = apim_agent::exec::facts::memory_total().expect("memory");
+    let half = total / 2 + 1;
+    let mut n1 = rig.node("n1", "traffic-manager", 1, DesiredRun::Running);
+    let mut n2 = rig.node("n2", "traffic-manager", 2, DesiredRun::Running);
+    n1.memory_bytes = half;
+    n2.memory_bytes = half;
+    rig.ctl
+        .push(rig.machine(1, vec![n1.clone(), n2.clone()]))
+        .await;
+    rig.start_agent();
+    let failed = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "both nodes FAILED at generation 1", |r| {
+            all_in(r, 1, &["n1", "n2"], NodePhase::Failed)
+        })
+        .await;
+    let half_mib = half.div_ceil(1 << 20);
+    for node in ["n1", "n2"] {
+        let s = status(&failed, node).expect("status");
+        assert!(!s.running, "{s:?}");
+        assert!(
+            s.last_error
+                .contains(&format!("pre-flight for {node} failed"))
+                && s.last_error.contains(&format!(
+                    "the machine has {} MiB of memory, its nodes need {} MiB",
+                    total >> 20,
+                    (2 * half).div_ceil(1 << 20)
+                ))
+                && s.last_error
+                    .contains(&format!("(n1 {half_mib} MiB + n2 {half_mib} MiB)")),
+            "{}",
+            s.last_error
+        );
+    }
+    assert!(
+        rig.ctl.state.fetch_offsets.lock().unwrap().is_empty(),
+        "nothing fetched"
+    );
+    assert!(!rig.root().join("opt/wso2/n1").exists(), "nothing unpacked");
+    assert!(!rig.root().join("opt/wso2/n2").exists(), "nothing unpacked");
+
+    // n2 leaves: n1 alone fits and is staged.
+    let mark = rig.ctl.report_count();
+    n1.desired = DesiredRun::Staged as i32;
+    n2.desired = DesiredRun::Stopped as i32;
+    rig.ctl.push(rig.machine(2, vec![n1, n2])).await;
+    rig.ctl
+        .wait_report(
+            mark,
+            TIMEOUT,
+            "n1 STAGED, n2 STOPPED at generation 2",
+            |r| {
+                all_in(r, 2, &["n1"], NodePhase::Staged)
+                    && all_in(r, 2, &["n2"], NodePhase::Stopped)
+            },
+        )
+        .await;
+    rig.stop_agent().await;
+}

@@ -79,6 +79,7 @@ impl fmt::Debug for NodeSpec {
             .field("java_min", &self.java_min)
             .field("java_max", &self.java_max)
             .field("process", &self.process)
+            .field("memory_bytes", &self.memory_bytes)
             .finish()
     }
 }

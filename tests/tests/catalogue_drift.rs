@@ -134,6 +134,11 @@ fn the_simulators_tables_match_the_catalogue() {
                 &optimized | &only_simulated,
                 "{product} {pack:?}: optimizer profiles"
             );
+            assert_eq!(
+                sim.osgi_profiles.iter().copied().collect::<BTreeSet<_>>(),
+                product.osgi_profiles(pack).iter().copied().collect(),
+                "{product} {pack:?}: OSGi profiles (what -Dprofile may name)"
+            );
             for role in roles {
                 check_role(product, role, &sim);
             }
@@ -161,10 +166,26 @@ fn the_simulators_tables_match_the_catalogue() {
 /// for, and nothing the collision check does not know of; the gateway health check agrees.
 fn check_role(product: Product, role: Role, sim: &PackLayout) {
     let profile = product.role_profile(role).expect("listed");
-    // The simulated server takes its role from -Dprofile, else from [server] server_role.
-    let name = start_profile(&profile.start_args).unwrap_or(profile.server_role);
-    let as_simulated = SimRole::from_name(name, sim.kind);
-    assert_eq!(as_simulated, sim_role(role), "{product} {role}: role");
+    let started_with = start_profile(&profile.start_args);
+    if let Some(p) = started_with {
+        assert!(
+            sim.osgi_profiles.contains(&p),
+            "{product} {role}: starts with -Dprofile={p}, which the pack has no OSGi folder for"
+        );
+    }
+    // The optimizer (else the start profile, else server_role) makes the pack this role's.
+    let shaped_as = profile
+        .optimizer_profile
+        .or(started_with)
+        .unwrap_or(profile.server_role);
+    assert_eq!(
+        SimRole::from_name(shaped_as, sim.kind),
+        sim_role(role),
+        "{product} {role}: role"
+    );
+    // The simulated server takes its role from -Dprofile, else from [server] server_role: a
+    // key manager started without a profile (4.3+) runs what its server_role says.
+    let as_simulated = SimRole::from_name(started_with.unwrap_or(profile.server_role), sim.kind);
     let opened = ports(as_simulated.ports().into_iter().map(|(p, _)| p));
     let ready = ports(readiness_ports(product, role).into_iter().map(Port::base));
     let known = ports(all_ports(product, role).into_iter().map(Port::base));

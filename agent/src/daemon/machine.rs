@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::daemon::converge::{ExecContext, NodeExecutor, NodeTarget, validate_node_name};
+use crate::daemon::converge::{
+    ExecContext, MachineMemory, NodeExecutor, NodeTarget, validate_node_name,
+};
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
 use crate::daemon::supervise;
 use crate::exec::hosts::{self, HostsEntry};
@@ -164,10 +166,12 @@ impl Machine {
                 drop(h.task);
             }
         }
+        let machine_memory = MachineMemory::of(spec);
         for (name, node) in wanted {
             let target = Arc::new(NodeTarget {
                 generation: spec.generation,
                 spec: node.clone(),
+                machine_memory: machine_memory.clone(),
             });
             match self.nodes.get(&name) {
                 Some(h) => {

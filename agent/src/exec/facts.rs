@@ -264,6 +264,25 @@ pub fn java_major(version: &str) -> Option<u32> {
     }
 }
 
+/// The machine's total memory, bytes (what [`MachineFacts::memory_total`] reports; cheap: one
+/// read of the kernel's memory figures).
+pub fn memory_total() -> Result<u64> {
+    use sysinfo::{MemoryRefreshKind, RefreshKind, System};
+    let sys = System::new_with_specifics(
+        RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
+    )
+    .map_err(|e| ExecError::Facts {
+        reason: e.to_string(),
+    })?;
+    Ok(sys.total_memory())
+}
+
+/// The memory problem, if a machine with `total` bytes cannot hold nodes that need `needed`
+/// bytes together (0: not checked).
+pub fn memory_problem(total: u64, needed: u64) -> Option<Problem> {
+    (needed > 0 && total < needed).then_some(Problem::MemoryTooSmall { total, needed })
+}
+
 /// What a node's pack needs from the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirements {
@@ -274,7 +293,7 @@ pub struct Requirements {
     /// Size of the pack (zip) in bytes; free disk must be at least three times this
     /// (zip + staged tree + the tree being replaced).
     pub pack_size: u64,
-    /// Memory the node's JVMs need, bytes (0: not checked).
+    /// Memory the machine's nodes need together, bytes (0: not checked).
     pub min_memory: u64,
 }
 
@@ -329,9 +348,9 @@ impl fmt::Display for Problem {
             ),
             Problem::MemoryTooSmall { total, needed } => write!(
                 f,
-                "machine has {} MiB memory, need {} MiB",
+                "the machine has {} MiB of memory, its nodes need {} MiB",
                 total >> 20,
-                needed >> 20
+                needed.div_ceil(1 << 20)
             ),
         }
     }
@@ -363,12 +382,7 @@ pub fn preflight(facts: &MachineFacts, req: &Requirements) -> Vec<Problem> {
             needed,
         });
     }
-    if req.min_memory > 0 && facts.memory_total < req.min_memory {
-        problems.push(Problem::MemoryTooSmall {
-            total: facts.memory_total,
-            needed: req.min_memory,
-        });
-    }
+    problems.extend(memory_problem(facts.memory_total, req.min_memory));
     problems
 }
 
@@ -395,5 +409,18 @@ mod tests {
         assert_eq!(parse_release_file(rel), Some(("21.0.2".into(), 21)));
         assert_eq!(java_major("11"), Some(11));
         assert_eq!(java_major("x"), None);
+    }
+
+    #[test]
+    fn memory_is_checked_against_the_sum_when_there_is_one() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(memory_problem(4096 * MIB, 0), None, "0: not checked");
+        assert_eq!(memory_problem(4096 * MIB, 4096 * MIB), None);
+        let p = memory_problem(4096 * MIB, 4096 * MIB + 1).expect("short");
+        assert_eq!(
+            p.to_string(),
+            "the machine has 4096 MiB of memory, its nodes need 4097 MiB"
+        );
+        assert!(memory_total().unwrap() > 0);
     }
 }

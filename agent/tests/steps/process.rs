@@ -111,7 +111,10 @@ async fn script_gets_a_cleared_env_and_literal_argv() {
         evil.clone(),
         "start".into(),
     ];
-    spec.env.insert("JAVA_OPTS".into(), "-Xmx64m".into());
+    // A JAVA_OPTS with spaces (as the controller renders heap and options) arrives as one
+    // variable, and nothing in it is evaluated on the way.
+    let java_opts = "-Xms64m -Xmx64m -XX:+UseG1GC -Dx=$(touch pwned3)";
+    spec.env.insert("JAVA_OPTS".into(), java_opts.into());
     process::start(&TokioRunner, &spec).await.unwrap();
     let args = std::fs::read_to_string(node.home.join("args.txt")).unwrap();
     assert_eq!(args, format!("-Dprofile=gateway-worker\n{evil}\nstart\n"));
@@ -142,6 +145,8 @@ async fn script_gets_a_cleared_env_and_literal_argv() {
         ],
         "nothing of the agent's own environment leaks"
     );
+    assert_eq!(vars["JAVA_OPTS"], java_opts);
+    assert!(!node.home.join("pwned3").exists());
     assert_eq!(vars["JAVA_HOME"], "/usr/lib/jvm/fake-jdk");
     assert_eq!(vars["CARBON_HOME"], node.home.to_str().unwrap());
     assert!(vars["PATH"].starts_with("/usr/lib/jvm/fake-jdk/bin:"));

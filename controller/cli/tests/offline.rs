@@ -321,3 +321,40 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn render_shows_each_nodes_java_opts_and_memory_need_in_its_header() {
+    let f = Fixture::new();
+    let path = f.dir.path().join("plan.toml");
+    let plan = format!(
+        "{}\n[jvm]\nheap_max = \"2g\"\n\n[jvm.\"node:gw-1\"]\nheap_min = \"2g\"\noptions = [\"-XX:+UseG1GC\"]\n",
+        f.base_plan()
+    );
+    std::fs::write(&path, plan).unwrap();
+    let out = apimctl()
+        .args(["render", path.to_str().unwrap()])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains(
+            "# jvm:       JAVA_OPTS=\"-Xms2g -Xmx2g -XX:+UseG1GC\"; needs 2765 MiB of memory\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("# jvm:       JAVA_OPTS=\"-Xmx2g\"; needs 2765 MiB of memory\n"),
+        "{out}"
+    );
+    std::fs::write(&path, f.base_plan()).unwrap();
+    apimctl()
+        .args(["render", path.to_str().unwrap(), "--node", "gw-1"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "# jvm:       the start scripts' heap (-Xms256m -Xmx1024m); needs 1639 MiB of memory\n",
+        ));
+}

@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use apim_proto::v1::{
-    ArtifactRef, CommandSpec as WireCommand, DesiredRun, HostsEntry as WireHosts, HttpProbe,
-    MachineSpec, NodeSpec, Readiness as WireReadiness,
+    ArtifactRef, CommandSpec as WireCommand, DesiredRun, EnvVar, HostsEntry as WireHosts,
+    HttpProbe, MachineSpec, NodeSpec, Readiness as WireReadiness,
 };
 
 use crate::pki::{PkiError, ProductPki};
-use apim_plan::catalogue::layout;
+use apim_plan::catalogue::{jvm, layout};
 use apim_plan::render::{ClusterRender, CommandSpec, NodeRender};
 
 /// Where the renderer's `deployment.toml` goes, relative to the carbon home.
@@ -74,7 +74,7 @@ pub fn node_spec(
         optimizer: node.optimizer.as_ref().map(command),
         start: Some(command(&node.start)),
         stop: Some(command(&node.stop)),
-        env: Vec::new(),
+        env: env(node),
         readiness: Some(WireReadiness {
             log_file: r.log_file.clone(),
             log_line: r.log_line.clone(),
@@ -98,9 +98,25 @@ pub fn node_spec(
         java_min: cluster.product.jdk_range().0,
         java_max: cluster.product.jdk_range().1,
         process: Some(server_process(&layout::SERVER_PROCESS)),
+        memory_bytes: node.jvm.memory_bytes,
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
+}
+
+/// The node's environment: `JAVA_OPTS` (its heap and JVM options, which the start scripts add
+/// to the JVM's command line) when the plan sets any. The agent hands it to the node's commands
+/// as one variable; the value is not secret (plans are told not to put secrets in options).
+fn env(node: &NodeRender) -> Vec<EnvVar> {
+    node.jvm
+        .java_opts_value()
+        .map(|value| EnvVar {
+            name: jvm::JAVA_OPTS.to_string(),
+            value,
+            secret: false,
+        })
+        .into_iter()
+        .collect()
 }
 
 /// How the agent recognises the node's server process.
@@ -113,10 +129,17 @@ fn server_process(p: &layout::ServerProcess) -> apim_proto::v1::ServerProcess {
     }
 }
 
-/// What a running node was started with: its `deployment.toml` and keystores. When it changes the
-/// node restarts; nothing else in the spec (commands, readiness checks) needs a restart.
+/// What a running node was started with: its `deployment.toml`, its environment (`JAVA_OPTS`)
+/// and keystores. When it changes the node restarts; nothing else in the spec (commands,
+/// readiness checks) needs a restart. A node without environment digests as before it had one.
 pub fn config_digest(spec: &NodeSpec) -> String {
     let mut bytes = spec.deployment_toml.as_bytes().to_vec();
+    for e in &spec.env {
+        bytes.extend_from_slice(b"\0env\0");
+        bytes.extend_from_slice(e.name.as_bytes());
+        bytes.push(b'=');
+        bytes.extend_from_slice(e.value.as_bytes());
+    }
     if let Some(k) = &spec.keystores {
         for part in [
             &k.keystore_file,
@@ -176,9 +199,14 @@ mod tests {
     use apim_plan::validate::{self, Options};
 
     fn cluster() -> ClusterRender {
+        cluster_with("")
+    }
+
+    /// The v45-ha example with `extra` appended.
+    fn cluster_with(extra: &str) -> ClusterRender {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/examples/v45-ha.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap() + extra;
         let env = BTreeMap::new();
         let (plan, report) = validate::check(
             &path,
@@ -284,6 +312,51 @@ mod tests {
         assert_eq!(again.nodes[0].config_digest, node.config_digest);
         assert_eq!(again.nodes[0].desired(), DesiredRun::Running);
         assert!(machine_spec(&c, "vm-nope", &inputs(1)).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_jvm_reaches_the_node_as_one_java_opts_variable_and_its_memory_need() {
+        let sizes = BTreeMap::new();
+        let run = |_: &NodeRender| DesiredRun::Running;
+        let inputs = SpecInputs {
+            generation: 1,
+            plan_generation: 1,
+            pack_sizes: &sizes,
+            pki: None,
+            issue: false,
+            desired: &run,
+        };
+        let plain = cluster();
+        let before = machine_spec(&plain, "vm-gw-2", &inputs).unwrap().unwrap();
+        let node = &before.nodes[0];
+        assert!(node.env.is_empty(), "no [jvm]: the scripts' defaults");
+        assert_eq!(node.memory_bytes, jvm::memory_need(jvm::DEFAULT_HEAP_MAX));
+        // Without environment the digest is the deployment.toml's alone, as before [jvm].
+        assert_eq!(
+            node.config_digest,
+            apim_plan::digest(node.deployment_toml.as_bytes())
+        );
+
+        let sized = cluster_with(
+            "\n[jvm]\nheap_max = \"2g\"\noptions = [\"-XX:+UseG1GC\"]\n\
+             [jvm.\"node:gw-2\"]\nheap_min = \"2g\"\n",
+        );
+        let after = machine_spec(&sized, "vm-gw-2", &inputs).unwrap().unwrap();
+        let node = &after.nodes[0];
+        assert_eq!(
+            node.env,
+            [EnvVar {
+                name: "JAVA_OPTS".into(),
+                value: "-Xms2g -Xmx2g -XX:+UseG1GC".into(),
+                secret: false,
+            }]
+        );
+        assert_eq!(node.memory_bytes, jvm::memory_need(2 << 30));
+        assert_eq!(node.deployment_toml, before.nodes[0].deployment_toml);
+        assert_ne!(
+            node.config_digest, before.nodes[0].config_digest,
+            "a JAVA_OPTS change restarts the node"
+        );
     }
 
     #[test]

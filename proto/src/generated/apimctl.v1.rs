@@ -293,6 +293,12 @@ pub struct NodeSpec {
     /// How to find and recognise the node's server process.
     #[prost(message, optional, tag = "20")]
     pub process: ::core::option::Option<ServerProcess>,
+    /// The memory the node needs of its machine, bytes: its JVM's maximum heap plus what the JVM
+    /// uses besides (the controller's catalogue decides the margin); 0 = not known. Before it fetches
+    /// or starts any node, the agent sums this over every node of its spec it must run (all but
+    /// those desired STOPPED) and refuses to go on when the machine has less memory in total.
+    #[prost(uint64, tag = "21")]
+    pub memory_bytes: u64,
 }
 /// How the agent finds a node's server process and tells it from any other program.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -104,6 +104,7 @@ pub fn full_node() -> NodeSpec {
             home_arg_prefix: "-Dcarbon.home=".into(),
             home_env: "CARBON_HOME".into(),
         }),
+        memory_bytes: 2_770_000_000,
     }
 }
 

@@ -66,11 +66,22 @@ impl Drop for FakeAgent {
 }
 
 impl FakeAgent {
-    /// Enrols `machine` with the controller's CA (as `Enroll` would) and starts its loop.
+    /// Enrols `machine` with the controller's CA (as `Enroll` would) and starts its loop. Its
+    /// facts report no memory size (the controller's memory pre-flight skips it).
     pub fn start(
         c: &Controller,
         machine: &str,
         log: Arc<Mutex<Vec<(String, Event)>>>,
+    ) -> FakeAgent {
+        Self::start_with_memory(c, machine, log, 0)
+    }
+
+    /// [`FakeAgent::start`] for a machine whose facts say it has `memory_bytes` of memory.
+    pub fn start_with_memory(
+        c: &Controller,
+        machine: &str,
+        log: Arc<Mutex<Vec<(String, Event)>>>,
+        memory_bytes: u64,
     ) -> FakeAgent {
         let creds = c.agent_creds(machine);
         let faults = Arc::new(Mutex::new(Faults::default()));
@@ -79,6 +90,7 @@ impl FakeAgent {
         let (nudge, nudge_rx) = watch::channel(0u64);
         let ctx = AgentCtx {
             machine: machine.to_string(),
+            memory_bytes,
             ca_pem: c.ca_pem(),
             creds,
             endpoint: c.endpoint.clone(),
@@ -126,6 +138,7 @@ impl FakeAgent {
 #[derive(Clone)]
 struct AgentCtx {
     machine: String,
+    memory_bytes: u64,
     ca_pem: String,
     creds: Creds,
     endpoint: ControllerEndpoint,
@@ -165,6 +178,7 @@ impl AgentCtx {
                         facts: Some(apim_proto::v1::MachineFacts {
                             hostname: self.machine.clone(),
                             cpus: 2,
+                            memory_bytes: self.memory_bytes,
                             ..Default::default()
                         }),
                         held_generation: held,

@@ -16,7 +16,7 @@ use crate::exec::process::{self, CommandSpec, ProcessRunner, TokioRunner};
 const OUTPUT_QUOTED: usize = 2000;
 
 impl NodeExecutor {
-    /// Step 6: the spec's optimizer, once per fresh tree: it is not idempotent (it rewrites
+    /// Step 7: the spec's optimizer, once per fresh tree: it is not idempotent (it rewrites
     /// the tree's configuration), so a marker file in the home says it ran.
     pub(super) async fn optimize_once(&self, t: &NodeTarget, node: &Observed) -> DaemonResult<()> {
         let spec = &t.spec;
@@ -89,7 +89,7 @@ impl NodeExecutor {
         .on(&self.name)
     }
 
-    /// Step 8: the rendered configuration file, written only when its bytes differ: mode 0600
+    /// Step 9: the rendered configuration file, written only when its bytes differ: mode 0600
     /// and owned by the run-as user, as it holds the cluster's secrets.
     pub(super) fn configure(&self, t: &NodeTarget, node: &Observed) -> DaemonResult<()> {
         let spec = &t.spec;
@@ -126,7 +126,7 @@ impl NodeExecutor {
         Ok(())
     }
 
-    /// Step 9: the keystores, written (and handed to the run-as user) only when their digest
+    /// Step 10: the keystores, written (and handed to the run-as user) only when their digest
     /// differs from the one recorded.
     pub(super) async fn certificates(
         &mut self,

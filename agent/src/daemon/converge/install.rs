@@ -13,7 +13,24 @@ use crate::exec::facts::{self, Requirements};
 use crate::exec::unpack;
 
 impl NodeExecutor {
-    /// Step 3: the machine must be able to take the node before anything is fetched: the JDK
+    /// Step 3: the machine's total memory must hold every node of its spec that must run
+    /// ([`super::MachineMemory`]), before this node fetches, installs or starts anything.
+    pub(super) fn machine_memory(&self, t: &NodeTarget) -> DaemonResult<()> {
+        let need = &t.machine_memory;
+        if need.needed == 0 {
+            return Ok(());
+        }
+        let total = facts::memory_total().on(&self.name)?;
+        match facts::memory_problem(total, need.needed) {
+            None => Ok(()),
+            Some(problem) => Err(DaemonError::Preflight {
+                node: self.name.clone(),
+                problems: format!("{problem} ({})", need.breakdown()),
+            }),
+        }
+    }
+
+    /// Step 4: the machine must be able to take the node before anything is fetched: the JDK
     /// at `java_home` within the spec's range (0: no bound), room for the pack.
     pub(super) async fn preflight(&self, t: &NodeTarget, node: &Observed) -> DaemonResult<()> {
         let spec = &t.spec;
@@ -29,6 +46,7 @@ impl NodeExecutor {
                 spec.java_max
             },
             pack_size: spec.pack.as_ref().map_or(0, |p| p.size),
+            // Checked for the whole machine in step 3.
             min_memory: 0,
         };
         let problems = facts::preflight(&f, &req);
@@ -46,7 +64,7 @@ impl NodeExecutor {
         }
     }
 
-    /// Step 4: `STAGED` while the node runs: the pack is fetched and verified, and installed
+    /// Step 5: `STAGED` while the node runs: the pack is fetched and verified, and installed
     /// only when the node is released; the running node keeps its old tree.
     pub(super) async fn stage_only(&self, t: &NodeTarget) -> DaemonResult<Outcome> {
         let pack = t.spec.pack.clone().unwrap_or_default();
@@ -70,7 +88,7 @@ impl NodeExecutor {
         Ok(Outcome::Staged)
     }
 
-    /// Step 5: fetch the pack and unpack it as it arrives, hand the tree to the run-as user,
+    /// Step 6: fetch the pack and unpack it as it arrives, hand the tree to the run-as user,
     /// stop the node (only now: it served while the tree was staged), swap the tree in and
     /// record it. A reinstall wipes the node's local state, and the optimizer runs again.
     pub(super) async fn install(

@@ -6,23 +6,26 @@
 //!    `ServerProcess` says how to recognise it), and whether this pack is installed there (a
 //!    tree recorded as unsynced in an earlier boot may be torn: it counts as not installed).
 //! 2. **stop_requested** — `desired = STOPPED`: stop a running node gracefully; done.
-//! 3. **preflight** — before anything is fetched for a new pack: the machine's facts against the
+//! 3. **machine_memory** — before anything is fetched, installed or started: the machine's
+//!    total memory against what every node of its spec that must run needs together
+//!    ([`MachineMemory`]); every such node fails here alike when it is short.
+//! 4. **preflight** — before anything is fetched for a new pack: the machine's facts against the
 //!    spec's requirements (JDK range, free space).
-//! 4. **stage_only** — `STAGED` while the node runs: fetch and verify the pack only; the node
+//! 5. **stage_only** — `STAGED` while the node runs: fetch and verify the pack only; the node
 //!    keeps running on its old tree until it is released.
-//! 5. **install** — fetch the pack and unpack it *as it arrives*, verify it, hand the tree to
+//! 6. **install** — fetch the pack and unpack it *as it arrives*, verify it, hand the tree to
 //!    the run-as user, stop the node only now (it served while the tree was staged), swap the
 //!    tree in, record it. The tree is left unsynced (see [`NodeExecutor::sync_installed_tree`]).
-//! 6. **optimize_once** — the spec's optimizer, once per fresh tree (a marker file says it ran:
+//! 7. **optimize_once** — the spec's optimizer, once per fresh tree (a marker file says it ran:
 //!    such scripts are not idempotent).
-//! 7. **staged** — `STAGED`: stop here.
-//! 8. **configure** — the rendered configuration file, written (0600, the run-as user's) only
+//! 8. **staged** — `STAGED`: stop here.
+//! 9. **configure** — the rendered configuration file, written (0600, the run-as user's) only
 //!    when its bytes differ.
-//! 9. **certificates** — the keystores, only when their digest changed.
-//! 10. **adopt_or_restart** — a node running this `config_digest` is kept (checked once when
+//! 10. **certificates** — the keystores, only when their digest changed.
+//! 11. **adopt_or_restart** — a node running this `config_digest` is kept (checked once when
 //!     this agent has not seen it healthy: it was started by an earlier agent run); one running
 //!     another configuration is stopped.
-//! 11. **start** — record the digest *before* starting (an agent killed right after the start
+//! 12. **start** — record the digest *before* starting (an agent killed right after the start
 //!     must not restart a healthy server), start, wait until ready.
 //!
 //! What it did is persisted per node in `<state>/nodes/<name>.json` ([`NodeRecord`]), so an
@@ -36,7 +39,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apim_proto::v1::{DesiredRun, NodePhase, NodeSpec};
+use apim_proto::v1::{DesiredRun, MachineSpec, NodePhase, NodeSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::config::AgentConfig;
@@ -88,6 +91,45 @@ pub struct NodeTarget {
     pub generation: u64,
     /// The node's spec.
     pub spec: NodeSpec,
+    /// What every node of the machine's spec it must run needs of the machine's memory.
+    pub machine_memory: MachineMemory,
+}
+
+/// What the nodes of a machine spec need of the machine's memory: each node's
+/// `NodeSpec.memory_bytes`, for every node the spec wants running or staged (a STOPPED node
+/// needs none). The controller's catalogue decides each figure; the agent only adds them up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineMemory {
+    /// The sum, bytes (0: nothing to check).
+    pub needed: u64,
+    /// Each node's need, bytes, in spec order.
+    pub nodes: Vec<(String, u64)>,
+}
+
+impl MachineMemory {
+    /// The need of `spec`'s nodes that must run.
+    pub fn of(spec: &MachineSpec) -> Self {
+        let nodes: Vec<(String, u64)> = spec
+            .nodes
+            .iter()
+            .filter(|n| DesiredRun::try_from(n.desired).ok() != Some(DesiredRun::Stopped))
+            .filter(|n| n.memory_bytes > 0)
+            .map(|n| (n.name.clone(), n.memory_bytes))
+            .collect();
+        MachineMemory {
+            needed: nodes.iter().fold(0u64, |s, (_, b)| s.saturating_add(*b)),
+            nodes,
+        }
+    }
+
+    /// `gw-1 1639 MiB + tm-1 1639 MiB`.
+    pub fn breakdown(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(n, b)| format!("{n} {} MiB", b.div_ceil(1 << 20)))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
 }
 
 /// How a converge ended.
@@ -235,6 +277,7 @@ impl NodeExecutor {
         if node.desired == DesiredRun::Stopped {
             return self.stop_requested(t, &node).await;
         }
+        self.machine_memory(t)?;
         if !node.installed {
             self.preflight(t, &node).await?;
             if node.keeps_old_tree() {
@@ -295,7 +338,7 @@ impl NodeExecutor {
         })
     }
 
-    /// Step 7: `STAGED` — installed and optimized, not (re)started.
+    /// Step 8: `STAGED` — installed and optimized, not (re)started.
     fn staged(&self, t: &NodeTarget, node: &Observed) -> Outcome {
         let step = if node.pid.is_some() {
             "staged; the node keeps running its previous configuration"

@@ -34,7 +34,7 @@ impl NodeExecutor {
         Ok(Outcome::Stopped)
     }
 
-    /// Step 10: a node running this configuration is kept — reported healthy when this agent
+    /// Step 11: a node running this configuration is kept — reported healthy when this agent
     /// saw it healthy, checked for readiness (not restarted) when an earlier agent run started
     /// it. A node running another configuration is stopped. `None`: it must be started.
     pub(super) async fn adopt_or_restart(
@@ -71,7 +71,7 @@ impl NodeExecutor {
         Ok(None)
     }
 
-    /// Step 11: record the digest, start the server, wait until it is ready.
+    /// Step 12: record the digest, start the server, wait until it is ready.
     pub(super) async fn start(
         &mut self,
         t: &NodeTarget,

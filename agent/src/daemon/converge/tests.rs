@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use apim_certs::tls::ControllerEndpoint;
-use apim_proto::v1::{ArtifactRef, DesiredRun, EnvVar, NodeSpec, Readiness, ServerProcess};
+use apim_proto::v1::{
+    ArtifactRef, DesiredRun, EnvVar, MachineSpec, NodeSpec, Readiness, ServerProcess,
+};
 
-use super::{ExecContext, NodeExecutor, NodeTarget};
+use super::{ExecContext, MachineMemory, NodeExecutor, NodeTarget};
 use crate::daemon::config::AgentConfig;
 use crate::daemon::error::DaemonError;
 use crate::daemon::fetch::Fetcher;
@@ -65,6 +67,7 @@ async fn a_node_that_must_run_needs_to_know_its_process() {
                 process,
                 ..spec(DesiredRun::Running)
             },
+            machine_memory: Default::default(),
         };
         let err = exec
             .converge(&target, std::future::pending())
@@ -81,6 +84,7 @@ async fn a_node_that_must_run_needs_to_know_its_process() {
     let target = NodeTarget {
         generation: 1,
         spec: outside,
+        machine_memory: Default::default(),
     };
     let err = exec
         .converge(&target, std::future::pending())
@@ -94,6 +98,7 @@ async fn a_node_that_must_run_needs_to_know_its_process() {
             process: None,
             ..spec(DesiredRun::Stopped)
         },
+        machine_memory: Default::default(),
     };
     let stopped = exec.converge(&target, std::future::pending()).await;
     assert!(stopped.is_ok(), "{stopped:?}");
@@ -146,4 +151,72 @@ fn the_home_variable_names_the_home_the_agent_installed() {
     assert_eq!(env["JAVA_OPTS"], "-Xmx1g");
     spec.process = None;
     assert!(!NodeExecutor::env(&spec, home).contains_key("APP_HOME"));
+}
+
+#[test]
+fn the_machine_memory_need_adds_up_the_nodes_that_must_run() {
+    const MIB: u64 = 1 << 20;
+    let node = |name: &str, desired: DesiredRun, mib: u64| NodeSpec {
+        name: name.into(),
+        memory_bytes: mib * MIB,
+        ..spec(desired)
+    };
+    let m = MachineMemory::of(&MachineSpec {
+        nodes: vec![
+            node("cp-1", DesiredRun::Running, 1639),
+            node("tm-1", DesiredRun::Staged, 2765),
+            node("old-1", DesiredRun::Stopped, 5018),
+            node("unknown", DesiredRun::Running, 0),
+        ],
+        ..MachineSpec::default()
+    });
+    assert_eq!(
+        m.needed,
+        (1639 + 2765) * MIB,
+        "a STOPPED node needs nothing"
+    );
+    assert_eq!(m.breakdown(), "cp-1 1639 MiB + tm-1 2765 MiB");
+    assert_eq!(MachineMemory::of(&MachineSpec::default()).needed, 0);
+}
+
+#[tokio::test]
+async fn a_machine_short_of_memory_fails_every_node_that_must_run_before_anything_is_done() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut exec = executor(dir.path());
+    let total = crate::exec::facts::memory_total().unwrap();
+    // Each of the two nodes would fit alone; together they do not.
+    let half = total / 2 + 1;
+    let machine_memory = MachineMemory {
+        needed: 2 * half,
+        nodes: vec![("n1".into(), half), ("n2".into(), half)],
+    };
+    for desired in [DesiredRun::Running, DesiredRun::Staged] {
+        let target = NodeTarget {
+            generation: 1,
+            spec: spec(desired),
+            machine_memory: machine_memory.clone(),
+        };
+        let err = exec
+            .converge(&target, std::future::pending())
+            .await
+            .expect_err("short of memory");
+        let text = err.to_string();
+        assert!(
+            matches!(err, DaemonError::Preflight { .. })
+                && text.contains("its nodes need")
+                && text.contains(&format!("n1 {} MiB + n2", half.div_ceil(1 << 20))),
+            "{text}"
+        );
+        assert!(
+            !dir.path().join("root/opt").exists(),
+            "nothing fetched or installed"
+        );
+    }
+    // A node asked to stop is stopped whatever the machine's memory.
+    let target = NodeTarget {
+        generation: 1,
+        spec: spec(DesiredRun::Stopped),
+        machine_memory,
+    };
+    assert!(exec.converge(&target, std::future::pending()).await.is_ok());
 }

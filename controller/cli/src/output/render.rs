@@ -1,6 +1,7 @@
-//! The text of `render`: per node a commented header (install, java, optimize, start, stop,
-//! readiness, certificate, tier), its `deployment.toml` and its machine's hosts block; then the
-//! start order. `render --out` writes the same header and start order into its files.
+//! The text of `render`: per node a commented header (install, java, JVM options and memory,
+//! optimize, start, stop, readiness, certificate, tier), its `deployment.toml` and its machine's
+//! hosts block; then the start order. `render --out` writes the same header and start order into
+//! its files.
 
 use apim_plan::render::{ClusterRender, NodeRender};
 
@@ -47,6 +48,7 @@ pub fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
             .to_string(),
     });
     s.push_str(&format!("# java_home: {}\n", n.java_home));
+    s.push_str(&format!("# jvm:       {}\n", jvm_line(n)));
     if let Some(o) = &n.optimizer {
         s.push_str(&format!(
             "# optimize:  {}   (once, after unpacking)\n",
@@ -87,6 +89,18 @@ pub fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
         tier_of(cluster, &n.name)
     ));
     s
+}
+
+/// `JAVA_OPTS="…"` (or the scripts' defaults) and what the node needs of its machine's memory.
+fn jvm_line(n: &NodeRender) -> String {
+    let opts = match n.jvm.java_opts_value() {
+        Some(v) => format!("JAVA_OPTS=\"{v}\""),
+        None => "the start scripts' heap (-Xms256m -Xmx1024m)".to_string(),
+    };
+    format!(
+        "{opts}; needs {} MiB of memory",
+        apim_plan::catalogue::jvm::mib(n.jvm.memory_bytes)
+    )
 }
 
 /// The start order, one tier per line.

@@ -1,7 +1,8 @@
 //! The rollout engine: from a stored plan generation to every node healthy on it.
 //!
 //! [`prepare`] validates and renders a plan from the operator's resolved secrets and builds the
-//! *target* spec of every machine (all nodes desired RUNNING); [`start`] stores the plan as a new
+//! *target* spec of every machine (all nodes desired RUNNING); [`check_memory`] refuses it when a
+//! machine's agent reported less memory than its nodes need; [`start`] stores the plan as a new
 //! generation with a [`RolloutRecord`]. The [`Engine`] then drives the record in the kube-rs
 //! style: [`decide`] is a pure function of the record, what agents report and the time, and
 //! returns a [`Decision`] (the next record, specs to push, when to look again) that the engine
@@ -25,6 +26,7 @@ mod decide;
 pub mod diff;
 mod engine;
 mod error;
+mod preflight;
 mod prepare;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +38,7 @@ pub use crate::store::{NodeProgress, Phase, RolloutRecord};
 pub use decide::{Decision, Next, NodeReport, World, decide};
 pub use engine::Engine;
 pub use error::RolloutError;
+pub use preflight::{MemoryShortfall, check_memory, memory_shortfalls};
 pub use prepare::{Mode, Prepared, changed_machines, cluster_revision, prepare, same_spec};
 
 use crate::state::ControllerState;

@@ -97,6 +97,7 @@ impl OperatorSvc {
             strict,
         )
         .await?;
+        rollout::check_memory(state, &prepared, &plan_path, &plan_toml)?;
         if let Some(expected) = expected_cluster_revision {
             let actual = rollout::cluster_revision(state)?;
             if expected != actual {
@@ -137,6 +138,7 @@ impl OperatorSvc {
             strict,
         )
         .await?;
+        rollout::check_memory(state, &prepared, &plan_path, &plan_toml)?;
         // The diff shows old lines too: mask the secrets of the generations the baseline was
         // rendered from as well as the new ones.
         let (baseline, old_secrets) = state.store().read(|tx| {

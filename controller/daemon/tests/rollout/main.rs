@@ -542,3 +542,84 @@ async fn a_key_the_pack_never_reads_is_a_warning_and_strict_refuses_the_plan() {
     let codes: Vec<&str> = dry.warnings.iter().map(|w| w.code.as_str()).collect();
     assert_eq!(codes, ["render.no_base"], "{:?}", dry.warnings);
 }
+
+/// The controller's memory pre-flight: a machine whose agent reported less memory than its
+/// nodes need refuses `plan` and `apply` with an error at the machine's entry, before anything
+/// is stored or pushed; once the plan fits, it applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_without_the_memory_its_nodes_need_refuses_the_plan_before_anything_is_pushed() {
+    let c = Controller::start().await;
+    let sha = c.store_pack(&pack());
+    let log: Log = Arc::default();
+    const GIB: u64 = 1 << 30;
+    let agents: BTreeMap<String, FakeAgent> = V3_MACHINES
+        .iter()
+        .map(|m| {
+            // vm-gw-1 has 1 GiB; the others 8 GiB.
+            let memory = if *m == "vm-gw-1" { GIB } else { 8 * GIB };
+            let a = FakeAgent::start_with_memory(&c, m, Arc::clone(&log), memory);
+            (m.to_string(), a)
+        })
+        .collect();
+    eventually("every agent reported its facts", || {
+        V3_MACHINES.iter().all(|m| {
+            c.state
+                .agent(m)
+                .and_then(|a| a.facts)
+                .is_some_and(|f| f.memory_bytes > 0)
+        })
+    })
+    .await;
+
+    // The gateway has the scripts' default heap (1 GiB): it needs 1639 MiB.
+    let plan = plan_v3(&sha, "", "halt", "30s");
+    let err = c.apply(&plan).await.expect_err("not enough memory");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let details = apim_proto::error_details(&err).expect("details");
+    assert_eq!(details.errors.len(), 1, "{details:?}");
+    let e = &details.errors[0];
+    assert_eq!(e.code, "plan.memory");
+    assert!(
+        e.message.contains(
+            "machine `vm-gw-1` has 1024 MiB of memory (as its agent last reported) and its nodes \
+             need 1639 MiB together: gw-1 1639 MiB"
+        ),
+        "{e:?}"
+    );
+    let (line, col) = apim_plan::diag::line_col(&plan, plan.find("\"vm-gw-1\"").unwrap());
+    assert_eq!(
+        (e.file.as_str(), e.line, e.column),
+        ("plan.toml", line as u32, col as u32),
+        "at the machine's entry"
+    );
+    assert!(c.state.desired_specs().is_empty(), "nothing pushed");
+    assert!(held(&agents).values().all(|g| *g == 0));
+    assert!(c.status().await.rollout.is_none(), "nothing stored");
+
+    // `apimctl plan` says the same.
+    let err = c
+        .operator()
+        .await
+        .plan(apim_proto::v1::PlanRequest {
+            plan_toml: plan.clone(),
+            plan_path: "plan.toml".into(),
+            resolved_secrets: secrets(),
+            strict: false,
+        })
+        .await
+        .expect_err("plan refused too");
+    let details = apim_proto::error_details(&err).expect("details");
+    assert_eq!(details.errors[0].code, "plan.memory");
+
+    // A smaller gateway heap fits: 256m + 512 MiB + a tenth = 794 MiB.
+    let fits = format!("{plan}\n[jvm.\"node:gw-1\"]\nheap_max = \"256m\"\n");
+    c.apply(&fits).await.expect("apply");
+    c.wait_rollout(RolloutState::Succeeded).await;
+    let gw = c.state.desired_specs()["vm-gw-1"].nodes[0].clone();
+    assert_eq!(
+        gw.memory_bytes,
+        apim_plan::catalogue::jvm::memory_need(256 << 20)
+    );
+    assert_eq!(gw.env[0].name, "JAVA_OPTS");
+    assert_eq!(gw.env[0].value, "-Xmx256m");
+}

@@ -116,9 +116,6 @@ pub fn cors(product: Product, role: Role) -> Option<Cors> {
 /// Gateway environment types, the first being the default.
 pub const GATEWAY_ENVIRONMENT_TYPES: [&str; 3] = ["hybrid", "production", "sandbox"];
 
-/// The label gateways subscribe to unless told otherwise (4.x `gateway_labels`).
-pub const GATEWAY_LABEL: &str = "Default";
-
 /// The name of the one gateway environment the packs define.
 pub fn gateway_environment_name(product: Product) -> &'static str {
     match product.line() {

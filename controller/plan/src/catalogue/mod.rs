@@ -8,6 +8,8 @@
 //! - [`ports`]: the named default ports, offsets, and the ports each role opens or is checked on;
 //! - [`layout`]: paths in a carbon home (config, security, log), the ready line, the optimizer
 //!   and its markers, the server process's identity, the HTTP paths the server serves;
+//! - [`jvm`]: how the start scripts take heap sizes and JVM options (`JAVA_OPTS`), and what a
+//!   server needs of its machine's memory;
 //! - [`defaults`]: what the packs ship and plans fall back to (admin, user stores, keystores,
 //!   CORS, gateway environments); [`database`]: database engines and the packs' H2 URLs.
 //!
@@ -17,6 +19,7 @@
 
 pub mod database;
 pub mod defaults;
+pub mod jvm;
 pub mod layout;
 pub mod ports;
 pub mod release;

@@ -110,6 +110,15 @@ pub fn all_ports(product: Product, role: Role) -> Vec<Port> {
             Port::WebSubHttps,
         ]),
         Role::TrafficManager | Role::ControlPlane => ports.extend(event_hub),
+        // A key manager started without an OSGi profile (4.3+) runs the pack's default bundle
+        // set, which holds the event hub (its server_role is control-plane, or the ACP's default).
+        Role::KeyManager
+            if product
+                .role_profile(role)
+                .is_some_and(|p| p.start_args.is_empty()) =>
+        {
+            ports.extend(event_hub)
+        }
         _ => {}
     }
     if product.line() == ProductLine::V3 && role == Role::KeyManager {

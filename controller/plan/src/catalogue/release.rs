@@ -152,6 +152,41 @@ impl Product {
         format!("{}-{}", pack.product_name(), self.version())
     }
 
+    /// The OSGi profile folders under `repository/components/` of a pack (the p2 profiles the
+    /// build creates): the only values a start command's `-Dprofile` may take, since Equinox
+    /// boots from `repository/components/<profile>/configuration`. Optimizer profiles are not
+    /// always among them: 4.3–4.4 `api-key-manager-node` and 4.5 ACP `key-manager` are only
+    /// `profileSetup.sh` cases and `deployment-templates/` files.
+    pub fn osgi_profiles(&self, pack: PackKind) -> &'static [&'static str] {
+        match (self.line(), pack) {
+            (ProductLine::V3, _) => &[
+                "default",
+                "api-key-manager",
+                "api-publisher",
+                "api-devportal",
+                "traffic-manager",
+                "gateway-worker",
+            ],
+            // 4.2 dropped the publisher and devportal optimizer cases, not their OSGi profiles.
+            (ProductLine::V4, _) if self.minor <= 2 => &[
+                "default",
+                "api-key-manager-deprecated",
+                "api-publisher-deprecated",
+                "api-devportal-deprecated",
+                "control-plane",
+                "traffic-manager",
+                "gateway-worker",
+            ],
+            (ProductLine::V4, _) => &[
+                "default",
+                "control-plane",
+                "traffic-manager",
+                "gateway-worker",
+            ],
+            (ProductLine::V45Split, _) => &["default"],
+        }
+    }
+
     /// Roles this release can run, required ones first.
     pub fn roles(&self) -> &'static [Role] {
         match self.line() {

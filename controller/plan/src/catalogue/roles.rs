@@ -88,15 +88,19 @@ pub struct RoleProfile {
 }
 
 impl RoleProfile {
-    /// A row of the table below: the optimizer profile and the start command's `-Dprofile` are
-    /// separate columns (today they agree wherever both exist).
+    /// A row of the table below. The start command passes `-Dprofile=<optimizer profile>` only
+    /// where that profile is an OSGi profile folder of the pack ([`Product::osgi_profiles`]):
+    /// Equinox takes `repository/components/<profile>/` as its install area, so a profile that
+    /// is only an optimizer template (4.3–4.4 `api-key-manager-node`, 4.5 ACP `key-manager`)
+    /// starts the server with the pack's `default` bundle set, as WSO2's own images do.
     fn row(
+        product: &Product,
         pack: PackKind,
         script: &'static str,
         optimizer_profile: Option<&'static str>,
-        start_profile: Option<&'static str>,
         server_role: &'static str,
     ) -> RoleProfile {
+        let start_profile = optimizer_profile.filter(|p| product.osgi_profiles(pack).contains(p));
         RoleProfile {
             pack,
             script,
@@ -148,7 +152,9 @@ impl Product {
     /// How `role` is installed and started on this release; `None` if the release has no such role.
     pub fn role_profile(&self, role: Role) -> Option<RoleProfile> {
         use PackKind::*;
-        let row = RoleProfile::row;
+        let row = |pack, script, optimizer_profile, server_role| {
+            RoleProfile::row(self, pack, script, optimizer_profile, server_role)
+        };
         match self.line() {
             ProductLine::V3 => {
                 let profile = match role {
@@ -159,13 +165,7 @@ impl Product {
                     Role::Gateway => "gateway-worker",
                     Role::ControlPlane => return None,
                 };
-                Some(row(
-                    AllInOne,
-                    "wso2server.sh",
-                    Some(profile),
-                    Some(profile),
-                    profile,
-                ))
+                Some(row(AllInOne, "wso2server.sh", Some(profile), profile))
             }
             ProductLine::V4 => {
                 let (profile, server_role) = match role {
@@ -175,35 +175,26 @@ impl Product {
                     Role::KeyManager if self.minor <= 2 => {
                         ("api-key-manager-deprecated", "api-key-manager-deprecated")
                     }
-                    // 4.3/4.4: the template of this profile sets server_role = "control-plane".
+                    // 4.3/4.4: the template of this profile sets server_role = "control-plane"
+                    // and the pack has no OSGi profile of that name (started without one).
                     Role::KeyManager => ("api-key-manager-node", "control-plane"),
                     Role::Publisher | Role::Devportal => return None,
                 };
-                Some(row(
-                    AllInOne,
-                    "api-manager.sh",
-                    Some(profile),
-                    Some(profile),
-                    server_role,
-                ))
+                Some(row(AllInOne, "api-manager.sh", Some(profile), server_role))
             }
             ProductLine::V45Split => match role {
-                Role::ControlPlane => Some(row(ControlPlane, "api-cp.sh", None, None, "default")),
+                Role::ControlPlane => Some(row(ControlPlane, "api-cp.sh", None, "default")),
+                // The ACP's optimizer knows `key-manager`; the pack has no such OSGi profile.
                 Role::KeyManager => Some(row(
                     ControlPlane,
                     "key-manager.sh",
                     Some("key-manager"),
-                    Some("key-manager"),
                     "default",
                 )),
-                Role::Gateway => Some(row(Gateway, "gateway.sh", None, None, "default")),
-                Role::TrafficManager => Some(row(
-                    TrafficManager,
-                    "traffic-manager.sh",
-                    None,
-                    None,
-                    "default",
-                )),
+                Role::Gateway => Some(row(Gateway, "gateway.sh", None, "default")),
+                Role::TrafficManager => {
+                    Some(row(TrafficManager, "traffic-manager.sh", None, "default"))
+                }
                 Role::Publisher | Role::Devportal => None,
             },
         }
@@ -227,6 +218,25 @@ impl Product {
                 Role::Gateway => 3,
             },
         }
+    }
+
+    /// Whether a role's `deployment.toml` gets `[apim.analytics]`: on 3.x the profiles whose
+    /// 3.2 deployment templates configure it (publisher, devportal and gateway publish to or
+    /// read from the API-M Analytics server); on 4.x and 4.5+ the gateway only, the one node
+    /// the guides (4.5 guide, step 5) and the 4.2 templates configure to publish to the
+    /// analytics cloud (the control-plane and key-manager templates carry no such section).
+    pub fn configures_analytics(&self, role: Role) -> bool {
+        match self.line() {
+            ProductLine::V3 => matches!(role, Role::Publisher | Role::Devportal | Role::Gateway),
+            ProductLine::V4 | ProductLine::V45Split => role == Role::Gateway,
+        }
+    }
+
+    /// Whether the release's analytics is the 4.x analytics cloud, configured with a
+    /// `config_endpoint` and an on-premise `auth_token` (3.x publishes to its own API-M
+    /// Analytics server instead).
+    pub fn has_cloud_analytics(&self) -> bool {
+        self.line() != ProductLine::V3
     }
 
     /// Whether a role keeps API metadata in `apim_db` on this release.
@@ -289,20 +299,91 @@ mod tests {
                 "--skipConfigOptimization"
             ]
         );
+        // No OSGi profile of that name: the server starts on the default bundle set.
+        assert_eq!(km.start_argv(), ["bin/api-manager.sh", "start"]);
+        assert_eq!(km.stop_argv(), ["bin/api-manager.sh", "stop"]);
+        let v45 = Product::parse("wso2am-4.5.0").unwrap();
+        let km = v45.role_profile(Role::KeyManager).unwrap();
         assert_eq!(
-            km.start_argv(),
+            km.optimizer_argv().unwrap(),
             [
-                "bin/api-manager.sh",
-                "-Dprofile=api-key-manager-node",
-                "start"
+                "bin/profileSetup.sh",
+                "-Dprofile=key-manager",
+                "--skipConfigOptimization"
             ]
         );
-        assert_eq!(km.stop_argv(), ["bin/api-manager.sh", "stop"]);
-        let cp = Product::parse("wso2am-4.5.0")
-            .unwrap()
-            .role_profile(Role::ControlPlane)
-            .unwrap();
+        assert_eq!(km.start_argv(), ["bin/key-manager.sh", "start"]);
+        let cp = v45.role_profile(Role::ControlPlane).unwrap();
         assert!(!cp.optimizes() && cp.optimizer_argv().is_none());
         assert_eq!(cp.start_argv(), ["bin/api-cp.sh", "start"]);
+    }
+
+    /// wso2_internals §2, release by release: the optimizer's profile and the start command's
+    /// `-Dprofile` (only where the pack has that OSGi profile).
+    #[test]
+    fn every_release_starts_with_a_profile_only_where_its_osgi_folder_exists() {
+        let expect = |v: &str, role: Role, optimizer: Option<&str>, start: Option<&str>| {
+            let product = Product::parse(&format!("wso2am-{v}")).unwrap();
+            let p = product.role_profile(role).unwrap();
+            assert_eq!(p.optimizer_profile, optimizer, "{v} {role}: optimizer");
+            let start_arg = start.map(layout::profile_arg);
+            assert_eq!(
+                p.start_args,
+                start_arg.into_iter().collect::<Vec<_>>(),
+                "{v} {role}"
+            );
+        };
+        for v in ["3.0.0", "3.1.0", "3.2.0"] {
+            for (role, p) in [
+                (Role::KeyManager, "api-key-manager"),
+                (Role::TrafficManager, "traffic-manager"),
+                (Role::Publisher, "api-publisher"),
+                (Role::Devportal, "api-devportal"),
+                (Role::Gateway, "gateway-worker"),
+            ] {
+                expect(v, role, Some(p), Some(p));
+            }
+        }
+        for v in ["4.0.0", "4.1.0", "4.2.0", "4.3.0", "4.4.0"] {
+            for (role, p) in [
+                (Role::ControlPlane, "control-plane"),
+                (Role::TrafficManager, "traffic-manager"),
+                (Role::Gateway, "gateway-worker"),
+            ] {
+                expect(v, role, Some(p), Some(p));
+            }
+        }
+        for v in ["4.0.0", "4.1.0", "4.2.0"] {
+            let p = "api-key-manager-deprecated";
+            expect(v, Role::KeyManager, Some(p), Some(p));
+        }
+        for v in ["4.3.0", "4.4.0"] {
+            expect(v, Role::KeyManager, Some("api-key-manager-node"), None);
+        }
+        for v in ["4.5.0", "4.6.0", "4.7.0"] {
+            expect(v, Role::KeyManager, Some("key-manager"), None);
+            for role in [Role::ControlPlane, Role::TrafficManager, Role::Gateway] {
+                expect(v, role, None, None);
+            }
+        }
+        // And the rule itself, for every row: a start profile is always an OSGi folder of the
+        // pack, and an optimizer profile that is one is always started with.
+        for v in [
+            "3.2.0", "4.0.0", "4.2.0", "4.3.0", "4.4.0", "4.5.0", "4.7.0",
+        ] {
+            let product = Product::parse(&format!("wso2am-{v}")).unwrap();
+            for role in product.roles() {
+                let p = product.role_profile(*role).unwrap();
+                let osgi = product.osgi_profiles(p.pack);
+                let started = p
+                    .start_args
+                    .iter()
+                    .find_map(|a| a.strip_prefix(layout::PROFILE_ARG_PREFIX));
+                assert!(started.is_none_or(|s| osgi.contains(&s)), "{v} {role}");
+                if let Some(o) = p.optimizer_profile.filter(|o| osgi.contains(o)) {
+                    assert_eq!(started, Some(o), "{v} {role}");
+                }
+            }
+        }
     }
 }

@@ -12,9 +12,9 @@ pub mod walk;
 
 pub use crate::catalogue::{DbType, StoreType};
 pub use model::{
-    Admin, Analytics, Cluster, Database, Distribution, GatewayEnvironment, Issuer, LoadBalancer,
-    Machine, Node, OnFailure, Override, Plan, Rollout, Scope, Secret, SecretSource, StartOrder,
-    Tls, resolve_path,
+    Admin, Analytics, Cluster, Database, Distribution, GatewayEnvironment, HeapSize, Issuer,
+    JvmScope, JvmSettings, LoadBalancer, Machine, Node, NodeJvmSettings, OnFailure, Override, Plan,
+    Rollout, Scope, Secret, SecretSource, StartOrder, Tls, resolve_path,
 };
 pub use parser::{parse, parse_duration};
 pub use walk::At;

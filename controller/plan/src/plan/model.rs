@@ -173,7 +173,8 @@ pub struct LoadBalancer {
     pub address: Option<At<IpAddr>>,
 }
 
-/// One `[[gateway_environments]]` entry.
+/// One `[[gateway_environments]]` entry. Its gateways subscribe (4.x `gateway_labels`) to its
+/// `name`: the control plane deploys an API to an environment by name.
 #[derive(Clone, Debug)]
 pub struct GatewayEnvironment {
     /// Environment name shown in the portals.
@@ -186,8 +187,6 @@ pub struct GatewayEnvironment {
     pub display_in_api_console: bool,
     /// Show as the token endpoint URL.
     pub show_as_token_endpoint_url: bool,
-    /// The label gateways of this environment subscribe to (4.x `gateway_labels`).
-    pub label: At<String>,
     /// Gateway nodes of this environment (`None` = every gateway).
     pub gateways: Option<Vec<At<String>>>,
     /// Public host name of the environment (default: the gateway LB, or the single gateway).
@@ -201,6 +200,8 @@ pub struct GatewayEnvironment {
 pub struct Analytics {
     /// Publish analytics.
     pub enabled: bool,
+    /// Where `enabled` is written (the start of the plan when it is not).
+    pub enabled_span: std::ops::Range<usize>,
     /// 4.x: the analytics cloud config endpoint.
     pub config_endpoint: Option<At<String>>,
     /// 4.x: the analytics auth token.
@@ -249,6 +250,27 @@ pub enum Scope {
     Node(String),
 }
 
+impl std::fmt::Display for Scope {
+    /// As written in the plan: `all`, `role:NAME`, `node:NAME`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::All => f.write_str("all"),
+            Scope::Role(r) => write!(f, "role:{r}"),
+            Scope::Node(n) => write!(f, "node:{n}"),
+        }
+    }
+}
+
+impl Scope {
+    /// The `[jvm]` table of this scope: `[jvm]`, `[jvm."role:NAME"]`, `[jvm."node:NAME"]`.
+    pub fn jvm_table(&self) -> String {
+        match self {
+            Scope::All => "[jvm]".to_string(),
+            other => format!("[jvm.\"{other}\"]"),
+        }
+    }
+}
+
 /// A raw `deployment.toml` fragment merged last.
 #[derive(Clone, Debug)]
 pub struct Override {
@@ -260,6 +282,49 @@ pub struct Override {
     pub content_offset: usize,
     /// Parsed fragment.
     pub table: toml::Table,
+}
+
+/// A heap size as written (`"2g"`, `"512m"`), with its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeapSize {
+    /// Bytes.
+    pub bytes: u64,
+    /// The size as the JVM takes it (`-Xmx<text>`), unit in lower case.
+    pub text: String,
+}
+
+/// The JVM settings of one `[jvm]` scope; what a scope leaves out comes from a wider one.
+#[derive(Clone, Debug, Default)]
+pub struct JvmSettings {
+    /// `heap_min`: the initial heap (`-Xms`).
+    pub heap_min: Option<At<HeapSize>>,
+    /// `heap_max`: the maximum heap (`-Xmx`).
+    pub heap_max: Option<At<HeapSize>>,
+    /// `options`: further JVM options, each one word.
+    pub options: Vec<At<String>>,
+}
+
+/// One scope of `[jvm]`: the table itself (every node), `[jvm."role:NAME"]` or
+/// `[jvm."node:NAME"]`.
+#[derive(Clone, Debug)]
+pub struct JvmScope {
+    /// Who it applies to.
+    pub scope: At<Scope>,
+    /// What it sets.
+    pub settings: JvmSettings,
+}
+
+/// A node's JVM settings once its scopes are merged: node over role over cluster, field by field;
+/// `options` accumulate in that order (the JVM takes the last occurrence of a flag, so the
+/// narrower scope wins there too).
+#[derive(Clone, Debug, Default)]
+pub struct NodeJvmSettings {
+    /// The initial heap, and the scope that set it.
+    pub heap_min: Option<(At<HeapSize>, Scope)>,
+    /// The maximum heap, and the scope that set it.
+    pub heap_max: Option<(At<HeapSize>, Scope)>,
+    /// Every option, widest scope first.
+    pub options: Vec<At<String>>,
 }
 
 /// A parsed plan.
@@ -300,6 +365,8 @@ pub struct Plan {
     pub rollout: Rollout,
     /// `[overrides]`, in source order.
     pub overrides: Vec<Override>,
+    /// `[jvm]`: the cluster scope first, then the role and node scopes in source order.
+    pub jvm: Vec<JvmScope>,
 }
 
 impl Plan {
@@ -316,6 +383,32 @@ impl Plan {
     /// A path from the plan, resolved against the plan's folder.
     pub fn resolve_path(&self, p: &str) -> PathBuf {
         resolve_path(&self.base_dir, p)
+    }
+
+    /// `node`'s JVM settings: its `[jvm]` scopes merged, node over role over cluster.
+    pub fn jvm_for(&self, node: &Node) -> NodeJvmSettings {
+        let mut merged = NodeJvmSettings::default();
+        for rank in 0..3 {
+            for s in &self.jvm {
+                let applies = match &s.scope.value {
+                    Scope::All => rank == 0,
+                    Scope::Role(r) => rank == 1 && *r == node.role.value,
+                    Scope::Node(n) => rank == 2 && *n == node.name.value,
+                };
+                if !applies {
+                    continue;
+                }
+                let scope = &s.scope.value;
+                if let Some(h) = &s.settings.heap_min {
+                    merged.heap_min = Some((h.clone(), scope.clone()));
+                }
+                if let Some(h) = &s.settings.heap_max {
+                    merged.heap_max = Some((h.clone(), scope.clone()));
+                }
+                merged.options.extend(s.settings.options.iter().cloned());
+            }
+        }
+        merged
     }
 
     /// Every secret reference of the plan with a description, for resolution and checking.

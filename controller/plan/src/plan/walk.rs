@@ -245,9 +245,15 @@ impl<'t, 'i> Fields<'t, 'i> {
 
     /// Reports every key that was never read as unknown, suggesting the nearest known key.
     pub fn finish(self, out: &mut Vec<Diagnostic>) {
+        self.finish_except(|_| false, out);
+    }
+
+    /// [`Fields::finish`] for a table that also holds free-form keys (those `free` accepts,
+    /// read with [`Fields::entries`]) beside its fields.
+    pub fn finish_except(self, free: impl Fn(&str) -> bool, out: &mut Vec<Diagnostic>) {
         for (k, _) in self.table.iter() {
             let key = k.get_ref().as_ref();
-            if self.known.contains(&key) {
+            if self.known.contains(&key) || free(key) {
                 continue;
             }
             let mut d =

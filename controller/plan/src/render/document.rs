@@ -143,24 +143,18 @@ fn transports(d: &mut Doc, plan: &Plan, node: &Node) {
     );
 }
 
-/// `[apim.analytics]`: every 3.x role; on 4.x gateways always, control planes when enabled.
+/// `[apim.analytics]` on the roles the release configures it on (see
+/// [`crate::catalogue::Product::configures_analytics`]); the cloud endpoint and token when enabled.
 fn analytics(d: &mut Doc, plan: &Plan, node: &Node, sec: &Secrets) {
-    let role = node.role.value;
-    let line = plan.cluster.product.value.line();
-    let analytics_here = match line {
-        ProductLine::V3 => true,
-        _ => matches!(role, Role::Gateway | Role::ControlPlane),
-    };
-    if !(analytics_here
-        && (plan.analytics.enabled || line == ProductLine::V3 || role == Role::Gateway))
-    {
+    let product = plan.cluster.product.value;
+    if !product.configures_analytics(node.role.value) {
         return;
     }
     d.set(
         "apim.analytics.enable",
         Value::Boolean(plan.analytics.enabled),
     );
-    if plan.analytics.enabled && line != ProductLine::V3 {
+    if plan.analytics.enabled && product.has_cloud_analytics() {
         if let Some(ep) = &plan.analytics.config_endpoint {
             d.set("apim.analytics.config_endpoint", s(&ep.value));
         }

@@ -32,7 +32,7 @@ use crate::pack::PackSet;
 use crate::plan::{Node, Plan};
 use crate::secrets::{self, EnvSource};
 pub use output::{
-    ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeRender, NodeTls,
+    ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeJvm, NodeRender, NodeTls,
     Readiness, Sensitive,
 };
 use secret_values::Secrets;

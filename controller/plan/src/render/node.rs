@@ -1,10 +1,10 @@
 //! A node's render apart from its `deployment.toml`: where it is installed, the commands that
-//! optimize, start and stop it, when it counts as ready, and the certificate it needs.
+//! optimize, start and stop it, when it counts as ready, the certificate it needs, and its JVM.
 
 use std::net::IpAddr;
 
-use super::{CommandSpec, HttpCheck, NodeRender, NodeTls, Readiness, Sensitive};
-use crate::catalogue::{Port, Role, RoleProfile, layout, readiness_ports};
+use super::{CommandSpec, HttpCheck, NodeJvm, NodeRender, NodeTls, Readiness, Sensitive};
+use crate::catalogue::{Port, Role, RoleProfile, jvm, layout, readiness_ports};
 use crate::plan::{Issuer, Machine, Node, Plan};
 
 /// What the renderer has made for a node before it is assembled.
@@ -83,6 +83,29 @@ pub(super) fn node_render(plan: &Plan, node: &Node, parts: NodeParts) -> NodeRen
             parts.keystore_password,
             parts.truststore_password,
         ),
+        jvm: node_jvm(plan, node),
+    }
+}
+
+/// The node's `JAVA_OPTS` from its merged `[jvm]` scopes, and its memory need.
+fn node_jvm(plan: &Plan, node: &Node) -> NodeJvm {
+    let merged = plan.jvm_for(node);
+    let mut java_opts = Vec::new();
+    if let Some((min, _)) = &merged.heap_min {
+        java_opts.push(jvm::heap_min_arg(&min.value.text));
+    }
+    if let Some((max, _)) = &merged.heap_max {
+        java_opts.push(jvm::heap_max_arg(&max.value.text));
+    }
+    java_opts.extend(merged.options.iter().map(|o| o.value.clone()));
+    let heap_max = merged
+        .heap_max
+        .as_ref()
+        .map_or(jvm::DEFAULT_HEAP_MAX, |(h, _)| h.value.bytes);
+    NodeJvm {
+        java_opts,
+        heap_max,
+        memory_bytes: jvm::memory_need(heap_max),
     }
 }
 

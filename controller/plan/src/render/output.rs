@@ -57,6 +57,14 @@ pub struct MachineRender {
 }
 
 impl MachineRender {
+    /// What the machine's nodes need of its memory together (the sum of their
+    /// [`NodeJvm::memory_bytes`]).
+    pub fn memory_need(&self) -> u64 {
+        self.nodes
+            .iter()
+            .fold(0u64, |sum, n| sum.saturating_add(n.jvm.memory_bytes))
+    }
+
     /// The hosts block as text (without the agent's markers).
     pub fn hosts_text(&self) -> String {
         self.hosts
@@ -159,6 +167,27 @@ impl std::fmt::Debug for Sensitive {
     }
 }
 
+/// How a node's JVM is sized and what it needs of its machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeJvm {
+    /// The words of `JAVA_OPTS`: `-Xms`/`-Xmx` where the plan sets them, then its options
+    /// (cluster, role, node). Empty: the start scripts' defaults, and no `JAVA_OPTS`.
+    pub java_opts: Vec<String>,
+    /// The maximum heap the node runs with, bytes (the plan's, else the scripts' default).
+    pub heap_max: u64,
+    /// What the node needs of its machine's memory, bytes
+    /// ([`crate::catalogue::jvm::memory_need`] of `heap_max`).
+    pub memory_bytes: u64,
+}
+
+impl NodeJvm {
+    /// The value of `JAVA_OPTS` (the words joined by spaces, as the scripts split them), or
+    /// `None` when the plan sets nothing.
+    pub fn java_opts_value(&self) -> Option<String> {
+        (!self.java_opts.is_empty()).then(|| self.java_opts.join(" "))
+    }
+}
+
 /// One node, fully rendered.
 #[derive(Clone, Debug)]
 pub struct NodeRender {
@@ -207,4 +236,6 @@ pub struct NodeRender {
     pub depends_on: Vec<String>,
     /// Certificates and keystores.
     pub tls: NodeTls,
+    /// Heap, JVM options and memory need.
+    pub jvm: NodeJvm,
 }

@@ -89,7 +89,8 @@ fn traffic_manager(d: &mut Doc, plan: &Plan, w: &mut Wiring<'_>, km_role: Role) 
     }
 }
 
-/// The key manager, the event hub, throttling, the labels of its environments and (4.5+) its
+/// The key manager, the event hub, throttling, the names of its environments as its
+/// `gateway_labels` (the control plane deploys to an environment by name) and (4.5+) its
 /// `gateway_id`.
 fn gateway(d: &mut Doc, plan: &Plan, node: &Node, w: &mut Wiring<'_>, km_role: Role) {
     key_manager_client(d, w, km_role, false);
@@ -104,7 +105,7 @@ fn gateway(d: &mut Doc, plan: &Plan, node: &Node, w: &mut Wiring<'_>, km_role: R
                 .as_ref()
                 .is_none_or(|g| g.iter().any(|g| g.value == node.name.value))
         })
-        .map(|e| e.label.value.clone())
+        .map(|e| e.name.value.clone())
         .fold(Vec::new(), |mut acc, l| {
             if !acc.contains(&l) {
                 acc.push(l);

@@ -4,6 +4,8 @@
 //! on this machine (packs and their sha256, secret files and variables), because a plan that
 //! cannot be applied should fail here rather than half-way through a rollout.
 
+mod gateways;
+mod jvm;
 mod names;
 pub use names::{is_safe_name, is_user_name, path_problem};
 
@@ -74,6 +76,10 @@ fn validate(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnost
     check_secrets(p, env, out);
     check_databases(p, out);
     check_environments(p, out);
+    gateways::check_membership(p, out);
+    gateways::check_gateway_ids(p, out);
+    gateways::check_analytics(p, out);
+    jvm::check(p, out);
     check_hosts(p, out);
     if !USER_STORE_TYPES.contains(&p.user_store_type.value.as_str()) {
         let mut d = Diagnostic::error(

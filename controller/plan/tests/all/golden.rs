@@ -611,6 +611,13 @@ fn v42_distributed_wiring() {
             .deployment_toml_masked
             .contains("auth_token = \"********\"")
     );
+    // The analytics token goes to the gateways only (4.5 guide step 5, the 4.2 templates).
+    for n in ["cp-1", "km-1", "tm-1"] {
+        assert!(
+            lookup(&doc(n), "apim.analytics").is_none(),
+            "{n} gets no [apim.analytics]"
+        );
+    }
     assert_eq!(
         c.node("km-1").unwrap().start.argv,
         vec![
@@ -628,4 +635,136 @@ fn v42_distributed_wiring() {
             vec!["gw-prod", "gw-sandbox"]
         ]
     );
+}
+
+/// Renders an example plan after `edit`, with the secrets the examples reference.
+fn render_edited(name: &str, edit: impl Fn(String) -> String) -> ClusterRender {
+    let path = examples_dir().join(name);
+    let text = edit(std::fs::read_to_string(&path).unwrap());
+    let env: BTreeMap<String, String> = [
+        ("APIM_ADMIN_PASSWORD", "pw"),
+        ("APIM_ANALYTICS_TOKEN", "tok"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
+    let (plan, report) = validate::check(
+        &path,
+        &text,
+        &env,
+        Options {
+            verify_packs: false,
+        },
+    );
+    render::render(
+        &plan.unwrap_or_else(|| panic!("{}", report.render())),
+        &env,
+        &apim_plan::pack::PackSet::none(),
+    )
+    .unwrap()
+}
+
+/// wso2_internals §2: a key manager whose optimizer profile has no OSGi folder (4.3–4.4
+/// `api-key-manager-node`, 4.5 ACP `key-manager`) is optimized with it and started without it.
+#[test]
+fn key_managers_are_optimized_with_their_profile_and_started_without_a_missing_osgi_one() {
+    let v44 = render_edited("v42-distributed.toml", |t| {
+        t.replace("wso2am-4.2.0", "wso2am-4.4.0")
+    });
+    let km = v44.node("km-1").unwrap();
+    assert_eq!(
+        km.optimizer.as_ref().unwrap().argv,
+        [
+            "bin/profileSetup.sh",
+            "-Dprofile=api-key-manager-node",
+            "--skipConfigOptimization"
+        ]
+    );
+    assert_eq!(km.start.argv, ["bin/api-manager.sh", "start"]);
+    // Its peers keep the profiles their packs have folders for.
+    assert_eq!(
+        v44.node("gw-prod").unwrap().start.argv,
+        ["bin/api-manager.sh", "-Dprofile=gateway-worker", "start"]
+    );
+    assert_eq!(
+        v44.node("cp-1").unwrap().start.argv,
+        ["bin/api-manager.sh", "-Dprofile=control-plane", "start"]
+    );
+
+    let v45 = render_edited("v45-single.toml", |t| {
+        t.replace(
+            "[[gateway_environments]]",
+            "[[nodes]]\nname = \"km-1\"\nmachine = \"vm-cp\"\nrole = \"key-manager\"\n\
+             hostname = \"km.wso2.com\"\noffset = 1\n\n[[gateway_environments]]",
+        )
+    });
+    let km = v45.node("km-1").unwrap();
+    assert_eq!(
+        km.optimizer.as_ref().unwrap().argv,
+        [
+            "bin/profileSetup.sh",
+            "-Dprofile=key-manager",
+            "--skipConfigOptimization"
+        ]
+    );
+    assert_eq!(km.start.argv, ["bin/key-manager.sh", "start"]);
+    assert_eq!(km.stop.argv, ["bin/key-manager.sh", "stop"]);
+    assert_eq!(
+        v45.node("cp-1").unwrap().start.argv,
+        ["bin/api-cp.sh", "start"]
+    );
+}
+
+/// 4.x gateways subscribe to the names of their environments (the control plane deploys to an
+/// environment by name); 3.x analytics is switched on where the 3.2 templates configure it.
+#[test]
+fn gateways_subscribe_to_their_environment_names_and_analytics_goes_where_the_release_has_it() {
+    let c = render_edited("v42-distributed.toml", |t| {
+        t.replace("label = \"Production\"\n", "")
+            .replace("name = \"Production\"", "name = \"External\"")
+    });
+    let gw = Value::Table(c.node("gw-prod").unwrap().deployment_toml.parse().unwrap());
+    assert_eq!(
+        lookup(&gw, "apim.sync_runtime_artifacts.gateway.gateway_labels"),
+        Some(&Value::Array(vec![Value::String("External".into())]))
+    );
+    let cp = Value::Table(c.node("cp-1").unwrap().deployment_toml.parse().unwrap());
+    assert_eq!(
+        lookup(&cp, "apim.gateway.environment[0].name").and_then(Value::as_str),
+        Some("External")
+    );
+
+    let v3 = render_edited("v3-single.toml", |t| {
+        format!("{t}\n[analytics]\nenabled = true\n")
+    });
+    for (node, configured) in [
+        ("km-1", false),
+        ("tm-1", false),
+        ("publisher-1", true),
+        ("devportal-1", true),
+        ("gateway-1", true),
+    ] {
+        let doc = Value::Table(v3.node(node).unwrap().deployment_toml.parse().unwrap());
+        let enable = lookup(&doc, "apim.analytics.enable").and_then(Value::as_bool);
+        assert_eq!(enable, configured.then_some(true), "{node}");
+        assert!(
+            lookup(&doc, "apim.analytics.auth_token").is_none(),
+            "{node}"
+        );
+    }
+}
+
+/// The 4.2 example sizes every node's heap and the gateways' more.
+#[test]
+fn the_v42_example_sizes_its_jvms() {
+    let c = render_edited("v42-distributed.toml", |t| t);
+    assert_eq!(
+        c.node("cp-1").unwrap().jvm.java_opts,
+        ["-Xms2g", "-Xmx2g", "-XX:+UseG1GC"]
+    );
+    assert_eq!(
+        c.node("gw-prod").unwrap().jvm.java_opts,
+        ["-Xms4g", "-Xmx4g", "-XX:+UseG1GC"]
+    );
+    let vm_cp = c.machines.iter().find(|m| m.name == "vm-cp").unwrap();
+    assert_eq!(vm_cp.memory_need().div_ceil(1 << 20), 5530);
 }

@@ -3,9 +3,10 @@
 //!
 //! [`parse`] reads the sections in a fixed order ([`settings`]: `[cluster]`, `[distributions]`,
 //! `[admin]`, `[databases]`, `[user_store]`, `[tls]`; [`topology`]: `[hosts]`, `[[machines]]`,
-//! `[[nodes]]`, `[load_balancers]`, `[[gateway_environments]]`; then `[analytics]`, `[rollout]`
-//! and [`overrides`]); the order decides how unknown-field hints list the known ones.
+//! `[[nodes]]`, `[load_balancers]`, `[[gateway_environments]]`; then `[analytics]`, `[rollout]`,
+//! [`jvm`] and [`overrides`]); the order decides how unknown-field hints list the known ones.
 
+mod jvm;
 mod overrides;
 mod settings;
 mod topology;
@@ -198,6 +199,7 @@ fn parse_root(
     let gateway_environments = topology::gateway_environments(root, product, out);
     let analytics = settings::analytics(root, out);
     let rollout = settings::rollout(root, out);
+    let jvm = jvm::jvm(root, out);
     let overrides = overrides::overrides(root, text, out);
     Some(Plan {
         base_dir,
@@ -217,6 +219,7 @@ fn parse_root(
         analytics,
         rollout,
         overrides,
+        jvm,
     })
 }
 

@@ -17,7 +17,7 @@ pub(super) fn overrides(
     };
     let mut result = Vec::new();
     for (key, v) in f.entries() {
-        let scope = scope(&key, out);
+        let scope = scope(&key, "override", OVERRIDE_EXAMPLE, out);
         let Some(body) = v.get_ref().as_str() else {
             out.push(Diagnostic::error(
                 v.span(),
@@ -58,8 +58,17 @@ pub(super) fn overrides(
     result
 }
 
-/// The scope an override's key names: `all`, `role:NAME` or `node:NAME`.
-fn scope(key: &At<String>, out: &mut Vec<Diagnostic>) -> Option<Scope> {
+/// An override with a scope, for hints.
+const OVERRIDE_EXAMPLE: &str = "e.g. \"role:gateway\" = '''[apim.cors]\\nallow_origins = \"*\"'''";
+
+/// The scope a key names (`what`: `override` or `[jvm]`; `example` shows a good one):
+/// `all`, `role:NAME` or `node:NAME`.
+pub(super) fn scope(
+    key: &At<String>,
+    what: &str,
+    example: &str,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Scope> {
     if key.value == "all" {
         Some(Scope::All)
     } else if let Some(r) = key.value.strip_prefix("role:") {
@@ -69,7 +78,7 @@ fn scope(key: &At<String>, out: &mut Vec<Diagnostic>) -> Option<Scope> {
                 let names = Role::ALL.map(Role::as_str);
                 let mut d = Diagnostic::error(
                     key.span.clone(),
-                    format!("override scope `{}` names no role", key.value),
+                    format!("{what} scope `{}` names no role", key.value),
                 );
                 if let Some(near) = did_you_mean(r, names) {
                     d = d.with_hint(format!("did you mean `role:{near}`?"));
@@ -85,11 +94,11 @@ fn scope(key: &At<String>, out: &mut Vec<Diagnostic>) -> Option<Scope> {
             Diagnostic::error(
                 key.span.clone(),
                 format!(
-                    "override scope `{}` is not `all`, `role:NAME` or `node:NAME`",
+                    "{what} scope `{}` is not `all`, `role:NAME` or `node:NAME`",
                     key.value
                 ),
             )
-            .with_hint("e.g. \"role:gateway\" = '''[apim.cors]\\nallow_origins = \"*\"'''"),
+            .with_hint(example),
         );
         None
     }

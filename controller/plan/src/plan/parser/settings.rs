@@ -314,7 +314,10 @@ pub(super) fn tls(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Optio
 pub(super) fn analytics(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Analytics {
     let mut analytics = Analytics::default();
     if let Some(mut a) = root.table("analytics", out) {
-        analytics.enabled = a.bool("enabled", out).is_some_and(|b| b.value);
+        if let Some(enabled) = a.bool("enabled", out) {
+            analytics.enabled = enabled.value;
+            analytics.enabled_span = enabled.span;
+        }
         analytics.config_endpoint = a.string("config_endpoint", out);
         analytics.auth_token = secret(&mut a, "auth_token", out);
         a.finish(out);

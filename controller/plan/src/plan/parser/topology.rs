@@ -196,12 +196,13 @@ pub(super) fn gateway_environments(
         let show_as_token_endpoint_url = g
             .bool("show_as_token_endpoint_url", out)
             .is_none_or(|b| b.value);
-        let label = g
-            .string("label", out)
-            .unwrap_or_else(|| At::new(defaults::GATEWAY_LABEL.into(), span.clone()));
+        let label = g.string("label", out);
         let gateways = g.strings("gateways", out);
         let hostname = g.string("hostname", out);
         g.finish(out);
+        if let (Some(name), Some(label)) = (&name, label) {
+            label_is_the_name(name, &label, out);
+        }
         if let Some(name) = name {
             environments.push(GatewayEnvironment {
                 name,
@@ -209,7 +210,6 @@ pub(super) fn gateway_environments(
                 description,
                 display_in_api_console,
                 show_as_token_endpoint_url,
-                label,
                 gateways,
                 hostname,
                 span,
@@ -226,11 +226,33 @@ pub(super) fn gateway_environments(
             description: defaults::gateway_environment_description(env_type).into(),
             display_in_api_console: true,
             show_as_token_endpoint_url: true,
-            label: At::new(defaults::GATEWAY_LABEL.into(), SPAN0),
             gateways: None,
             hostname: None,
             span: SPAN0,
         });
     }
     environments
+}
+
+/// A `label` must be the environment's name: 4.x gateways subscribe to `gateway_labels`, and the
+/// control plane deploys an API to an environment by its name, so a gateway subscribed to any
+/// other label never receives an API.
+fn label_is_the_name(name: &At<String>, label: &At<String>, out: &mut Vec<Diagnostic>) {
+    if label.value == name.value {
+        return;
+    }
+    out.push(
+        Diagnostic::error(
+            label.span.clone(),
+            format!(
+                "gateway environment `{}` has label `{}`: the control plane deploys APIs to an \
+                 environment by its name, so gateways subscribed to `{}` would never get an API",
+                name.value, label.value, label.value
+            ),
+        )
+        .with_hint(format!(
+            "remove `label` (gateways subscribe to the environment's name) or write label = \"{}\"",
+            name.value
+        )),
+    );
 }
