@@ -27,6 +27,9 @@
 //! config mapper ignores unknown tables): `startup_delay_ms`, `never_ready = true`,
 //! `exit_code = N` (+ `exit_after_ms`), `restart_requests = N` (exit 121 N times).
 
+// The simulated packs' default.json is one large `serde_json::json!` literal.
+#![recursion_limit = "512"]
+
 pub mod cluster;
 pub mod fakejdk;
 pub mod probe;

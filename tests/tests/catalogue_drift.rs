@@ -5,7 +5,12 @@
 //! command line, ports at an offset, the version endpoint).
 //!
 //! Where the two legitimately differ, the test says so explicitly ([`ONLY_SIMULATED_PROFILES`],
-//! [`SIMULATED_RELEASES`], the JDK floor, the 4.5 all-in-one pack).
+//! [`SIMULATED_RELEASES`], the JDK floor, the 4.5 all-in-one pack). A start command whose
+//! `-Dprofile` names no OSGi profile folder of the pack fails it (the real launcher hangs).
+//!
+//! It also renders the example plans with apimctl's renderer and checks every key each node's
+//! `deployment.toml` sets against the key catalogue the simulated pack ships (the templates,
+//! `default.json`, `infer.json`, `key-mappings.json`): a key no pack uses is a misspelling.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -166,26 +171,21 @@ fn the_simulators_tables_match_the_catalogue() {
 /// for, and nothing the collision check does not know of; the gateway health check agrees.
 fn check_role(product: Product, role: Role, sim: &PackLayout) {
     let profile = product.role_profile(role).expect("listed");
-    let started_with = start_profile(&profile.start_args);
-    if let Some(p) = started_with {
+    let start = start_profile(&profile.start_args);
+    if let Some(p) = start {
         assert!(
             sim.osgi_profiles.contains(&p),
-            "{product} {role}: starts with -Dprofile={p}, which the pack has no OSGi folder for"
+            "{product} {role}: starts with -Dprofile={p}, which the pack has no OSGi folder for \
+             (the real launcher hangs)"
         );
     }
-    // The optimizer (else the start profile, else server_role) makes the pack this role's.
-    let shaped_as = profile
+    // The simulated server takes its role from -Dprofile, else from [server] server_role; a
+    // node the key manager optimizer left with the key manager's webapps is a key manager.
+    let km_webapps = profile
         .optimizer_profile
-        .or(started_with)
-        .unwrap_or(profile.server_role);
-    assert_eq!(
-        SimRole::from_name(shaped_as, sim.kind),
-        sim_role(role),
-        "{product} {role}: role"
-    );
-    // The simulated server takes its role from -Dprofile, else from [server] server_role: a
-    // key manager started without a profile (4.3+) runs what its server_role says.
-    let as_simulated = SimRole::from_name(started_with.unwrap_or(profile.server_role), sim.kind);
+        .is_some_and(simpack::is_key_manager_profile);
+    let as_simulated = SimRole::for_node(start, Some(profile.server_role), sim.kind, km_webapps);
+    assert_eq!(as_simulated, sim_role(role), "{product} {role}: role");
     let opened = ports(as_simulated.ports().into_iter().map(|(p, _)| p));
     let ready = ports(readiness_ports(product, role).into_iter().map(Port::base));
     let known = ports(all_ports(product, role).into_iter().map(Port::base));
@@ -384,4 +384,85 @@ fn a_simulated_server_behaves_as_the_catalogue_says() {
                 .is_ok_and(|s| s.contains(") Z "))),
         "the server stops"
     );
+}
+
+/// Every secret an example plan reads from the environment: any value will do.
+struct AnyEnv;
+
+impl apim_plan::secrets::EnvSource for AnyEnv {
+    fn var(&self, _name: &str) -> Option<String> {
+        Some("drift-test-value".to_string())
+    }
+}
+
+/// Flattened keys of a `deployment.toml` (arrays of tables as their fields, `'a.b'` quoting).
+fn toml_keys(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let seg = if k.contains('.') {
+                    format!("'{k}'")
+                } else {
+                    k.clone()
+                };
+                let key = if prefix.is_empty() {
+                    seg
+                } else {
+                    format!("{prefix}.{seg}")
+                };
+                toml_keys(&key, v, out);
+            }
+        }
+        toml::Value::Array(items)
+            if !items.is_empty() && items.iter().all(toml::Value::is_table) =>
+        {
+            items.iter().for_each(|i| toml_keys(prefix, i, out));
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+#[test]
+fn every_key_the_renderer_writes_is_in_the_packs_catalogue() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut checked = 0;
+    for plan in [
+        "v3-single",
+        "v3-ha",
+        "v42-distributed",
+        "v45-single",
+        "v45-ha",
+    ] {
+        let path = examples.join(format!("{plan}.toml"));
+        let (parsed, report) = apim_plan::validate::check_file(
+            &path,
+            &AnyEnv,
+            apim_plan::validate::Options {
+                verify_packs: false,
+            },
+        )
+        .expect("read the example");
+        let parsed = parsed.unwrap_or_else(|| panic!("{plan}: {}", report.render()));
+        let render = apim_plan::render::render(&parsed, &AnyEnv, &apim_plan::pack::PackSet::none())
+            .expect("render");
+        for node in render.nodes() {
+            let layout = sim_layout(render.product, node.pack);
+            let catalogue = simpack::catalogue::for_layout(&layout);
+            let doc: toml::Table = node.deployment_toml.parse().expect("rendered toml");
+            let mut keys = BTreeSet::new();
+            toml_keys("", &toml::Value::Table(doc), &mut keys);
+            let unknown: Vec<&String> = keys.iter().filter(|k| !catalogue.knows(k)).collect();
+            assert!(
+                unknown.is_empty(),
+                "{plan} {} ({}): keys no {} pack uses: {unknown:?}",
+                node.name,
+                node.role,
+                layout.top_dir
+            );
+            checked += keys.len();
+        }
+    }
+    assert!(checked > 500, "only {checked} keys checked");
 }

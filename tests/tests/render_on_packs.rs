@@ -1,6 +1,7 @@
 //! The renderer against the simulated packs' own configuration files, for every release and role
 //! they cover: each node's `deployment.toml` is its pack's base file with the plan merged on top,
-//! so every key of the base the plan does not set survives, with its value.
+//! so every key of the base the plan does not set survives, with its value; and the renderer's
+//! output passes the lint against the pack's own key catalogue.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use apim_e2e::simpack::{self, PackKind as SimPack, PackOptions};
 use apim_plan::catalogue::{PackKind, Product, Role};
 use apim_plan::pack::{self, PackSet};
+use apim_plan::plan::Plan;
 use apim_plan::render::{self, ClusterRender};
 use apim_plan::validate::{self, Options};
 use toml::Value;
@@ -73,11 +75,12 @@ fn release(version: &str, dir: &Path) -> (Product, PackSet, String) {
     (product, set, plan_text(product, &files))
 }
 
-fn render_with(text: &str, packs: &PackSet) -> ClusterRender {
+fn render_with(text: &str, packs: &PackSet) -> (Plan, ClusterRender) {
     let env = BTreeMap::new();
     let (plan, report) = validate::check(Path::new("plan.toml"), text, &env, Options::default());
     let plan = plan.unwrap_or_else(|| panic!("{}\n{text}", report.render()));
-    render::render(&plan, &env, packs).unwrap()
+    let r = render::render(&plan, &env, packs).unwrap();
+    (plan, r)
 }
 
 /// Dotted leaf paths of a document; arrays (of tables too) are leaves.
@@ -128,8 +131,18 @@ fn a_rendered_node_keeps_every_key_of_its_packs_base_file_the_plan_does_not_set(
     let mut checked = 0;
     for version in RELEASES {
         let (product, packs, text) = release(version, &dir.path().join(version));
-        let merged = render_with(&text, &packs);
-        let bare = render_with(&text, &PackSet::none());
+        let (plan, merged) = render_with(&text, &packs);
+        let (_, bare) = render_with(&text, &PackSet::none());
+        // The renderer's own output is clean against the pack's key catalogue and placeholders.
+        for kind in product.packs() {
+            let pack = packs.get(kind).unwrap();
+            assert!(
+                apim_plan::lint::KeyCatalogue::of(pack).is_some(),
+                "{version} {kind:?}: the pack has a key catalogue to check against"
+            );
+        }
+        let findings = apim_plan::lint::check(&plan, &merged, &packs);
+        assert!(findings.is_empty(), "{version}: {findings:#?}");
         for node in merged.nodes() {
             let profile = product.role_profile(node.role).unwrap();
             let base_path = profile.base_config_file();

@@ -107,16 +107,30 @@ pub enum ConfigError {
         /// The unresolved placeholders, e.g. `$ref{super_admin.user}`.
         refs: Vec<String>,
     },
-    /// `[secrets]` entries still in `[plaintext]` form (the cipher tool was not run).
-    #[error("Secret References can't be Plain-Text for [{}]", .aliases.join(", "))]
+    /// A `$secret{alias}` whose alias `[secrets]` lacks (kernel `ReferenceResolver`'s words).
+    #[error("Secret References can't be resolved for {alias}")]
+    SecretUnresolved {
+        /// The first such alias.
+        alias: String,
+    },
+    /// A referenced `[secrets]` entry still in `[plaintext]` form (the cipher tool was not run).
+    #[error("Secret References can't be Plain-Text for {alias}")]
     PlainTextSecret {
-        /// The aliases in plaintext.
-        aliases: Vec<String>,
+        /// The first such alias.
+        alias: String,
     },
 }
 
-/// Kernel defaults a `$ref{}` may point at without the user setting them.
-fn defaults() -> BTreeMap<&'static str, &'static str> {
+/// Kernel defaults a `$ref{}` may point at without the user setting them; the server adds the
+/// pack's own `default.json` on top.
+pub fn kernel_defaults() -> BTreeMap<String, String> {
+    kernel_table()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn kernel_table() -> BTreeMap<&'static str, &'static str> {
     let mut d = BTreeMap::from([
         ("super_admin.username", "admin"),
         ("super_admin.password", "admin"),
@@ -249,7 +263,7 @@ pub fn placeholders(s: &str) -> Vec<(&'static str, String)> {
 
 struct Resolver<'a> {
     flat: BTreeMap<String, Value>,
-    defaults: BTreeMap<&'static str, &'static str>,
+    defaults: &'a BTreeMap<String, String>,
     secrets: BTreeMap<String, String>,
     sysprops: &'a BTreeMap<String, String>,
     env: &'a dyn Fn(&str) -> Option<String>,
@@ -317,7 +331,7 @@ impl Resolver<'_> {
             Some(Value::Boolean(b)) => Some(b.to_string()),
             Some(Value::Float(f)) => Some(f.to_string()),
             Some(_) => None,
-            None => self.defaults.get(key).map(|d| (*d).to_string()),
+            None => self.defaults.get(key).cloned(),
         };
         let out = raw.and_then(|r| self.substitute(&r, secret, visiting));
         visiting.remove(key);
@@ -365,13 +379,14 @@ impl Resolver<'_> {
 pub fn resolve_value(
     cfg: &NodeConfig,
     key: &str,
+    defaults: &BTreeMap<String, String>,
     sysprops: &BTreeMap<String, String>,
     env: &dyn Fn(&str) -> Option<String>,
     secret: &dyn Fn(&str) -> Option<String>,
 ) -> Option<String> {
     let resolver = Resolver {
         flat: flatten(&cfg.table),
-        defaults: defaults(),
+        defaults,
         secrets: cfg.secrets(),
         sysprops,
         env,
@@ -379,27 +394,33 @@ pub fn resolve_value(
     resolver.value(key, secret, &mut BTreeSet::new())
 }
 
-/// Runs the checks that make the real server exit 1 before it starts.
+/// Runs the checks that make the real server exit 1 before it starts: every `$secret{}` alias
+/// must exist in `[secrets]` and not be plaintext (kernel `ReferenceResolver.resolveSecrets`,
+/// which runs first and stops at the first bad alias), then every other placeholder resolves.
 pub fn check(
     cfg: &NodeConfig,
+    defaults: &BTreeMap<String, String>,
     sysprops: &BTreeMap<String, String>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     let secrets = cfg.secrets();
-    let plain: Vec<String> = secrets
-        .iter()
-        .filter(|(_, v)| {
-            let v = v.trim();
-            v.starts_with('[') && v.ends_with(']')
-        })
-        .map(|(k, _)| k.clone())
-        .collect();
-    if !plain.is_empty() {
-        return Err(ConfigError::PlainTextSecret { aliases: plain });
+    for (_, s) in strings(&cfg.table) {
+        for (kind, alias) in placeholders(&s) {
+            if kind != "secret" {
+                continue;
+            }
+            match secrets.get(&alias) {
+                None => return Err(ConfigError::SecretUnresolved { alias }),
+                Some(v) if v.contains('[') && v.contains(']') => {
+                    return Err(ConfigError::PlainTextSecret { alias });
+                }
+                Some(_) => {}
+            }
+        }
     }
     let resolver = Resolver {
         flat: flatten(&cfg.table),
-        defaults: defaults(),
+        defaults,
         secrets,
         sysprops,
         env,
@@ -413,6 +434,13 @@ pub fn check(
     } else {
         Err(ConfigError::Unresolved { refs: bad })
     }
+}
+
+/// Whether any value uses `$secret{}` (the mapper then sets `secVault.enabled`).
+pub fn uses_secrets(cfg: &NodeConfig) -> bool {
+    strings(&cfg.table)
+        .iter()
+        .any(|(_, s)| placeholders(s).iter().any(|(k, _)| *k == "secret"))
 }
 
 /// A peer the server talks to, taken from a URL in the config.
@@ -481,7 +509,7 @@ mod tests {
     fn run(text: &str) -> Result<(), ConfigError> {
         let cfg = NodeConfig::parse_lenient(text);
         assert!(cfg.parse_error.is_none(), "{:?}", cfg.parse_error);
-        check(&cfg, &BTreeMap::new(), &no_env)
+        check(&cfg, &kernel_defaults(), &BTreeMap::new(), &no_env)
     }
 
     #[test]
@@ -531,17 +559,27 @@ y = "$ref{c.x}"
     #[test]
     fn secrets_must_exist_and_be_encrypted() {
         let missing = "[super_admin]\npassword = \"$secret{admin_password}\"\n";
-        assert!(
-            matches!(run(missing), Err(ConfigError::Unresolved { refs }) if refs == ["$secret{admin_password}"])
+        let err = run(missing).expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "Secret References can't be resolved for admin_password"
         );
         let plain = "[super_admin]\npassword = \"$secret{admin_password}\"\n[secrets]\nadmin_password = \"[admin]\"\n";
         let err = run(plain).expect_err("plaintext");
         assert_eq!(
             err.to_string(),
-            "Secret References can't be Plain-Text for [admin_password]"
+            "Secret References can't be Plain-Text for admin_password"
+        );
+        let unused = "[secrets]\nadmin_password = \"[admin]\"\n";
+        assert_eq!(
+            run(unused),
+            Ok(()),
+            "an unreferenced plaintext secret is not checked"
         );
         let enc = "[super_admin]\npassword = \"$secret{admin_password}\"\n[secrets]\nadmin_password = \"bXlzZWNyZXQ=\"\n";
         assert_eq!(run(enc), Ok(()));
+        assert!(uses_secrets(&NodeConfig::parse_lenient(enc)));
+        assert!(!uses_secrets(&NodeConfig::parse_lenient(unused)));
     }
 
     #[test]
@@ -550,7 +588,7 @@ y = "$ref{c.x}"
             NodeConfig::parse_lenient("[a]\nx = \"$env{HOME_X}\"\ny = \"$sys{carbon.home}\"\n");
         let props = BTreeMap::from([("carbon.home".to_string(), "/opt".to_string())]);
         let env = |k: &str| (k == "HOME_X").then(|| "v".to_string());
-        assert_eq!(check(&cfg, &props, &env), Ok(()));
+        assert_eq!(check(&cfg, &kernel_defaults(), &props, &env), Ok(()));
     }
 
     #[test]
@@ -560,7 +598,8 @@ y = "$ref{c.x}"
         );
         let props = BTreeMap::new();
         let secret = |k: &str| (k == "ks").then(|| "vault-pass".to_string());
-        let get = |k: &str| resolve_value(&cfg, k, &props, &no_env, &secret);
+        let defaults = kernel_defaults();
+        let get = |k: &str| resolve_value(&cfg, k, &defaults, &props, &no_env, &secret);
         assert_eq!(get("keystore.tls.password").as_deref(), Some("vault-pass"));
         assert_eq!(
             get("keystore.tls.file_name").as_deref(),
@@ -571,7 +610,14 @@ y = "$ref{c.x}"
         assert_eq!(get("no.such.key"), None);
         let none = |_: &str| None;
         assert_eq!(
-            resolve_value(&cfg, "keystore.tls.password", &props, &no_env, &none),
+            resolve_value(
+                &cfg,
+                "keystore.tls.password",
+                &defaults,
+                &props,
+                &no_env,
+                &none
+            ),
             None
         );
     }

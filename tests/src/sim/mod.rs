@@ -1,15 +1,23 @@
 //! The simulated JVM behind a fake JDK's `bin/java` (the `apim-simjava` binary).
 //!
 //! `java -version` prints a plausible version; `java ... org.wso2.carbon.bootstrap.Bootstrap`
-//! runs a simulated Carbon server (see [`server`]); any other main class fails like a JVM
-//! that cannot find it.
+//! runs a simulated Carbon server (see [`server`], [`launcher`], [`vault`]);
+//! `org.wso2.ciphertool.CipherTool` runs the cipher tool (see [`ciphertool`]) when its jar is on
+//! the class path; any other main class fails like a JVM that cannot find it.
 
+pub mod cipher;
+pub mod ciphertool;
 pub mod config;
 pub mod hosts;
+pub mod http;
 pub mod keystore;
+pub mod launcher;
 pub mod log;
+pub mod packdefaults;
+pub mod props;
 pub mod roles;
 pub mod server;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +35,8 @@ pub struct JvmArgs {
     pub main_class: Option<String>,
     /// Arguments after the main class.
     pub app_args: Vec<String>,
+    /// The `-classpath` / `-cp` value, if given.
+    pub classpath: Option<String>,
     /// `-version` was given before any main class.
     pub version: bool,
 }
@@ -45,7 +55,7 @@ impl JvmArgs {
             match a {
                 "-version" | "--version" | "-showversion" => out.version = true,
                 "-cp" | "-classpath" | "--class-path" => {
-                    it.next();
+                    out.classpath = it.next().map(str::to_string);
                 }
                 _ if a.starts_with("-D") => insert_prop(&mut out.sysprops, a),
                 _ if a.starts_with('-') => {}
@@ -125,6 +135,9 @@ pub fn main_entry(argv: Vec<String>) -> i32 {
             };
             runtime.block_on(server::run(jvm, jdk_home, java_version))
         }
+        Some(ciphertool::CIPHERTOOL_CLASS) if on_classpath(&jvm, "org.wso2.ciphertool") => {
+            ciphertool::run(&jvm)
+        }
         Some(other) => {
             eprintln!(
                 "Error: Could not find or load main class {other}\nCaused by: java.lang.ClassNotFoundException: {other}"
@@ -132,6 +145,18 @@ pub fn main_entry(argv: Vec<String>) -> i32 {
             1
         }
     }
+}
+
+/// Whether the class path holds an existing jar whose file name starts with `prefix`.
+fn on_classpath(jvm: &JvmArgs, prefix: &str) -> bool {
+    jvm.classpath.as_deref().is_some_and(|cp| {
+        cp.split(':').any(|entry| {
+            let p = Path::new(entry);
+            p.is_file()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+    })
 }
 
 #[cfg(test)]

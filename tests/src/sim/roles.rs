@@ -57,6 +57,44 @@ impl Role {
         }
     }
 
+    /// The role a node runs as: `-Dprofile` (unless `default`), else `server_role`; a node the
+    /// pack runs as a control plane (or all-in-one) whose webapps were cut down to the key
+    /// manager set by the key manager optimizer is a key manager. That is how 4.3/4.4
+    /// (`api-key-manager-node.toml` says `server_role = "control-plane"`) and the 4.5 ACP
+    /// (`key-manager.toml` says `default`) run key managers: the OSGi bundles are the default
+    /// profile's, and profileSetup.sh left only the key manager's webapps.
+    pub fn for_node(
+        profile: Option<&str>,
+        server_role: Option<&str>,
+        kind: PackKind,
+        km_webapps_only: bool,
+    ) -> Role {
+        let name = profile
+            .filter(|p| *p != "default")
+            .or(server_role)
+            .unwrap_or("default");
+        match Role::from_name(name, kind) {
+            Role::ControlPlane | Role::AllInOne if km_webapps_only => Role::KeyManager,
+            role => role,
+        }
+    }
+
+    /// Whether the webapps under `server_dir` (`repository/deployment/server`) are the set the
+    /// key manager optimizer leaves: the key manager operations app, and no publisher.
+    pub fn km_webapps_only(server_dir: &std::path::Path) -> bool {
+        let webapps = server_dir.join("webapps");
+        let publisher = std::fs::read_dir(&webapps)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("api#am#publisher") || name == "publisher"
+                })
+            })
+            .unwrap_or(false)
+            || server_dir.join("jaggeryapps/publisher").exists();
+        webapps.join("keymanager-operations.war").exists() && !publisher
+    }
+
     /// Whether this role serves the gateway REST API (if its webapp is deployed).
     pub fn serves_gateway_api(self) -> bool {
         matches!(self, Role::AllInOne | Role::Gateway)
@@ -122,6 +160,27 @@ mod tests {
         assert_eq!(
             Role::from_name("default", PackKind::AllInOne),
             Role::AllInOne
+        );
+    }
+
+    #[test]
+    fn key_manager_webapps_make_a_control_plane_a_key_manager() {
+        let km = |p, r, k, w| Role::for_node(p, r, k, w);
+        let acp = PackKind::ApiControlPlane;
+        assert_eq!(km(None, Some("default"), acp, true), Role::KeyManager);
+        assert_eq!(km(None, Some("default"), acp, false), Role::ControlPlane);
+        assert_eq!(
+            km(
+                Some("default"),
+                Some("control-plane"),
+                PackKind::AllInOne,
+                true
+            ),
+            Role::KeyManager
+        );
+        assert_eq!(
+            km(Some("gateway-worker"), None, PackKind::AllInOne, false),
+            Role::Gateway
         );
     }
 

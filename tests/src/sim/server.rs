@@ -1,5 +1,7 @@
-//! The simulated Carbon server: pid file, config mapper checks, role ports, peers, readiness,
-//! `/services/Version`, the gateway startup health check, and graceful shutdown on SIGTERM.
+//! The simulated Carbon server: pid file, config mapper checks, the OSGi profile launch (see
+//! [`super::launcher`]), the secure vault (see [`super::vault`]), the pack defaults a role
+//! needs (see [`super::packdefaults`]), role ports, peers, readiness, the HTTP answers (see
+//! [`super::http`]), and graceful shutdown on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,19 +10,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 
 use super::JvmArgs;
-use super::config::{NodeConfig, PeerUrl, check, peer_urls, resolve_value};
+use super::config::{NodeConfig, PeerUrl, check, kernel_defaults, peer_urls, resolve_value};
 use super::hosts::Hosts;
+use super::http::{Shared, USER_WAR, accept_loop};
 use super::keystore::load_identity;
 use super::log::CarbonLog;
 use super::roles::{PortKind, Role};
+use super::vault::{self, Vault};
+use super::{launcher, packdefaults};
 use crate::fakejdk::MachineSettings;
-use crate::simpack::{GATEWAY_WAR, PackKind, Release};
+use crate::simpack::{GATEWAY_WAR, PackKind, Release, catalogue};
 
 const MAIN: &str = "org.wso2.carbon.server.Main";
 const CORE: &str = "org.wso2.carbon.core.internal.CarbonCoreActivator";
@@ -29,14 +33,8 @@ const SERVER_MANAGER: &str = "org.wso2.carbon.core.init.CarbonServerManager";
 const STARTING: &str = "Starting WSO2 Carbon...";
 /// The exit status that makes the start script's loop start the JVM again.
 const RESTART_EXIT_STATUS: i32 = 121;
-const HEALTHCHECK_PATH: &str = "/api/am/gateway/v2/server-startup-healthcheck";
-
-/// What the HTTP handlers need to know.
-struct Shared {
-    product: String,
-    ready: AtomicBool,
-    healthcheck: bool,
-}
+/// The status of a JVM ended by SIGTERM with no Carbon shutdown hook installed (128 + 15).
+const SIGTERM_STATUS: i32 = 143;
 
 /// Runs the server until SIGTERM (exit 0), a startup failure (exit 1) or a configured exit.
 pub async fn run(jvm: JvmArgs, jdk_home: PathBuf, java_version: String) -> i32 {
@@ -126,29 +124,42 @@ pub async fn run(jvm: JvmArgs, jdk_home: PathBuf, java_version: String) -> i32 {
             ),
         );
     }
+    let resources_dir = props
+        .get("carbon.new.config.dir.path")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| carbon_home.join(catalogue::CONF_DIR));
+    let mut defaults = kernel_defaults();
+    if let Ok(json) = std::fs::read_to_string(resources_dir.join("default.json")) {
+        defaults.extend(catalogue::defaults_of(&json));
+    }
     let env = |k: &str| std::env::var(k).ok();
-    if let Err(e) = check(&cfg, props, &env) {
+    if let Err(e) = check(&cfg, &defaults, props, &env) {
         config_failure(&log, &e.to_string());
         return 1;
     }
-    let vault_password = if cfg.secrets().is_empty() {
-        None
-    } else {
-        match read_vault_password(&carbon_home).await {
-            Ok(p) => Some(p),
-            Err(msg) => {
-                log.error("org.wso2.carbon.securevault.SecretManagerInitializer", &msg);
-                return 1;
-            }
-        }
-    };
+    launcher::config_parser_lines(&log, &carbon_home, &resources_dir, &text);
+
+    // Equinox starts from the OSGi profile folder -Dprofile names; without one, nothing starts.
+    let profile = props
+        .get("profile")
+        .map_or(launcher::DEFAULT_PROFILE, String::as_str);
+    if !launcher::profile_launches(&carbon_home, profile) {
+        return hang_without_carbon().await;
+    }
+    let vault = vault::open(&carbon_home, &cfg, props, &defaults, &log).await;
 
     let role_name = props
         .get("profile")
         .cloned()
         .or_else(|| cfg.get_str("server.server_role").map(str::to_string))
         .unwrap_or_else(|| "default".to_string());
-    let role = Role::from_name(&role_name, kind);
+    let server_dir = carbon_home.join("repository/deployment/server");
+    let role = Role::for_node(
+        props.get("profile").map(String::as_str),
+        cfg.get_str("server.server_role"),
+        kind,
+        Role::km_webapps_only(&server_dir),
+    );
     let offset = match port_offset(props, &cfg) {
         Ok(o) => o,
         Err(msg) => {
@@ -187,17 +198,31 @@ pub async fn run(jvm: JvmArgs, jdk_home: PathBuf, java_version: String) -> i32 {
         log.info(CORE, &format!("Server role      : {role_name}"));
     }
 
-    let war_present = carbon_home
-        .join("repository/deployment/server/webapps")
-        .join(GATEWAY_WAR)
-        .exists();
+    let missing = packdefaults::missing(role, release, kind, &cfg.table);
+    if !missing.is_empty() {
+        for line in &missing {
+            log.error(packdefaults::LOGGER, line);
+        }
+        return wait_for_shutdown(&log, kind).await;
+    }
+
+    let war_present = server_dir.join("webapps").join(GATEWAY_WAR).exists();
+    let secret = |alias: &str| Some(vault.secret(alias));
+    let admin = server_dir.join("webapps").join(USER_WAR).exists().then(|| {
+        let get = |k: &str| resolve_value(&cfg, k, &defaults, props, &env, &secret);
+        (
+            get("super_admin.username").unwrap_or_default(),
+            get("super_admin.password").unwrap_or_default(),
+        )
+    });
     let shared = Arc::new(Shared {
         product: product.clone(),
         ready: AtomicBool::new(false),
         healthcheck: role.serves_gateway_api() && war_present && release >= Release::V4_1,
+        admin,
     });
     let https_port = u32::from(9443u16) + offset;
-    let tls = match tls_acceptor(&cfg, &carbon_home, props, vault_password.as_deref()) {
+    let tls = match tls_acceptor(&cfg, &carbon_home, &defaults, props, &vault) {
         Ok(t) => t,
         Err(e) => {
             log.error(
@@ -328,6 +353,35 @@ fn config_failure(log: &CarbonLog, reason: &str) {
     );
 }
 
+/// Equinox without bundles: nothing of Carbon runs, nothing is logged, nothing listens; the JVM
+/// only ends on a signal, with no Carbon shutdown hook to log anything.
+async fn hang_without_carbon() -> i32 {
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return 1;
+    };
+    let Ok(mut int) = signal(SignalKind::interrupt()) else {
+        return 1;
+    };
+    tokio::select! {
+        _ = term.recv() => SIGTERM_STATUS,
+        _ = int.recv() => 130,
+    }
+}
+
+/// A Carbon that will not become ready: it runs, listens nowhere, and shuts down on a signal.
+async fn wait_for_shutdown(log: &CarbonLog, kind: PackKind) -> i32 {
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return 1;
+    };
+    let Ok(mut int) = signal(SignalKind::interrupt()) else {
+        return 1;
+    };
+    tokio::select! {
+        _ = term.recv() => shutdown(log, kind),
+        _ = int.recv() => shutdown(log, kind),
+    }
+}
+
 fn shutdown(log: &CarbonLog, kind: PackKind) -> i32 {
     log.info(SERVER_MANAGER, "Shutdown hook triggered....");
     log.info(
@@ -382,36 +436,6 @@ fn port_offset(props: &BTreeMap<String, String>, cfg: &NodeConfig) -> Result<u32
     }
 }
 
-/// Secure vault: the key store password comes from `password-tmp` (deleted after reading),
-/// `password-persist`, or a prompt on the console.
-async fn read_vault_password(carbon_home: &Path) -> Result<String, String> {
-    let tmp = carbon_home.join("password-tmp");
-    let persist = carbon_home.join("password-persist");
-    let first_line = |text: String| text.lines().next().unwrap_or_default().to_string();
-    let password = if tmp.exists() {
-        let text = std::fs::read_to_string(&tmp).map_err(|e| e.to_string())?;
-        std::fs::remove_file(&tmp).map_err(|e| e.to_string())?;
-        first_line(text)
-    } else if persist.exists() {
-        first_line(std::fs::read_to_string(&persist).map_err(|e| e.to_string())?)
-    } else {
-        println!("[Enter KeyStore and Private Key Password :]");
-        tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).map(|_| line)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-        .trim_end()
-        .to_string()
-    };
-    if password.is_empty() {
-        return Err("Secure vault is enabled but no key store password was provided".to_string());
-    }
-    Ok(password)
-}
-
 fn listener_logger(base: u16) -> &'static str {
     match base {
         9443 | 9763 => "org.apache.coyote.http11.Http11NioProtocol",
@@ -447,16 +471,18 @@ fn listener_message(base: u16, addr: SocketAddr) -> String {
 fn tls_acceptor(
     cfg: &NodeConfig,
     carbon_home: &Path,
+    defaults: &BTreeMap<String, String>,
     props: &BTreeMap<String, String>,
-    vault_password: Option<&str>,
+    vault: &Vault,
 ) -> Result<TlsAcceptor, String> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let env = |k: &str| std::env::var(k).ok();
-    // With the secure vault on, the key store password is the one the vault was unlocked with.
-    let secret = |_: &str| vault_password.map(str::to_string);
+    // `$secret{}` values are what the vault resolved (the alias itself when it could not).
+    let secret = |alias: &str| Some(vault.secret(alias));
     let get = |field: &str| {
         let key = format!("keystore.tls.{field}");
-        resolve_value(cfg, &key, props, &env, &secret).ok_or(format!("{key} cannot be resolved"))
+        resolve_value(cfg, &key, defaults, props, &env, &secret)
+            .ok_or(format!("{key} cannot be resolved"))
     };
     let file_name = get("file_name")?;
     let password = get("password")?;
@@ -487,126 +513,6 @@ fn tls_acceptor(
     .with_single_cert(chain, key)
     .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    kind: PortKind,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-) {
-    loop {
-        let Ok((sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let shared = shared.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match (kind, tls) {
-                (PortKind::Tcp, _) => drop(sock),
-                (_, Some(tls)) => {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), tls.accept(sock)).await;
-                    if let Ok(Ok(stream)) = handshake {
-                        respond(stream, kind, &shared).await;
-                    }
-                }
-                (_, None) => respond(sock, kind, &shared).await,
-            }
-        });
-    }
-}
-
-/// Reads one request head and answers it; `Connection: close` always.
-async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    kind: PortKind,
-    shared: &Shared,
-) {
-    let mut buf = Vec::with_capacity(1024);
-    let head = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Some(());
-            }
-            if buf.len() > 16 * 1024 {
-                return None;
-            }
-        }
-    })
-    .await;
-    if !matches!(head, Ok(Some(()))) {
-        return;
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let mut first = text.lines().next().unwrap_or_default().split_whitespace();
-    let method = first.next().unwrap_or_default();
-    let target = first.next().unwrap_or_default();
-    let path = target.split('?').next().unwrap_or_default();
-    let ready = shared.ready.load(Ordering::SeqCst);
-    let (status, ctype, body) = route(method, path, kind, ready, shared);
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        500 => "Internal Server Error",
-        _ => "Service Unavailable",
-    };
-    let body_out = if method == "HEAD" { "" } else { body.as_str() };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nServer: WSO2 Carbon Server\r\nConnection: close\r\n\r\n{body_out}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
-}
-
-fn route(
-    method: &str,
-    path: &str,
-    kind: PortKind,
-    ready: bool,
-    shared: &Shared,
-) -> (u16, &'static str, String) {
-    if method != "GET" && method != "HEAD" {
-        return (405, "text/plain", String::new());
-    }
-    let path = path.trim_end_matches('/');
-    match (kind, path) {
-        (PortKind::Http | PortKind::Https, "/services/Version") => (
-            200,
-            "text/xml; charset=UTF-8",
-            format!(
-                "<ns:getVersionResponse xmlns:ns=\"http://version.services.core.carbon.wso2.org\"><return>{}</return></ns:getVersionResponse>",
-                shared.product
-            ),
-        ),
-        (PortKind::Https, HEALTHCHECK_PATH) if shared.healthcheck => {
-            if ready {
-                (200, "application/json", String::new())
-            } else {
-                (
-                    500,
-                    "application/json",
-                    "{\"code\":500,\"message\":\"Internal Server Error\",\"description\":\"Not all APIs are deployed\"}".to_string(),
-                )
-            }
-        }
-        (PortKind::WsHealth, "/health") => {
-            if ready {
-                (200, "text/plain", "OK".to_string())
-            } else {
-                (503, "text/plain", String::new())
-            }
-        }
-        _ => (404, "text/plain", String::new()),
-    }
 }
 
 fn describe_connect_error(e: &std::io::Error) -> String {

@@ -315,6 +315,13 @@ impl PackLayout {
     }
 }
 
+/// Whether `profile` is one of the key manager optimizer profiles (`api-key-manager`,
+/// `api-key-manager-deprecated`, `api-key-manager-node`, 4.5 ACP `key-manager`): after it only
+/// the key manager webapps are left, which is what makes such a node a key manager.
+pub fn is_key_manager_profile(profile: &str) -> bool {
+    profile.starts_with("api-key-manager") || profile == "key-manager"
+}
+
 /// The gateway REST webapp that serves `server-startup-healthcheck`.
 pub const GATEWAY_WAR: &str = "api#am#gateway#v2.war";
 

@@ -5,6 +5,7 @@
 //! their contract, real keystores, the webapps `profileSetup.sh` deletes. The server itself is
 //! the `apim-simjava` binary behind a fake JDK (see [`crate::fakejdk`]).
 
+pub mod catalogue;
 mod keystores;
 mod layout;
 mod scripts;
@@ -19,8 +20,9 @@ use sha2::{Digest, Sha256};
 use zip::ZipWriter;
 use zip::write::SimpleFileOptions;
 
+pub use catalogue::Catalogue;
 pub use keystores::{DEFAULT_STORE_PASSWORD, find_keytool};
-pub use layout::{GATEWAY_WAR, PackKind, PackLayout, Release, StoreFormat};
+pub use layout::{GATEWAY_WAR, PackKind, PackLayout, Release, StoreFormat, is_key_manager_profile};
 
 /// Errors from building a pack; each names what it was working on.
 #[derive(Debug, thiserror::Error)]
@@ -369,7 +371,11 @@ fn pack_entries(
     if layout.profile_setup {
         e.exec("bin/profileSetup.sh", scripts::profile_setup(layout));
     }
-    e.exec("bin/ciphertool.sh", scripts::ciphertool_script());
+    e.exec("bin/ciphertool.sh", scripts::ciphertool_script(layout));
+    e.file(
+        format!("lib/{}", scripts::CIPHERTOOL_JAR),
+        tiny_archive("META-INF/MANIFEST.MF", "cipher tool"),
+    );
     if r >= Release::V4_4 {
         e.exec("bin/fips.sh", scripts::noop_script("FIPS mode helper"));
         e.exec(
@@ -432,14 +438,11 @@ fn pack_entries(
     );
 
     // repository/resources/conf
-    for json in [
-        "default.json",
-        "infer.json",
-        "key-mappings.json",
-        "validator.json",
-        "unit-resolve.json",
-    ] {
+    for json in ["validator.json", "unit-resolve.json"] {
         e.file(format!("repository/resources/conf/{json}"), "{}\n");
+    }
+    for (path, text) in catalogue::pack_files(layout) {
+        e.file(path, text);
     }
     let t = "repository/resources/conf/templates/repository/conf";
     for f in [
@@ -454,7 +457,6 @@ fn pack_entries(
     ] {
         e.text(&format!("{t}/axis2/{f}"), &format!("template {f}"));
     }
-    e.text(&format!("{t}/carbon.xml.j2"), "template carbon.xml.j2");
     e.text(&format!("{t}/registry.xml.j2"), "template registry.xml.j2");
     e.text(
         &format!("{t}/registry_TM.xml.j2"),

@@ -530,11 +530,60 @@ fn profile_body(layout: &PackLayout, profile: &str, old_portals: bool) -> (Strin
     (title, lines(&refs))
 }
 
-/// A stand-in for `ciphertool.sh`: the simulation does not implement the secure vault tool.
-pub fn ciphertool_script() -> String {
-    "#!/bin/sh\n# Secure vault cipher tool (not simulated).\n\
-     echo \"ciphertool is not available in the simulated distribution\" >&2\nexit 1\n"
-        .to_string()
+/// The cipher tool's jar under `lib/` (the script puts `lib/org.wso2.ciphertool*.jar` on the
+/// class path; without it the JVM cannot find the tool's main class).
+pub const CIPHERTOOL_JAR: &str = "org.wso2.ciphertool-1.1.11.jar";
+
+const CIPHERTOOL_SCRIPT: &str = r#"#!/bin/sh
+# ----------------------------------------------------------------------------
+#  Secure vault cipher tool for @PRODUCT@ @VERSION@ (simulated distribution)
+#
+#  Usage: ciphertool.sh [-Dconfigure | -Dchange] [-Dpassword=<keystore password>]
+#                       [-Dorg.wso2.CipherTransformation=<transformation>] [-help]
+#  -Dconfigure encrypts the [secrets] of repository/conf/deployment.toml in place and writes
+#  repository/conf/security/secret-conf.properties.
+# ----------------------------------------------------------------------------
+
+if [ -z "$JAVA_HOME" ]; then
+  echo "You must set the JAVA_HOME variable before running CARBON."
+  exit 1
+fi
+
+PRG="$0"
+while [ -h "$PRG" ]; do
+  ls=$(ls -ld "$PRG")
+  link=$(expr "$ls" : '.*-> \(.*\)$')
+  if expr "$link" : '.*/.*' > /dev/null; then
+    PRG="$link"
+  else
+    PRG=$(dirname "$PRG")/"$link"
+  fi
+done
+PRGDIR=$(dirname "$PRG")
+[ -z "$CARBON_HOME" ] && CARBON_HOME=$(cd "$PRGDIR/.." && pwd)
+
+CARBON_CLASSPATH=""
+for f in "$CARBON_HOME"/lib/org.wso2.ciphertool*.jar; do
+  [ -e "$f" ] && CARBON_CLASSPATH="$CARBON_CLASSPATH:$f"
+done
+for h in "$CARBON_HOME"/repository/components/plugins/*.jar; do
+  [ -e "$h" ] && CARBON_CLASSPATH="$CARBON_CLASSPATH:$h"
+done
+
+exec "$JAVA_HOME/bin/java" $JAVA_OPTS \
+  -Dcarbon.home="$CARBON_HOME" \
+  -Dcarbon.config.dir.path="$CARBON_HOME/repository/conf" \
+  -Dorg.wso2.CipherTransformation="RSA/ECB/OAEPwithSHA1andMGF1Padding" \
+  -classpath "$CARBON_CLASSPATH" \
+  org.wso2.ciphertool.CipherTool "$@"
+"#;
+
+/// `bin/ciphertool.sh`: runs the cipher tool with the transformation the product's own
+/// runtime uses (see `docs/secure-vault.md`).
+pub fn ciphertool_script(layout: &PackLayout) -> String {
+    CIPHERTOOL_SCRIPT
+        .replace("@PRODUCT@", layout.product_name)
+        .replace("@VERSION@", &layout.version)
 }
 
 /// A no-op stand-in for helper scripts whose behaviour no agent depends on.

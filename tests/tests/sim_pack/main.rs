@@ -1,12 +1,16 @@
 //! The simulated WSO2 distributions behave like the real ones where an agent can look:
 //! zip layout, keystores, profileSetup.sh, the start scripts' contract, the simulated JVM's
-//! log lines, ports, `/services/Version`, the gateway health check, config errors and peers.
+//! log lines, ports, `/services/Version`, the gateway health check, config errors and peers;
+//! the key catalogue and pack defaults, the launcher's `-Dprofile`, the secure vault.
 
 //! (One test binary, a module per area, to keep link time down.)
 
+mod launcher;
 mod layout;
 mod network;
+mod packdefaults;
 mod profiles;
 mod scripts;
 mod server;
 mod support;
+mod vault;

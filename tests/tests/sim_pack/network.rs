@@ -52,6 +52,9 @@ traffic_manager_auth_urls = ["ssl://tm.wso2.com:9714"]
 [apim.key_manager]
 service_url = "https://km-lb.wso2.com/services/"
 
+[apim.sync_runtime_artifacts.gateway]
+gateway_labels = ["Default"]
+
 [apim.analytics]
 config_endpoint = "tcp://ghost.wso2.com:7612"
 "#,
@@ -173,12 +176,18 @@ fn control_plane_and_key_manager_4_5_ports_and_version() {
     );
     assert!(wait_until(TIMEOUT, POLL, || !alive(pid)));
 
-    // key-manager.sh with -DportOffset winning over [server] offset; a key manager has no event hub
+    // Optimized as a key manager and started by key-manager.sh without -Dprofile (4.5 ACP has
+    // no `key-manager` OSGi profile): -DportOffset wins; a key manager has no event hub.
+    assert!(
+        sh(&home, "profileSetup.sh", &["-Dprofile=key-manager"], None)
+            .status
+            .success()
+    );
     assert!(
         sh(
             &home,
             "key-manager.sh",
-            &["start", "-Dprofile=key-manager", "-DportOffset=4"],
+            &["start", "-DportOffset=4"],
             Some(&m.jdk.home)
         )
         .status

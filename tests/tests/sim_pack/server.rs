@@ -276,7 +276,8 @@ fn config_errors_exit_1_with_the_real_messages() {
     );
     let out = java(&home);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("References can't be resolved for [$secret{admin_password}]"));
+    // kernel ReferenceResolver.resolveSecrets' own words: the alias, no brackets
+    assert!(stdout(&out).contains("Secret References can't be resolved for admin_password"));
 
     write_toml(
         &home,
@@ -286,7 +287,7 @@ fn config_errors_exit_1_with_the_real_messages() {
     );
     let out = java(&home);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("Secret References can't be Plain-Text for [admin_password]"));
+    assert!(stdout(&out).contains("Secret References can't be Plain-Text for admin_password"));
 
     // `${...}` is kept verbatim, unknown keys are ignored and a syntax error is only logged.
     write_toml(

@@ -96,6 +96,16 @@ impl KeyCatalogue {
 const RULE_KEY_DEPTHS: [&[usize]; 3] = [&[0], &[0, 2], &[0]];
 
 fn rule_keys(v: &serde_json::Value, depth: usize, key_depths: &[usize], c: &mut KeyCatalogue) {
+    // A value built from other keys reads them: `"jdbc:mysql://$ref{database.apim_db.hostname}…"`.
+    if let serde_json::Value::String(s) = v {
+        let mut rest = s.as_str();
+        while let Some(i) = rest.find("$ref{") {
+            let after = &rest[i + 5..];
+            let Some(end) = after.find('}') else { break };
+            c.add(&after[..end]);
+            rest = &after[end..];
+        }
+    }
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
@@ -356,7 +366,8 @@ mod tests {
                  {% set t = apim.throttling %}{{ t.enable_unlimited_tier }}\
                  {{ synapse_properties['synapse.commons.json.buildValidNCNames'] }}",
             ],
-            r#"{"server.offset": "0", "datasource.$1.type": "h2", "server.base_path,": "x"}"#,
+            r#"{"server.offset": "0", "datasource.$1.type": "h2", "server.base_path,": "x",
+                "database.apim_db.url": "jdbc:mysql://$ref{database.apim_db.hostname}/x"}"#,
         );
         for key in [
             "server.hostname",
@@ -368,6 +379,7 @@ mod tests {
             "server.offset",
             "datasource.WSO2AM_DB.type",
             "server.base_path",
+            "database.apim_db.hostname",
         ] {
             assert!(c.knows(key), "{key}");
         }
