@@ -29,6 +29,7 @@ mod product;
 mod revocation;
 pub mod tls;
 mod token;
+pub mod vault;
 
 pub use agent::AgentKey;
 pub use control_plane::{

@@ -5,8 +5,8 @@
 use std::fmt;
 
 use crate::v1::{
-    ApplyRequest, Chunk, CreateTokenResponse, EnrollRequest, EnvVar, KeystoreSpec, NodeSpec,
-    PlanRequest, StoreType, UploadChunk,
+    ApplyRequest, Chunk, CreateTokenResponse, EnrollRequest, EnvVar, KeystoreSpec, NodeFile,
+    NodeSpec, PlanRequest, StoreType, UploadChunk,
 };
 
 /// A secret value: shows whether it is set, never its content.
@@ -80,6 +80,7 @@ impl fmt::Debug for NodeSpec {
             .field("java_max", &self.java_max)
             .field("process", &self.process)
             .field("memory_bytes", &self.memory_bytes)
+            .field("files", &self.files)
             .finish()
     }
 }
@@ -94,6 +95,18 @@ impl fmt::Debug for EnvVar {
             s.field("value", &self.value);
         }
         s.field("secret", &self.secret).finish()
+    }
+}
+
+impl fmt::Debug for NodeFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secret or not, a file's content is bulky: its size only.
+        f.debug_struct("NodeFile")
+            .field("path", &self.path)
+            .field("content", &Size(self.content.len()))
+            .field("secret", &self.secret)
+            .field("before_each_start", &self.before_each_start)
+            .finish()
     }
 }
 

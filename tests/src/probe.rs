@@ -125,6 +125,36 @@ pub fn https_get_insecure(
     parse_response(&raw)
 }
 
+/// The status of `GET https://addr/path` with HTTP Basic credentials `user:pass`, without
+/// verifying the certificate.
+pub fn https_get_basic(
+    addr: SocketAddr,
+    sni: &str,
+    path: &str,
+    user: &str,
+    pass: &str,
+) -> std::io::Result<u16> {
+    use base64::Engine as _;
+    let conn = insecure_client(sni)?;
+    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    tls.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {sni}\r\nAuthorization: Basic {token}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(parse_response(&raw)?.status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -661,3 +661,113 @@ fn a_revoked_machine_is_shown_revoked_and_rejoins_with_a_new_token_alone() -> Te
     assert_eq!(c.server_pids("tm-1")?, pids, "tm-1 was not restarted");
     Ok(())
 }
+
+/// Every regular file under `dir`, recursively (symlinks not followed).
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            files_under(&e.path(), out);
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+}
+
+#[test]
+fn v3_five_node_with_the_secure_vault_is_healthy_and_no_machine_file_holds_a_plan_secret()
+-> TestResult {
+    let c = started(Topology::V3FiveNode, "e2e_v3_vault", 200)?;
+    let params = PlanParams {
+        secure_vault: true,
+        ..PlanParams::default()
+    };
+    let plan = c.write_plan("plan.toml", &params)?;
+    let s = apply_ok(&c, &plan)?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+
+    // Each node's configuration references its secrets and holds them encrypted, last.
+    for n in c.node_names() {
+        let m = c.machine_of(&n)?;
+        let toml_path = find_files(&m.install_root, "deployment.toml")
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains(&format!("/{n}/")))
+            .ok_or("deployment.toml")?;
+        let text = std::fs::read_to_string(&toml_path)?;
+        assert!(
+            text.contains("password = \"$secret{admin_password}\""),
+            "{n}: {text}"
+        );
+        let secrets_at = text.find("\n[secrets]\n").ok_or("[secrets]")?;
+        assert!(
+            !text[secrets_at + 1..].contains("\n["),
+            "{n}: [secrets] is the last table"
+        );
+        let home = toml_path
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+            .ok_or("home")?;
+        assert!(
+            home.join("repository/conf/security/secret-conf.properties")
+                .exists(),
+            "{n}: the secret manager is configured"
+        );
+        assert!(
+            !home.join("password-tmp").exists(),
+            "{n}: the password file is gone once the server started"
+        );
+    }
+
+    // The admin logs in with the plan's password: the vault decrypted it.
+    let km = c.machine_of("km-1")?;
+    let offset = Topology::V3FiveNode
+        .nodes()
+        .into_iter()
+        .find(|n| n.name == "km-1")
+        .ok_or("km-1")?
+        .offset;
+    let addr = std::net::SocketAddr::from((km.address, 9443 + offset));
+    let me = "/api/identity/user/v1.0/me";
+    let (_, admin_password) = apim_e2e::cluster::PLAN_SECRETS[0];
+    assert_eq!(
+        apim_e2e::probe::https_get_basic(addr, "km-1.wso2.com", me, "admin", admin_password)?,
+        200
+    );
+    assert_eq!(
+        apim_e2e::probe::https_get_basic(addr, "km-1.wso2.com", me, "admin", "admin")?,
+        401
+    );
+
+    // No file on any machine holds a plan secret in clear.
+    let mut files = Vec::new();
+    let mut machines = BTreeSet::new();
+    for n in c.node_names() {
+        let m = c.machine_of(&n)?;
+        if machines.insert(m.name.clone()) {
+            let dir = m.install_root.parent().ok_or("machine dir")?;
+            files_under(dir, &mut files);
+        }
+    }
+    assert!(files.len() > 100, "only {} files searched", files.len());
+    for f in &files {
+        let bytes = std::fs::read(f)?;
+        for (name, secret) in apim_e2e::cluster::PLAN_SECRETS {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the plan's {name} in clear",
+                f.display()
+            );
+        }
+    }
+
+    // Re-applying renders the same ciphertexts: nothing restarts.
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(again["state"], "unchanged", "{}", text(&out));
+    Ok(())
+}

@@ -52,6 +52,15 @@ pub struct ProductPki {
     primary: PrimaryKey,
 }
 
+/// Encrypts plan secrets for the nodes' secure vault with the cluster's primary key.
+pub struct VaultCipher(apim_certs::vault::VaultEncrypter);
+
+impl apim_plan::render::VaultCipher for VaultCipher {
+    fn encrypt(&self, alias: &str, value: &str) -> Result<String, String> {
+        self.0.encrypt(alias, value).map_err(|e| e.to_string())
+    }
+}
+
 /// A node's key and certificate chain, PEM.
 #[derive(Clone, PartialEq, Eq)]
 pub struct NodeMaterial {
@@ -89,6 +98,15 @@ struct NodeFiles {
 }
 
 impl ProductPki {
+    /// The secure vault's cipher: the primary key is the vault key (`[keystore.primary]`).
+    pub fn vault_cipher(&self) -> Result<VaultCipher, PkiError> {
+        let enc = apim_certs::vault::VaultEncrypter::new(
+            self.primary.cert_der(),
+            self.primary.key_pem().as_bytes(),
+        )?;
+        Ok(VaultCipher(enc))
+    }
+
     /// Opens (or makes, on first use) the PKI of a cluster under `dir`.
     pub fn load_or_create(dir: &Path, cluster_name: &str) -> Result<Self, PkiError> {
         use std::os::unix::fs::DirBuilderExt;

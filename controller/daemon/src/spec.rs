@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use apim_proto::v1::{
     ArtifactRef, CommandSpec as WireCommand, DesiredRun, EnvVar, HostsEntry as WireHosts,
-    HttpProbe, MachineSpec, NodeSpec, Readiness as WireReadiness,
+    HttpProbe, MachineSpec, NodeFile as WireFile, NodeSpec, Readiness as WireReadiness,
 };
 
 use crate::pki::{PkiError, ProductPki};
@@ -99,6 +99,16 @@ pub fn node_spec(
         java_max: cluster.product.jdk_range().1,
         process: Some(server_process(&layout::SERVER_PROCESS)),
         memory_bytes: node.jvm.memory_bytes,
+        files: node
+            .files
+            .iter()
+            .map(|f| WireFile {
+                path: f.path.clone(),
+                content: f.content.0.clone(),
+                secret: f.secret,
+                before_each_start: f.before_each_start,
+            })
+            .collect(),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
@@ -129,8 +139,8 @@ fn server_process(p: &layout::ServerProcess) -> apim_proto::v1::ServerProcess {
     }
 }
 
-/// What a running node was started with: its `deployment.toml`, its environment (`JAVA_OPTS`)
-/// and keystores. When it changes the node restarts; nothing else in the spec (commands,
+/// What a running node was started with: its `deployment.toml`, its environment (`JAVA_OPTS`),
+/// the files written with its configuration, and keystores. When it changes the node restarts; nothing else in the spec (commands,
 /// readiness checks) needs a restart. A node without environment digests as before it had one.
 pub fn config_digest(spec: &NodeSpec) -> String {
     let mut bytes = spec.deployment_toml.as_bytes().to_vec();
@@ -139,6 +149,13 @@ pub fn config_digest(spec: &NodeSpec) -> String {
         bytes.extend_from_slice(e.name.as_bytes());
         bytes.push(b'=');
         bytes.extend_from_slice(e.value.as_bytes());
+    }
+    // The files written with the configuration (a node without any digests as before).
+    for f in spec.files.iter().filter(|f| !f.before_each_start) {
+        bytes.extend_from_slice(b"\0file\0");
+        bytes.extend_from_slice(f.path.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(f.content.as_bytes());
     }
     if let Some(k) = &spec.keystores {
         for part in [

@@ -299,6 +299,29 @@ pub struct NodeSpec {
     /// those desired STOPPED) and refuses to go on when the machine has less memory in total.
     #[prost(uint64, tag = "21")]
     pub memory_bytes: u64,
+    /// Other files of the node, written into its carbon home (e.g. the secure vault's
+    /// configuration and password file).
+    #[prost(message, repeated, tag = "22")]
+    pub files: ::prost::alloc::vec::Vec<NodeFile>,
+}
+/// A file the agent writes into a node's carbon home, owned by the node's run-as user.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct NodeFile {
+    /// Path relative to the carbon home, e.g. "repository/conf/security/secret-conf.properties";
+    /// an absolute path or one with ".." is refused.
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// The content. SECRET when `secret` is set (always redacted from logs).
+    #[prost(string, tag = "2")]
+    pub content: ::prost::alloc::string::String,
+    /// Mode 0600 instead of 0644; never shown.
+    #[prost(bool, tag = "3")]
+    pub secret: bool,
+    /// Written before every start of the server, which consumes it (e.g. reads and deletes
+    /// "password-tmp"); otherwise written with `deployment_toml` and part of `config_digest`.
+    #[prost(bool, tag = "4")]
+    pub before_each_start: bool,
 }
 /// How the agent finds a node's server process and tells it from any other program.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -13,6 +13,7 @@ use prost::Message as _;
 const SKIP_DEBUG: &[&str] = &[
     ".apimctl.v1.NodeSpec",
     ".apimctl.v1.EnvVar",
+    ".apimctl.v1.NodeFile",
     ".apimctl.v1.KeystoreSpec",
     ".apimctl.v1.EnrollRequest",
     ".apimctl.v1.CreateTokenResponse",

@@ -118,6 +118,7 @@ fn machine_spec_round_trips_every_field() {
         "KeystoreSpec",
         "TrustedCert",
         "ServerProcess",
+        "NodeFile",
     ]
     .into_iter()
     .collect();

@@ -3,7 +3,8 @@
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
     ArtifactRef, CommandSpec, DesiredRun, EnvVar, HostsEntry, HttpProbe, KeystoreSpec,
-    MachineFacts, MachineSpec, NodeSpec, Readiness, ServerProcess, StoreType, TrustedCert,
+    MachineFacts, MachineSpec, NodeFile, NodeSpec, Readiness, ServerProcess, StoreType,
+    TrustedCert,
 };
 
 /// Secret strings used in the sample; the redaction test checks none of them is printed.
@@ -14,6 +15,7 @@ pub const SECRETS: &[&str] = &[
     "-----BEGIN PRIVATE KEY-----primary",
     "truststore-pass-s3cret",
     "env-secret-s3cret",
+    "vault-password-s3cret",
 ];
 
 fn command(argv: &[&str], marker: Option<&str>) -> CommandSpec {
@@ -105,6 +107,20 @@ pub fn full_node() -> NodeSpec {
             home_env: "CARBON_HOME".into(),
         }),
         memory_bytes: 2_770_000_000,
+        files: vec![
+            NodeFile {
+                path: "repository/conf/security/secret-conf.properties".into(),
+                content: "secVault.enabled=true\n".into(),
+                secret: false,
+                before_each_start: false,
+            },
+            NodeFile {
+                path: "password-tmp".into(),
+                content: "vault-password-s3cret\n".into(),
+                secret: true,
+                before_each_start: true,
+            },
+        ],
     }
 }
 

@@ -202,7 +202,8 @@ fn polls<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     }
 }
 
-const SECRETS: [(&str, &str); 3] = [
+/// The plan's secret files and their values.
+pub const PLAN_SECRETS: [(&str, &str); 3] = [
     ("admin-password", "e2e-admin-secret"),
     ("db-password", "e2e-db-secret"),
     ("keystore-password", "e2e-keystore-secret"),
@@ -300,7 +301,7 @@ impl Cluster {
                 nodes: vec![n.name.clone()],
             });
         }
-        for (file, value) in SECRETS {
+        for (file, value) in PLAN_SECRETS {
             let p = r.join("secrets").join(file);
             if !p.exists() {
                 write_private(&p, value.as_bytes())?;

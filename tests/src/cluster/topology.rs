@@ -189,6 +189,8 @@ pub struct PlanParams {
     pub max_parallel: u32,
     /// `[overrides]` entries: (scope, deployment.toml fragment).
     pub overrides: Vec<(String, String)>,
+    /// `[secure_vault] enabled`.
+    pub secure_vault: bool,
 }
 
 impl Default for PlanParams {
@@ -198,6 +200,7 @@ impl Default for PlanParams {
             health_timeout: "2m".into(),
             max_parallel: 2,
             overrides: Vec::new(),
+            secure_vault: false,
         }
     }
 }
@@ -299,6 +302,9 @@ password = { file = "secrets/db-password" }
             "\n[rollout]\nmax_parallel = {}\nhealth_timeout = \"{}\"\non_failure = \"{}\"\n",
             params.max_parallel, params.health_timeout, params.on_failure
         ));
+        if params.secure_vault {
+            s.push_str("\n[secure_vault]\nenabled = true\n");
+        }
         if !params.overrides.is_empty() {
             s.push_str("\n[overrides]\n");
             for (scope, text) in &params.overrides {

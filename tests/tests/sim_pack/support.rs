@@ -179,28 +179,7 @@ pub fn scopeguard(child: std::process::Child) -> ChildGuard {
 
 /// `GET https://addr/path` with HTTP Basic credentials, certificate not verified; the status.
 pub fn https_get_basic(addr: SocketAddr, sni: &str, path: &str, user: &str, pass: &str) -> u16 {
-    use base64::Engine as _;
-    use std::io::{Read, Write};
-    let config = apim_certs::tls::insecure_local_probe_config();
-    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("sni");
-    let conn = rustls::ClientConnection::new(config, name).expect("tls client");
-    let sock =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {sni}\r\nAuthorization: Basic {token}\r\nConnection: close\r\n\r\n"
-    );
-    tls.write_all(req.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    let _ = tls.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {text:?}"))
+    apim_e2e::probe::https_get_basic(addr, sni, path, user, pass).expect("GET with basic auth")
 }
 
 /// Runs `bin/ciphertool.sh` with `args` (no terminal: stdin is empty).

@@ -2,7 +2,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use apim_proto::v1::NodePhase;
+use std::path::Path;
+
+use apim_proto::v1::{NodeFile, NodePhase, NodeSpec};
 
 use super::{
     DEFAULT_SCRIPT_TIMEOUT, NodeExecutor, NodeTarget, OPTIMIZED_MARKER, Observed, rel_path,
@@ -123,6 +125,68 @@ impl NodeExecutor {
                     .map_err(|e| DaemonError::io("chmod 0600", &path, e))?;
             }
         }
+        Ok(())
+    }
+
+    /// With step 9: the spec's other files written with the configuration (not those for each
+    /// start), each only when its bytes differ; 0600 when secret, else 0644; owned by the run-as
+    /// user.
+    pub(super) fn write_config_files(&self, t: &NodeTarget, node: &Observed) -> DaemonResult<()> {
+        for f in t.spec.files.iter().filter(|f| !f.before_each_start) {
+            self.write_file_at(&t.spec, &node.home, f, true)?;
+        }
+        Ok(())
+    }
+
+    /// The spec's files the server consumes at start (the secure vault's password file),
+    /// written right before each start.
+    pub(super) fn write_start_files(&self, spec: &NodeSpec, home: &Path) -> DaemonResult<()> {
+        for f in spec.files.iter().filter(|f| f.before_each_start) {
+            self.write_file_at(spec, home, f, false)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what is left of the start files once the start is over: the server deletes
+    /// them when it reads them; one it did not read must not stay on disk (it holds a secret).
+    pub(super) fn remove_start_files(&self, spec: &NodeSpec, home: &Path) {
+        for f in spec.files.iter().filter(|f| f.before_each_start) {
+            if let Ok(rel) = rel_path(&self.name, "files.path", &f.path) {
+                let path = home.join(rel);
+                if path.exists() {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(node = %self.name, path = %path.display(), error = %e,
+                            "could not remove a start file the server left");
+                    } else {
+                        tracing::info!(node = %self.name, path = %path.display(),
+                            "removed a start file the server did not consume");
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_file_at(
+        &self,
+        spec: &NodeSpec,
+        home: &Path,
+        f: &NodeFile,
+        only_if_changed: bool,
+    ) -> DaemonResult<()> {
+        let path = home.join(rel_path(&self.name, "files.path", &f.path)?);
+        if only_if_changed && std::fs::read(&path).ok().as_deref() == Some(f.content.as_bytes()) {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("create", dir, e))?;
+        }
+        let mut writer = apim_atomic::AtomicWriter::new(if f.secret { 0o600 } else { 0o644 });
+        if let Some(c) = self.run_as(spec)?.switch_to {
+            writer = writer.owner(c.uid, c.gid);
+        }
+        writer.write(&path, f.content.as_bytes()).on(&self.name)?;
         Ok(())
     }
 

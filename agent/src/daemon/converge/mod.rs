@@ -290,6 +290,7 @@ impl NodeExecutor {
             return Ok(self.staged(t, &node));
         }
         self.configure(t, &node)?;
+        self.write_config_files(t, &node)?;
         self.certificates(t, &node).await?;
         let mut cancel = pin!(cancel);
         if let Some(kept) = self.adopt_or_restart(t, &mut node, cancel.as_mut()).await? {

@@ -99,14 +99,26 @@ impl NodeExecutor {
         let mut rec = self.rec.clone();
         rec.applied_digest = Some(spec.config_digest.clone());
         self.set_record(rec)?;
-        let outcome = process::start(&TokioRunner, &s).await.on(&self.name)?;
+        self.write_start_files(spec, &server.home)?;
+        let outcome = process::start(&TokioRunner, &s).await.on(&self.name);
         let pid = match outcome {
-            StartOutcome::Started { pid, .. } | StartOutcome::AlreadyRunning { pid } => pid,
+            Ok(StartOutcome::Started { pid, .. }) => pid,
+            Ok(StartOutcome::AlreadyRunning { pid }) => {
+                self.remove_start_files(spec, &server.home);
+                pid
+            }
+            Err(e) => {
+                self.remove_start_files(spec, &server.home);
+                return Err(e);
+            }
         };
         self.report_process(Some(pid), &spec.config_digest);
         self.step(format!("started (pid {pid}); waiting for readiness"));
-        self.wait_ready(t, server, log_path.zip(offset), pid, cancel)
-            .await
+        let ready = self
+            .wait_ready(t, server, log_path.zip(offset), pid, cancel)
+            .await;
+        self.remove_start_files(spec, &server.home);
+        ready
     }
 
     /// The log file the readiness check reads, when the spec asks for a log line: an empty

@@ -211,6 +211,13 @@ pub async fn prepare(
     .map_err(|e| RolloutError::Render {
         reason: e.to_string(),
     })?;
+    // With the secure vault on, the specs carry `[secrets]` encrypted with the primary key
+    // (the render above, for the lint, had no key and must never reach a node).
+    let render = if plan.secure_vault.enabled {
+        vault_render(&plan, &secrets, &packs, pki.as_ref(), mode)?
+    } else {
+        render
+    };
     let run = |_: &apim_plan::render::NodeRender| DesiredRun::Running;
     let inputs = SpecInputs {
         generation: 0,
@@ -238,6 +245,33 @@ pub async fn prepare(
         secrets,
         warnings: no_base.into_iter().chain(findings).collect(),
     })
+}
+
+/// The render with each node's `[secrets]` encrypted by the cluster's vault key. A dry run
+/// before the first apply has no key yet: its `[secrets]` show as masked changes only.
+fn vault_render(
+    plan: &Plan,
+    secrets: &ResolvedSecrets,
+    packs: &PackSet,
+    pki: Option<&ProductPki>,
+    mode: Mode,
+) -> Result<ClusterRender, RolloutError> {
+    let failed = |reason: String| RolloutError::Render { reason };
+    let cipher = match (pki, plan.tls.issuer.value) {
+        (Some(p), apim_plan::plan::Issuer::ClusterCa) => {
+            Some(p.vault_cipher().map_err(|e| failed(e.to_string()))?)
+        }
+        _ => None,
+    };
+    if cipher.is_none() && mode == Mode::Apply {
+        return Err(failed(
+            "the secure vault needs the cluster CA's primary key to encrypt with".into(),
+        ));
+    }
+    let cipher = cipher
+        .as_ref()
+        .map(|c| c as &dyn apim_plan::render::VaultCipher);
+    apim_plan::render::render_with(plan, secrets, packs, cipher).map_err(|e| failed(e.to_string()))
 }
 
 /// Reads a stored pack's central directory and configuration files: a pack no agent would

@@ -11,7 +11,8 @@
 //! - [`jvm`]: how the start scripts take heap sizes and JVM options (`JAVA_OPTS`), and what a
 //!   server needs of its machine's memory;
 //! - [`defaults`]: what the packs ship and plans fall back to (admin, user stores, keystores,
-//!   CORS, gateway environments); [`database`]: database engines and the packs' H2 URLs.
+//!   CORS, gateway environments); [`database`]: database engines and the packs' H2 URLs;
+//! - [`vault`]: the secure vault's files and references.
 //!
 //! Facts come from the product's assembly files, startup scripts and docs (see
 //! `docs/plan.md` for the role table). The renderer, the validator, the plan parser and the
@@ -24,6 +25,7 @@ pub mod layout;
 pub mod ports;
 pub mod release;
 pub mod roles;
+pub mod vault;
 
 pub use database::DbType;
 pub use defaults::StoreType;

@@ -14,7 +14,7 @@ pub use crate::catalogue::{DbType, StoreType};
 pub use model::{
     Admin, Analytics, Cluster, Database, Distribution, GatewayEnvironment, HeapSize, Issuer,
     JvmScope, JvmSettings, LoadBalancer, Machine, Node, NodeJvmSettings, OnFailure, Override, Plan,
-    Rollout, Scope, Secret, SecretSource, StartOrder, Tls, resolve_path,
+    Rollout, Scope, Secret, SecretSource, SecureVault, StartOrder, Tls, resolve_path,
 };
 pub use parser::{parse, parse_duration};
 pub use walk::At;

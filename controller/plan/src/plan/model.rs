@@ -208,6 +208,15 @@ pub struct Analytics {
     pub auth_token: Option<Secret>,
 }
 
+/// `[secure_vault]`.
+#[derive(Clone, Debug, Default)]
+pub struct SecureVault {
+    /// Every secret of each node's `deployment.toml` encrypted in `[secrets]`.
+    pub enabled: bool,
+    /// Where `enabled` is written (the start of the plan when it is not).
+    pub span: std::ops::Range<usize>,
+}
+
 /// What to do when a node fails to become healthy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnFailure {
@@ -361,6 +370,8 @@ pub struct Plan {
     pub gateway_environments: Vec<GatewayEnvironment>,
     /// `[analytics]`.
     pub analytics: Analytics,
+    /// `[secure_vault]`.
+    pub secure_vault: SecureVault,
     /// `[rollout]`.
     pub rollout: Rollout,
     /// `[overrides]`, in source order.

@@ -15,6 +15,9 @@ pub(super) fn merge(base: &str, tree: &toml::Table) -> Result<String, String> {
     let mut doc: DocumentMut = base
         .parse()
         .map_err(|e: toml_edit::TomlError| e.to_string().trim_end().replace('\n', " "))?;
+    // `[secrets]` is apimctl's (the secure vault appends it last); a pack's would clash.
+    doc.as_table_mut()
+        .remove(crate::catalogue::vault::SECRETS_TABLE);
     merge_table(doc.as_table_mut(), tree, &[]);
     Ok(doc.to_string())
 }

@@ -81,7 +81,7 @@ fn admin_and_databases(d: &mut Doc, plan: &Plan, node: &Node, sec: &Secrets) {
     }
 }
 
-/// `[keystore.tls]`, `[keystore.primary]` (cluster CA only) and `[truststore]`.
+/// `[keystore.tls]`, `[keystore.primary]` (cluster CA and provided) and `[truststore]`.
 fn keystores(d: &mut Doc, plan: &Plan, sec: &Secrets) {
     let tls = &plan.tls;
     let shipped = defaults::SHIPPED_KEYSTORE_TYPE;
@@ -105,16 +105,17 @@ fn keystores(d: &mut Doc, plan: &Plan, sec: &Secrets) {
         &sec.keystore,
         &ks_alias,
     );
-    if let Some(file) = node::primary_keystore_file(plan) {
+    // The primary keystore signs tokens and holds the secure vault's key: the cluster CA's
+    // shared one, or the operator's provided keystore (which doubles as primary; the product's
+    // own default would be the shipped `wso2carbon.jks` with its shipped password).
+    let (file, alias) = match tls.issuer.value {
+        Issuer::ClusterCa => (node::primary_keystore_file(plan), tls.primary_alias.clone()),
+        Issuer::Provided => (Some(ks_file.clone()), ks_alias.clone()),
+        Issuer::PackDefault => (None, String::new()),
+    };
+    if let Some(file) = file {
         let ty = tls.keystore_type.as_str();
-        keystore_section(
-            d,
-            "keystore.primary",
-            &file,
-            ty,
-            &sec.keystore,
-            &tls.primary_alias,
-        );
+        keystore_section(d, "keystore.primary", &file, ty, &sec.keystore, &alias);
     }
     d.set("truststore.file_name", s(&tls.truststore_file));
     d.set("truststore.type", s(defaults::TRUSTSTORE_TYPE.as_str()));

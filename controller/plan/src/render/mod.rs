@@ -23,6 +23,7 @@ mod output;
 mod secret_values;
 mod v3;
 mod v4;
+mod vault;
 mod wiring;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,10 +33,11 @@ use crate::pack::PackSet;
 use crate::plan::{Node, Plan};
 use crate::secrets::{self, EnvSource};
 pub use output::{
-    ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeJvm, NodeRender, NodeTls,
-    Readiness, Sensitive,
+    ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeFile, NodeJvm,
+    NodeRender, NodeTls, Readiness, Sensitive,
 };
 use secret_values::Secrets;
+pub use vault::VaultCipher;
 
 /// What masked secrets look like in printed output.
 pub const MASK: &str = "********";
@@ -63,6 +65,16 @@ pub enum RenderError {
         /// Why.
         reason: String,
     },
+    /// The secure vault's cipher failed on a secret.
+    #[error("node {node}: encrypting `{alias}` for the secure vault: {reason}")]
+    Vault {
+        /// The node.
+        node: String,
+        /// The secret's vault alias.
+        alias: String,
+        /// Why (never the value).
+        reason: String,
+    },
 }
 
 /// Every secret of the plan, by description, read through `env`.
@@ -86,7 +98,19 @@ pub fn render(
     env: &dyn EnvSource,
     packs: &PackSet,
 ) -> Result<ClusterRender, RenderError> {
+    render_with(plan, env, packs, None)
+}
+
+/// [`render`], with the secure vault's `cipher` when the plan turns the vault on (without one,
+/// `[secrets]` holds the plaintexts in brackets, for the product's own cipher tool).
+pub fn render_with(
+    plan: &Plan,
+    env: &dyn EnvSource,
+    packs: &PackSet,
+    cipher: Option<&dyn VaultCipher>,
+) -> Result<ClusterRender, RenderError> {
     let secrets = Secrets::new(plan, resolve_secrets(plan, env)?);
+    let vault_on = plan.secure_vault.enabled;
 
     // Each document is built once; the real and the masked text come from the same tree.
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -94,8 +118,13 @@ pub fn render(
     for node in &plan.nodes {
         let mut wiring = wiring::Wiring::new(plan, node);
         let tree = document::node_document(plan, node, &secrets, &mut wiring);
-        let (real, masked) = (secrets.reveal(&tree), secrets.mask(&tree));
-        let (base_file, toml_text, masked_text) = match node_base(plan, node, packs)? {
+        let (real, masked) = if vault_on {
+            let refs = secrets.vault_refs(&tree);
+            (refs.clone(), refs)
+        } else {
+            (secrets.reveal(&tree), secrets.mask(&tree))
+        };
+        let (base_file, mut toml_text, mut masked_text) = match node_base(plan, node, packs)? {
             Some((file, text)) => {
                 let merge = |t| {
                     base::merge(text, t).map_err(|reason| RenderError::Base {
@@ -109,6 +138,12 @@ pub fn render(
             }
             None => (None, doc::to_text(&real), doc::to_text(&masked)),
         };
+        if vault_on {
+            let used = secrets.used(&tree);
+            let (r, m) = vault::secrets_tables(&node.name.value, &used, cipher)?;
+            toml_text.push_str(&r);
+            masked_text.push_str(&m);
+        }
         edges.insert(node.name.value.clone(), wiring.refs);
         documents.push((node, base_file, toml_text, masked_text));
     }
@@ -134,6 +169,7 @@ pub fn render(
             depends_on: deps.get(&node.name.value).cloned().unwrap_or_default(),
             keystore_password: secrets.value(&secrets.keystore),
             truststore_password: secrets.value(&secrets.truststore),
+            vault: vault_on,
         };
         let idx = plan
             .machines

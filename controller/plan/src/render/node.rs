@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::{CommandSpec, HttpCheck, NodeJvm, NodeRender, NodeTls, Readiness, Sensitive};
+use super::{CommandSpec, HttpCheck, NodeFile, NodeJvm, NodeRender, NodeTls, Readiness, Sensitive};
 use crate::catalogue::{Port, Role, RoleProfile, jvm, layout, readiness_ports};
 use crate::plan::{Issuer, Machine, Node, Plan};
 
@@ -21,6 +21,8 @@ pub(super) struct NodeParts {
     pub keystore_password: String,
     /// The truststore's password.
     pub truststore_password: String,
+    /// The secure vault is on.
+    pub vault: bool,
 }
 
 /// Assembles a node's render.
@@ -42,6 +44,11 @@ pub(super) fn node_render(plan: &Plan, node: &Node, parts: NodeParts) -> NodeRen
         .to_string();
     let install_dir = format!("{base_install}/{}", node.name.value);
     let carbon_home = format!("{install_dir}/{top_dir}");
+    let files = if parts.vault {
+        super::vault::files(plan, &parts.keystore_password)
+    } else {
+        Vec::new()
+    };
     NodeRender {
         name: node.name.value.clone(),
         role: node.role.value,
@@ -68,7 +75,8 @@ pub(super) fn node_render(plan: &Plan, node: &Node, parts: NodeParts) -> NodeRen
             .as_ref()
             .or(plan.cluster.run_as.as_ref())
             .map(|u| u.value.clone()),
-        config_digest: crate::digest(parts.deployment_toml.as_bytes()),
+        config_digest: config_digest(&parts.deployment_toml, &files),
+        files,
         base_file: parts.base_file,
         deployment_toml: parts.deployment_toml,
         deployment_toml_masked: parts.deployment_toml_masked,
@@ -107,6 +115,23 @@ fn node_jvm(plan: &Plan, node: &Node) -> NodeJvm {
         heap_max,
         memory_bytes: jvm::memory_need(heap_max),
     }
+}
+
+/// sha256 of the configuration a restart applies: the document, and the files written with it
+/// when there are any (a node without such files digests as it always has).
+fn config_digest(toml: &str, files: &[NodeFile]) -> String {
+    let with_config: Vec<&NodeFile> = files.iter().filter(|f| !f.before_each_start).collect();
+    if with_config.is_empty() {
+        return crate::digest(toml.as_bytes());
+    }
+    let mut all = toml.as_bytes().to_vec();
+    for f in with_config {
+        for part in [f.path.as_bytes(), f.content.0.as_bytes()] {
+            all.extend((part.len() as u64).to_le_bytes());
+            all.extend(part);
+        }
+    }
+    crate::digest(&all)
 }
 
 /// The profile optimizer, for roles that run it.

@@ -157,6 +157,19 @@ pub struct NodeTls {
     pub truststore_password: Sensitive,
 }
 
+/// A file apimctl writes into a node's carbon home besides `deployment.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFile {
+    /// Path relative to the carbon home.
+    pub path: String,
+    /// Its content (shown only when not `secret`).
+    pub content: Sensitive,
+    /// Holds a secret: mode 0600, never shown.
+    pub secret: bool,
+    /// Written before every start (the server consumes it), not with the configuration.
+    pub before_each_start: bool,
+}
+
 /// A secret value that never shows in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sensitive(pub String);
@@ -222,7 +235,10 @@ pub struct NodeRender {
     pub deployment_toml: String,
     /// The same with secrets masked, for printing.
     pub deployment_toml_masked: String,
-    /// sha256 of `deployment_toml`: a change means a restart.
+    /// Other files of the node's configuration (the secure vault's).
+    pub files: Vec<NodeFile>,
+    /// sha256 of `deployment_toml` (and of `files` written with it, when there are any): a
+    /// change means a restart.
     pub config_digest: String,
     /// Profile optimizer, run once per fresh unpack.
     pub optimizer: Option<CommandSpec>,

@@ -30,6 +30,8 @@ pub(super) struct Secrets {
     pub analytics_token: Option<String>,
     /// Sentinel → value.
     values: BTreeMap<String, String>,
+    /// Sentinel → its secure vault alias (`admin_password`, …).
+    aliases: BTreeMap<String, String>,
 }
 
 impl Secrets {
@@ -43,9 +45,11 @@ impl Secrets {
     fn with_nonce(nonce: &str, resolved: BTreeMap<&'static str, String>) -> Self {
         let sentinel = |what: &str| format!("\u{0}apimctl-secret:{nonce}:{what}\u{0}");
         let mut values = BTreeMap::new();
+        let mut aliases = BTreeMap::new();
         let mut slot = |what: &str| {
             let s = sentinel(what);
             values.insert(s.clone(), resolved.get(what).cloned().unwrap_or_default());
+            aliases.insert(s.clone(), what.replace(' ', "_"));
             s
         };
         Secrets {
@@ -58,6 +62,7 @@ impl Secrets {
                 .contains_key("analytics auth token")
                 .then(|| slot("analytics auth token")),
             values,
+            aliases,
         }
     }
 
@@ -76,21 +81,49 @@ impl Secrets {
         self.substitute(doc, |_| MASK)
     }
 
-    fn substitute<'a>(&'a self, doc: &Table, with: impl Fn(&'a str) -> &'a str + Copy) -> Table {
+    /// The document with every sentinel replaced by a secure vault reference,
+    /// `$secret{alias}`.
+    pub fn vault_refs(&self, doc: &Table) -> Table {
         let mut out = doc.clone();
         for (_, v) in out.iter_mut() {
-            self.substitute_value(v, with);
+            self.substitute_value(v, &mut |sentinel: &str| {
+                format!("$secret{{{}}}", self.aliases[sentinel])
+            });
         }
         out
     }
 
-    fn substitute_value<'a>(&'a self, v: &mut Value, with: impl Fn(&'a str) -> &'a str + Copy) {
+    /// The secrets `doc` holds, as (vault alias, value), each once, in alias order.
+    pub fn used(&self, doc: &Table) -> Vec<(String, String)> {
+        let mut found = BTreeMap::new();
+        let mut note = |sentinel: &str| {
+            found.insert(
+                self.aliases[sentinel].clone(),
+                self.values[sentinel].clone(),
+            );
+            String::new()
+        };
+        let mut copy = doc.clone();
+        for (_, v) in copy.iter_mut() {
+            self.substitute_value(v, &mut note);
+        }
+        found.into_iter().collect()
+    }
+
+    fn substitute<'a>(&'a self, doc: &Table, with: impl Fn(&'a str) -> &'a str + Copy) -> Table {
+        let mut out = doc.clone();
+        for (_, v) in out.iter_mut() {
+            self.substitute_value(v, &mut |sentinel: &str| {
+                with(&self.values[sentinel]).to_string()
+            });
+        }
+        out
+    }
+
+    /// Replaces each whole-sentinel string with `with(sentinel)`.
+    fn substitute_value(&self, v: &mut Value, with: &mut dyn FnMut(&str) -> String) {
         match v {
-            Value::String(s) => {
-                if let Some(secret) = self.values.get(s.as_str()) {
-                    *s = with(secret).to_string();
-                }
-            }
+            Value::String(s) if self.values.contains_key(s.as_str()) => *s = with(s),
             Value::Array(items) => {
                 for item in items {
                     self.substitute_value(item, with);

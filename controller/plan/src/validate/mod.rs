@@ -7,6 +7,7 @@
 mod gateways;
 mod jvm;
 mod names;
+mod vault;
 pub use names::{is_safe_name, is_user_name, path_problem};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -80,6 +81,7 @@ fn validate(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnost
     gateways::check_gateway_ids(p, out);
     gateways::check_analytics(p, out);
     jvm::check(p, out);
+    vault::check(p, env, out);
     check_hosts(p, out);
     if !USER_STORE_TYPES.contains(&p.user_store_type.value.as_str()) {
         let mut d = Diagnostic::error(

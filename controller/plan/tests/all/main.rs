@@ -6,3 +6,4 @@ mod golden;
 mod lint;
 mod props;
 mod rules;
+mod vault;

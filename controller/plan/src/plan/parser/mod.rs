@@ -3,7 +3,8 @@
 //!
 //! [`parse`] reads the sections in a fixed order ([`settings`]: `[cluster]`, `[distributions]`,
 //! `[admin]`, `[databases]`, `[user_store]`, `[tls]`; [`topology`]: `[hosts]`, `[[machines]]`,
-//! `[[nodes]]`, `[load_balancers]`, `[[gateway_environments]]`; then `[analytics]`, `[rollout]`,
+//! `[[nodes]]`, `[load_balancers]`, `[[gateway_environments]]`; then `[analytics]`,
+//! `[secure_vault]`, `[rollout]`,
 //! [`jvm`] and [`overrides`]); the order decides how unknown-field hints list the known ones.
 
 mod jvm;
@@ -198,6 +199,7 @@ fn parse_root(
     let load_balancers = topology::load_balancers(root, out);
     let gateway_environments = topology::gateway_environments(root, product, out);
     let analytics = settings::analytics(root, out);
+    let secure_vault = settings::secure_vault(root, out);
     let rollout = settings::rollout(root, out);
     let jvm = jvm::jvm(root, out);
     let overrides = overrides::overrides(root, text, out);
@@ -217,6 +219,7 @@ fn parse_root(
         load_balancers,
         gateway_environments,
         analytics,
+        secure_vault,
         rollout,
         overrides,
         jvm,

@@ -11,7 +11,7 @@ use crate::diag::{Diagnostic, did_you_mean};
 use crate::plan::walk::Fields;
 use crate::plan::{
     Admin, Analytics, At, Cluster, Database, Distribution, Issuer, OnFailure, Rollout,
-    SecretSource, StartOrder, Tls,
+    SecretSource, SecureVault, StartOrder, Tls,
 };
 
 /// `[cluster]`.
@@ -323,6 +323,19 @@ pub(super) fn analytics(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) ->
         a.finish(out);
     }
     analytics
+}
+
+/// `[secure_vault]`.
+pub(super) fn secure_vault(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> SecureVault {
+    let mut vault = SecureVault::default();
+    if let Some(mut v) = root.table("secure_vault", out) {
+        if let Some(enabled) = v.bool("enabled", out) {
+            vault.enabled = enabled.value;
+            vault.span = enabled.span;
+        }
+        v.finish(out);
+    }
+    vault
 }
 
 /// `[rollout]`.
