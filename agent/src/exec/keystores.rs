@@ -1,7 +1,8 @@
 //! A node's keystores and truststore, as its `KeystoreSpec` says, through the certs crate.
 //!
 //! The node TLS keystore (key + chain) and the primary keystore are written whole (PKCS#12 or
-//! JKS, natively: no JVM on the way, atomically, mode 0600); the `trusted` certificates are
+//! JKS, natively: no JVM on the way, atomically, mode 0600), or, with `provided`, the operator's
+//! keystore and truststore byte for byte once they match their digests; the `trusted` certificates are
 //! imported into the pack's existing truststore under their aliases in one read and one write
 //! (idempotent: an alias is replaced, never duplicated). [`keystores_digest`] lets the converge
 //! loop skip all of it when nothing changed since the last successful write.
@@ -42,6 +43,12 @@ pub fn keystores_digest(ks: &KeystoreSpec) -> String {
     for t in &ks.trusted {
         part(&t.alias);
         part(&t.cert_pem);
+    }
+    // Provided stores by their digests (write_keystores_blocking refuses bytes that differ).
+    if let Some(p) = &ks.provided {
+        part("provided");
+        part(&p.keystore_sha256);
+        part(&p.truststore_sha256);
     }
     hex::encode(h.finalize())
 }
@@ -119,6 +126,24 @@ pub fn write_keystores_blocking(home: &Path, ks: &KeystoreSpec) -> Result<()> {
         }
     };
 
+    if let Some(provided) = &ks.provided {
+        write_provided(
+            &rel("keystore_file", &ks.keystore_file)?,
+            "keystore",
+            &provided.keystore,
+            &provided.keystore_sha256,
+        )?;
+        if !provided.truststore.is_empty() {
+            write_provided(
+                &rel("truststore_file", &ks.truststore_file)?,
+                "truststore",
+                &provided.truststore,
+                &provided.truststore_sha256,
+            )?;
+        }
+        return import_trusted(ks, &rel);
+    }
+
     let tls_path = rel("keystore_file", &ks.keystore_file)?;
     let contents = KeystoreBuilder::new().private_key(
         &ks.alias,
@@ -142,6 +167,35 @@ pub fn write_keystores_blocking(home: &Path, ks: &KeystoreSpec) -> Result<()> {
             .map_err(ks_err(format!("writing {primary}")))?;
     }
 
+    import_trusted(ks, &rel)
+}
+
+/// Writes a provided store whole (atomically, 0600) once its bytes are the ones the spec's
+/// digest names; the error names the file and the digests, never a byte.
+fn write_provided(path: &Path, what: &'static str, bytes: &[u8], sha256: &str) -> Result<()> {
+    let actual = hex::encode(Sha256::digest(bytes));
+    if bytes.is_empty() || !actual.eq_ignore_ascii_case(sha256) {
+        return Err(ExecError::InvalidKeystoreSpec {
+            reason: format!(
+                "keystores.provided.{what} has sha256 {actual}, not the {sha256:?} it names"
+            ),
+        });
+    }
+    apim_atomic::write_atomic(path, bytes, 0o600)?;
+    Ok(())
+}
+
+/// Imports the spec's `trusted` certificates into its truststore (nothing when none).
+fn import_trusted(
+    ks: &KeystoreSpec,
+    rel: &dyn Fn(&str, &str) -> Result<std::path::PathBuf>,
+) -> Result<()> {
+    let ks_err = |what: String| {
+        move |source| ExecError::Keystore {
+            what,
+            source: Box::new(source),
+        }
+    };
     if !ks.trusted.is_empty() {
         let store = rel("truststore_file", &ks.truststore_file)?;
         let ders = ks

@@ -3,7 +3,8 @@
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
     ArtifactRef, CommandSpec, DesiredRun, EnvVar, HostsEntry, HttpProbe, KeystoreSpec,
-    MachineFacts, MachineSpec, NodeSpec, Readiness, ServerProcess, StoreType, TrustedCert,
+    MachineFacts, MachineSpec, NodeSpec, ProvidedStores, Readiness, ServerProcess, StoreType,
+    TrustedCert,
 };
 
 /// Secret strings used in the sample; the redaction test checks none of them is printed.
@@ -15,6 +16,10 @@ pub const SECRETS: &[&str] = &[
     "truststore-pass-s3cret",
     "env-secret-s3cret",
 ];
+
+/// Secret bytes used in the sample (provided stores, provided files); the redaction test checks
+/// that neither they nor their `Debug` as a byte list is printed.
+pub const SECRET_BYTES: &[&[u8]] = &[b"keystore-bytes-s3cret", b"truststore-bytes-s3cret"];
 
 fn command(argv: &[&str], marker: Option<&str>) -> CommandSpec {
     CommandSpec {
@@ -93,6 +98,12 @@ pub fn full_node() -> NodeSpec {
                 alias: "gateway_certificate_alias".into(),
                 cert_pem: "-----BEGIN CERTIFICATE-----gw".into(),
             }],
+            provided: Some(ProvidedStores {
+                keystore: SECRET_BYTES[0].to_vec(),
+                keystore_sha256: "e1".repeat(32),
+                truststore: SECRET_BYTES[1].to_vec(),
+                truststore_sha256: "f1".repeat(32),
+            }),
         }),
         config_digest: "cd".repeat(32),
         desired: DesiredRun::Running.into(),

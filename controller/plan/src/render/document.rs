@@ -81,7 +81,7 @@ fn admin_and_databases(d: &mut Doc, plan: &Plan, node: &Node, sec: &Secrets) {
     }
 }
 
-/// `[keystore.tls]`, `[keystore.primary]` (cluster CA only) and `[truststore]`.
+/// `[keystore.tls]`, `[keystore.primary]` (cluster CA and provided) and `[truststore]`.
 fn keystores(d: &mut Doc, plan: &Plan, sec: &Secrets) {
     let tls = &plan.tls;
     let shipped = defaults::SHIPPED_KEYSTORE_TYPE;
@@ -105,15 +105,22 @@ fn keystores(d: &mut Doc, plan: &Plan, sec: &Secrets) {
         &sec.keystore,
         &ks_alias,
     );
-    if let Some(file) = node::primary_keystore_file(plan) {
-        let ty = tls.keystore_type.as_str();
+    // The primary keystore signs tokens and (through `keystore.internal`) encrypts: the cluster
+    // CA's shared one, or the provided keystore itself; the pack's own stays the primary only
+    // with `pack-default` (its password `wso2carbon` would not open a provided file).
+    let primary = match (node::primary_keystore_file(plan), tls.issuer.value) {
+        (Some(file), _) => Some((file, tls.primary_alias.clone())),
+        (None, Issuer::Provided) => Some((ks_file, ks_alias)),
+        (None, _) => None,
+    };
+    if let Some((file, alias)) = primary {
         keystore_section(
             d,
             "keystore.primary",
             &file,
-            ty,
+            tls.keystore_type.as_str(),
             &sec.keystore,
-            &tls.primary_alias,
+            &alias,
         );
     }
     d.set("truststore.file_name", s(&tls.truststore_file));
