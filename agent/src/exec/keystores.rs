@@ -220,3 +220,93 @@ fn import_trusted(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use apim_proto::v1::ProvidedStores;
+
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn provided(keystore: &[u8], truststore: &[u8]) -> KeystoreSpec {
+        KeystoreSpec {
+            store_type: StoreType::Pkcs12 as i32,
+            keystore_file: "security/ks.p12".into(),
+            alias: "wso2carbon".into(),
+            password: "store-pass".into(),
+            truststore_file: "security/trust.p12".into(),
+            truststore_password: "trust-pass".into(),
+            provided: Some(ProvidedStores {
+                keystore: keystore.to_vec(),
+                keystore_sha256: sha(keystore),
+                truststore: truststore.to_vec(),
+                truststore_sha256: if truststore.is_empty() {
+                    String::new()
+                } else {
+                    sha(truststore)
+                },
+            }),
+            ..KeystoreSpec::default()
+        }
+    }
+
+    #[test]
+    fn provided_stores_are_written_whole_0600_and_only_when_their_digest_matches() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("security")).unwrap();
+        let ks = provided(b"\xFE\xED\xFE\xEDkeystore", b"\x30truststore");
+        write_keystores_blocking(home.path(), &ks).unwrap();
+        for (file, bytes) in [
+            ("security/ks.p12", &b"\xFE\xED\xFE\xEDkeystore"[..]),
+            ("security/trust.p12", b"\x30truststore"),
+        ] {
+            let path = home.path().join(file);
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+
+        // Without a truststore the pack's own is left alone.
+        std::fs::write(home.path().join("security/trust.p12"), b"shipped").unwrap();
+        write_keystores_blocking(home.path(), &provided(b"other", b"")).unwrap();
+        assert_eq!(
+            std::fs::read(home.path().join("security/trust.p12")).unwrap(),
+            b"shipped"
+        );
+
+        // Bytes that are not the ones the digest names are refused; nothing is written.
+        let mut tampered = provided(b"forged", b"");
+        tampered.provided.as_mut().unwrap().keystore_sha256 = sha(b"other-bytes");
+        let err = write_keystores_blocking(home.path(), &tampered).unwrap_err();
+        assert!(err.to_string().contains(&sha(b"forged")), "{err}");
+        assert!(!err.to_string().contains("forged\""), "{err}");
+        assert_eq!(
+            std::fs::read(home.path().join("security/ks.p12")).unwrap(),
+            b"other"
+        );
+    }
+
+    #[test]
+    fn the_keystores_digest_follows_the_provided_files() {
+        let a = provided(b"keystore-a", b"trust");
+        assert_eq!(keystores_digest(&a), keystores_digest(&a.clone()));
+        assert_ne!(
+            keystores_digest(&a),
+            keystores_digest(&provided(b"keystore-b", b"trust"))
+        );
+        assert_ne!(
+            keystores_digest(&a),
+            keystores_digest(&provided(b"keystore-a", b"trust-2"))
+        );
+        let issued = KeystoreSpec {
+            provided: None,
+            ..a.clone()
+        };
+        assert_ne!(keystores_digest(&a), keystores_digest(&issued));
+    }
+}
