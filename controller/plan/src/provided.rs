@@ -154,34 +154,42 @@ fn password(
 
 /// The error for a store at `at` that `inspect_store` refused, with what to do about it.
 fn refused(at: &At<String>, code: &'static str, password: &str, e: &CertsError) -> Finding {
-    let (what, hint) = match e {
+    let file = &at.value;
+    let same_password = "WSO2 requires the key password to equal the store password \
+                         (keytool -keypasswd, or export and re-import the key)";
+    let (message, hint) = match e {
         CertsError::WrongKeystorePassword => (
-            format!("does not open with {password}: {e}"),
+            format!("`{file}` does not open with {password}: {e}"),
             format!("{password} must be the store's password"),
         ),
         CertsError::AliasNotFound { .. } => (
-            e.to_string(),
+            format!("`{file}`: {e}"),
             "keystore_alias must name the key WSO2 serves (keytool -list shows the aliases)"
                 .to_string(),
         ),
         CertsError::NotAKeyEntry { .. } => (
-            e.to_string(),
+            format!("`{file}`: {e}"),
             "keystore_alias must name a PrivateKeyEntry, with its certificate chain".to_string(),
         ),
-        CertsError::WrongKeyPassword { .. } | CertsError::StoreContentsUndecryptable => (
-            format!("{e} ({password})"),
-            "WSO2 requires the key password to equal the store password \
-             (keytool -keypasswd, or export and re-import the key)"
-                .to_string(),
+        CertsError::WrongKeyPassword { alias } => (
+            format!("`{file}`: the key of alias {alias:?} does not decrypt with {password}"),
+            same_password.to_string(),
+        ),
+        CertsError::StoreContentsUndecryptable => (
+            format!(
+                "`{file}` opens with {password}, but a key or certificate in it does not \
+                 decrypt with it"
+            ),
+            same_password.to_string(),
         ),
         _ => (
-            format!("cannot be read as a keystore: {e}"),
+            format!("`{file}` cannot be read as a keystore: {e}"),
             "provide a JKS or PKCS#12 file".to_string(),
         ),
     };
     finding(
         code,
-        Diagnostic::error(at.span.clone(), format!("`{}` {what}", at.value)).with_hint(hint),
+        Diagnostic::error(at.span.clone(), message).with_hint(hint),
     )
 }
 

@@ -5,4 +5,5 @@
 mod golden;
 mod lint;
 mod props;
+mod provided;
 mod rules;
