@@ -75,10 +75,9 @@ pub fn load(plan: &Plan, env: &dyn EnvSource) -> Result<Option<ProvidedStores>, 
         return Ok(None);
     }
     let Some(keystore_at) = &tls.provided_keystore else {
-        // The parser already said it is missing.
+        // Unreachable for a validated plan: the parser reports it missing.
         return Err(Vec::new());
     };
-    let mut errors = Vec::new();
     let keystore = read(plan, env, keystore_at, KEYSTORE_CODE).and_then(|file| {
         let password = password(
             plan,
@@ -104,11 +103,7 @@ pub fn load(plan: &Plan, env: &dyn EnvSource) -> Result<Option<ProvidedStores>, 
     };
     let (keystore, truststore) = match (keystore, truststore) {
         (Ok(k), Ok(t)) => (k, t),
-        (k, t) => {
-            errors.extend(k.err());
-            errors.extend(t.err());
-            return Err(errors);
-        }
+        (k, t) => return Err(k.err().into_iter().chain(t.err()).collect()),
     };
     Ok(Some(ProvidedStores {
         keystore: keystore.0,
