@@ -213,6 +213,39 @@ mod tests {
     }
 
     #[test]
+    fn provided_stores_show_by_digest_only() {
+        use apim_proto::v1::{KeystoreSpec, ProvidedStores};
+        let node = |keystore: &[u8], sha: &str| NodeSpec {
+            name: "gw-1".into(),
+            keystores: Some(KeystoreSpec {
+                node_chain_pem: String::new(),
+                provided: Some(ProvidedStores {
+                    keystore: keystore.to_vec(),
+                    keystore_sha256: sha.into(),
+                    ..ProvidedStores::default()
+                }),
+                ..KeystoreSpec::default()
+            }),
+            ..NodeSpec::default()
+        };
+        let first = node(b"key-bytes-1", "aa11");
+        assert_eq!(
+            provided_changes(None, &first),
+            ["ship provided keystore sha256 aa11 to gw-1"]
+        );
+        assert!(provided_changes(Some(&first), &first).is_empty());
+        let second = node(b"key-bytes-2", "bb22");
+        let lines = provided_changes(Some(&first), &second);
+        assert_eq!(
+            lines,
+            ["ship provided keystore sha256 bb22 to gw-1 (was aa11)"]
+        );
+        assert!(!lines[0].contains("key-bytes"));
+        // Not an issued certificate either: no "re-issue" line for provided stores.
+        assert_eq!(chain(&second), None);
+    }
+
+    #[test]
     fn secrets_are_masked() {
         assert_eq!(
             mask("+password = \"s3cret\"", &["s3cret"]),
