@@ -14,8 +14,8 @@ use std::time::SystemTime;
 
 use apim_agent::daemon::converge::OPTIMIZED_MARKER;
 use apim_e2e::probe::{tcp_open, tls_peer_certificate};
-use apim_proto::v1::{DesiredRun, KeystoreSpec, NodePhase, StoreType, TrustedCert};
-use apim_testkit::ca::mint_tls;
+use apim_proto::v1::{DesiredRun, KeystoreSpec, NodePhase, ProvidedStores, StoreType, TrustedCert};
+use apim_testkit::ca::{ProvidedPair, mint_tls, provided_stores};
 use apim_testkit::specs::digest;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -593,5 +593,116 @@ async fn a_machine_short_of_memory_for_its_nodes_together_starts_none_of_them() 
             },
         )
         .await;
+    rig.stop_agent().await;
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// `[tls] issuer = "provided"`: the operator's keystore and truststore are written whole, 0600,
+/// and served; a new spec with the same files rewrites nothing and restarts nothing; new files
+/// are written and restart the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provided_keystore_is_written_whole_0600_and_the_same_one_is_never_rewritten() {
+    let mut rig = Rig::new("agentd_provided").await;
+    let base = rig.node("gw-1", "gateway-worker", 1, DesiredRun::Running);
+    let with_stores = |p: &ProvidedPair| {
+        let mut gw = base.clone();
+        gw.keystores = Some(KeystoreSpec {
+            store_type: StoreType::Jks as i32,
+            keystore_file: "repository/resources/security/wso2carbon.jks".into(),
+            alias: "wso2carbon".into(),
+            password: "wso2carbon".into(),
+            truststore_file: "repository/resources/security/client-truststore.jks".into(),
+            truststore_password: "wso2carbon".into(),
+            provided: Some(ProvidedStores {
+                keystore: p.keystore.clone(),
+                keystore_sha256: sha256(&p.keystore),
+                truststore: p.truststore.clone(),
+                truststore_sha256: sha256(&p.truststore),
+            }),
+            ..KeystoreSpec::default()
+        });
+        digest(&mut gw);
+        gw
+    };
+    let stores = || {
+        provided_stores(
+            &["gw-1.test"],
+            apim_certs::StoreFormat::Jks,
+            "wso2carbon",
+            "wso2carbon",
+            "wso2carbon",
+        )
+    };
+    let first = stores();
+    let gw = with_stores(&first);
+    rig.ctl.push(rig.machine(1, vec![gw.clone()])).await;
+    rig.start_agent();
+    let r1 = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "gw-1 HEALTHY at generation 1", |r| {
+            all_in(r, 1, &["gw-1"], NodePhase::Healthy)
+        })
+        .await;
+    let pid = pid_of(&r1, "gw-1");
+    let security = rig.home("gw-1").join("repository/resources/security");
+    let files = [
+        (security.join("wso2carbon.jks"), &first.keystore),
+        (security.join("client-truststore.jks"), &first.truststore),
+    ];
+    for (path, bytes) in &files {
+        assert_eq!(&std::fs::read(path).unwrap(), *bytes, "{}", path.display());
+        assert_eq!(std::fs::metadata(path).unwrap().mode() & 0o777, 0o600);
+    }
+    let served =
+        tls_peer_certificate(SocketAddr::new(IpAddr::V4(rig.ip), 9444), "gw-1.test").expect("tls");
+    assert_eq!(served, first.leaf_der, "the node serves the provided key");
+
+    // The same stores in a new spec: not rewritten, the node keeps running.
+    let stamps = |paths: &[(PathBuf, &Vec<u8>)]| {
+        paths
+            .iter()
+            .map(|(p, _)| {
+                let m = std::fs::metadata(p).unwrap();
+                (m.ino(), m.modified().unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = stamps(&files);
+    let mark = rig.ctl.report_count();
+    rig.ctl
+        .push(rig.machine(2, vec![with_stores(&first)]))
+        .await;
+    let r2 = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "gw-1 HEALTHY at generation 2", |r| {
+            all_in(r, 2, &["gw-1"], NodePhase::Healthy)
+        })
+        .await;
+    assert_eq!(stamps(&files), before, "unchanged stores were rewritten");
+    assert_eq!(pid_of(&r2, "gw-1"), pid, "restarted for unchanged stores");
+
+    // New stores: written, and the node restarts to serve them.
+    let second = stores();
+    let gw3 = with_stores(&second);
+    assert_ne!(gw3.config_digest, gw.config_digest);
+    let mark = rig.ctl.report_count();
+    rig.ctl.push(rig.machine(3, vec![gw3.clone()])).await;
+    let r3 = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "gw-1 HEALTHY on the new stores", |r| {
+            all_in(r, 3, &["gw-1"], NodePhase::Healthy)
+                && status(r, "gw-1").is_some_and(|s| s.config_digest == gw3.config_digest)
+        })
+        .await;
+    assert_ne!(pid_of(&r3, "gw-1"), pid, "restarted for its new keystore");
+    assert_eq!(std::fs::read(&files[0].0).unwrap(), second.keystore);
+    assert_eq!(std::fs::read(&files[1].0).unwrap(), second.truststore);
+    let served =
+        tls_peer_certificate(SocketAddr::new(IpAddr::V4(rig.ip), 9444), "gw-1.test").expect("tls");
+    assert_eq!(served, second.leaf_der);
     rig.stop_agent().await;
 }

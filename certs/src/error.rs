@@ -242,6 +242,36 @@ pub enum CertsError {
         alias: String,
     },
 
+    /// The store has no entry under this alias at all.
+    #[error("no entry with alias {alias:?} (the store has {})", list(present))]
+    AliasNotFound {
+        /// The alias asked for.
+        alias: String,
+        /// The aliases the store has.
+        present: Vec<String>,
+    },
+
+    /// The alias names a trusted certificate entry where a private key entry is needed.
+    #[error("alias {alias:?} is a trusted certificate entry, not a private key entry")]
+    NotAKeyEntry {
+        /// The alias.
+        alias: String,
+    },
+
+    /// A PKCS#12 store opens with the password (its MAC verifies), but a key or certificate
+    /// in it is encrypted under another password.
+    #[error(
+        "the store opens, but a key or certificate in it does not decrypt with the same password"
+    )]
+    StoreContentsUndecryptable,
+
+    /// Bytes that are neither JKS nor PKCS#12.
+    #[error("neither a JKS nor a PKCS#12 keystore (starts with {magic})")]
+    UnrecognizedStore {
+        /// Hex of the first bytes.
+        magic: String,
+    },
+
     /// Something went wrong with one keystore file; `source` says what.
     #[error("{}: {source}", path.display())]
     InStore {
@@ -260,6 +290,20 @@ pub enum CertsError {
         /// Hex of its first bytes.
         magic: String,
     },
+}
+
+/// The aliases for a message: `no entries`, `entries a, b`, or the first ten and a count.
+fn list(aliases: &[String]) -> String {
+    const SHOWN: usize = 10;
+    match aliases.len() {
+        0 => "no entries".to_owned(),
+        n if n <= SHOWN => format!("entries {}", aliases.join(", ")),
+        n => format!(
+            "entries {} and {} more",
+            aliases[..SHOWN].join(", "),
+            n - SHOWN
+        ),
+    }
 }
 
 impl CertsError {

@@ -10,7 +10,8 @@
 //!   machine, an operator or one certificate.
 //! * **Product PKI** (RSA-2048, what WSO2 itself uses): [`ClusterCa`], per-node
 //!   [`NodeCert`]s (CN/SAN = hostname + LB hostnames), the shared [`PrimaryKey`], and keystore
-//!   writers ([`KeystoreBuilder`] for PKCS#12, [`Keytool`] for JKS and truststore import).
+//!   writers ([`KeystoreBuilder`] for PKCS#12, [`Keytool`] for JKS and truststore import), and
+//!   [`inspect_store`] for the keystores an operator provides.
 //!
 //! [`tls`] holds every rustls configuration of the control plane (client with CA pinning,
 //! first contact by fingerprint, server, client-certificate verifier, the local probe) and,
@@ -21,6 +22,7 @@ mod control_plane;
 mod error;
 mod files;
 mod identity;
+mod inspect;
 pub mod jks;
 mod keypool;
 mod keystore;
@@ -38,6 +40,7 @@ pub use control_plane::{
 };
 pub use error::{CertsError, Result};
 pub use identity::{IDENTITY_URI_PREFIX, PeerCert, PeerIdentity, normalize_serial, validate_name};
+pub use inspect::{KeyEntryInfo, StoreInspection, inspect_store, name_matches};
 pub use keypool::{KeyPoolStats, key_pool_len, key_pool_stats, start_key_pool, wait_for_key_pool};
 pub use keystore::{
     CLUSTER_CA_ALIAS, CommandRunner, ENV_STORE_PASS, GATEWAY_CERT_ALIAS, KeystoreBuilder, Keytool,

@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::v1::{
     ApplyRequest, Chunk, CreateTokenResponse, EnrollRequest, EnvVar, KeystoreSpec, NodeFile,
-    NodeSpec, PlanRequest, StoreType, UploadChunk,
+    NodeSpec, PlanRequest, ProvidedStores, StoreType, UploadChunk,
 };
 
 /// A secret value: shows whether it is set, never its content.
@@ -40,6 +40,32 @@ impl fmt::Debug for SecretMap<'_> {
         keys.sort();
         f.debug_map()
             .entries(keys.into_iter().map(|k| (k, Secret("<set>"))))
+            .finish()
+    }
+}
+
+/// A secret byte payload: shows whether it is set and its size, never its content.
+struct SecretBytes<'a>(&'a [u8]);
+
+impl fmt::Debug for SecretBytes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            write!(f, "<redacted {} bytes>", self.0.len())
+        }
+    }
+}
+
+/// A map of secret files: shows the keys (paths as written in the plan), never the bytes.
+struct SecretFiles<'a>(&'a std::collections::HashMap<String, Vec<u8>>);
+
+impl fmt::Debug for SecretFiles<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut entries: Vec<(&String, &Vec<u8>)> = self.0.iter().collect();
+        entries.sort();
+        f.debug_map()
+            .entries(entries.into_iter().map(|(k, v)| (k, SecretBytes(v))))
             .finish()
     }
 }
@@ -129,6 +155,18 @@ impl fmt::Debug for KeystoreSpec {
                 "trusted",
                 &self.trusted.iter().map(|t| &t.alias).collect::<Vec<_>>(),
             )
+            .field("provided", &self.provided)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ProvidedStores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProvidedStores")
+            .field("keystore", &SecretBytes(&self.keystore))
+            .field("keystore_sha256", &self.keystore_sha256)
+            .field("truststore", &SecretBytes(&self.truststore))
+            .field("truststore_sha256", &self.truststore_sha256)
             .finish()
     }
 }
@@ -161,6 +199,8 @@ impl fmt::Debug for ApplyRequest {
             .field("expected_cluster_revision", &self.expected_cluster_revision)
             .field("author", &self.author)
             .field("resolved_secrets", &SecretMap(&self.resolved_secrets))
+            .field("strict", &self.strict)
+            .field("provided_files", &SecretFiles(&self.provided_files))
             .finish()
     }
 }
@@ -171,6 +211,8 @@ impl fmt::Debug for PlanRequest {
             .field("plan_toml", &Size(self.plan_toml.len()))
             .field("plan_path", &self.plan_path)
             .field("resolved_secrets", &SecretMap(&self.resolved_secrets))
+            .field("strict", &self.strict)
+            .field("provided_files", &SecretFiles(&self.provided_files))
             .finish()
     }
 }

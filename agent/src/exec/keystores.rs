@@ -1,7 +1,8 @@
 //! A node's keystores and truststore, as its `KeystoreSpec` says, through the certs crate.
 //!
 //! The node TLS keystore (key + chain) and the primary keystore are written whole (PKCS#12 or
-//! JKS, natively: no JVM on the way, atomically, mode 0600); the `trusted` certificates are
+//! JKS, natively: no JVM on the way, atomically, mode 0600), or, with `provided`, the operator's
+//! keystore and truststore byte for byte once they match their digests; the `trusted` certificates are
 //! imported into the pack's existing truststore under their aliases in one read and one write
 //! (idempotent: an alias is replaced, never duplicated). [`keystores_digest`] lets the converge
 //! loop skip all of it when nothing changed since the last successful write.
@@ -42,6 +43,12 @@ pub fn keystores_digest(ks: &KeystoreSpec) -> String {
     for t in &ks.trusted {
         part(&t.alias);
         part(&t.cert_pem);
+    }
+    // Provided stores by their digests (write_keystores_blocking refuses bytes that differ).
+    if let Some(p) = &ks.provided {
+        part("provided");
+        part(&p.keystore_sha256);
+        part(&p.truststore_sha256);
     }
     hex::encode(h.finalize())
 }
@@ -119,6 +126,24 @@ pub fn write_keystores_blocking(home: &Path, ks: &KeystoreSpec) -> Result<()> {
         }
     };
 
+    if let Some(provided) = &ks.provided {
+        write_provided(
+            &rel("keystore_file", &ks.keystore_file)?,
+            "keystore",
+            &provided.keystore,
+            &provided.keystore_sha256,
+        )?;
+        if !provided.truststore.is_empty() {
+            write_provided(
+                &rel("truststore_file", &ks.truststore_file)?,
+                "truststore",
+                &provided.truststore,
+                &provided.truststore_sha256,
+            )?;
+        }
+        return import_trusted(ks, &rel);
+    }
+
     let tls_path = rel("keystore_file", &ks.keystore_file)?;
     let contents = KeystoreBuilder::new().private_key(
         &ks.alias,
@@ -142,6 +167,35 @@ pub fn write_keystores_blocking(home: &Path, ks: &KeystoreSpec) -> Result<()> {
             .map_err(ks_err(format!("writing {primary}")))?;
     }
 
+    import_trusted(ks, &rel)
+}
+
+/// Writes a provided store whole (atomically, 0600) once its bytes are the ones the spec's
+/// digest names; the error names the file and the digests, never a byte.
+fn write_provided(path: &Path, what: &'static str, bytes: &[u8], sha256: &str) -> Result<()> {
+    let actual = hex::encode(Sha256::digest(bytes));
+    if bytes.is_empty() || !actual.eq_ignore_ascii_case(sha256) {
+        return Err(ExecError::InvalidKeystoreSpec {
+            reason: format!(
+                "keystores.provided.{what} has sha256 {actual}, not the {sha256:?} it names"
+            ),
+        });
+    }
+    apim_atomic::write_atomic(path, bytes, 0o600)?;
+    Ok(())
+}
+
+/// Imports the spec's `trusted` certificates into its truststore (nothing when none).
+fn import_trusted(
+    ks: &KeystoreSpec,
+    rel: &dyn Fn(&str, &str) -> Result<std::path::PathBuf>,
+) -> Result<()> {
+    let ks_err = |what: String| {
+        move |source| ExecError::Keystore {
+            what,
+            source: Box::new(source),
+        }
+    };
     if !ks.trusted.is_empty() {
         let store = rel("truststore_file", &ks.truststore_file)?;
         let ders = ks
@@ -165,4 +219,94 @@ pub fn write_keystores_blocking(home: &Path, ks: &KeystoreSpec) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use apim_proto::v1::ProvidedStores;
+
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn provided(keystore: &[u8], truststore: &[u8]) -> KeystoreSpec {
+        KeystoreSpec {
+            store_type: StoreType::Pkcs12 as i32,
+            keystore_file: "security/ks.p12".into(),
+            alias: "wso2carbon".into(),
+            password: "store-pass".into(),
+            truststore_file: "security/trust.p12".into(),
+            truststore_password: "trust-pass".into(),
+            provided: Some(ProvidedStores {
+                keystore: keystore.to_vec(),
+                keystore_sha256: sha(keystore),
+                truststore: truststore.to_vec(),
+                truststore_sha256: if truststore.is_empty() {
+                    String::new()
+                } else {
+                    sha(truststore)
+                },
+            }),
+            ..KeystoreSpec::default()
+        }
+    }
+
+    #[test]
+    fn provided_stores_are_written_whole_0600_and_only_when_their_digest_matches() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("security")).unwrap();
+        let ks = provided(b"\xFE\xED\xFE\xEDkeystore", b"\x30truststore");
+        write_keystores_blocking(home.path(), &ks).unwrap();
+        for (file, bytes) in [
+            ("security/ks.p12", &b"\xFE\xED\xFE\xEDkeystore"[..]),
+            ("security/trust.p12", b"\x30truststore"),
+        ] {
+            let path = home.path().join(file);
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+
+        // Without a truststore the pack's own is left alone.
+        std::fs::write(home.path().join("security/trust.p12"), b"shipped").unwrap();
+        write_keystores_blocking(home.path(), &provided(b"other", b"")).unwrap();
+        assert_eq!(
+            std::fs::read(home.path().join("security/trust.p12")).unwrap(),
+            b"shipped"
+        );
+
+        // Bytes that are not the ones the digest names are refused; nothing is written.
+        let mut tampered = provided(b"forged", b"");
+        tampered.provided.as_mut().unwrap().keystore_sha256 = sha(b"other-bytes");
+        let err = write_keystores_blocking(home.path(), &tampered).unwrap_err();
+        assert!(err.to_string().contains(&sha(b"forged")), "{err}");
+        assert!(!err.to_string().contains("forged\""), "{err}");
+        assert_eq!(
+            std::fs::read(home.path().join("security/ks.p12")).unwrap(),
+            b"other"
+        );
+    }
+
+    #[test]
+    fn the_keystores_digest_follows_the_provided_files() {
+        let a = provided(b"keystore-a", b"trust");
+        assert_eq!(keystores_digest(&a), keystores_digest(&a.clone()));
+        assert_ne!(
+            keystores_digest(&a),
+            keystores_digest(&provided(b"keystore-b", b"trust"))
+        );
+        assert_ne!(
+            keystores_digest(&a),
+            keystores_digest(&provided(b"keystore-a", b"trust-2"))
+        );
+        let issued = KeystoreSpec {
+            provided: None,
+            ..a.clone()
+        };
+        assert_ne!(keystores_digest(&a), keystores_digest(&issued));
+    }
 }

@@ -6,6 +6,7 @@
 mod control_plane;
 mod keystores;
 mod product;
+mod provided;
 mod revocation;
 mod support;
 mod tls;

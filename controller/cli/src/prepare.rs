@@ -2,7 +2,8 @@
 //! command that takes a plan); [`prepare`], the step `apply` and `plan` share, then checks the
 //! packs (digest, and their central directory), resolves the secrets, connects, and — for
 //! `apply` only — uploads the packs the controller lacks. `plan` is a dry run: it sends no
-//! pack.
+//! pack. Provided keystores are opened and checked in [`load_plan`] and sent with the request
+//! (never uploaded as artifacts: they hold private keys).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::path::Path;
 
 use apim_plan::diag::{Diagnostic, Report};
 use apim_plan::plan::Plan;
+use apim_plan::provided::ProvidedStores;
 use apim_plan::secrets::EnvSource;
 use apim_plan::validate;
 use tonic::transport::Channel;
@@ -23,9 +25,22 @@ pub struct Loaded {
     pub plan: Plan,
     /// The plan file's text.
     pub text: String,
+    /// Its provided keystores (`[tls] issuer = "provided"`), read and checked.
+    pub provided: Option<ProvidedStores>,
 }
 
-/// Reads and validates the plan at `path`. Warnings are printed here; errors come back as
+impl Loaded {
+    /// The warnings about nodes the provided certificate does not name (none without one).
+    pub fn provided_findings(&self) -> Vec<apim_plan::lint::Finding> {
+        self.provided
+            .as_ref()
+            .map(|s| apim_plan::provided::name_findings(&self.plan, s))
+            .unwrap_or_default()
+    }
+}
+
+/// Reads and validates the plan at `path`, then opens and checks its provided keystores (here,
+/// where the files are at hand). Warnings are printed here; errors come back as
 /// [`CliError::InvalidPlan`] (with the warnings among them).
 pub fn load_plan(
     path: &Path,
@@ -34,16 +49,30 @@ pub fn load_plan(
     stderr: &mut dyn Write,
 ) -> Result<Loaded, CliError> {
     let text = std::fs::read_to_string(path).map_err(CliError::io(path))?;
-    let (plan, report) = validate::check(path, &text, env, opts);
-    match plan {
-        Some(plan) => {
-            if !report.diagnostics.is_empty() {
-                let _ = write!(stderr, "{}", report.render());
-            }
-            Ok(Loaded { plan, text })
+    let (plan, mut report) = validate::check(path, &text, env, opts);
+    let Some(plan) = plan else {
+        return Err(CliError::InvalidPlan(report));
+    };
+    let provided = match apim_plan::provided::load(&plan, env) {
+        Ok(p) => p,
+        Err(findings) => {
+            report
+                .diagnostics
+                .extend(findings.into_iter().map(|f| f.diagnostic));
+            report
+                .diagnostics
+                .sort_by_key(|d| (d.span.start, d.span.end));
+            return Err(CliError::InvalidPlan(report));
         }
-        None => Err(CliError::InvalidPlan(report)),
+    };
+    if !report.diagnostics.is_empty() {
+        let _ = write!(stderr, "{}", report.render());
     }
+    Ok(Loaded {
+        plan,
+        text,
+        provided,
+    })
 }
 
 /// The configuration files of the plan's packs found on this machine, for a render here; each
@@ -93,6 +122,8 @@ pub struct Ready {
     pub text: String,
     /// Every `{ env }`/`{ file }` secret of the plan, resolved.
     pub secrets: HashMap<String, String>,
+    /// The provided keystore files, checked: path as written in the plan → bytes.
+    pub provided_files: HashMap<String, Vec<u8>>,
 }
 
 /// Validates locally, resolves the secrets, connects, and uploads the packs the controller
@@ -114,7 +145,16 @@ pub async fn prepare(
     let opts = validate::Options {
         verify_packs: false,
     };
-    let Loaded { plan, text } = load_plan(path, env, opts, stderr)?;
+    let Loaded {
+        plan,
+        text,
+        provided,
+    } = load_plan(path, env, opts, stderr)?;
+    let provided_files = provided
+        .iter()
+        .flat_map(|s| s.files())
+        .map(|f| (f.written.clone(), f.bytes.clone()))
+        .collect();
     let invalid = |diagnostics: Vec<Diagnostic>| {
         CliError::InvalidPlan(Report {
             path: path.display().to_string(),
@@ -178,5 +218,6 @@ pub async fn prepare(
         channel,
         text,
         secrets: secrets.into_iter().collect(),
+        provided_files,
     })
 }

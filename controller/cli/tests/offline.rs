@@ -358,3 +358,90 @@ fn render_shows_each_nodes_java_opts_and_memory_need_in_its_header() {
             "# jvm:       the start scripts' heap (-Xms256m -Xmx1024m); needs 1639 MiB of memory\n",
         ));
 }
+
+/// `[tls] issuer = "provided"` is checked where the files are: validate and render open the
+/// keystore with its password, and warn of nodes its certificate does not name.
+#[test]
+fn validate_and_render_check_a_provided_keystore_where_it_is() {
+    let f = Fixture::new();
+    let stores = apim_testkit::ca::provided_stores(
+        &["cp.example.com", "*.example.org", "tm.example.com"],
+        apim_certs::StoreFormat::Jks,
+        "wso2carbon",
+        "s3cret",
+        "wso2carbon",
+    );
+    std::fs::create_dir(f.dir.path().join("certs")).unwrap();
+    std::fs::write(f.dir.path().join("certs/ks.jks"), &stores.keystore).unwrap();
+    std::fs::write(f.dir.path().join("certs/trust.jks"), &stores.truststore).unwrap();
+    let text = f.base_plan().replace(
+        "[tls]\n",
+        "[tls]\nissuer = \"provided\"\nprovided_keystore = \"certs/ks.jks\"\n\
+         provided_truststore = \"certs/trust.jks\"\n",
+    );
+    let path = f.dir.path().join("plan.toml");
+    std::fs::write(&path, &text).unwrap();
+    let at = |needle: &str| {
+        let (line, col) = apim_plan::diag::line_col(&text, text.find(needle).unwrap());
+        format!("{}:{line}:{col}", path.display())
+    };
+    let warning = format!(
+        "{}: warning: node `gw-1`: the provided certificate (`certs/ks.jks` alias `wso2carbon`) \
+         does not name gw.example.com; it names cp.example.com, *.example.org, tm.example.com",
+        at("\"gw.example.com\"")
+    );
+    apimctl()
+        .args(["validate", path.to_str().unwrap()])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("ok (t wso2am-4.5.0"))
+        .stderr(predicate::str::contains(warning.as_str()));
+    apimctl()
+        .args(["render", path.to_str().unwrap(), "--node", "gw-1"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "[keystore.primary]\nfile_name = \"wso2carbon.jks\"",
+        ))
+        .stdout(predicate::str::contains(
+            "# cert:      the provided keystore's `wso2carbon` (must name gw.example.com)",
+        ))
+        .stderr(predicate::str::contains(warning.as_str()));
+    apimctl()
+        .args(["render", path.to_str().unwrap(), "--strict"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            warning.replace("warning:", "error:").as_str(),
+        ));
+
+    // The wrong password: an error at provided_keystore, the password never shown.
+    std::fs::write(f.dir.path().join("secrets/ks"), "Wr0ng-pass\n").unwrap();
+    apimctl()
+        .args(["validate", path.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "{}: error: `certs/ks.jks` does not open with keystore_password",
+            at("\"certs/ks.jks\"")
+        )))
+        .stderr(predicate::str::contains("Wr0ng-pass").not())
+        .stderr(predicate::str::contains("s3cret").not());
+
+    // A truststore that is not one: an error at provided_truststore.
+    std::fs::write(f.dir.path().join("secrets/ks"), "s3cret\n").unwrap();
+    std::fs::write(
+        f.dir.path().join("certs/trust.jks"),
+        "-----BEGIN CERTIFICATE-----",
+    )
+    .unwrap();
+    apimctl()
+        .args(["validate", path.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "{}: error: `certs/trust.jks` cannot be read as a keystore: neither a JKS nor a \
+             PKCS#12 keystore",
+            at("\"certs/trust.jks\"")
+        )));
+}

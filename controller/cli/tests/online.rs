@@ -209,3 +209,65 @@ async fn an_operator_renews_its_certificate_with_the_current_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `[tls] issuer = "provided"`: `plan` and `apply` read the keystores beside the plan and send
+/// them with the request (never as an upload); the controller's warning for the gateway the
+/// certificate does not name is printed once, and every node's spec carries the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_apply_send_a_provided_keystore_with_the_request() {
+    let c = Controller::start().await;
+    let (_agents, _log) = start_agents(&c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("dist")).expect("dist");
+    std::fs::create_dir_all(dir.path().join("certs")).expect("certs");
+    let pack = pack();
+    std::fs::write(dir.path().join("dist/wso2am-3.2.0.zip"), &pack).expect("pack");
+    let stores = apim_testkit::ca::provided_stores(
+        &["*.wso2.com"],
+        apim_certs::StoreFormat::Pkcs12,
+        "wso2carbon",
+        "ks-secret",
+        "wso2carbon",
+    );
+    std::fs::write(dir.path().join("certs/ks.p12"), &stores.keystore).expect("keystore");
+    let plan = plan_v3(&apim_plan::digest(&pack), "", "halt", "30s")
+        .replace(
+            "issuer = \"cluster-ca\"\n",
+            "issuer = \"provided\"\nprovided_keystore = \"certs/ks.p12\"\n",
+        )
+        .replace(
+            "hostname = \"gw.wso2.com\"",
+            "hostname = \"gw.example.com\"",
+        );
+    std::fs::write(dir.path().join("plan.toml"), &plan).expect("plan");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["plan", "plan.toml"]).await;
+    assert_eq!(code, 2, "{out}{err}");
+    let warning = "warning: node `gw-1`: the provided certificate (`certs/ks.p12` alias \
+                   `wso2carbon`) does not name gw.example.com; it names *.wso2.com";
+    assert_eq!(err.matches(warning).count(), 1, "{err}");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(err.matches(warning).count(), 1, "{err}");
+    let digest = apim_plan::digest(&stores.keystore);
+    assert!(
+        !c.state
+            .artifacts()
+            .path_for(&digest)
+            .expect("path")
+            .exists()
+    );
+    for spec in c.state.desired_specs().values() {
+        let provided = spec.nodes[0]
+            .keystores
+            .as_ref()
+            .and_then(|k| k.provided.as_ref())
+            .expect("provided");
+        assert_eq!(provided.keystore_sha256, digest);
+        assert!(
+            provided.truststore.is_empty(),
+            "the pack's truststore stays"
+        );
+    }
+}

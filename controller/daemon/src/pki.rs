@@ -17,7 +17,10 @@ use apim_certs::{
     CLUSTER_CA_ALIAS, ClusterCa, DEFAULT_NODE_CERT_VALIDITY, DEFAULT_PRIMARY_KEY_VALIDITY,
     GATEWAY_CERT_ALIAS, NodeCert, PrimaryKey,
 };
-use apim_proto::v1::{KeystoreSpec, StoreType as WireStoreType, TrustedCert};
+use apim_plan::provided::ProvidedStores;
+use apim_proto::v1::{
+    KeystoreSpec, ProvidedStores as WireProvided, StoreType as WireStoreType, TrustedCert,
+};
 
 use apim_plan::plan::{Issuer, StoreType};
 use apim_plan::render::NodeRender;
@@ -95,6 +98,14 @@ struct NodeFiles {
     key: PathBuf,
     chain: PathBuf,
     meta: PathBuf,
+}
+
+/// The secure vault's cipher for the operator's provided keystore: its key entry
+/// (`keystore_alias`) is the vault key. The padding's seed comes from the keystore's bytes, so
+/// an unchanged keystore gives unchanged ciphertexts.
+pub fn provided_vault_cipher(stores: &ProvidedStores) -> Result<VaultCipher, PkiError> {
+    let enc = apim_certs::vault::VaultEncrypter::new(&stores.key.cert_der, &stores.keystore.bytes)?;
+    Ok(VaultCipher(enc))
 }
 
 impl ProductPki {
@@ -321,7 +332,39 @@ impl ProductPki {
                     cert_pem: self.primary.cert_pem().to_string(),
                 },
             ],
+            provided: None,
         }))
+    }
+}
+
+/// What the agent needs to ship a node the plan's provided stores (`issuer = "provided"`): the
+/// files whole, by digest, in place of the node's keystore and (when provided) its truststore.
+/// Nothing is issued and nothing imported; the provided keystore doubles as the primary one.
+pub fn provided_keystore_spec(node: &NodeRender, stores: &ProvidedStores) -> KeystoreSpec {
+    let tls = &node.tls;
+    let (truststore, truststore_sha256) = stores
+        .truststore
+        .as_ref()
+        .map(|t| (t.bytes.clone(), t.sha256.clone()))
+        .unwrap_or_default();
+    KeystoreSpec {
+        store_type: match tls.store_type {
+            StoreType::Jks => WireStoreType::Jks,
+            StoreType::Pkcs12 => WireStoreType::Pkcs12,
+        }
+        .into(),
+        keystore_file: format!("{SECURITY_DIR}/{}", tls.keystore_file),
+        alias: tls.alias.clone(),
+        password: tls.keystore_password.0.clone(),
+        truststore_file: format!("{SECURITY_DIR}/{}", tls.truststore_file),
+        truststore_password: tls.truststore_password.0.clone(),
+        provided: Some(WireProvided {
+            keystore: stores.keystore.bytes.clone(),
+            keystore_sha256: stores.keystore.sha256.clone(),
+            truststore,
+            truststore_sha256,
+        }),
+        ..KeystoreSpec::default()
     }
 }
 

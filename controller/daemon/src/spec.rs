@@ -11,6 +11,8 @@ use apim_proto::v1::{
 
 use crate::pki::{PkiError, ProductPki};
 use apim_plan::catalogue::{jvm, layout};
+use apim_plan::plan::Issuer;
+use apim_plan::provided::ProvidedStores;
 use apim_plan::render::{ClusterRender, CommandSpec, NodeRender};
 
 /// Where the renderer's `deployment.toml` goes, relative to the carbon home.
@@ -38,6 +40,8 @@ pub struct SpecInputs<'a> {
     pub pack_sizes: &'a BTreeMap<String, u64>,
     /// Issues node certificates (`None`: keystores are left to the pack).
     pub pki: Option<&'a ProductPki>,
+    /// The plan's provided keystores, checked (`issuer = "provided"`).
+    pub provided: Option<&'a ProvidedStores>,
     /// Whether certificates missing from the PKI are issued (false: a dry run previews them).
     pub issue: bool,
     /// Whether each node should run now (the rollout releases nodes tier by tier).
@@ -51,9 +55,12 @@ pub fn node_spec(
     inputs: &SpecInputs<'_>,
 ) -> Result<NodeSpec, PkiError> {
     let (pack_sizes, pki) = (inputs.pack_sizes, inputs.pki);
-    let keystores = match pki {
-        Some(p) => p.keystore_spec(node, inputs.issue)?,
-        None => None,
+    let keystores = match (node.tls.issuer, pki) {
+        (Issuer::Provided, _) => inputs
+            .provided
+            .map(|stores| crate::pki::provided_keystore_spec(node, stores)),
+        (_, Some(p)) => p.keystore_spec(node, inputs.issue)?,
+        (_, None) => None,
     };
     let r = &node.readiness;
     let mut spec = NodeSpec {
@@ -176,6 +183,13 @@ pub fn config_digest(spec: &NodeSpec) -> String {
             bytes.extend_from_slice(t.alias.as_bytes());
             bytes.extend_from_slice(t.cert_pem.as_bytes());
         }
+        // A provided store by its digest: a changed file restarts the node.
+        if let Some(p) = &k.provided {
+            for part in [&p.keystore_sha256, &p.truststore_sha256] {
+                bytes.extend_from_slice(b"\0provided\0");
+                bytes.extend_from_slice(part.as_bytes());
+            }
+        }
     }
     apim_plan::digest(&bytes)
 }
@@ -253,6 +267,7 @@ mod tests {
             plan_generation: 1,
             pack_sizes: &sizes,
             pki: Some(&pki),
+            provided: None,
             issue: true,
             desired: &run,
         };
@@ -340,6 +355,7 @@ mod tests {
             plan_generation: 1,
             pack_sizes: &sizes,
             pki: None,
+            provided: None,
             issue: false,
             desired: &run,
         };

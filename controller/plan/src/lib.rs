@@ -6,7 +6,8 @@
 //! [`render::ClusterRender`] (per machine: hosts block; per node: `deployment.toml`, commands,
 //! readiness checks, dependencies); [`graph`] derives the start tiers. The controller daemon turns
 //! a render into the specs its agents run; the CLI prints it. [`lint`] checks a render against
-//! its packs (keys the product would ignore, placeholder hosts left from the pack's file).
+//! its packs (keys the product would ignore, placeholder hosts left from the pack's file);
+//! [`provided`] reads and checks the keystores a plan provides (`[tls] issuer = "provided"`).
 //!
 //! Every fact about WSO2 API Manager (releases, roles, scripts, ports, paths, process identity,
 //! defaults) is in [`catalogue`], which depends on nothing else here. The other modules depend
@@ -20,6 +21,7 @@ pub mod graph;
 pub mod lint;
 pub mod pack;
 pub mod plan;
+pub mod provided;
 pub mod render;
 pub mod secrets;
 pub mod validate;

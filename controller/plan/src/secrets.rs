@@ -35,6 +35,34 @@ pub trait EnvSource {
             Err(e) => Err(format!("cannot read secret file `{}`: {e}", path.display())),
         }
     }
+
+    /// The bytes of a file the plan ships whole (`[tls] provided_keystore`,
+    /// `provided_truststore`), `written` as in the plan, relative to `base_dir`. Reads the file
+    /// system unless overridden.
+    fn provided_file(&self, written: &str, base_dir: &Path) -> Result<Vec<u8>, String> {
+        let path = resolve_path(base_dir, written);
+        std::fs::read(&path).map_err(|e| format!("`{}` cannot be read: {e}", path.display()))
+    }
+}
+
+/// The prefix of a provided file's key among the resolved secrets: `provided:<path as
+/// written>`, its value the file's bytes in base64. Kept with the secrets (sealed, pruned with
+/// them), never in the artifact store: keystores hold private keys.
+pub const PROVIDED_PREFIX: &str = "provided:";
+
+/// Whether a resolved-secrets key holds a provided file (its value is a file, not a password
+/// that could show in a diff line).
+pub fn is_provided_key(key: &str) -> bool {
+    key.starts_with(PROVIDED_PREFIX)
+}
+
+/// Puts the provided file `written` (as in the plan) with `bytes` into a resolved-secrets map.
+pub fn insert_provided(secrets: &mut BTreeMap<String, String>, written: &str, bytes: &[u8]) {
+    use base64::Engine as _;
+    secrets.insert(
+        format!("{PROVIDED_PREFIX}{written}"),
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+    );
 }
 
 /// The key of a secret reference in `ApplyRequest.resolved_secrets`: `env:NAME` or
@@ -89,6 +117,17 @@ impl EnvSource for ResolvedSecrets {
             )),
         }
     }
+
+    fn provided_file(&self, written: &str, _base_dir: &Path) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        let value = self
+            .0
+            .get(&format!("{PROVIDED_PREFIX}{written}"))
+            .ok_or_else(|| format!("`{written}` was not sent by the client"))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|_| format!("`{written}` was not sent as base64"))
+    }
 }
 
 /// The real process environment.
@@ -141,5 +180,25 @@ mod tests {
         std::fs::write(dir.path().join("other"), "x").unwrap();
         assert!(resolve(&missing, dir.path(), &map).is_err());
         assert_eq!(format!("{map:?}"), "ResolvedSecrets([\"file:db\"])");
+    }
+
+    #[test]
+    fn provided_files_travel_as_base64_and_never_touch_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ks.p12"), b"from-disk").unwrap();
+        let mut map = BTreeMap::new();
+        insert_provided(&mut map, "ks.p12", &[0xFE, 0xED, 0x00, 0xFF]);
+        assert!(is_provided_key(map.keys().next().unwrap()));
+        let map = ResolvedSecrets(map);
+        assert_eq!(
+            map.provided_file("ks.p12", dir.path()).unwrap(),
+            [0xFE, 0xED, 0x00, 0xFF]
+        );
+        assert!(map.provided_file("other.p12", dir.path()).is_err());
+        assert_eq!(
+            ProcessEnv.provided_file("ks.p12", dir.path()).unwrap(),
+            b"from-disk"
+        );
+        assert!(format!("{map:?}").contains("provided:ks.p12"));
     }
 }

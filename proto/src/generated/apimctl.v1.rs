@@ -474,6 +474,31 @@ pub struct KeystoreSpec {
     /// Certificates to import into the truststore (in addition to what the pack ships).
     #[prost(message, repeated, tag = "13")]
     pub trusted: ::prost::alloc::vec::Vec<TrustedCert>,
+    /// The operator's own stores (`\[tls\] issuer = "provided"`), written whole instead of the
+    /// stores above being built: `keystore` to `keystore_file`, `truststore` to `truststore_file`.
+    /// Absent for the stores apimctl makes.
+    #[prost(message, optional, tag = "14")]
+    pub provided: ::core::option::Option<ProvidedStores>,
+}
+/// Keystore files the operator provided, shipped byte for byte. Logs, errors and diffs show
+/// the digests only.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct ProvidedStores {
+    /// The TLS keystore file (JKS or PKCS#12, its key under `KeystoreSpec.alias`, protected by
+    /// `KeystoreSpec.password`). SECRET.
+    #[prost(bytes = "vec", tag = "1")]
+    pub keystore: ::prost::alloc::vec::Vec<u8>,
+    /// Lowercase hex sha256 of `keystore`; the agent refuses bytes that do not match it.
+    #[prost(string, tag = "2")]
+    pub keystore_sha256: ::prost::alloc::string::String,
+    /// The truststore file (opens with `KeystoreSpec.truststore_password`); empty leaves the
+    /// pack's own truststore in place. SECRET.
+    #[prost(bytes = "vec", tag = "3")]
+    pub truststore: ::prost::alloc::vec::Vec<u8>,
+    /// Lowercase hex sha256 of `truststore`; empty with it.
+    #[prost(string, tag = "4")]
+    pub truststore_sha256: ::prost::alloc::string::String,
 }
 /// One certificate to trust.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2042,9 +2067,18 @@ pub struct ApplyRequest {
         ::prost::alloc::string::String,
     >,
     /// Refuse the plan (INVALID_ARGUMENT, the warnings as errors) when the render has warnings:
-    /// keys the node's pack never reads, placeholder hosts left from the pack's file.
+    /// keys the node's pack never reads, placeholder hosts left from the pack's file, nodes the
+    /// provided certificate does not name.
     #[prost(bool, tag = "6")]
     pub strict: bool,
+    /// The files `\[tls\] provided_keystore` and `provided_truststore` name, read on the operator's
+    /// side, keyed by the path as written in the plan. The controller keeps them sealed with the
+    /// generation's secrets (never in the artifact store). SECRET.
+    #[prost(map = "string, bytes", tag = "7")]
+    pub provided_files: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::vec::Vec<u8>,
+    >,
 }
 /// The stored generation and its rollout.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -2056,7 +2090,8 @@ pub struct ApplyResponse {
     #[prost(string, tag = "2")]
     pub rollout_id: ::prost::alloc::string::String,
     /// What the render of the plan against its packs warns about (code "render.unknown_key",
-    /// "render.placeholder_host"); text from the plan and the packs, shown escaped.
+    /// "render.placeholder_host", "render.provided_cert_name"); text from the plan and the packs,
+    /// shown escaped.
     #[prost(message, repeated, tag = "3")]
     pub warnings: ::prost::alloc::vec::Vec<ErrorDetail>,
 }
@@ -2079,6 +2114,12 @@ pub struct PlanRequest {
     /// As in `ApplyRequest.strict`.
     #[prost(bool, tag = "4")]
     pub strict: bool,
+    /// As in `ApplyRequest.provided_files`. SECRET.
+    #[prost(map = "string, bytes", tag = "5")]
+    pub provided_files: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::vec::Vec<u8>,
+    >,
 }
 /// What applying a plan would change.
 #[derive(Clone, PartialEq, ::prost::Message)]

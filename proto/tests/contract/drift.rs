@@ -15,6 +15,7 @@ const SKIP_DEBUG: &[&str] = &[
     ".apimctl.v1.EnvVar",
     ".apimctl.v1.NodeFile",
     ".apimctl.v1.KeystoreSpec",
+    ".apimctl.v1.ProvidedStores",
     ".apimctl.v1.EnrollRequest",
     ".apimctl.v1.CreateTokenResponse",
     ".apimctl.v1.ApplyRequest",

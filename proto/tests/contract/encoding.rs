@@ -8,7 +8,7 @@ use apim_proto::prost_types::field_descriptor_proto::Type;
 use apim_proto::prost_types::{DescriptorProto, FileDescriptorSet};
 use apim_proto::v1::{
     self, ApplyRequest, ControllerMessage, CreateTokenResponse, DesiredSpec, EnrollRequest,
-    ErrorDetail, ErrorDetails, MachineSpec, NodePhase, NodeStatus, controller_message,
+    ErrorDetail, ErrorDetails, MachineSpec, NodePhase, NodeStatus, PlanRequest, controller_message,
 };
 
 use super::sample;
@@ -117,6 +117,7 @@ fn machine_spec_round_trips_every_field() {
         "HttpProbe",
         "KeystoreSpec",
         "TrustedCert",
+        "ProvidedStores",
         "ServerProcess",
         "NodeFile",
     ]
@@ -189,6 +190,18 @@ fn descriptor_set_describes_all_four_services() {
     assert_eq!(services, expected);
 }
 
+/// Asserts `text` shows none of the sample's secret bytes, as text or as a `Debug` byte list.
+fn assert_no_bytes(text: &str) {
+    for bytes in sample::SECRET_BYTES {
+        let as_list = format!("{:?}", bytes.to_vec());
+        let as_text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains(&as_list[1..as_list.len() - 1]) && !text.contains(&*as_text),
+            "secret bytes leaked: {text}"
+        );
+    }
+}
+
 #[test]
 fn debug_output_redacts_secrets() {
     let spec_text = format!("{:?}", sample::machine_spec(1));
@@ -209,6 +222,19 @@ fn debug_output_redacts_secrets() {
         );
     }
 
+    // The provided stores show their digests and sizes, never their bytes.
+    assert_no_bytes(&spec_text);
+    for visible in ["e1e1e1", "f1f1f1", "<redacted 21 bytes>"] {
+        assert!(
+            spec_text.contains(visible),
+            "{visible} missing: {spec_text}"
+        );
+    }
+
+    let files = HashMap::from([
+        ("certs/ks.p12".to_string(), sample::SECRET_BYTES[0].to_vec()),
+        ("certs/ts.p12".to_string(), sample::SECRET_BYTES[1].to_vec()),
+    ]);
     let apply = ApplyRequest {
         plan_toml: "[admin]\npassword = \"literal-s3cret\"\n".into(),
         plan_path: "plan.toml".into(),
@@ -219,16 +245,30 @@ fn debug_output_redacts_secrets() {
             "env:APIM_DB_PASSWORD".into(),
             "resolved-s3cret".into(),
         )]),
+        provided_files: files.clone(),
     };
-    let text = format!("{apply:?}");
-    assert!(
-        !text.contains("literal-s3cret") && !text.contains("resolved-s3cret"),
-        "{text}"
-    );
-    assert!(
-        text.contains("env:APIM_DB_PASSWORD") && text.contains("plan.toml"),
-        "{text}"
-    );
+    let plan = PlanRequest {
+        plan_toml: apply.plan_toml.clone(),
+        plan_path: "plan.toml".into(),
+        resolved_secrets: apply.resolved_secrets.clone(),
+        strict: false,
+        provided_files: files,
+    };
+    for text in [format!("{apply:?}"), format!("{plan:?}")] {
+        assert!(
+            !text.contains("literal-s3cret") && !text.contains("resolved-s3cret"),
+            "{text}"
+        );
+        assert_no_bytes(&text);
+        for visible in [
+            "env:APIM_DB_PASSWORD",
+            "plan.toml",
+            "\"certs/ks.p12\": <redacted 21 bytes>",
+            "\"certs/ts.p12\": <redacted 23 bytes>",
+        ] {
+            assert!(text.contains(visible), "{visible} missing: {text}");
+        }
+    }
 
     let enroll = EnrollRequest {
         token: "join-token-s3cret".into(),

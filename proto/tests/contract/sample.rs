@@ -3,8 +3,8 @@
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
     ArtifactRef, CommandSpec, DesiredRun, EnvVar, HostsEntry, HttpProbe, KeystoreSpec,
-    MachineFacts, MachineSpec, NodeFile, NodeSpec, Readiness, ServerProcess, StoreType,
-    TrustedCert,
+    MachineFacts, MachineSpec, NodeFile, NodeSpec, ProvidedStores, Readiness, ServerProcess,
+    StoreType, TrustedCert,
 };
 
 /// Secret strings used in the sample; the redaction test checks none of them is printed.
@@ -17,6 +17,10 @@ pub const SECRETS: &[&str] = &[
     "env-secret-s3cret",
     "vault-password-s3cret",
 ];
+
+/// Secret bytes used in the sample (provided stores, provided files); the redaction test checks
+/// that neither they nor their `Debug` as a byte list is printed.
+pub const SECRET_BYTES: &[&[u8]] = &[b"keystore-bytes-s3cret", b"truststore-bytes-s3cret"];
 
 fn command(argv: &[&str], marker: Option<&str>) -> CommandSpec {
     CommandSpec {
@@ -95,6 +99,12 @@ pub fn full_node() -> NodeSpec {
                 alias: "gateway_certificate_alias".into(),
                 cert_pem: "-----BEGIN CERTIFICATE-----gw".into(),
             }],
+            provided: Some(ProvidedStores {
+                keystore: SECRET_BYTES[0].to_vec(),
+                keystore_sha256: "e1".repeat(32),
+                truststore: SECRET_BYTES[1].to_vec(),
+                truststore_sha256: "f1".repeat(32),
+            }),
         }),
         config_digest: "cd".repeat(32),
         desired: DesiredRun::Running.into(),

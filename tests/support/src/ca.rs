@@ -113,3 +113,94 @@ pub fn mint_tls(name: &str) -> (String, String, String, Vec<u8>) {
         leaf.der().to_vec(),
     )
 }
+
+/// An operator's own stores for `[tls] issuer = "provided"`, made with rcgen and
+/// [`apim_certs::KeystoreBuilder`]: a keystore with `alias` → a key whose certificate names
+/// `names` (SAN DNS), signed by a throwaway CA, and a truststore with that CA.
+pub struct ProvidedPair {
+    /// The keystore file's bytes.
+    pub keystore: Vec<u8>,
+    /// The truststore file's bytes.
+    pub truststore: Vec<u8>,
+    /// The leaf certificate, DER.
+    pub leaf_der: Vec<u8>,
+    /// The leaf's private key, PKCS#8 DER.
+    pub leaf_key_der: Vec<u8>,
+}
+
+/// Makes a [`ProvidedPair`] in `format`: the keystore under `password` (store and key), the
+/// truststore under `truststore_password`.
+pub fn provided_stores(
+    names: &[&str],
+    format: apim_certs::StoreFormat,
+    alias: &str,
+    password: &str,
+    truststore_password: &str,
+) -> ProvidedPair {
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    provided_stores_with_key(
+        names,
+        format,
+        alias,
+        password,
+        truststore_password,
+        leaf_key,
+    )
+}
+
+/// [`provided_stores`] with the leaf's key given (an RSA one for the secure vault, from
+/// [`apim_certs::generate_rsa_key`]).
+pub fn provided_stores_with_key(
+    names: &[&str],
+    format: apim_certs::StoreFormat,
+    alias: &str,
+    password: &str,
+    truststore_password: &str,
+    leaf_key: rcgen::KeyPair,
+) -> ProvidedPair {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(vec![]).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "operator's CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let mut leaf_params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("leaf params");
+    leaf_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or("apim"),
+    );
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    let keystore = apim_certs::KeystoreBuilder::new()
+        .private_key(
+            alias,
+            &leaf_key.serialize_der(),
+            &[leaf.der().to_vec(), ca.der().to_vec()],
+        )
+        .to_bytes(format, password)
+        .expect("keystore");
+    let truststore = apim_certs::KeystoreBuilder::new()
+        .trusted_cert("operator-ca", ca.der())
+        .to_bytes(format, truststore_password)
+        .expect("truststore");
+    ProvidedPair {
+        keystore,
+        truststore,
+        leaf_der: leaf.der().to_vec(),
+        leaf_key_der: leaf_key.serialize_der(),
+    }
+}
+
+/// Decrypts a secure vault value (`[secrets]`) with `key_pkcs8`, as the product does
+/// (RSA-OAEP, SHA-1).
+pub fn vault_decrypt(key_pkcs8: &[u8], b64: &str) -> String {
+    apim_e2e::sim::cipher::decrypt(
+        key_pkcs8,
+        apim_e2e::sim::cipher::Transformation::OaepSha1,
+        b64,
+    )
+    .expect("the value decrypts with the vault key")
+}

@@ -197,6 +197,7 @@ impl Controller {
                 expected_cluster_revision: None,
                 author: "test".into(),
                 resolved_secrets: secrets(),
+                provided_files: Default::default(),
             })
             .await?
             .into_inner();

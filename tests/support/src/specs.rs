@@ -83,6 +83,7 @@ impl Rendered {
             plan_generation: generation,
             pack_sizes: &self.pack_sizes,
             pki: self.pki(),
+            provided: None,
             issue: true,
             desired: &running,
         };

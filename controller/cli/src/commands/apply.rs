@@ -50,6 +50,7 @@ pub async fn run(
         channel,
         text,
         secrets,
+        provided_files,
     } = prepare(&settings, &args.plan, Packs::Upload, env, stderr).await?;
     let mut op = client::operator(channel);
     let resp = op
@@ -60,6 +61,7 @@ pub async fn run(
             author: std::env::var("USER").unwrap_or_default(),
             resolved_secrets: secrets,
             strict: args.strict,
+            provided_files,
         })
         .await
         .map_err(CliError::Refused)?

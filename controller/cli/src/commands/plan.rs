@@ -40,6 +40,7 @@ pub async fn run(
         channel,
         text,
         secrets,
+        provided_files,
     } = prepare(&settings, &args.plan, Packs::CheckOnly, env, stderr).await?;
     let resp = client::operator(channel)
         .plan(PlanRequest {
@@ -47,6 +48,7 @@ pub async fn run(
             plan_path: args.plan.display().to_string(),
             resolved_secrets: secrets,
             strict: args.strict,
+            provided_files,
         })
         .await
         .map_err(CliError::Refused)?

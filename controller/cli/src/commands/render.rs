@@ -27,7 +27,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Fail (exit 1, nothing written) when the render has warnings: keys a node's pack never
-    /// reads, placeholder hosts left from a pack's file.
+    /// reads, placeholder hosts left from a pack's file, nodes a provided certificate does not
+    /// name.
     #[arg(long)]
     strict: bool,
     /// Print secrets instead of masking them.
@@ -50,10 +51,13 @@ pub fn run(
     let opts = apim_plan::validate::Options {
         verify_packs: !args.skip_pack_check,
     };
-    let Loaded { plan, text } = load_plan(&args.plan, env, opts, stderr)?;
+    let loaded = load_plan(&args.plan, env, opts, stderr)?;
+    let provided = loaded.provided_findings();
+    let Loaded { plan, text, .. } = loaded;
     let packs = crate::prepare::local_packs(&plan, stderr);
     let cluster = apim_plan::render::render(&plan, env, &packs)?;
-    let findings = apim_plan::lint::check(&plan, &cluster, &packs);
+    let mut findings = apim_plan::lint::check(&plan, &cluster, &packs);
+    findings.extend(provided);
     if !findings.is_empty() {
         let mut report = Report {
             path: args.plan.display().to_string(),

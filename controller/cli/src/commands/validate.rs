@@ -1,5 +1,5 @@
-//! `apimctl validate PLAN`: checks a plan offline and reports every problem with
-//! `file:line:col` and a hint; on success one `ok` line with the cluster's size.
+//! `apimctl validate PLAN`: checks a plan offline (its provided keystores too) and reports every
+//! problem with `file:line:col` and a hint; on success one `ok` line with the cluster's size.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,7 +30,17 @@ pub fn run(
     let opts = apim_plan::validate::Options {
         verify_packs: !args.skip_pack_check,
     };
-    let Loaded { plan, .. } = load_plan(&args.plan, env, opts, stderr)?;
+    let loaded = load_plan(&args.plan, env, opts, stderr)?;
+    let findings = loaded.provided_findings();
+    let Loaded { plan, text, .. } = loaded;
+    if !findings.is_empty() {
+        let report = apim_plan::diag::Report {
+            path: args.plan.display().to_string(),
+            source: text,
+            diagnostics: findings.into_iter().map(|f| f.diagnostic).collect(),
+        };
+        let _ = write!(stderr, "{}", report.render());
+    }
     let _ = writeln!(
         stdout,
         "{}: ok ({} {}, {} machines, {} nodes)",

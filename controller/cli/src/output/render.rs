@@ -3,6 +3,7 @@
 //! hosts block; then the start order. `render --out` writes the same header and start order into
 //! its files.
 
+use apim_plan::plan::Issuer;
 use apim_plan::render::{ClusterRender, NodeRender};
 
 /// The whole render of `cluster` (or of the node `only`), secrets masked unless `show_secrets`.
@@ -74,11 +75,19 @@ pub fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
             h.url, h.expect_status
         ));
     }
-    s.push_str(&format!(
-        "# cert:      CN={} SAN={}\n",
-        n.tls.common_name,
-        n.tls.sans.join(",")
-    ));
+    s.push_str(&match n.tls.issuer {
+        Issuer::ClusterCa => format!(
+            "# cert:      CN={} SAN={}\n",
+            n.tls.common_name,
+            n.tls.sans.join(",")
+        ),
+        Issuer::Provided => format!(
+            "# cert:      the provided keystore's `{}` (must name {})\n",
+            n.tls.alias,
+            n.tls.sans.join(",")
+        ),
+        Issuer::PackDefault => "# cert:      the pack's own (CN=localhost)\n".to_string(),
+    });
     let deps = if n.depends_on.is_empty() {
         "nothing".to_string()
     } else {

@@ -1,4 +1,5 @@
-//! What a plan would change: per node `deployment.toml` and hosts lines, certificates, restarts.
+//! What a plan would change: per node `deployment.toml` and hosts lines, certificates (provided
+//! keystores by digest, never their bytes), restarts.
 
 use apim_proto::v1::{ChangeKind, MachineSpec, NodeChange, NodeSpec};
 
@@ -95,7 +96,40 @@ pub fn node_changed(old: Option<&NodeSpec>, new: &NodeSpec) -> bool {
 }
 
 fn chain(n: &NodeSpec) -> Option<&str> {
-    n.keystores.as_ref().map(|k| k.node_chain_pem.as_str())
+    n.keystores
+        .as_ref()
+        .filter(|k| k.provided.is_none())
+        .map(|k| k.node_chain_pem.as_str())
+}
+
+/// The provided stores' digests of a node: (keystore, truststore); never their bytes.
+fn provided(n: &NodeSpec) -> Option<(&str, &str)> {
+    let p = n.keystores.as_ref()?.provided.as_ref()?;
+    Some((p.keystore_sha256.as_str(), p.truststore_sha256.as_str()))
+}
+
+/// What changes in a node's provided stores, by digest, one line per store that changes:
+/// `ship provided keystore sha256 NEW to NODE (was OLD)`.
+fn provided_changes(old: Option<&NodeSpec>, new: &NodeSpec) -> Vec<String> {
+    let Some((keystore, truststore)) = provided(new) else {
+        return Vec::new();
+    };
+    let (old_keystore, old_truststore) = old.and_then(provided).unwrap_or_default();
+    [
+        ("keystore", keystore, old_keystore),
+        ("truststore", truststore, old_truststore),
+    ]
+    .into_iter()
+    .filter(|(_, now, before)| !now.is_empty() && now != before)
+    .map(|(what, now, before)| {
+        let was = if before.is_empty() {
+            String::new()
+        } else {
+            format!(" (was {before})")
+        };
+        format!("ship provided {what} sha256 {now} to {}{was}", new.name)
+    })
+    .collect()
 }
 
 /// Per node changes from `baseline` to `targets` (both: machine → spec). `secrets` are the values
@@ -116,7 +150,7 @@ pub fn changes(
                 .iter()
                 .map(|l| mask(l, secrets))
                 .collect();
-            let mut certificate_changes = Vec::new();
+            let mut certificate_changes = provided_changes(old, node);
             if chain(node) != old.and_then(chain) && chain(node).is_some() {
                 certificate_changes.push(format!(
                     "{} {} TLS certificate",
@@ -176,6 +210,39 @@ mod tests {
         assert_eq!(d, [" b", "-c", "+X", " d"]);
         assert!(line_diff("same\n", "same\n", 3).is_empty());
         assert_eq!(line_diff("", "new\n", 0), ["+new"]);
+    }
+
+    #[test]
+    fn provided_stores_show_by_digest_only() {
+        use apim_proto::v1::{KeystoreSpec, ProvidedStores};
+        let node = |keystore: &[u8], sha: &str| NodeSpec {
+            name: "gw-1".into(),
+            keystores: Some(KeystoreSpec {
+                node_chain_pem: String::new(),
+                provided: Some(ProvidedStores {
+                    keystore: keystore.to_vec(),
+                    keystore_sha256: sha.into(),
+                    ..ProvidedStores::default()
+                }),
+                ..KeystoreSpec::default()
+            }),
+            ..NodeSpec::default()
+        };
+        let first = node(b"key-bytes-1", "aa11");
+        assert_eq!(
+            provided_changes(None, &first),
+            ["ship provided keystore sha256 aa11 to gw-1"]
+        );
+        assert!(provided_changes(Some(&first), &first).is_empty());
+        let second = node(b"key-bytes-2", "bb22");
+        let lines = provided_changes(Some(&first), &second);
+        assert_eq!(
+            lines,
+            ["ship provided keystore sha256 bb22 to gw-1 (was aa11)"]
+        );
+        assert!(!lines[0].contains("key-bytes"));
+        // Not an issued certificate either: no "re-issue" line for provided stores.
+        assert_eq!(chain(&second), None);
     }
 
     #[test]

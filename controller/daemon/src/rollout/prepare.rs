@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use apim_plan::pack::{PackConfig, PackSet};
 use apim_plan::plan::Plan;
+use apim_plan::provided::ProvidedStores;
 use apim_plan::render::ClusterRender;
-use apim_plan::secrets::ResolvedSecrets;
+use apim_plan::secrets::{PROVIDED_PREFIX, ResolvedSecrets, is_provided_key};
 use apim_plan::validate;
 use apim_proto::v1::{DesiredRun, ErrorDetail, MachineSpec};
 
@@ -74,7 +75,7 @@ pub async fn prepare(
     mode: Mode,
     strict: bool,
 ) -> Result<Prepared, RolloutError> {
-    let secrets = ResolvedSecrets(secrets);
+    let mut secrets = ResolvedSecrets(secrets);
     let path = if plan_path.is_empty() {
         "plan.toml"
     } else {
@@ -106,6 +107,7 @@ pub async fn prepare(
             .collect();
         return Err(RolloutError::PlanRejected { errors });
     };
+    let provided = check_provided(&plan, &mut secrets, path, plan_toml)?;
     let mut pack_sizes = BTreeMap::new();
     let mut packs = PackSet::none();
     let mut no_base = Vec::new();
@@ -170,7 +172,11 @@ pub async fn prepare(
             reason: e.to_string(),
         },
     })?;
-    let findings: Vec<ErrorDetail> = apim_plan::lint::check(&plan, &render, &packs)
+    let mut findings = apim_plan::lint::check(&plan, &render, &packs);
+    if let Some(stores) = &provided {
+        findings.extend(apim_plan::provided::name_findings(&plan, stores));
+    }
+    let findings: Vec<ErrorDetail> = findings
         .into_iter()
         .map(|f| {
             detail(
@@ -214,7 +220,14 @@ pub async fn prepare(
     // With the secure vault on, the specs carry `[secrets]` encrypted with the primary key
     // (the render above, for the lint, had no key and must never reach a node).
     let render = if plan.secure_vault.enabled {
-        vault_render(&plan, &secrets, &packs, pki.as_ref(), mode)?
+        vault_render(
+            &plan,
+            &secrets,
+            &packs,
+            pki.as_ref(),
+            provided.as_ref(),
+            mode,
+        )?
     } else {
         render
     };
@@ -224,6 +237,7 @@ pub async fn prepare(
         plan_generation: 0,
         pack_sizes: &pack_sizes,
         pki: pki.as_ref(),
+        provided: provided.as_ref(),
         issue: mode == Mode::Apply,
         desired: &run,
     };
@@ -254,24 +268,96 @@ fn vault_render(
     secrets: &ResolvedSecrets,
     packs: &PackSet,
     pki: Option<&ProductPki>,
+    provided: Option<&ProvidedStores>,
     mode: Mode,
 ) -> Result<ClusterRender, RolloutError> {
+    use apim_plan::plan::Issuer;
     let failed = |reason: String| RolloutError::Render { reason };
-    let cipher = match (pki, plan.tls.issuer.value) {
-        (Some(p), apim_plan::plan::Issuer::ClusterCa) => {
-            Some(p.vault_cipher().map_err(|e| failed(e.to_string()))?)
-        }
+    let cipher = match (plan.tls.issuer.value, pki, provided) {
+        (Issuer::ClusterCa, Some(p), _) => Some(p.vault_cipher()),
+        (Issuer::Provided, _, Some(s)) => Some(crate::pki::provided_vault_cipher(s)),
         _ => None,
-    };
+    }
+    .transpose()
+    .map_err(|e| failed(e.to_string()))?;
     if cipher.is_none() && mode == Mode::Apply {
         return Err(failed(
-            "the secure vault needs the cluster CA's primary key to encrypt with".into(),
+            "the secure vault needs the primary keystore's key to encrypt with".into(),
         ));
     }
     let cipher = cipher
         .as_ref()
         .map(|c| c as &dyn apim_plan::render::VaultCipher);
     apim_plan::render::render_with(plan, secrets, packs, cipher).map_err(|e| failed(e.to_string()))
+}
+
+/// Opens and checks the plan's provided keystores (sent with the request, among `secrets`)
+/// before anything is stored: a store that does not open, a missing alias or a key under
+/// another password is refused at the plan's `provided_keystore`/`provided_truststore`. Files
+/// the plan does not name are dropped from `secrets` (they would be stored for nothing).
+fn check_provided(
+    plan: &Plan,
+    secrets: &mut ResolvedSecrets,
+    file: &str,
+    plan_toml: &str,
+) -> Result<Option<ProvidedStores>, RolloutError> {
+    let stores = apim_plan::provided::load(plan, secrets).map_err(|findings| {
+        RolloutError::PlanRejected {
+            errors: findings
+                .into_iter()
+                .map(|f| {
+                    detail(
+                        f.code,
+                        f.diagnostic.message,
+                        f.diagnostic.hint.unwrap_or_default(),
+                        file,
+                        plan_toml,
+                        f.diagnostic.span.start,
+                    )
+                })
+                .collect(),
+        }
+    })?;
+    let named: BTreeSet<String> = stores
+        .iter()
+        .flat_map(|s| s.files())
+        .map(|f| format!("{PROVIDED_PREFIX}{}", f.written))
+        .collect();
+    secrets
+        .0
+        .retain(|k, _| !is_provided_key(k) || named.contains(k));
+    // The vault key must be one the product's cipher tool can use (RSA).
+    if let (true, Some(s), Some(at)) = (
+        plan.secure_vault.enabled,
+        &stores,
+        &plan.tls.provided_keystore,
+    ) && let Err(e) = crate::pki::provided_vault_cipher(s)
+    {
+        return Err(RolloutError::PlanRejected {
+            errors: vec![detail(
+                "plan.provided_keystore",
+                format!(
+                    "the secure vault encrypts with the key `{}` of the provided keystore: {e}",
+                    s.key.alias
+                ),
+                "the product's secure vault needs an RSA key (2048 bits or more)".into(),
+                file,
+                plan_toml,
+                at.span.start,
+            )],
+        });
+    }
+    if let Some(s) = &stores {
+        tracing::debug!(
+            keystore = %s.keystore.written,
+            keystore_sha256 = %s.keystore.sha256,
+            truststore_sha256 = s.truststore.as_ref().map_or("", |t| t.sha256.as_str()),
+            alias = %s.key.alias,
+            names = ?s.key.names,
+            "provided keystores checked"
+        );
+    }
+    Ok(stores)
 }
 
 /// Reads a stored pack's central directory and configuration files: a pack no agent would

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use apim_plan::secrets::{insert_provided, is_provided_key};
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
@@ -85,6 +86,7 @@ impl OperatorSvc {
             author,
             resolved_secrets,
             strict,
+            provided_files,
         } = req.into_inner();
         let state = &self.ctx.state;
         let prepared = rollout::prepare(
@@ -92,7 +94,7 @@ impl OperatorSvc {
             state.pki_dir(),
             &plan_path,
             &plan_toml,
-            resolved_secrets.into_iter().collect(),
+            with_files(resolved_secrets, provided_files),
             rollout::Mode::Apply,
             strict,
         )
@@ -126,6 +128,7 @@ impl OperatorSvc {
             plan_path,
             resolved_secrets,
             strict,
+            provided_files,
         } = req.into_inner();
         let state = &self.ctx.state;
         let prepared = rollout::prepare(
@@ -133,7 +136,7 @@ impl OperatorSvc {
             state.pki_dir(),
             &plan_path,
             &plan_toml,
-            resolved_secrets.into_iter().collect(),
+            with_files(resolved_secrets, provided_files),
             rollout::Mode::DryRun,
             strict,
         )
@@ -148,17 +151,19 @@ impl OperatorSvc {
             let mut old = Vec::new();
             for g in generations {
                 if let Some(p) = tx.plan(g)? {
-                    old.extend(p.secrets.into_values());
+                    old.extend(p.secrets);
                 }
             }
             Ok((baseline, old))
         })?;
+        // Provided files never show in a diff line (their digests do): no need to mask them.
         let secrets: Vec<&str> = prepared
             .secrets
             .0
-            .values()
-            .chain(&old_secrets)
-            .map(String::as_str)
+            .iter()
+            .chain(old_secrets.iter().map(|(k, v)| (k, v)))
+            .filter(|(k, _)| !is_provided_key(k))
+            .map(|(_, v)| v.as_str())
             .collect();
         Ok(PlanResponse {
             changes: rollout::diff::changes(&baseline, &prepared.targets, &secrets),
@@ -166,6 +171,22 @@ impl OperatorSvc {
             warnings: prepared.warnings,
         })
     }
+}
+
+/// The operator's resolved secrets with the provided files among them (`provided:<path>`,
+/// base64): they are kept, sealed and pruned together.
+fn with_files(
+    secrets: std::collections::HashMap<String, String>,
+    files: std::collections::HashMap<String, Vec<u8>>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out: std::collections::BTreeMap<String, String> = secrets
+        .into_iter()
+        .filter(|(k, _)| !is_provided_key(k))
+        .collect();
+    for (written, bytes) in files {
+        insert_provided(&mut out, &written, &bytes);
+    }
+    out
 }
 
 /// The cluster as the controller sees it now: the latest generation and rollout, and every

@@ -15,6 +15,8 @@ use apim_testkit::fake_agent::{Event, FakeAgent};
 use apim_testkit::plans::{V3_MACHINES, plan_v3, secrets, tiny_pack};
 use apim_testkit::wait::eventually;
 
+mod provided;
+
 /// The 3.x pack the test plans name.
 fn pack() -> Vec<u8> {
     tiny_pack("wso2am-3.2.0")
@@ -351,6 +353,7 @@ async fn refused_plans_change_nothing() {
             author: String::new(),
             resolved_secrets: req_secrets,
             strict: false,
+            provided_files: Default::default(),
         })
         .await
         .expect_err("missing secret");
@@ -372,6 +375,7 @@ async fn refused_plans_change_nothing() {
             author: String::new(),
             resolved_secrets: secrets(),
             strict: false,
+            provided_files: Default::default(),
         })
         .await
         .expect_err("stale revision");
@@ -405,6 +409,7 @@ async fn plan_masks_the_old_and_the_new_secrets_in_every_diff_line() {
             plan_path: "plan.toml".into(),
             resolved_secrets: secrets,
             strict: false,
+            provided_files: Default::default(),
         })
         .await
         .expect("plan")
@@ -482,6 +487,7 @@ async fn a_key_the_pack_never_reads_is_a_warning_and_strict_refuses_the_plan() {
         author: String::new(),
         resolved_secrets: secrets(),
         strict,
+        provided_files: Default::default(),
     };
 
     let err = c
@@ -510,6 +516,7 @@ async fn a_key_the_pack_never_reads_is_a_warning_and_strict_refuses_the_plan() {
             plan_path: "plan.toml".into(),
             resolved_secrets: secrets(),
             strict: false,
+            provided_files: Default::default(),
         })
         .await
         .expect("plan")
@@ -535,6 +542,7 @@ async fn a_key_the_pack_never_reads_is_a_warning_and_strict_refuses_the_plan() {
             plan_path: "plan.toml".into(),
             resolved_secrets: secrets(),
             strict: true,
+            provided_files: Default::default(),
         })
         .await
         .expect("plan")
@@ -605,6 +613,7 @@ async fn a_machine_without_the_memory_its_nodes_need_refuses_the_plan_before_any
             plan_path: "plan.toml".into(),
             resolved_secrets: secrets(),
             strict: false,
+            provided_files: Default::default(),
         })
         .await
         .expect_err("plan refused too");

@@ -21,7 +21,8 @@ use crate::plan::Plan;
 use crate::render::ClusterRender;
 
 /// One warning, with a stable code for machines (`render.unknown_key`,
-/// `render.placeholder_host`).
+/// `render.placeholder_host`, `render.provided_cert_name`); [`crate::provided::load`] reports
+/// its errors the same way (`plan.provided_keystore`, `plan.provided_truststore`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
     /// The code.

@@ -105,17 +105,23 @@ fn keystores(d: &mut Doc, plan: &Plan, sec: &Secrets) {
         &sec.keystore,
         &ks_alias,
     );
-    // The primary keystore signs tokens and holds the secure vault's key: the cluster CA's
-    // shared one, or the operator's provided keystore (which doubles as primary; the product's
-    // own default would be the shipped `wso2carbon.jks` with its shipped password).
-    let (file, alias) = match tls.issuer.value {
-        Issuer::ClusterCa => (node::primary_keystore_file(plan), tls.primary_alias.clone()),
-        Issuer::Provided => (Some(ks_file.clone()), ks_alias.clone()),
-        Issuer::PackDefault => (None, String::new()),
+    // The primary keystore signs tokens and (through `keystore.internal`) encrypts: the cluster
+    // CA's shared one, or the provided keystore itself; the pack's own stays the primary only
+    // with `pack-default` (its password `wso2carbon` would not open a provided file).
+    let primary = match (node::primary_keystore_file(plan), tls.issuer.value) {
+        (Some(file), _) => Some((file, tls.primary_alias.clone())),
+        (None, Issuer::Provided) => Some((ks_file, ks_alias)),
+        (None, _) => None,
     };
-    if let Some(file) = file {
-        let ty = tls.keystore_type.as_str();
-        keystore_section(d, "keystore.primary", &file, ty, &sec.keystore, &alias);
+    if let Some((file, alias)) = primary {
+        keystore_section(
+            d,
+            "keystore.primary",
+            &file,
+            tls.keystore_type.as_str(),
+            &sec.keystore,
+            &alias,
+        );
     }
     d.set("truststore.file_name", s(&tls.truststore_file));
     d.set("truststore.type", s(defaults::TRUSTSTORE_TYPE.as_str()));

@@ -19,6 +19,7 @@ mod doc;
 mod document;
 mod hosts;
 mod node;
+pub use node::cert_names;
 mod output;
 mod secret_values;
 mod v3;

@@ -195,25 +195,31 @@ fn tls(
     keystore_password: String,
     truststore_password: String,
 ) -> NodeTls {
-    let lb = plan
-        .load_balancers
-        .get(&node.role.value)
-        .map(|lb| lb.hostname.value.clone());
     NodeTls {
         issuer: plan.tls.issuer.value,
         store_type: plan.tls.keystore_type,
         keystore_file: plan.tls.keystore_file.clone(),
         alias: plan.tls.keystore_alias.clone(),
         common_name: node.hostname.value.clone(),
-        sans: std::iter::once(node.hostname.value.clone())
-            .chain(lb)
-            .collect(),
+        sans: cert_names(plan, node),
         primary_keystore_file: primary_keystore_file(plan),
         primary_alias: plan.tls.primary_alias.clone(),
         truststore_file: plan.tls.truststore_file.clone(),
         keystore_password: Sensitive(keystore_password),
         truststore_password: Sensitive(truststore_password),
     }
+}
+
+/// The names a node's certificate must carry: its hostname, then its role's load balancer
+/// hostname (clients that come through the LB verify that name).
+pub fn cert_names(plan: &Plan, node: &Node) -> Vec<String> {
+    let lb = plan
+        .load_balancers
+        .get(&node.role.value)
+        .map(|lb| lb.hostname.value.clone());
+    std::iter::once(node.hostname.value.clone())
+        .chain(lb)
+        .collect()
 }
 
 /// The shared primary keystore's file name: only the cluster CA makes one; provided and shipped

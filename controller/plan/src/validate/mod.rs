@@ -455,17 +455,17 @@ fn check_secrets(p: &Plan, env: &dyn EnvSource, out: &mut Vec<Diagnostic>) {
             );
         }
     }
+    // Here only whether they are at hand; `provided::load` opens and checks them.
     if p.tls.issuer.value == Issuer::Provided {
         for f in [&p.tls.provided_keystore, &p.tls.provided_truststore]
             .into_iter()
             .flatten()
         {
-            let path = p.resolve_path(&f.value);
-            if let Err(e) = std::fs::metadata(&path) {
-                out.push(Diagnostic::error(
-                    f.span.clone(),
-                    format!("`{}` cannot be read: {e}", path.display()),
-                ));
+            if let Err(e) = env.provided_file(&f.value, &p.base_dir) {
+                out.push(
+                    Diagnostic::error(f.span.clone(), e)
+                        .with_hint("paths are relative to the plan's folder"),
+                );
             }
         }
     }

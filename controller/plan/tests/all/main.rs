@@ -5,5 +5,6 @@
 mod golden;
 mod lint;
 mod props;
+mod provided;
 mod rules;
 mod vault;
