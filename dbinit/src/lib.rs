@@ -180,9 +180,9 @@ pub enum DbError {
     /// The database holds some but not all of the scripts' tables: nothing was run, nothing
     /// dropped; someone must repair or empty it.
     #[error(
-        "database {database} is partly initialised: it has {} of the scripts' tables \
-         (e.g. {}) but not {} (e.g. {}); nothing was run or dropped",
-        found.len(), first(found), missing.len(), first(missing)
+        "database {database} is partly initialised: it has {} of the scripts' tables ({}) \
+         but lacks {} ({}); nothing was run or dropped",
+        found.len(), list(found), missing.len(), list(missing)
     )]
     Partial {
         /// The database.
@@ -212,9 +212,19 @@ pub enum DbError {
     },
 }
 
-/// The first name of a list, for messages.
-fn first(names: &[String]) -> &str {
-    names.first().map(String::as_str).unwrap_or("-")
+/// Names for messages: the first few, then how many more.
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
 }
 
 /// A statement's head for errors: whitespace runs collapsed, at most 80 characters.

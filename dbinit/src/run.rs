@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 use tokio::net::TcpStream;
 
@@ -207,8 +207,10 @@ impl Conn {
                     .username(&t.username)
                     .password(&t.password.0)
                     .database(&t.database)
-                    // The session reads `||` as the server's default does, as the mysql client.
+                    // The session as the mysql client's: the server's sql_mode, time zone.
                     .pipes_as_concat(false)
+                    .no_engine_substitution(false)
+                    .timezone(None)
                     .disable_statement_logging()
                     .connect()
                     .await
@@ -220,6 +222,8 @@ impl Conn {
                     .password(&t.password.0)
                     .database(&t.database)
                     .application_name("apimctl-dbinit")
+                    // Not PGSSLMODE's: there is no TLS backend (see the crate doc).
+                    .ssl_mode(PgSslMode::Prefer)
                     .disable_statement_logging()
                     .connect()
                     .await

@@ -351,7 +351,22 @@ fn mariadb_ensure_running() -> u16 {
     let mut start = Command::new("service");
     start.args(["mariadb", "start"]);
     if let Err(e) = run(start) {
-        panic!("`service mariadb start` failed: {e}");
+        // No service manager (or it failed): run the server's own wrapper in the background, as
+        // its init script does. It outlives this process, as a started service would.
+        eprintln!("`service mariadb start` failed ({e}); starting mysqld_safe");
+        let mut dir = Command::new("install");
+        dir.args(["-d", "-o", "mysql", "-g", "mysql", "/run/mysqld"]);
+        if let Err(e) = run(dir) {
+            panic!("creating /run/mysqld for MariaDB failed: {e}");
+        }
+        let spawned = Command::new("mysqld_safe")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Err(e) = spawned {
+            panic!("neither `service mariadb start` nor mysqld_safe could start MariaDB: {e}");
+        }
     }
     wait_for("MariaDB to accept connections", mariadb_port)
 }
