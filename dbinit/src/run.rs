@@ -260,7 +260,7 @@ impl Conn {
             secs(o.lock_timeout)
         );
         // A failure guard: the server bounds the wait itself.
-        let guard = o.lock_timeout + Duration::from_secs(30);
+        let guard = o.lock_timeout.saturating_add(Duration::from_secs(30));
         let wait = async {
             match self {
                 Conn::My(c) => {
@@ -281,7 +281,8 @@ impl Conn {
                     }
                 }
                 Conn::Pg(c) => {
-                    let ms = o.lock_timeout.as_millis().max(1);
+                    // PostgreSQL's setting is an int of milliseconds.
+                    let ms = o.lock_timeout.as_millis().clamp(1, i32::MAX as u128);
                     sqlx::raw_sql(&format!("SET lock_timeout = {ms}"))
                         .execute(&mut *c)
                         .await
