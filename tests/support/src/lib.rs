@@ -6,6 +6,7 @@
 //! - [`fake_agent`]: agents that speak the real protocol and fail or hang on demand;
 //! - [`fake_controller`]: a scripted controller for the agent's tests and benchmark;
 //! - [`fake_node`]: a fake WSO2 home for the agent's process and health tests;
+//! - [`db`]: real MariaDB and PostgreSQL databases, created fresh and dropped after;
 //! - [`ca`]: credentials, certificates minted with rcgen for edge cases, a throwaway CA;
 //! - [`plans`]: the test plans and packs, the repository's examples, report assertions;
 //! - [`specs`]: MachineSpecs and NodeSpecs exactly as the controller sends them;
@@ -18,6 +19,7 @@
 
 pub mod ca;
 pub mod controller;
+pub mod db;
 pub mod fake_agent;
 pub mod fake_controller;
 pub mod fake_node;
