@@ -8,6 +8,7 @@
 pub mod cipher;
 pub mod ciphertool;
 pub mod config;
+pub mod db;
 pub mod hosts;
 pub mod http;
 pub mod keystore;

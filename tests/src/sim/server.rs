@@ -1,7 +1,7 @@
 //! The simulated Carbon server: pid file, config mapper checks, the OSGi profile launch (see
 //! [`super::launcher`]), the secure vault (see [`super::vault`]), the pack defaults a role
 //! needs (see [`super::packdefaults`]), role ports, peers, readiness, the HTTP answers (see
-//! [`super::http`]), and graceful shutdown on SIGTERM.
+//! [`super::http`]), its databases (see [`super::db`]), and graceful shutdown on SIGTERM.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +22,7 @@ use super::keystore::load_identity;
 use super::log::CarbonLog;
 use super::roles::{PortKind, Role};
 use super::vault::{self, Vault};
-use super::{launcher, packdefaults};
+use super::{db, launcher, packdefaults};
 use crate::fakejdk::MachineSettings;
 use crate::simpack::{GATEWAY_WAR, PackKind, Release, catalogue};
 
@@ -203,6 +203,19 @@ pub async fn run(jvm: JvmArgs, jdk_home: PathBuf, java_version: String) -> i32 {
         for line in &missing {
             log.error(packdefaults::LOGGER, line);
         }
+        return wait_for_shutdown(&log, kind).await;
+    }
+    let vault_secret = |alias: &str| Some(vault.secret(alias));
+    let databases = db::Context {
+        carbon_home: &carbon_home,
+        cfg: &cfg,
+        defaults: &defaults,
+        props,
+        secret: &vault_secret,
+        hosts_file: &machine.hosts_file,
+        log: &log,
+    };
+    if !db::check(&databases, role).await {
         return wait_for_shutdown(&log, kind).await;
     }
 

@@ -6,6 +6,7 @@
 //! the `apim-simjava` binary behind a fake JDK (see [`crate::fakejdk`]).
 
 pub mod catalogue;
+pub mod dbscripts;
 mod keystores;
 mod layout;
 mod scripts;
@@ -21,6 +22,7 @@ use zip::ZipWriter;
 use zip::write::SimpleFileOptions;
 
 pub use catalogue::Catalogue;
+pub use dbscripts::{APIM_DB_TABLES, SHARED_DB_TABLES, driver_jar};
 pub use keystores::{DEFAULT_STORE_PASSWORD, find_keytool};
 pub use layout::{GATEWAY_WAR, PackKind, PackLayout, Release, StoreFormat, is_key_manager_profile};
 
@@ -588,16 +590,9 @@ fn pack_entries(
         );
     }
 
-    // dbscripts
-    for db in ["h2", "mysql", "postgresql", "oracle", "mssql"] {
-        e.file(
-            format!("dbscripts/{db}.sql"),
-            format!("-- Carbon tables ({db})\nCREATE TABLE REG_CLUSTER_LOCK (REG_LOCK_NAME VARCHAR (20));\n"),
-        );
-        e.file(
-            format!("dbscripts/apimgt/{db}.sql"),
-            format!("-- API Manager tables ({db})\nCREATE TABLE AM_SUBSCRIBER (SUBSCRIBER_ID INTEGER);\n"),
-        );
+    // dbscripts: the kernel's (shared database) and the API Manager's, in every pack
+    for (path, text) in dbscripts::pack_scripts() {
+        e.file(path, text);
     }
     e.dir("repository/logs");
     e.dir("repository/database");
