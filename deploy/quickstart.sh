@@ -5,6 +5,10 @@
 #                                 (each with its own 127.x address, install root and hosts file
 #                                 under ./.quickstart/), apply the plan, print the status; exits 0
 #                                 once every node is healthy and leaves everything running.
+#   deploy/quickstart.sh --db mariadb|postgres
+#                                 the same on a local MariaDB or PostgreSQL server that is
+#                                 running (the default is the packs' own H2): apimctl creates the
+#                                 schemas; the message says how to start a server when none runs.
 #   deploy/quickstart.sh --down   stop it all (controller, agents, simulated servers).
 #
 # Re-running it is safe: running daemons are reused and re-applying the same plan changes
@@ -25,13 +29,19 @@ case "${1:-}" in
     cargo build --quiet -p apim-e2e --bin apim-e2e-quickstart
     exec "$target/debug/apim-e2e-quickstart" down "$dir"
     ;;
-  "" ) ;;
+  "" ) set -- ;;
+  --db)
+    case "${2:-}" in
+      mariadb|mysql|postgres|postgresql) set -- --db "$2" ;;
+      *) echo "usage: $0 [--db mariadb|postgres | --down]" >&2; exit 2 ;;
+    esac
+    ;;
   *)
-    echo "usage: $0 [--down]" >&2
+    echo "usage: $0 [--db mariadb|postgres | --down]" >&2
     exit 2
     ;;
 esac
 
 echo "building apimctl, apim-agent and the simulated WSO2 server (cargo build)..."
 cargo build --bins -p apimctl -p apim-agent -p apim-e2e
-APIM_E2E_NO_BUILD=1 exec "$target/debug/apim-e2e-quickstart" up "$dir"
+APIM_E2E_NO_BUILD=1 exec "$target/debug/apim-e2e-quickstart" up "$dir" "$@"

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::net::TcpStream;
 
 use crate::split::{created_table, split};
@@ -198,7 +198,11 @@ enum Conn {
 
 impl Conn {
     /// Logs in, bounded by `connect_timeout`.
-    async fn connect(t: &Target, o: &Options) -> Result<Conn, DbError> {
+    fn connect<'a>(t: &'a Target, o: &'a Options) -> Boxed<'a, Result<Conn, DbError>> {
+        Box::pin(Self::connect_inner(t, o))
+    }
+
+    async fn connect_inner(t: &Target, o: &Options) -> Result<Conn, DbError> {
         let login = async {
             match t.engine {
                 Engine::Mysql => MySqlConnectOptions::new()
@@ -250,7 +254,11 @@ impl Conn {
     }
 
     /// Takes the database's init lock, waiting at most `lock_timeout`.
-    async fn lock(&mut self, t: &Target, o: &Options) -> Result<(), DbError> {
+    fn lock<'a>(&'a mut self, t: &'a Target, o: &'a Options) -> Boxed<'a, Result<(), DbError>> {
+        Box::pin(self.lock_inner(t, o))
+    }
+
+    async fn lock_inner(&mut self, t: &Target, o: &Options) -> Result<(), DbError> {
         let lock_err = |reason: String| DbError::Lock {
             database: t.database.clone(),
             reason,
@@ -283,15 +291,15 @@ impl Conn {
                 Conn::Pg(c) => {
                     // PostgreSQL's setting is an int of milliseconds.
                     let ms = o.lock_timeout.as_millis().clamp(1, i32::MAX as u128);
-                    sqlx::raw_sql(&format!("SET lock_timeout = {ms}"))
-                        .execute(&mut *c)
+                    let set = format!("SET lock_timeout = {ms}");
+                    Executor::execute(&mut *c, set.as_str())
                         .await
                         .map_err(|e| lock_err(server_message(&e, &t.password)))?;
                     let got = sqlx::query("SELECT pg_advisory_lock($1)")
                         .bind(postgres_lock_key(&t.database))
                         .execute(&mut *c)
                         .await;
-                    let reset = sqlx::raw_sql("RESET lock_timeout").execute(&mut *c).await;
+                    let reset = Executor::execute(&mut *c, "RESET lock_timeout").await;
                     match got {
                         Ok(_) => {}
                         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
@@ -311,19 +319,21 @@ impl Conn {
     }
 
     /// Releases the init lock.
-    async fn unlock(&mut self, t: &Target) -> Result<(), sqlx::Error> {
-        match self {
-            Conn::My(c) => sqlx::query("SELECT RELEASE_LOCK(?)")
-                .bind(mysql_lock_name(&t.database))
-                .execute(&mut *c)
-                .await
-                .map(|_| ()),
-            Conn::Pg(c) => sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(postgres_lock_key(&t.database))
-                .execute(&mut *c)
-                .await
-                .map(|_| ()),
-        }
+    fn unlock<'a>(&'a mut self, t: &'a Target) -> Boxed<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            match self {
+                Conn::My(c) => sqlx::query("SELECT RELEASE_LOCK(?)")
+                    .bind(mysql_lock_name(&t.database))
+                    .execute(&mut *c)
+                    .await
+                    .map(|_| ()),
+                Conn::Pg(c) => sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(postgres_lock_key(&t.database))
+                    .execute(&mut *c)
+                    .await
+                    .map(|_| ()),
+            }
+        })
     }
 
     /// The query for the tables of the current database (MySQL) or schema (PostgreSQL).
@@ -341,31 +351,42 @@ impl Conn {
     }
 
     /// The tables there, lower-cased.
-    async fn tables(&mut self) -> Result<Vec<String>, sqlx::Error> {
-        let q = self.tables_query();
-        let names: Vec<String> = match self {
-            Conn::My(c) => sqlx::query_scalar(q).fetch_all(&mut *c).await?,
-            Conn::Pg(c) => sqlx::query_scalar(q).fetch_all(&mut *c).await?,
-        };
-        Ok(names.into_iter().map(|n| n.to_lowercase()).collect())
+    fn tables(&mut self) -> Boxed<'_, Result<Vec<String>, sqlx::Error>> {
+        Box::pin(async move {
+            let q = self.tables_query();
+            let names: Vec<String> = match self {
+                Conn::My(c) => sqlx::query_scalar(q).fetch_all(&mut *c).await?,
+                Conn::Pg(c) => sqlx::query_scalar(q).fetch_all(&mut *c).await?,
+            };
+            Ok(names.into_iter().map(|n| n.to_lowercase()).collect())
+        })
     }
 
     /// Runs one statement un-prepared (the simple-query protocol).
-    async fn raw(&mut self, sql: &str) -> Result<(), sqlx::Error> {
-        match self {
-            Conn::My(c) => sqlx::raw_sql(sql).execute(&mut *c).await.map(|_| ()),
-            Conn::Pg(c) => sqlx::raw_sql(sql).execute(&mut *c).await.map(|_| ()),
-        }
+    fn raw<'a>(&'a mut self, sql: &'a str) -> Boxed<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            match self {
+                Conn::My(c) => Executor::execute(&mut *c, sql).await.map(|_| ()),
+                Conn::Pg(c) => Executor::execute(&mut *c, sql).await.map(|_| ()),
+            }
+        })
     }
 
     /// Closes politely; a failure only means the server notices the closed socket instead.
-    async fn close(self) {
-        let _ = match self {
-            Conn::My(c) => c.close().await,
-            Conn::Pg(c) => c.close().await,
-        };
+    fn close(self) -> Boxed<'static, ()> {
+        Box::pin(async move {
+            let _ = match self {
+                Conn::My(c) => c.close().await,
+                Conn::Pg(c) => c.close().await,
+            };
+        })
     }
 }
+
+/// A boxed `Send` future: sqlx's futures are `Send` only for the concrete lifetimes of each
+/// call, which an outer future cannot prove for every lifetime (rustc #96865); boxing each call
+/// keeps [`init_if_empty`] usable from spawned tasks.
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// The server's message for a database error (with its code), else the error; never a password.
 fn server_message(e: &sqlx::Error, password: &Secret) -> String {

@@ -5,8 +5,8 @@
 use std::fmt;
 
 use crate::v1::{
-    ApplyRequest, Chunk, CreateTokenResponse, EnrollRequest, EnvVar, KeystoreSpec, NodeFile,
-    NodeSpec, PlanRequest, ProvidedStores, StoreType, UploadChunk,
+    ApplyRequest, Chunk, CreateTokenResponse, DatabaseInit, EnrollRequest, EnvVar, KeystoreSpec,
+    NodeFile, NodeSpec, PlanRequest, ProvidedStores, StoreType, UploadChunk,
 };
 
 /// A secret value: shows whether it is set, never its content.
@@ -107,6 +107,20 @@ impl fmt::Debug for NodeSpec {
             .field("process", &self.process)
             .field("memory_bytes", &self.memory_bytes)
             .field("files", &self.files)
+            .field("libs", &self.libs)
+            .field("databases", &self.databases)
+            .finish()
+    }
+}
+
+impl fmt::Debug for DatabaseInit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseInit")
+            .field("engine", &self.engine)
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field("password", &Secret(&self.password))
+            .field("scripts", &self.scripts)
             .finish()
     }
 }

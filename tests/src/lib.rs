@@ -31,6 +31,7 @@
 #![recursion_limit = "512"]
 
 pub mod cluster;
+pub mod db;
 pub mod fakejdk;
 pub mod probe;
 pub mod sim;

@@ -31,7 +31,11 @@ fn sim_pack(pack: PackKind) -> SimPack {
 }
 
 /// A plan with one node of every role `product` has, on one machine at growing offsets.
-fn plan_text(product: Product, packs: &BTreeMap<PackKind, (String, String)>) -> String {
+fn plan_text(
+    product: Product,
+    packs: &BTreeMap<PackKind, (String, String)>,
+    driver: &(String, String),
+) -> String {
     let mut s = format!(
         "[cluster]\nname = \"base\"\nproduct = \"wso2am-{}\"\njava_home = \"/jdk\"\n\n[distributions]\n",
         product.version()
@@ -43,6 +47,11 @@ fn plan_text(product: Product, packs: &BTreeMap<PackKind, (String, String)>) -> 
             kind.plan_key()
         );
     }
+    let _ = write!(
+        s,
+        "\n[drivers]\nmysql = {{ path = \"{}\", sha256 = \"{}\" }}\n",
+        driver.0, driver.1
+    );
     s.push_str("\n[admin]\npassword = \"pw\"\n\n[databases.apim_db]\ntype = \"mysql\"\nhost = \"db\"\nname = \"apim\"\nusername = \"u\"\npassword = \"pw\"\n");
     s.push_str("\n[databases.shared_db]\ntype = \"mysql\"\nhost = \"db\"\nname = \"shared\"\nusername = \"u\"\npassword = \"pw\"\n");
     s.push_str("\n[tls]\nkeystore_password = \"pw\"\n\n[[machines]]\nname = \"vm\"\naddress = \"10.1.0.1\"\n");
@@ -72,7 +81,11 @@ fn release(version: &str, dir: &Path) -> (Product, PackSet, String) {
         set.insert(kind, Arc::new(config));
         files.insert(kind, (info.path.display().to_string(), info.sha256));
     }
-    (product, set, plan_text(product, &files))
+    let jar = simpack::driver_jar("com.mysql.cj.jdbc.Driver");
+    let jar_path = dir.join("mysql-connector-j.jar");
+    std::fs::write(&jar_path, &jar).unwrap();
+    let driver = (jar_path.display().to_string(), apim_plan::digest(&jar));
+    (product, set, plan_text(product, &files, &driver))
 }
 
 fn render_with(text: &str, packs: &PackSet) -> (Plan, ClusterRender) {

@@ -151,6 +151,20 @@ pub enum DaemonError {
         problems: String,
     },
 
+    /// A database the node uses is unusable: unreachable, or its schema could not be created.
+    /// Never carries a password.
+    #[error("{node}: database {id} at {addr}: {reason}")]
+    Database {
+        /// The node.
+        node: String,
+        /// The plan's name of the database.
+        id: String,
+        /// host:port.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
+
     /// The profile optimizer failed (exit status or a failure marker in its output).
     #[error("optimizer of {node} failed: {reason}")]
     Optimizer {

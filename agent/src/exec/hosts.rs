@@ -401,3 +401,38 @@ mod tests {
         }
     }
 }
+
+/// The address `name` has in the hosts file at `path` (the first line naming it), if any. The
+/// agent connects to a plan's hosts by the file it keeps, which is what the servers on the
+/// machine resolve too (its own process may run with another resolver configuration).
+pub fn lookup(path: &Path, name: &str) -> Option<IpAddr> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut words = line.split_whitespace();
+        let ip: IpAddr = words.next()?.parse().ok()?;
+        words.any(|w| w.eq_ignore_ascii_case(name)).then_some(ip)
+    })
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_by_the_first_line_that_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hosts");
+        std::fs::write(
+            &p,
+            "127.0.0.1 localhost\n# 10.0.0.9 db.example.com\n10.0.0.5 km db.example.com # x\n10.0.0.6 db.example.com\n",
+        )
+        .unwrap();
+        assert_eq!(
+            lookup(&p, "DB.example.com"),
+            Some("10.0.0.5".parse().unwrap())
+        );
+        assert_eq!(lookup(&p, "gw"), None);
+        assert_eq!(lookup(&dir.path().join("none"), "km"), None);
+    }
+}

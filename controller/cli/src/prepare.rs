@@ -175,6 +175,14 @@ pub async fn prepare(
             Err(problem) => problems.push(problem),
         }
     }
+    // Drivers are small: each is read and checked here before anything is sent.
+    let mut drivers = Vec::new();
+    for d in plan.drivers.values() {
+        match validate::check_driver_file(&plan, d, env) {
+            Ok(()) => drivers.push((d, plan.resolve_path(&d.path.value))),
+            Err(problem) => problems.push(problem),
+        }
+    }
     if !problems.is_empty() {
         return Err(invalid(problems));
     }
@@ -212,6 +220,16 @@ pub async fn prepare(
         }
         if uploaded?.sent {
             let _ = writeln!(stderr, "uploaded {}", pack.display());
+        }
+    }
+    if packs_mode == Packs::Upload {
+        for (d, jar) in drivers {
+            if client::upload_if_missing(channel.clone(), &jar, &d.sha256.value)
+                .await?
+                .sent
+            {
+                let _ = writeln!(stderr, "uploaded {}", jar.display());
+            }
         }
     }
     Ok(Ready {

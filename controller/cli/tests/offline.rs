@@ -44,13 +44,13 @@ fn validate_reports_every_error_with_location_and_exits_1() {
     let p = path.display().to_string();
     assert!(
         stderr.contains(&format!(
-            "{p}:54:11: error: node `gw-1` is on unknown machine `vm-9`"
+            "{p}:57:11: error: node `gw-1` is on unknown machine `vm-9`"
         )),
         "{stderr}"
     );
     assert!(
         stderr.contains(&format!(
-            "{p}:56:1: error: unknown field `ofset` in [[nodes]] #3"
+            "{p}:59:1: error: unknown field `ofset` in [[nodes]] #3"
         )),
         "{stderr}"
     );
@@ -59,7 +59,7 @@ fn validate_reports_every_error_with_location_and_exits_1() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("54 | machine = \"vm-9\"\n   |           ^^^^^^"),
+        stderr.contains("57 | machine = \"vm-9\"\n   |           ^^^^^^"),
         "{stderr}"
     );
     assert!(stderr.contains("2 error(s), 0 warning(s)"), "{stderr}");

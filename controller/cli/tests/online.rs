@@ -71,6 +71,13 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
     std::fs::create_dir_all(dir.path().join("dist")).expect("dist");
     let pack = pack();
     std::fs::write(dir.path().join("dist/wso2am-3.2.0.zip"), &pack).expect("pack");
+    std::fs::write(
+        dir.path()
+            .join("dist")
+            .join(apim_testkit::plans::MYSQL_DRIVER_FILE),
+        apim_testkit::plans::mysql_driver_jar(),
+    )
+    .expect("driver");
     let sha = apim_plan::digest(&pack);
     std::fs::write(
         dir.path().join("plan.toml"),
@@ -222,6 +229,13 @@ async fn plan_and_apply_send_a_provided_keystore_with_the_request() {
     std::fs::create_dir_all(dir.path().join("certs")).expect("certs");
     let pack = pack();
     std::fs::write(dir.path().join("dist/wso2am-3.2.0.zip"), &pack).expect("pack");
+    std::fs::write(
+        dir.path()
+            .join("dist")
+            .join(apim_testkit::plans::MYSQL_DRIVER_FILE),
+        apim_testkit::plans::mysql_driver_jar(),
+    )
+    .expect("driver");
     let stores = apim_testkit::ca::provided_stores(
         &["*.wso2.com"],
         apim_certs::StoreFormat::Pkcs12,

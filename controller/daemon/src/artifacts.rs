@@ -254,11 +254,12 @@ impl Upload {
                 reason: format!("sha256 {actual}, announced {}", self.sha256),
             });
         }
-        // A bad pack never enters the store: its central directory is read before the rename.
+        // An unsafe archive never enters the store: its central directory is read before the
+        // rename (a pack's one top directory is checked where the pack is used).
         let file = self.tmp.reopen().map_err(io_err("reopening", &tmp_path))?;
         let limits = apim_plan::pack::PackLimits::default();
         tokio::task::spawn_blocking(move || {
-            apim_plan::pack::inspect(std::io::BufReader::new(file), &limits)
+            apim_plan::pack::inspect_archive(std::io::BufReader::new(file), &limits)
         })
         .await
         .map_err(|e| io_err("inspecting", &tmp_path)(io::Error::other(e)))?

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 
 use apim_proto::v1::{
-    ArtifactRef, CommandSpec as WireCommand, DesiredRun, EnvVar, HostsEntry as WireHosts,
-    HttpProbe, MachineSpec, NodeFile as WireFile, NodeSpec, Readiness as WireReadiness,
+    ArtifactRef, CommandSpec as WireCommand, DatabaseInit, DatabaseUse, DbEngine, DesiredRun,
+    EnvVar, HostsEntry as WireHosts, HttpProbe, LibJar, MachineSpec, NodeFile as WireFile,
+    NodeSpec, Readiness as WireReadiness,
 };
 
 use crate::pki::{PkiError, ProductPki};
@@ -116,6 +117,20 @@ pub fn node_spec(
                 before_each_start: f.before_each_start,
             })
             .collect(),
+        libs: node
+            .libs
+            .iter()
+            .map(|l| LibJar {
+                artifact: Some(ArtifactRef {
+                    sha256: l.sha256.clone(),
+                    size: pack_sizes.get(&l.sha256).copied().unwrap_or(0),
+                    file_name: l.file_name.clone(),
+                    top_dir: String::new(),
+                }),
+                dir: l.dir.clone(),
+            })
+            .collect(),
+        databases: node.databases.iter().map(database_use).collect(),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
@@ -134,6 +149,26 @@ fn env(node: &NodeRender) -> Vec<EnvVar> {
         })
         .into_iter()
         .collect()
+}
+
+/// A database the node uses, with its schema's creation on the one node that does it.
+fn database_use(d: &apim_plan::render::NodeDatabase) -> DatabaseUse {
+    DatabaseUse {
+        id: d.id.clone(),
+        host: d.host.clone(),
+        port: u32::from(d.port),
+        init: d.init.as_ref().map(|i| DatabaseInit {
+            engine: match i.db_type {
+                apim_plan::plan::DbType::Postgres => DbEngine::Postgres,
+                _ => DbEngine::Mysql,
+            }
+            .into(),
+            database: i.database.clone(),
+            username: i.username.clone(),
+            password: i.password.0.clone(),
+            scripts: i.scripts.clone(),
+        }),
+    }
 }
 
 /// How the agent recognises the node's server process.
@@ -156,6 +191,17 @@ pub fn config_digest(spec: &NodeSpec) -> String {
         bytes.extend_from_slice(e.name.as_bytes());
         bytes.push(b'=');
         bytes.extend_from_slice(e.value.as_bytes());
+    }
+    // The jars placed with it (a node without any digests as before).
+    for l in &spec.libs {
+        bytes.extend_from_slice(b"\0lib\0");
+        bytes.extend_from_slice(l.dir.as_bytes());
+        bytes.push(0);
+        if let Some(a) = &l.artifact {
+            bytes.extend_from_slice(a.file_name.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(a.sha256.as_bytes());
+        }
     }
     // The files written with the configuration (a node without any digests as before).
     for f in spec.files.iter().filter(|f| !f.before_each_start) {
@@ -364,10 +410,18 @@ mod tests {
         let node = &before.nodes[0];
         assert!(node.env.is_empty(), "no [jvm]: the scripts' defaults");
         assert_eq!(node.memory_bytes, jvm::memory_need(jvm::DEFAULT_HEAP_MAX));
-        // Without environment the digest is the deployment.toml's alone, as before [jvm].
+        // Without environment (and jars) the digest is the deployment.toml's alone, as before
+        // [jvm].
+        let mut bare = node.clone();
+        bare.libs.clear();
         assert_eq!(
-            node.config_digest,
+            config_digest(&bare),
             apim_plan::digest(node.deployment_toml.as_bytes())
+        );
+        assert_ne!(
+            node.config_digest,
+            config_digest(&bare),
+            "the driver counts"
         );
 
         let sized = cluster_with(

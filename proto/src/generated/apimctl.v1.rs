@@ -144,6 +144,8 @@ pub enum NodePhase {
     /// the controller to release it (desired = RUNNING). A node running an older configuration
     /// keeps running it while STAGED.
     Staged = 12,
+    /// Creating a database's schema from the pack's scripts (`step` names the database).
+    Initialising = 13,
 }
 impl NodePhase {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -165,6 +167,7 @@ impl NodePhase {
             Self::Stopped => "NODE_PHASE_STOPPED",
             Self::Failed => "NODE_PHASE_FAILED",
             Self::Staged => "NODE_PHASE_STAGED",
+            Self::Initialising => "NODE_PHASE_INITIALISING",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -183,6 +186,7 @@ impl NodePhase {
             "NODE_PHASE_STOPPED" => Some(Self::Stopped),
             "NODE_PHASE_FAILED" => Some(Self::Failed),
             "NODE_PHASE_STAGED" => Some(Self::Staged),
+            "NODE_PHASE_INITIALISING" => Some(Self::Initialising),
             _ => None,
         }
     }
@@ -303,6 +307,63 @@ pub struct NodeSpec {
     /// configuration and password file).
     #[prost(message, repeated, tag = "22")]
     pub files: ::prost::alloc::vec::Vec<NodeFile>,
+    /// Jars the node's server loads besides the pack's own (JDBC drivers), fetched by digest like
+    /// the pack and placed in the carbon home; part of `config_digest` (a new jar restarts).
+    #[prost(message, repeated, tag = "23")]
+    pub libs: ::prost::alloc::vec::Vec<LibJar>,
+    /// The databases the node's server connects to: checked reachable before the node is staged.
+    #[prost(message, repeated, tag = "24")]
+    pub databases: ::prost::alloc::vec::Vec<DatabaseUse>,
+}
+/// A jar fetched from the controller by digest and placed in a node's carbon home.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LibJar {
+    /// The jar; `top_dir` is empty.
+    #[prost(message, optional, tag = "1")]
+    pub artifact: ::core::option::Option<ArtifactRef>,
+    /// The folder it goes into, relative to the carbon home, e.g. "repository/components/lib".
+    /// The agent removes jars it placed there before that a spec no longer names.
+    #[prost(string, tag = "2")]
+    pub dir: ::prost::alloc::string::String,
+}
+/// A database a node uses.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DatabaseUse {
+    /// The plan's name for it, e.g. "apim_db".
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Where its server listens: the agent connects (TCP, bounded) before the node is staged.
+    #[prost(string, tag = "2")]
+    pub host: ::prost::alloc::string::String,
+    /// Its port.
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+    /// Set on exactly one node of the cluster per database with `init = "if-empty"`: before that
+    /// node is staged its agent creates the schema when the database holds none of it.
+    #[prost(message, optional, tag = "4")]
+    pub init: ::core::option::Option<DatabaseInit>,
+}
+/// Creating a database's schema from the scripts the pack ships.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct DatabaseInit {
+    /// Its engine.
+    #[prost(enumeration = "DbEngine", tag = "1")]
+    pub engine: i32,
+    /// The database (schema) name.
+    #[prost(string, tag = "2")]
+    pub database: ::prost::alloc::string::String,
+    /// The user the scripts run as.
+    #[prost(string, tag = "3")]
+    pub username: ::prost::alloc::string::String,
+    /// Its password. SECRET (always redacted from logs).
+    #[prost(string, tag = "4")]
+    pub password: ::prost::alloc::string::String,
+    /// The scripts to run in order, relative to the node's carbon home, e.g.
+    /// "dbscripts/apimgt/mysql.sql". Nothing runs when every table they create exists; a database
+    /// holding some of them is refused, untouched.
+    #[prost(string, repeated, tag = "5")]
+    pub scripts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// A file the agent writes into a node's carbon home, owned by the node's run-as user.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -545,6 +606,39 @@ impl DesiredRun {
             "DESIRED_RUN_RUNNING" => Some(Self::Running),
             "DESIRED_RUN_STAGED" => Some(Self::Staged),
             "DESIRED_RUN_STOPPED" => Some(Self::Stopped),
+            _ => None,
+        }
+    }
+}
+/// The SQL engine of a database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DbEngine {
+    /// Never sent on purpose.
+    Unspecified = 0,
+    /// MySQL or MariaDB.
+    Mysql = 1,
+    /// PostgreSQL.
+    Postgres = 2,
+}
+impl DbEngine {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DB_ENGINE_UNSPECIFIED",
+            Self::Mysql => "DB_ENGINE_MYSQL",
+            Self::Postgres => "DB_ENGINE_POSTGRES",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DB_ENGINE_UNSPECIFIED" => Some(Self::Unspecified),
+            "DB_ENGINE_MYSQL" => Some(Self::Mysql),
+            "DB_ENGINE_POSTGRES" => Some(Self::Postgres),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ const SKIP_DEBUG: &[&str] = &[
     ".apimctl.v1.NodeSpec",
     ".apimctl.v1.EnvVar",
     ".apimctl.v1.NodeFile",
+    ".apimctl.v1.DatabaseInit",
     ".apimctl.v1.KeystoreSpec",
     ".apimctl.v1.ProvidedStores",
     ".apimctl.v1.EnrollRequest",

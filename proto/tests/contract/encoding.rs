@@ -120,6 +120,9 @@ fn machine_spec_round_trips_every_field() {
         "ProvidedStores",
         "ServerProcess",
         "NodeFile",
+        "LibJar",
+        "DatabaseUse",
+        "DatabaseInit",
     ]
     .into_iter()
     .collect();

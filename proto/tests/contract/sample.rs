@@ -2,9 +2,9 @@
 
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
-    ArtifactRef, CommandSpec, DesiredRun, EnvVar, HostsEntry, HttpProbe, KeystoreSpec,
-    MachineFacts, MachineSpec, NodeFile, NodeSpec, ProvidedStores, Readiness, ServerProcess,
-    StoreType, TrustedCert,
+    ArtifactRef, CommandSpec, DatabaseInit, DatabaseUse, DbEngine, DesiredRun, EnvVar, HostsEntry,
+    HttpProbe, KeystoreSpec, LibJar, MachineFacts, MachineSpec, NodeFile, NodeSpec, ProvidedStores,
+    Readiness, ServerProcess, StoreType, TrustedCert,
 };
 
 /// Secret strings used in the sample; the redaction test checks none of them is printed.
@@ -16,6 +16,7 @@ pub const SECRETS: &[&str] = &[
     "truststore-pass-s3cret",
     "env-secret-s3cret",
     "vault-password-s3cret",
+    "dbinit-password-s3cret",
 ];
 
 /// Secret bytes used in the sample (provided stores, provided files); the redaction test checks
@@ -131,6 +132,27 @@ pub fn full_node() -> NodeSpec {
                 before_each_start: true,
             },
         ],
+        libs: vec![LibJar {
+            artifact: Some(ArtifactRef {
+                sha256: "d1".repeat(32),
+                size: 2_500_000,
+                file_name: "mysql-connector-j-8.4.0.jar".into(),
+                top_dir: String::new(),
+            }),
+            dir: "repository/components/lib".into(),
+        }],
+        databases: vec![DatabaseUse {
+            id: "apim_db".into(),
+            host: "db.example.com".into(),
+            port: 3306,
+            init: Some(DatabaseInit {
+                engine: DbEngine::Mysql.into(),
+                database: "apim_db".into(),
+                username: "apim".into(),
+                password: "dbinit-password-s3cret".into(),
+                scripts: vec!["dbscripts/apimgt/mysql.sql".into()],
+            }),
+        }],
     }
 }
 

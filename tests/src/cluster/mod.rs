@@ -39,7 +39,7 @@ pub use process::{find_files, kill_processes_under, stop_detached};
 pub use status::{
     all_healthy, log_times, node_phase, rollout_state, status_nodes, unreachable_peers,
 };
-pub use topology::{ClusterOptions, NodeDef, PlanParams, Topology};
+pub use topology::{ClusterOptions, NodeDef, PlanParams, ServerDb, Topology};
 
 /// Upper bound of any wait in the harness: a failure guard, never a synchronisation device.
 pub const PATIENCE: Duration = Duration::from_secs(240);

@@ -191,6 +191,59 @@ pub struct PlanParams {
     pub overrides: Vec<(String, String)>,
     /// `[secure_vault] enabled`.
     pub secure_vault: bool,
+    /// The databases on a real server; `None`: the packs' own H2 (each node its own copy).
+    pub database: Option<ServerDb>,
+}
+
+/// A plan's databases on a real MySQL/MariaDB or PostgreSQL server (reached as `db.wso2.com`).
+#[derive(Debug, Clone)]
+pub struct ServerDb {
+    /// `mysql` or `postgres`.
+    pub db_type: &'static str,
+    /// The server's port on 127.0.0.1.
+    pub port: u16,
+    /// `[databases.apim_db]`: name, user, password.
+    pub apim: (String, String, String),
+    /// `[databases.shared_db]`: name, user, password.
+    pub shared: (String, String, String),
+    /// `init = "if-empty"`.
+    pub init: bool,
+    /// The driver jar `[drivers]` names (file name, bytes); `None`: no `[drivers]`.
+    pub driver: Option<(String, Vec<u8>)>,
+}
+
+/// `[drivers]` and `[databases.*]` for `db` (H2 when `None`).
+fn database_section(db: Option<&ServerDb>) -> String {
+    let Some(db) = db else {
+        return ["apim_db", "shared_db"]
+            .iter()
+            .map(|id| {
+                format!(
+                    "\n[databases.{id}]\ntype = \"h2\"\nusername = \"wso2carbon\"\n\
+                     password = {{ file = \"secrets/h2-password\" }}\n"
+                )
+            })
+            .collect();
+    };
+    let mut s = String::new();
+    if let Some((file, bytes)) = &db.driver {
+        s.push_str(&format!(
+            "\n[drivers]\n{} = {{ path = \"drivers/{file}\", sha256 = \"{}\" }}\n",
+            db.db_type,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+        ));
+    }
+    for (id, (name, user, _)) in [("apim_db", &db.apim), ("shared_db", &db.shared)] {
+        s.push_str(&format!(
+            "\n[databases.{id}]\ntype = \"{}\"\nhost = \"db.wso2.com\"\nport = {}\nname = \"{name}\"\n\
+             username = \"{user}\"\npassword = {{ file = \"secrets/{id}-password\" }}\n",
+            db.db_type, db.port
+        ));
+        if db.init {
+            s.push_str("init = \"if-empty\"\n");
+        }
+    }
+    s
 }
 
 impl Default for PlanParams {
@@ -201,6 +254,7 @@ impl Default for PlanParams {
             max_parallel: 2,
             overrides: Vec::new(),
             secure_vault: false,
+            database: None,
         }
     }
 }
@@ -236,26 +290,11 @@ java_home = "/usr/lib/jvm/java-17-openjdk-amd64"
 username = "admin"
 password = { file = "secrets/admin-password" }
 
-[databases.apim_db]
-type = "mysql"
-host = "db.wso2.com"
-port = 3306
-name = "apim_db"
-username = "apimadmin"
-password = { file = "secrets/db-password" }
-
-[databases.shared_db]
-type = "mysql"
-host = "db.wso2.com"
-port = 3306
-name = "shared_db"
-username = "sharedadmin"
-password = { file = "secrets/db-password" }
-
 [hosts]
 "db.wso2.com" = "127.0.0.1"
 "#,
         );
+        s.push_str(&database_section(params.database.as_ref()));
         // The packs keep the `.jks` names; from 4.4 on their content is PKCS12.
         s.push_str(&format!(
             "\n[tls]\nissuer = \"cluster-ca\"\nkeystore_type = \"{}\"\nkeystore_file = \"wso2carbon.jks\"\nkeystore_password = {{ file = \"secrets/keystore-password\" }}\n",
@@ -316,7 +355,29 @@ password = { file = "secrets/db-password" }
 
     /// Writes the plan for `params` as `<root>/<file>` and returns its path.
     pub fn write_plan(&self, file: &str, params: &PlanParams) -> Result<PathBuf> {
-        let p = self.root().join(file);
+        let root = self.root();
+        let secrets = root.join("secrets");
+        std::fs::create_dir_all(&secrets).map_err(io("create", &secrets))?;
+        let mut files = vec![(secrets.join("h2-password"), b"wso2carbon".to_vec())];
+        if let Some(db) = &params.database {
+            files.push((
+                secrets.join("apim_db-password"),
+                db.apim.2.clone().into_bytes(),
+            ));
+            files.push((
+                secrets.join("shared_db-password"),
+                db.shared.2.clone().into_bytes(),
+            ));
+            if let Some((name, bytes)) = &db.driver {
+                let dir = root.join("drivers");
+                std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+                files.push((dir.join(name), bytes.clone()));
+            }
+        }
+        for (path, bytes) in files {
+            std::fs::write(&path, bytes).map_err(io("write", &path))?;
+        }
+        let p = root.join(file);
         std::fs::write(&p, self.plan_text(params)).map_err(io("write", &p))?;
         Ok(p)
     }

@@ -85,7 +85,7 @@ impl Controller {
                 let _ = stopped.await;
             },
         ));
-        Controller {
+        let c = Controller {
             dir,
             addr,
             endpoint: ControllerEndpoint::parse(&addr.to_string()).expect("endpoint"),
@@ -93,7 +93,10 @@ impl Controller {
             config,
             stop: Some(stop),
             task: Some(task),
-        }
+        };
+        // The test plans' MySQL driver, as `apimctl apply` would have uploaded it.
+        c.store_pack(&crate::plans::mysql_driver_jar());
+        c
     }
 
     /// Stops the server and waits for `serve` to return.

@@ -19,7 +19,7 @@
 
 pub mod ca;
 pub mod controller;
-pub mod db;
+pub use apim_e2e::db;
 pub mod fake_agent;
 pub mod fake_controller;
 pub mod fake_node;

@@ -19,6 +19,33 @@ pub fn secrets() -> HashMap<String, String> {
     .into()
 }
 
+/// The MySQL Connector/J driver class the simulated server looks for.
+pub const MYSQL_DRIVER_CLASS: &str = "com.mysql.cj.jdbc.Driver";
+/// The PostgreSQL JDBC driver class.
+pub const POSTGRES_DRIVER_CLASS: &str = "org.postgresql.Driver";
+/// The file name of the stand-in MySQL driver.
+pub const MYSQL_DRIVER_FILE: &str = "mysql-connector-j-8.4.0.jar";
+/// The file name of the stand-in PostgreSQL driver.
+pub const POSTGRES_DRIVER_FILE: &str = "postgresql-42.7.4.jar";
+
+/// A stand-in for mysql-connector-j: a jar holding the driver's class entry.
+pub fn mysql_driver_jar() -> Vec<u8> {
+    apim_e2e::simpack::driver_jar(MYSQL_DRIVER_CLASS)
+}
+
+/// A stand-in for the PostgreSQL JDBC driver.
+pub fn postgres_driver_jar() -> Vec<u8> {
+    apim_e2e::simpack::driver_jar(POSTGRES_DRIVER_CLASS)
+}
+
+/// `[drivers]` with the stand-in MySQL driver at `dir/<file>` (relative to the plan).
+pub fn mysql_drivers_section(dir: &str) -> String {
+    format!(
+        "\n[drivers]\nmysql = {{ path = \"{dir}/{MYSQL_DRIVER_FILE}\", sha256 = \"{}\" }}\n",
+        apim_plan::digest(&mysql_driver_jar())
+    )
+}
+
 /// The five-node 3.x plan, one machine per node (127.0.0.x), with an optional gateway
 /// override and failure policy.
 pub fn plan_v3(pack_sha: &str, gateway_override: &str, on_failure: &str, timeout: &str) -> String {
@@ -29,6 +56,7 @@ pub fn plan_v3(pack_sha: &str, gateway_override: &str, on_failure: &str, timeout
         ("dp-1", "devportal", "dp.wso2.com"),
         ("gw-1", "gateway", "gw.wso2.com"),
     ];
+    let drivers = mysql_drivers_section("dist");
     let mut s = format!(
         r#"[cluster]
 name = "apim-test"
@@ -38,7 +66,7 @@ java_home = "/usr/lib/jvm/java-11"
 
 [distributions]
 default = {{ path = "dist/wso2am-3.2.0.zip", sha256 = "{pack_sha}" }}
-
+{drivers}
 [admin]
 username = "admin"
 password = {{ env = "ADMIN_PW" }}
@@ -204,6 +232,12 @@ impl Fixture {
             std::fs::write(dir.path().join("dist").join(format!("{top}.zip")), &bytes).unwrap();
             shas.insert(top.to_string(), apim_plan::digest(&bytes));
         }
+        std::fs::create_dir_all(dir.path().join("drivers")).unwrap();
+        std::fs::write(
+            dir.path().join("drivers").join(MYSQL_DRIVER_FILE),
+            mysql_driver_jar(),
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
         for name in ["admin", "db", "ks"] {
             std::fs::write(dir.path().join("secrets").join(name), "s3cret\n").unwrap();
@@ -214,7 +248,8 @@ impl Fixture {
 
     /// A valid 4.5 single-node plan (one control plane, gateway and traffic manager).
     pub fn base_plan(&self) -> String {
-        BASE.replace("@SHA_ACP@", &self.shas["wso2am-acp-4.5.0"])
+        BASE.replace("@DRIVERS@", &mysql_drivers_section("drivers"))
+            .replace("@SHA_ACP@", &self.shas["wso2am-acp-4.5.0"])
             .replace("@SHA_GW@", &self.shas["wso2am-universal-gw-4.5.0"])
             .replace("@SHA_TM@", &self.shas["wso2am-tm-4.5.0"])
     }
@@ -241,7 +276,7 @@ java_home = "/usr/lib/jvm/java-17"
 control-plane = { path = "dist/wso2am-acp-4.5.0.zip", sha256 = "@SHA_ACP@" }
 gateway = { path = "dist/wso2am-universal-gw-4.5.0.zip", sha256 = "@SHA_GW@" }
 traffic-manager = { path = "dist/wso2am-tm-4.5.0.zip", sha256 = "@SHA_TM@" }
-
+@DRIVERS@
 [admin]
 password = { file = "secrets/admin" }
 

@@ -288,8 +288,8 @@ impl PlanBuilder {
         for db in ["apim_db", "shared_db"] {
             let _ = write!(
                 w,
-                "\n[databases.{db}]\ntype = \"mysql\"\nhost = \"db.test\"\nport = 3306\n\
-                 name = \"{db}\"\nusername = \"apim\"\npassword = {{ env = \"DB_PW\" }}\n"
+                "\n[databases.{db}]\ntype = \"h2\"\nusername = \"wso2carbon\"\n\
+                 password = {{ env = \"DB_PW\" }}\n"
             );
         }
         let _ = write!(w, "\n[tls]\nissuer = \"{}\"\n", self.issuer);

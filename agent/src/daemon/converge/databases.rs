@@ -36,7 +36,7 @@ impl NodeExecutor {
         }
         for db in &t.spec.databases {
             let port = u16::try_from(db.port).map_err(|_| self.db_error(db, "bad port".into()))?;
-            let host = db.host.clone();
+            let host = self.db_address(db);
             let reach =
                 tokio::spawn(
                     async move { apim_dbinit::reachable(&host, port, REACH_TIMEOUT).await },
@@ -90,7 +90,7 @@ impl NodeExecutor {
         }
         let target = Target {
             engine,
-            host: db.host.clone(),
+            host: self.db_address(db),
             port: u16::try_from(db.port).unwrap_or(0),
             database: init.database.clone(),
             username: init.username.clone(),
@@ -119,6 +119,12 @@ impl NodeExecutor {
         }
     }
 
+    /// Where to connect for `db`: its address in the hosts file the agent keeps, else its name.
+    fn db_address(&self, db: &DatabaseUse) -> String {
+        crate::exec::hosts::lookup(&self.ctx.config.hosts_file, &db.host)
+            .map_or_else(|| db.host.clone(), |ip| ip.to_string())
+    }
+
     fn db_error(&self, db: &DatabaseUse, reason: String) -> DaemonError {
         DaemonError::Database {
             node: self.name.clone(),
@@ -145,11 +151,7 @@ impl NodeExecutor {
 
     /// Each folder to put jars in (or take old ones from) with its jars, and the folders the
     /// spec names.
-    fn lib_plan(
-        &self,
-        spec: &NodeSpec,
-        home: &Path,
-    ) -> DaemonResult<(Vec<(PathBuf, Vec<Jar>)>, Vec<String>)> {
+    fn lib_plan(&self, spec: &NodeSpec, home: &Path) -> DaemonResult<(Vec<JarDir>, Vec<String>)> {
         let mut wanted: BTreeMap<String, Vec<Jar>> = BTreeMap::new();
         for lib in &spec.libs {
             let a = lib.artifact.clone().unwrap_or_default();
@@ -223,6 +225,9 @@ impl NodeExecutor {
         Ok(())
     }
 }
+
+/// A folder of the home and the jars it must hold (none: take the agent's old ones away).
+type JarDir = (PathBuf, Vec<Jar>);
 
 /// A jar to place: its file name, digest and size.
 #[derive(Debug, Clone)]

@@ -152,6 +152,8 @@ impl NodeExecutor {
             applied_digest: None,
             keystores_digest: None,
             unsynced_since_boot: boot,
+            // A fresh tree holds no jar of an earlier spec.
+            lib_dirs: Vec::new(),
         })?;
         node.installed = true;
         Ok(())

@@ -50,6 +50,7 @@ use crate::exec::process::{self, PidFileState, RunAs, Server};
 use crate::exec::unpack::{self, UnpackLimits};
 
 mod configure;
+mod databases;
 mod install;
 mod run;
 #[cfg(test)]
@@ -82,6 +83,10 @@ pub struct NodeRecord {
     /// loss or kernel crash in between) may be torn and is installed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsynced_since_boot: Option<String>,
+    /// Folders of the home the agent placed the spec's jars in (each lists its jars in a file),
+    /// so the jars a later spec drops are taken away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lib_dirs: Vec<String>,
 }
 
 /// One node's desired state at one machine spec generation.
@@ -286,11 +291,13 @@ impl NodeExecutor {
             self.install(t, &mut node).await?;
         }
         self.optimize_once(t, &node).await?;
+        self.databases(t, &node).await?;
         if node.desired == DesiredRun::Staged {
             return Ok(self.staged(t, &node));
         }
         self.configure(t, &node)?;
         self.write_config_files(t, &node)?;
+        self.libs(t, &node).await?;
         self.certificates(t, &node).await?;
         let mut cancel = pin!(cancel);
         if let Some(kept) = self.adopt_or_restart(t, &mut node, cancel.as_mut()).await? {

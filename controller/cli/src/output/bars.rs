@@ -22,7 +22,7 @@ pub fn phase_progress(phase: NodePhase) -> u64 {
         NodePhase::Unspecified | NodePhase::Pending | NodePhase::Stopping | NodePhase::Stopped => 0,
         NodePhase::Fetching => 1,
         NodePhase::Unpacking => 2,
-        NodePhase::Optimizing => 3,
+        NodePhase::Optimizing | NodePhase::Initialising => 3,
         NodePhase::Staged => 4,
         NodePhase::Configuring => 5,
         NodePhase::Certificates => 6,

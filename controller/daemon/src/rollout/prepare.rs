@@ -152,6 +152,30 @@ pub async fn prepare(
             Err(e) => return Err(e.into()),
         }
     }
+    // Drivers are artifacts like packs: stored before an apply may name them.
+    for d in plan.drivers.values() {
+        match state.artifacts().size(&d.sha256.value).await {
+            Ok(size) => {
+                pack_sizes.insert(d.sha256.value.to_ascii_lowercase(), size);
+            }
+            Err(ArtifactError::NotFound { .. }) if mode == Mode::DryRun => {}
+            Err(ArtifactError::NotFound { .. }) | Err(ArtifactError::InvalidDigest) => {
+                missing.push(detail(
+                    "plan.driver_missing",
+                    format!(
+                        "driver {} (sha256 {}) is not stored on the controller",
+                        d.path.value, d.sha256.value
+                    ),
+                    "apimctl apply uploads drivers; or upload it with ArtifactService.Upload"
+                        .into(),
+                    path,
+                    plan_toml,
+                    d.sha256.span.start,
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     if !missing.is_empty() {
         return Err(RolloutError::PlanRejected { errors: missing });
     }

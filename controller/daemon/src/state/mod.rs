@@ -69,10 +69,16 @@ struct Inner {
 }
 
 /// The pack digests a spec names.
+/// The artifacts a spec names: its nodes' packs and the jars placed with them.
 fn packs_of(spec: &MachineSpec) -> BTreeSet<String> {
     spec.nodes
         .iter()
-        .filter_map(|n| n.pack.as_ref().map(|p| p.sha256.to_ascii_lowercase()))
+        .flat_map(|n| {
+            n.pack
+                .iter()
+                .chain(n.libs.iter().filter_map(|l| l.artifact.as_ref()))
+                .map(|a| a.sha256.to_ascii_lowercase())
+        })
         .collect()
 }
 

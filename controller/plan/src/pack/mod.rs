@@ -142,6 +142,24 @@ fn components(name: &str) -> Result<Vec<&str>, &'static str> {
 
 /// Checks a pack's central directory against `limits` (see the module docs).
 pub fn inspect<R: Read + Seek>(reader: R, limits: &PackLimits) -> Result<PackSummary, PackProblem> {
+    inspect_with(reader, limits, true)
+}
+
+/// The guards of [`inspect`] without its one-top-directory rule: what the controller takes for
+/// any artifact (a pack, or a jar such as a JDBC driver, which the agents never unpack). A pack
+/// is held to [`inspect`] where it is used. `top_dir` is empty.
+pub fn inspect_archive<R: Read + Seek>(
+    reader: R,
+    limits: &PackLimits,
+) -> Result<PackSummary, PackProblem> {
+    inspect_with(reader, limits, false)
+}
+
+fn inspect_with<R: Read + Seek>(
+    reader: R,
+    limits: &PackLimits,
+    single_top: bool,
+) -> Result<PackSummary, PackProblem> {
     let mut archive =
         zip::ZipArchive::new(reader).map_err(|e| PackProblem::NotAZip(e.to_string()))?;
     let entries = archive.len() as u64;
@@ -169,6 +187,7 @@ pub fn inspect<R: Read + Seek>(reader: R, limits: &PackLimits) -> Result<PackSum
         };
         let comps = components(&name).map_err(unsafe_entry)?;
         match &top {
+            _ if !single_top => {}
             None => top = Some(comps[0].to_string()),
             Some(t) if t != comps[0] => {
                 return Err(PackProblem::OutsideTop {

@@ -80,8 +80,62 @@ pub struct Database {
     pub password: Secret,
     /// Explicit JDBC URL, replacing host/port/name.
     pub url: Option<At<String>>,
+    /// Whether apimctl creates the schema (`init`).
+    pub init: At<DbInit>,
     /// Span of the table, for messages.
     pub span: std::ops::Range<usize>,
+}
+
+impl Database {
+    /// Host, port and database name the servers connect to: the plan's, or read from its
+    /// MySQL/PostgreSQL JDBC `url`; `None` for H2 or a URL of another form.
+    pub fn endpoint(&self) -> Option<(String, u16, String)> {
+        if self.db_type.value == DbType::H2 {
+            return None;
+        }
+        if let Some(url) = &self.url {
+            return crate::catalogue::database::jdbc_endpoint(&url.value);
+        }
+        Some((
+            self.host.as_ref()?.value.clone(),
+            self.port,
+            self.name.as_ref()?.value.clone(),
+        ))
+    }
+}
+
+/// `[databases.*] init`: whether apimctl creates a database's schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DbInit {
+    /// The operator creates it (the default).
+    #[default]
+    Never,
+    /// Before the first node that uses it starts, from the pack's scripts, when the database
+    /// holds none of the schema's tables.
+    IfEmpty,
+}
+
+/// One jar of `[drivers]`: the JDBC driver for an engine.
+#[derive(Clone, Debug)]
+pub struct Driver {
+    /// The engine it serves.
+    pub db_type: DbType,
+    /// Path of the jar (relative to the plan's folder).
+    pub path: At<String>,
+    /// Expected sha256 of the jar, lowercase hex.
+    pub sha256: At<String>,
+}
+
+impl Driver {
+    /// The jar's file name.
+    pub fn file_name(&self) -> String {
+        std::path::Path::new(&self.path.value)
+            .file_name()
+            .map_or_else(
+                || self.path.value.clone(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+    }
 }
 
 /// Who makes the nodes' TLS keystores.
@@ -351,6 +405,8 @@ pub struct Plan {
     pub apim_db: Option<Database>,
     /// `[databases.shared_db]`.
     pub shared_db: Option<Database>,
+    /// `[drivers]`, by engine.
+    pub drivers: BTreeMap<DbType, Driver>,
     /// The `[databases.*]` tables written in the plan, parsed or not (a table with an error is
     /// reported there, not as missing).
     pub databases_written: Vec<&'static str>,

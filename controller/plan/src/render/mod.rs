@@ -15,6 +15,7 @@
 //! - `output`: the render's types, re-exported here.
 
 mod base;
+mod databases;
 mod doc;
 mod document;
 mod hosts;
@@ -34,8 +35,8 @@ use crate::pack::PackSet;
 use crate::plan::{Node, Plan};
 use crate::secrets::{self, EnvSource};
 pub use output::{
-    ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeFile, NodeJvm,
-    NodeRender, NodeTls, Readiness, Sensitive,
+    ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeDatabase, NodeDbInit,
+    NodeFile, NodeJvm, NodeLib, NodeRender, NodeTls, Readiness, Sensitive,
 };
 use secret_values::Secrets;
 pub use vault::VaultCipher;
@@ -151,6 +152,11 @@ pub fn render_with(
     let tiers = graph::tiers(plan, &edges);
     let deps = graph::dependencies(plan, &edges);
 
+    let initialisers = databases::initialisers(plan);
+    let db_password = |id: &str| match id {
+        "apim_db" => secrets.value(&secrets.apim_db),
+        _ => secrets.value(&secrets.shared_db),
+    };
     let hosts = hosts::hosts_block(plan);
     let mut machines: Vec<MachineRender> = plan
         .machines
@@ -163,7 +169,10 @@ pub fn render_with(
         })
         .collect();
     for (node, base_file, deployment_toml, deployment_toml_masked) in documents {
+        let (libs, databases) = databases::node_databases(plan, node, &initialisers, &db_password);
         let parts = node::NodeParts {
+            libs,
+            databases,
             base_file,
             deployment_toml,
             deployment_toml_masked,

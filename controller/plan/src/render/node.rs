@@ -3,7 +3,10 @@
 
 use std::net::IpAddr;
 
-use super::{CommandSpec, HttpCheck, NodeFile, NodeJvm, NodeRender, NodeTls, Readiness, Sensitive};
+use super::{
+    CommandSpec, HttpCheck, NodeDatabase, NodeFile, NodeJvm, NodeLib, NodeRender, NodeTls,
+    Readiness, Sensitive,
+};
 use crate::catalogue::{Port, Role, RoleProfile, jvm, layout, readiness_ports};
 use crate::plan::{Issuer, Machine, Node, Plan};
 
@@ -23,6 +26,10 @@ pub(super) struct NodeParts {
     pub truststore_password: String,
     /// The secure vault is on.
     pub vault: bool,
+    /// Jars placed in the carbon home.
+    pub libs: Vec<NodeLib>,
+    /// The databases the node uses.
+    pub databases: Vec<NodeDatabase>,
 }
 
 /// Assembles a node's render.
@@ -75,8 +82,10 @@ pub(super) fn node_render(plan: &Plan, node: &Node, parts: NodeParts) -> NodeRen
             .as_ref()
             .or(plan.cluster.run_as.as_ref())
             .map(|u| u.value.clone()),
-        config_digest: config_digest(&parts.deployment_toml, &files),
+        config_digest: config_digest(&parts.deployment_toml, &files, &parts.libs),
         files,
+        libs: parts.libs,
+        databases: parts.databases,
         base_file: parts.base_file,
         deployment_toml: parts.deployment_toml,
         deployment_toml_masked: parts.deployment_toml_masked,
@@ -117,19 +126,27 @@ fn node_jvm(plan: &Plan, node: &Node) -> NodeJvm {
     }
 }
 
-/// sha256 of the configuration a restart applies: the document, and the files written with it
-/// when there are any (a node without such files digests as it always has).
-fn config_digest(toml: &str, files: &[NodeFile]) -> String {
+/// sha256 of the configuration a restart applies: the document, and the files and jars written
+/// with it when there are any (a node without such files digests as it always has).
+fn config_digest(toml: &str, files: &[NodeFile], libs: &[NodeLib]) -> String {
     let with_config: Vec<&NodeFile> = files.iter().filter(|f| !f.before_each_start).collect();
-    if with_config.is_empty() {
+    if with_config.is_empty() && libs.is_empty() {
         return crate::digest(toml.as_bytes());
     }
     let mut all = toml.as_bytes().to_vec();
-    for f in with_config {
-        for part in [f.path.as_bytes(), f.content.0.as_bytes()] {
-            all.extend((part.len() as u64).to_le_bytes());
-            all.extend(part);
-        }
+    let parts = with_config
+        .iter()
+        .flat_map(|f| [f.path.as_bytes(), f.content.0.as_bytes()])
+        .chain(libs.iter().flat_map(|l| {
+            [
+                l.dir.as_bytes(),
+                l.file_name.as_bytes(),
+                l.sha256.as_bytes(),
+            ]
+        }));
+    for part in parts {
+        all.extend((part.len() as u64).to_le_bytes());
+        all.extend(part);
     }
     crate::digest(&all)
 }

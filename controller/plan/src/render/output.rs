@@ -157,6 +157,45 @@ pub struct NodeTls {
     pub truststore_password: Sensitive,
 }
 
+/// A jar fetched by digest and placed in a node's carbon home (a JDBC driver).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLib {
+    /// The jar's file name.
+    pub file_name: String,
+    /// Its sha256, lowercase hex.
+    pub sha256: String,
+    /// The folder it goes into, relative to the carbon home.
+    pub dir: String,
+}
+
+/// A database a node's server connects to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeDatabase {
+    /// `apim_db` or `shared_db`.
+    pub id: String,
+    /// Its server's host.
+    pub host: String,
+    /// Its server's port.
+    pub port: u16,
+    /// Set on the one node of the cluster that creates its schema.
+    pub init: Option<NodeDbInit>,
+}
+
+/// Creating a database's schema from the node's pack's scripts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeDbInit {
+    /// The engine.
+    pub db_type: crate::catalogue::DbType,
+    /// The database name.
+    pub database: String,
+    /// The user the scripts run as.
+    pub username: String,
+    /// Its password.
+    pub password: Sensitive,
+    /// The scripts, relative to the carbon home, in order.
+    pub scripts: Vec<String>,
+}
+
 /// A file apimctl writes into a node's carbon home besides `deployment.toml`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFile {
@@ -237,6 +276,10 @@ pub struct NodeRender {
     pub deployment_toml_masked: String,
     /// Other files of the node's configuration (the secure vault's).
     pub files: Vec<NodeFile>,
+    /// Jars placed in the carbon home (its databases' JDBC drivers).
+    pub libs: Vec<NodeLib>,
+    /// The databases the node uses.
+    pub databases: Vec<NodeDatabase>,
     /// sha256 of `deployment_toml` (and of `files` written with it, when there are any): a
     /// change means a restart.
     pub config_digest: String,

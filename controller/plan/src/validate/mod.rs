@@ -4,6 +4,8 @@
 //! on this machine (packs and their sha256, secret files and variables), because a plan that
 //! cannot be applied should fail here rather than half-way through a rollout.
 
+mod databases;
+pub use databases::check_driver_file;
 mod gateways;
 mod jvm;
 mod names;
@@ -76,6 +78,7 @@ fn validate(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnost
     check_distributions(p, env, opts, out);
     check_secrets(p, env, out);
     check_databases(p, out);
+    databases::check(p, env, opts, out);
     check_environments(p, out);
     gateways::check_membership(p, out);
     gateways::check_gateway_ids(p, out);

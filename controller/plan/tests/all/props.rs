@@ -78,6 +78,7 @@ fn plan_text(t: &Topology) -> String {
             "0".repeat(64)
         );
     }
+    s.push_str("\n[drivers]\nmysql = { path = \"drivers/mysql.jar\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }\npostgres = { path = \"drivers/postgres.jar\", sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\" }\n");
     s.push_str("\n[admin]\npassword = \"pw\"\n\n[databases.apim_db]\ntype = \"mysql\"\nhost = \"db\"\nname = \"apim\"\nusername = \"u\"\npassword = \"pw\"\n");
     s.push_str("\n[databases.shared_db]\ntype = \"postgres\"\nhost = \"db\"\nname = \"shared\"\nusername = \"u\"\npassword = \"pw\"\n");
     s.push_str("\n[tls]\nkeystore_password = \"pw\"\n\n[load_balancers]\n");

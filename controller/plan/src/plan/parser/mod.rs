@@ -189,6 +189,7 @@ fn parse_root(
     let cluster = settings::cluster(root, out);
     let product = cluster.as_ref().map(|c| c.product.value);
     let distributions = settings::distributions(root, out);
+    let drivers = settings::drivers(root, out);
     let admin = settings::admin(root, out);
     let (apim_db, shared_db, databases_written) = settings::databases(root, out);
     let user_store_type = settings::user_store(root, out);
@@ -210,6 +211,7 @@ fn parse_root(
         admin: admin?,
         apim_db,
         shared_db,
+        drivers,
         databases_written,
         user_store_type,
         tls: tls?,

@@ -10,8 +10,8 @@ use crate::catalogue::{DbType, PackKind, Product};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::plan::walk::Fields;
 use crate::plan::{
-    Admin, Analytics, At, Cluster, Database, Distribution, Issuer, OnFailure, Rollout,
-    SecretSource, SecureVault, StartOrder, Tls,
+    Admin, Analytics, At, Cluster, Database, DbInit, Distribution, Driver, Issuer, OnFailure,
+    Rollout, SecretSource, SecureVault, StartOrder, Tls,
 };
 
 /// `[cluster]`.
@@ -96,6 +96,51 @@ pub(super) fn distributions(
     distributions
 }
 
+/// `[drivers]`: the JDBC driver jar of each engine the databases use.
+pub(super) fn drivers(
+    root: &mut Fields<'_, '_>,
+    out: &mut Vec<Diagnostic>,
+) -> BTreeMap<DbType, Driver> {
+    let mut drivers = BTreeMap::new();
+    let Some(mut d) = root.table("drivers", out) else {
+        return drivers;
+    };
+    for db_type in [
+        DbType::Mysql,
+        DbType::Postgres,
+        DbType::Mssql,
+        DbType::Oracle,
+    ] {
+        let key = db_type.plan_name();
+        let Some(v) = d.raw(key) else {
+            continue;
+        };
+        let Some(t) = v.get_ref().as_table() else {
+            out.push(Diagnostic::error(
+                v.span(),
+                format!("`drivers.{key}` must be {{ path = \"…\", sha256 = \"…\" }}"),
+            ));
+            continue;
+        };
+        let mut f = Fields::new(t, format!("`drivers.{key}`"), v.span());
+        let path = f.req_string("path", out, "the driver's jar, relative to the plan");
+        let sha = f.req_string("sha256", out, "`sha256sum` of the jar");
+        f.finish(out);
+        if let (Some(path), Some(sha256)) = (path, sha) {
+            drivers.insert(
+                db_type,
+                Driver {
+                    db_type,
+                    path,
+                    sha256,
+                },
+            );
+        }
+    }
+    d.finish(out);
+    drivers
+}
+
 /// `[admin]`.
 pub(super) fn admin(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Option<Admin> {
     let Some(mut a) = root.table("admin", out) else {
@@ -172,6 +217,13 @@ fn database(
         f.missing("password", out, "password = { env = \"APIM_DB_PASSWORD\" }");
     }
     let url = f.string("url", out);
+    let init = choice(
+        &mut f,
+        "init",
+        &[("never", DbInit::Never), ("if-empty", DbInit::IfEmpty)],
+        DbInit::Never,
+        out,
+    );
     let db_type = db_type?;
     if db_type.value != DbType::H2 && url.is_none() {
         if host.is_none() {
@@ -195,6 +247,7 @@ fn database(
         username: username?,
         password: password?,
         url,
+        init,
         span,
     })
 }

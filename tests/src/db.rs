@@ -233,6 +233,66 @@ impl Drop for TestDb {
     }
 }
 
+/// The port of the local server of `engine` when it runs; otherwise how to start it. Never
+/// starts anything (the quickstart uses a server the operator runs).
+pub fn running_server(engine: Engine) -> Result<u16, String> {
+    match engine {
+        Engine::MariaDb => mariadb_port().map_err(|e| {
+            format!(
+                "no MariaDB server answers here ({e}); start one with `service mariadb start` \
+                 (install: apt-get install mariadb-server mariadb-client)"
+            )
+        }),
+        Engine::Postgres => {
+            let running = postgres_version()
+                .and_then(|v| postgres_cluster(&v).ok().flatten())
+                .filter(|(port, online)| *online && postgres_ready(*port).is_ok());
+            running.map(|(port, _)| port).ok_or_else(|| {
+                "no PostgreSQL server answers here; start one with `pg_ctlcluster <version> main \
+                 start` (install: apt-get install postgresql)"
+                    .to_string()
+            })
+        }
+    }
+}
+
+/// Makes database `name` with its owner `name` (password `password`) on the running server of
+/// `engine` unless they exist; never drops anything. Returns the server's port.
+pub fn provision(engine: Engine, name: &str, password: &str) -> Result<u16, String> {
+    let port = running_server(engine)?;
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    if !name.chars().all(ok) || !password.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "refusing database name {name:?} or a password with symbols"
+        ));
+    }
+    let (cmd, sql) = match engine {
+        Engine::MariaDb => (
+            mariadb_admin(),
+            format!(
+                "CREATE DATABASE IF NOT EXISTS `{name}`;\n\
+                 CREATE USER IF NOT EXISTS '{name}'@'%' IDENTIFIED BY '{password}';\n\
+                 ALTER USER '{name}'@'%' IDENTIFIED BY '{password}';\n\
+                 GRANT ALL PRIVILEGES ON `{name}`.* TO '{name}'@'%';\n"
+            ),
+        ),
+        Engine::Postgres => (
+            postgres_admin(),
+            format!(
+                "SELECT 'CREATE ROLE \"{name}\" LOGIN' WHERE NOT EXISTS \
+                 (SELECT FROM pg_roles WHERE rolname = '{name}')\\gexec\n\
+                 ALTER ROLE \"{name}\" LOGIN PASSWORD '{password}';\n\
+                 SELECT 'CREATE DATABASE \"{name}\" OWNER \"{name}\"' WHERE NOT EXISTS \
+                 (SELECT FROM pg_database WHERE datname = '{name}')\\gexec\n"
+            ),
+        ),
+    };
+    run_stdin(cmd, &sql)
+        .and_then(check)
+        .map_err(|e| e.replace(password, "<redacted>"))?;
+    Ok(port)
+}
+
 /// Holds the cross-process server lock until dropped.
 fn lock_servers() -> nix::fcntl::Flock<std::fs::File> {
     let file = std::fs::OpenOptions::new()
