@@ -88,6 +88,36 @@ pub fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
         ),
         Issuer::PackDefault => "# cert:      the pack's own (CN=localhost)\n".to_string(),
     });
+    for l in &n.libs {
+        s.push_str(&format!(
+            "# driver:    {} into {} (sha256 {})\n",
+            l.file_name,
+            l.dir,
+            short(&l.sha256)
+        ));
+    }
+    for d in &n.databases {
+        let init = match &d.init {
+            Some(i) => format!(
+                "; creates its schema if empty from {}",
+                i.scripts.join(", ")
+            ),
+            None => String::new(),
+        };
+        s.push_str(&format!(
+            "# database:  {} at {}:{} (checked before staging){init}\n",
+            d.id, d.host, d.port
+        ));
+    }
+    for f in &n.files {
+        let when = if f.before_each_start {
+            "before each start"
+        } else {
+            "with the configuration"
+        };
+        let mode = if f.secret { "0600, not shown" } else { "0644" };
+        s.push_str(&format!("# file:      {} ({mode}; {when})\n", f.path));
+    }
     let deps = if n.depends_on.is_empty() {
         "nothing".to_string()
     } else {
