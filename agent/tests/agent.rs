@@ -706,3 +706,92 @@ async fn a_provided_keystore_is_written_whole_0600_and_the_same_one_is_never_rew
     assert_eq!(served, second.leaf_der);
     rig.stop_agent().await;
 }
+
+/// The spec's jars (JDBC drivers): fetched by digest and placed, 0644, in their folder; a new
+/// jar replaces the old one and restarts the node; a spec without jars takes away the ones the
+/// agent placed and leaves the pack's own files alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_jars_are_placed_replaced_and_taken_away_with_the_spec() {
+    use apim_proto::v1::{ArtifactRef, LibJar};
+    let mut rig = Rig::new("agentd_libs").await;
+    let base = rig.node("gw-1", "gateway-worker", 1, DesiredRun::Running);
+    let jar = |name: &str, class: &str| {
+        let bytes = apim_e2e::simpack::driver_jar(class);
+        let path = rig.tmp.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        rig.ctl.add_artifact(&sha256(&bytes), &path);
+        (name.to_string(), bytes)
+    };
+    let first = jar("mysql-connector-j-8.4.0.jar", "com.mysql.cj.jdbc.Driver");
+    let second = jar("mysql-connector-j-9.1.0.jar", "com.mysql.cj.jdbc.Driver");
+    let with_jar = |j: Option<&(String, Vec<u8>)>| {
+        let mut gw = base.clone();
+        gw.libs = j
+            .map(|(name, bytes)| LibJar {
+                artifact: Some(ArtifactRef {
+                    sha256: sha256(bytes),
+                    size: bytes.len() as u64,
+                    file_name: name.clone(),
+                    top_dir: String::new(),
+                }),
+                dir: "repository/components/lib".into(),
+            })
+            .into_iter()
+            .collect();
+        digest(&mut gw);
+        gw
+    };
+    let lib = rig.home("gw-1").join("repository/components/lib");
+    let jars = |dir: &std::path::Path| -> Vec<String> {
+        dir_entries(dir)
+            .into_iter()
+            .filter(|n| n.ends_with(".jar"))
+            .collect()
+    };
+
+    let gw1 = with_jar(Some(&first));
+    rig.ctl.push(rig.machine(1, vec![gw1.clone()])).await;
+    rig.start_agent();
+    let r1 = rig
+        .ctl
+        .wait_report(0, TIMEOUT, "gw-1 HEALTHY with its driver", |r| {
+            all_in(r, 1, &["gw-1"], NodePhase::Healthy)
+        })
+        .await;
+    let pack_jars: Vec<String> = jars(&lib).into_iter().filter(|n| *n != first.0).collect();
+    let placed = lib.join(&first.0);
+    assert_eq!(std::fs::read(&placed).unwrap(), first.1);
+    assert_eq!(std::fs::metadata(&placed).unwrap().mode() & 0o777, 0o644);
+    let pid = pid_of(&r1, "gw-1");
+
+    // A new driver: the old jar goes, the new one comes, the node restarts on it.
+    let gw2 = with_jar(Some(&second));
+    assert_ne!(gw2.config_digest, gw1.config_digest);
+    let mark = rig.ctl.report_count();
+    rig.ctl.push(rig.machine(2, vec![gw2.clone()])).await;
+    let r2 = rig
+        .ctl
+        .wait_report(mark, TIMEOUT, "gw-1 HEALTHY on the new driver", |r| {
+            all_in(r, 2, &["gw-1"], NodePhase::Healthy)
+                && status(r, "gw-1").is_some_and(|s| s.config_digest == gw2.config_digest)
+        })
+        .await;
+    assert_ne!(pid_of(&r2, "gw-1"), pid, "restarted for its new driver");
+    let mut expected = pack_jars.clone();
+    expected.push(second.0.clone());
+    expected.sort();
+    assert_eq!(jars(&lib), expected);
+
+    // No jar in the spec: the agent's own is taken away, the pack's stay.
+    let gw3 = with_jar(None);
+    let mark = rig.ctl.report_count();
+    rig.ctl.push(rig.machine(3, vec![gw3.clone()])).await;
+    rig.ctl
+        .wait_report(mark, TIMEOUT, "gw-1 HEALTHY without a driver", |r| {
+            all_in(r, 3, &["gw-1"], NodePhase::Healthy)
+                && status(r, "gw-1").is_some_and(|s| s.config_digest == gw3.config_digest)
+        })
+        .await;
+    assert_eq!(jars(&lib), pack_jars);
+    rig.stop_agent().await;
+}
