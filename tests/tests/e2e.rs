@@ -17,26 +17,16 @@ use apim_e2e::cluster::{
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// A started cluster (controller + agents connected), no plan applied yet.
 fn started(
     topology: Topology,
     name: &str,
     delay_ms: u64,
 ) -> Result<Cluster, Box<dyn std::error::Error>> {
-    let mut opts = ClusterOptions::new(topology, name);
-    opts.startup_delay_ms = delay_ms;
-    let mut c = Cluster::create(&opts)?;
-    c.start()?;
-    Ok(c)
+    Ok(apim_e2e::cluster::started(topology, name, delay_ms)?)
 }
 
 fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    apim_e2e::cluster::output_text(out)
 }
 
 /// Applies `plan` and asserts the rollout succeeded with every node healthy.

@@ -7,8 +7,7 @@
 use std::path::Path;
 
 use apim_e2e::cluster::{
-    Cluster, ClusterOptions, PlanParams, ServerDb, Topology, all_healthy, find_files,
-    rollout_state, status_nodes,
+    Cluster, PlanParams, ServerDb, Topology, all_healthy, find_files, rollout_state, status_nodes,
 };
 use apim_e2e::simpack::{APIM_DB_TABLES, SHARED_DB_TABLES};
 use apim_testkit::db::{Engine, TestDb};
@@ -19,20 +18,11 @@ use apim_testkit::plans::{
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn started(topology: Topology, name: &str) -> Result<Cluster, Box<dyn std::error::Error>> {
-    let mut opts = ClusterOptions::new(topology, name);
-    opts.startup_delay_ms = 100;
-    let mut c = Cluster::create(&opts)?;
-    c.start()?;
-    Ok(c)
+    Ok(apim_e2e::cluster::started(topology, name, 100)?)
 }
 
 fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    apim_e2e::cluster::output_text(out)
 }
 
 /// `[databases.*]` on `apim`/`shared`, created from empty by apimctl.

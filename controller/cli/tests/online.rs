@@ -63,21 +63,24 @@ fn apimctl_command(c: &Controller, dir: &std::path::Path, args: &[&str]) -> std:
     cmd
 }
 
+/// The test plan's pack and driver in `dir/dist`; the pack's bytes.
+fn write_dist(dir: &std::path::Path) -> Vec<u8> {
+    std::fs::create_dir_all(dir.join("dist")).expect("dist");
+    let pack = pack();
+    std::fs::write(dir.join("dist/wso2am-3.2.0.zip"), &pack).expect("pack");
+    let driver = dir
+        .join("dist")
+        .join(apim_testkit::plans::MYSQL_DRIVER_FILE);
+    std::fs::write(driver, apim_testkit::plans::mysql_driver_jar()).expect("driver");
+    pack
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_plan_exit_codes_apply_and_status_lines() {
     let c = Controller::start().await;
     let (_agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("dist")).expect("dist");
-    let pack = pack();
-    std::fs::write(dir.path().join("dist/wso2am-3.2.0.zip"), &pack).expect("pack");
-    std::fs::write(
-        dir.path()
-            .join("dist")
-            .join(apim_testkit::plans::MYSQL_DRIVER_FILE),
-        apim_testkit::plans::mysql_driver_jar(),
-    )
-    .expect("driver");
+    let pack = write_dist(dir.path());
     let sha = apim_plan::digest(&pack);
     std::fs::write(
         dir.path().join("plan.toml"),
@@ -225,17 +228,8 @@ async fn plan_and_apply_send_a_provided_keystore_with_the_request() {
     let c = Controller::start().await;
     let (_agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("dist")).expect("dist");
     std::fs::create_dir_all(dir.path().join("certs")).expect("certs");
-    let pack = pack();
-    std::fs::write(dir.path().join("dist/wso2am-3.2.0.zip"), &pack).expect("pack");
-    std::fs::write(
-        dir.path()
-            .join("dist")
-            .join(apim_testkit::plans::MYSQL_DRIVER_FILE),
-        apim_testkit::plans::mysql_driver_jar(),
-    )
-    .expect("driver");
+    let pack = write_dist(dir.path());
     let stores = apim_testkit::ca::provided_stores(
         &["*.wso2.com"],
         apim_certs::StoreFormat::Pkcs12,

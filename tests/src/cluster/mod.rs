@@ -202,6 +202,26 @@ fn polls<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     }
 }
 
+/// A started cluster of `topology` (controller and agents connected), no plan applied yet;
+/// its simulated servers take `delay_ms` from start to ready.
+pub fn started(topology: Topology, name: &str, delay_ms: u64) -> Result<Cluster> {
+    let mut opts = ClusterOptions::new(topology, name);
+    opts.startup_delay_ms = delay_ms;
+    let mut c = Cluster::create(&opts)?;
+    c.start()?;
+    Ok(c)
+}
+
+/// A command's exit status, stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The plan's secret files and their values.
 pub const PLAN_SECRETS: [(&str, &str); 3] = [
     ("admin-password", "e2e-admin-secret"),
