@@ -761,3 +761,52 @@ fn v3_five_node_with_the_secure_vault_is_healthy_and_no_machine_file_holds_a_pla
     assert_eq!(again["state"], "unchanged", "{}", text(&out));
     Ok(())
 }
+
+/// Converge to intent: after a rollout halted on a node that never became healthy, applying the
+/// previous plan again is not "nothing to change": `plan` names the node and why, and `apply`
+/// rolls it back to the plan through the gated path until every node is healthy.
+#[test]
+fn a_halted_rollout_is_undone_by_reapplying_the_previous_plan() -> TestResult {
+    let c = started(Topology::V3FiveNode, "e2e_converge", 100)?;
+    let good = c.write_plan("good.toml", &PlanParams::default())?;
+    let s = apply_ok(&c, &good)?;
+    let km_digest = |s: &serde_json::Value| {
+        status_nodes(s)
+            .into_iter()
+            .find(|(_, n)| n["node"] == "km-1")
+            .map(|(_, n)| n["config_digest"].as_str().unwrap_or_default().to_string())
+    };
+    let healthy_digest = km_digest(&s).ok_or("km-1")?;
+    let bad = c.write_plan(
+        "bad.toml",
+        &PlanParams {
+            health_timeout: "10s".into(),
+            overrides: vec![("node:km-1".into(), "[apimsim]\nnever_ready = true".into())],
+            ..PlanParams::default()
+        },
+    )?;
+    let out = c.apply(&bad)?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = c.wait_rollout_done()?;
+    assert_eq!(rollout_state(&s), Some("failed"), "{s}");
+
+    // `plan` of the good plan: km-1 is touched although its configuration is the plan's.
+    let out = c.apimctl(&["plan", good.to_str().ok_or("path")?])?;
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "changes: {}", text(&out));
+    assert!(shown.contains("~ km-1 (vm-km-1): update"), "{shown}");
+    assert!(shown.contains("converges: "), "{shown}");
+    assert!(!shown.contains("nothing to change"), "{shown}");
+
+    // `apply` of it: a new generation, rolled out, every node healthy, km-1 on the good config.
+    let out = c.apply(&good)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let s = c.wait_rollout_done()?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    assert_eq!(km_digest(&s).as_deref(), Some(healthy_digest.as_str()));
+    // And now it is nothing to change.
+    let out = c.apimctl(&["plan", good.to_str().ok_or("path")?])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    Ok(())
+}

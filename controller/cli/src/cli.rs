@@ -13,7 +13,7 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, controller, plan, render, renew_cert, revoke, status, token, validate,
+    agents, apply, controller, plan, render, renew_cert, revoke, rollout, status, token, validate,
 };
 use crate::error::CliError;
 
@@ -49,6 +49,9 @@ enum Command {
     Token(token::Command),
     /// Revoke a machine's certificate and close its stream.
     Revoke(revoke::Args),
+    /// The rollout in flight.
+    #[command(subcommand)]
+    Rollout(rollout::Command),
     /// Renew your operator certificate with the current one (before it expires).
     RenewCert(renew_cert::Args),
     /// The controller daemon and its host-side tools.
@@ -91,6 +94,9 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         Command::Agents(args) => on_controller(connection, |s| agents::run(args, s, stdout)),
         Command::Token(command) => on_controller(connection, |s| token::run(command, s, stdout)),
         Command::Revoke(args) => on_controller(connection, |s| revoke::run(args, s, stdout)),
+        Command::Rollout(command) => {
+            on_controller(connection, |s| rollout::run(command, s, stdout))
+        }
         Command::RenewCert(args) => on_controller(connection, |s| renew_cert::run(args, s, stdout)),
     }
 }

@@ -2255,6 +2255,11 @@ pub struct NodeChange {
     /// Whether applying restarts the node.
     #[prost(bool, tag = "7")]
     pub restart: bool,
+    /// Set when the plan does not change the node but applying it touches the node anyway: it does
+    /// not run what it is meant to (a rollout halted on it, or left it staged on another spec).
+    /// Agent-reported state in words, untrusted text.
+    #[prost(string, tag = "8")]
+    pub converge: ::prost::alloc::string::String,
 }
 /// Asks for the cluster's state.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2383,6 +2388,13 @@ pub struct RevokeResponse {
     /// Whether a live stream of the machine was closed.
     #[prost(bool, tag = "1")]
     pub disconnected: bool,
+}
+/// Asks to abort the rollout in flight.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AbortRolloutRequest {
+    /// When set, abort only if this is the rollout in flight (e.g. "rollout-7").
+    #[prost(string, tag = "1")]
+    pub rollout_id: ::prost::alloc::string::String,
 }
 /// What kind of change a node would see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -2725,6 +2737,30 @@ pub mod operator_service_client {
                 .insert(GrpcMethod::new("apimctl.v1.OperatorService", "Revoke"));
             self.inner.unary(req, path, codec).await
         }
+        /// Stops the rollout in flight where it stands: nothing more is released or staged; nodes
+        /// already released keep converging to what they were sent. FAILED_PRECONDITION when no rollout
+        /// is in flight.
+        pub async fn abort_rollout(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AbortRolloutRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/AbortRollout",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "AbortRollout"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2789,6 +2825,13 @@ pub mod operator_service_server {
             &self,
             request: tonic::Request<super::RevokeRequest>,
         ) -> std::result::Result<tonic::Response<super::RevokeResponse>, tonic::Status>;
+        /// Stops the rollout in flight where it stands: nothing more is released or staged; nodes
+        /// already released keep converging to what they were sent. FAILED_PRECONDITION when no rollout
+        /// is in flight.
+        async fn abort_rollout(
+            &self,
+            request: tonic::Request<super::AbortRolloutRequest>,
+        ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status>;
     }
     /// Served by the controller to operators (operator certificate only; an agent certificate gets
     /// PERMISSION_DENIED).
@@ -3167,6 +3210,51 @@ pub mod operator_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RevokeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/AbortRollout" => {
+                    #[allow(non_camel_case_types)]
+                    struct AbortRolloutSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::AbortRolloutRequest>
+                    for AbortRolloutSvc<T> {
+                        type Response = super::Rollout;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AbortRolloutRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::abort_rollout(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AbortRolloutSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -2,7 +2,7 @@
 //!
 //! Offline: [`validate`], [`render`]. Against the controller (over mTLS with an operator
 //! certificate, see [`crate::client`]): [`apply`], [`plan`], [`status`], [`agents`], [`token`],
-//! [`revoke`], [`renew_cert`]. On the controller host: [`controller`] (`controller run`, the daemon, and
+//! [`revoke`], [`renew_cert`], [`rollout`]. On the controller host: [`controller`] (`controller run`, the daemon, and
 //! `controller operator-cert`).
 
 pub mod agents;
@@ -12,6 +12,7 @@ pub mod plan;
 pub mod render;
 pub mod renew_cert;
 pub mod revoke;
+pub mod rollout;
 pub mod status;
 pub mod token;
 pub mod validate;

@@ -46,6 +46,7 @@ pub fn plan(resp: &PlanResponse) -> Value {
                 "kind": kind_name(c.kind()),
                 "deployment_toml_diff": c.deployment_toml_diff, "hosts_diff": c.hosts_diff,
                 "certificate_changes": c.certificate_changes, "restart": c.restart,
+                "converge": c.converge,
             })
         })
         .collect();

@@ -116,6 +116,12 @@ pub fn plan(resp: &PlanResponse) -> Vec<String> {
         for l in &c.certificate_changes {
             lines.push(format!("    cert: {l}"));
         }
+        if !c.converge.is_empty() {
+            lines.push(format!(
+                "    converges: {}",
+                apim_proto::text::printable(&c.converge)
+            ));
+        }
     }
     lines.push(format!("cluster revision: {}", resp.cluster_revision));
     if !resp

@@ -176,6 +176,7 @@ pub fn changes(
                 hosts_diff: hosts.clone(),
                 certificate_changes,
                 restart: old.is_some() && changed,
+                converge: String::new(),
             });
         }
     }
@@ -193,6 +194,7 @@ pub fn changes(
                     hosts_diff: Vec::new(),
                     certificate_changes: Vec::new(),
                     restart: false,
+                    converge: String::new(),
                 });
             }
         }

@@ -35,6 +35,12 @@ pub enum RolloutError {
         /// Its state.
         state: String,
     },
+    /// There is no rollout in flight to abort (or not the one named).
+    #[error("no rollout is in flight ({latest})")]
+    NotInFlight {
+        /// The latest rollout and its state, or that there is none.
+        latest: String,
+    },
     /// Rendering the plan or issuing its certificates failed.
     #[error("rendering the plan: {reason}")]
     Render {

@@ -26,6 +26,7 @@ mod decide;
 pub mod diff;
 mod engine;
 mod error;
+pub mod intent;
 mod preflight;
 mod prepare;
 
@@ -42,6 +43,41 @@ pub use preflight::{MemoryShortfall, check_memory, memory_shortfalls};
 pub use prepare::{Mode, Prepared, changed_machines, cluster_revision, prepare, same_spec};
 
 use crate::state::ControllerState;
+
+/// Aborts the rollout in flight (only `only` when not empty): it is marked failed where it
+/// stands, so nothing more is staged or released; nodes already released keep converging to
+/// the specs they were sent. Returns the record as stored.
+pub fn abort(
+    state: &ControllerState,
+    only: &str,
+    who: &str,
+) -> Result<RolloutRecord, RolloutError> {
+    let record = state.store().write(|tx| {
+        let latest = tx.latest_rollout()?;
+        let mut r = match latest {
+            Some(r) if r.state.active() && (only.is_empty() || r.id == only) => r,
+            other => return Ok(Err(other.map(|r| (r.id, format!("{:?}", r.state))))),
+        };
+        r.message = format!(
+            "aborted by {who} in {:?} at tier {}: nothing more is released",
+            r.state,
+            r.tier + 1
+        );
+        r.state = Phase::Failed;
+        tx.save_rollout(&r)?;
+        Ok(Ok(r))
+    })?;
+    match record {
+        Ok(r) => {
+            state.notify_change();
+            Ok(r)
+        }
+        Err(latest) => Err(RolloutError::NotInFlight {
+            latest: latest
+                .map_or_else(|| "no rollout yet".into(), |(id, s)| format!("{id} is {s}")),
+        }),
+    }
+}
 
 /// Stores `prepared` as a new plan generation and starts its rollout. Returns `(generation,
 /// rollout id)`; when nothing would change, nothing is stored and the id is empty.
@@ -68,7 +104,14 @@ pub fn start(
             state: format!("{:?}", r.state),
         });
     }
-    let machines = changed_machines(&baseline, &prepared.targets);
+    // Against the last success and against what the nodes are meant to run now.
+    let off = intent::off_target(state, &prepared.targets);
+    let mut machines = changed_machines(&baseline, &prepared.targets);
+    for (machine, target) in &prepared.targets {
+        if target.nodes.iter().any(|n| off.contains_key(&n.name)) {
+            machines.insert(machine.clone());
+        }
+    }
     if machines.is_empty() {
         return Ok((current, String::new()));
     }
@@ -87,7 +130,7 @@ pub fn start(
                 NodeProgress {
                     machine: machine.clone(),
                     role: n.role.clone(),
-                    changed: diff::node_changed(old, n),
+                    changed: diff::node_changed(old, n) || off.contains_key(&n.name),
                     target_digest: n.config_digest.clone(),
                     released_at_ms: None,
                     release_generation: 0,

@@ -84,11 +84,13 @@ pub enum Rpc {
     ListAgents,
     /// `OperatorService.Revoke`.
     Revoke,
+    /// `OperatorService.AbortRollout`.
+    AbortRollout,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 14] = [
+    pub const ALL: [Rpc; 15] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -103,6 +105,7 @@ impl Rpc {
         Rpc::CreateToken,
         Rpc::ListAgents,
         Rpc::Revoke,
+        Rpc::AbortRollout,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
@@ -122,6 +125,7 @@ impl Rpc {
             Rpc::CreateToken => "/apimctl.v1.OperatorService/CreateToken",
             Rpc::ListAgents => "/apimctl.v1.OperatorService/ListAgents",
             Rpc::Revoke => "/apimctl.v1.OperatorService/Revoke",
+            Rpc::AbortRollout => "/apimctl.v1.OperatorService/AbortRollout",
         }
     }
 
@@ -144,7 +148,8 @@ impl Rpc {
             | Rpc::Watch
             | Rpc::CreateToken
             | Rpc::ListAgents
-            | Rpc::Revoke => Access::Operator,
+            | Rpc::Revoke
+            | Rpc::AbortRollout => Access::Operator,
         }
     }
 }

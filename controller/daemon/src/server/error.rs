@@ -227,6 +227,13 @@ pub enum ServerError {
         state: String,
     },
 
+    /// No rollout is in flight to abort.
+    #[error("no rollout is in flight ({latest})")]
+    NoRolloutInFlight {
+        /// The latest rollout and its state, or that there is none.
+        latest: String,
+    },
+
     /// Rendering the stored plan or issuing its certificates failed.
     #[error("rendering the plan: {reason}")]
     Render {
@@ -267,9 +274,9 @@ impl ServerError {
             | ServerError::Protocol { .. }
             | ServerError::ArtifactMismatch { .. }
             | ServerError::PlanRejected { .. } => Code::InvalidArgument,
-            ServerError::ClusterChanged { .. } | ServerError::RolloutInProgress { .. } => {
-                Code::FailedPrecondition
-            }
+            ServerError::ClusterChanged { .. }
+            | ServerError::RolloutInProgress { .. }
+            | ServerError::NoRolloutInFlight { .. } => Code::FailedPrecondition,
             ServerError::ArtifactNotFound { .. } | ServerError::UnknownMachine { .. } => {
                 Code::NotFound
             }
@@ -309,6 +316,7 @@ impl ServerError {
             ServerError::PlanRejected { .. } => "plan.invalid",
             ServerError::ClusterChanged { .. } => "plan.cluster_changed",
             ServerError::RolloutInProgress { .. } => "rollout.in_progress",
+            ServerError::NoRolloutInFlight { .. } => "rollout.not_in_flight",
             ServerError::Io { .. }
             | ServerError::Issue { .. }
             | ServerError::TlsConfig { .. }
@@ -434,6 +442,7 @@ impl From<RolloutError> for ServerError {
                 ServerError::ClusterChanged { expected, actual }
             }
             RolloutError::InProgress { id, state } => ServerError::RolloutInProgress { id, state },
+            RolloutError::NotInFlight { latest } => ServerError::NoRolloutInFlight { latest },
             RolloutError::Render { reason } => ServerError::Render { reason },
             RolloutError::Store(e) => ServerError::Store(e),
             RolloutError::Artifacts(e) => e.into(),

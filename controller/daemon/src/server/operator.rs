@@ -8,9 +8,10 @@ use apim_plan::secrets::{insert_provided, is_provided_key};
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
-    AgentInfo, ApplyRequest, ApplyResponse, ClusterStatus, CreateTokenRequest, CreateTokenResponse,
-    ListAgentsRequest, ListAgentsResponse, MachineStatus, NodePhase, NodeStatus, PlanRequest,
-    PlanResponse, RevokeRequest, RevokeResponse, Rollout, StatusRequest, WatchRequest,
+    AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, ClusterStatus,
+    CreateTokenRequest, CreateTokenResponse, ErrorDetail, ListAgentsRequest, ListAgentsResponse,
+    MachineStatus, NodePhase, NodeStatus, PlanRequest, PlanResponse, RevokeRequest, RevokeResponse,
+    Rollout, StatusRequest, WatchRequest,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -75,6 +76,20 @@ impl OperatorSvc {
         let disconnected = self.ctx.state.revoke_machine(machine)?;
         tracing::warn!(%machine, operator = %who, disconnected, "revoked by operator");
         Ok(RevokeResponse { disconnected })
+    }
+
+    fn abort_inner(&self, req: Request<AbortRolloutRequest>) -> Result<Rollout, ServerError> {
+        let who = caller(&req)?.who();
+        let only = &req.get_ref().rollout_id;
+        let r = rollout::abort(&self.ctx.state, only, &who)?;
+        tracing::warn!(rollout = %r.id, operator = %who, tier = r.tier + 1, "rollout aborted");
+        Ok(Rollout {
+            id: r.id,
+            state: r.state.wire().into(),
+            tier: r.tier,
+            message: r.message,
+            generation: r.generation,
+        })
     }
 
     async fn apply_inner(&self, req: Request<ApplyRequest>) -> Result<ApplyResponse, ServerError> {
@@ -165,10 +180,34 @@ impl OperatorSvc {
             .filter(|(k, _)| !is_provided_key(k))
             .map(|(_, v)| v.as_str())
             .collect();
+        let mut changes = rollout::diff::changes(&baseline, &prepared.targets, &secrets);
+        // A node the plan leaves as it is but that does not run it now is touched too.
+        let off = rollout::intent::off_target(state, &prepared.targets);
+        for c in &mut changes {
+            if let Some(why) = off.get(&c.node) {
+                if c.kind() == ChangeKind::Unchanged {
+                    c.kind = ChangeKind::Update.into();
+                }
+                c.converge = why.clone();
+            }
+        }
+        let mut warnings = prepared.warnings;
+        if let Some(r) = state.store().read(|tx| tx.latest_rollout())?
+            && r.state.active()
+        {
+            warnings.push(ErrorDetail {
+                code: "plan.rollout_in_flight".into(),
+                message: format!(
+                    "{} (generation {}) is in flight: {}; apply refuses until it ends (or `apimctl rollout abort`)",
+                    r.id, r.generation, r.message
+                ),
+                ..ErrorDetail::default()
+            });
+        }
         Ok(PlanResponse {
-            changes: rollout::diff::changes(&baseline, &prepared.targets, &secrets),
+            changes,
             cluster_revision: rollout::cluster_revision(state)?,
-            warnings: prepared.warnings,
+            warnings,
         })
     }
 }
@@ -352,5 +391,12 @@ impl OperatorService for OperatorSvc {
         req: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
         Ok(Response::new(self.revoke_inner(req)?))
+    }
+
+    async fn abort_rollout(
+        &self,
+        req: Request<AbortRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        Ok(Response::new(self.abort_inner(req)?))
     }
 }

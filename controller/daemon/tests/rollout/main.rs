@@ -547,8 +547,21 @@ async fn a_key_the_pack_never_reads_is_a_warning_and_strict_refuses_the_plan() {
         .await
         .expect("plan")
         .into_inner();
+    // (No agent runs here: the first rollout is still staging, and `plan` says so.)
     let codes: Vec<&str> = dry.warnings.iter().map(|w| w.code.as_str()).collect();
-    assert_eq!(codes, ["render.no_base"], "{:?}", dry.warnings);
+    assert_eq!(
+        codes,
+        ["render.no_base", "plan.rollout_in_flight"],
+        "{:?}",
+        dry.warnings
+    );
+    assert!(
+        dry.warnings[1]
+            .message
+            .contains("rollout-1 (generation 1) is in flight"),
+        "{:?}",
+        dry.warnings
+    );
 }
 
 /// The controller's memory pre-flight: a machine whose agent reported less memory than its
@@ -631,4 +644,69 @@ async fn a_machine_without_the_memory_its_nodes_need_refuses_the_plan_before_any
     );
     assert_eq!(gw.env[0].name, "JAVA_OPTS");
     assert_eq!(gw.env[0].value, "-Xmx256m");
+}
+
+/// `rollout abort`: the rollout in flight stops where it stands (nothing more is pushed), a
+/// second abort and an abort of another rollout are refused, and a plan can be applied after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_rollout_pushes_nothing_more_and_a_new_apply_goes_on() {
+    use apim_proto::v1::AbortRolloutRequest;
+    let c = Controller::start().await;
+    let sha = c.store_pack(&pack());
+    // No agent: the rollout stays in staging.
+    let plan = plan_v3(&sha, "", "halt", "30s");
+    let (generation, id) = c.apply(&plan).await.expect("apply");
+    assert_eq!((generation, id.as_str()), (1, "rollout-1"));
+    eventually("staging pushed every machine", || {
+        c.state.desired_specs().len() == 5
+    })
+    .await;
+    let pushed = c.state.desired_specs();
+
+    let refused = c
+        .operator()
+        .await
+        .abort_rollout(AbortRolloutRequest {
+            rollout_id: "rollout-9".into(),
+        })
+        .await
+        .expect_err("not the one in flight");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+
+    let r = c
+        .operator()
+        .await
+        .abort_rollout(AbortRolloutRequest {
+            rollout_id: "rollout-1".into(),
+        })
+        .await
+        .expect("abort")
+        .into_inner();
+    assert_eq!(r.state(), RolloutState::Failed);
+    assert!(
+        r.message.contains("aborted by") && r.message.contains("nothing more"),
+        "{r:?}"
+    );
+    let status = c.wait_rollout(RolloutState::Failed).await;
+    assert_eq!(status.rollout.expect("rollout").id, "rollout-1");
+
+    // Agents arriving now get what was pushed, and the engine pushes nothing more.
+    let (_agents, _log) = start_agents(&c);
+    eventually("agents connected", || c.state.agents().len() == 5).await;
+    assert_eq!(c.state.desired_specs(), pushed);
+
+    let again = c
+        .operator()
+        .await
+        .abort_rollout(AbortRolloutRequest::default())
+        .await
+        .expect_err("nothing in flight");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    let details = apim_proto::error_details(&again).expect("details");
+    assert_eq!(details.errors[0].code, "rollout.not_in_flight");
+
+    // Applying a plan goes on: the same plan converges the nodes the abort left staged.
+    let (generation, id) = c.apply(&plan).await.expect("apply after abort");
+    assert_eq!((generation, id.as_str()), (2, "rollout-2"));
+    c.wait_rollout(RolloutState::Succeeded).await;
 }

@@ -4,9 +4,9 @@
 use apim_certs::AgentKey;
 use apim_controller::server::Rpc;
 use apim_proto::v1::{
-    ApplyRequest, CreateTokenRequest, EnrollRequest, FetchRequest, ListAgentsRequest, PlanRequest,
-    RenewRequest, RevokeRequest, StatRequest, StatusRequest, UploadChunk, UploadHeader,
-    WatchRequest, agent_service_client::AgentServiceClient,
+    AbortRolloutRequest, ApplyRequest, CreateTokenRequest, EnrollRequest, FetchRequest,
+    ListAgentsRequest, PlanRequest, RenewRequest, RevokeRequest, StatRequest, StatusRequest,
+    UploadChunk, UploadHeader, WatchRequest, agent_service_client::AgentServiceClient,
     artifact_service_client::ArtifactServiceClient, enrollment_client::EnrollmentClient,
     operator_service_client::OperatorServiceClient,
 };
@@ -116,6 +116,10 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             })
             .await
             .map(drop),
+        Rpc::AbortRollout => OperatorServiceClient::new(ch)
+            .abort_rollout(AbortRolloutRequest::default())
+            .await
+            .map(drop),
     }
 }
 
@@ -211,10 +215,10 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 14 RPCs × 4 credentials refused everywhere, 8 operator RPCs for the agent and 3 agent
+    // 15 RPCs × 4 credentials refused everywhere, 9 operator RPCs for the agent and 3 agent
     // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
     // before an upload; each renews its own certificate).
-    assert_eq!(rows, 14 * 4 + 8 + 3);
+    assert_eq!(rows, 15 * 4 + 9 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");
