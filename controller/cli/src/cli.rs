@@ -13,7 +13,8 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, controller, plan, render, renew_cert, revoke, rollout, status, token, validate,
+    agents, apply, controller, history, plan, render, renew_cert, revoke, rollout, status, token,
+    validate,
 };
 use crate::error::CliError;
 
@@ -52,6 +53,10 @@ enum Command {
     /// The rollout in flight.
     #[command(subcommand)]
     Rollout(rollout::Command),
+    /// The stored plan generations: who, when, what changed, how the rollout ended.
+    History(history::HistoryArgs),
+    /// Roll out an earlier generation again, as a new one (tiers, health gating, HA).
+    Rollback(history::RollbackArgs),
     /// Renew your operator certificate with the current one (before it expires).
     RenewCert(renew_cert::Args),
     /// The controller daemon and its host-side tools.
@@ -94,6 +99,10 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         Command::Agents(args) => on_controller(connection, |s| agents::run(args, s, stdout)),
         Command::Token(command) => on_controller(connection, |s| token::run(command, s, stdout)),
         Command::Revoke(args) => on_controller(connection, |s| revoke::run(args, s, stdout)),
+        Command::History(args) => on_controller(connection, |s| history::history(args, s, stdout)),
+        Command::Rollback(args) => {
+            on_controller(connection, |s| history::rollback(args, s, stdout))
+        }
         Command::Rollout(command) => {
             on_controller(connection, |s| rollout::run(command, s, stdout))
         }

@@ -124,6 +124,32 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
             .all(|l| l.starts_with("vm-") && l.contains(" gen 1 ")),
         "every node is on plan generation 1: {out}"
     );
+
+    // History: the one generation, its outcome and what it changed.
+    let (code, out, err) = apimctl(&c, dir.path(), &["history"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert!(rows[0].trim_start().starts_with("1  "), "{out}");
+    assert!(
+        rows[0].contains("succeeded") && rows[0].contains("changed "),
+        "{out}"
+    );
+    let (code, out, _) = apimctl(&c, dir.path(), &["history", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    assert_eq!(json["generations"][0]["rollout"]["state"], "succeeded");
+    // Nothing in flight: abort says so and exits 1.
+    let (code, _, err) = apimctl(&c, dir.path(), &["rollout", "abort"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no rollout is in flight"), "{err}");
+    // Nothing earlier to return to.
+    let (code, _, err) = apimctl(&c, dir.path(), &["rollback"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no earlier generation rolled out successfully"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

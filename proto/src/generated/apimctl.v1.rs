@@ -2389,6 +2389,53 @@ pub struct RevokeResponse {
     #[prost(bool, tag = "1")]
     pub disconnected: bool,
 }
+/// Asks for the plan history.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HistoryRequest {
+    /// At most this many generations, newest first; 0 = all.
+    #[prost(uint32, tag = "1")]
+    pub limit: u32,
+}
+/// The plan history, newest first.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HistoryResponse {
+    /// One entry per stored generation.
+    #[prost(message, repeated, tag = "1")]
+    pub generations: ::prost::alloc::vec::Vec<GenerationInfo>,
+}
+/// One stored plan generation.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GenerationInfo {
+    /// Its number.
+    #[prost(uint64, tag = "1")]
+    pub generation: u64,
+    /// Who applied it (the operator certificate's name), and for a rollback which generation it
+    /// restored.
+    #[prost(string, tag = "2")]
+    pub author: ::prost::alloc::string::String,
+    /// When it was stored.
+    #[prost(message, optional, tag = "3")]
+    pub created_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// The plan file's path on the operator's side.
+    #[prost(string, tag = "4")]
+    pub plan_path: ::prost::alloc::string::String,
+    /// Its rollout, absent when none was started.
+    #[prost(message, optional, tag = "5")]
+    pub rollout: ::core::option::Option<Rollout>,
+    /// The nodes its rollout changed.
+    #[prost(string, repeated, tag = "6")]
+    pub changed_nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Whether its secrets are still kept (a rollback to it needs them; see `secrets_retention`).
+    #[prost(bool, tag = "7")]
+    pub restorable: bool,
+}
+/// Asks to roll back.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RollbackRequest {
+    /// The generation to return to; 0 = the newest one before the latest whose rollout succeeded.
+    #[prost(uint64, tag = "1")]
+    pub to_generation: u64,
+}
 /// Asks to abort the rollout in flight.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AbortRolloutRequest {
@@ -2761,6 +2808,55 @@ pub mod operator_service_client {
                 .insert(GrpcMethod::new("apimctl.v1.OperatorService", "AbortRollout"));
             self.inner.unary(req, path, codec).await
         }
+        /// Every stored plan generation, newest first: who applied it, when, what its rollout changed
+        /// and how it ended.
+        pub async fn history(
+            &mut self,
+            request: impl tonic::IntoRequest<super::HistoryRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::HistoryResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/History",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "History"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Stores a new generation equal to an earlier one (its plan and secrets as stored) and rolls
+        /// it out like any other: tiers, health gating, HA peers one at a time.
+        pub async fn rollback(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RollbackRequest>,
+        ) -> std::result::Result<tonic::Response<super::ApplyResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/Rollback",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "Rollback"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2832,6 +2928,18 @@ pub mod operator_service_server {
             &self,
             request: tonic::Request<super::AbortRolloutRequest>,
         ) -> std::result::Result<tonic::Response<super::Rollout>, tonic::Status>;
+        /// Every stored plan generation, newest first: who applied it, when, what its rollout changed
+        /// and how it ended.
+        async fn history(
+            &self,
+            request: tonic::Request<super::HistoryRequest>,
+        ) -> std::result::Result<tonic::Response<super::HistoryResponse>, tonic::Status>;
+        /// Stores a new generation equal to an earlier one (its plan and secrets as stored) and rolls
+        /// it out like any other: tiers, health gating, HA peers one at a time.
+        async fn rollback(
+            &self,
+            request: tonic::Request<super::RollbackRequest>,
+        ) -> std::result::Result<tonic::Response<super::ApplyResponse>, tonic::Status>;
     }
     /// Served by the controller to operators (operator certificate only; an agent certificate gets
     /// PERMISSION_DENIED).
@@ -3255,6 +3363,96 @@ pub mod operator_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = AbortRolloutSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/History" => {
+                    #[allow(non_camel_case_types)]
+                    struct HistorySvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::HistoryRequest>
+                    for HistorySvc<T> {
+                        type Response = super::HistoryResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::HistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::history(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = HistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/Rollback" => {
+                    #[allow(non_camel_case_types)]
+                    struct RollbackSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::RollbackRequest>
+                    for RollbackSvc<T> {
+                        type Response = super::ApplyResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RollbackRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::rollback(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RollbackSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -96,7 +96,7 @@ pub async fn run(
 
 /// Follows rollout `rollout_id` until it ends; prints its last status lines (or status JSON)
 /// and its result.
-async fn follow(
+pub(crate) async fn follow(
     op: &mut OperatorServiceClient<Channel>,
     rollout_id: &str,
     format: Format,

@@ -86,11 +86,15 @@ pub enum Rpc {
     Revoke,
     /// `OperatorService.AbortRollout`.
     AbortRollout,
+    /// `OperatorService.History`.
+    History,
+    /// `OperatorService.Rollback`.
+    Rollback,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 15] = [
+    pub const ALL: [Rpc; 17] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -106,6 +110,8 @@ impl Rpc {
         Rpc::ListAgents,
         Rpc::Revoke,
         Rpc::AbortRollout,
+        Rpc::History,
+        Rpc::Rollback,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
@@ -126,6 +132,8 @@ impl Rpc {
             Rpc::ListAgents => "/apimctl.v1.OperatorService/ListAgents",
             Rpc::Revoke => "/apimctl.v1.OperatorService/Revoke",
             Rpc::AbortRollout => "/apimctl.v1.OperatorService/AbortRollout",
+            Rpc::History => "/apimctl.v1.OperatorService/History",
+            Rpc::Rollback => "/apimctl.v1.OperatorService/Rollback",
         }
     }
 
@@ -149,7 +157,9 @@ impl Rpc {
             | Rpc::CreateToken
             | Rpc::ListAgents
             | Rpc::Revoke
-            | Rpc::AbortRollout => Access::Operator,
+            | Rpc::AbortRollout
+            | Rpc::History
+            | Rpc::Rollback => Access::Operator,
         }
     }
 }

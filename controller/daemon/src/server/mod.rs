@@ -21,6 +21,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod enrollment;
 pub mod error;
+mod history;
 pub mod operator;
 
 pub mod tls;

@@ -9,9 +9,10 @@ use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
     AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, ClusterStatus,
-    CreateTokenRequest, CreateTokenResponse, ErrorDetail, ListAgentsRequest, ListAgentsResponse,
-    MachineStatus, NodePhase, NodeStatus, PlanRequest, PlanResponse, RevokeRequest, RevokeResponse,
-    Rollout, StatusRequest, WatchRequest,
+    CreateTokenRequest, CreateTokenResponse, ErrorDetail, HistoryRequest, HistoryResponse,
+    ListAgentsRequest, ListAgentsResponse, MachineStatus, NodePhase, NodeStatus, PlanRequest,
+    PlanResponse, RevokeRequest, RevokeResponse, RollbackRequest, Rollout, StatusRequest,
+    WatchRequest,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -31,6 +32,11 @@ pub struct OperatorSvc {
 
 impl OperatorSvc {
     /// Serves operators over `ctx.state`.
+    /// The shared server context.
+    pub(super) fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
     pub(crate) fn new(ctx: Ctx) -> Self {
         OperatorSvc { ctx }
     }
@@ -391,6 +397,20 @@ impl OperatorService for OperatorSvc {
         req: Request<RevokeRequest>,
     ) -> Result<Response<RevokeResponse>, Status> {
         Ok(Response::new(self.revoke_inner(req)?))
+    }
+
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        Ok(Response::new(self.history_inner(req)?))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<RollbackRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        Ok(Response::new(self.rollback_inner(req).await?))
     }
 
     async fn abort_rollout(

@@ -410,6 +410,25 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Every rollout, by its plan generation (a generation has at most one).
+    pub fn rollouts_by_generation(&self) -> Result<BTreeMap<u64, RolloutRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM rollouts")
+            .map_err(sql("reading rollouts"))?;
+        let bodies = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(sql("reading rollouts"))?;
+        let mut out = BTreeMap::new();
+        for b in bodies {
+            let b = b.map_err(sql("reading rollouts"))?;
+            let r: RolloutRecord =
+                serde_json::from_str(&b).map_err(|e| corrupt("rollout")(e.to_string()))?;
+            out.insert(r.generation, r);
+        }
+        Ok(out)
+    }
+
     /// The newest rollout (by generation), if any.
     pub fn latest_rollout(&self) -> Result<Option<RolloutRecord>, StoreError> {
         let body: Option<String> = self

@@ -120,6 +120,14 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             .abort_rollout(AbortRolloutRequest::default())
             .await
             .map(drop),
+        Rpc::History => OperatorServiceClient::new(ch)
+            .history(apim_proto::v1::HistoryRequest::default())
+            .await
+            .map(drop),
+        Rpc::Rollback => OperatorServiceClient::new(ch)
+            .rollback(apim_proto::v1::RollbackRequest::default())
+            .await
+            .map(drop),
     }
 }
 
@@ -215,10 +223,10 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 15 RPCs × 4 credentials refused everywhere, 9 operator RPCs for the agent and 3 agent
+    // 17 RPCs × 4 credentials refused everywhere, 11 operator RPCs for the agent and 3 agent
     // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
     // before an upload; each renews its own certificate).
-    assert_eq!(rows, 15 * 4 + 9 + 3);
+    assert_eq!(rows, 17 * 4 + 11 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");

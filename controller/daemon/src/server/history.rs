@@ -1,0 +1,129 @@
+//! `OperatorService.History` and `.Rollback`: the stored generations, and a new generation equal
+//! to an earlier one, rolled out like any apply.
+
+use apim_proto::prost_types::Timestamp;
+use apim_proto::v1::{
+    ApplyResponse, GenerationInfo, HistoryRequest, HistoryResponse, RollbackRequest, Rollout,
+};
+use tonic::Request;
+
+use super::auth::caller;
+use super::error::ServerError;
+use super::operator::OperatorSvc;
+use crate::rollout::{self, Phase};
+
+impl OperatorSvc {
+    pub(super) fn history_inner(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<HistoryResponse, ServerError> {
+        caller(&req)?;
+        let limit = req.get_ref().limit as usize;
+        let state = &self.ctx().state;
+        let generations = state.store().read(|tx| {
+            let rollouts = tx.rollouts_by_generation()?;
+            let latest = tx.latest_generation()?;
+            let mut out = Vec::new();
+            for g in (1..=latest).rev() {
+                if limit != 0 && out.len() == limit {
+                    break;
+                }
+                let Some(p) = tx.plan(g)? else { continue };
+                let r = rollouts.get(&g);
+                out.push(GenerationInfo {
+                    generation: g,
+                    author: p.author,
+                    created_at: Some(Timestamp {
+                        seconds: p.created_at,
+                        nanos: 0,
+                    }),
+                    plan_path: p.plan_path,
+                    rollout: r.map(|r| Rollout {
+                        id: r.id.clone(),
+                        state: r.state.wire().into(),
+                        tier: r.tier,
+                        message: r.message.clone(),
+                        generation: r.generation,
+                    }),
+                    changed_nodes: r
+                        .map(|r| {
+                            r.nodes
+                                .iter()
+                                .filter(|(_, n)| n.changed)
+                                .map(|(name, _)| name.clone())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    restorable: !p.secrets.is_empty(),
+                });
+            }
+            Ok(out)
+        })?;
+        Ok(HistoryResponse { generations })
+    }
+
+    pub(super) async fn rollback_inner(
+        &self,
+        req: Request<RollbackRequest>,
+    ) -> Result<ApplyResponse, ServerError> {
+        let who = caller(&req)?.who();
+        let state = &self.ctx().state;
+        let wanted = req.get_ref().to_generation;
+        let plan = state.store().read(|tx| {
+            let to = if wanted != 0 {
+                wanted
+            } else {
+                // The newest generation before the latest whose rollout succeeded.
+                let latest = tx.latest_generation()?;
+                let rollouts = tx.rollouts_by_generation()?;
+                rollouts
+                    .values()
+                    .filter(|r| r.generation < latest && r.state == Phase::Succeeded)
+                    .map(|r| r.generation)
+                    .max()
+                    .unwrap_or(0)
+            };
+            tx.plan(to)
+        })?;
+        let Some(plan) = plan else {
+            return Err(ServerError::InvalidArgument {
+                field: "to_generation",
+                reason: if wanted == 0 {
+                    "no earlier generation rolled out successfully".into()
+                } else {
+                    format!("there is no generation {wanted}")
+                },
+            });
+        };
+        if plan.secrets.is_empty() {
+            return Err(ServerError::InvalidArgument {
+                field: "to_generation",
+                reason: format!(
+                    "generation {}'s secrets were forgotten (secrets_retention): apply its plan \
+                     file instead",
+                    plan.generation
+                ),
+            });
+        }
+        let prepared = rollout::prepare(
+            state,
+            state.pki_dir(),
+            &plan.plan_path,
+            &plan.plan_toml,
+            plan.secrets.clone(),
+            rollout::Mode::Apply,
+            false,
+        )
+        .await?;
+        rollout::check_memory(state, &prepared, &plan.plan_path, &plan.plan_toml)?;
+        let author = format!("{who} (rollback to generation {})", plan.generation);
+        let (generation, rollout_id) =
+            rollout::start(state, &prepared, &author, &plan.plan_path, &plan.plan_toml)?;
+        tracing::warn!(to = plan.generation, generation, rollout = %rollout_id, operator = %who, "rollback");
+        Ok(ApplyResponse {
+            generation,
+            rollout_id,
+            warnings: prepared.warnings,
+        })
+    }
+}
