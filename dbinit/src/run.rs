@@ -198,11 +198,7 @@ enum Conn {
 
 impl Conn {
     /// Logs in, bounded by `connect_timeout`.
-    fn connect<'a>(t: &'a Target, o: &'a Options) -> Boxed<'a, Result<Conn, DbError>> {
-        Box::pin(Self::connect_inner(t, o))
-    }
-
-    async fn connect_inner(t: &Target, o: &Options) -> Result<Conn, DbError> {
+    async fn connect(t: &Target, o: &Options) -> Result<Conn, DbError> {
         let login = async {
             match t.engine {
                 Engine::Mysql => MySqlConnectOptions::new()
@@ -254,11 +250,7 @@ impl Conn {
     }
 
     /// Takes the database's init lock, waiting at most `lock_timeout`.
-    fn lock<'a>(&'a mut self, t: &'a Target, o: &'a Options) -> Boxed<'a, Result<(), DbError>> {
-        Box::pin(self.lock_inner(t, o))
-    }
-
-    async fn lock_inner(&mut self, t: &Target, o: &Options) -> Result<(), DbError> {
+    async fn lock(&mut self, t: &Target, o: &Options) -> Result<(), DbError> {
         let lock_err = |reason: String| DbError::Lock {
             database: t.database.clone(),
             reason,
@@ -319,21 +311,19 @@ impl Conn {
     }
 
     /// Releases the init lock.
-    fn unlock<'a>(&'a mut self, t: &'a Target) -> Boxed<'a, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            match self {
-                Conn::My(c) => sqlx::query("SELECT RELEASE_LOCK(?)")
-                    .bind(mysql_lock_name(&t.database))
-                    .execute(&mut *c)
-                    .await
-                    .map(|_| ()),
-                Conn::Pg(c) => sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(postgres_lock_key(&t.database))
-                    .execute(&mut *c)
-                    .await
-                    .map(|_| ()),
-            }
-        })
+    async fn unlock(&mut self, t: &Target) -> Result<(), sqlx::Error> {
+        match self {
+            Conn::My(c) => sqlx::query("SELECT RELEASE_LOCK(?)")
+                .bind(mysql_lock_name(&t.database))
+                .execute(&mut *c)
+                .await
+                .map(|_| ()),
+            Conn::Pg(c) => sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(postgres_lock_key(&t.database))
+                .execute(&mut *c)
+                .await
+                .map(|_| ()),
+        }
     }
 
     /// The query for the tables of the current database (MySQL) or schema (PostgreSQL).
@@ -351,42 +341,34 @@ impl Conn {
     }
 
     /// The tables there, lower-cased.
-    fn tables(&mut self) -> Boxed<'_, Result<Vec<String>, sqlx::Error>> {
-        Box::pin(async move {
-            let q = self.tables_query();
-            let names: Vec<String> = match self {
-                Conn::My(c) => sqlx::query_scalar(q).fetch_all(&mut *c).await?,
-                Conn::Pg(c) => sqlx::query_scalar(q).fetch_all(&mut *c).await?,
-            };
-            Ok(names.into_iter().map(|n| n.to_lowercase()).collect())
-        })
+    async fn tables(&mut self) -> Result<Vec<String>, sqlx::Error> {
+        let q = self.tables_query();
+        let names: Vec<String> = match self {
+            Conn::My(c) => sqlx::query_scalar(q).fetch_all(&mut *c).await?,
+            Conn::Pg(c) => sqlx::query_scalar(q).fetch_all(&mut *c).await?,
+        };
+        Ok(names.into_iter().map(|n| n.to_lowercase()).collect())
     }
 
     /// Runs one statement un-prepared (the simple-query protocol).
-    fn raw<'a>(&'a mut self, sql: &'a str) -> Boxed<'a, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            match self {
-                Conn::My(c) => Executor::execute(&mut *c, sql).await.map(|_| ()),
-                Conn::Pg(c) => Executor::execute(&mut *c, sql).await.map(|_| ()),
-            }
-        })
+    async fn raw(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        // `Executor::execute` with a `&str` and no arguments is the simple-query protocol; it
+        // also returns a boxed `Send` future (`raw_sql(..).execute` is `Send` only for the
+        // call's own lifetimes, which the agent's spawned task cannot name).
+        match self {
+            Conn::My(c) => Executor::execute(&mut *c, sql).await.map(|_| ()),
+            Conn::Pg(c) => Executor::execute(&mut *c, sql).await.map(|_| ()),
+        }
     }
 
     /// Closes politely; a failure only means the server notices the closed socket instead.
-    fn close(self) -> Boxed<'static, ()> {
-        Box::pin(async move {
-            let _ = match self {
-                Conn::My(c) => c.close().await,
-                Conn::Pg(c) => c.close().await,
-            };
-        })
+    async fn close(self) {
+        let _ = match self {
+            Conn::My(c) => c.close().await,
+            Conn::Pg(c) => c.close().await,
+        };
     }
 }
-
-/// A boxed `Send` future: sqlx's futures are `Send` only for the concrete lifetimes of each
-/// call, which an outer future cannot prove for every lifetime (rustc #96865); boxing each call
-/// keeps [`init_if_empty`] usable from spawned tasks.
-type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// The server's message for a database error (with its code), else the error; never a password.
 fn server_message(e: &sqlx::Error, password: &Secret) -> String {

@@ -237,7 +237,7 @@ mod tests {
         KeystoreSpec {
             store_type: StoreType::Pkcs12 as i32,
             keystore_file: "security/ks.p12".into(),
-            alias: "wso2carbon".into(),
+            alias: "node-key".into(),
             password: "store-pass".into(),
             truststore_file: "security/trust.p12".into(),
             truststore_password: "trust-pass".into(),

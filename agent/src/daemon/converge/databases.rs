@@ -36,16 +36,9 @@ impl NodeExecutor {
         }
         for db in &t.spec.databases {
             let port = u16::try_from(db.port).map_err(|_| self.db_error(db, "bad port".into()))?;
-            let host = self.db_address(db);
-            let reach =
-                tokio::spawn(
-                    async move { apim_dbinit::reachable(&host, port, REACH_TIMEOUT).await },
-                );
-            match reach.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(self.db_error(db, unreachable_text(&e))),
-                Err(e) => return Err(self.db_error(db, format!("connect task: {e}"))),
-            }
+            apim_dbinit::reachable(&self.db_address(db), port, REACH_TIMEOUT)
+                .await
+                .map_err(|e| self.db_error(db, unreachable_text(&e)))?;
         }
         for db in &t.spec.databases {
             if let Some(init) = &db.init {
@@ -96,15 +89,7 @@ impl NodeExecutor {
             username: init.username.clone(),
             password: Secret(init.password.clone()),
         };
-        // Its own task, on owned data: the client's futures are Send only for concrete
-        // lifetimes, which the node loop's future cannot name.
-        let run = tokio::spawn(async move {
-            apim_dbinit::init_if_empty(&target, &scripts, &Options::default()).await
-        });
-        let result = run
-            .await
-            .map_err(|e| self.db_error(db, format!("init task: {e}")))?;
-        match result {
+        match apim_dbinit::init_if_empty(&target, &scripts, &Options::default()).await {
             Ok(Outcome::Created { tables, statements }) => {
                 tracing::info!(node = %self.name, database = %db.id, tables = tables.len(),
                     statements, "database schema created from the pack's scripts");

@@ -137,17 +137,7 @@ pub async fn prepare(
                 ));
             }
             Err(ArtifactError::NotFound { .. }) | Err(ArtifactError::InvalidDigest) => {
-                missing.push(detail(
-                    "plan.pack_missing",
-                    format!(
-                        "pack {} (sha256 {}) is not stored on the controller",
-                        d.path.value, d.sha256.value
-                    ),
-                    "apimctl apply uploads packs; or upload it with ArtifactService.Upload".into(),
-                    path,
-                    plan_toml,
-                    d.sha256.span.start,
-                ));
+                missing.push(not_stored("pack", &d.path, &d.sha256, path, plan_toml));
             }
             Err(e) => return Err(e.into()),
         }
@@ -160,18 +150,7 @@ pub async fn prepare(
             }
             Err(ArtifactError::NotFound { .. }) if mode == Mode::DryRun => {}
             Err(ArtifactError::NotFound { .. }) | Err(ArtifactError::InvalidDigest) => {
-                missing.push(detail(
-                    "plan.driver_missing",
-                    format!(
-                        "driver {} (sha256 {}) is not stored on the controller",
-                        d.path.value, d.sha256.value
-                    ),
-                    "apimctl apply uploads drivers; or upload it with ArtifactService.Upload"
-                        .into(),
-                    path,
-                    plan_toml,
-                    d.sha256.span.start,
-                ));
+                missing.push(not_stored("driver", &d.path, &d.sha256, path, plan_toml));
             }
             Err(e) => return Err(e.into()),
         }
@@ -313,6 +292,28 @@ fn vault_render(
         .as_ref()
         .map(|c| c as &dyn apim_plan::render::VaultCipher);
     apim_plan::render::render_with(plan, secrets, packs, cipher).map_err(|e| failed(e.to_string()))
+}
+
+/// `what` (a pack or a driver) at `at` is not stored on the controller: `plan.<what>_missing`
+/// at the plan's sha256.
+fn not_stored(
+    what: &str,
+    at: &apim_plan::plan::At<String>,
+    sha256: &apim_plan::plan::At<String>,
+    file: &str,
+    plan_toml: &str,
+) -> ErrorDetail {
+    detail(
+        &format!("plan.{what}_missing"),
+        format!(
+            "{what} {} (sha256 {}) is not stored on the controller",
+            at.value, sha256.value
+        ),
+        format!("apimctl apply uploads {what}s; or upload it with ArtifactService.Upload"),
+        file,
+        plan_toml,
+        sha256.span.start,
+    )
 }
 
 /// Opens and checks the plan's provided keystores (sent with the request, among `secrets`)

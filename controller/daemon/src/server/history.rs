@@ -10,7 +10,7 @@ use tonic::Request;
 use super::auth::caller;
 use super::error::ServerError;
 use super::operator::OperatorSvc;
-use crate::rollout::{self, Phase};
+use crate::rollout::Phase;
 
 impl OperatorSvc {
     pub(super) fn history_inner(
@@ -105,25 +105,19 @@ impl OperatorSvc {
                 ),
             });
         }
-        let prepared = rollout::prepare(
-            state,
-            state.pki_dir(),
-            &plan.plan_path,
-            &plan.plan_toml,
-            plan.secrets.clone(),
-            rollout::Mode::Apply,
-            false,
-        )
-        .await?;
-        rollout::check_memory(state, &prepared, &plan.plan_path, &plan.plan_toml)?;
         let author = format!("{who} (rollback to generation {})", plan.generation);
-        let (generation, rollout_id) =
-            rollout::start(state, &prepared, &author, &plan.plan_path, &plan.plan_toml)?;
-        tracing::warn!(to = plan.generation, generation, rollout = %rollout_id, operator = %who, "rollback");
-        Ok(ApplyResponse {
-            generation,
-            rollout_id,
-            warnings: prepared.warnings,
-        })
+        let resp = self
+            .roll_out(
+                &plan.plan_path,
+                &plan.plan_toml,
+                plan.secrets.clone(),
+                false,
+                &author,
+                None,
+            )
+            .await?;
+        tracing::warn!(to = plan.generation, generation = resp.generation,
+            rollout = %resp.rollout_id, operator = %who, "rollback");
+        Ok(resp)
     }
 }

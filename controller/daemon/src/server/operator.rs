@@ -109,32 +109,55 @@ impl OperatorSvc {
             strict,
             provided_files,
         } = req.into_inner();
-        let state = &self.ctx.state;
-        let prepared = rollout::prepare(
-            state,
-            state.pki_dir(),
-            &plan_path,
-            &plan_toml,
-            with_files(resolved_secrets, provided_files),
-            rollout::Mode::Apply,
-            strict,
-        )
-        .await?;
-        rollout::check_memory(state, &prepared, &plan_path, &plan_toml)?;
-        if let Some(expected) = expected_cluster_revision {
-            let actual = rollout::cluster_revision(state)?;
-            if expected != actual {
-                return Err(ServerError::ClusterChanged { expected, actual });
-            }
-        }
         // The certificate's identity is the author; the request's field only adds detail.
         let author = if author.is_empty() || author == who {
             who
         } else {
             format!("{who} ({author})")
         };
+        self.roll_out(
+            &plan_path,
+            &plan_toml,
+            with_files(resolved_secrets, provided_files),
+            strict,
+            &author,
+            expected_cluster_revision,
+        )
+        .await
+    }
+
+    /// Prepares a plan for apply (validated, rendered, certificates issued), checks memory and
+    /// the reviewed revision, stores it as a new generation and starts its rollout: what
+    /// `Apply` and `Rollback` both do.
+    pub(super) async fn roll_out(
+        &self,
+        plan_path: &str,
+        plan_toml: &str,
+        secrets: std::collections::BTreeMap<String, String>,
+        strict: bool,
+        author: &str,
+        expected_revision: Option<String>,
+    ) -> Result<ApplyResponse, ServerError> {
+        let state = &self.ctx.state;
+        let prepared = rollout::prepare(
+            state,
+            state.pki_dir(),
+            plan_path,
+            plan_toml,
+            secrets,
+            rollout::Mode::Apply,
+            strict,
+        )
+        .await?;
+        rollout::check_memory(state, &prepared, plan_path, plan_toml)?;
+        if let Some(expected) = expected_revision {
+            let actual = rollout::cluster_revision(state)?;
+            if expected != actual {
+                return Err(ServerError::ClusterChanged { expected, actual });
+            }
+        }
         let (generation, rollout_id) =
-            rollout::start(state, &prepared, &author, &plan_path, &plan_toml)?;
+            rollout::start(state, &prepared, author, plan_path, plan_toml)?;
         Ok(ApplyResponse {
             generation,
             rollout_id,
