@@ -31,7 +31,7 @@ pub struct MachineFacts {
     pub java_home_found: bool,
 }
 /// The state of one node as its agent sees it.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct NodeStatus {
     /// The node's name from the plan, e.g. "km-1".
     #[prost(string, tag = "1")]
@@ -68,6 +68,39 @@ pub struct NodeStatus {
     /// controller fills it in from its spec history when it answers Status and Watch (0: unknown).
     #[prost(uint64, tag = "11")]
     pub plan_generation: u64,
+    /// What differs on disk from what the agent wrote for the node's current spec, as of its last
+    /// drift check (periodic and on `CheckDrift`); empty when nothing differs or the node is not
+    /// settled on its spec (staged, stopped, failed, converging). The machine's managed hosts block
+    /// is reported on each of its nodes.
+    #[prost(message, repeated, tag = "12")]
+    pub drift: ::prost::alloc::vec::Vec<Drift>,
+}
+/// One thing on a node's disk that is not what the agent wrote for its current spec. Never carries
+/// content: file names and TOML keys only, no value (secret or not).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Drift {
+    /// What drifted: a path relative to the node's home (a configuration file or a keystore the spec
+    /// names), "hosts block" (the machine's managed /etc/hosts block) or "install tree" (the node's
+    /// installed tree). Agent text: untrusted.
+    #[prost(string, tag = "1")]
+    pub file: ::prost::alloc::string::String,
+    /// How, without content: "changed", "missing", "not valid TOML", "marker missing", "damaged:
+    /// <why>". Agent text: untrusted.
+    #[prost(string, tag = "2")]
+    pub problem: ::prost::alloc::string::String,
+    /// For a TOML file, the dotted keys on disk that the spec does not have; for the hosts block,
+    /// the host names. Agent text: untrusted.
+    #[prost(string, repeated, tag = "3")]
+    pub added_keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Keys (host names) the spec has that are not on disk.
+    #[prost(string, repeated, tag = "4")]
+    pub removed_keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Keys (host names) on both sides whose values differ; the values are never sent.
+    #[prost(string, repeated, tag = "5")]
+    pub changed_keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// How many keys were left out of the three lists (each is capped).
+    #[prost(uint32, tag = "6")]
+    pub omitted_keys: u32,
 }
 /// Error-detail convention for every service in this package.
 ///
@@ -774,7 +807,7 @@ pub struct Command {
     #[prost(string, tag = "1")]
     pub command_id: ::prost::alloc::string::String,
     /// The action to take.
-    #[prost(oneof = "command::Action", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "command::Action", tags = "2, 3, 4, 5, 10")]
     pub action: ::core::option::Option<command::Action>,
 }
 /// Nested message and enum types in `Command`.
@@ -794,6 +827,9 @@ pub mod command {
         /// Send a `StatusReport` now.
         #[prost(message, tag = "5")]
         ReportNow(super::ReportNow),
+        /// Check every node for drift now; answered by a fresh `StatusReport`, then the result.
+        #[prost(message, tag = "10")]
+        CheckDrift(super::CheckDrift),
     }
 }
 /// Stop a node (it stays stopped until started or a new generation says otherwise).
@@ -820,6 +856,11 @@ pub struct RestartNode {
 /// Ask the agent for an immediate `StatusReport`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReportNow {}
+/// Ask the agent to check its nodes for drift now (what is on disk against what it wrote for the
+/// current spec) and send a `StatusReport` with the result before the `CommandResult`. The result
+/// is ok when every node was checked; its message names nodes that could not be (busy converging).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckDrift {}
 /// Generated client implementations.
 pub mod agent_service_client {
     #![allow(
@@ -2443,6 +2484,37 @@ pub struct AbortRolloutRequest {
     #[prost(string, tag = "1")]
     pub rollout_id: ::prost::alloc::string::String,
 }
+/// Asks for a drift check.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckDriftRequest {
+    /// The nodes to check; empty: every node of the current plan.
+    #[prost(string, repeated, tag = "1")]
+    pub nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// The outcome of a drift check.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CheckDriftResponse {
+    /// The cluster after the check: each checked node's `NodeStatus.drift` is fresh.
+    #[prost(message, optional, tag = "1")]
+    pub status: ::core::option::Option<ClusterStatus>,
+    /// One entry per machine that was asked (or could not be).
+    #[prost(message, repeated, tag = "2")]
+    pub machines: ::prost::alloc::vec::Vec<MachineCheck>,
+}
+/// Whether one machine's agent checked its nodes.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MachineCheck {
+    /// The machine's name.
+    #[prost(string, tag = "1")]
+    pub machine: ::prost::alloc::string::String,
+    /// Whether its agent checked every node and answered in time.
+    #[prost(bool, tag = "2")]
+    pub checked: bool,
+    /// Why not (not connected, no answer in time, nodes busy converging), or the agent's summary.
+    /// Agent text: untrusted.
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+}
 /// What kind of change a node would see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -2857,6 +2929,33 @@ pub mod operator_service_client {
                 .insert(GrpcMethod::new("apimctl.v1.OperatorService", "Rollback"));
             self.inner.unary(req, path, codec).await
         }
+        /// Asks every connected agent holding the requested nodes to check them for drift now, waits
+        /// (bounded) for their answers and returns the cluster's state with them. NOT_FOUND for a node
+        /// no machine of the current plan has.
+        pub async fn check_drift(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CheckDriftRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CheckDriftResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/CheckDrift",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "CheckDrift"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2940,6 +3039,16 @@ pub mod operator_service_server {
             &self,
             request: tonic::Request<super::RollbackRequest>,
         ) -> std::result::Result<tonic::Response<super::ApplyResponse>, tonic::Status>;
+        /// Asks every connected agent holding the requested nodes to check them for drift now, waits
+        /// (bounded) for their answers and returns the cluster's state with them. NOT_FOUND for a node
+        /// no machine of the current plan has.
+        async fn check_drift(
+            &self,
+            request: tonic::Request<super::CheckDriftRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::CheckDriftResponse>,
+            tonic::Status,
+        >;
     }
     /// Served by the controller to operators (operator certificate only; an agent certificate gets
     /// PERMISSION_DENIED).
@@ -3453,6 +3562,51 @@ pub mod operator_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RollbackSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/CheckDrift" => {
+                    #[allow(non_camel_case_types)]
+                    struct CheckDriftSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::CheckDriftRequest>
+                    for CheckDriftSvc<T> {
+                        type Response = super::CheckDriftResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CheckDriftRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::check_drift(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CheckDriftSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -158,6 +158,14 @@ fn node_status_keeps_phase_pid_and_timestamp() {
         config_digest: "ef".repeat(32),
         running: true,
         plan_generation: 4,
+        drift: vec![v1::Drift {
+            file: "repository/conf/deployment.toml".into(),
+            problem: "changed".into(),
+            added_keys: vec!["server.extra".into()],
+            removed_keys: vec![],
+            changed_keys: vec!["server.offset".into()],
+            omitted_keys: 0,
+        }],
     };
     let decoded = NodeStatus::decode(status.encode_to_vec().as_slice()).expect("decode");
     assert_eq!(decoded, status);
