@@ -210,6 +210,7 @@ async fn main() -> Result<(), BoxError> {
             generation: 1,
             spec: spec.clone(),
             machine_memory: Default::default(),
+            hosts: Vec::new(),
         };
         let t = Instant::now();
         let first = exec.converge(&target, std::future::pending()).await?;

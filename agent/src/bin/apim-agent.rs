@@ -49,6 +49,10 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Seconds between two drift checks of every node (default 60; 0: only when `apimctl
+    /// check` asks).
+    #[arg(long)]
+    drift_interval_secs: Option<u64>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -98,6 +102,9 @@ fn build_config(cli: Cli) -> Result<(AgentConfig, LogFormat), DaemonError> {
     }
     if let Some(h) = cli.hosts_file.or(file.hosts_file) {
         config.hosts_file = h;
+    }
+    if let Some(s) = cli.drift_interval_secs.or(file.drift_interval_secs) {
+        config.timings.drift_interval = std::time::Duration::from_secs(s);
     }
     config.token_file = cli.token_file.or(file.token_file);
     config.token = match &config.token_file {

@@ -49,6 +49,9 @@ pub struct FileConfig {
     pub token_file: Option<PathBuf>,
     /// `human` or `json`.
     pub log_format: Option<LogFormat>,
+    /// Seconds between two drift checks of every node (default 60; 0: only on demand, when
+    /// `apimctl check` asks).
+    pub drift_interval_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -94,6 +97,9 @@ pub struct Timings {
     /// so the sync is cheap and does not compete for the disk with nodes still unpacking or
     /// starting. Until then a crash of the machine means installing the tree again.
     pub tree_sync_delay: Duration,
+    /// How often each settled node is checked for drift (its files against what the agent
+    /// wrote); zero: only on demand (`CheckDrift`).
+    pub drift_interval: Duration,
 }
 
 impl Default for Timings {
@@ -112,6 +118,7 @@ impl Default for Timings {
             stop_grace: Duration::from_secs(60),
             fetch_attempts: 5,
             tree_sync_delay: Duration::from_secs(30),
+            drift_interval: Duration::from_secs(60),
         }
     }
 }

@@ -172,6 +172,7 @@ impl Machine {
                 generation: spec.generation,
                 spec: node.clone(),
                 machine_memory: machine_memory.clone(),
+                hosts: entries.clone(),
             });
             match self.nodes.get(&name) {
                 Some(h) => {

@@ -3,13 +3,17 @@
 //! Node workers write their phase, step, error, pid and restarts here; the connection loop
 //! sends a full report whenever a phase (or another field the controller acts on) changes,
 //! and periodically. `phase_since` changes only when the phase does.
+//!
+//! It also carries drift checks asked for on demand: [`StatusBoard::request_drift_check`] opens
+//! a new check epoch that every node loop answers with [`StatusBoard::drift_checked`];
+//! [`StatusBoard::wait_drift_checked`] waits (bounded) for them.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use apim_proto::prost_types::Timestamp;
-use apim_proto::v1::{MachineFacts as WireFacts, NodePhase, NodeStatus, StatusReport};
+use apim_proto::v1::{Drift, MachineFacts as WireFacts, NodePhase, NodeStatus, StatusReport};
 use tokio::sync::watch;
 
 use crate::exec::facts::{JavaFact, MachineFacts};
@@ -19,6 +23,10 @@ use crate::exec::facts::{JavaFact, MachineFacts};
 pub struct StatusBoard {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    /// The latest drift check epoch asked for.
+    drift_requests: watch::Sender<u64>,
+    /// Bumped whenever a node answers a drift check.
+    drift_answers: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -26,6 +34,8 @@ struct Inner {
     generation: u64,
     nodes: BTreeMap<String, NodeStatus>,
     version: u64,
+    /// Per node, the latest drift check epoch it answered.
+    drift_checked: BTreeMap<String, u64>,
 }
 
 /// A change to one node's status; `None` fields stay as they are.
@@ -47,6 +57,8 @@ pub struct Update {
     pub running: Option<bool>,
     /// New config digest.
     pub config_digest: Option<String>,
+    /// New drift (replaces the list).
+    pub drift: Option<Vec<Drift>>,
 }
 
 impl Default for StatusBoard {
@@ -54,6 +66,8 @@ impl Default for StatusBoard {
         StatusBoard {
             inner: Mutex::new(Inner::default()),
             changed: watch::channel(0).0,
+            drift_requests: watch::channel(0).0,
+            drift_answers: watch::channel(0).0,
         }
     }
 }
@@ -123,6 +137,9 @@ impl StatusBoard {
         if let Some(d) = u.config_digest {
             st.config_digest = d;
         }
+        if let Some(d) = u.drift {
+            st.drift = d;
+        }
         let mut cmp = st.clone();
         cmp.step = before.step.clone();
         if cmp != before {
@@ -132,6 +149,7 @@ impl StatusBoard {
                 step = %st.step,
                 last_error = %st.last_error,
                 restarts = st.restarts,
+                drifted = st.drift.len(),
                 "node status"
             );
             g.version += 1;
@@ -142,6 +160,7 @@ impl StatusBoard {
     /// Forgets a node that left the spec.
     pub fn remove(&self, node: &str) {
         let mut g = self.lock();
+        g.drift_checked.remove(node);
         if g.nodes.remove(node).is_some() {
             g.version += 1;
             self.changed.send_replace(g.version);
@@ -166,6 +185,58 @@ impl StatusBoard {
     /// Changes whenever a report-worthy field changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Asks every node loop for a drift check now; returns the check's epoch.
+    pub fn request_drift_check(&self) -> u64 {
+        let mut epoch = 0;
+        self.drift_requests.send_modify(|e| {
+            *e += 1;
+            epoch = *e;
+        });
+        epoch
+    }
+
+    /// The drift checks asked for (the value is the latest epoch).
+    pub fn drift_requests(&self) -> watch::Receiver<u64> {
+        self.drift_requests.subscribe()
+    }
+
+    /// `node` answered the drift check `epoch` (its drift is on the board).
+    pub fn drift_checked(&self, node: &str, epoch: u64) {
+        {
+            let mut g = self.lock();
+            let e = g.drift_checked.entry(node.to_owned()).or_default();
+            *e = (*e).max(epoch);
+        }
+        self.drift_answers.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits until every node on the board answered drift check `epoch`, at most `timeout`;
+    /// returns the nodes that did not (busy converging).
+    pub async fn wait_drift_checked(&self, epoch: u64, timeout: Duration) -> Vec<String> {
+        let mut answers = self.drift_answers.subscribe();
+        let pending = || {
+            let g = self.lock();
+            g.nodes
+                .keys()
+                .filter(|n| g.drift_checked.get(*n).is_none_or(|e| *e < epoch))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let wait = async {
+            loop {
+                answers.mark_unchanged();
+                if pending().is_empty() {
+                    return;
+                }
+                if answers.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        pending()
     }
 }
 

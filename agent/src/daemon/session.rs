@@ -344,6 +344,11 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
                             }
                         }
                     }
+                    Some(CtlKind::Command(c)) if matches!(c.action, Some(Action::CheckDrift(_))) => {
+                        // Answered once every node checked (bounded), without holding up the
+                        // stream; the task ends with the stream (its sends fail).
+                        tokio::spawn(check_drift(Arc::clone(&shared.board), tx.clone(), c.command_id));
+                    }
                     Some(CtlKind::Command(c)) => {
                         let result = command(shared, &c);
                         send(&tx, AgentKind::CommandResult(result)).await?;
@@ -376,9 +381,42 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
     }
 }
 
+/// `CheckDrift`: every node checks now; a fresh report, then the result (ok when every node
+/// answered within [`DRIFT_CHECK_WAIT`]; the message names the others).
+async fn check_drift(board: Arc<StatusBoard>, tx: mpsc::Sender<AgentMessage>, command_id: String) {
+    let epoch = board.request_drift_check();
+    let busy = board.wait_drift_checked(epoch, DRIFT_CHECK_WAIT).await;
+    let report = board.snapshot();
+    let drifted = report.nodes.iter().filter(|n| !n.drift.is_empty()).count();
+    let checked = report.nodes.len() - busy.len();
+    let message = if busy.is_empty() {
+        format!("checked {checked} node(s); {drifted} drifted")
+    } else {
+        format!(
+            "checked {checked} node(s); {drifted} drifted; not checked (busy converging): {}",
+            busy.join(", ")
+        )
+    };
+    let result = CommandResult {
+        command_id,
+        ok: busy.is_empty(),
+        message,
+    };
+    for kind in [AgentKind::Status(report), AgentKind::CommandResult(result)] {
+        if tx.send(AgentMessage { kind: Some(kind) }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long a `CheckDrift` waits for nodes busy converging (each checks once its converge ends).
+const DRIFT_CHECK_WAIT: Duration = Duration::from_secs(20);
+
 fn command(_shared: &Shared, c: &Command) -> CommandResult {
     let (ok, message) = match &c.action {
         Some(Action::ReportNow(_)) => (true, "report sent".to_owned()),
+        // Handled by `check_drift`.
+        Some(Action::CheckDrift(_)) => (true, "drift check started".to_owned()),
         Some(Action::StopNode(n)) => (false, unsupported("StopNode", &n.node)),
         Some(Action::StartNode(n)) => (false, unsupported("StartNode", &n.node)),
         Some(Action::RestartNode(n)) => (false, unsupported("RestartNode", &n.node)),

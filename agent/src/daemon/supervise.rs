@@ -8,6 +8,11 @@
 //!
 //! A freshly installed tree is synced `tree_sync_delay` after the node first reported
 //! healthy, from this loop, so the sync never sits in a rollout's path.
+//!
+//! Drift is checked from this loop too, so a check never races the node's own converge: after
+//! every converge, every `drift_interval`, and whenever the board asks
+//! ([`crate::daemon::report::StatusBoard::request_drift_check`]; answered once checked). Only a
+//! node healthy on its current target is checked; any other reports no drift.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +37,10 @@ pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
 /// dropped.
 pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timings) {
     let board = exec_board(&exec);
+    let mut checks = board.drift_requests();
+    let mut drift_at = next_drift(&timings);
+    // The target the node is healthy on (drift is checked against it).
+    let mut settled: Option<Arc<NodeTarget>> = None;
     let mut done: Option<Arc<NodeTarget>> = None;
     let mut last: Option<Arc<NodeTarget>> = None;
     let mut retry_at: Option<Instant> = None;
@@ -60,9 +69,13 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
             let cancel = async move {
                 let _ = cancel_rx.changed().await;
             };
+            settled = None;
             match exec.converge(&t, cancel).await {
                 Ok(Outcome::Superseded) => {}
                 Ok(outcome) => {
+                    if matches!(outcome, Outcome::Healthy { .. }) {
+                        settled = Some(Arc::clone(&t));
+                    }
                     if matches!(outcome, Outcome::Healthy { .. }) && exec.tree_unsynced() {
                         sync_at.get_or_insert(Instant::now() + timings.tree_sync_delay);
                     }
@@ -79,6 +92,7 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
                     done = None;
                 }
             }
+            exec.refresh_drift(settled.as_deref());
         }
         if sync_at.is_some_and(|at| Instant::now() >= at) {
             sync_at = match exec.sync_installed_tree().await {
@@ -96,6 +110,9 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
         if let Some(r) = retry_at {
             wait = wait.min(r.saturating_duration_since(Instant::now()));
         }
+        if let Some(at) = drift_at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
@@ -104,11 +121,31 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
                 retry_at = None;
                 failures = 0;
             }
+            changed = checks.changed() => {
+                if changed.is_ok() {
+                    let epoch = *checks.borrow_and_update();
+                    exec.refresh_drift(settled.as_deref());
+                    board.drift_checked(exec.name(), epoch);
+                    drift_at = next_drift(&timings);
+                }
+            }
             () = tokio::time::sleep(wait) => {
-                supervise(&mut exec, &mut done, &mut retry_at, &timings);
+                if supervise(&mut exec, &mut done, &mut retry_at, &timings) {
+                    settled = None;
+                    exec.refresh_drift(None);
+                }
+                if drift_at.is_some_and(|at| Instant::now() >= at) {
+                    exec.refresh_drift(settled.as_deref());
+                    drift_at = next_drift(&timings);
+                }
             }
         }
     }
+}
+
+/// When the next periodic drift check is due (`None`: only on demand).
+fn next_drift(timings: &Timings) -> Option<Instant> {
+    (!timings.drift_interval.is_zero()).then(|| Instant::now() + timings.drift_interval)
 }
 
 fn exec_board(exec: &NodeExecutor) -> Arc<crate::daemon::report::StatusBoard> {
@@ -116,25 +153,26 @@ fn exec_board(exec: &NodeExecutor) -> Arc<crate::daemon::report::StatusBoard> {
 }
 
 /// A RUNNING node that was healthy and whose process is gone: count, report, schedule.
+/// Returns whether it was.
 fn supervise(
     exec: &mut NodeExecutor,
     done: &mut Option<Arc<NodeTarget>>,
     retry_at: &mut Option<Instant>,
     timings: &Timings,
-) {
-    let Some(d) = done.clone() else { return };
+) -> bool {
+    let Some(d) = done.clone() else { return false };
     if DesiredRun::try_from(d.spec.desired) != Ok(DesiredRun::Running) {
-        return;
+        return false;
     }
     let healthy = exec
         .board()
         .node(exec.name())
         .is_some_and(|s| s.phase == NodePhase::Healthy as i32);
     if !healthy {
-        return;
+        return false;
     }
     if exec.home(&d.spec).is_err() || exec.live_pid(&d.spec).is_some() {
-        return;
+        return false;
     }
     exec.restarts += 1;
     exec.mark_unhealthy();
@@ -153,4 +191,5 @@ fn supervise(
     exec.report_failed(d.generation, &msg);
     *retry_at = Some(Instant::now() + delay);
     *done = None;
+    true
 }

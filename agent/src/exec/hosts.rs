@@ -23,6 +23,7 @@
 //! A damaged block (BEGIN without END, END first, two blocks) is an error: the agent never
 //! guesses which lines are its own.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::exec::drift::KeyDiff;
 use crate::exec::error::{ExecError, Result};
 use apim_atomic::{AtomicWriter, FileOps, RealFileOps, WriteMethod};
 
@@ -245,6 +247,62 @@ pub fn splice(existing: &[u8], entries: &[HostsEntry]) -> Result<Vec<u8>, Splice
     Ok(out)
 }
 
+/// How the managed block on disk differs from the one the entries render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockDrift {
+    /// The entries want a block and the file has none.
+    Missing,
+    /// The markers are damaged; the text says how.
+    Damaged(String),
+    /// The block differs: host names on disk and not in the entries (added), in the entries
+    /// and not on disk (removed), on both with another address (changed). No names: only
+    /// spacing, order or comments differ.
+    Changed(KeyDiff),
+}
+
+/// The managed block of `existing` against `entries`: `None` when it is exactly what
+/// [`splice`] writes (nothing outside the block counts).
+pub fn block_drift(existing: &[u8], entries: &[HostsEntry]) -> Option<BlockDrift> {
+    match splice(existing, entries) {
+        Ok(same) if same == existing => return None,
+        Ok(_) => {}
+        Err(SpliceError::Corrupt(reason)) => return Some(BlockDrift::Damaged(reason)),
+        // Entries are checked when the spec is accepted; one that is not valid cannot be
+        // compared either.
+        Err(SpliceError::Entry(e)) => return Some(BlockDrift::Damaged(e.to_string())),
+    }
+    let lines = split_lines(existing);
+    // No block where the entries want one (no entries and no block is no drift: see above).
+    let Ok(Some((begin, end))) = find_block(&lines, existing) else {
+        return Some(BlockDrift::Missing);
+    };
+    let mut on_disk: BTreeMap<String, String> = BTreeMap::new();
+    for l in &lines[begin + 1..end] {
+        let text = String::from_utf8_lossy(&existing[l.start..l.content_end]);
+        let text = text.split('#').next().unwrap_or_default();
+        let mut words = text.split_whitespace();
+        if let Some(ip) = words.next() {
+            for name in words {
+                on_disk.entry(name.to_owned()).or_insert_with(|| ip.to_owned());
+            }
+        }
+    }
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    for e in entries {
+        for n in &e.names {
+            wanted.entry(n.clone()).or_insert_with(|| e.ip.to_string());
+        }
+    }
+    let added = on_disk.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
+    let removed = wanted.keys().filter(|n| !on_disk.contains_key(*n)).cloned().collect();
+    let changed = wanted
+        .iter()
+        .filter(|(n, ip)| on_disk.get(*n).is_some_and(|d| d != *ip))
+        .map(|(n, _)| n.clone())
+        .collect();
+    Some(BlockDrift::Changed(KeyDiff::capped(added, removed, changed)))
+}
+
 /// Why [`splice`] refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
@@ -383,6 +441,43 @@ mod tests {
         );
         let removed = splice(orig.as_bytes(), &[]).unwrap();
         assert_eq!(removed, b"a\nz\n");
+    }
+
+    #[test]
+    fn block_drift_names_hosts_never_touches_foreign_lines() {
+        let want = [e("10.0.0.1", &["km-1", "km"]), e("10.0.0.2", &["gw-1"])];
+        let good = splice(b"127.0.0.1 localhost\n", &want).unwrap();
+        assert_eq!(block_drift(&good, &want), None);
+        // A foreign line added outside the block is not drift.
+        let mut foreign = good.clone();
+        foreign.extend_from_slice(b"10.9.9.9 mine\n");
+        assert_eq!(block_drift(&foreign, &want), None);
+        // Inside the block: a name moved, one added, one gone.
+        let edited = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("10.0.0.2 gw-1", "10.0.0.3 gw-1 extra");
+        let edited = edited.replace(" km\n", "\n");
+        match block_drift(edited.as_bytes(), &want) {
+            Some(BlockDrift::Changed(k)) => {
+                assert_eq!(k.added, vec!["extra"]);
+                assert_eq!(k.removed, vec!["km"]);
+                assert_eq!(k.changed, vec!["gw-1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            block_drift(b"127.0.0.1 localhost\n", &want),
+            Some(BlockDrift::Missing)
+        );
+        assert!(matches!(
+            block_drift(format!("{BEGIN_MARKER}\n").as_bytes(), &want),
+            Some(BlockDrift::Damaged(_))
+        ));
+        // A block left though the spec wants none: its names are extra.
+        match block_drift(&good, &[]) {
+            Some(BlockDrift::Changed(k)) => assert_eq!(k.added, vec!["gw-1", "km", "km-1"]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -83,6 +83,26 @@ fn chain_der(what: &'static str, pem: &str) -> Result<Vec<Vec<u8>>> {
     Ok(chain)
 }
 
+/// The store files (relative to the home) [`write_keystores_blocking`] writes for `ks`: the
+/// keystore, the primary keystore, and the truststore when certificates are imported into it or
+/// a provided one replaces it.
+pub fn written_stores(ks: &KeystoreSpec) -> Vec<&str> {
+    let mut out = vec![ks.keystore_file.as_str()];
+    if ks.provided.is_none()
+        && let Some(p) = ks.primary_keystore_file.as_deref()
+    {
+        out.push(p);
+    }
+    let provided_trust = ks.provided.as_ref().is_some_and(|p| !p.truststore.is_empty());
+    if provided_trust || !ks.trusted.is_empty() {
+        out.push(ks.truststore_file.as_str());
+    }
+    out.retain(|f| !f.is_empty());
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Hands the stores of `ks` (written by the agent, as root) to the user the server runs as;
 /// they keep their 0600 mode.
 pub fn chown_stores(home: &Path, ks: &KeystoreSpec, uid: u32, gid: u32) -> Result<()> {

@@ -17,9 +17,11 @@
 //! | [`keystores`] | a node's keystores and truststore, as its spec says |
 //! | [`ledger`] | the accepted generation, persisted atomically; older generations refused |
 //! | [`facts`] | machine facts and pre-flight checks |
+//! | [`drift`] | how bytes on disk differ from those written: TOML keys, digests, never values |
 //! | [`error`] | [`ExecError`], the one error type of the layer |
 
 pub mod arriving;
+pub mod drift;
 pub mod error;
 pub mod facts;
 pub mod health;

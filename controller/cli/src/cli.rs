@@ -3,7 +3,7 @@
 //! message.
 //!
 //! Exit codes: 0 success, 1 errors in the plan or the command (or a rollout that did not
-//! succeed); `plan` exits 2 when something would change.
+//! succeed, or drift `check` found); `plan` exits 2 when something would change.
 
 use std::io::Write;
 
@@ -13,8 +13,8 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, controller, history, plan, render, renew_cert, revoke, rollout, status, token,
-    validate,
+    agents, apply, check, controller, history, plan, render, renew_cert, revoke, rollout, status,
+    token, validate,
 };
 use crate::error::CliError;
 
@@ -57,6 +57,8 @@ enum Command {
     History(history::HistoryArgs),
     /// Roll out an earlier generation again, as a new one (tiers, health gating, HA).
     Rollback(history::RollbackArgs),
+    /// Have every agent check its nodes for drift now; exit 0 none, 1 drift (or not checked).
+    Check(check::Args),
     /// Renew your operator certificate with the current one (before it expires).
     RenewCert(renew_cert::Args),
     /// The controller daemon and its host-side tools.
@@ -106,6 +108,7 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         Command::Rollout(command) => {
             on_controller(connection, |s| rollout::run(command, s, stdout))
         }
+        Command::Check(args) => on_controller(connection, |s| check::run(args, s, stdout)),
         Command::RenewCert(args) => on_controller(connection, |s| renew_cert::run(args, s, stdout)),
     }
 }

@@ -11,7 +11,7 @@ use super::{
     timeout_of,
 };
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
-use crate::exec::keystores;
+use crate::exec::{drift, keystores};
 use crate::exec::process::{self, CommandSpec, ProcessRunner, TokioRunner};
 
 /// How much of the optimizer's output a failure report quotes.
@@ -190,8 +190,9 @@ impl NodeExecutor {
         Ok(())
     }
 
-    /// Step 10: the keystores, written (and handed to the run-as user) only when their digest
-    /// differs from the one recorded.
+    /// Step 10: the keystores, written (and handed to the run-as user) only when their spec's
+    /// digest differs from the one recorded or a store on disk is not the one written (its
+    /// sha256 is recorded after each write).
     pub(super) async fn certificates(
         &mut self,
         t: &NodeTarget,
@@ -201,18 +202,27 @@ impl NodeExecutor {
             return Ok(());
         };
         let digest = keystores::keystores_digest(&ks);
-        if self.rec.keystores_digest.as_deref() == Some(digest.as_str()) {
+        if self.rec.keystores_digest.as_deref() == Some(digest.as_str())
+            && self.stores_intact(&node.home)
+        {
             return Ok(());
         }
         self.report(t.generation, NodePhase::Certificates, "writing keystores");
         let home = node.home.clone();
         let owner = self.run_as(&t.spec)?.switch_to.map(|c| (c.uid, c.gid));
-        tokio::task::spawn_blocking(move || {
+        let stores = tokio::task::spawn_blocking(move || {
             keystores::write_keystores_blocking(&home, &ks)?;
-            match owner {
-                Some((uid, gid)) => keystores::chown_stores(&home, &ks, uid, gid),
-                None => Ok(()),
+            if let Some((uid, gid)) = owner {
+                keystores::chown_stores(&home, &ks, uid, gid)?;
             }
+            Ok::<_, crate::exec::ExecError>(
+                keystores::written_stores(&ks)
+                    .into_iter()
+                    .filter_map(|rel| {
+                        drift::sha256_file(&home.join(rel)).map(|sha| (rel.to_owned(), sha))
+                    })
+                    .collect(),
+            )
         })
         .await
         .map_err(|source| DaemonError::Join {
@@ -222,6 +232,15 @@ impl NodeExecutor {
         .on(&self.name)?;
         let mut rec = self.rec.clone();
         rec.keystores_digest = Some(digest);
+        rec.stores = stores;
         self.set_record(rec)
+    }
+
+    /// Whether every store the agent wrote still has the bytes it wrote.
+    pub(super) fn stores_intact(&self, home: &Path) -> bool {
+        self.rec
+            .stores
+            .iter()
+            .all(|(rel, sha)| drift::sha256_file(&home.join(rel)).as_deref() == Some(sha.as_str()))
     }
 }

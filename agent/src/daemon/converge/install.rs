@@ -151,6 +151,7 @@ impl NodeExecutor {
             home: node.home.clone(),
             applied_digest: None,
             keystores_digest: None,
+            stores: Default::default(),
             unsynced_since_boot: boot,
             // A fresh tree holds no jar of an earlier spec.
             lib_dirs: Vec::new(),

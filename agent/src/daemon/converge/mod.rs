@@ -21,7 +21,8 @@
 //! 8. **staged** — `STAGED`: stop here.
 //! 9. **configure** — the rendered configuration file, written (0600, the run-as user's) only
 //!    when its bytes differ.
-//! 10. **certificates** — the keystores, only when their digest changed.
+//! 10. **certificates** — the keystores, only when their spec's digest changed or a store on
+//!     disk is not the one written (its sha256 is recorded).
 //! 11. **adopt_or_restart** — a node running this `config_digest` is kept (checked once when
 //!     this agent has not seen it healthy: it was started by an earlier agent run); one running
 //!     another configuration is stopped.
@@ -31,6 +32,10 @@
 //! What it did is persisted per node in `<state>/nodes/<name>.json` ([`NodeRecord`]), so an
 //! agent restart adopts a live node instead of restarting it. A converge of a converged node
 //! writes nothing and restarts nothing.
+//!
+//! A node settled on its target (healthy on it) is checked for drift ([`NodeExecutor::drift`]):
+//! the files steps 9 and 10 wrote and the installed tree, against what was written. Steps 9 and
+//! 10 write again whatever differs, so the next converge (a repair's restart) restores it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -46,11 +51,13 @@ use crate::daemon::config::AgentConfig;
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
 use crate::daemon::fetch::Fetcher;
 use crate::daemon::report::{StatusBoard, Update};
+use crate::exec::hosts::HostsEntry;
 use crate::exec::process::{self, PidFileState, RunAs, Server};
 use crate::exec::unpack::{self, UnpackLimits};
 
 mod configure;
 mod databases;
+mod drift;
 mod install;
 mod run;
 #[cfg(test)]
@@ -77,6 +84,11 @@ pub struct NodeRecord {
     /// Digest of the keystore spec last written
     /// ([`crate::exec::keystores::keystores_digest`]).
     pub keystores_digest: Option<String>,
+    /// The sha256 of each store file as the agent wrote it (path relative to the home), so a
+    /// store changed on disk is seen (drift) and written again. Empty in records of earlier
+    /// agents until the stores are next written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stores: BTreeMap<String, String>,
     /// Set while the installed tree is not yet known to be on disk: the boot id it was
     /// installed in. The tree goes live without a `syncfs` on the rollout's critical path and
     /// is synced once the node is serving; a tree still unsynced from an EARLIER boot (a power
@@ -98,6 +110,8 @@ pub struct NodeTarget {
     pub spec: NodeSpec,
     /// What every node of the machine's spec it must run needs of the machine's memory.
     pub machine_memory: MachineMemory,
+    /// The machine's managed hosts block (what its drift is checked against).
+    pub hosts: Vec<HostsEntry>,
 }
 
 /// What the nodes of a machine spec need of the machine's memory: each node's

@@ -68,6 +68,7 @@ async fn a_node_that_must_run_needs_to_know_its_process() {
                 ..spec(DesiredRun::Running)
             },
             machine_memory: Default::default(),
+            hosts: Vec::new(),
         };
         let err = exec
             .converge(&target, std::future::pending())
@@ -85,6 +86,7 @@ async fn a_node_that_must_run_needs_to_know_its_process() {
         generation: 1,
         spec: outside,
         machine_memory: Default::default(),
+        hosts: Vec::new(),
     };
     let err = exec
         .converge(&target, std::future::pending())
@@ -99,6 +101,7 @@ async fn a_node_that_must_run_needs_to_know_its_process() {
             ..spec(DesiredRun::Stopped)
         },
         machine_memory: Default::default(),
+        hosts: Vec::new(),
     };
     let stopped = exec.converge(&target, std::future::pending()).await;
     assert!(stopped.is_ok(), "{stopped:?}");
@@ -195,6 +198,7 @@ async fn a_machine_short_of_memory_fails_every_node_that_must_run_before_anythin
             generation: 1,
             spec: spec(desired),
             machine_memory: machine_memory.clone(),
+            hosts: Vec::new(),
         };
         let err = exec
             .converge(&target, std::future::pending())
@@ -217,6 +221,7 @@ async fn a_machine_short_of_memory_fails_every_node_that_must_run_before_anythin
         generation: 1,
         spec: spec(DesiredRun::Stopped),
         machine_memory,
+        hosts: Vec::new(),
     };
     assert!(exec.converge(&target, std::future::pending()).await.is_ok());
 }

@@ -25,6 +25,7 @@ pub fn status(status: &ClusterStatus) -> Value {
                 "last_error": n.last_error,
                 "running": n.running, "config_digest": n.config_digest,
                 "since": since(n.phase_since.as_ref()).map(rfc3339),
+                "drift": super::drift::json(&n.drift),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

@@ -28,12 +28,18 @@ pub fn status(status: &ClusterStatus) -> Vec<String> {
         });
     let mut lines = vec![format!("generation {}: {rollout}", status.generation)];
     lines.extend(status_lines(status));
+    let drift = super::drift::section(status);
+    if !drift.is_empty() {
+        lines.push("drift (files that differ from what the agent wrote; `apimctl check`):".into());
+        lines.extend(drift.into_iter().map(|l| format!("  {l}")));
+    }
     lines
 }
 
 /// One line per node: machine, node, phase, the plan generation the node's spec came from
 /// (`gen N`; `gen -` when not known yet), elapsed time in the phase, step and last error; an
-/// unreachable machine's nodes say "unreachable since T", a revoked machine's "revoked".
+/// unreachable machine's nodes say "unreachable since T", a revoked machine's "revoked"; a
+/// drifted node's phase ends in ", drifted" (what differs is listed after the nodes).
 pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
     status
         .machines
@@ -57,6 +63,11 @@ pub fn node_line(m: &MachineStatus, n: &NodeStatus) -> String {
     let generation = match n.plan_generation {
         0 => "-".to_string(),
         g => g.to_string(),
+    };
+    let phase = if n.drift.is_empty() {
+        phase
+    } else {
+        format!("{phase}, drifted")
     };
     let mut line = format!(
         "{:<14} {:<14} {:<12} gen {:<4} {:>7}",

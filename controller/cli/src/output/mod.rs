@@ -3,7 +3,8 @@
 //! - [`lines`]: the text lines of `status`, `plan`, `agents`, and the controller's refusals;
 //! - [`render`]: the text of `render` (and of the files `render --out` writes);
 //! - [`bars`]: `apply`'s live progress in a terminal;
-//! - [`json`]: every `-o json` shape.
+//! - [`json`]: every `-o json` shape;
+//! - [`drift`]: drifted nodes, files and keys (`status`, `check`).
 //!
 //! Here: the [`Format`] flag, and the names and times both text and JSON use.
 
@@ -12,6 +13,7 @@ use std::time::SystemTime;
 use apim_proto::v1::{ChangeKind, NodePhase, RolloutState};
 
 pub mod bars;
+pub mod drift;
 pub mod json;
 pub mod lines;
 pub mod render;

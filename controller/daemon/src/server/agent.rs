@@ -141,6 +141,7 @@ impl Session {
         inbound: &mut Streaming<AgentMessage>,
     ) -> Result<(), ServerError> {
         let state = &self.ctx.state;
+        let mut commands = state.command_queue(&self.machine, id);
         let mut specs = state.watch_spec(&self.machine);
         specs.mark_changed();
         let mut revocations = state.revocations();
@@ -189,6 +190,15 @@ impl Session {
                         }
                     }
                 }
+                Some(cmd) = commands.recv() => {
+                    tracing::info!(machine = %self.machine, command = %cmd.command_id, "command sent");
+                    let msg = ControllerMessage {
+                        kind: Some(controller_message::Kind::Command(cmd)),
+                    };
+                    if self.tx.send(Ok(msg)).await.is_err() {
+                        return Ok(());
+                    }
+                }
                 msg = inbound.message() => match msg {
                     Ok(Some(msg)) => self.handle(msg)?,
                     Ok(None) => return Ok(()),
@@ -211,15 +221,14 @@ impl Session {
                 Ok(())
             }
             Some(Kind::CommandResult(result)) => {
-                if state.command_answered(&self.machine, &result.command_id) {
-                    // Agent text reaches the log escaped: it cannot forge a line.
-                    tracing::info!(
-                        machine = %self.machine,
-                        command = %printable(&result.command_id),
-                        ok = result.ok,
-                        message = %printable(&result.message),
-                        "command result"
-                    );
+                // Agent text reaches the log escaped: it cannot forge a line.
+                let (id, ok, message) = (
+                    printable(&result.command_id).to_string(),
+                    result.ok,
+                    printable(&result.message).to_string(),
+                );
+                if state.command_result(&self.machine, result) {
+                    tracing::info!(machine = %self.machine, command = %id, ok, %message, "command result");
                 }
                 Ok(())
             }

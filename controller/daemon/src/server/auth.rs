@@ -90,11 +90,13 @@ pub enum Rpc {
     History,
     /// `OperatorService.Rollback`.
     Rollback,
+    /// `OperatorService.CheckDrift`.
+    CheckDrift,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 18] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -112,6 +114,7 @@ impl Rpc {
         Rpc::AbortRollout,
         Rpc::History,
         Rpc::Rollback,
+        Rpc::CheckDrift,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
@@ -134,6 +137,7 @@ impl Rpc {
             Rpc::AbortRollout => "/apimctl.v1.OperatorService/AbortRollout",
             Rpc::History => "/apimctl.v1.OperatorService/History",
             Rpc::Rollback => "/apimctl.v1.OperatorService/Rollback",
+            Rpc::CheckDrift => "/apimctl.v1.OperatorService/CheckDrift",
         }
     }
 
@@ -159,7 +163,8 @@ impl Rpc {
             | Rpc::Revoke
             | Rpc::AbortRollout
             | Rpc::History
-            | Rpc::Rollback => Access::Operator,
+            | Rpc::Rollback
+            | Rpc::CheckDrift => Access::Operator,
         }
     }
 }

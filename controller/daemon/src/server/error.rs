@@ -149,6 +149,13 @@ pub enum ServerError {
         machine: String,
     },
 
+    /// An operator named a node no machine of the current plan has.
+    #[error("no node named {node:?} in the current plan")]
+    UnknownNode {
+        /// The name given.
+        node: String,
+    },
+
     /// `Recover` with a certificate that is not the newest the machine was issued (an older
     /// or copied one).
     #[error("only the newest certificate issued to machine {machine:?} may recover it")]
@@ -277,9 +284,9 @@ impl ServerError {
             ServerError::ClusterChanged { .. }
             | ServerError::RolloutInProgress { .. }
             | ServerError::NoRolloutInFlight { .. } => Code::FailedPrecondition,
-            ServerError::ArtifactNotFound { .. } | ServerError::UnknownMachine { .. } => {
-                Code::NotFound
-            }
+            ServerError::ArtifactNotFound { .. }
+            | ServerError::UnknownMachine { .. }
+            | ServerError::UnknownNode { .. } => Code::NotFound,
             ServerError::OffsetOutOfRange { .. } => Code::OutOfRange,
             ServerError::ShuttingDown => Code::Unavailable,
             ServerError::Io { .. }
@@ -311,6 +318,7 @@ impl ServerError {
             ServerError::OffsetOutOfRange { .. } => "artifact.offset_out_of_range",
             ServerError::ArtifactMismatch { .. } => "artifact.digest_mismatch",
             ServerError::UnknownMachine { .. } => "operator.unknown_machine",
+            ServerError::UnknownNode { .. } => "operator.unknown_node",
             ServerError::SessionCertExpired => "auth.certificate_expired",
             ServerError::ShuttingDown => "server.shutting_down",
             ServerError::PlanRejected { .. } => "plan.invalid",

@@ -19,6 +19,7 @@
 pub mod agent;
 pub mod artifacts;
 pub mod auth;
+mod drift;
 pub mod enrollment;
 pub mod error;
 mod history;

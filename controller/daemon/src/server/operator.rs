@@ -8,7 +8,8 @@ use apim_plan::secrets::{insert_provided, is_provided_key};
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
-    AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, ClusterStatus,
+    AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, CheckDriftRequest,
+    CheckDriftResponse, ClusterStatus,
     CreateTokenRequest, CreateTokenResponse, ErrorDetail, HistoryRequest, HistoryResponse,
     ListAgentsRequest, ListAgentsResponse, MachineStatus, NodePhase, NodeStatus, PlanRequest,
     PlanResponse, RevokeRequest, RevokeResponse, RollbackRequest, Rollout, StatusRequest,
@@ -441,5 +442,12 @@ impl OperatorService for OperatorSvc {
         req: Request<AbortRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
         Ok(Response::new(self.abort_inner(req)?))
+    }
+
+    async fn check_drift(
+        &self,
+        req: Request<CheckDriftRequest>,
+    ) -> Result<Response<CheckDriftResponse>, Status> {
+        Ok(Response::new(self.check_drift_inner(req).await?))
     }
 }

@@ -17,9 +17,9 @@ use apim_certs::{
     ControlPlaneCa, IssuedCert, JoinToken, PeerCert, PeerIdentity, RevocationList, TokenRecord,
     TokenRegistry,
 };
-use apim_proto::v1::{MachineFacts, MachineSpec, StatusReport};
+use apim_proto::v1::{Command, CommandResult, MachineFacts, MachineSpec, StatusReport, command};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::artifacts::ArtifactStore;
 use crate::store::{ArtifactRow, Store};
@@ -50,8 +50,12 @@ pub struct ControllerState {
     /// Bumped on every revocation; open streams re-check their caller when it changes.
     revocations: watch::Sender<u64>,
     next_session: AtomicU64,
+    next_command: AtomicU64,
     refusals: RefusalLog,
 }
+
+/// Commands queued per stream before [`ControllerState::send_command`] refuses more.
+const COMMAND_QUEUE: usize = 16;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -63,6 +67,10 @@ struct Inner {
     sessions: BTreeMap<String, watch::Sender<u64>>,
     /// Per machine, the ids of commands sent and not answered yet.
     issued_commands: BTreeMap<String, BTreeSet<String>>,
+    /// Per machine, its current stream's session id and the queue of commands it forwards.
+    command_queues: BTreeMap<String, (u64, mpsc::Sender<Command>)>,
+    /// Per (machine, command id), who waits for the result.
+    command_waiters: BTreeMap<(String, String), oneshot::Sender<CommandResult>>,
     /// Per machine, the packs of the spec its current one replaced (still fetchable: a node
     /// may be mid-way through them, and a rollback returns to them).
     previous_packs: BTreeMap<String, BTreeSet<String>>,
@@ -125,6 +133,7 @@ impl ControllerState {
             changes: watch::channel(0).0,
             revocations: watch::channel(0).0,
             next_session: AtomicU64::new(1),
+            next_command: AtomicU64::new(1),
             refusals: RefusalLog::default(),
         })
     }
@@ -552,9 +561,73 @@ impl ControllerState {
         issued
     }
 
+    /// The commands for `machine`'s stream `session` to forward to its agent; replaces the
+    /// queue of an older stream (its commands are dropped with it).
+    pub fn command_queue(&self, machine: &str, session: u64) -> mpsc::Receiver<Command> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        self.lock()
+            .command_queues
+            .insert(machine.to_owned(), (session, tx));
+        rx
+    }
+
+    /// Sends `action` to `machine`'s agent over its open stream; the receiver gets the agent's
+    /// `CommandResult` (it fails when the stream closes first). `None`: the machine has no open
+    /// stream, or its queue is full.
+    pub fn send_command(
+        &self,
+        machine: &str,
+        action: command::Action,
+    ) -> Option<oneshot::Receiver<CommandResult>> {
+        let id = format!("cmd-{}", self.next_command.fetch_add(1, Ordering::Relaxed));
+        let mut inner = self.lock();
+        let (_, queue) = inner.command_queues.get(machine)?;
+        let cmd = Command {
+            command_id: id.clone(),
+            action: Some(action),
+        };
+        queue.try_send(cmd).ok()?;
+        let (tx, rx) = oneshot::channel();
+        inner
+            .issued_commands
+            .entry(machine.to_owned())
+            .or_default()
+            .insert(id.clone());
+        inner
+            .command_waiters
+            .insert((machine.to_owned(), id), tx);
+        Some(rx)
+    }
+
+    /// Takes an agent's `CommandResult`: hands it to whoever waits for it. `false` (and
+    /// counted) for a command the controller never sent it, or one already answered.
+    pub fn command_result(&self, machine: &str, result: CommandResult) -> bool {
+        if !self.command_answered(machine, &result.command_id) {
+            return false;
+        }
+        let waiter = self
+            .lock()
+            .command_waiters
+            .remove(&(machine.to_owned(), result.command_id.clone()));
+        if let Some(w) = waiter {
+            let _ = w.send(result);
+        }
+        true
+    }
+
     /// Unregisters a stream (only if it is still the current one).
     pub fn close_session(&self, machine: &str, session: u64) {
         let mut inner = self.lock();
+        if inner
+            .command_queues
+            .get(machine)
+            .is_some_and(|(s, _)| *s == session)
+        {
+            inner.command_queues.remove(machine);
+            // Nobody will answer them now: their waiters learn it at once.
+            inner.command_waiters.retain(|(m, _), _| m != machine);
+            inner.issued_commands.remove(machine);
+        }
         if let Some(record) = inner.agents.get_mut(machine)
             && record.session == Some(session)
         {
