@@ -9,8 +9,9 @@ use std::time::Duration;
 use apim_certs::tls::{self, ControllerEndpoint};
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
-    AgentMessage, DesiredRun, Hello, MachineSpec, NodePhase, NodeStatus, StatusReport,
-    agent_message, agent_service_client::AgentServiceClient, controller_message,
+    AgentMessage, CommandResult, DesiredRun, Drift, Hello, MachineSpec, NodePhase, NodeStatus,
+    StatusReport, agent_message, agent_service_client::AgentServiceClient, command,
+    controller_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -38,6 +39,9 @@ pub struct Faults {
     pub fail: BTreeSet<String>,
     /// Nodes that stay STARTING forever.
     pub hang: BTreeSet<String>,
+    /// Nodes whose files drifted: reported while they run; a (re)start writes their files
+    /// again, as the real agent's converge does, and clears it.
+    pub drift: BTreeMap<String, Vec<Drift>>,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +129,18 @@ impl FakeAgent {
         self.nudge.send_modify(|n| *n += 1);
     }
 
+    /// Makes `node` report `drift` (empty: none) from its next report on.
+    pub fn set_drift(&self, node: &str, drift: Vec<Drift>) {
+        let mut f = self.faults.lock().unwrap();
+        if drift.is_empty() {
+            f.drift.remove(node);
+        } else {
+            f.drift.insert(node.to_owned(), drift);
+        }
+        drop(f);
+        self.nudge.send_modify(|n| *n += 1);
+    }
+
     /// The generation of the spec it holds.
     pub fn held_generation(&self) -> u64 {
         self.held
@@ -200,14 +216,34 @@ impl AgentCtx {
                         if tx.send(self.report()).await.is_err() { break; }
                     }
                     msg = inbound.message() => match msg {
-                        Ok(Some(m)) => {
-                            if let Some(controller_message::Kind::DesiredSpec(d)) = m.kind
-                                && let Some(spec) = d.spec
-                            {
-                                self.converge(spec);
-                                if tx.send(self.report()).await.is_err() { break; }
+                        Ok(Some(m)) => match m.kind {
+                            Some(controller_message::Kind::DesiredSpec(d)) => {
+                                if let Some(spec) = d.spec {
+                                    self.converge(spec);
+                                    if tx.send(self.report()).await.is_err() { break; }
+                                }
                             }
-                        }
+                            // Drift checks and report requests: a fresh report, then the result.
+                            Some(controller_message::Kind::Command(c)) => {
+                                let known = matches!(
+                                    c.action,
+                                    Some(command::Action::CheckDrift(_) | command::Action::ReportNow(_))
+                                );
+                                let result = AgentMessage {
+                                    kind: Some(agent_message::Kind::CommandResult(CommandResult {
+                                        command_id: c.command_id,
+                                        ok: known,
+                                        message: if known { "checked".into() } else { "not supported".into() },
+                                    })),
+                                };
+                                if tx.send(self.report()).await.is_err()
+                                    || tx.send(result).await.is_err()
+                                {
+                                    break;
+                                }
+                            }
+                            None => {}
+                        },
                         _ => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             break;
@@ -236,6 +272,7 @@ impl AgentCtx {
             }
             match desired {
                 DesiredRun::Running => {
+                    self.faults.lock().unwrap().drift.remove(&n.name);
                     self.log.lock().unwrap().push((
                         self.machine.clone(),
                         Event::Started {
@@ -281,6 +318,7 @@ impl AgentCtx {
     }
 
     fn report(&self) -> AgentMessage {
+        let drift = self.faults.lock().unwrap().drift.clone();
         let nodes = self.nodes.lock().unwrap();
         let generation = self
             .held
@@ -306,6 +344,11 @@ impl AgentCtx {
                         running: r.running.is_some(),
                         // Agents leave it to the controller.
                         plan_generation: 0,
+                        drift: if r.running.is_some() {
+                            drift.get(name).cloned().unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
                     })
                     .collect(),
                 facts: None,

@@ -16,8 +16,8 @@ use apim_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use apim_proto::v1::artifact_service_server::{ArtifactService, ArtifactServiceServer};
 use apim_proto::v1::controller_message::Kind as CtlKind;
 use apim_proto::v1::{
-    AgentMessage, Chunk, ControllerMessage, DesiredSpec, FetchRequest, Hello, MachineSpec,
-    StatRequest, StatResponse, StatusReport, UploadChunk, UploadResponse,
+    AgentMessage, Chunk, Command, CommandResult, ControllerMessage, DesiredSpec, FetchRequest,
+    Hello, MachineSpec, StatRequest, StatResponse, StatusReport, UploadChunk, UploadResponse,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -43,6 +43,8 @@ pub struct FakeState {
     pub reports: Mutex<Vec<StatusReport>>,
     /// Every hello received.
     pub hellos: Mutex<Vec<Hello>>,
+    /// Every command result received, with the number of reports received before it.
+    pub command_results: Mutex<Vec<(usize, CommandResult)>>,
     latest: Mutex<Option<MachineSpec>>,
     session: Mutex<Option<Outbound>>,
 }
@@ -75,7 +77,11 @@ impl AgentService for Svc {
                         }
                     }
                     Some(AgentKind::Status(r)) => state.reports.lock().unwrap().push(r),
-                    _ => {}
+                    Some(AgentKind::CommandResult(r)) => {
+                        let reports = state.reports.lock().unwrap().len();
+                        state.command_results.lock().unwrap().push((reports, r));
+                    }
+                    None => {}
                 }
             }
         });
@@ -247,6 +253,40 @@ impl FakeController {
         let session = self.state.session.lock().unwrap().clone();
         if let Some(tx) = session {
             let _ = tx.send(Ok(desired(spec))).await;
+        }
+    }
+
+    /// Sends `command` on the open session (none open: panics, the test is wrong).
+    pub async fn command(&self, command: Command) {
+        let session = self.state.session.lock().unwrap().clone();
+        let tx = session.expect("no open agent session to send a command on");
+        tx.send(Ok(ControllerMessage {
+            kind: Some(CtlKind::Command(command)),
+        }))
+        .await
+        .expect("the agent session is gone");
+    }
+
+    /// Waits (polling; `timeout` is a failure guard) for the result of command `id`; returns
+    /// it with the number of reports received before it.
+    pub async fn wait_command_result(&self, id: &str, timeout: Duration) -> (usize, CommandResult) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self
+                .state
+                .command_results
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, r)| r.command_id == id)
+            {
+                return r.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no result for command {id} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

@@ -12,7 +12,7 @@ pub mod walk;
 
 pub use crate::catalogue::{DbType, StoreType};
 pub use model::{
-    Admin, Analytics, Cluster, Database, DbInit, Distribution, Driver, GatewayEnvironment,
+    Admin, Analytics, Cluster, Database, DbInit, Distribution, Driver, DriftMode, GatewayEnvironment,
     HeapSize, Issuer, JvmScope, JvmSettings, LoadBalancer, Machine, Node, NodeJvmSettings,
     OnFailure, Override, Plan, Rollout, Scope, Secret, SecretSource, SecureVault, StartOrder, Tls,
     resolve_path,

@@ -280,6 +280,18 @@ pub enum OnFailure {
     Rollback,
 }
 
+/// What the controller does when an agent reports a node drifted (its files no longer what the
+/// agent wrote for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DriftMode {
+    /// Show it (`status`, `check`); change nothing.
+    #[default]
+    Report,
+    /// Also restart the drifted nodes through the gated restart path, which writes their files
+    /// again.
+    Repair,
+}
+
 /// How start tiers are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartOrder {
@@ -300,6 +312,8 @@ pub struct Rollout {
     pub on_failure: OnFailure,
     /// Graph or strict order.
     pub start_order: StartOrder,
+    /// Report or repair drift, and where it is written (the start of the plan when it is not).
+    pub drift: At<DriftMode>,
 }
 
 /// Who an override applies to.

@@ -857,3 +857,34 @@ fn jvm_scopes_merge_node_over_role_over_cluster() {
         (1 << 30, 1024 + 512 + 103)
     );
 }
+
+#[test]
+fn rollout_drift_is_report_or_repair() {
+    let f = Fixture::new();
+    let base = f.base_plan();
+    let path = std::path::Path::new("plan.toml");
+    // Default: report.
+    let (plan, diags) = apim_plan::plan::parse(path, &base);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(
+        plan.expect("plan").rollout.drift.value,
+        apim_plan::plan::DriftMode::Report
+    );
+    let text = format!("{base}\n[rollout]\ndrift = \"repair\"\n");
+    let r = f.check(&text);
+    assert!(r.diagnostics.is_empty(), "{}", r.render());
+    let (plan, _) = apim_plan::plan::parse(path, &text);
+    let drift = plan.expect("plan").rollout.drift;
+    assert_eq!(drift.value, apim_plan::plan::DriftMode::Repair);
+    assert_eq!(&text[drift.span.clone()], "\"repair\"");
+    // Anything else is refused where it is written, with the near name.
+    let text = format!("{base}\n[rollout]\ndrift = \"repiar\"\n");
+    let r = f.check(&text);
+    let out = expect_error_at(
+        &r,
+        &text,
+        "`drift` in [rollout] is `repiar`, not one of: report, repair",
+        text.find("\"repiar\"").unwrap(),
+    );
+    assert!(out.contains("did you mean `repair`?"), "{out}");
+}

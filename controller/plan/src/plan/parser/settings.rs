@@ -10,8 +10,8 @@ use crate::catalogue::{DbType, PackKind, Product};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::plan::walk::Fields;
 use crate::plan::{
-    Admin, Analytics, At, Cluster, Database, DbInit, Distribution, Driver, Issuer, OnFailure,
-    Rollout, SecretSource, SecureVault, StartOrder, Tls,
+    Admin, Analytics, At, Cluster, Database, DbInit, Distribution, Driver, DriftMode, Issuer,
+    OnFailure, Rollout, SecretSource, SecureVault, StartOrder, Tls,
 };
 
 /// `[cluster]`.
@@ -398,6 +398,7 @@ pub(super) fn rollout(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> R
         health_timeout: Duration::from_secs(600),
         on_failure: OnFailure::Halt,
         start_order: StartOrder::Graph,
+        drift: At::new(DriftMode::Report, SPAN0),
     };
     let Some(mut f) = root.table("rollout", out) else {
         return r;
@@ -433,6 +434,13 @@ pub(super) fn rollout(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> R
         out,
     )
     .value;
+    r.drift = choice(
+        &mut f,
+        "drift",
+        &[("report", DriftMode::Report), ("repair", DriftMode::Repair)],
+        DriftMode::Report,
+        out,
+    );
     f.finish(out);
     r
 }
