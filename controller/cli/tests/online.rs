@@ -305,3 +305,72 @@ async fn plan_and_apply_send_a_provided_keystore_with_the_request() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exits_1_on_drift_and_status_shows_what_differs() {
+    let c = Controller::start().await;
+    let (agents, _log) = start_agents(&c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pack = write_dist(dir.path());
+    let sha = apim_plan::digest(&pack);
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        plan_v3(&sha, "", "halt", "30s"),
+    )
+    .expect("plan");
+    let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["check"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "no drift on 5 node(s)");
+
+    // The fake agent of gw-1's machine finds a hand edit (it sends keys, never values).
+    agents["vm-gw-1"].faults.lock().unwrap().drift.insert(
+        "gw-1".into(),
+        vec![apim_proto::v1::Drift {
+            file: "repository/conf/deployment.toml".into(),
+            problem: "changed".into(),
+            changed_keys: vec!["server.offset".into()],
+            added_keys: vec!["server.hand_added".into()],
+            ..Default::default()
+        }],
+    );
+    let (code, out, err) = apimctl(&c, dir.path(), &["check"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("gw-1 (vm-gw-1): drifted"), "{out}");
+    assert!(
+        out.contains("    repository/conf/deployment.toml: changed\n        changed: server.offset\n        added: server.hand_added\n"),
+        "{out}"
+    );
+    assert!(out.contains("1 of 5 node(s) drifted"), "{out}");
+    let (code, out, _) = apimctl(&c, dir.path(), &["check", "--node", "km-1"]).await;
+    assert_eq!(code, 0, "only km-1 is checked and shown: {out}");
+    assert_eq!(out.trim(), "no drift on 1 node(s)");
+    let (code, out, _) = apimctl(&c, dir.path(), &["check", "-o", "json"]).await;
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(json["drifted"], serde_json::json!(["gw-1"]));
+    assert_eq!(json["machines"].as_array().map(Vec::len), Some(5));
+
+    let (code, out, _) = apimctl(&c, dir.path(), &["status"]).await;
+    assert_eq!(code, 0);
+    let gw = out
+        .lines()
+        .find(|l| l.contains(" gw-1 "))
+        .expect("gw-1 line");
+    assert!(gw.contains("healthy, drifted"), "{out}");
+    assert!(out.contains("drift (files that differ"), "{out}");
+    assert!(out.contains("      changed: server.offset"), "{out}");
+    let (_, out, _) = apimctl(&c, dir.path(), &["status", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let gw = json["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["nodes"].as_array().unwrap())
+        .find(|n| n["node"] == "gw-1")
+        .expect("gw-1");
+    assert_eq!(gw["drift"][0]["file"], "repository/conf/deployment.toml");
+    assert_eq!(gw["drift"][0]["changed_keys"], serde_json::json!(["server.offset"]));
+}
