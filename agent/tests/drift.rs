@@ -41,7 +41,10 @@ async fn check(rig: &Rig, id: &str) -> StatusReport {
         .await;
     let (reports, result) = rig.ctl.wait_command_result(id, TIMEOUT).await;
     assert!(result.ok, "{result:?}");
-    assert!(result.message.starts_with("checked 1 node(s)"), "{result:?}");
+    assert!(
+        result.message.starts_with("checked 1 node(s)"),
+        "{result:?}"
+    );
     let reports_seen = rig.ctl.state.reports.lock().unwrap();
     assert!(reports > 0, "a report comes before the result");
     reports_seen[reports - 1].clone()
@@ -88,8 +91,16 @@ async fn drift_is_reported_by_keys_and_digests_without_values_then_rewritten() {
     let home = rig.home("gw-1");
     let written = std::fs::read_to_string(home.join(TOML)).unwrap();
     assert!(written.contains("[server]"), "{written}");
-    let edited = written.replacen("[server]\n", "[server]\nedited_by_hand = \"value-added\"\n", 1);
-    let edited = edited.replacen("hostname = \"gw-1.test\"", "hostname = \"edited.example\"", 1);
+    let edited = written.replacen(
+        "[server]\n",
+        "[server]\nedited_by_hand = \"value-added\"\n",
+        1,
+    );
+    let edited = edited.replacen(
+        "hostname = \"gw-1.test\"",
+        "hostname = \"edited.example\"",
+        1,
+    );
     assert_ne!(edited, written);
     std::fs::write(home.join(TOML), &edited).unwrap();
     let mark = rig.ctl.report_count();
@@ -105,7 +116,11 @@ async fn drift_is_reported_by_keys_and_digests_without_values_then_rewritten() {
     assert_eq!(d.changed_keys, vec!["server.hostname"]);
     assert!(d.removed_keys.is_empty());
     let s = status(&periodic, "gw-1").unwrap();
-    assert_eq!(s.phase, NodePhase::Healthy as i32, "drift does not change the phase");
+    assert_eq!(
+        s.phase,
+        NodePhase::Healthy as i32,
+        "drift does not change the phase"
+    );
 
     // The keystore changed, the hosts block edited, the optimizer marker gone.
     let mut ks = std::fs::read(home.join(KEYSTORE)).unwrap();
@@ -124,10 +139,18 @@ async fn drift_is_reported_by_keys_and_digests_without_values_then_rewritten() {
     assert_eq!(find(drift, KEYSTORE).problem, "changed");
     let h = find(drift, "hosts block");
     assert_eq!(h.changed_keys, vec!["gw-1.test"]);
-    assert_eq!(find(drift, "install tree").problem, "optimizer marker missing");
+    assert_eq!(
+        find(drift, "install tree").problem,
+        "optimizer marker missing"
+    );
     // Never a value, neither the hand-edited ones nor the written ones.
     let shown = format!("{r:?}");
-    for value in ["value-added", "edited.example", "10.66.66.66", "wso2carbon\""] {
+    for value in [
+        "value-added",
+        "edited.example",
+        "10.66.66.66",
+        "wso2carbon\"",
+    ] {
         assert!(!shown.contains(value), "{value} in {shown}");
     }
 

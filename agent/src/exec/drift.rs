@@ -119,8 +119,7 @@ fn flatten<'a>(prefix: &str, v: &'a toml::Value, out: &mut BTreeMap<String, &'a 
 /// A key as TOML writes it: bare when it can be, else quoted.
 fn key_segment(k: &str) -> String {
     let bare = !k.is_empty()
-        && k
-            .bytes()
+        && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
     if bare {
         k.to_owned()
@@ -185,9 +184,18 @@ name = "Other"
             vec!["apim.gateway.environment[1].label", "server.extra"]
         );
         assert_eq!(k.removed, vec!["server.hostname"]);
-        assert_eq!(k.changed, vec!["database.apim_db.password", "server.offset"]);
+        assert_eq!(
+            k.changed,
+            vec!["database.apim_db.password", "server.offset"]
+        );
         let all = format!("{k:?}");
-        for value in ["7", "added-value", "other-secret", "s3cret-value", "km-1.test"] {
+        for value in [
+            "7",
+            "added-value",
+            "other-secret",
+            "s3cret-value",
+            "km-1.test",
+        ] {
             assert!(!all.contains(value), "{value} leaked: {all}");
         }
     }
@@ -211,7 +219,9 @@ name = "Other"
     fn odd_keys_are_quoted_and_lists_are_capped() {
         let k = keys(&format!("{WRITTEN}\n[\"a.b\"]\n\"c d\" = 1\n"));
         assert_eq!(k.added, vec![r#""a.b"."c d""#]);
-        let many: String = (0..MAX_KEYS + 5).map(|i| format!("k{i:03} = 1\n")).collect();
+        let many: String = (0..MAX_KEYS + 5)
+            .map(|i| format!("k{i:03} = 1\n"))
+            .collect();
         let k = keys(&format!("{many}{WRITTEN}"));
         assert_eq!(k.added.len(), MAX_KEYS);
         assert_eq!(k.omitted, 5);
@@ -219,6 +229,9 @@ name = "Other"
 
     #[test]
     fn an_empty_table_added_is_seen() {
-        assert_eq!(keys(&format!("{WRITTEN}\n[new_table]\n")).added, vec!["new_table"]);
+        assert_eq!(
+            keys(&format!("{WRITTEN}\n[new_table]\n")).added,
+            vec!["new_table"]
+        );
     }
 }

@@ -283,7 +283,9 @@ pub fn block_drift(existing: &[u8], entries: &[HostsEntry]) -> Option<BlockDrift
         let mut words = text.split_whitespace();
         if let Some(ip) = words.next() {
             for name in words {
-                on_disk.entry(name.to_owned()).or_insert_with(|| ip.to_owned());
+                on_disk
+                    .entry(name.to_owned())
+                    .or_insert_with(|| ip.to_owned());
             }
         }
     }
@@ -293,14 +295,24 @@ pub fn block_drift(existing: &[u8], entries: &[HostsEntry]) -> Option<BlockDrift
             wanted.entry(n.clone()).or_insert_with(|| e.ip.to_string());
         }
     }
-    let added = on_disk.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
-    let removed = wanted.keys().filter(|n| !on_disk.contains_key(*n)).cloned().collect();
+    let added = on_disk
+        .keys()
+        .filter(|n| !wanted.contains_key(*n))
+        .cloned()
+        .collect();
+    let removed = wanted
+        .keys()
+        .filter(|n| !on_disk.contains_key(*n))
+        .cloned()
+        .collect();
     let changed = wanted
         .iter()
         .filter(|(n, ip)| on_disk.get(*n).is_some_and(|d| d != *ip))
         .map(|(n, _)| n.clone())
         .collect();
-    Some(BlockDrift::Changed(KeyDiff::capped(added, removed, changed)))
+    Some(BlockDrift::Changed(KeyDiff::capped(
+        added, removed, changed,
+    )))
 }
 
 /// Why [`splice`] refused.

@@ -93,7 +93,10 @@ pub fn written_stores(ks: &KeystoreSpec) -> Vec<&str> {
     {
         out.push(p);
     }
-    let provided_trust = ks.provided.as_ref().is_some_and(|p| !p.truststore.is_empty());
+    let provided_trust = ks
+        .provided
+        .as_ref()
+        .is_some_and(|p| !p.truststore.is_empty());
     if provided_trust || !ks.trusted.is_empty() {
         out.push(ks.truststore_file.as_str());
     }

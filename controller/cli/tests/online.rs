@@ -372,5 +372,8 @@ async fn check_exits_1_on_drift_and_status_shows_what_differs() {
         .find(|n| n["node"] == "gw-1")
         .expect("gw-1");
     assert_eq!(gw["drift"][0]["file"], "repository/conf/deployment.toml");
-    assert_eq!(gw["drift"][0]["changed_keys"], serde_json::json!(["server.offset"]));
+    assert_eq!(
+        gw["drift"][0]["changed_keys"],
+        serde_json::json!(["server.offset"])
+    );
 }

@@ -11,8 +11,8 @@ use super::{
     timeout_of,
 };
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
-use crate::exec::{drift, keystores};
 use crate::exec::process::{self, CommandSpec, ProcessRunner, TokioRunner};
+use crate::exec::{drift, keystores};
 
 /// How much of the optimizer's output a failure report quotes.
 const OUTPUT_QUOTED: usize = 2000;

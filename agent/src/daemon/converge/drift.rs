@@ -52,10 +52,9 @@ fn toml_file(file: &str, written: &str, path: &Path) -> Option<Drift> {
     match drift::toml_keys(written, &bytes) {
         TomlDrift::Same => None,
         TomlDrift::NotToml => Some(verdict(file, "not valid TOML")),
-        TomlDrift::Keys(k) if k.is_empty() => Some(verdict(
-            file,
-            "changed (comments, spacing or order only)",
-        )),
+        TomlDrift::Keys(k) if k.is_empty() => {
+            Some(verdict(file, "changed (comments, spacing or order only)"))
+        }
         TomlDrift::Keys(k) => Some(with_keys(file, "changed", k)),
     }
 }

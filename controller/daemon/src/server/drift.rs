@@ -35,9 +35,10 @@ impl OperatorSvc {
                 return Err(ServerError::UnknownNode { node: node.clone() });
             }
         }
-        let asked = before.machines.iter().filter(|m| {
-            wanted.is_empty() || m.nodes.iter().any(|n| wanted.contains(&n.node))
-        });
+        let asked = before
+            .machines
+            .iter()
+            .filter(|m| wanted.is_empty() || m.nodes.iter().any(|n| wanted.contains(&n.node)));
         let mut machines = Vec::new();
         let mut waiting = Vec::new();
         for m in asked {

@@ -24,6 +24,7 @@ pub mod enrollment;
 pub mod error;
 mod history;
 pub mod operator;
+mod repair;
 
 pub mod tls;
 

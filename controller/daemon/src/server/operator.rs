@@ -9,11 +9,10 @@ use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
     AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, CheckDriftRequest,
-    CheckDriftResponse, ClusterStatus,
-    CreateTokenRequest, CreateTokenResponse, ErrorDetail, HistoryRequest, HistoryResponse,
-    ListAgentsRequest, ListAgentsResponse, MachineStatus, NodePhase, NodeStatus, PlanRequest,
-    PlanResponse, RevokeRequest, RevokeResponse, RollbackRequest, Rollout, StatusRequest,
-    WatchRequest,
+    CheckDriftResponse, ClusterStatus, CreateTokenRequest, CreateTokenResponse, ErrorDetail,
+    HistoryRequest, HistoryResponse, ListAgentsRequest, ListAgentsResponse, MachineStatus,
+    NodePhase, NodeStatus, PlanRequest, PlanResponse, RevokeRequest, RevokeResponse,
+    RollbackRequest, Rollout, StatusRequest, WatchRequest,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -159,6 +158,9 @@ impl OperatorSvc {
         }
         let (generation, rollout_id) =
             rollout::start(state, &prepared, author, plan_path, plan_toml)?;
+        // `[rollout] drift` applies from now on, also when the plan changed no node.
+        let repair = prepared.plan.rollout.drift.value == apim_plan::plan::DriftMode::Repair;
+        state.store().write(|tx| tx.set_drift_repair(repair))?;
         Ok(ApplyResponse {
             generation,
             rollout_id,

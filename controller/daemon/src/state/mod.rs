@@ -593,9 +593,7 @@ impl ControllerState {
             .entry(machine.to_owned())
             .or_default()
             .insert(id.clone());
-        inner
-            .command_waiters
-            .insert((machine.to_owned(), id), tx);
+        inner.command_waiters.insert((machine.to_owned(), id), tx);
         Some(rx)
     }
 

@@ -479,4 +479,17 @@ impl Tx<'_> {
         }
         Ok(out)
     }
+
+    // ---- drift ----------------------------------------------------------------------------
+
+    /// Whether drift is repaired: `[rollout] drift = "repair"` in the plan last applied (also an
+    /// apply that changed no node); `false` before any.
+    pub fn drift_repair(&self) -> Result<bool, StoreError> {
+        Ok(self.kv_get("drift_repair", "drift mode")?.unwrap_or(false))
+    }
+
+    /// Records the applied plan's `[rollout] drift`.
+    pub fn set_drift_repair(&self, repair: bool) -> Result<(), StoreError> {
+        self.kv_put("drift_repair", &repair)
+    }
 }

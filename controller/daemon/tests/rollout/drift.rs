@@ -62,7 +62,10 @@ async fn check_drift_asks_the_agents_and_answers_with_their_fresh_reports() {
     assert_eq!(resp.machines.len(), 1, "only gw-1's machine: {resp:?}");
     assert_eq!(resp.machines[0].machine, "vm-gw-1");
     assert!(resp.machines[0].checked);
-    assert_eq!(drift_of(&resp.status.expect("status"), "gw-1"), vec![edited]);
+    assert_eq!(
+        drift_of(&resp.status.expect("status"), "gw-1"),
+        vec![edited]
+    );
 
     // An unknown node names itself.
     let err = op
@@ -90,6 +93,9 @@ async fn check_drift_asks_the_agents_and_answers_with_their_fresh_reports() {
         .iter()
         .find(|m| m.machine == "vm-km-1")
         .expect("vm-km-1 listed");
-    assert!(!km.checked && km.message.contains("not connected"), "{km:?}");
+    assert!(
+        !km.checked && km.message.contains("not connected"),
+        "{km:?}"
+    );
     assert_eq!(resp.machines.iter().filter(|m| m.checked).count(), 4);
 }

@@ -10,7 +10,7 @@ use crate::catalogue::{DbType, PackKind, Product};
 use crate::diag::{Diagnostic, did_you_mean};
 use crate::plan::walk::Fields;
 use crate::plan::{
-    Admin, Analytics, At, Cluster, Database, DbInit, Distribution, Driver, DriftMode, Issuer,
+    Admin, Analytics, At, Cluster, Database, DbInit, Distribution, DriftMode, Driver, Issuer,
     OnFailure, Rollout, SecretSource, SecureVault, StartOrder, Tls,
 };
 
