@@ -11,6 +11,7 @@
 //! | [`agent`] | `Connect`: Hello → desired spec, status reports, cut on revocation, expiry or shutdown |
 //! | [`artifacts`] | `Fetch`/`Stat` for agents, `Upload` for operators, over [`crate::artifacts`] |
 //! | [`operator`] | `Apply`/`Plan` (through [`crate::rollout`]), `Status`/`Watch`, `CreateToken`, `ListAgents`, `Revoke` |
+//! | `drift`, `repair` | `CheckDrift` (the agents' `CheckDrift` command, answered bounded); with `[rollout] drift = "repair"`, drifted nodes restarted through the gated path |
 //! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
 //!
 //! Identity always comes from the verified client certificate (never from a message field); a

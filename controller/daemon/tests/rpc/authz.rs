@@ -227,10 +227,10 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 17 RPCs × 4 credentials refused everywhere, 11 operator RPCs for the agent and 3 agent
+    // 18 RPCs × 4 credentials refused everywhere, 12 operator RPCs for the agent and 3 agent
     // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
     // before an upload; each renews its own certificate).
-    assert_eq!(rows, 18 * 4 + 11 + 3);
+    assert_eq!(rows, 18 * 4 + 12 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");
