@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 /// Most keys listed per kind of difference; the rest are counted.
 pub const MAX_KEYS: usize = 32;
+/// Longest key listed, in bytes (a longer one is cut, with `…`).
+pub const MAX_KEY_LEN: usize = 200;
 
 /// The keys two documents differ in (never their values).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +42,16 @@ impl KeyDiff {
         let mut cap = |mut v: Vec<String>| {
             omitted += v.len().saturating_sub(MAX_KEYS);
             v.truncate(MAX_KEYS);
+            for k in &mut v {
+                if k.len() > MAX_KEY_LEN {
+                    let mut end = MAX_KEY_LEN;
+                    while !k.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    k.truncate(end);
+                    k.push('…');
+                }
+            }
             v
         };
         KeyDiff {
@@ -225,6 +237,10 @@ name = "Other"
         let k = keys(&format!("{many}{WRITTEN}"));
         assert_eq!(k.added.len(), MAX_KEYS);
         assert_eq!(k.omitted, 5);
+        let long = "é".repeat(MAX_KEY_LEN);
+        let k = keys(&format!("\"{long}\" = 1\n{WRITTEN}"));
+        assert!(k.added[0].len() <= MAX_KEY_LEN + '…'.len_utf8(), "{k:?}");
+        assert!(k.added[0].ends_with('…'));
     }
 
     #[test]
