@@ -264,22 +264,42 @@ fn never_healthy_node_with_rollback_returns_every_touched_node() -> TestResult {
     let plan2 = c.write_plan("plan2.toml", &bad)?;
     let out = c.apply(&plan2)?;
     assert_ne!(out.status.code(), Some(0), "apply fails: {}", text(&out));
+    // The failed generation 2 rolls back as generation 3, equal to generation 1, rolled out
+    // through the gated path.
     let s = c.wait_status(
-        "every node back on the previous generation and healthy",
+        "every node back on the previous configuration and healthy",
         |s| {
-            rollout_state(s).is_some_and(|st| st != "rolling-back" && st != "starting")
+            rollout_state(s) == Some("succeeded")
+                && s["rollout"]["generation"].as_u64() == Some(3)
                 && all_healthy(s, &c.node_names())
                 && status_nodes(s).iter().all(|(_, n)| {
                     before
                         .get(n["node"].as_str().unwrap_or_default())
-                        .is_some_and(|(g, d)| {
-                            n["config_digest"].as_str() == Some(d.as_str())
-                                && n["generation"].as_u64() == *g
-                        })
+                        .is_some_and(|(_, d)| n["config_digest"].as_str() == Some(d.as_str()))
                 })
         },
     )?;
-    assert_eq!(rollout_state(&s), Some("rolled-back"), "{s}");
+    assert!(
+        text(&out).contains("rolled-back") && text(&out).contains("(the rollback)"),
+        "apply follows the rollback: {}",
+        text(&out)
+    );
+    let history = c.apimctl(&["history", "-o", "json"])?;
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout)?;
+    let by_gen = |g: u64| {
+        history["generations"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["generation"] == g).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(by_gen(2)["rollout"]["state"], "rolled-back", "{history}");
+    assert!(
+        by_gen(3)["author"]
+            .as_str()
+            .is_some_and(|a| a.contains("rollback of generation 2 to generation 1")),
+        "{history}"
+    );
+    let _ = &s;
     // The first tiers really were touched (started on the new generation, then restored).
     assert!(
         c.node_names()

@@ -379,9 +379,6 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
 fn command(_shared: &Shared, c: &Command) -> CommandResult {
     let (ok, message) = match &c.action {
         Some(Action::ReportNow(_)) => (true, "report sent".to_owned()),
-        Some(Action::StopNode(n)) => (false, unsupported("StopNode", &n.node)),
-        Some(Action::StartNode(n)) => (false, unsupported("StartNode", &n.node)),
-        Some(Action::RestartNode(n)) => (false, unsupported("RestartNode", &n.node)),
         None => (false, "empty command".to_owned()),
     };
     CommandResult {
@@ -389,11 +386,4 @@ fn command(_shared: &Shared, c: &Command) -> CommandResult {
         ok,
         message,
     }
-}
-
-fn unsupported(what: &str, node: &str) -> String {
-    format!(
-        "{what} {node}: imperative node commands are not supported by this agent; \
-         push a spec with the node's `desired` state instead"
-    )
 }

@@ -13,10 +13,11 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, controller, history, plan, render, renew_cert, revoke, rollout, status, token,
-    validate,
+    agents, apply, controller, history, nodes, plan, render, renew_cert, revoke, rollout, status,
+    token, validate,
 };
 use crate::error::CliError;
+use apim_proto::v1::NodeOperation;
 
 /// apimctl provisions distributed WSO2 API Manager deployments from one plan file.
 #[derive(Debug, Parser)]
@@ -57,6 +58,14 @@ enum Command {
     History(history::HistoryArgs),
     /// Roll out an earlier generation again, as a new one (tiers, health gating, HA).
     Rollback(history::RollbackArgs),
+    /// What changed between two stored generations (plan text and each node's configuration).
+    Diff(history::DiffArgs),
+    /// Restart nodes (by name, --role or --machine): HA peers one at a time, gated on health.
+    Restart(nodes::Args),
+    /// Stop nodes (by name, --role or --machine); they stay stopped until started.
+    Stop(nodes::Args),
+    /// Start stopped nodes (by name, --role or --machine), tier by tier, gated on health.
+    Start(nodes::Args),
     /// Renew your operator certificate with the current one (before it expires).
     RenewCert(renew_cert::Args),
     /// The controller daemon and its host-side tools.
@@ -103,6 +112,16 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         Command::Rollback(args) => {
             on_controller(connection, |s| history::rollback(args, s, stdout))
         }
+        Command::Diff(args) => on_controller(connection, |s| history::diff(args, s, stdout)),
+        Command::Restart(args) => on_controller(connection, |s| {
+            nodes::run(NodeOperation::Restart, args, s, stdout)
+        }),
+        Command::Stop(args) => on_controller(connection, |s| {
+            nodes::run(NodeOperation::Stop, args, s, stdout)
+        }),
+        Command::Start(args) => on_controller(connection, |s| {
+            nodes::run(NodeOperation::Start, args, s, stdout)
+        }),
         Command::Rollout(command) => {
             on_controller(connection, |s| rollout::run(command, s, stdout))
         }

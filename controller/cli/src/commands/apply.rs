@@ -108,12 +108,25 @@ pub(crate) async fn follow(
         Format::Json => None,
     };
     let mut last_lines: Vec<String> = Vec::new();
+    let mut following = rollout_id.to_owned();
+    // Set once the rollout rolled back: the controller rolls the last success out again as a
+    // newer generation, followed to its end; the command still failed.
+    let mut rolled_back: Option<(u64, String)> = None;
     loop {
         let status = stream.message().await?.ok_or(CliError::WatchClosed)?;
         let Some(r) = status.rollout.clone() else {
             continue;
         };
-        if r.id != rollout_id {
+        if let Some((generation, _)) = &rolled_back
+            && r.id != following
+            && r.generation > *generation
+        {
+            if format == Format::Text {
+                let _ = writeln!(stdout, "following {} (the rollback)", r.id);
+            }
+            following = r.id.clone();
+        }
+        if r.id != following {
             continue;
         }
         let lines = lines::status_lines(&status);
@@ -137,6 +150,19 @@ pub(crate) async fn follow(
         ) {
             continue;
         }
+        if state == RolloutState::RolledBack && rolled_back.is_none() {
+            if format == Format::Text {
+                let _ = writeln!(
+                    stdout,
+                    "rollout {}: {} ({})",
+                    r.id,
+                    output::state_name(state),
+                    r.message
+                );
+            }
+            rolled_back = Some((r.generation, r.message.clone()));
+            continue;
+        }
         if let Some(b) = bars {
             b.finish();
         }
@@ -157,10 +183,12 @@ pub(crate) async fn follow(
                 );
             }
         }
-        return Ok(if state == RolloutState::Succeeded {
-            Exit::Success
-        } else {
-            Exit::Failed
-        });
+        return Ok(
+            if state == RolloutState::Succeeded && rolled_back.is_none() {
+                Exit::Success
+            } else {
+                Exit::Failed
+            },
+        );
     }
 }

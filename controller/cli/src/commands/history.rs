@@ -4,12 +4,12 @@
 use std::io::Write;
 
 use apim_proto::text::printable;
-use apim_proto::v1::{GenerationInfo, HistoryRequest, RollbackRequest};
+use apim_proto::v1::{DiffRequest, GenerationInfo, HistoryRequest, PlanResponse, RollbackRequest};
 
 use crate::cli::Exit;
 use crate::client::{self, Settings};
 use crate::error::CliError;
-use crate::output::{Format, state_name};
+use crate::output::{Format, json, lines, state_name};
 
 /// `apimctl history`.
 ///
@@ -38,6 +38,20 @@ pub struct RollbackArgs {
     /// Return once the generation is stored, without following the rollout.
     #[arg(long)]
     no_wait: bool,
+}
+
+/// `apimctl diff`.
+///
+/// Example: apimctl diff 3 5
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The older generation.
+    from: u64,
+    /// The newer one (default: the latest).
+    to: Option<u64>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Format,
 }
 
 fn when(g: &GenerationInfo) -> String {
@@ -139,4 +153,61 @@ pub async fn rollback(
         return Ok(Exit::Success);
     }
     super::apply::follow(&mut op, &r.rollout_id, args.output, stdout).await
+}
+
+/// Runs `apimctl diff`: the plan text's diff, then each node's changes as `plan` shows them.
+pub async fn diff(
+    args: DiffArgs,
+    settings: Settings,
+    stdout: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let mut op = client::operator(settings.connect().await?);
+    let r = op
+        .diff(DiffRequest {
+            from_generation: args.from,
+            to_generation: args.to.unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    let nodes = PlanResponse {
+        changes: r.changes.clone(),
+        ..PlanResponse::default()
+    };
+    match args.output {
+        Format::Json => {
+            let _ = writeln!(
+                stdout,
+                "{}",
+                serde_json::json!({
+                    "from": r.from_generation, "to": r.to_generation,
+                    "plan_diff": r.plan_diff, "nodes": json::plan(&nodes)["changes"],
+                    "note": r.note,
+                })
+            );
+        }
+        Format::Text => {
+            let _ = writeln!(
+                stdout,
+                "generation {} -> {}: plan",
+                r.from_generation, r.to_generation
+            );
+            if r.plan_diff.is_empty() {
+                let _ = writeln!(stdout, "  (the same plan text)");
+            }
+            for l in &r.plan_diff {
+                let _ = writeln!(stdout, "  {}", printable(l));
+            }
+            let _ = writeln!(stdout, "nodes");
+            for l in lines::plan(&nodes)
+                .iter()
+                .filter(|l| !l.starts_with("cluster revision:"))
+            {
+                let _ = writeln!(stdout, "{l}");
+            }
+            if !r.note.is_empty() {
+                let _ = writeln!(stdout, "note: {}", printable(&r.note));
+            }
+        }
+    }
+    Ok(Exit::Success)
 }

@@ -90,11 +90,15 @@ pub enum Rpc {
     History,
     /// `OperatorService.Rollback`.
     Rollback,
+    /// `OperatorService.OperateNodes`.
+    OperateNodes,
+    /// `OperatorService.Diff`.
+    Diff,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 19] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -112,6 +116,8 @@ impl Rpc {
         Rpc::AbortRollout,
         Rpc::History,
         Rpc::Rollback,
+        Rpc::OperateNodes,
+        Rpc::Diff,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
@@ -134,6 +140,8 @@ impl Rpc {
             Rpc::AbortRollout => "/apimctl.v1.OperatorService/AbortRollout",
             Rpc::History => "/apimctl.v1.OperatorService/History",
             Rpc::Rollback => "/apimctl.v1.OperatorService/Rollback",
+            Rpc::OperateNodes => "/apimctl.v1.OperatorService/OperateNodes",
+            Rpc::Diff => "/apimctl.v1.OperatorService/Diff",
         }
     }
 
@@ -159,7 +167,9 @@ impl Rpc {
             | Rpc::Revoke
             | Rpc::AbortRollout
             | Rpc::History
-            | Rpc::Rollback => Access::Operator,
+            | Rpc::Rollback
+            | Rpc::OperateNodes
+            | Rpc::Diff => Access::Operator,
         }
     }
 }

@@ -227,6 +227,13 @@ pub enum ServerError {
         state: String,
     },
 
+    /// The operation needs a generation and none was applied yet.
+    #[error("nothing was applied yet: {what} needs a stored plan")]
+    NothingApplied {
+        /// What was asked.
+        what: &'static str,
+    },
+
     /// No rollout is in flight to abort.
     #[error("no rollout is in flight ({latest})")]
     NoRolloutInFlight {
@@ -276,7 +283,8 @@ impl ServerError {
             | ServerError::PlanRejected { .. } => Code::InvalidArgument,
             ServerError::ClusterChanged { .. }
             | ServerError::RolloutInProgress { .. }
-            | ServerError::NoRolloutInFlight { .. } => Code::FailedPrecondition,
+            | ServerError::NoRolloutInFlight { .. }
+            | ServerError::NothingApplied { .. } => Code::FailedPrecondition,
             ServerError::ArtifactNotFound { .. } | ServerError::UnknownMachine { .. } => {
                 Code::NotFound
             }
@@ -317,6 +325,7 @@ impl ServerError {
             ServerError::ClusterChanged { .. } => "plan.cluster_changed",
             ServerError::RolloutInProgress { .. } => "rollout.in_progress",
             ServerError::NoRolloutInFlight { .. } => "rollout.not_in_flight",
+            ServerError::NothingApplied { .. } => "cluster.nothing_applied",
             ServerError::Io { .. }
             | ServerError::Issue { .. }
             | ServerError::TlsConfig { .. }
@@ -350,6 +359,7 @@ impl ServerError {
             ServerError::RolloutInProgress { .. } => {
                 "wait for it to finish (apimctl status --watch), then apply again"
             }
+            ServerError::NothingApplied { .. } => "apply a plan first: apimctl apply plan.toml",
             _ => "",
         }
     }

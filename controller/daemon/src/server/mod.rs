@@ -22,6 +22,7 @@ pub mod auth;
 pub mod enrollment;
 pub mod error;
 mod history;
+mod nodes;
 pub mod operator;
 
 pub mod tls;
