@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use apim_plan::secrets::EnvSource;
 use apim_proto::v1::operator_service_client::OperatorServiceClient;
@@ -70,28 +71,26 @@ pub async fn run(
         let _ = writeln!(stderr, "{l}");
     }
     let format = args.output;
-    if resp.rollout_id.is_empty() {
-        match format {
-            Format::Json => {
-                let _ = writeln!(stdout, "{}", json::apply_unchanged(resp.generation));
-            }
-            Format::Text => {
-                let _ = writeln!(stdout, "generation {}: nothing to change", resp.generation);
-            }
-        }
+    if resp.rollout_id.is_empty() || args.no_wait {
+        started(resp.generation, &resp.rollout_id, format, stdout);
         return Ok(Exit::Success);
     }
     if format == Format::Text {
-        let _ = writeln!(
-            stdout,
-            "generation {}: rollout {} started",
-            resp.generation, resp.rollout_id
-        );
-    }
-    if args.no_wait {
-        return Ok(Exit::Success);
+        started(resp.generation, &resp.rollout_id, format, stdout);
     }
     follow(&mut op, &resp.rollout_id, format, stdout).await
+}
+
+/// Says that `generation` was stored and its rollout `rollout_id` started, or that it changes
+/// nothing (`rollout_id` empty): a line, or the one JSON document of `apply --no-wait` and of
+/// an apply that changes nothing.
+pub(crate) fn started(generation: u64, rollout_id: &str, format: Format, stdout: &mut dyn Write) {
+    let _ = match (format, rollout_id) {
+        (Format::Json, "") => writeln!(stdout, "{}", json::apply_unchanged(generation)),
+        (Format::Json, id) => writeln!(stdout, "{}", json::apply_started(generation, id)),
+        (Format::Text, "") => writeln!(stdout, "generation {generation}: nothing to change"),
+        (Format::Text, id) => writeln!(stdout, "generation {generation}: rollout {id} started"),
+    };
 }
 
 /// Follows rollout `rollout_id` until it ends; prints its last status lines (or status JSON)
@@ -108,17 +107,29 @@ pub(crate) async fn follow(
         Format::Json => None,
     };
     let mut last_lines: Vec<String> = Vec::new();
+    // The bars' elapsed times keep counting between changes (in a terminal only: lines and
+    // JSON print changes only).
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let status = stream.message().await?.ok_or(CliError::WatchClosed)?;
+        let status = tokio::select! {
+            message = stream.message() => message?.ok_or(CliError::WatchClosed)?,
+            _ = tick.tick(), if bars.is_some() => {
+                if let Some(b) = &mut bars {
+                    b.tick(SystemTime::now());
+                }
+                continue;
+            }
+        };
         let Some(r) = status.rollout.clone() else {
             continue;
         };
         if r.id != rollout_id {
             continue;
         }
-        let lines = lines::status_lines(&status);
+        let lines = lines::status_lines(&status, SystemTime::now());
         match (&mut bars, format) {
-            (Some(b), _) => b.update(&status, &r),
+            (Some(b), _) => b.update(&status, &r, SystemTime::now()),
             (None, Format::Text) => {
                 for l in lines.iter().filter(|l| !last_lines.contains(l)) {
                     let _ = writeln!(stdout, "{l}");
@@ -153,7 +164,7 @@ pub(crate) async fn follow(
                     "rollout {}: {} ({})",
                     r.id,
                     output::state_name(state),
-                    r.message
+                    apim_proto::text::printable(&r.message)
                 );
             }
         }
