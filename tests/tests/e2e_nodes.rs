@@ -120,7 +120,7 @@ fn restart_role_keeps_the_role_served_and_stop_survives_an_apply_until_start() -
     one_at_a_time(&c, "gw-1", "gw-2", 1)?;
 
     // Stop one gateway; a later apply of the same plan leaves it stopped.
-    let shown = apimctl_ok(&c, &["stop", "gw-2"])?;
+    let shown = apimctl_ok(&c, &["stop", "gw-2", "--yes"])?;
     assert!(shown.contains("stopping gw-2"), "{shown}");
     let s = c.status()?;
     assert_eq!(node_phase(&s, "gw-2"), Some("stopped"), "{s}");
@@ -155,7 +155,7 @@ fn restart_role_keeps_the_role_served_and_stop_survives_an_apply_until_start() -
         "{}",
         output_text(&out)
     );
-    let out = c.apimctl(&["stop", "--role", "no-such-role"])?;
+    let out = c.apimctl(&["stop", "--role", "no-such-role", "--yes"])?;
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     Ok(())
 }

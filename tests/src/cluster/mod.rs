@@ -585,20 +585,22 @@ impl Cluster {
         self.wait_agents_connected()
     }
 
-    /// `apimctl agents -o json`: (machine, connected) per enrolled agent.
+    /// `apimctl agents -o json` (one document, `{"agents": [...]}`): (machine, connected) per
+    /// enrolled agent.
     pub fn agents(&self) -> Result<BTreeMap<String, bool>> {
         let out = self.apimctl(&["agents", "-o", "json"])?;
         if !out.status.success() {
             return Err(command_error("apimctl agents", &out));
         }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ClusterError::Json {
+                command: "apimctl agents -o json".into(),
+                source,
+                text: text.clone(),
+            })?;
         let mut map = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|source| ClusterError::Json {
-                    command: "apimctl agents -o json".into(),
-                    source,
-                    text: line.to_string(),
-                })?;
+        for v in doc["agents"].as_array().into_iter().flatten() {
             map.insert(
                 v["machine"].as_str().unwrap_or_default().to_string(),
                 v["connected"].as_bool().unwrap_or(false),

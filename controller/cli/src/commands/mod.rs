@@ -1,14 +1,18 @@
 //! One module per `apimctl` command, each with its clap arguments and its `run`.
 //!
-//! Offline: [`validate`], [`render`]. Against the controller (over mTLS with an operator
-//! certificate, see [`crate::client`]): [`apply`], [`plan`], [`status`], [`agents`], [`token`],
-//! [`revoke`], [`renew_cert`], [`rollout`], [`history`] (rollback and diff), [`nodes`] (restart, stop, start). On the controller host: [`controller`] (`controller run`, the daemon, and
+//! Offline: [`validate`], [`render`], [`completions`], [`man`]. Against the controller (over
+//! mTLS with an operator certificate, see [`crate::client`]): [`apply`], [`plan`], [`status`],
+//! [`agents`], [`token`], [`revoke`], [`renew_cert`], [`rollout`], [`history`] (rollback and
+//! diff), [`nodes`] (restart, stop, start). On the controller host: [`controller`]
+//! (`controller run`, the daemon, and
 //! `controller operator-cert`).
 
 pub mod agents;
 pub mod apply;
+pub mod completions;
 pub mod controller;
 pub mod history;
+pub mod man;
 pub mod nodes;
 pub mod plan;
 pub mod render;

@@ -11,6 +11,7 @@ use crate::cli::Exit;
 use crate::client::{self, Settings};
 use crate::error::CliError;
 use crate::output::Format;
+use crate::prompt::{self, Yes};
 
 /// Which nodes, and how to follow.
 #[derive(Debug, clap::Args)]
@@ -29,6 +30,9 @@ pub struct Args {
     /// Return once the generation is stored, without following the rollout.
     #[arg(long)]
     no_wait: bool,
+    /// Confirmation (`stop` asks for it).
+    #[command(flatten)]
+    yes: Yes,
 }
 
 /// Runs `apimctl <op>`.
@@ -38,6 +42,21 @@ pub async fn run(
     settings: Settings,
     stdout: &mut dyn Write,
 ) -> Result<Exit, CliError> {
+    if op == NodeOperation::Stop {
+        let what: Vec<String> = args
+            .nodes
+            .iter()
+            .cloned()
+            .chain(args.roles.iter().map(|r| format!("every {r}")))
+            .chain(args.machines.iter().map(|m| format!("every node on {m}")))
+            .collect();
+        let what = apim_proto::text::printable(&what.join(", ")).into_owned();
+        prompt::require(
+            &format!("stop {what}"),
+            &format!("Stop {what}? They stay stopped, through later applies, until started."),
+            args.yes.yes,
+        )?;
+    }
     let mut client = client::operator(settings.connect().await?);
     let r = client
         .operate_nodes(OperateNodesRequest {
@@ -84,6 +103,9 @@ pub async fn run(
         );
     }
     if args.no_wait {
+        if args.output == Format::Json {
+            super::apply::started(r.generation, &r.rollout_id, args.output, stdout);
+        }
         return Ok(Exit::Success);
     }
     super::apply::follow(&mut client, &r.rollout_id, args.output, stdout).await
