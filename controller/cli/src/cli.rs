@@ -13,8 +13,8 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, controller, history, plan, render, renew_cert, revoke, rollout, status, token,
-    validate,
+    agents, apply, controller, history, packs, plan, render, renew_cert, revoke, rollout, status,
+    token, validate,
 };
 use crate::error::CliError;
 
@@ -59,6 +59,9 @@ enum Command {
     Rollback(history::RollbackArgs),
     /// Renew your operator certificate with the current one (before it expires).
     RenewCert(renew_cert::Args),
+    /// The controller's stored packs and driver jars, and `packs prune` for those no retained
+    /// generation needs.
+    Packs(packs::Args),
     /// The controller daemon and its host-side tools.
     #[command(subcommand)]
     Controller(controller::Command),
@@ -107,6 +110,7 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
             on_controller(connection, |s| rollout::run(command, s, stdout))
         }
         Command::RenewCert(args) => on_controller(connection, |s| renew_cert::run(args, s, stdout)),
+        Command::Packs(args) => on_controller(connection, |s| packs::run(args, s, stdout)),
     }
 }
 

@@ -59,6 +59,12 @@ pub enum CliError {
     /// The async runtime could not start.
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// A destructive command was not confirmed (declined, or no terminal to ask on).
+    #[error("not confirmed: {0}")]
+    NotConfirmed(String),
+    /// A command-line argument names nothing the controller has (or is malformed).
+    #[error("{0}")]
+    BadArgument(String),
 }
 
 impl CliError {

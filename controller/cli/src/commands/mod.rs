@@ -2,13 +2,14 @@
 //!
 //! Offline: [`validate`], [`render`]. Against the controller (over mTLS with an operator
 //! certificate, see [`crate::client`]): [`apply`], [`plan`], [`status`], [`agents`], [`token`],
-//! [`revoke`], [`renew_cert`], [`rollout`], [`history`] (and rollback). On the controller host: [`controller`] (`controller run`, the daemon, and
+//! [`revoke`], [`renew_cert`], [`rollout`], [`history`] (and rollback), [`packs`]. On the controller host: [`controller`] (`controller run`, the daemon, and
 //! `controller operator-cert`).
 
 pub mod agents;
 pub mod apply;
 pub mod controller;
 pub mod history;
+pub mod packs;
 pub mod plan;
 pub mod render;
 pub mod renew_cert;

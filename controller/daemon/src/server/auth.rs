@@ -90,11 +90,15 @@ pub enum Rpc {
     History,
     /// `OperatorService.Rollback`.
     Rollback,
+    /// `OperatorService.ListArtifacts`.
+    ListArtifacts,
+    /// `OperatorService.PruneArtifacts`.
+    PruneArtifacts,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 19] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -112,6 +116,8 @@ impl Rpc {
         Rpc::AbortRollout,
         Rpc::History,
         Rpc::Rollback,
+        Rpc::ListArtifacts,
+        Rpc::PruneArtifacts,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
@@ -134,6 +140,8 @@ impl Rpc {
             Rpc::AbortRollout => "/apimctl.v1.OperatorService/AbortRollout",
             Rpc::History => "/apimctl.v1.OperatorService/History",
             Rpc::Rollback => "/apimctl.v1.OperatorService/Rollback",
+            Rpc::ListArtifacts => "/apimctl.v1.OperatorService/ListArtifacts",
+            Rpc::PruneArtifacts => "/apimctl.v1.OperatorService/PruneArtifacts",
         }
     }
 
@@ -159,7 +167,9 @@ impl Rpc {
             | Rpc::Revoke
             | Rpc::AbortRollout
             | Rpc::History
-            | Rpc::Rollback => Access::Operator,
+            | Rpc::Rollback
+            | Rpc::ListArtifacts
+            | Rpc::PruneArtifacts => Access::Operator,
         }
     }
 }

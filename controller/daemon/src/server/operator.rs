@@ -10,8 +10,9 @@ use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
     AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, ClusterStatus,
     CreateTokenRequest, CreateTokenResponse, ErrorDetail, HistoryRequest, HistoryResponse,
-    ListAgentsRequest, ListAgentsResponse, MachineStatus, NodePhase, NodeStatus, PlanRequest,
-    PlanResponse, RevokeRequest, RevokeResponse, RollbackRequest, Rollout, StatusRequest,
+    ListAgentsRequest, ListAgentsResponse, ListArtifactsRequest, ListArtifactsResponse,
+    MachineStatus, NodePhase, NodeStatus, PlanRequest, PlanResponse, PruneArtifactsRequest,
+    PruneArtifactsResponse, RevokeRequest, RevokeResponse, RollbackRequest, Rollout, StatusRequest,
     WatchRequest,
 };
 use futures::Stream;
@@ -139,6 +140,8 @@ impl OperatorSvc {
         expected_revision: Option<String>,
     ) -> Result<ApplyResponse, ServerError> {
         let state = &self.ctx.state;
+        // From the check of its artifacts until the plan that needs them is stored.
+        let _gate = state.artifact_gate().read().await;
         let prepared = rollout::prepare(
             state,
             state.pki_dir(),
@@ -441,5 +444,19 @@ impl OperatorService for OperatorSvc {
         req: Request<AbortRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
         Ok(Response::new(self.abort_inner(req)?))
+    }
+
+    async fn list_artifacts(
+        &self,
+        req: Request<ListArtifactsRequest>,
+    ) -> Result<Response<ListArtifactsResponse>, Status> {
+        Ok(Response::new(self.list_artifacts_inner(req)?))
+    }
+
+    async fn prune_artifacts(
+        &self,
+        req: Request<PruneArtifactsRequest>,
+    ) -> Result<Response<PruneArtifactsResponse>, Status> {
+        Ok(Response::new(self.prune_artifacts_inner(req).await?))
     }
 }
