@@ -61,6 +61,8 @@ enum Command {
     RenewCert(renew_cert::Args),
     /// The controller's stored packs and driver jars, and `packs prune` for those no retained
     /// generation needs.
+    ///
+    /// Example: apimctl packs -o json
     Packs(packs::Args),
     /// The controller daemon and its host-side tools.
     #[command(subcommand)]
