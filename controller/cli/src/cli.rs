@@ -15,16 +15,16 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, completions, controller, history, man, nodes, plan, render, renew_cert,
+    agents, apply, completions, controller, history, man, nodes, packs, plan, render, renew_cert,
     revoke, rollout, status, token, validate,
 };
-use apim_proto::v1::NodeOperation;
 use crate::error::CliError;
 use crate::output::Format;
 use crate::{
     exit_codes_controller, exit_codes_daemon, exit_codes_offline, exit_codes_plan,
     exit_codes_rollout, help,
 };
+use apim_proto::v1::NodeOperation;
 
 /// The exit codes, the same for every command (each `--help` says which apply to it).
 pub mod exit {
@@ -162,6 +162,13 @@ enum Command {
     /// Renew your operator certificate with the current one (before it expires).
     #[command(after_long_help = help!(["apimctl renew-cert"], exit_codes_controller!()))]
     RenewCert(renew_cert::Args),
+    /// The controller's stored packs and driver jars, and `packs prune` for those no retained
+    /// generation needs.
+    #[command(after_long_help = help!(
+        ["apimctl packs", "apimctl packs -o json", "apimctl packs prune --dry-run", "apimctl packs prune --yes"],
+        exit_codes_controller!()
+    ))]
+    Packs(packs::Args),
     /// The controller daemon and its host-side tools.
     #[command(subcommand, after_long_help = help!(
         [
@@ -269,6 +276,7 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
             on_controller(connection, |s| rollout::run(command, s, stdout))
         }
         Command::RenewCert(args) => on_controller(connection, |s| renew_cert::run(args, s, stdout)),
+        Command::Packs(args) => on_controller(connection, |s| packs::run(args, s, stdout)),
     }
 }
 

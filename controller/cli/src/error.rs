@@ -78,6 +78,9 @@ pub enum CliError {
         /// What was asked.
         what: String,
     },
+    /// A command-line argument names nothing the controller has (or is malformed).
+    #[error("{0}")]
+    BadArgument(String),
 }
 
 impl CliError {
@@ -198,6 +201,7 @@ impl CliError {
             CliError::Runtime(_) => "runtime".into(),
             CliError::NeedsConfirmation { .. } => "confirmation_required".into(),
             CliError::NotConfirmed { .. } => "not_confirmed".into(),
+            CliError::BadArgument(_) => "bad_argument".into(),
         }
     }
 

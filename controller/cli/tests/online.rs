@@ -356,6 +356,10 @@ async fn plan_and_apply_send_a_provided_keystore_with_the_request() {
 /// the text would have); `agents -o json` is one document like the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_json_output_is_one_document_errors_included() {
+/// `packs` lists the store with what uses each artifact; `packs prune` asks first (and refuses
+/// without a terminal unless --yes), refuses a pack the history needs, and removes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_lists_the_store_and_prune_asks_first_and_keeps_what_the_history_needs() {
     let c = Controller::start().await;
     let (_agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -489,4 +493,74 @@ async fn a_wrong_ca_file_is_reported_as_a_tls_failure_naming_the_file() {
         err.contains("op.pem") && err.contains("op-key.pem"),
         "{err}"
     );
+    let sha = apim_plan::digest(&pack);
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        plan_v3(&sha, "", "halt", "30s"),
+    )
+    .expect("plan");
+    let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let orphan = c.store_pack(b"uploaded once, never applied");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["packs"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let row = |needle: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&needle[..12]))
+            .unwrap_or_else(|| panic!("no row for {needle}: {out}"))
+            .to_string()
+    };
+    let p = row(&sha);
+    assert!(
+        p.contains(" pack ") && p.contains("wso2am-3.2.0.zip") && p.contains("current"),
+        "{p}"
+    );
+    assert!(row(&orphan).ends_with("prunable"), "{out}");
+    assert!(
+        out.contains("3 artifact(s)") && out.contains("current generation 1"),
+        "{out}"
+    );
+    let (code, out, _) = apimctl(&c, dir.path(), &["packs", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    let arts = json["artifacts"].as_array().expect("artifacts");
+    assert_eq!(arts.len(), 3, "{json}");
+    let o = arts
+        .iter()
+        .find(|a| a["sha256"] == orphan.as_str())
+        .expect("orphan");
+    assert_eq!(
+        (o["prunable"].as_bool(), o["kind"].as_str()),
+        (Some(true), Some(""))
+    );
+
+    // No terminal and no --yes: nothing is removed.
+    let (code, out, err) = apimctl(&c, dir.path(), &["packs", "prune"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("not confirmed") && err.contains("--yes"),
+        "{err}"
+    );
+    let stored = |s: &str| c.state.artifacts().path_for(s).expect("path").exists();
+    assert!(stored(&orphan));
+    let (code, out, _) = apimctl(&c, dir.path(), &["packs", "prune", "--dry-run"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("would remove 1 artifact(s)"), "{out}");
+    assert!(stored(&orphan));
+    // The current generation's pack is refused by name.
+    let (code, _, err) = apimctl(&c, dir.path(), &["packs", "prune", &sha[..10], "--yes"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("still needed") && err.contains("generation 1"),
+        "{err}"
+    );
+    assert!(stored(&sha));
+    let (code, out, err) =
+        apimctl(&c, dir.path(), &["packs", "prune", "--yes", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    assert_eq!(json["removed"][0]["sha256"], orphan.as_str(), "{json}");
+    assert_eq!(json["removed"].as_array().map(Vec::len), Some(1));
+    assert!(!stored(&orphan) && stored(&sha));
 }

@@ -2479,6 +2479,68 @@ pub struct DiffResponse {
     #[prost(string, tag = "5")]
     pub note: ::prost::alloc::string::String,
 }
+/// Asks for the artifact store's contents.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListArtifactsRequest {}
+/// The artifact store's contents.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListArtifactsResponse {
+    /// One entry per stored artifact, by sha256.
+    #[prost(message, repeated, tag = "1")]
+    pub artifacts: ::prost::alloc::vec::Vec<ArtifactInfo>,
+    /// The current (latest) plan generation; 0 when none.
+    #[prost(uint64, tag = "2")]
+    pub current_generation: u64,
+}
+/// One stored artifact.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ArtifactInfo {
+    /// Lowercase hex sha256 (its name in the store).
+    #[prost(string, tag = "1")]
+    pub sha256: ::prost::alloc::string::String,
+    /// Size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// The file name it was uploaded as, or the plan's path for it; empty when unknown.
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    /// What the plans use it as: "pack" or "driver"; empty when no stored generation names it.
+    #[prost(string, tag = "4")]
+    pub kind: ::prost::alloc::string::String,
+    /// Every stored generation whose plan names it, ascending.
+    #[prost(uint64, repeated, tag = "5")]
+    pub generations: ::prost::alloc::vec::Vec<u64>,
+    /// The retained generations (restorable, current, in flight) that need it, ascending.
+    #[prost(uint64, repeated, tag = "6")]
+    pub retained_by: ::prost::alloc::vec::Vec<u64>,
+    /// Whether the current generation uses it.
+    #[prost(bool, tag = "7")]
+    pub current: bool,
+    /// Whether a machine's pushed spec names it (an agent may fetch it now).
+    #[prost(bool, tag = "8")]
+    pub in_spec: bool,
+}
+/// Asks to prune the artifact store.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PruneArtifactsRequest {
+    /// Only these artifacts (each must be stored and not needed); empty = every artifact no retained
+    /// generation needs.
+    #[prost(string, repeated, tag = "1")]
+    pub sha256: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Report what would be removed without removing anything.
+    #[prost(bool, tag = "2")]
+    pub dry_run: bool,
+}
+/// What a prune removed (or, dry run, would remove).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PruneArtifactsResponse {
+    /// The artifacts removed.
+    #[prost(message, repeated, tag = "1")]
+    pub removed: ::prost::alloc::vec::Vec<ArtifactInfo>,
+    /// Their total size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub freed_bytes: u64,
+}
 /// What kind of change a node would see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -2982,6 +3044,60 @@ pub mod operator_service_client {
                 .insert(GrpcMethod::new("apimctl.v1.OperatorService", "Diff"));
             self.inner.unary(req, path, codec).await
         }
+        /// Every artifact of the controller's store (packs and driver jars): size, name and kind when
+        /// known, which stored generations name it, and whether the retained history needs it.
+        pub async fn list_artifacts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListArtifactsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListArtifactsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/ListArtifacts",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "ListArtifacts"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Removes stored artifacts no retained generation needs (retained: the generations still
+        /// restorable, the current one, a rollout in flight, and what the machines' specs name).
+        /// FAILED_PRECONDITION when an artifact named in the request is needed; NOT_FOUND when it is not
+        /// stored.
+        pub async fn prune_artifacts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PruneArtifactsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PruneArtifactsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/PruneArtifacts",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "PruneArtifacts"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3083,6 +3199,26 @@ pub mod operator_service_server {
             &self,
             request: tonic::Request<super::DiffRequest>,
         ) -> std::result::Result<tonic::Response<super::DiffResponse>, tonic::Status>;
+        /// Every artifact of the controller's store (packs and driver jars): size, name and kind when
+        /// known, which stored generations name it, and whether the retained history needs it.
+        async fn list_artifacts(
+            &self,
+            request: tonic::Request<super::ListArtifactsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListArtifactsResponse>,
+            tonic::Status,
+        >;
+        /// Removes stored artifacts no retained generation needs (retained: the generations still
+        /// restorable, the current one, a rollout in flight, and what the machines' specs name).
+        /// FAILED_PRECONDITION when an artifact named in the request is needed; NOT_FOUND when it is not
+        /// stored.
+        async fn prune_artifacts(
+            &self,
+            request: tonic::Request<super::PruneArtifactsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PruneArtifactsResponse>,
+            tonic::Status,
+        >;
     }
     /// Served by the controller to operators (operator certificate only; an agent certificate gets
     /// PERMISSION_DENIED).
@@ -3685,6 +3821,98 @@ pub mod operator_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DiffSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/ListArtifacts" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListArtifactsSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::ListArtifactsRequest>
+                    for ListArtifactsSvc<T> {
+                        type Response = super::ListArtifactsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListArtifactsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::list_artifacts(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListArtifactsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/PruneArtifacts" => {
+                    #[allow(non_camel_case_types)]
+                    struct PruneArtifactsSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::PruneArtifactsRequest>
+                    for PruneArtifactsSvc<T> {
+                        type Response = super::PruneArtifactsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PruneArtifactsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::prune_artifacts(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PruneArtifactsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -3,7 +3,7 @@
 //! Offline: [`validate`], [`render`], [`completions`], [`man`]. Against the controller (over
 //! mTLS with an operator certificate, see [`crate::client`]): [`apply`], [`plan`], [`status`],
 //! [`agents`], [`token`], [`revoke`], [`renew_cert`], [`rollout`], [`history`] (rollback and
-//! diff), [`nodes`] (restart, stop, start). On the controller host: [`controller`]
+//! diff), [`nodes`] (restart, stop, start), [`packs`]. On the controller host: [`controller`]
 //! (`controller run`, the daemon, and
 //! `controller operator-cert`).
 
@@ -14,6 +14,7 @@ pub mod controller;
 pub mod history;
 pub mod man;
 pub mod nodes;
+pub mod packs;
 pub mod plan;
 pub mod render;
 pub mod renew_cert;

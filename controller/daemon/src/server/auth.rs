@@ -94,11 +94,15 @@ pub enum Rpc {
     OperateNodes,
     /// `OperatorService.Diff`.
     Diff,
+    /// `OperatorService.ListArtifacts`.
+    ListArtifacts,
+    /// `OperatorService.PruneArtifacts`.
+    PruneArtifacts,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 19] = [
+    pub const ALL: [Rpc; 21] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -118,6 +122,8 @@ impl Rpc {
         Rpc::Rollback,
         Rpc::OperateNodes,
         Rpc::Diff,
+        Rpc::ListArtifacts,
+        Rpc::PruneArtifacts,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
@@ -142,6 +148,8 @@ impl Rpc {
             Rpc::Rollback => "/apimctl.v1.OperatorService/Rollback",
             Rpc::OperateNodes => "/apimctl.v1.OperatorService/OperateNodes",
             Rpc::Diff => "/apimctl.v1.OperatorService/Diff",
+            Rpc::ListArtifacts => "/apimctl.v1.OperatorService/ListArtifacts",
+            Rpc::PruneArtifacts => "/apimctl.v1.OperatorService/PruneArtifacts",
         }
     }
 
@@ -170,6 +178,7 @@ impl Rpc {
             | Rpc::Rollback
             | Rpc::OperateNodes
             | Rpc::Diff => Access::Operator,
+            Rpc::ListArtifacts | Rpc::PruneArtifacts => Access::Operator,
         }
     }
 }

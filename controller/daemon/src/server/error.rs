@@ -115,6 +115,15 @@ pub enum ServerError {
         sha256: String,
     },
 
+    /// A prune named an artifact the retained history (or a pushed spec) still needs.
+    #[error("artifact {sha256} is still needed: {why}")]
+    ArtifactRetained {
+        /// The artifact.
+        sha256: String,
+        /// Which generations need it, or that a machine's spec names it.
+        why: String,
+    },
+
     /// An agent asked for a pack that none of its machine's specs names.
     #[error("machine {machine:?} may not fetch artifact {sha256}: none of its specs names it")]
     ArtifactNotInSpec {
@@ -285,6 +294,7 @@ impl ServerError {
             | ServerError::RolloutInProgress { .. }
             | ServerError::NoRolloutInFlight { .. }
             | ServerError::NothingApplied { .. } => Code::FailedPrecondition,
+            ServerError::ArtifactRetained { .. } => Code::FailedPrecondition,
             ServerError::ArtifactNotFound { .. } | ServerError::UnknownMachine { .. } => {
                 Code::NotFound
             }
@@ -315,6 +325,7 @@ impl ServerError {
             ServerError::Protocol { .. } => "request.protocol",
             ServerError::ArtifactNotFound { .. } => "artifact.not_found",
             ServerError::ArtifactNotInSpec { .. } => "artifact.not_in_spec",
+            ServerError::ArtifactRetained { .. } => "artifact.retained",
             ServerError::NotNewestCert { .. } => "auth.not_newest_certificate",
             ServerError::OffsetOutOfRange { .. } => "artifact.offset_out_of_range",
             ServerError::ArtifactMismatch { .. } => "artifact.digest_mismatch",
@@ -360,6 +371,11 @@ impl ServerError {
                 "wait for it to finish (apimctl status --watch), then apply again"
             }
             ServerError::NothingApplied { .. } => "apply a plan first: apimctl apply plan.toml",
+            ServerError::ArtifactRetained { .. } => {
+                "apimctl packs lists what needs it; a generation leaves the retained history once \
+                 its secrets are forgotten (secrets_retention) and it is neither current nor \
+                 rolling out"
+            }
             _ => "",
         }
     }

@@ -10,7 +10,7 @@
 //! | [`enrollment`] | `Enroll` (join token → machine; CSR key only) and `Renew` (same machine as the presented certificate) |
 //! | [`agent`] | `Connect`: Hello → desired spec, status reports, cut on revocation, expiry or shutdown |
 //! | [`artifacts`] | `Fetch`/`Stat` for agents, `Upload` for operators, over [`crate::artifacts`] |
-//! | [`operator`] | `Apply`/`Plan` (through [`crate::rollout`]), `Status`/`Watch`, `CreateToken`, `ListAgents`, `Revoke` |
+//! | [`operator`] | `Apply`/`Plan` (through [`crate::rollout`]), `Status`/`Watch`, `CreateToken`, `ListAgents`, `Revoke`; `ListArtifacts`/`PruneArtifacts` in `packs` |
 //! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
 //!
 //! Identity always comes from the verified client certificate (never from a message field); a
@@ -24,6 +24,7 @@ pub mod error;
 mod history;
 mod nodes;
 pub mod operator;
+mod packs;
 
 pub mod tls;
 

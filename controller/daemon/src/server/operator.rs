@@ -10,8 +10,9 @@ use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
     AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, ClusterStatus,
     CreateTokenRequest, CreateTokenResponse, DiffRequest, DiffResponse, ErrorDetail,
-    HistoryRequest, HistoryResponse, ListAgentsRequest, ListAgentsResponse, MachineStatus,
-    NodePhase, NodeStatus, OperateNodesRequest, OperateNodesResponse, PlanRequest, PlanResponse,
+    HistoryRequest, HistoryResponse, ListAgentsRequest, ListAgentsResponse, ListArtifactsRequest,
+    ListArtifactsResponse, MachineStatus, NodePhase, NodeStatus, OperateNodesRequest,
+    OperateNodesResponse, PlanRequest, PlanResponse, PruneArtifactsRequest, PruneArtifactsResponse,
     RevokeRequest, RevokeResponse, RollbackRequest, Rollout, StatusRequest, WatchRequest,
 };
 use futures::Stream;
@@ -158,6 +159,8 @@ impl OperatorSvc {
     /// `Apply`, `Rollback` and `OperateNodes` all do.
     pub(super) async fn roll_out(&self, r: RollOut<'_>) -> Result<ApplyResponse, ServerError> {
         let state = &self.ctx.state;
+        // From the check of its artifacts until the plan that needs them is stored.
+        let _gate = state.artifact_gate().read().await;
         let run = match r.run {
             Some(run) => run,
             None => latest_run_state(state)?,
@@ -477,5 +480,19 @@ impl OperatorService for OperatorSvc {
 
     async fn diff(&self, req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
         Ok(Response::new(self.diff_inner(req)?))
+    }
+
+    async fn list_artifacts(
+        &self,
+        req: Request<ListArtifactsRequest>,
+    ) -> Result<Response<ListArtifactsResponse>, Status> {
+        Ok(Response::new(self.list_artifacts_inner(req)?))
+    }
+
+    async fn prune_artifacts(
+        &self,
+        req: Request<PruneArtifactsRequest>,
+    ) -> Result<Response<PruneArtifactsResponse>, Status> {
+        Ok(Response::new(self.prune_artifacts_inner(req).await?))
     }
 }

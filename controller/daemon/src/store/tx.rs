@@ -261,6 +261,14 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Forgets an artifact of the index (its file was removed).
+    pub fn forget_artifact(&self, sha256: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM artifacts WHERE sha256 = ?1", params![sha256])
+            .map_err(sql("forgetting an artifact"))?;
+        Ok(())
+    }
+
     /// The artifact index.
     pub fn artifacts(&self) -> Result<Vec<ArtifactRow>, StoreError> {
         let mut stmt = self

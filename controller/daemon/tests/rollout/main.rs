@@ -15,6 +15,7 @@ use apim_testkit::fake_agent::{Event, FakeAgent};
 use apim_testkit::plans::{V3_MACHINES, plan_v3, secrets, tiny_pack};
 use apim_testkit::wait::eventually;
 
+mod packs;
 mod provided;
 
 /// The 3.x pack the test plans name.

@@ -134,6 +134,15 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             .map(drop),
         Rpc::Diff => OperatorServiceClient::new(ch)
             .diff(apim_proto::v1::DiffRequest::default())
+        Rpc::ListArtifacts => OperatorServiceClient::new(ch)
+            .list_artifacts(apim_proto::v1::ListArtifactsRequest::default())
+            .await
+            .map(drop),
+        Rpc::PruneArtifacts => OperatorServiceClient::new(ch)
+            .prune_artifacts(apim_proto::v1::PruneArtifactsRequest {
+                dry_run: true,
+                ..Default::default()
+            })
             .await
             .map(drop),
     }
@@ -231,10 +240,10 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 19 RPCs × 4 credentials refused everywhere, 13 operator RPCs for the agent and 3 agent
+    // 21 RPCs × 4 credentials refused everywhere, 15 operator RPCs for the agent and 3 agent
     // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
     // before an upload; each renews its own certificate).
-    assert_eq!(rows, 19 * 4 + 13 + 3);
+    assert_eq!(rows, 21 * 4 + 15 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");
