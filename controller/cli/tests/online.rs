@@ -356,10 +356,6 @@ async fn plan_and_apply_send_a_provided_keystore_with_the_request() {
 /// the text would have); `agents -o json` is one document like the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_json_output_is_one_document_errors_included() {
-/// `packs` lists the store with what uses each artifact; `packs prune` asks first (and refuses
-/// without a terminal unless --yes), refuses a pack the history needs, and removes the rest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packs_lists_the_store_and_prune_asks_first_and_keeps_what_the_history_needs() {
     let c = Controller::start().await;
     let (_agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -493,6 +489,16 @@ async fn a_wrong_ca_file_is_reported_as_a_tls_failure_naming_the_file() {
         err.contains("op.pem") && err.contains("op-key.pem"),
         "{err}"
     );
+}
+
+/// `packs` lists the store with what uses each artifact; `packs prune` asks first (and refuses
+/// without a terminal unless --yes), refuses a pack the history needs, and removes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_lists_the_store_and_prune_asks_first_and_keeps_what_the_history_needs() {
+    let c = Controller::start().await;
+    let (_agents, _log) = start_agents(&c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pack = write_dist(dir.path());
     let sha = apim_plan::digest(&pack);
     std::fs::write(
         dir.path().join("plan.toml"),
@@ -537,9 +543,9 @@ async fn a_wrong_ca_file_is_reported_as_a_tls_failure_naming_the_file() {
 
     // No terminal and no --yes: nothing is removed.
     let (code, out, err) = apimctl(&c, dir.path(), &["packs", "prune"]).await;
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(
-        err.contains("not confirmed") && err.contains("--yes"),
+        err.contains("needs confirmation") && err.contains("--yes"),
         "{err}"
     );
     let stored = |s: &str| c.state.artifacts().path_for(s).expect("path").exists();

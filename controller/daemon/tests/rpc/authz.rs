@@ -134,6 +134,8 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             .map(drop),
         Rpc::Diff => OperatorServiceClient::new(ch)
             .diff(apim_proto::v1::DiffRequest::default())
+            .await
+            .map(drop),
         Rpc::ListArtifacts => OperatorServiceClient::new(ch)
             .list_artifacts(apim_proto::v1::ListArtifactsRequest::default())
             .await
