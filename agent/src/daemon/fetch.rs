@@ -20,8 +20,12 @@
 //! verified; a pack from an earlier boot (it may have been torn by a crash) is hashed again
 //! before use and fetched again when it no longer matches. Where the kernel gives no boot id,
 //! downloads are synced as they end, as before.
+//!
+//! **Pruning.** The machine pins the artifacts of the spec it holds; [`Fetcher::prune`] removes
+//! every cached pack (and partial download) neither pinned nor named by the caller (the node
+//! records' current and previous packs), skipping one being fetched.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -47,6 +51,8 @@ pub struct Fetcher {
     attempts: u32,
     retry_pause: Duration,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The held spec's artifacts: never pruned.
+    pinned: Mutex<BTreeSet<String>>,
 }
 
 /// Fails the arriving pack (waking its readers) unless the download completed.
@@ -70,7 +76,79 @@ impl Fetcher {
             attempts: attempts.max(1),
             retry_pause: Duration::from_millis(200),
             locks: Mutex::new(HashMap::new()),
+            pinned: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Pins `digests` (the artifacts of the spec the machine holds) in place of the ones pinned
+    /// before: [`Fetcher::prune`] never removes them.
+    pub fn pin(&self, digests: impl IntoIterator<Item = String>) {
+        let set = digests
+            .into_iter()
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect();
+        *self.pinned.lock().unwrap_or_else(|p| p.into_inner()) = set;
+    }
+
+    /// Holds `sha256`'s download lock as a fetch does (tests of [`Fetcher::prune`]).
+    #[cfg(test)]
+    pub(crate) async fn hold_for_test(&self, sha256: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(m.entry(sha256.to_owned()).or_default())
+        };
+        lock.lock_owned().await
+    }
+
+    /// Removes every cached pack, boot stamp and partial download whose digest is neither in
+    /// `keep` nor pinned, except one being fetched now; returns the digests removed.
+    pub fn prune(&self, keep: &BTreeSet<String>) -> Vec<String> {
+        let pinned = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.cache_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let Some((sha, ext)) = name.to_str().and_then(|n| n.split_once('.')) else {
+                continue;
+            };
+            let ours = sha.len() == 64
+                && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                && matches!(ext, "zip" | "boot" | "partial");
+            if ours && !keep.contains(sha) && !pinned.contains(sha) {
+                files.entry(sha.to_owned()).or_default().push(entry.path());
+            }
+        }
+        let mut removed = Vec::new();
+        for (sha, paths) in files {
+            // A download or unpack in progress holds this lock: leave its files alone.
+            let lock = locks.get(&sha).cloned();
+            let _busy = match &lock {
+                Some(l) => match l.try_lock() {
+                    Ok(g) => Some(g),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            let mut all = true;
+            for p in &paths {
+                if let Err(e) = remove_if_exists(p) {
+                    tracing::warn!(error = %e, "cannot prune the pack cache");
+                    all = false;
+                }
+            }
+            if all {
+                removed.push(sha);
+            }
+        }
+        removed
     }
 
     /// The cached, verified pack for `sha256`.

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::daemon::converge::{
-    ExecContext, MachineMemory, NodeExecutor, NodeTarget, validate_node_name,
+    ExecContext, MachineMemory, NodeExecutor, NodeTarget, prune_pack_cache, validate_node_name,
 };
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
 use crate::daemon::supervise;
@@ -166,6 +166,19 @@ impl Machine {
                 drop(h.task);
             }
         }
+        // The spec's packs and jars stay cached; what neither it nor a node record needs goes.
+        self.ctx.fetcher.pin(spec.nodes.iter().flat_map(|n| {
+            n.pack
+                .iter()
+                .map(|p| p.sha256.clone())
+                .chain(
+                    n.libs
+                        .iter()
+                        .filter_map(|l| Some(l.artifact.as_ref()?.sha256.clone())),
+                )
+                .collect::<Vec<_>>()
+        }));
+        prune_pack_cache(&self.ctx);
         let machine_memory = MachineMemory::of(spec);
         for (name, node) in wanted {
             let target = Arc::new(NodeTarget {

@@ -415,11 +415,8 @@ const DRIFT_CHECK_WAIT: Duration = Duration::from_secs(20);
 fn command(_shared: &Shared, c: &Command) -> CommandResult {
     let (ok, message) = match &c.action {
         Some(Action::ReportNow(_)) => (true, "report sent".to_owned()),
-        // Handled by `check_drift`.
+        // Answered by `check_drift`.
         Some(Action::CheckDrift(_)) => (true, "drift check started".to_owned()),
-        Some(Action::StopNode(n)) => (false, unsupported("StopNode", &n.node)),
-        Some(Action::StartNode(n)) => (false, unsupported("StartNode", &n.node)),
-        Some(Action::RestartNode(n)) => (false, unsupported("RestartNode", &n.node)),
         None => (false, "empty command".to_owned()),
     };
     CommandResult {
@@ -427,11 +424,4 @@ fn command(_shared: &Shared, c: &Command) -> CommandResult {
         ok,
         message,
     }
-}
-
-fn unsupported(what: &str, node: &str) -> String {
-    format!(
-        "{what} {node}: imperative node commands are not supported by this agent; \
-         push a spec with the node's `desired` state instead"
-    )
 }

@@ -216,16 +216,22 @@ impl Rig {
 }
 
 impl Drop for Rig {
-    /// Never leave a simulated server behind, also when a test fails.
+    /// Never leave a simulated server behind, also when a test fails (every tree of every
+    /// node: an upgrade test installs several).
     fn drop(&mut self) {
         let base = self.root().join("opt/wso2");
-        for ent in std::fs::read_dir(&base).into_iter().flatten().flatten() {
-            let pid_file = ent.path().join(&self.pack.top_dir).join("wso2carbon.pid");
-            if let Some(pid) = std::fs::read_to_string(pid_file)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
+        for node in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            for tree in std::fs::read_dir(node.path())
+                .into_iter()
+                .flatten()
+                .flatten()
             {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                if let Some(pid) = std::fs::read_to_string(tree.path().join("wso2carbon.pid"))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok())
+                {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
             }
         }
     }

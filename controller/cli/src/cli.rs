@@ -1,26 +1,49 @@
 //! The command line: [`Cli`] with every subcommand, [`run`] handing each to its module in
 //! [`crate::commands`], and the one mapping from how a command ended to its exit code and
-//! message.
+//! message (text on stderr, or the JSON error document on stdout with `-o json`).
 //!
-//! Exit codes: 0 success, 1 errors in the plan or the command (or a rollout that did not
-//! succeed, or drift `check` found); `plan` exits 2 when something would change.
+//! Exit codes ([`exit`]): 0 success; 1 failed (errors in the plan or the command, a rollout
+//! that did not succeed, drift that `check` found); 2 usage errors, and `plan` when something would change; 3 the
+//! controller could not be reached. Every command's `--help` ends with its examples and exit
+//! codes ([`crate::help`]).
 
 use std::io::Write;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, Parser, Subcommand};
 
 use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, check, controller, history, plan, render, renew_cert, revoke, rollout, status,
-    token, validate,
+    agents, apply, check, completions, controller, history, man, nodes, packs, plan, render,
+    renew_cert, revoke, rollout, status, token, validate,
 };
 use crate::error::CliError;
+use crate::output::Format;
+use crate::{
+    exit_codes_check, exit_codes_controller, exit_codes_daemon, exit_codes_offline,
+    exit_codes_plan, exit_codes_rollout, help,
+};
+use apim_proto::v1::NodeOperation;
+
+/// The exit codes, the same for every command (each `--help` says which apply to it).
+pub mod exit {
+    /// Success (for `plan`: nothing would change).
+    pub const SUCCESS: i32 = 0;
+    /// What was asked did not happen: errors in the plan or the command, a refusal, a rollout
+    /// that did not succeed.
+    pub const FAILED: i32 = 1;
+    /// A usage error (clap's, or a destructive command with no terminal and no `--yes`).
+    pub const USAGE: i32 = 2;
+    /// `plan`: something would change (the same number as [`USAGE`], as documented).
+    pub const CHANGES: i32 = 2;
+    /// The controller could not be reached (nothing listens, no answer, TLS failed).
+    pub const UNREACHABLE: i32 = 3;
+}
 
 /// apimctl provisions distributed WSO2 API Manager deployments from one plan file.
 #[derive(Debug, Parser)]
-#[command(name = "apimctl", version, about, long_about = None)]
+#[command(name = "apimctl", version, about, long_about = None, after_long_help = crate::help::TOP)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -34,36 +57,149 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check a plan offline and report every problem with file:line:col.
+    #[command(after_long_help = help!(
+        ["apimctl validate plan.toml", "apimctl validate examples/plan.toml --skip-pack-check"],
+        exit_codes_offline!()
+    ))]
     Validate(validate::Args),
     /// Show what each node will get: deployment.toml, hosts block, commands, start order.
+    #[command(after_long_help = help!(
+        ["apimctl render plan.toml --node gw-1", "apimctl render plan.toml --out rendered/"],
+        exit_codes_offline!()
+    ))]
     Render(render::Args),
     /// Validate, upload missing packs, store the plan and roll it out; follow until done.
+    #[command(after_long_help = help!(
+        [
+            "apimctl apply plan.toml",
+            "apimctl apply plan.toml --plan-revision 5f2c9a1e   # as `apimctl plan` printed it",
+            "apimctl apply plan.toml --no-wait -o json"
+        ],
+        exit_codes_rollout!()
+    ))]
     Apply(apply::Args),
     /// Show what applying the plan would change; exit 0 nothing, 2 changes, 1 error.
+    #[command(after_long_help = help!(
+        ["apimctl plan plan.toml", "apimctl plan plan.toml -o json | jq .changes"],
+        exit_codes_plan!()
+    ))]
     Plan(plan::Args),
-    /// Every machine and node: phase, step, generation, elapsed, last error.
+    /// Every machine and node: phase, generation, restarts, pid, time in phase, last error.
+    #[command(after_long_help = help!(
+        [
+            "apimctl status",
+            "apimctl status --watch",
+            "apimctl status --watch | grep -m1 failed",
+            "apimctl status -o json | jq '.machines[].nodes[] | {node, phase, pid}'"
+        ],
+        exit_codes_controller!()
+    ))]
     Status(status::Args),
-    /// Every enrolled agent.
+    /// Every enrolled agent: connected or not, last seen, certificate expiry, revoked.
+    #[command(after_long_help = help!(
+        ["apimctl agents", "apimctl agents -o json | jq '.agents[] | select(.connected | not)'"],
+        exit_codes_controller!()
+    ))]
     Agents(agents::Args),
     /// Join tokens.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = help!(
+        ["apimctl token create --machine vm-gw-1 --ttl 30m"],
+        exit_codes_controller!()
+    ))]
     Token(token::Command),
-    /// Revoke a machine's certificate and close its stream.
+    /// Revoke a machine's certificate and close its stream (asks for confirmation).
+    #[command(after_long_help = help!(
+        ["apimctl revoke vm-gw-1", "apimctl revoke vm-gw-1 --yes   # in a script"],
+        exit_codes_controller!()
+    ))]
     Revoke(revoke::Args),
     /// The rollout in flight.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = help!(
+        ["apimctl rollout abort", "apimctl rollout abort --id rollout-7"],
+        exit_codes_controller!()
+    ))]
     Rollout(rollout::Command),
     /// The stored plan generations: who, when, what changed, how the rollout ended.
+    #[command(after_long_help = help!(
+        ["apimctl history", "apimctl history -n 5 -o json"],
+        exit_codes_controller!()
+    ))]
     History(history::HistoryArgs),
     /// Roll out an earlier generation again, as a new one (tiers, health gating, HA).
+    #[command(after_long_help = help!(
+        ["apimctl rollback", "apimctl rollback --to 3"],
+        exit_codes_rollout!()
+    ))]
     Rollback(history::RollbackArgs),
-    /// Have every agent check its nodes for drift now; exit 0 none, 1 drift (or not checked).
+    /// What changed between two stored generations (plan text and each node's configuration).
+    #[command(after_long_help = help!(
+        ["apimctl diff 3 5", "apimctl diff 3   # against the latest", "apimctl diff 3 5 -o json"],
+        exit_codes_controller!()
+    ))]
+    Diff(history::DiffArgs),
+    /// Restart nodes (by name, --role or --machine): HA peers one at a time, gated on health.
+    #[command(after_long_help = help!(
+        [
+            "apimctl restart gw-1",
+            "apimctl restart --role gateway",
+            "apimctl restart --machine vm-1 --no-wait"
+        ],
+        exit_codes_rollout!()
+    ))]
+    Restart(nodes::Args),
+    /// Stop nodes (by name, --role or --machine); they stay stopped until started.
+    #[command(after_long_help = help!(
+        ["apimctl stop gw-2", "apimctl stop --role devportal --yes   # in a script"],
+        exit_codes_rollout!()
+    ))]
+    Stop(nodes::Args),
+    /// Start stopped nodes (by name, --role or --machine), tier by tier, gated on health.
+    #[command(after_long_help = help!(
+        ["apimctl start gw-2", "apimctl start --role devportal"],
+        exit_codes_rollout!()
+    ))]
+    Start(nodes::Args),
+    /// Have every agent check its nodes for drift now; print the drifted files and keys.
+    #[command(after_long_help = help!(
+        ["apimctl check", "apimctl check --node gw-1", "apimctl check -o json | jq .drifted"],
+        exit_codes_check!()
+    ))]
     Check(check::Args),
     /// Renew your operator certificate with the current one (before it expires).
+    #[command(after_long_help = help!(["apimctl renew-cert"], exit_codes_controller!()))]
     RenewCert(renew_cert::Args),
+    /// The controller's stored packs and driver jars, and `packs prune` for those no retained
+    /// generation needs.
+    #[command(after_long_help = help!(
+        ["apimctl packs", "apimctl packs -o json", "apimctl packs prune --dry-run", "apimctl packs prune --yes"],
+        exit_codes_controller!()
+    ))]
+    Packs(packs::Args),
     /// The controller daemon and its host-side tools.
-    #[command(subcommand)]
+    #[command(subcommand, after_long_help = help!(
+        [
+            "apimctl controller run --config /etc/apimctl/controller.toml",
+            "apimctl controller operator-cert --name alice --out ~/.config/apimctl/"
+        ],
+        exit_codes_daemon!()
+    ))]
     Controller(controller::Command),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_long_help = help!(
+        [
+            "apimctl completions bash > /etc/bash_completion.d/apimctl",
+            "apimctl completions zsh > \"${fpath[1]}/_apimctl\"",
+            "apimctl completions fish > ~/.config/fish/completions/apimctl.fish"
+        ],
+        exit_codes_offline!()
+    ))]
+    Completions(completions::Args),
+    /// Print the man page (roff), or write one page per command into a directory.
+    #[command(after_long_help = help!(
+        ["apimctl man | man -l -", "apimctl man --out /usr/local/share/man/man1"],
+        exit_codes_offline!()
+    ))]
+    Man(man::Args),
 }
 
 /// How a command that ran to its end exits.
@@ -77,10 +213,35 @@ pub enum Exit {
     Changes,
 }
 
-/// Runs the CLI; returns the process exit code.
-pub fn run(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
+/// The output format the command line asks for: `Json` when the command it names has an
+/// `-o/--output` set to `json`. Read from the parsed arguments (any command whose `output`
+/// argument is a [`Format`] counts), so an error can be reported as JSON too.
+pub fn output_format(matches: &ArgMatches) -> Format {
+    let mut m = matches;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    match m.try_get_one::<Format>("output") {
+        Ok(Some(f)) => *f,
+        _ => Format::Text,
+    }
+}
+
+/// Parses the process's arguments (exiting on usage errors, `--help` and `--version` as clap
+/// does, exit code 2 for usage errors) and runs the command; returns the exit code.
+pub fn main() -> i32 {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let format = output_format(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    run(cli, format, &mut std::io::stdout(), &mut std::io::stderr())
+}
+
+/// Runs the CLI; returns the process exit code. `format` is how errors are reported (see
+/// [`output_format`]).
+pub fn run(cli: Cli, format: Format, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
     let result = dispatch(cli, stdout, &mut *stderr);
-    exit_code(result, stderr)
+    exit_code(result, format, stdout, stderr)
 }
 
 /// Runs the command's module.
@@ -91,6 +252,8 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         Command::Validate(args) => validate::run(args, env, stdout, stderr),
         Command::Render(args) => render::run(args, env, stdout, stderr),
         Command::Controller(command) => controller::run(command, stdout),
+        Command::Completions(args) => completions::run(args, stdout),
+        Command::Man(args) => man::run(args, stdout),
         Command::Apply(args) => {
             on_controller(connection, |s| apply::run(args, s, env, stdout, stderr))
         }
@@ -105,11 +268,22 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         Command::Rollback(args) => {
             on_controller(connection, |s| history::rollback(args, s, stdout))
         }
+        Command::Diff(args) => on_controller(connection, |s| history::diff(args, s, stdout)),
+        Command::Restart(args) => on_controller(connection, |s| {
+            nodes::run(NodeOperation::Restart, args, s, stdout)
+        }),
+        Command::Stop(args) => on_controller(connection, |s| {
+            nodes::run(NodeOperation::Stop, args, s, stdout)
+        }),
+        Command::Start(args) => on_controller(connection, |s| {
+            nodes::run(NodeOperation::Start, args, s, stdout)
+        }),
         Command::Rollout(command) => {
             on_controller(connection, |s| rollout::run(command, s, stdout))
         }
-        Command::Check(args) => on_controller(connection, |s| check::run(args, s, stdout)),
         Command::RenewCert(args) => on_controller(connection, |s| renew_cert::run(args, s, stdout)),
+        Command::Packs(args) => on_controller(connection, |s| packs::run(args, s, stdout)),
+        Command::Check(args) => on_controller(connection, |s| check::run(args, s, stdout)),
     }
 }
 
@@ -121,7 +295,10 @@ where
     Fut: Future<Output = Result<Exit, CliError>>,
 {
     let settings = connection.with_file()?;
-    runtime()?.block_on(command(settings))
+    let files = crate::reach::Files::of(&settings);
+    runtime()?
+        .block_on(command(settings))
+        .map_err(|e| e.with_files(files))
 }
 
 /// The async runtime the controller commands and the daemon run on.
@@ -134,19 +311,25 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// The one mapping from how a command ended to the exit code, and the one place an error is
-/// printed: diagnostics as they are, any other error as `error: MESSAGE`.
-fn exit_code(result: Result<Exit, CliError>, stderr: &mut dyn Write) -> i32 {
+/// printed: as text on stderr (diagnostics as they are, any other error as `error: MESSAGE`
+/// and its hints), or with `-o json` as the command's one JSON document on stdout.
+fn exit_code(
+    result: Result<Exit, CliError>,
+    format: Format,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
     match result {
-        Ok(Exit::Success) => 0,
-        Ok(Exit::Failed) => 1,
-        Ok(Exit::Changes) => 2,
+        Ok(Exit::Success) => exit::SUCCESS,
+        Ok(Exit::Failed) => exit::FAILED,
+        Ok(Exit::Changes) => exit::CHANGES,
         Err(e) => {
-            let _ = if e.is_diagnostics() {
-                writeln!(stderr, "{e}")
-            } else {
-                writeln!(stderr, "error: {e}")
+            let report = e.report();
+            let _ = match format {
+                Format::Json => writeln!(stdout, "{}", report.json()),
+                Format::Text => write!(stderr, "{}", report.text()),
             };
-            1
+            report.exit
         }
     }
 }
@@ -157,8 +340,9 @@ mod tests {
     use clap::CommandFactory;
 
     fn printed(result: Result<Exit, CliError>) -> (i32, String) {
-        let mut stderr = Vec::new();
-        let code = exit_code(result, &mut stderr);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let code = exit_code(result, Format::Text, &mut stdout, &mut stderr);
+        assert!(stdout.is_empty(), "text errors go to stderr");
         (code, String::from_utf8(stderr).expect("utf-8"))
     }
 

@@ -57,6 +57,19 @@ pub enum ClientError {
         /// What failed, with its causes.
         source: tls::TlsError,
     },
+    /// The controller could not be reached: nothing listens, no answer, or the TLS handshake
+    /// failed (see [`crate::reach`] for what is found out and said).
+    #[error("{}", .0.message())]
+    Unreachable(Box<crate::reach::Unreachable>),
+    /// The controller refused the operator certificate on a call (unknown CA, expired,
+    /// revoked, not an operator's).
+    #[error("{}", status.message())]
+    Rejected {
+        /// The status.
+        status: tonic::Status,
+        /// The files the connection used.
+        files: crate::reach::Files,
+    },
     /// A call failed.
     #[error("{}", status.message())]
     Rpc {
@@ -76,16 +89,21 @@ impl From<tonic::Status> for ClientError {
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// The controller's address, host:port.
-    #[arg(long, env = "APIMCTL_CONTROLLER", global = true)]
+    #[arg(
+        long,
+        env = "APIMCTL_CONTROLLER",
+        global = true,
+        hide_env_values = true
+    )]
     pub controller: Option<String>,
     /// The controller's CA certificate (PEM).
-    #[arg(long, env = "APIMCTL_CA", global = true)]
+    #[arg(long, env = "APIMCTL_CA", global = true, hide_env_values = true)]
     pub ca: Option<PathBuf>,
     /// The operator certificate (PEM).
-    #[arg(long, env = "APIMCTL_CERT", global = true)]
+    #[arg(long, env = "APIMCTL_CERT", global = true, hide_env_values = true)]
     pub cert: Option<PathBuf>,
     /// The operator key (PEM).
-    #[arg(long, env = "APIMCTL_KEY", global = true)]
+    #[arg(long, env = "APIMCTL_KEY", global = true, hide_env_values = true)]
     pub key: Option<PathBuf>,
 }
 
@@ -181,9 +199,15 @@ impl Settings {
         };
         let config = tls::client_config(&read(ca)?, Some((chain, key))).map_err(tls_err)?;
         let endpoint = tls::ControllerEndpoint::parse(&address).map_err(tls_err)?;
-        tls::connect(&endpoint, Arc::new(config), Duration::from_secs(10))
-            .await
-            .map_err(tls_err)
+        match tls::connect(&endpoint, Arc::new(config), Duration::from_secs(10)).await {
+            Ok(channel) => Ok(channel),
+            Err(tls::TlsError::Connect { reason, .. }) => {
+                let files = crate::reach::Files::of(self);
+                let found = crate::reach::Unreachable::diagnose(&address, &reason, files).await;
+                Err(ClientError::Unreachable(Box::new(found)))
+            }
+            Err(e) => Err(tls_err(e)),
+        }
     }
 }
 

@@ -2,22 +2,26 @@
 //!
 //! - [`cli`]: the command line, the dispatch, exit codes and the printing of errors;
 //! - [`commands`]: one module per command, with its arguments;
+//! - [`help`]: the examples and exit codes at the end of every command's `--help`;
 //! - [`prepare`]: loading a plan, and the step `apply` and `plan` share before they call;
-//! - [`output`]: how the output looks (lines, render text, live bars, JSON);
+//! - [`output`]: how the output looks (tables, lines, render text, live bars, JSON);
 //! - [`client`]: the connection to the controller (settings, mTLS channel, pack upload);
-//! - [`error`]: [`error::CliError`], every way a command fails.
+//! - [`reach`]: why the controller could not be reached, said so an operator can act;
+//! - [`prompt`]: confirmation for destructive commands;
+//! - [`error`]: [`error::CliError`], every way a command fails, and how it is reported.
 
 mod cli;
 mod client;
 mod commands;
 mod error;
+mod help;
 mod output;
 mod prepare;
-
-use clap::Parser;
+mod prompt;
+mod reach;
+#[cfg(test)]
+mod snapshot_tests;
 
 fn main() {
-    let cli = cli::Cli::parse();
-    let code = cli::run(cli, &mut std::io::stdout(), &mut std::io::stderr());
-    std::process::exit(code);
+    std::process::exit(cli::main());
 }

@@ -445,3 +445,197 @@ fn validate_and_render_check_a_provided_keystore_where_it_is() {
             at("\"certs/trust.jks\"")
         )));
 }
+
+/// An operator certificate, key and CA written by `apimctl controller operator-cert` into
+/// `dir/op`; the three paths.
+fn operator_files(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    apimctl()
+        .args(["controller", "operator-cert", "--name", "t", "--out"])
+        .arg(dir.join("op"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .assert()
+        .code(0);
+    ["ca.pem", "operator.pem", "operator-key.pem"].map(|f| dir.join("op").join(f))
+}
+
+/// A controller address where nothing listens (a port just released).
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn an_unreachable_controller_exits_3_with_the_address_what_listens_and_the_files() {
+    let d = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = operator_files(d.path());
+    let addr = closed_port();
+    let run = |extra: &[&str]| {
+        apimctl()
+            .arg("status")
+            .args(extra)
+            .env("APIMCTL_CONTROLLER", &addr)
+            .env("APIMCTL_CA", &ca)
+            .env("APIMCTL_CERT", &cert)
+            .env("APIMCTL_KEY", &key)
+            .env("APIMCTL_CONFIG", d.path().join("none.toml"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!("error: cannot reach the controller at {addr}: ")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "hint: nothing listens on {addr} (TCP connection refused)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "hint: files used: CA {}, certificate {}, key {}",
+            ca.display(),
+            cert.display(),
+            key.display()
+        )),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // -o json: the error is the one document on stdout, with the same exit code.
+    let out = run(&["-o", "json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let e = &doc["error"];
+    assert_eq!(e["code"], "unreachable", "{doc}");
+    assert_eq!(e["exit_code"], 3, "{doc}");
+    assert_eq!(e["controller"]["address"], addr.as_str(), "{doc}");
+    assert_eq!(e["controller"]["listening"], false, "{doc}");
+    assert_eq!(e["controller"]["cert"], cert.to_str().unwrap(), "{doc}");
+    assert!(
+        e["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("nothing listens")),
+        "{doc}"
+    );
+}
+
+#[test]
+fn json_errors_of_local_failures_are_json_too() {
+    let d = tempfile::tempdir().unwrap();
+    let out = apimctl()
+        .args(["plan", "missing.toml", "-o", "json"])
+        .current_dir(d.path())
+        .env("APIMCTL_CONFIG", d.path().join("none.toml"))
+        .env_remove("APIMCTL_CONTROLLER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["error"]["exit_code"], 1, "{doc}");
+    assert!(doc["error"]["code"].is_string(), "{doc}");
+}
+
+#[test]
+fn every_command_shows_examples_and_exit_codes_in_its_help() {
+    for cmd in [
+        &["status"][..],
+        &["token", "create"],
+        &["plan"],
+        &["revoke"],
+    ] {
+        let out = apimctl().args(cmd).arg("--help").output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("\nExamples:\n  apimctl "), "{cmd:?}: {text}");
+        assert!(text.contains("\nExit codes:\n  0  "), "{cmd:?}: {text}");
+    }
+    let plan = apimctl().args(["plan", "--help"]).output().unwrap();
+    let plan = String::from_utf8(plan.stdout).unwrap();
+    assert!(plan.contains("  2  something would change"), "{plan}");
+}
+
+#[test]
+fn shell_completions_know_every_command() {
+    let bash = apimctl().args(["completions", "bash"]).output().unwrap();
+    assert_eq!(bash.status.code(), Some(0));
+    let bash = String::from_utf8(bash.stdout).unwrap();
+    assert!(bash.contains("complete -F _apimctl"), "{bash}");
+    for sub in [
+        "validate",
+        "render",
+        "apply",
+        "plan",
+        "status",
+        "agents",
+        "token",
+        "revoke",
+        "rollout",
+        "history",
+        "rollback",
+        "renew-cert",
+        "controller",
+        "completions",
+        "man",
+    ] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    assert!(
+        bash.contains("--watch") && bash.contains("--yes"),
+        "flags too"
+    );
+    let zsh = apimctl().args(["completions", "zsh"]).output().unwrap();
+    assert!(
+        String::from_utf8(zsh.stdout)
+            .unwrap()
+            .starts_with("#compdef apimctl")
+    );
+    let fish = apimctl().args(["completions", "fish"]).output().unwrap();
+    assert!(
+        String::from_utf8(fish.stdout)
+            .unwrap()
+            .contains("complete -c apimctl")
+    );
+    apimctl()
+        .args(["completions", "tcsh"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("invalid value 'tcsh'"));
+}
+
+#[test]
+fn the_man_page_comes_from_the_command_line() {
+    let out = apimctl().arg("man").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH APIMCTL 1"), "{page}");
+    assert!(
+        page.contains(".SH NAME") && page.contains(".SH SYNOPSIS"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Exit codes"),
+        "the help's end is in the page too"
+    );
+    for sub in ["apply", "status", "revoke", "completions"] {
+        assert!(page.contains(sub), "{sub}");
+    }
+
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("man1");
+    apimctl().args(["man", "--out"]).arg(&dir).assert().code(0);
+    let status = std::fs::read_to_string(dir.join("apimctl-status.1")).unwrap();
+    assert!(status.contains(".TH APIMCTL-STATUS 1"), "{status}");
+    assert!(status.contains("\\-\\-watch"), "{status}");
+    assert!(dir.join("apimctl.1").exists());
+    assert!(dir.join("apimctl-token-create.1").exists());
+}

@@ -75,6 +75,13 @@ fn write_dist(dir: &std::path::Path) -> Vec<u8> {
     pack
 }
 
+/// Whether `text` holds an RFC 3339 time (`2026-01-05T…`).
+fn has_rfc3339(text: &str) -> bool {
+    text.as_bytes().windows(11).any(|w| {
+        w[..4].iter().all(u8::is_ascii_digit) && w[4] == b'-' && w[7] == b'-' && w[10] == b'T'
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_plan_exit_codes_apply_and_status_lines() {
     let c = Controller::start().await;
@@ -116,24 +123,56 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
 
     let (code, out, _) = apimctl(&c, dir.path(), &["status"]).await;
     assert_eq!(code, 0);
-    let node_lines: Vec<&str> = out.lines().filter(|l| l.contains(" healthy ")).collect();
-    assert_eq!(node_lines.len(), 5, "{out}");
+    let mut lines = out.lines();
     assert!(
-        node_lines
-            .iter()
-            .all(|l| l.starts_with("vm-") && l.contains(" gen 1 ")),
-        "every node is on plan generation 1: {out}"
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("generation 1: ")),
+        "{out}"
     );
+    let header: Vec<&str> = lines
+        .next()
+        .expect("table header")
+        .split("  ")
+        .filter(|c| !c.is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "MACHINE",
+            "NODE",
+            "PHASE",
+            "GEN",
+            "RESTARTS",
+            "PID",
+            "IN PHASE",
+            "STEP / ERROR"
+        ],
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 5, "{out}");
+    for r in &rows {
+        assert!(r[0].starts_with("vm-"), "{out}");
+        assert_eq!(r[2], "healthy", "{out}");
+        assert_eq!(r[3], "1", "every node is on plan generation 1: {out}");
+        assert!(r[4].parse::<u32>().is_ok(), "restarts: {out}");
+    }
+    assert!(!has_rfc3339(&out), "human times in the table: {out}");
 
     // History: the one generation, its outcome and what it changed.
     let (code, out, err) = apimctl(&c, dir.path(), &["history"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let rows: Vec<&str> = out.lines().collect();
-    assert_eq!(rows.len(), 1, "{out}");
-    assert!(rows[0].trim_start().starts_with("1  "), "{out}");
+    assert_eq!(rows.len(), 2, "a header and one generation: {out}");
+    assert!(rows[0].starts_with("GEN  APPLIED "), "{out}");
+    assert!(rows[1].starts_with("1  "), "{out}");
     assert!(
-        rows[0].contains("succeeded") && rows[0].contains("changed "),
-        "{out}"
+        rows[1].contains("succeeded")
+            && (rows[1].contains(" ago ") || rows[1].contains(" just now "))
+            && !has_rfc3339(&out),
+        "a human time: {out}"
     );
     let (code, out, _) = apimctl(&c, dir.path(), &["history", "-o", "json"]).await;
     assert_eq!(code, 0);
@@ -170,7 +209,14 @@ async fn status_watch_ends_once_its_reader_is_gone() {
     std::io::BufReader::new(watch.stdout.take().expect("stdout"))
         .read_line(&mut first)
         .expect("read");
-    assert!(first.starts_with("generation "), "{first}");
+    // Piped: every line starts with the time of the change, and no escape sequence.
+    let (stamp, line) = first.split_once(' ').expect("a stamp");
+    assert!(
+        stamp.len() == 20 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{first}"
+    );
+    assert!(line.starts_with("generation "), "{first}");
+    assert!(!first.contains('\u{1b}'), "{first:?}");
 
     // The cluster changes; the watcher has nowhere to write it and ends.
     let sha = c.store_pack(&pack());
@@ -306,6 +352,225 @@ async fn plan_and_apply_send_a_provided_keystore_with_the_request() {
     }
 }
 
+/// `-o json`: one JSON document per command, errors included (on stdout, with the exit code
+/// the text would have); `agents -o json` is one document like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_json_output_is_one_document_errors_included() {
+    let c = Controller::start().await;
+    let (_agents, _log) = start_agents(&c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pack = write_dist(dir.path());
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        plan_v3(&apim_plan::digest(&pack), "", "halt", "30s"),
+    )
+    .expect("plan");
+    let one_document = |out: &str| -> serde_json::Value {
+        let mut docs = serde_json::Deserializer::from_str(out).into_iter::<serde_json::Value>();
+        let doc = docs.next().expect("a document").expect("valid JSON");
+        assert!(docs.next().is_none(), "exactly one document: {out}");
+        doc
+    };
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let status = one_document(&out);
+    for m in status["machines"].as_array().expect("machines") {
+        for n in m["nodes"].as_array().expect("nodes") {
+            assert!(n["restarts"].is_u64() && n.get("pid").is_some(), "{n}");
+        }
+    }
+    let (code, out, _) = apimctl(
+        &c,
+        dir.path(),
+        &["apply", "plan.toml", "--no-wait", "-o", "json"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(one_document(&out)["state"], "unchanged");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["agents", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let agents = one_document(&out);
+    let connected: Vec<&str> = agents["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter(|a| a["connected"] == true)
+        .filter_map(|a| a["machine"].as_str())
+        .collect();
+    assert_eq!(connected.len(), V3_MACHINES.len(), "{out}");
+    let (code, out, _) = apimctl(&c, dir.path(), &["agents"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("MACHINE "), "{out}");
+    assert!(!has_rfc3339(&out), "human times: {out}");
+
+    // An error: the JSON document on stdout, nothing else; the same exit code as in text.
+    let (code, out, err) = apimctl(&c, dir.path(), &["rollout", "abort", "-o", "json"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    let e = one_document(&out);
+    assert_eq!(e["error"]["exit_code"], 1, "{e}");
+    assert!(e["error"]["code"].is_string(), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no rollout is in flight")),
+        "{e}"
+    );
+    assert!(err.is_empty(), "{err}");
+    let (code, _, err) = apimctl(&c, dir.path(), &["rollout", "abort"]).await;
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: "), "{err}");
+}
+
+/// `revoke` asks first: without a terminal and without `--yes` it refuses (exit 2) and
+/// revokes nothing; with `--yes` it revokes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_refuses_without_a_terminal_unless_yes() {
+    let c = Controller::start().await;
+    let (_agents, _log) = start_agents(&c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out, err) = apimctl(&c, dir.path(), &["revoke", "vm-km-1"]).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("needs confirmation") && err.contains("--yes"),
+        "{err}"
+    );
+    let (_, out, _) = apimctl(&c, dir.path(), &["agents", "-o", "json"]).await;
+    let agents: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        agents["agents"]
+            .as_array()
+            .expect("agents")
+            .iter()
+            .all(|a| a["revoked"] == false),
+        "nothing revoked: {out}"
+    );
+    let (code, out, err) = apimctl(&c, dir.path(), &["revoke", "vm-km-1", "--yes"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("revoked vm-km-1"), "{out}");
+}
+
+/// A controller whose certificate is not from the CA file given: exit 3, the TLS failure
+/// named as such, with what listens there and the files used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_file_is_reported_as_a_tls_failure_naming_the_file() {
+    let c = Controller::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = apim_certs::ControlPlaneCa::load_or_create(&dir.path().join("other-ca"))
+        .expect("another CA");
+    std::fs::write(dir.path().join("other-ca.pem"), other.cert_pem()).expect("ca");
+    let mut cmd = apimctl_command(&c, dir.path(), &["status"]);
+    cmd.env("APIMCTL_CA", dir.path().join("other-ca.pem"));
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: the TLS handshake with the controller at {} failed",
+            c.addr
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("something listens on {}", c.addr)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "does not verify against the CA file {}",
+            dir.path().join("other-ca.pem").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("op.pem") && err.contains("op-key.pem"),
+        "{err}"
+    );
+}
+
+/// `packs` lists the store with what uses each artifact; `packs prune` asks first (and refuses
+/// without a terminal unless --yes), refuses a pack the history needs, and removes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_lists_the_store_and_prune_asks_first_and_keeps_what_the_history_needs() {
+    let c = Controller::start().await;
+    let (_agents, _log) = start_agents(&c);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pack = write_dist(dir.path());
+    let sha = apim_plan::digest(&pack);
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        plan_v3(&sha, "", "halt", "30s"),
+    )
+    .expect("plan");
+    let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let orphan = c.store_pack(b"uploaded once, never applied");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["packs"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let row = |needle: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&needle[..12]))
+            .unwrap_or_else(|| panic!("no row for {needle}: {out}"))
+            .to_string()
+    };
+    let p = row(&sha);
+    assert!(
+        p.contains(" pack ") && p.contains("wso2am-3.2.0.zip") && p.contains("current"),
+        "{p}"
+    );
+    assert!(row(&orphan).ends_with("prunable"), "{out}");
+    assert!(
+        out.contains("3 artifact(s)") && out.contains("current generation 1"),
+        "{out}"
+    );
+    let (code, out, _) = apimctl(&c, dir.path(), &["packs", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    let arts = json["artifacts"].as_array().expect("artifacts");
+    assert_eq!(arts.len(), 3, "{json}");
+    let o = arts
+        .iter()
+        .find(|a| a["sha256"] == orphan.as_str())
+        .expect("orphan");
+    assert_eq!(
+        (o["prunable"].as_bool(), o["kind"].as_str()),
+        (Some(true), Some(""))
+    );
+
+    // No terminal and no --yes: nothing is removed.
+    let (code, out, err) = apimctl(&c, dir.path(), &["packs", "prune"]).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("needs confirmation") && err.contains("--yes"),
+        "{err}"
+    );
+    let stored = |s: &str| c.state.artifacts().path_for(s).expect("path").exists();
+    assert!(stored(&orphan));
+    let (code, out, _) = apimctl(&c, dir.path(), &["packs", "prune", "--dry-run"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("would remove 1 artifact(s)"), "{out}");
+    assert!(stored(&orphan));
+    // The current generation's pack is refused by name.
+    let (code, _, err) = apimctl(&c, dir.path(), &["packs", "prune", &sha[..10], "--yes"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("still needed") && err.contains("generation 1"),
+        "{err}"
+    );
+    assert!(stored(&sha));
+    let (code, out, err) =
+        apimctl(&c, dir.path(), &["packs", "prune", "--yes", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON document");
+    assert_eq!(json["removed"][0]["sha256"], orphan.as_str(), "{json}");
+    assert_eq!(json["removed"].as_array().map(Vec::len), Some(1));
+    assert!(!stored(&orphan) && stored(&sha));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_exits_1_on_drift_and_status_shows_what_differs() {
     let c = Controller::start().await;
@@ -360,7 +625,7 @@ async fn check_exits_1_on_drift_and_status_shows_what_differs() {
         .find(|l| l.contains(" gw-1 "))
         .expect("gw-1 line");
     assert!(gw.contains("healthy, drifted"), "{out}");
-    assert!(out.contains("drift (files that differ"), "{out}");
+    assert!(out.contains("Drift (files that differ"), "{out}");
     assert!(out.contains("      changed: server.offset"), "{out}");
     let (_, out, _) = apimctl(&c, dir.path(), &["status", "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_str(out.trim()).expect("json");

@@ -167,6 +167,42 @@ impl ArtifactStore {
         cache.get(sha256).cloned()
     }
 
+    /// Every stored artifact: (sha256, size), by sha256. Files whose name is not a digest
+    /// (uploads in progress) are not artifacts.
+    pub fn list(&self) -> Result<Vec<(String, u64)>, ArtifactError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_err("listing", &self.dir))? {
+            let entry = entry.map_err(io_err("listing", &self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if validate_sha256(&name).is_err() {
+                continue;
+            }
+            let meta = entry
+                .metadata()
+                .map_err(io_err("reading metadata of", &entry.path()))?;
+            if meta.is_file() {
+                out.push((name, meta.len()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a stored artifact (gone already: nothing to do).
+    pub fn remove(&self, sha256: &str) -> Result<(), ArtifactError> {
+        let path = self.path_for(sha256)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &path)(e)),
+        }
+        self.configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sha256);
+        Ok(())
+    }
+
     /// Starts storing an artifact of `size` bytes whose sha256 should be `sha256`.
     pub fn begin_upload(&self, sha256: &str, size: u64) -> Result<Upload, ArtifactError> {
         let final_path = self.path_for(sha256)?;

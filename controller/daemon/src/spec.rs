@@ -47,6 +47,8 @@ pub struct SpecInputs<'a> {
     pub issue: bool,
     /// Whether each node should run now (the rollout releases nodes tier by tier).
     pub desired: &'a dyn Fn(&NodeRender) -> DesiredRun,
+    /// Each node's restart counter (`apimctl restart`); absent: 0.
+    pub restarts: &'a BTreeMap<String, u64>,
 }
 
 /// The spec of one node.
@@ -131,6 +133,7 @@ pub fn node_spec(
             })
             .collect(),
         databases: node.databases.iter().map(database_use).collect(),
+        restart_seq: inputs.restarts.get(&node.name).copied().unwrap_or(0),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
@@ -182,8 +185,9 @@ fn server_process(p: &layout::ServerProcess) -> apim_proto::v1::ServerProcess {
 }
 
 /// What a running node was started with: its `deployment.toml`, its environment (`JAVA_OPTS`),
-/// the files written with its configuration, and keystores. When it changes the node restarts; nothing else in the spec (commands,
-/// readiness checks) needs a restart. A node without environment digests as before it had one.
+/// the files written with its configuration, keystores, and its restart counter. When it changes
+/// the node restarts; nothing else in the spec (commands, readiness checks) needs a restart. A
+/// node without environment (or restarts) digests as before it had one.
 pub fn config_digest(spec: &NodeSpec) -> String {
     let mut bytes = spec.deployment_toml.as_bytes().to_vec();
     for e in &spec.env {
@@ -236,6 +240,10 @@ pub fn config_digest(spec: &NodeSpec) -> String {
                 bytes.extend_from_slice(part.as_bytes());
             }
         }
+    }
+    // `apimctl restart`: a new counter is a new digest, so the agent restarts the node.
+    if spec.restart_seq > 0 {
+        bytes.extend_from_slice(format!("\0restart\0{}", spec.restart_seq).as_bytes());
     }
     apim_plan::digest(&bytes)
 }
@@ -308,6 +316,7 @@ mod tests {
         let pki = ProductPki::load_or_create(dir.path(), &c.cluster).unwrap();
         let sizes: BTreeMap<String, u64> = [("0".repeat(64), 42)].into();
         let run = |_: &NodeRender| DesiredRun::Running;
+        let restarts = BTreeMap::new();
         let inputs = |generation| SpecInputs {
             generation,
             plan_generation: 1,
@@ -316,6 +325,7 @@ mod tests {
             provided: None,
             issue: true,
             desired: &run,
+            restarts: &restarts,
         };
         let spec = machine_spec(&c, "vm-gw-2", &inputs(7)).unwrap().unwrap();
         assert_eq!(
@@ -404,6 +414,7 @@ mod tests {
             provided: None,
             issue: false,
             desired: &run,
+            restarts: &BTreeMap::new(),
         };
         let plain = cluster();
         let before = machine_spec(&plain, "vm-gw-2", &inputs).unwrap().unwrap();

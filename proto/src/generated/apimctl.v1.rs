@@ -347,6 +347,10 @@ pub struct NodeSpec {
     /// The databases the node's server connects to: checked reachable before the node is staged.
     #[prost(message, repeated, tag = "24")]
     pub databases: ::prost::alloc::vec::Vec<DatabaseUse>,
+    /// Bumped by `apimctl restart` (0 until the node's first restart): part of `config_digest`,
+    /// so a new value restarts the node through the normal converge (stop, start, readiness).
+    #[prost(uint64, tag = "25")]
+    pub restart_seq: u64,
 }
 /// A jar fetched from the controller by digest and placed in a node's carbon home.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -807,23 +811,14 @@ pub struct Command {
     #[prost(string, tag = "1")]
     pub command_id: ::prost::alloc::string::String,
     /// The action to take.
-    #[prost(oneof = "command::Action", tags = "2, 3, 4, 5, 10")]
+    #[prost(oneof = "command::Action", tags = "5, 10")]
     pub action: ::core::option::Option<command::Action>,
 }
 /// Nested message and enum types in `Command`.
 pub mod command {
     /// The action to take.
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
     pub enum Action {
-        /// Stop a node.
-        #[prost(message, tag = "2")]
-        StopNode(super::StopNode),
-        /// Start a staged node.
-        #[prost(message, tag = "3")]
-        StartNode(super::StartNode),
-        /// Stop then start a node.
-        #[prost(message, tag = "4")]
-        RestartNode(super::RestartNode),
         /// Send a `StatusReport` now.
         #[prost(message, tag = "5")]
         ReportNow(super::ReportNow),
@@ -831,27 +826,6 @@ pub mod command {
         #[prost(message, tag = "10")]
         CheckDrift(super::CheckDrift),
     }
-}
-/// Stop a node (it stays stopped until started or a new generation says otherwise).
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct StopNode {
-    /// The node's name.
-    #[prost(string, tag = "1")]
-    pub node: ::prost::alloc::string::String,
-}
-/// Start a staged node (the controller uses this to start tier by tier).
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct StartNode {
-    /// The node's name.
-    #[prost(string, tag = "1")]
-    pub node: ::prost::alloc::string::String,
-}
-/// Restart a node.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct RestartNode {
-    /// The node's name.
-    #[prost(string, tag = "1")]
-    pub node: ::prost::alloc::string::String,
 }
 /// Ask the agent for an immediate `StatusReport`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2484,6 +2458,130 @@ pub struct AbortRolloutRequest {
     #[prost(string, tag = "1")]
     pub rollout_id: ::prost::alloc::string::String,
 }
+/// Asks to restart, stop or start nodes. The selection is the union of the named nodes and every
+/// node of the named roles and machines; it must not be empty.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OperateNodesRequest {
+    /// The operation.
+    #[prost(enumeration = "NodeOperation", tag = "1")]
+    pub operation: i32,
+    /// Node names.
+    #[prost(string, repeated, tag = "2")]
+    pub nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Roles (e.g. "gateway"): every node of each.
+    #[prost(string, repeated, tag = "3")]
+    pub roles: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Machines: every node on each.
+    #[prost(string, repeated, tag = "4")]
+    pub machines: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// The generation a node operation stored and its rollout.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OperateNodesResponse {
+    /// The new generation (the current one when nothing needed to change).
+    #[prost(uint64, tag = "1")]
+    pub generation: u64,
+    /// The rollout's id; empty when nothing needs to roll out (e.g. starting running nodes).
+    #[prost(string, tag = "2")]
+    pub rollout_id: ::prost::alloc::string::String,
+    /// The selected nodes, in plan order.
+    #[prost(string, repeated, tag = "3")]
+    pub nodes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// Asks what changed between two stored generations.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DiffRequest {
+    /// The older generation.
+    #[prost(uint64, tag = "1")]
+    pub from_generation: u64,
+    /// The newer one; 0 = the latest.
+    #[prost(uint64, tag = "2")]
+    pub to_generation: u64,
+}
+/// What changed between two stored generations.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DiffResponse {
+    /// The generations compared.
+    #[prost(uint64, tag = "1")]
+    pub from_generation: u64,
+    /// As above.
+    #[prost(uint64, tag = "2")]
+    pub to_generation: u64,
+    /// Unified-diff lines of the stored plan text, each starting with '+', '-' or ' ' (secret
+    /// values masked).
+    #[prost(string, repeated, tag = "3")]
+    pub plan_diff: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Per node, what the two generations' rollouts targeted (as in `PlanResponse.changes`); empty
+    /// when a generation has no rollout targets stored (nothing rolled out, or forgotten with its
+    /// secrets).
+    #[prost(message, repeated, tag = "4")]
+    pub changes: ::prost::alloc::vec::Vec<NodeChange>,
+    /// Why `changes` is incomplete, when it is.
+    #[prost(string, tag = "5")]
+    pub note: ::prost::alloc::string::String,
+}
+/// Asks for the artifact store's contents.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListArtifactsRequest {}
+/// The artifact store's contents.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListArtifactsResponse {
+    /// One entry per stored artifact, by sha256.
+    #[prost(message, repeated, tag = "1")]
+    pub artifacts: ::prost::alloc::vec::Vec<ArtifactInfo>,
+    /// The current (latest) plan generation; 0 when none.
+    #[prost(uint64, tag = "2")]
+    pub current_generation: u64,
+}
+/// One stored artifact.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ArtifactInfo {
+    /// Lowercase hex sha256 (its name in the store).
+    #[prost(string, tag = "1")]
+    pub sha256: ::prost::alloc::string::String,
+    /// Size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// The file name it was uploaded as, or the plan's path for it; empty when unknown.
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    /// What the plans use it as: "pack" or "driver"; empty when no stored generation names it.
+    #[prost(string, tag = "4")]
+    pub kind: ::prost::alloc::string::String,
+    /// Every stored generation whose plan names it, ascending.
+    #[prost(uint64, repeated, tag = "5")]
+    pub generations: ::prost::alloc::vec::Vec<u64>,
+    /// The retained generations (restorable, current, in flight) that need it, ascending.
+    #[prost(uint64, repeated, tag = "6")]
+    pub retained_by: ::prost::alloc::vec::Vec<u64>,
+    /// Whether the current generation uses it.
+    #[prost(bool, tag = "7")]
+    pub current: bool,
+    /// Whether a machine's pushed spec names it (an agent may fetch it now).
+    #[prost(bool, tag = "8")]
+    pub in_spec: bool,
+}
+/// Asks to prune the artifact store.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PruneArtifactsRequest {
+    /// Only these artifacts (each must be stored and not needed); empty = every artifact no retained
+    /// generation needs.
+    #[prost(string, repeated, tag = "1")]
+    pub sha256: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Report what would be removed without removing anything.
+    #[prost(bool, tag = "2")]
+    pub dry_run: bool,
+}
+/// What a prune removed (or, dry run, would remove).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PruneArtifactsResponse {
+    /// The artifacts removed.
+    #[prost(message, repeated, tag = "1")]
+    pub removed: ::prost::alloc::vec::Vec<ArtifactInfo>,
+    /// Their total size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub freed_bytes: u64,
+}
 /// Asks for a drift check.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CheckDriftRequest {
@@ -2605,6 +2703,43 @@ impl RolloutState {
             "ROLLOUT_STATE_FAILED" => Some(Self::Failed),
             "ROLLOUT_STATE_ROLLING_BACK" => Some(Self::RollingBack),
             "ROLLOUT_STATE_ROLLED_BACK" => Some(Self::RolledBack),
+            _ => None,
+        }
+    }
+}
+/// What to do to the selected nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum NodeOperation {
+    /// Never sent on purpose.
+    Unspecified = 0,
+    /// Stop and start each node again (HA peers one at a time), gated on health.
+    Restart = 1,
+    /// Stop each node; it stays stopped until started.
+    Stop = 2,
+    /// Start each stopped node, tier by tier, gated on health.
+    Start = 3,
+}
+impl NodeOperation {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "NODE_OPERATION_UNSPECIFIED",
+            Self::Restart => "NODE_OPERATION_RESTART",
+            Self::Stop => "NODE_OPERATION_STOP",
+            Self::Start => "NODE_OPERATION_START",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "NODE_OPERATION_UNSPECIFIED" => Some(Self::Unspecified),
+            "NODE_OPERATION_RESTART" => Some(Self::Restart),
+            "NODE_OPERATION_STOP" => Some(Self::Stop),
+            "NODE_OPERATION_START" => Some(Self::Start),
             _ => None,
         }
     }
@@ -2929,6 +3064,112 @@ pub mod operator_service_client {
                 .insert(GrpcMethod::new("apimctl.v1.OperatorService", "Rollback"));
             self.inner.unary(req, path, codec).await
         }
+        /// Restarts, stops or starts nodes (named, or every node of a role or a machine): a new
+        /// generation equal to the current plan with the nodes' run state changed, rolled out like any
+        /// other (tiers, health gating, HA peers one at a time) and listed in History. A stopped node
+        /// stays stopped through later applies until it is started. FAILED_PRECONDITION while a
+        /// rollout is in flight; INVALID_ARGUMENT naming an unknown node, role or machine.
+        pub async fn operate_nodes(
+            &mut self,
+            request: impl tonic::IntoRequest<super::OperateNodesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::OperateNodesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/OperateNodes",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "OperateNodes"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// What changed from one stored generation to another: the plan text, and per node the
+        /// configuration each generation's rollout targeted (secrets masked).
+        pub async fn diff(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DiffRequest>,
+        ) -> std::result::Result<tonic::Response<super::DiffResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/Diff",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "Diff"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every artifact of the controller's store (packs and driver jars): size, name and kind when
+        /// known, which stored generations name it, and whether the retained history needs it.
+        pub async fn list_artifacts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListArtifactsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListArtifactsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/ListArtifacts",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "ListArtifacts"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Removes stored artifacts no retained generation needs (retained: the generations still
+        /// restorable, the current one, a rollout in flight, and what the machines' specs name).
+        /// FAILED_PRECONDITION when an artifact named in the request is needed; NOT_FOUND when it is not
+        /// stored.
+        pub async fn prune_artifacts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PruneArtifactsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PruneArtifactsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/PruneArtifacts",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "PruneArtifacts"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Asks every connected agent holding the requested nodes to check them for drift now, waits
         /// (bounded) for their answers and returns the cluster's state with them. NOT_FOUND for a node
         /// no machine of the current plan has.
@@ -3039,6 +3280,44 @@ pub mod operator_service_server {
             &self,
             request: tonic::Request<super::RollbackRequest>,
         ) -> std::result::Result<tonic::Response<super::ApplyResponse>, tonic::Status>;
+        /// Restarts, stops or starts nodes (named, or every node of a role or a machine): a new
+        /// generation equal to the current plan with the nodes' run state changed, rolled out like any
+        /// other (tiers, health gating, HA peers one at a time) and listed in History. A stopped node
+        /// stays stopped through later applies until it is started. FAILED_PRECONDITION while a
+        /// rollout is in flight; INVALID_ARGUMENT naming an unknown node, role or machine.
+        async fn operate_nodes(
+            &self,
+            request: tonic::Request<super::OperateNodesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::OperateNodesResponse>,
+            tonic::Status,
+        >;
+        /// What changed from one stored generation to another: the plan text, and per node the
+        /// configuration each generation's rollout targeted (secrets masked).
+        async fn diff(
+            &self,
+            request: tonic::Request<super::DiffRequest>,
+        ) -> std::result::Result<tonic::Response<super::DiffResponse>, tonic::Status>;
+        /// Every artifact of the controller's store (packs and driver jars): size, name and kind when
+        /// known, which stored generations name it, and whether the retained history needs it.
+        async fn list_artifacts(
+            &self,
+            request: tonic::Request<super::ListArtifactsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListArtifactsResponse>,
+            tonic::Status,
+        >;
+        /// Removes stored artifacts no retained generation needs (retained: the generations still
+        /// restorable, the current one, a rollout in flight, and what the machines' specs name).
+        /// FAILED_PRECONDITION when an artifact named in the request is needed; NOT_FOUND when it is not
+        /// stored.
+        async fn prune_artifacts(
+            &self,
+            request: tonic::Request<super::PruneArtifactsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PruneArtifactsResponse>,
+            tonic::Status,
+        >;
         /// Asks every connected agent holding the requested nodes to check them for drift now, waits
         /// (bounded) for their answers and returns the cluster's state with them. NOT_FOUND for a node
         /// no machine of the current plan has.
@@ -3562,6 +3841,187 @@ pub mod operator_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RollbackSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/OperateNodes" => {
+                    #[allow(non_camel_case_types)]
+                    struct OperateNodesSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::OperateNodesRequest>
+                    for OperateNodesSvc<T> {
+                        type Response = super::OperateNodesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::OperateNodesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::operate_nodes(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = OperateNodesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/Diff" => {
+                    #[allow(non_camel_case_types)]
+                    struct DiffSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::DiffRequest> for DiffSvc<T> {
+                        type Response = super::DiffResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DiffRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::diff(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DiffSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/ListArtifacts" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListArtifactsSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::ListArtifactsRequest>
+                    for ListArtifactsSvc<T> {
+                        type Response = super::ListArtifactsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListArtifactsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::list_artifacts(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListArtifactsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/PruneArtifacts" => {
+                    #[allow(non_camel_case_types)]
+                    struct PruneArtifactsSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::PruneArtifactsRequest>
+                    for PruneArtifactsSvc<T> {
+                        type Response = super::PruneArtifactsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PruneArtifactsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::prune_artifacts(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PruneArtifactsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

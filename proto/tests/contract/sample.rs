@@ -153,6 +153,7 @@ pub fn full_node() -> NodeSpec {
                 scripts: vec!["dbscripts/apimgt/mysql.sql".into()],
             }),
         }],
+        restart_seq: 2,
     }
 }
 

@@ -202,6 +202,41 @@ fn polls<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     }
 }
 
+/// The packs `topology`'s plan names, built into `<root>/dist` once (the quickstart and a
+/// second release of an upgrade reuse them): (distribution key, pack).
+fn build_packs(
+    root: &Path,
+    topology: Topology,
+    filler: Option<simpack::Filler>,
+) -> Result<Vec<(String, PackInfo)>> {
+    let mut packs = Vec::new();
+    for (key, kind, version) in topology.packs() {
+        let po = PackOptions {
+            filler,
+            ..PackOptions::default()
+        };
+        let zip = root
+            .join("dist")
+            .join(format!("{}-{version}.zip", kind.prefix()));
+        let sha_file = zip.with_extension("zip.sha256");
+        let info = match (std::fs::read_to_string(&sha_file), zip.metadata()) {
+            (Ok(sha), Ok(meta)) => PackInfo {
+                path: zip.clone(),
+                sha256: sha.trim().to_string(),
+                size: meta.len(),
+                top_dir: format!("{}-{version}", kind.prefix()),
+            },
+            _ => {
+                let info = simpack::build_pack(kind, version, &root.join("dist"), &po)?;
+                std::fs::write(&sha_file, &info.sha256).map_err(io("write", &sha_file))?;
+                info
+            }
+        };
+        packs.push((key.to_string(), info));
+    }
+    Ok(packs)
+}
+
 /// A started cluster of `topology` (controller and agents connected), no plan applied yet;
 /// its simulated servers take `delay_ms` from start to ready.
 pub fn started(topology: Topology, name: &str, delay_ms: u64) -> Result<Cluster> {
@@ -262,32 +297,7 @@ impl Cluster {
         for d in ["logs", "dist", "machines"] {
             std::fs::create_dir_all(r.join(d)).map_err(io("create", &r.join(d)))?;
         }
-        // Packs: built once per root (the quickstart reuses them).
-        let mut packs = Vec::new();
-        for (key, kind, version) in opts.topology.packs() {
-            let po = PackOptions {
-                filler: opts.filler,
-                ..PackOptions::default()
-            };
-            let zip = r
-                .join("dist")
-                .join(format!("{}-{version}.zip", kind.prefix()));
-            let sha_file = zip.with_extension("zip.sha256");
-            let info = match (std::fs::read_to_string(&sha_file), zip.metadata()) {
-                (Ok(sha), Ok(meta)) => PackInfo {
-                    path: zip.clone(),
-                    sha256: sha.trim().to_string(),
-                    size: meta.len(),
-                    top_dir: format!("{}-{version}", kind.prefix()),
-                },
-                _ => {
-                    let info = simpack::build_pack(kind, version, &r.join("dist"), &po)?;
-                    std::fs::write(&sha_file, &info.sha256).map_err(io("write", &sha_file))?;
-                    info
-                }
-            };
-            packs.push((key.to_string(), info));
-        }
+        let packs = build_packs(&r, opts.topology, opts.filler)?;
         let mut machines: Vec<MachineInfo> = Vec::new();
         for n in opts.topology.nodes() {
             if let Some(m) = machines.iter_mut().find(|m| m.name == n.machine) {
@@ -360,6 +370,30 @@ impl Cluster {
             agents: BTreeMap::new(),
             keep: false,
         })
+    }
+
+    /// Makes the plans this cluster writes ([`Cluster::write_plan`]) those of `topology`: the
+    /// same nodes on the same machines at another release (an upgrade, or the way back), its
+    /// packs built into `dist/` when missing. Machines keep their JDK, so both releases must
+    /// run on it.
+    pub fn use_topology(&mut self, topology: Topology) -> Result<()> {
+        let same = |t: Topology| {
+            t.nodes()
+                .into_iter()
+                .map(|n| (n.name, n.machine, n.role))
+                .collect::<Vec<_>>()
+        };
+        if same(topology) != same(self.topology)
+            || topology.java_version() != self.topology.java_version()
+        {
+            return Err(ClusterError::Unknown {
+                kind: "upgrade of the cluster's layout to",
+                name: format!("{topology:?}"),
+            });
+        }
+        self.packs = build_packs(self.root.path(), topology, None)?;
+        self.topology = topology;
+        Ok(())
     }
 
     /// The cluster's root directory.
@@ -585,20 +619,22 @@ impl Cluster {
         self.wait_agents_connected()
     }
 
-    /// `apimctl agents -o json`: (machine, connected) per enrolled agent.
+    /// `apimctl agents -o json` (one document, `{"agents": [...]}`): (machine, connected) per
+    /// enrolled agent.
     pub fn agents(&self) -> Result<BTreeMap<String, bool>> {
         let out = self.apimctl(&["agents", "-o", "json"])?;
         if !out.status.success() {
             return Err(command_error("apimctl agents", &out));
         }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ClusterError::Json {
+                command: "apimctl agents -o json".into(),
+                source,
+                text: text.clone(),
+            })?;
         let mut map = BTreeMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|source| ClusterError::Json {
-                    command: "apimctl agents -o json".into(),
-                    source,
-                    text: line.to_string(),
-                })?;
+        for v in doc["agents"].as_array().into_iter().flatten() {
             map.insert(
                 v["machine"].as_str().unwrap_or_default().to_string(),
                 v["connected"].as_bool().unwrap_or(false),

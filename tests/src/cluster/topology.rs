@@ -17,6 +17,29 @@ pub enum Topology {
     /// WSO2 API Manager 3.2.0 at scale: this many machines, each running all five profiles
     /// (offsets 0-4), every role behind a load balancer (benchmarks: 10 machines = 50 nodes).
     V3Wide(u8),
+    /// WSO2 API Manager 4.`minor`.0 (4.0–4.4, one all-in-one pack) distributed: a control
+    /// plane, a traffic manager and a gateway, one machine each. The same layout at another
+    /// `minor` is an upgrade (see [`super::Cluster::use_topology`]).
+    V4 {
+        /// 0 to 4.
+        minor: u8,
+    },
+}
+
+/// The 4.0–4.4 releases [`Topology::V4`] lays out, by minor.
+const V4_RELEASES: [(&str, &str); 5] = [
+    ("wso2am-4.0.0", "4.0.0"),
+    ("wso2am-4.1.0", "4.1.0"),
+    ("wso2am-4.2.0", "4.2.0"),
+    ("wso2am-4.3.0", "4.3.0"),
+    ("wso2am-4.4.0", "4.4.0"),
+];
+
+/// The release of a [`Topology::V4`] (`minor` past 4 is a test's mistake).
+fn v4(minor: u8) -> (&'static str, &'static str) {
+    *V4_RELEASES
+        .get(usize::from(minor))
+        .unwrap_or_else(|| panic!("Topology::V4 covers 4.0 to 4.4, not 4.{minor}"))
 }
 
 /// One node of a topology.
@@ -42,14 +65,17 @@ impl Topology {
         match self {
             Topology::V3FiveNode | Topology::V3Wide(_) => "wso2am-3.2.0",
             Topology::V45Ha => "wso2am-4.5.0",
+            Topology::V4 { minor } => v4(minor).0,
         }
     }
 
-    /// A JDK version the product supports (3.2 runs on 8 or 11, 4.5 on 17 or 21).
+    /// A JDK version the product supports (3.2, 4.0 and 4.1 run on 8 or 11, 4.2 on 11 or 17,
+    /// 4.3 to 4.5 on 11 to 21).
     pub fn java_version(self) -> &'static str {
         match self {
             Topology::V3FiveNode | Topology::V3Wide(_) => "11.0.21",
-            Topology::V45Ha => "17.0.9",
+            Topology::V4 { minor: 0 | 1 } => "11.0.21",
+            Topology::V45Ha | Topology::V4 { .. } => "17.0.9",
         }
     }
 
@@ -57,14 +83,15 @@ impl Topology {
     pub fn keystore_type(self) -> &'static str {
         match self {
             Topology::V3FiveNode | Topology::V3Wide(_) => "JKS",
-            Topology::V45Ha => "PKCS12",
+            Topology::V4 { minor } if minor < 4 => "JKS",
+            Topology::V45Ha | Topology::V4 { .. } => "PKCS12",
         }
     }
 
     /// `[load_balancers]`: (role, LB hostname) for every role with several nodes.
     pub fn load_balancers(self) -> Vec<(&'static str, &'static str)> {
         match self {
-            Topology::V3FiveNode => Vec::new(),
+            Topology::V3FiveNode | Topology::V4 { .. } => Vec::new(),
             Topology::V45Ha => vec![
                 ("control-plane", "api.am.wso2.com"),
                 ("traffic-manager", "tm.am.wso2.com"),
@@ -91,6 +118,7 @@ impl Topology {
                 ("gateway", PackKind::UniversalGateway, "4.5.0"),
                 ("traffic-manager", PackKind::TrafficManager, "4.5.0"),
             ],
+            Topology::V4 { minor } => vec![("default", PackKind::AllInOne, v4(minor).1)],
         }
     }
 
@@ -134,6 +162,11 @@ impl Topology {
                 ("tm-2", "traffic-manager", "traffic-manager-2", None),
                 ("gw-1", "gateway", "gateway-1", Some("gateway_00")),
                 ("gw-2", "gateway", "gateway-2", Some("gateway_01")),
+            ],
+            Topology::V4 { .. } => &[
+                ("cp-1", "control-plane", "cp.wso2.com", None),
+                ("tm-1", "traffic-manager", "tm.wso2.com", None),
+                ("gw-1", "gateway", "gw.wso2.com", None),
             ],
             Topology::V3Wide(_) => &[],
         };
@@ -331,7 +364,7 @@ password = { file = "secrets/admin-password" }
                 s.push_str(&format!("gateway_id = \"{g}\"\n"));
             }
         }
-        let env = if self.topology == Topology::V45Ha {
+        let env = if matches!(self.topology, Topology::V45Ha | Topology::V4 { .. }) {
             "\n[[gateway_environments]]\nname = \"Default\"\ntype = \"hybrid\"\nlabel = \"Default\"\n"
         } else {
             "\n[[gateway_environments]]\nname = \"Production and Sandbox\"\ntype = \"hybrid\"\n"

@@ -39,6 +39,8 @@ pub struct Controller {
     /// Its state (the store's contents, the CA, the agents' sessions).
     pub state: Arc<ControllerState>,
     config: ServerConfig,
+    /// Plan generations whose secrets the store keeps (kept across restarts).
+    secrets_retention: u64,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), server::ServerError>>>,
 }
@@ -59,17 +61,32 @@ impl Controller {
 
     /// Starts a controller after `tweak` adjusted its configuration.
     pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Controller {
+        Self::start_keeping(apim_controller::store::DEFAULT_SECRETS_RETENTION, tweak).await
+    }
+
+    /// Starts a controller whose store keeps the secrets of the last `secrets_retention`
+    /// generations (the controller's `secrets_retention`), after `tweak`.
+    pub async fn start_keeping(
+        secrets_retention: u64,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Controller {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = "127.0.0.1:0".parse().expect("addr");
         let mut config = ServerConfig::new(vec!["127.0.0.1".into(), "localhost".into()]);
         tweak(&mut config);
-        Self::start_on(dir, addr, config).await
+        Self::start_on(dir, addr, config, secrets_retention).await
     }
 
-    async fn start_on(dir: TempDir, addr: SocketAddr, config: ServerConfig) -> Controller {
+    async fn start_on(
+        dir: TempDir,
+        addr: SocketAddr,
+        config: ServerConfig,
+        secrets_retention: u64,
+    ) -> Controller {
         let data = dir.path();
         let ca = ControlPlaneCa::load_or_create(&data.join("ca")).expect("CA");
-        let store = Store::open(data).expect("store");
+        let mut store = Store::open(data).expect("store");
+        store.set_secrets_retention(secrets_retention);
         let state = Arc::new(
             ControllerState::open(ca, &data.join("artifacts"), &data.join("pki"), store)
                 .expect("controller state"),
@@ -91,6 +108,7 @@ impl Controller {
             endpoint: ControllerEndpoint::parse(&addr.to_string()).expect("endpoint"),
             state,
             config,
+            secrets_retention,
             stop: Some(stop),
             task: Some(task),
         };
@@ -119,7 +137,7 @@ impl Controller {
     pub async fn restart(mut self) -> Controller {
         let _ = self.stop_server().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        Self::start_on(dir, self.addr, self.config.clone()).await
+        Self::start_on(dir, self.addr, self.config.clone(), self.secrets_retention).await
     }
 
     /// The CA certificate clients pin.

@@ -37,6 +37,8 @@ pub enum Event {
 pub struct Faults {
     /// Nodes that report FAILED when started.
     pub fail: BTreeSet<String>,
+    /// Nodes that report FAILED when started on any configuration but this digest.
+    pub fail_unless: BTreeMap<String, String>,
     /// Nodes that stay STARTING forever.
     pub hang: BTreeSet<String>,
     /// Nodes whose files drifted: reported while they run; a (re)start writes their files
@@ -280,7 +282,11 @@ impl AgentCtx {
                             digest: digest.clone(),
                         },
                     ));
-                    if faults.fail.contains(&n.name) {
+                    let wrong_digest = faults
+                        .fail_unless
+                        .get(&n.name)
+                        .is_some_and(|d| *d != digest);
+                    if faults.fail.contains(&n.name) || wrong_digest {
                         run.running = None;
                         run.phase = NodePhase::Failed as i32;
                         run.last_error = "server exited during start-up".into();

@@ -86,6 +86,7 @@ impl Rendered {
             provided: None,
             issue: true,
             desired: &running,
+            restarts: &BTreeMap::new(),
         };
         spec::machine_spec(&self.cluster, machine, &inputs)
             .expect("node certificates")

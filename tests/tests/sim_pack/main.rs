@@ -11,6 +11,7 @@ mod launcher;
 mod layout;
 mod network;
 mod packdefaults;
+mod ports;
 mod profiles;
 mod scripts;
 mod server;

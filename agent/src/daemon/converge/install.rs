@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use apim_proto::v1::{ArtifactRef, NodePhase};
 
-use super::{NodeExecutor, NodeRecord, NodeTarget, Observed, Outcome};
+use super::{InstallRecord, NodeExecutor, NodeTarget, Observed, Outcome};
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
 use crate::daemon::report::Update;
 use crate::exec::facts::{self, Requirements};
@@ -89,8 +89,10 @@ impl NodeExecutor {
     }
 
     /// Step 6: fetch the pack and unpack it as it arrives, hand the tree to the run-as user,
-    /// stop the node (only now: it served while the tree was staged), swap the tree in and
-    /// record it. A reinstall wipes the node's local state, and the optimizer runs again.
+    /// stop the node when it runs from this home (only now: it served while the tree was
+    /// staged), swap the tree in and record it. A pack with another home goes in beside the
+    /// running tree, whose server is stopped only before the new one starts (step 11). A
+    /// reinstall wipes the node's local state, and the optimizer runs again.
     pub(super) async fn install(
         &mut self,
         t: &NodeTarget,
@@ -146,16 +148,21 @@ impl NodeExecutor {
             // No boot id to tell a torn tree later: make it durable now.
             self.sync_tree(&node.home).await?;
         }
-        self.set_record(NodeRecord {
-            pack_sha256: pack.sha256.to_ascii_lowercase(),
-            home: node.home.clone(),
-            applied_digest: None,
-            keystores_digest: None,
-            stores: Default::default(),
-            unsynced_since_boot: boot,
-            // A fresh tree holds no jar of an earlier spec.
-            lib_dirs: Vec::new(),
-        })?;
+        self.record_install(
+            spec,
+            InstallRecord {
+                pack_sha256: pack.sha256.to_ascii_lowercase(),
+                home: node.home.clone(),
+                applied_digest: None,
+                keystores_digest: None,
+                stores: Default::default(),
+                unsynced_since_boot: boot,
+                // A fresh tree holds no jar of an earlier spec.
+                lib_dirs: Vec::new(),
+                server: None,
+            },
+        )
+        .await?;
         node.installed = true;
         Ok(())
     }

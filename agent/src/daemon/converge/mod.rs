@@ -4,8 +4,11 @@
 //!
 //! 1. **observe** — where the node lives, whether its server runs (the spec's
 //!    `ServerProcess` says how to recognise it), and whether this pack is installed there (a
-//!    tree recorded as unsynced in an earlier boot may be torn: it counts as not installed).
-//! 2. **stop_requested** — `desired = STOPPED`: stop a running node gracefully; done.
+//!    tree recorded as unsynced in an earlier boot may be torn: it counts as not installed);
+//!    and whether a server of an *earlier install* (another home: a pack of another version)
+//!    still runs, found through what the record says about it ([`ServerRecord`]).
+//! 2. **stop_requested** — `desired = STOPPED`: stop a running node gracefully (and any server
+//!    of an earlier install); done.
 //! 3. **machine_memory** — before anything is fetched, installed or started: the machine's
 //!    total memory against what every node of its spec that must run needs together
 //!    ([`MachineMemory`]); every such node fails here alike when it is short.
@@ -13,9 +16,15 @@
 //!    spec's requirements (JDK range, free space).
 //! 5. **stage_only** — `STAGED` while the node runs: fetch and verify the pack only; the node
 //!    keeps running on its old tree until it is released.
-//! 6. **install** — fetch the pack and unpack it *as it arrives*, verify it, hand the tree to
-//!    the run-as user, stop the node only now (it served while the tree was staged), swap the
-//!    tree in, record it. The tree is left unsynced (see [`NodeExecutor::sync_installed_tree`]).
+//! 6. **switch_back** or **install** — the spec's pack is the recorded previous install, its
+//!    tree still there: switch the record back to it, nothing is unpacked. Otherwise fetch the
+//!    pack and unpack it *as it arrives*, verify it, hand the tree to the run-as user, stop the
+//!    node only now when it runs from this very home (it served while the tree was staged),
+//!    swap the tree in, record it; a pack with another home installs *beside* the running
+//!    tree, which keeps serving. The record keeps the current and the previous install; an
+//!    older tree the agent installed is removed, and the pack cache keeps only what the records
+//!    and the held spec name (see `upgrade.rs`). The tree is left unsynced (see
+//!    [`NodeExecutor::sync_installed_tree`]).
 //! 7. **optimize_once** — the spec's optimizer, once per fresh tree (a marker file says it ran:
 //!    such scripts are not idempotent).
 //! 8. **staged** — `STAGED`: stop here.
@@ -23,11 +32,14 @@
 //!    when its bytes differ.
 //! 10. **certificates** — the keystores, only when their spec's digest changed or a store on
 //!     disk is not the one written (its sha256 is recorded).
-//! 11. **adopt_or_restart** — a node running this `config_digest` is kept (checked once when
+//! 11. **earlier_installs** — a server still running from an earlier install is stopped with
+//!     its own recorded stop command (then signals): never two servers on one node's ports.
+//! 12. **adopt_or_restart** — a node running this `config_digest` is kept (checked once when
 //!     this agent has not seen it healthy: it was started by an earlier agent run); one running
 //!     another configuration is stopped.
-//! 12. **start** — record the digest *before* starting (an agent killed right after the start
-//!     must not restart a healthy server), start, wait until ready.
+//! 13. **start** — record the digest and how to find and stop the server *before* starting
+//!     (an agent killed right after the start must not restart a healthy server), start, wait
+//!     until ready.
 //!
 //! What it did is persisted per node in `<state>/nodes/<name>.json` ([`NodeRecord`]), so an
 //! agent restart adopts a live node instead of restarting it. A converge of a converged node
@@ -55,6 +67,8 @@ use crate::exec::hosts::HostsEntry;
 use crate::exec::process::{self, PidFileState, RunAs, Server};
 use crate::exec::unpack::{self, UnpackLimits};
 
+pub use upgrade::{InstallRecord, ServerRecord, prune_pack_cache};
+
 mod configure;
 mod databases;
 mod drift;
@@ -62,6 +76,7 @@ mod install;
 mod run;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 /// Marker written in the node's home after the optimizer succeeded on a fresh unpack.
 pub const OPTIMIZED_MARKER: &str = ".apimctl-optimized";
@@ -99,6 +114,17 @@ pub struct NodeRecord {
     /// so the jars a later spec drops are taken away.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lib_dirs: Vec<String>,
+    /// How to find and stop the server started from `home` (recorded before each start), so
+    /// a later spec with another home still reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerRecord>,
+    /// The install before this one, in another home: its server is found and stopped through
+    /// it, and a spec naming its pack again switches back to its tree without unpacking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<InstallRecord>,
+    /// Trees of older installs the agent could not remove yet (retried at the next install).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<PathBuf>,
 }
 
 /// One node's desired state at one machine spec generation.
@@ -203,10 +229,13 @@ struct Observed {
     pid: Option<i32>,
     /// This pack is installed at `home`, whole.
     installed: bool,
+    /// Servers of earlier installs (other homes) that still run.
+    earlier: Vec<upgrade::EarlierServer>,
 }
 
 impl Observed {
-    /// `STAGED` while the node runs: the install waits for the release.
+    /// `STAGED` while the node runs from this very home: the install waits for the release
+    /// (a pack with another home installs beside the running tree at once).
     fn keeps_old_tree(&self) -> bool {
         self.desired == DesiredRun::Staged && self.pid.is_some()
     }
@@ -294,10 +323,10 @@ impl NodeExecutor {
     ) -> DaemonResult<Outcome> {
         let mut node = self.observe(t)?;
         if node.desired == DesiredRun::Stopped {
-            return self.stop_requested(t, &node).await;
+            return self.stop_requested(t, &mut node).await;
         }
         self.machine_memory(t)?;
-        if !node.installed {
+        if !node.installed && !self.switch_back(t, &mut node)? {
             self.preflight(t, &node).await?;
             if node.keeps_old_tree() {
                 return self.stage_only(t).await;
@@ -313,6 +342,7 @@ impl NodeExecutor {
         self.write_config_files(t, &node)?;
         self.libs(t, &node).await?;
         self.certificates(t, &node).await?;
+        self.stop_earlier_installs(t, &mut node).await?;
         let mut cancel = pin!(cancel);
         if let Some(kept) = self.adopt_or_restart(t, &mut node, cancel.as_mut()).await? {
             return Ok(kept);
@@ -346,23 +376,28 @@ impl NodeExecutor {
             && home.is_dir()
             && !torn;
         let pid = server.as_ref().and_then(live_pid);
-        let running_digest = match pid {
-            Some(_) => self.rec.applied_digest.clone().unwrap_or_default(),
-            None => String::new(),
+        let earlier = self.earlier_servers(spec, &home);
+        // What runs is reported, also when it is an earlier install's server (an upgrade being
+        // staged beside it).
+        let (reported, running_digest) = match (pid, earlier.first()) {
+            (Some(p), _) => (Some(p), self.rec.applied_digest.clone().unwrap_or_default()),
+            (None, Some(e)) => (Some(e.pid), e.applied_digest.clone().unwrap_or_default()),
+            (None, None) => (None, String::new()),
         };
-        self.report_process(pid, &running_digest);
+        self.report_process(reported, &running_digest);
         Ok(Observed {
             desired,
             home,
             server,
             pid,
             installed,
+            earlier,
         })
     }
 
     /// Step 8: `STAGED` — installed and optimized, not (re)started.
     fn staged(&self, t: &NodeTarget, node: &Observed) -> Outcome {
-        let step = if node.pid.is_some() {
+        let step = if node.pid.is_some() || !node.earlier.is_empty() {
             "staged; the node keeps running its previous configuration"
         } else {
             "staged; waiting for release"

@@ -23,12 +23,13 @@ impl NodeExecutor {
     pub(super) async fn stop_requested(
         &mut self,
         t: &NodeTarget,
-        node: &Observed,
+        node: &mut Observed,
     ) -> DaemonResult<Outcome> {
         if node.pid.is_some() {
             self.report(t.generation, NodePhase::Stopping, "stopping");
             self.stop(&t.spec, node.server()).await?;
         }
+        self.stop_earlier_installs(t, node).await?;
         self.report_process(None, self.rec.applied_digest.as_deref().unwrap_or(""));
         self.report(t.generation, NodePhase::Stopped, "stopped on request");
         Ok(Outcome::Stopped)
@@ -94,10 +95,12 @@ impl NodeExecutor {
             s.script_timeout = Duration::from_secs(u64::from(start.timeout_s));
         }
         // Recorded BEFORE the start: an agent killed right after the server started must find
-        // the digest it runs, or its successor would restart a healthy server. Recording it
-        // first is harmless: with no live process the next converge starts one anyway.
+        // the digest it runs, or its successor would restart a healthy server; and how to stop
+        // it, for a later spec with another home. Recording it first is harmless: with no live
+        // process the next converge starts one anyway.
         let mut rec = self.rec.clone();
         rec.applied_digest = Some(spec.config_digest.clone());
+        rec.server = Self::server_record(spec, &server.home);
         self.set_record(rec)?;
         self.write_start_files(spec, &server.home)?;
         let outcome = process::start(&TokioRunner, &s).await.on(&self.name);
@@ -235,9 +238,13 @@ impl NodeExecutor {
         Ok(())
     }
 
-    /// Stops the node (it left the spec); used by the machine worker.
+    /// Stops the node (it left the spec), and any server of an earlier install of it; used by
+    /// the machine worker.
     pub async fn stop_for_removal(&mut self, spec: &NodeSpec) -> DaemonResult<()> {
         let home = self.home(spec)?;
+        for e in self.earlier_servers(spec, &home) {
+            process::stop(&TokioRunner, &e.stop).await.on(&self.name)?;
+        }
         let Some(server) = self.server(spec, &home)? else {
             return Ok(());
         };
@@ -247,7 +254,7 @@ impl NodeExecutor {
         Ok(())
     }
 
-    fn stop_spec(&self, spec: &NodeSpec, server: &Server) -> StopSpec {
+    pub(super) fn stop_spec(&self, spec: &NodeSpec, server: &Server) -> StopSpec {
         let argv = spec
             .stop
             .as_ref()

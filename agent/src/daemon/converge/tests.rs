@@ -8,7 +8,7 @@ use apim_proto::v1::{
     ArtifactRef, DesiredRun, EnvVar, MachineSpec, NodeSpec, Readiness, ServerProcess,
 };
 
-use super::{ExecContext, MachineMemory, NodeExecutor, NodeTarget};
+use super::{ExecContext, MachineMemory, NodeExecutor, NodeRecord, NodeTarget};
 use crate::daemon::config::AgentConfig;
 use crate::daemon::error::DaemonError;
 use crate::daemon::fetch::Fetcher;
@@ -224,4 +224,71 @@ async fn a_machine_short_of_memory_fails_every_node_that_must_run_before_anythin
         hosts: Vec::new(),
     };
     assert!(exec.converge(&target, std::future::pending()).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_pack_cache_keeps_what_records_and_the_held_spec_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exec = executor(dir.path());
+    let ctx = Arc::clone(&exec.ctx);
+    let sha = |c: char| c.to_string().repeat(64);
+    let cache = ctx.config.cache_dir();
+    std::fs::create_dir_all(&cache).unwrap();
+    for c in ['a', 'b', 'c', 'd', 'e', 'f'] {
+        std::fs::write(cache.join(format!("{}.zip", sha(c))), b"zip").unwrap();
+        std::fs::write(cache.join(format!("{}.boot", sha(c))), b"boot").unwrap();
+    }
+    std::fs::write(cache.join(format!("{}.partial", sha('f'))), b"part").unwrap();
+    std::fs::write(cache.join("not-a-pack.txt"), b"x").unwrap();
+    // n1 runs `a` and keeps `b` as its previous install; n2 (an old record) runs `c`.
+    let nodes = ctx.config.nodes_dir();
+    std::fs::create_dir_all(&nodes).unwrap();
+    let n1 = NodeRecord {
+        pack_sha256: sha('a'),
+        home: "/opt/app/n1/p-2".into(),
+        previous: Some(super::InstallRecord {
+            pack_sha256: sha('b').to_uppercase(),
+            home: "/opt/app/n1/p-1".into(),
+            ..Default::default()
+        }),
+        ..NodeRecord::default()
+    };
+    std::fs::write(nodes.join("n1.json"), serde_json::to_vec(&n1).unwrap()).unwrap();
+    std::fs::write(
+        nodes.join("n2.json"),
+        format!(r#"{{"pack_sha256":"{}","carbon_home":"/opt/x","applied_digest":null,"keystores_digest":null}}"#, sha('c')),
+    )
+    .unwrap();
+    // The held spec names `d` (being staged); `e` is being fetched right now.
+    ctx.fetcher.pin([sha('d')]);
+    let busy = ctx.fetcher.hold_for_test(&sha('e')).await;
+    super::prune_pack_cache(&ctx);
+    let left = names(&cache);
+    let mut want: Vec<String> = ['a', 'b', 'c', 'd', 'e']
+        .iter()
+        .flat_map(|c| [format!("{}.boot", sha(*c)), format!("{}.zip", sha(*c))])
+        .collect();
+    want.push("not-a-pack.txt".into());
+    want.sort();
+    assert_eq!(left, want, "`f` (zip, stamp and partial download) pruned");
+    drop(busy);
+    super::prune_pack_cache(&ctx);
+    assert!(
+        !cache.join(format!("{}.zip", sha('e'))).exists(),
+        "pruned once idle"
+    );
+    // An unreadable record may name a pack in use: nothing is pruned then.
+    std::fs::write(cache.join(format!("{}.zip", sha('f'))), b"zip").unwrap();
+    std::fs::write(nodes.join("n3.json"), b"{not json").unwrap();
+    super::prune_pack_cache(&ctx);
+    assert!(cache.join(format!("{}.zip", sha('f'))).exists());
+}
+
+fn names(p: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }

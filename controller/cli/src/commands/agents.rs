@@ -1,5 +1,6 @@
 //! `apimctl agents`: every enrolled agent, connected or not, with when it was last seen, when
-//! its certificate expires, and whether it is revoked.
+//! its certificate expires, and whether it is revoked; one table, or one JSON document
+//! (`{"agents": [...]}`).
 
 use std::io::Write;
 
@@ -8,7 +9,7 @@ use apim_proto::v1::ListAgentsRequest;
 use crate::cli::Exit;
 use crate::client::{self, Settings};
 use crate::error::CliError;
-use crate::output::{Format, json, lines};
+use crate::output::{Format, json, tables};
 
 /// `apimctl agents`.
 #[derive(Debug, clap::Args)]
@@ -22,11 +23,14 @@ pub struct Args {
 pub async fn run(args: Args, settings: Settings, stdout: &mut dyn Write) -> Result<Exit, CliError> {
     let mut op = client::operator(settings.connect().await?);
     let r = op.list_agents(ListAgentsRequest {}).await?.into_inner();
-    for a in &r.agents {
-        let _ = match args.output {
-            Format::Json => writeln!(stdout, "{}", json::agent(a)),
-            Format::Text => writeln!(stdout, "{}", lines::agent(a)),
-        };
-    }
+    let _ = match args.output {
+        Format::Json => writeln!(stdout, "{}", json::agents(&r.agents)),
+        Format::Text => tables::or_empty(
+            &tables::agents(&r.agents, std::time::SystemTime::now()),
+            "no agent enrolled yet (apimctl token create --machine NAME)",
+        )
+        .iter()
+        .try_for_each(|l| writeln!(stdout, "{l}")),
+    };
     Ok(Exit::Success)
 }

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use apim_plan::secrets::EnvSource;
 use apim_proto::v1::operator_service_client::OperatorServiceClient;
@@ -70,28 +71,26 @@ pub async fn run(
         let _ = writeln!(stderr, "{l}");
     }
     let format = args.output;
-    if resp.rollout_id.is_empty() {
-        match format {
-            Format::Json => {
-                let _ = writeln!(stdout, "{}", json::apply_unchanged(resp.generation));
-            }
-            Format::Text => {
-                let _ = writeln!(stdout, "generation {}: nothing to change", resp.generation);
-            }
-        }
+    if resp.rollout_id.is_empty() || args.no_wait {
+        started(resp.generation, &resp.rollout_id, format, stdout);
         return Ok(Exit::Success);
     }
     if format == Format::Text {
-        let _ = writeln!(
-            stdout,
-            "generation {}: rollout {} started",
-            resp.generation, resp.rollout_id
-        );
-    }
-    if args.no_wait {
-        return Ok(Exit::Success);
+        started(resp.generation, &resp.rollout_id, format, stdout);
     }
     follow(&mut op, &resp.rollout_id, format, stdout).await
+}
+
+/// Says that `generation` was stored and its rollout `rollout_id` started, or that it changes
+/// nothing (`rollout_id` empty): a line, or the one JSON document of `apply --no-wait` and of
+/// an apply that changes nothing.
+pub(crate) fn started(generation: u64, rollout_id: &str, format: Format, stdout: &mut dyn Write) {
+    let _ = match (format, rollout_id) {
+        (Format::Json, "") => writeln!(stdout, "{}", json::apply_unchanged(generation)),
+        (Format::Json, id) => writeln!(stdout, "{}", json::apply_started(generation, id)),
+        (Format::Text, "") => writeln!(stdout, "generation {generation}: nothing to change"),
+        (Format::Text, id) => writeln!(stdout, "generation {generation}: rollout {id} started"),
+    };
 }
 
 /// Follows rollout `rollout_id` until it ends; prints its last status lines (or status JSON)
@@ -108,17 +107,62 @@ pub(crate) async fn follow(
         Format::Json => None,
     };
     let mut last_lines: Vec<String> = Vec::new();
+    let mut following = rollout_id.to_owned();
+    // Set once the rollout rolled back: the controller rolls the last success out again as a
+    // newer generation, followed to its end; the command still failed.
+    let mut rolled_back: Option<(u64, String)> = None;
+    // The bars' elapsed times keep counting between changes (in a terminal only: lines and
+    // JSON print changes only).
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let status = stream.message().await?.ok_or(CliError::WatchClosed)?;
+        let status = tokio::select! {
+            message = stream.message() => message?.ok_or(CliError::WatchClosed)?,
+            _ = tick.tick(), if bars.is_some() => {
+                if let Some(b) = &mut bars {
+                    b.tick(SystemTime::now());
+                }
+                continue;
+            }
+        };
         let Some(r) = status.rollout.clone() else {
             continue;
         };
-        if r.id != rollout_id {
+        // A newer rollout while ours has not ended here: ours ended in between (a rollback
+        // rolls the last success out as a new generation in the same step). How it ended is in
+        // the history.
+        if rolled_back.is_none() && r.id != following {
+            if let Some(ended) = ended_before(op, &following, &r).await? {
+                if format == Format::Text {
+                    let _ = writeln!(
+                        stdout,
+                        "rollout {}: {} ({})",
+                        ended.id,
+                        output::state_name(ended.state()),
+                        apim_proto::text::printable(&ended.message)
+                    );
+                }
+                if ended.state() != RolloutState::RolledBack {
+                    return Ok(Exit::Failed);
+                }
+                rolled_back = Some((ended.generation, ended.message.clone()));
+            }
+        }
+        if let Some((generation, _)) = &rolled_back
+            && r.id != following
+            && r.generation > *generation
+        {
+            if format == Format::Text {
+                let _ = writeln!(stdout, "following {} (the rollback)", r.id);
+            }
+            following = r.id.clone();
+        }
+        if r.id != following {
             continue;
         }
-        let lines = lines::status_lines(&status);
+        let lines = lines::status_lines(&status, SystemTime::now());
         match (&mut bars, format) {
-            (Some(b), _) => b.update(&status, &r),
+            (Some(b), _) => b.update(&status, &r, SystemTime::now()),
             (None, Format::Text) => {
                 for l in lines.iter().filter(|l| !last_lines.contains(l)) {
                     let _ = writeln!(stdout, "{l}");
@@ -137,6 +181,19 @@ pub(crate) async fn follow(
         ) {
             continue;
         }
+        if state == RolloutState::RolledBack && rolled_back.is_none() {
+            if format == Format::Text {
+                let _ = writeln!(
+                    stdout,
+                    "rollout {}: {} ({})",
+                    r.id,
+                    output::state_name(state),
+                    apim_proto::text::printable(&r.message)
+                );
+            }
+            rolled_back = Some((r.generation, r.message.clone()));
+            continue;
+        }
         if let Some(b) = bars {
             b.finish();
         }
@@ -153,14 +210,35 @@ pub(crate) async fn follow(
                     "rollout {}: {} ({})",
                     r.id,
                     output::state_name(state),
-                    r.message
+                    apim_proto::text::printable(&r.message)
                 );
             }
         }
-        return Ok(if state == RolloutState::Succeeded {
-            Exit::Success
-        } else {
-            Exit::Failed
-        });
+        return Ok(
+            if state == RolloutState::Succeeded && rolled_back.is_none() {
+                Exit::Success
+            } else {
+                Exit::Failed
+            },
+        );
     }
+}
+
+/// When `newer` (another rollout than `followed`) is newer than `followed`, how `followed`
+/// ended, from the history; `None` when it is not newer or not found.
+async fn ended_before(
+    op: &mut OperatorServiceClient<Channel>,
+    followed: &str,
+    newer: &apim_proto::v1::Rollout,
+) -> Result<Option<apim_proto::v1::Rollout>, CliError> {
+    let history = op
+        .history(apim_proto::v1::HistoryRequest { limit: 0 })
+        .await?
+        .into_inner();
+    let ours = history
+        .generations
+        .into_iter()
+        .filter_map(|g| g.rollout)
+        .find(|r| r.id == followed);
+    Ok(ours.filter(|o| o.generation < newer.generation))
 }

@@ -14,8 +14,19 @@ use crate::error::CliError;
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Run the controller daemon.
+    #[command(after_long_help = crate::help!(
+        [
+            "apimctl controller run --config /etc/apimctl/controller.toml",
+            "apimctl controller run --config controller.toml --log-format json"
+        ],
+        crate::exit_codes_daemon!()
+    ))]
     Run(RunArgs),
     /// Issue an operator certificate from the CA files (run on the controller host).
+    #[command(after_long_help = crate::help!(
+        ["apimctl controller operator-cert --name alice --out ~/.config/apimctl/"],
+        crate::exit_codes_daemon!()
+    ))]
     OperatorCert(OperatorCertArgs),
 }
 

@@ -4,16 +4,14 @@
 use std::io::Write;
 
 use apim_proto::text::printable;
-use apim_proto::v1::{GenerationInfo, HistoryRequest, RollbackRequest};
+use apim_proto::v1::{DiffRequest, HistoryRequest, PlanResponse, RollbackRequest};
 
 use crate::cli::Exit;
 use crate::client::{self, Settings};
 use crate::error::CliError;
-use crate::output::{Format, state_name};
+use crate::output::{Format, json, lines, tables};
 
 /// `apimctl history`.
-///
-/// Example: apimctl history -n 5
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
     /// At most this many generations, newest first.
@@ -25,8 +23,6 @@ pub struct HistoryArgs {
 }
 
 /// `apimctl rollback`.
-///
-/// Example: apimctl rollback --to 3
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
     /// The generation to return to (default: the newest earlier one that rolled out).
@@ -40,15 +36,16 @@ pub struct RollbackArgs {
     no_wait: bool,
 }
 
-fn when(g: &GenerationInfo) -> String {
-    g.created_at
-        .as_ref()
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+/// `apimctl diff`.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The older generation.
+    from: u64,
+    /// The newer one (default: the latest).
+    to: Option<u64>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Format,
 }
 
 /// Runs `apimctl history`.
@@ -62,52 +59,15 @@ pub async fn history(
         .history(HistoryRequest { limit: args.limit })
         .await?
         .into_inner();
-    match args.output {
-        Format::Json => {
-            let rows: Vec<_> = r
-                .generations
-                .iter()
-                .map(|g| {
-                    serde_json::json!({
-                        "generation": g.generation, "author": g.author, "created_at": when(g),
-                        "plan_path": g.plan_path, "changed_nodes": g.changed_nodes,
-                        "restorable": g.restorable,
-                        "rollout": g.rollout.as_ref().map(|r| serde_json::json!({
-                            "id": r.id, "state": state_name(r.state()), "message": r.message,
-                        })),
-                    })
-                })
-                .collect();
-            let _ = writeln!(stdout, "{}", serde_json::json!({ "generations": rows }));
-        }
-        Format::Text => {
-            for g in &r.generations {
-                let outcome = g
-                    .rollout
-                    .as_ref()
-                    .map_or_else(|| "no rollout".to_string(), |r| state_name(r.state()));
-                let changed = if g.changed_nodes.is_empty() {
-                    "-".to_string()
-                } else {
-                    g.changed_nodes.join(",")
-                };
-                let kept = if g.restorable {
-                    ""
-                } else {
-                    "  (secrets forgotten)"
-                };
-                let _ = writeln!(
-                    stdout,
-                    "{:>4}  {}  {:<10}  changed {}  by {}{kept}",
-                    g.generation,
-                    when(g),
-                    outcome,
-                    printable(&changed),
-                    printable(&g.author)
-                );
-            }
-        }
-    }
+    let _ = match args.output {
+        Format::Json => writeln!(stdout, "{}", json::history(&r.generations)),
+        Format::Text => tables::or_empty(
+            &tables::history(&r.generations, std::time::SystemTime::now()),
+            "no generation applied yet",
+        )
+        .iter()
+        .try_for_each(|l| writeln!(stdout, "{l}")),
+    };
     Ok(Exit::Success)
 }
 
@@ -124,19 +84,69 @@ pub async fn rollback(
         })
         .await?
         .into_inner();
-    if r.rollout_id.is_empty() {
-        let _ = writeln!(stdout, "generation {}: nothing to change", r.generation);
+    if r.rollout_id.is_empty() || args.no_wait {
+        super::apply::started(r.generation, &r.rollout_id, args.output, stdout);
         return Ok(Exit::Success);
     }
     if args.output == Format::Text {
-        let _ = writeln!(
-            stdout,
-            "generation {}: rollout {} started",
-            r.generation, r.rollout_id
-        );
-    }
-    if args.no_wait {
-        return Ok(Exit::Success);
+        super::apply::started(r.generation, &r.rollout_id, args.output, stdout);
     }
     super::apply::follow(&mut op, &r.rollout_id, args.output, stdout).await
+}
+
+/// Runs `apimctl diff`: the plan text's diff, then each node's changes as `plan` shows them.
+pub async fn diff(
+    args: DiffArgs,
+    settings: Settings,
+    stdout: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let mut op = client::operator(settings.connect().await?);
+    let r = op
+        .diff(DiffRequest {
+            from_generation: args.from,
+            to_generation: args.to.unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    let nodes = PlanResponse {
+        changes: r.changes.clone(),
+        ..PlanResponse::default()
+    };
+    match args.output {
+        Format::Json => {
+            let _ = writeln!(
+                stdout,
+                "{}",
+                serde_json::json!({
+                    "from": r.from_generation, "to": r.to_generation,
+                    "plan_diff": r.plan_diff, "nodes": json::plan(&nodes)["changes"],
+                    "note": r.note,
+                })
+            );
+        }
+        Format::Text => {
+            let _ = writeln!(
+                stdout,
+                "generation {} -> {}: plan",
+                r.from_generation, r.to_generation
+            );
+            if r.plan_diff.is_empty() {
+                let _ = writeln!(stdout, "  (the same plan text)");
+            }
+            for l in &r.plan_diff {
+                let _ = writeln!(stdout, "  {}", printable(l));
+            }
+            let _ = writeln!(stdout, "nodes");
+            for l in lines::plan(&nodes)
+                .iter()
+                .filter(|l| !l.starts_with("cluster revision:"))
+            {
+                let _ = writeln!(stdout, "{l}");
+            }
+            if !r.note.is_empty() {
+                let _ = writeln!(stdout, "note: {}", printable(&r.note));
+            }
+        }
+    }
+    Ok(Exit::Success)
 }

@@ -15,8 +15,10 @@ use crate::output::{Format, state_name};
 pub enum Command {
     /// Stop the rollout in flight: nothing more is staged or released (nodes already released
     /// keep converging). Apply a plan afterwards to go on (the previous one included).
-    ///
-    /// Example: apimctl rollout abort --id rollout-7
+    #[command(after_long_help = crate::help!(
+        ["apimctl rollout abort", "apimctl rollout abort --id rollout-7 -o json"],
+        crate::exit_codes_controller!()
+    ))]
     Abort(AbortArgs),
 }
 

@@ -13,6 +13,13 @@ use crate::error::CliError;
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Create a one-time join token for a machine.
+    #[command(after_long_help = crate::help!(
+        [
+            "apimctl token create --machine vm-gw-1",
+            "apimctl token create --machine vm-gw-1 --ttl 30m > token   # then to the machine's /etc/apim-agent/token"
+        ],
+        crate::exit_codes_controller!()
+    ))]
     Create(CreateArgs),
 }
 

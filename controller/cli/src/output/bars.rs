@@ -1,9 +1,11 @@
 //! `apply`'s live progress in a terminal: a spinner with the rollout's state and one bar per
 //! node that fills as the node goes from pending to healthy, labelled with its status line.
+//! The labels' elapsed times keep counting between changes: the caller ticks [`LiveBars::tick`]
+//! every second.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use apim_proto::v1::{ClusterStatus, NodePhase, Rollout};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -38,6 +40,8 @@ pub struct LiveBars {
     multi: MultiProgress,
     header: ProgressBar,
     nodes: BTreeMap<(String, String), ProgressBar>,
+    /// The last status shown, redrawn by [`LiveBars::tick`].
+    last: Option<ClusterStatus>,
 }
 
 impl LiveBars {
@@ -47,18 +51,23 @@ impl LiveBars {
     }
 
     fn new() -> Self {
-        let multi = MultiProgress::new();
+        Self::drawn_to(indicatif::ProgressDrawTarget::stderr())
+    }
+
+    fn drawn_to(target: indicatif::ProgressDrawTarget) -> Self {
+        let multi = MultiProgress::with_draw_target(target);
         let header = multi.add(ProgressBar::new_spinner());
         header.enable_steady_tick(Duration::from_millis(120));
         LiveBars {
             multi,
             header,
             nodes: BTreeMap::new(),
+            last: None,
         }
     }
 
-    /// Shows `status` of `rollout`.
-    pub fn update(&mut self, status: &ClusterStatus, rollout: &Rollout) {
+    /// Shows `status` of `rollout` at `now`.
+    pub fn update(&mut self, status: &ClusterStatus, rollout: &Rollout, now: SystemTime) {
         // The engine's message already says where it is ("starting tier 2", …).
         let header = if rollout.message.is_empty() {
             format!("{} tier {}", state_name(rollout.state()), rollout.tier + 1)
@@ -80,7 +89,21 @@ impl LiveBars {
                 if n.phase() != NodePhase::Failed {
                     bar.set_position(phase_progress(n.phase()));
                 }
-                bar.set_message(node_line(m, n));
+                bar.set_message(node_line(m, n, now));
+            }
+        }
+        self.last = Some(status.clone());
+    }
+
+    /// Redraws the labels of the last status at `now`, so their elapsed times count on while
+    /// nothing changes.
+    pub fn tick(&mut self, now: SystemTime) {
+        let Some(status) = &self.last else { return };
+        for m in &status.machines {
+            for n in &m.nodes {
+                if let Some(bar) = self.nodes.get(&(m.machine.clone(), n.node.clone())) {
+                    bar.set_message(node_line(m, n, now));
+                }
             }
         }
     }
@@ -115,5 +138,37 @@ mod tests {
         let steps: Vec<u64> = order.iter().map(|p| phase_progress(*p)).collect();
         assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
         assert_eq!(steps.last(), Some(&PHASE_STEPS));
+    }
+
+    #[test]
+    fn a_waiting_nodes_elapsed_time_keeps_counting_between_changes() {
+        use apim_proto::v1::{MachineStatus, NodeStatus, RolloutState};
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let status = ClusterStatus {
+            machines: vec![MachineStatus {
+                machine: "vm-km-1".into(),
+                reachable: true,
+                nodes: vec![NodeStatus {
+                    node: "km-1".into(),
+                    phase: NodePhase::Staged.into(),
+                    phase_since: Some((t0 - Duration::from_secs(10)).into()),
+                    ..NodeStatus::default()
+                }],
+                ..MachineStatus::default()
+            }],
+            ..ClusterStatus::default()
+        };
+        let rollout = Rollout {
+            state: RolloutState::Starting.into(),
+            ..Rollout::default()
+        };
+        let mut bars = LiveBars::drawn_to(indicatif::ProgressDrawTarget::hidden());
+        bars.update(&status, &rollout, t0);
+        let label = |b: &LiveBars| b.nodes.values().next().expect("a bar").message();
+        assert!(label(&bars).contains(" 10s"), "{}", label(&bars));
+        // No new status: the tick alone moves the time on.
+        bars.tick(t0 + Duration::from_secs(65));
+        assert!(label(&bars).contains(" 1m15s"), "{}", label(&bars));
+        bars.finish();
     }
 }

@@ -1,6 +1,8 @@
-//! Every `-o json` shape: one JSON value per line on stdout.
+//! Every `-o json` shape. A command prints exactly one JSON document on stdout, its result or
+//! its error ([`crate::error::ErrorReport::json`]); `status --watch -o json` alone prints one
+//! document per change (JSON Lines). Times are RFC 3339 (UTC).
 
-use apim_proto::v1::{AgentInfo, ClusterStatus, PlanResponse};
+use apim_proto::v1::{AgentInfo, ClusterStatus, GenerationInfo, PlanResponse};
 use serde_json::{Value, json};
 
 use super::{kind_name, phase_name, rfc3339, since, state_name};
@@ -23,7 +25,8 @@ pub fn status(status: &ClusterStatus) -> Value {
                 "node": n.node, "phase": phase_name(n.phase()), "step": n.step,
                 "generation": n.plan_generation, "spec_generation": n.generation,
                 "last_error": n.last_error,
-                "running": n.running, "config_digest": n.config_digest,
+                "running": n.running, "pid": n.pid, "restarts": n.restarts,
+                "config_digest": n.config_digest,
                 "since": since(n.phase_since.as_ref()).map(rfc3339),
                 "drift": super::drift::json(&n.drift),
             })).collect::<Vec<_>>(),
@@ -31,9 +34,14 @@ pub fn status(status: &ClusterStatus) -> Value {
     })
 }
 
-/// `apply` of a plan that changes nothing.
+/// `apply` (or `rollback`) of a plan that changes nothing.
 pub fn apply_unchanged(generation: u64) -> Value {
     json!({"generation": generation, "rollout": null, "state": "unchanged"})
+}
+
+/// `apply --no-wait` (or `rollback --no-wait`): the generation stored and its rollout started.
+pub fn apply_started(generation: u64, rollout_id: &str) -> Value {
+    json!({"generation": generation, "rollout": {"id": rollout_id}, "state": "started"})
 }
 
 /// `plan`: the cluster revision and every node's change.
@@ -54,11 +62,36 @@ pub fn plan(resp: &PlanResponse) -> Value {
     json!({"cluster_revision": resp.cluster_revision, "changes": changes})
 }
 
-/// `agents`: one agent (one line each).
-pub fn agent(a: &AgentInfo) -> Value {
-    json!({
-        "machine": a.machine, "connected": a.connected, "revoked": a.revoked,
-        "last_seen": since(a.last_seen.as_ref()).map(rfc3339).unwrap_or_default(),
-        "cert_not_after": since(a.cert_not_after.as_ref()).map(rfc3339).unwrap_or_default(),
-    })
+/// `agents`: every enrolled agent.
+pub fn agents(agents: &[AgentInfo]) -> Value {
+    let agents: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            json!({
+                "machine": a.machine, "connected": a.connected, "revoked": a.revoked,
+                "last_seen": since(a.last_seen.as_ref()).map(rfc3339),
+                "cert_not_after": since(a.cert_not_after.as_ref()).map(rfc3339),
+            })
+        })
+        .collect();
+    json!({ "agents": agents })
+}
+
+/// `history`: the generations, newest first, with their rollout's outcome.
+pub fn history(generations: &[GenerationInfo]) -> Value {
+    let rows: Vec<_> = generations
+        .iter()
+        .map(|g| {
+            json!({
+                "generation": g.generation, "author": g.author,
+                "created_at": since(g.created_at.as_ref()).map(rfc3339),
+                "plan_path": g.plan_path, "changed_nodes": g.changed_nodes,
+                "restorable": g.restorable,
+                "rollout": g.rollout.as_ref().map(|r| json!({
+                    "id": r.id, "state": state_name(r.state()), "message": r.message,
+                })),
+            })
+        })
+        .collect();
+    json!({ "generations": rows })
 }

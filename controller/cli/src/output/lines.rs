@@ -1,82 +1,42 @@
-//! The text lines of the controller commands: one line per node for `status` (and `apply`
-//! without a terminal), the changes of `plan`, one line per agent, and the details of a plan
-//! the controller refused. Text an agent wrote (steps, errors, the rollout message that quotes
+//! The text lines of the controller commands: one line per node for `apply`'s progress (bars
+//! in a terminal, lines otherwise), the changes of `plan`, and the details of a plan the
+//! controller refused. Text an agent wrote (steps, errors, the rollout message that quotes
 //! them) is shown through [`printable`]: it cannot forge a line or drive the terminal.
 
 use std::time::SystemTime;
 
-use apim_proto::v1::{
-    AgentInfo, ChangeKind, ClusterStatus, MachineStatus, NodeStatus, PlanResponse,
-};
+use apim_proto::v1::{ChangeKind, ClusterStatus, MachineStatus, NodeStatus, PlanResponse};
 
 use apim_proto::text::printable;
 
-use super::{kind_name, phase_name, rfc3339, since, state_name};
-
-/// `status`: a header with the generation and the rollout, then [`status_lines`].
-pub fn status(status: &ClusterStatus) -> Vec<String> {
-    let rollout = status
-        .rollout
-        .as_ref()
-        .map_or("no rollout yet".to_string(), |r| {
-            format!(
-                "rollout {} {} ({})",
-                r.id,
-                state_name(r.state()),
-                printable(&r.message)
-            )
-        });
-    let mut lines = vec![format!("generation {}: {rollout}", status.generation)];
-    lines.extend(status_lines(status));
-    let drift = super::drift::section(status);
-    if !drift.is_empty() {
-        lines.push("drift (files that differ from what the agent wrote; `apimctl check`):".into());
-        lines.extend(drift.into_iter().map(|l| format!("  {l}")));
-    }
-    lines
-}
+use super::kind_name;
+use super::tables::{generation, machine_or_node_phase};
+use super::time::elapsed;
 
 /// One line per node: machine, node, phase, the plan generation the node's spec came from
-/// (`gen N`; `gen -` when not known yet), elapsed time in the phase, step and last error; an
-/// unreachable machine's nodes say "unreachable since T", a revoked machine's "revoked"; a
-/// drifted node's phase ends in ", drifted" (what differs is listed after the nodes).
-pub fn status_lines(status: &ClusterStatus) -> Vec<String> {
+/// (`gen N`; `gen -` when not known yet), time in the phase, restarts, step and last error; an
+/// unreachable machine's nodes say "unreachable for 3m12s", a revoked machine's "revoked".
+pub fn status_lines(status: &ClusterStatus, now: SystemTime) -> Vec<String> {
     status
         .machines
         .iter()
-        .flat_map(|m| m.nodes.iter().map(move |n| node_line(m, n)))
+        .flat_map(|m| m.nodes.iter().map(move |n| node_line(m, n, now)))
         .collect()
 }
 
 /// The status line of one node (see [`status_lines`]).
-pub fn node_line(m: &MachineStatus, n: &NodeStatus) -> String {
-    let phase = if m.revoked {
-        "revoked".to_string()
-    } else if m.reachable {
-        phase_name(n.phase())
-    } else {
-        match since(m.unreachable_since.as_ref()) {
-            Some(t) => format!("unreachable since {}", rfc3339(t)),
-            None => "unreachable (never connected)".into(),
-        }
-    };
-    let generation = match n.plan_generation {
-        0 => "-".to_string(),
-        g => g.to_string(),
-    };
-    let phase = if n.drift.is_empty() {
-        phase
-    } else {
-        format!("{phase}, drifted")
-    };
+pub fn node_line(m: &MachineStatus, n: &NodeStatus, now: SystemTime) -> String {
     let mut line = format!(
         "{:<14} {:<14} {:<12} gen {:<4} {:>7}",
         printable(&m.machine),
         printable(&n.node),
-        phase,
-        generation,
-        elapsed(since(n.phase_since.as_ref()))
+        machine_or_node_phase(m, n, now),
+        generation(n.plan_generation),
+        elapsed(super::since(n.phase_since.as_ref()), now)
     );
+    if n.restarts > 0 {
+        line.push_str(&format!("  restarts {}", n.restarts));
+    }
     if !n.step.is_empty() {
         line.push_str(&format!("  {}", printable(&n.step)));
     }
@@ -84,22 +44,6 @@ pub fn node_line(m: &MachineStatus, n: &NodeStatus) -> String {
         line.push_str(&format!("  error: {}", printable(&n.last_error)));
     }
     line.trim_end().to_string()
-}
-
-/// Time since `t`, short: `42s`, `3m05s`, `2h10m`; `-` when not known.
-fn elapsed(t: Option<SystemTime>) -> String {
-    let Some(t) = t else { return "-".into() };
-    let s = SystemTime::now()
-        .duration_since(t)
-        .unwrap_or_default()
-        .as_secs();
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    }
 }
 
 /// `plan`: per node a `+`/`-`/`~` line with its change and whether it restarts, then its
@@ -143,24 +87,6 @@ pub fn plan(resp: &PlanResponse) -> Vec<String> {
         lines.push("nothing to change".into());
     }
     lines
-}
-
-/// `agents`: machine, connected or not, last seen, certificate expiry, and `REVOKED`.
-pub fn agent(a: &AgentInfo) -> String {
-    format!(
-        "{:<16} {:<12} last seen {}  cert until {}{}",
-        a.machine,
-        if a.connected {
-            "connected"
-        } else {
-            "disconnected"
-        },
-        since(a.last_seen.as_ref()).map(rfc3339).unwrap_or_default(),
-        since(a.cert_not_after.as_ref())
-            .map(rfc3339)
-            .unwrap_or_default(),
-        if a.revoked { "  REVOKED" } else { "" }
-    )
 }
 
 /// The controller's refusal of a plan: one `file:line:col: error: MESSAGE` line (the location
@@ -215,7 +141,8 @@ mod tests {
             last_error: "port 9447 refused".into(),
             ..NodeStatus::default()
         };
-        let line = node_line(&m, &n);
+        let now = SystemTime::UNIX_EPOCH;
+        let line = node_line(&m, &n, now);
         assert!(
             line.starts_with("vm-gw-1        gw-1           failed"),
             "{line}"
@@ -225,7 +152,7 @@ mod tests {
             plan_generation: 0,
             ..n.clone()
         };
-        assert!(node_line(&m, &unknown).contains("gen -"));
+        assert!(node_line(&m, &unknown, now).contains("gen -"));
         assert!(
             line.ends_with("waiting for readiness  error: port 9447 refused"),
             "{line}"
@@ -234,15 +161,15 @@ mod tests {
             reachable: false,
             ..m
         };
-        assert!(node_line(&away, &n).contains("unreachable (never connected)"));
+        assert!(node_line(&away, &n, now).contains("unreachable (never connected)"));
         let revoked = MachineStatus {
             revoked: true,
             ..away
         };
         assert!(
-            node_line(&revoked, &n).contains(" revoked "),
+            node_line(&revoked, &n, now).contains(" revoked "),
             "{}",
-            node_line(&revoked, &n)
+            node_line(&revoked, &n, now)
         );
     }
 

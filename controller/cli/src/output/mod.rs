@@ -1,6 +1,11 @@
 //! How apimctl's output looks. Commands decide what to say; these modules decide how it looks:
 //!
-//! - [`lines`]: the text lines of `status`, `plan`, `agents`, and the controller's refusals;
+//! - [`table`]: aligned columns with a header, for any listing (widths from the cells, every
+//!   cell escaped);
+//! - [`tables`]: the tables of `status`, `agents` and `history`;
+//! - [`time`]: human times for tables (`3m12s`, `2m ago`, `in 23h`), against an injected now;
+//! - [`watch`]: `status --watch` in text (redrawn in a terminal, timestamped lines piped);
+//! - [`lines`]: `apply`'s node lines, the changes of `plan`, and the controller's refusals;
 //! - [`render`]: the text of `render` (and of the files `render --out` writes);
 //! - [`bars`]: `apply`'s live progress in a terminal;
 //! - [`json`]: every `-o json` shape;
@@ -17,6 +22,10 @@ pub mod drift;
 pub mod json;
 pub mod lines;
 pub mod render;
+pub mod table;
+pub mod tables;
+pub mod time;
+pub mod watch;
 
 /// Output format of the controller commands (`-o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,9 +67,9 @@ pub fn since(ts: Option<&apim_proto::prost_types::Timestamp>) -> Option<SystemTi
     ts.and_then(|t| SystemTime::try_from(*t).ok())
 }
 
-/// A time as RFC 3339 (UTC).
+/// A time as RFC 3339 (UTC), as JSON shows every time.
 pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
+    ::time::OffsetDateTime::from(t)
+        .format(&::time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }

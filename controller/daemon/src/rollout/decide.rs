@@ -21,7 +21,8 @@ pub struct NodeReport {
 /// Everything [`decide`] looks at besides the record.
 #[derive(Debug, Clone, Copy)]
 pub struct World<'a> {
-    /// The rollout's target spec of every machine (every node desired RUNNING).
+    /// The rollout's target spec of every machine (every node desired RUNNING, or STOPPED when
+    /// the operator stopped it).
     pub targets: &'a BTreeMap<String, MachineSpec>,
     /// The spec pushed to each machine now.
     pub pushed: &'a BTreeMap<String, MachineSpec>,
@@ -82,13 +83,23 @@ pub fn decide(r: &RolloutRecord, world: &World<'_>) -> Decision {
     match r.state {
         Phase::Staging => stage(r, world),
         Phase::Starting => release(r, world),
-        Phase::RollingBack => roll_back(r, world),
+        // The engine rolls the baseline out as a new generation ([`super::restore_baseline`]).
+        Phase::RollingBack => Decision::wait(r, None),
         Phase::Succeeded | Phase::Failed | Phase::RolledBack => Decision::wait(r, None),
     }
 }
 
 fn next_generation(world: &World<'_>, machine: &str) -> u64 {
     world.pushed.get(machine).map_or(0, |s| s.generation) + 1
+}
+
+/// Whether the rollout's target stops `node` (`apimctl stop`).
+fn stopping(world: &World<'_>, machine: &str, node: &str) -> bool {
+    world
+        .targets
+        .get(machine)
+        .and_then(|s| s.nodes.iter().find(|n| n.name == node))
+        .is_some_and(|n| n.desired() == DesiredRun::Stopped)
 }
 
 fn report<'w>(world: &'w World<'_>, machine: &str, node: &str) -> Option<&'w NodeReport> {
@@ -111,12 +122,15 @@ fn stage(mut r: RolloutRecord, world: &World<'_>) -> Decision {
                 });
             for n in &mut spec.nodes {
                 let changed = r.nodes.get(&n.name).is_some_and(|p| p.changed);
-                n.desired = if changed {
-                    DesiredRun::Staged
-                } else {
-                    DesiredRun::Running
+                // A node the operator stopped is stopped now; the rest run or stage.
+                if n.desired() != DesiredRun::Stopped {
+                    n.desired = if changed {
+                        DesiredRun::Staged
+                    } else {
+                        DesiredRun::Running
+                    }
+                    .into();
                 }
-                .into();
             }
             spec.generation = next_generation(world, machine);
             spec.plan_generation = r.generation;
@@ -139,8 +153,13 @@ fn stage(mut r: RolloutRecord, world: &World<'_>) -> Decision {
                     let (name, why) = (name.clone(), rep.status.last_error.clone());
                     return fail(r, &name, &why);
                 }
-                let ok = phase == NodePhase::Staged
-                    || (phase == NodePhase::Healthy && rep.status.config_digest == p.target_digest);
+                let ok = if stopping(world, &p.machine, name) {
+                    phase == NodePhase::Stopped
+                } else {
+                    phase == NodePhase::Staged
+                        || (phase == NodePhase::Healthy
+                            && rep.status.config_digest == p.target_digest)
+                };
                 if !ok {
                     waiting += 1;
                 }
@@ -150,6 +169,12 @@ fn stage(mut r: RolloutRecord, world: &World<'_>) -> Decision {
     }
     if waiting > 0 {
         return Decision::wait(r, None);
+    }
+    // Stopped nodes are done: nothing releases them.
+    for (name, p) in r.nodes.iter_mut() {
+        if p.changed && stopping(world, &p.machine, name) {
+            p.done = true;
+        }
     }
     r.state = Phase::Starting;
     r.tier = 0;
@@ -310,35 +335,6 @@ fn fail(mut r: RolloutRecord, node: &str, why: &str) -> Decision {
         Phase::Failed
     };
     Decision::again(r, Vec::new())
-}
-
-/// Pushes every touched machine's baseline spec again, at a higher generation.
-fn roll_back(mut r: RolloutRecord, world: &World<'_>) -> Decision {
-    let mut specs = Vec::new();
-    for machine in r.machines.keys() {
-        let mut spec = world
-            .baseline
-            .get(machine)
-            .cloned()
-            .unwrap_or_else(|| MachineSpec {
-                machine: machine.clone(),
-                ..MachineSpec::default()
-            });
-        spec.generation = next_generation(world, machine);
-        for n in &mut spec.nodes {
-            n.desired = DesiredRun::Running.into();
-        }
-        specs.push(spec);
-    }
-    r.state = Phase::RolledBack;
-    r.message = format!("{}; the previous generation was restored", r.message);
-    tracing::warn!(rollout = %r.id, machines = specs.len(), "rolled back");
-    Decision {
-        record: r,
-        push: specs,
-        baseline: None,
-        next: Next::Wait(None),
-    }
 }
 
 #[cfg(test)]

@@ -320,29 +320,55 @@ fn the_health_timeout_fails_a_node_only_while_its_agent_is_connected() {
 }
 
 #[test]
-fn rollback_pushes_the_baseline_at_a_higher_generation() {
-    let (mut f, mut r) = starting(false, 5);
+fn a_rollback_is_left_to_the_engine_which_rolls_the_baseline_out_as_a_new_generation() {
+    let (f, mut r) = starting(false, 5);
     r.state = Phase::RollingBack;
-    r.message = "node km on vm-km failed: boom".into();
-    f.baseline
-        .insert("vm-km".into(), spec("vm-km", "km", "key-manager", 1));
     let d = decide(&r, &f.world(0));
-    assert_eq!(d.record.state, Phase::RolledBack);
+    assert_eq!((d.record, d.push.len(), d.next), (r, 0, Next::Wait(None)));
+}
+
+#[test]
+fn a_node_the_operator_stops_is_stopped_at_staging_and_never_released() {
+    let mut f = Fixture::new();
+    let mut r = record(false, 5);
+    // km stops; everything else is changed and staged as usual.
+    for s in f.targets.values_mut() {
+        for n in &mut s.nodes {
+            if n.name == "km" {
+                n.desired = DesiredRun::Stopped.into();
+            }
+        }
+    }
+    let d = decide(&r, &f.world(0));
+    let km = d
+        .push
+        .iter()
+        .find(|s| s.machine == "vm-km")
+        .expect("vm-km pushed");
+    assert_eq!(desired(km), DesiredRun::Stopped);
+    r = d.record;
+    for s in &d.push {
+        f.pushed.insert(s.machine.clone(), s.clone());
+        for n in &s.nodes {
+            let phase = if n.name == "km" {
+                NodePhase::Stopped
+            } else {
+                NodePhase::Staged
+            };
+            f.report(&s.machine, status(&n.name, s.generation, phase, ""), true);
+        }
+    }
+    let d = decide(&r, &f.world(0));
+    assert_eq!(d.record.state, Phase::Starting);
+    assert!(d.record.nodes["km"].done, "a stopped node is done");
+    let d = decide(&d.record, &f.world(0));
     assert!(
-        d.record
-            .message
-            .ends_with("the previous generation was restored")
+        d.push
+            .iter()
+            .flat_map(|s| &s.nodes)
+            .all(|n| n.name != "km" || n.desired() == DesiredRun::Stopped),
+        "km is never released"
     );
-    let by_machine: BTreeMap<&str, &MachineSpec> =
-        d.push.iter().map(|s| (s.machine.as_str(), s)).collect();
-    assert_eq!(by_machine.len(), 3);
-    assert_eq!(by_machine["vm-km"].generation, 2);
-    assert_eq!(desired(by_machine["vm-km"]), DesiredRun::Running);
-    assert!(
-        by_machine["vm-gw-1"].nodes.is_empty(),
-        "a machine new in this rollout is emptied"
-    );
-    assert_eq!(d.next, Next::Wait(None));
 }
 
 #[test]

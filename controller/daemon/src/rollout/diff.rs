@@ -51,6 +51,15 @@ pub fn line_diff(old: &str, new: &str, context: usize) -> Vec<String> {
         .collect()
 }
 
+/// [`line_diff`] with every secret masked (as in a plan's diff): for texts that may hold secret
+/// values or secret-named keys, such as a stored plan.
+pub fn masked_diff(old: &str, new: &str, context: usize, secrets: &[&str]) -> Vec<String> {
+    line_diff(old, new, context)
+        .iter()
+        .map(|l| mask(l, secrets))
+        .collect()
+}
+
 /// Keys whose values are secret whatever they hold (`password`, `key_password`, `auth_token`,
 /// the secure vault's `[secrets]` entries, ...).
 fn secret_key(key: &str) -> bool {
@@ -90,9 +99,17 @@ fn hosts_text(spec: Option<&MachineSpec>) -> String {
     .unwrap_or_default()
 }
 
-/// Whether a node must restart (or start) to move from `old` to `new`.
+/// Whether a node must restart, start or stop to move from `old` to `new` (a target spec says
+/// RUNNING or, for a node the operator stopped, STOPPED).
 pub fn node_changed(old: Option<&NodeSpec>, new: &NodeSpec) -> bool {
-    old.is_none_or(|o| o.config_digest != new.config_digest || o.pack != new.pack)
+    old.is_none_or(|o| {
+        o.config_digest != new.config_digest || o.pack != new.pack || stopped(o) != stopped(new)
+    })
+}
+
+/// Whether the spec stops the node.
+pub fn stopped(n: &NodeSpec) -> bool {
+    n.desired() == apim_proto::v1::DesiredRun::Stopped
 }
 
 fn chain(n: &NodeSpec) -> Option<&str> {

@@ -56,6 +56,10 @@ impl Engine {
         if !record.state.active() {
             return Ok(Next::Wait(None));
         }
+        if record.state == super::Phase::RollingBack {
+            super::restore_baseline(&self.state, &record)?;
+            return Ok(Next::Again);
+        }
         let (targets, baseline) = store.read(|tx| Ok((tx.targets(&record.id)?, tx.baseline()?)))?;
         let pushed = self.state.desired_specs();
         let reports = self.reports();

@@ -31,6 +31,13 @@ pub fn off_target(
                 .get(machine)
                 .and_then(|s| s.nodes.iter().find(|p| p.name == n.name));
             let Some(was) = was else {
+                // Its machine was last sent a spec without it (a halted rollout removed it).
+                if pushed.contains_key(machine) {
+                    out.insert(
+                        n.name.clone(),
+                        format!("{machine} was last sent a spec without it"),
+                    );
+                }
                 continue;
             };
             if !same_node(was, n) {
@@ -41,7 +48,11 @@ pub fn off_target(
                 continue;
             }
             if let Some(r) = reports.get(&(machine.clone(), n.name.clone())) {
-                let healthy = r.phase() == NodePhase::Healthy && r.config_digest == n.config_digest;
+                let healthy = if n.desired() == DesiredRun::Stopped {
+                    r.phase() == NodePhase::Stopped
+                } else {
+                    r.phase() == NodePhase::Healthy && r.config_digest == n.config_digest
+                };
                 if !healthy {
                     let phase = r
                         .phase()
@@ -50,7 +61,13 @@ pub fn off_target(
                         .to_lowercase();
                     out.insert(
                         n.name.clone(),
-                        format!("its agent reports it {phase}, not healthy on this configuration"),
+                        if n.desired() == DesiredRun::Stopped {
+                            format!("its agent reports it {phase}, not stopped")
+                        } else {
+                            format!(
+                                "its agent reports it {phase}, not healthy on this configuration"
+                            )
+                        },
                     );
                 }
             }

@@ -19,6 +19,7 @@ use crate::artifacts::ArtifactError;
 use crate::pki::ProductPki;
 use crate::spec::{SpecInputs, machine_spec};
 use crate::state::ControllerState;
+use crate::store::RunState;
 
 /// Why a plan is prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +36,13 @@ pub struct Prepared {
     pub plan: Plan,
     /// Its render.
     pub render: ClusterRender,
-    /// Per machine, the spec with every node desired RUNNING (generation 0).
+    /// Per machine, the spec with every node desired RUNNING, or STOPPED when the operator
+    /// stopped it (generation 0).
     pub targets: BTreeMap<String, MachineSpec>,
     /// The secret values, for masking diffs.
     pub secrets: ResolvedSecrets,
+    /// What the operator asked of the plan's nodes (stored with the generation).
+    pub run: RunState,
     /// What the render against the packs warns about, and (dry run) the packs not stored yet.
     pub warnings: Vec<ErrorDetail>,
 }
@@ -64,8 +68,10 @@ fn detail(
 }
 
 /// Validates and renders `plan_toml` with the operator's `secrets` (never the controller's own
-/// environment or files), checks that its packs are stored, and builds the target specs.
-/// Problems are [`RolloutError::PlanRejected`] with `file:line:col`.
+/// environment or files), checks that its packs are stored, and builds the target specs: every
+/// node RUNNING but those `run` stops, each with its restart counter. Problems are
+/// [`RolloutError::PlanRejected`] with `file:line:col`.
+#[allow(clippy::too_many_arguments)]
 pub async fn prepare(
     state: &ControllerState,
     pki_dir: &Path,
@@ -74,6 +80,7 @@ pub async fn prepare(
     secrets: BTreeMap<String, String>,
     mode: Mode,
     strict: bool,
+    run: &RunState,
 ) -> Result<Prepared, RolloutError> {
     let mut secrets = ResolvedSecrets(secrets);
     let path = if plan_path.is_empty() {
@@ -234,7 +241,13 @@ pub async fn prepare(
     } else {
         render
     };
-    let run = |_: &apim_plan::render::NodeRender| DesiredRun::Running;
+    let desired = |n: &apim_plan::render::NodeRender| {
+        if run.stopped.contains(&n.name) {
+            DesiredRun::Stopped
+        } else {
+            DesiredRun::Running
+        }
+    };
     let inputs = SpecInputs {
         generation: 0,
         plan_generation: 0,
@@ -242,7 +255,8 @@ pub async fn prepare(
         pki: pki.as_ref(),
         provided: provided.as_ref(),
         issue: mode == Mode::Apply,
-        desired: &run,
+        desired: &desired,
+        restarts: &run.restarts,
     };
     let mut targets = BTreeMap::new();
     for m in &render.machines {
@@ -260,6 +274,7 @@ pub async fn prepare(
         render,
         targets,
         secrets,
+        run: run.clone(),
         warnings: no_base.into_iter().chain(findings).collect(),
     })
 }

@@ -90,13 +90,21 @@ pub enum Rpc {
     History,
     /// `OperatorService.Rollback`.
     Rollback,
+    /// `OperatorService.OperateNodes`.
+    OperateNodes,
+    /// `OperatorService.Diff`.
+    Diff,
+    /// `OperatorService.ListArtifacts`.
+    ListArtifacts,
+    /// `OperatorService.PruneArtifacts`.
+    PruneArtifacts,
     /// `OperatorService.CheckDrift`.
     CheckDrift,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 18] = [
+    pub const ALL: [Rpc; 22] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -114,6 +122,10 @@ impl Rpc {
         Rpc::AbortRollout,
         Rpc::History,
         Rpc::Rollback,
+        Rpc::OperateNodes,
+        Rpc::Diff,
+        Rpc::ListArtifacts,
+        Rpc::PruneArtifacts,
         Rpc::CheckDrift,
     ];
 
@@ -137,6 +149,10 @@ impl Rpc {
             Rpc::AbortRollout => "/apimctl.v1.OperatorService/AbortRollout",
             Rpc::History => "/apimctl.v1.OperatorService/History",
             Rpc::Rollback => "/apimctl.v1.OperatorService/Rollback",
+            Rpc::OperateNodes => "/apimctl.v1.OperatorService/OperateNodes",
+            Rpc::Diff => "/apimctl.v1.OperatorService/Diff",
+            Rpc::ListArtifacts => "/apimctl.v1.OperatorService/ListArtifacts",
+            Rpc::PruneArtifacts => "/apimctl.v1.OperatorService/PruneArtifacts",
             Rpc::CheckDrift => "/apimctl.v1.OperatorService/CheckDrift",
         }
     }
@@ -164,7 +180,9 @@ impl Rpc {
             | Rpc::AbortRollout
             | Rpc::History
             | Rpc::Rollback
-            | Rpc::CheckDrift => Access::Operator,
+            | Rpc::OperateNodes
+            | Rpc::Diff => Access::Operator,
+            Rpc::ListArtifacts | Rpc::PruneArtifacts | Rpc::CheckDrift => Access::Operator,
         }
     }
 }

@@ -115,6 +115,15 @@ pub enum ServerError {
         sha256: String,
     },
 
+    /// A prune named an artifact the retained history (or a pushed spec) still needs.
+    #[error("artifact {sha256} is still needed: {why}")]
+    ArtifactRetained {
+        /// The artifact.
+        sha256: String,
+        /// Which generations need it, or that a machine's spec names it.
+        why: String,
+    },
+
     /// An agent asked for a pack that none of its machine's specs names.
     #[error("machine {machine:?} may not fetch artifact {sha256}: none of its specs names it")]
     ArtifactNotInSpec {
@@ -234,6 +243,13 @@ pub enum ServerError {
         state: String,
     },
 
+    /// The operation needs a generation and none was applied yet.
+    #[error("nothing was applied yet: {what} needs a stored plan")]
+    NothingApplied {
+        /// What was asked.
+        what: &'static str,
+    },
+
     /// No rollout is in flight to abort.
     #[error("no rollout is in flight ({latest})")]
     NoRolloutInFlight {
@@ -283,7 +299,9 @@ impl ServerError {
             | ServerError::PlanRejected { .. } => Code::InvalidArgument,
             ServerError::ClusterChanged { .. }
             | ServerError::RolloutInProgress { .. }
-            | ServerError::NoRolloutInFlight { .. } => Code::FailedPrecondition,
+            | ServerError::NoRolloutInFlight { .. }
+            | ServerError::NothingApplied { .. } => Code::FailedPrecondition,
+            ServerError::ArtifactRetained { .. } => Code::FailedPrecondition,
             ServerError::ArtifactNotFound { .. }
             | ServerError::UnknownMachine { .. }
             | ServerError::UnknownNode { .. } => Code::NotFound,
@@ -314,6 +332,7 @@ impl ServerError {
             ServerError::Protocol { .. } => "request.protocol",
             ServerError::ArtifactNotFound { .. } => "artifact.not_found",
             ServerError::ArtifactNotInSpec { .. } => "artifact.not_in_spec",
+            ServerError::ArtifactRetained { .. } => "artifact.retained",
             ServerError::NotNewestCert { .. } => "auth.not_newest_certificate",
             ServerError::OffsetOutOfRange { .. } => "artifact.offset_out_of_range",
             ServerError::ArtifactMismatch { .. } => "artifact.digest_mismatch",
@@ -325,6 +344,7 @@ impl ServerError {
             ServerError::ClusterChanged { .. } => "plan.cluster_changed",
             ServerError::RolloutInProgress { .. } => "rollout.in_progress",
             ServerError::NoRolloutInFlight { .. } => "rollout.not_in_flight",
+            ServerError::NothingApplied { .. } => "cluster.nothing_applied",
             ServerError::Io { .. }
             | ServerError::Issue { .. }
             | ServerError::TlsConfig { .. }
@@ -357,6 +377,12 @@ impl ServerError {
             ServerError::ClusterChanged { .. } => "run apimctl plan again and review the changes",
             ServerError::RolloutInProgress { .. } => {
                 "wait for it to finish (apimctl status --watch), then apply again"
+            }
+            ServerError::NothingApplied { .. } => "apply a plan first: apimctl apply plan.toml",
+            ServerError::ArtifactRetained { .. } => {
+                "apimctl packs lists what needs it; a generation leaves the retained history once \
+                 its secrets are forgotten (secrets_retention) and it is neither current nor \
+                 rolling out"
             }
             _ => "",
         }

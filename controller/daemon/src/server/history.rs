@@ -1,16 +1,18 @@
 //! `OperatorService.History` and `.Rollback`: the stored generations, and a new generation equal
 //! to an earlier one, rolled out like any apply.
 
+use apim_plan::secrets::is_provided_key;
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
-    ApplyResponse, GenerationInfo, HistoryRequest, HistoryResponse, RollbackRequest, Rollout,
+    ApplyResponse, DiffRequest, DiffResponse, GenerationInfo, HistoryRequest, HistoryResponse,
+    RollbackRequest, Rollout,
 };
 use tonic::Request;
 
 use super::auth::caller;
 use super::error::ServerError;
-use super::operator::OperatorSvc;
-use crate::rollout::Phase;
+use super::operator::{OperatorSvc, RollOut};
+use crate::rollout::{Phase, diff};
 
 impl OperatorSvc {
     pub(super) fn history_inner(
@@ -107,17 +109,104 @@ impl OperatorSvc {
         }
         let author = format!("{who} (rollback to generation {})", plan.generation);
         let resp = self
-            .roll_out(
-                &plan.plan_path,
-                &plan.plan_toml,
-                plan.secrets.clone(),
-                false,
-                &author,
-                None,
-            )
+            .roll_out(RollOut {
+                plan_path: &plan.plan_path,
+                plan_toml: &plan.plan_toml,
+                secrets: plan.secrets.clone(),
+                strict: false,
+                author: &author,
+                expected_revision: None,
+                run: None,
+            })
             .await?;
         tracing::warn!(to = plan.generation, generation = resp.generation,
             rollout = %resp.rollout_id, operator = %who, "rollback");
         Ok(resp)
+    }
+
+    pub(super) fn diff_inner(
+        &self,
+        req: Request<DiffRequest>,
+    ) -> Result<DiffResponse, ServerError> {
+        caller(&req)?;
+        let DiffRequest {
+            from_generation,
+            to_generation,
+        } = *req.get_ref();
+        let state = &self.ctx().state;
+        let found = state.store().read(|tx| {
+            let to = match to_generation {
+                0 => tx.latest_generation()?,
+                g => g,
+            };
+            let rollouts = tx.rollouts_by_generation()?;
+            let mut out = Vec::new();
+            for g in [from_generation, to] {
+                let Some(plan) = tx.plan(g)? else {
+                    return Ok(Err(g));
+                };
+                let targets = match rollouts.get(&g) {
+                    Some(r) => Some(tx.targets(&r.id)?).filter(|t| !t.is_empty()),
+                    None => None,
+                };
+                out.push((plan, targets));
+            }
+            Ok(Ok(out))
+        })?;
+        let mut found = found.map_err(|g| ServerError::InvalidArgument {
+            field: if g == from_generation {
+                "from_generation"
+            } else {
+                "to_generation"
+            },
+            reason: if g == 0 {
+                "nothing was applied yet".into()
+            } else {
+                format!("there is no generation {g}")
+            },
+        })?;
+        let (new, new_targets) = found
+            .pop()
+            .unwrap_or_else(|| unreachable!("two generations"));
+        let (old, old_targets) = found
+            .pop()
+            .unwrap_or_else(|| unreachable!("two generations"));
+        // Every secret either generation resolved is masked wherever it shows.
+        let secrets: Vec<&str> = old
+            .secrets
+            .iter()
+            .chain(new.secrets.iter())
+            .filter(|(k, _)| !is_provided_key(k))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let plan_diff = diff::masked_diff(&old.plan_toml, &new.plan_toml, 3, &secrets);
+        let (changes, note) = match (&old_targets, &new_targets) {
+            (Some(a), Some(b)) => (diff::changes(a, b, &secrets), String::new()),
+            _ => {
+                let missing: Vec<String> = [
+                    (&old_targets, old.generation),
+                    (&new_targets, new.generation),
+                ]
+                .iter()
+                .filter(|(t, _)| t.is_none())
+                .map(|(_, g)| g.to_string())
+                .collect();
+                (
+                    Vec::new(),
+                    format!(
+                        "no rollout targets are kept for generation {}: nothing rolled out, or they \
+                         were forgotten with its secrets (secrets_retention)",
+                        missing.join(" and ")
+                    ),
+                )
+            }
+        };
+        Ok(DiffResponse {
+            from_generation: old.generation,
+            to_generation: new.generation,
+            plan_diff,
+            changes,
+            note,
+        })
     }
 }

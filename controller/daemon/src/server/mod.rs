@@ -10,7 +10,7 @@
 //! | [`enrollment`] | `Enroll` (join token → machine; CSR key only) and `Renew` (same machine as the presented certificate) |
 //! | [`agent`] | `Connect`: Hello → desired spec, status reports, cut on revocation, expiry or shutdown |
 //! | [`artifacts`] | `Fetch`/`Stat` for agents, `Upload` for operators, over [`crate::artifacts`] |
-//! | [`operator`] | `Apply`/`Plan` (through [`crate::rollout`]), `Status`/`Watch`, `CreateToken`, `ListAgents`, `Revoke` |
+//! | [`operator`] | `Apply`/`Plan` (through [`crate::rollout`]), `Status`/`Watch`, `CreateToken`, `ListAgents`, `Revoke`; `ListArtifacts`/`PruneArtifacts` in `packs` |
 //! | `drift`, `repair` | `CheckDrift` (the agents' `CheckDrift` command, answered bounded); with `[rollout] drift = "repair"`, drifted nodes restarted through the gated path |
 //! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
 //!
@@ -24,7 +24,9 @@ mod drift;
 pub mod enrollment;
 pub mod error;
 mod history;
+mod nodes;
 pub mod operator;
+mod packs;
 mod repair;
 
 pub mod tls;
@@ -160,6 +162,16 @@ where
         config: Arc::clone(&config),
         stop: stop_rx,
     };
+    // With `[rollout] drift = "repair"`: drifted nodes restarted through the gated path.
+    let repairer = operator::OperatorSvc::new(ctx.clone());
+    tokio::spawn(repair::run(
+        Arc::clone(&ctx.state),
+        move |nodes| {
+            let svc = repairer.clone();
+            async move { svc.restart_nodes(&nodes, repair::AUTHOR).await }
+        },
+        ctx.stop.clone(),
+    ));
     let routes = Routes::new(EnrollmentServer::new(enrollment::EnrollmentSvc::new(
         ctx.clone(),
     )))

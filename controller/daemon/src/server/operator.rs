@@ -9,10 +9,12 @@ use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
     AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, CheckDriftRequest,
-    CheckDriftResponse, ClusterStatus, CreateTokenRequest, CreateTokenResponse, ErrorDetail,
-    HistoryRequest, HistoryResponse, ListAgentsRequest, ListAgentsResponse, MachineStatus,
-    NodePhase, NodeStatus, PlanRequest, PlanResponse, RevokeRequest, RevokeResponse,
-    RollbackRequest, Rollout, StatusRequest, WatchRequest,
+    CheckDriftResponse, ClusterStatus, CreateTokenRequest, CreateTokenResponse, DiffRequest,
+    DiffResponse, ErrorDetail, HistoryRequest, HistoryResponse, ListAgentsRequest,
+    ListAgentsResponse, ListArtifactsRequest, ListArtifactsResponse, MachineStatus, NodePhase,
+    NodeStatus, OperateNodesRequest, OperateNodesResponse, PlanRequest, PlanResponse,
+    PruneArtifactsRequest, PruneArtifactsResponse, RevokeRequest, RevokeResponse, RollbackRequest,
+    Rollout, StatusRequest, WatchRequest,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -23,6 +25,32 @@ use super::enrollment::timestamp;
 use super::error::ServerError;
 use crate::rollout;
 use crate::state::ControllerState;
+use crate::store::RunState;
+
+/// What [`OperatorSvc::roll_out`] stores and rolls out.
+pub(super) struct RollOut<'a> {
+    /// The plan's path on the operator's side (messages only).
+    pub plan_path: &'a str,
+    /// The plan text.
+    pub plan_toml: &'a str,
+    /// Its resolved secrets (and provided files). SECRET.
+    pub secrets: std::collections::BTreeMap<String, String>,
+    /// Render warnings are errors.
+    pub strict: bool,
+    /// Who, for the history.
+    pub author: &'a str,
+    /// The cluster revision the operator reviewed, if any.
+    pub expected_revision: Option<String>,
+    /// The nodes' run state; `None`: the latest generation's, carried on.
+    pub run: Option<RunState>,
+}
+
+/// The run state of the latest generation (what later generations carry on).
+pub(super) fn latest_run_state(state: &ControllerState) -> Result<RunState, ServerError> {
+    Ok(state
+        .store()
+        .read(|tx| tx.run_state(tx.latest_generation()?))?)
+}
 
 /// The `OperatorService` implementation.
 #[derive(Debug, Clone)]
@@ -115,52 +143,56 @@ impl OperatorSvc {
         } else {
             format!("{who} ({author})")
         };
-        self.roll_out(
-            &plan_path,
-            &plan_toml,
-            with_files(resolved_secrets, provided_files),
+        self.roll_out(RollOut {
+            plan_path: &plan_path,
+            plan_toml: &plan_toml,
+            secrets: with_files(resolved_secrets, provided_files),
             strict,
-            &author,
-            expected_cluster_revision,
-        )
+            author: &author,
+            expected_revision: expected_cluster_revision,
+            run: None,
+        })
         .await
     }
 
     /// Prepares a plan for apply (validated, rendered, certificates issued), checks memory and
     /// the reviewed revision, stores it as a new generation and starts its rollout: what
-    /// `Apply` and `Rollback` both do.
-    pub(super) async fn roll_out(
-        &self,
-        plan_path: &str,
-        plan_toml: &str,
-        secrets: std::collections::BTreeMap<String, String>,
-        strict: bool,
-        author: &str,
-        expected_revision: Option<String>,
-    ) -> Result<ApplyResponse, ServerError> {
+    /// `Apply`, `Rollback` and `OperateNodes` all do.
+    pub(super) async fn roll_out(&self, r: RollOut<'_>) -> Result<ApplyResponse, ServerError> {
         let state = &self.ctx.state;
+        // From the check of its artifacts until the plan that needs them is stored.
+        let _gate = state.artifact_gate().read().await;
+        let applied_as_is = r.run.is_none();
+        let run = match r.run {
+            Some(run) => run,
+            None => latest_run_state(state)?,
+        };
         let prepared = rollout::prepare(
             state,
             state.pki_dir(),
-            plan_path,
-            plan_toml,
-            secrets,
+            r.plan_path,
+            r.plan_toml,
+            r.secrets,
             rollout::Mode::Apply,
-            strict,
+            r.strict,
+            &run,
         )
         .await?;
-        rollout::check_memory(state, &prepared, plan_path, plan_toml)?;
-        if let Some(expected) = expected_revision {
+        rollout::check_memory(state, &prepared, r.plan_path, r.plan_toml)?;
+        if let Some(expected) = r.expected_revision {
             let actual = rollout::cluster_revision(state)?;
             if expected != actual {
                 return Err(ServerError::ClusterChanged { expected, actual });
             }
         }
         let (generation, rollout_id) =
-            rollout::start(state, &prepared, author, plan_path, plan_toml)?;
-        // `[rollout] drift` applies from now on, also when the plan changed no node.
-        let repair = prepared.plan.rollout.drift.value == apim_plan::plan::DriftMode::Repair;
-        state.store().write(|tx| tx.set_drift_repair(repair))?;
+            rollout::start(state, &prepared, r.author, r.plan_path, r.plan_toml)?;
+        // A plan applied as it is (apply, rollback; not a node operation, which re-rolls the
+        // latest stored plan) sets `[rollout] drift` from now on, also when it changed no node.
+        if applied_as_is {
+            let repair = prepared.plan.rollout.drift.value == apim_plan::plan::DriftMode::Repair;
+            state.store().write(|tx| tx.set_drift_repair(repair))?;
+        }
         Ok(ApplyResponse {
             generation,
             rollout_id,
@@ -186,6 +218,7 @@ impl OperatorSvc {
             with_files(resolved_secrets, provided_files),
             rollout::Mode::DryRun,
             strict,
+            &latest_run_state(state)?,
         )
         .await?;
         rollout::check_memory(state, &prepared, &plan_path, &plan_toml)?;
@@ -444,6 +477,31 @@ impl OperatorService for OperatorSvc {
         req: Request<AbortRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
         Ok(Response::new(self.abort_inner(req)?))
+    }
+
+    async fn operate_nodes(
+        &self,
+        req: Request<OperateNodesRequest>,
+    ) -> Result<Response<OperateNodesResponse>, Status> {
+        Ok(Response::new(self.operate_nodes_inner(req).await?))
+    }
+
+    async fn diff(&self, req: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        Ok(Response::new(self.diff_inner(req)?))
+    }
+
+    async fn list_artifacts(
+        &self,
+        req: Request<ListArtifactsRequest>,
+    ) -> Result<Response<ListArtifactsResponse>, Status> {
+        Ok(Response::new(self.list_artifacts_inner(req)?))
+    }
+
+    async fn prune_artifacts(
+        &self,
+        req: Request<PruneArtifactsRequest>,
+    ) -> Result<Response<PruneArtifactsResponse>, Status> {
+        Ok(Response::new(self.prune_artifacts_inner(req).await?))
     }
 
     async fn check_drift(

@@ -52,6 +52,10 @@ pub struct ControllerState {
     next_session: AtomicU64,
     next_command: AtomicU64,
     refusals: RefusalLog,
+    /// Held shared while a plan is prepared and stored (its artifacts checked, then needed),
+    /// exclusively while the artifact store is pruned: a prune never removes what an apply
+    /// has just checked.
+    artifact_gate: tokio::sync::RwLock<()>,
 }
 
 /// Commands queued per stream before [`ControllerState::send_command`] refuses more.
@@ -135,6 +139,7 @@ impl ControllerState {
             next_session: AtomicU64::new(1),
             next_command: AtomicU64::new(1),
             refusals: RefusalLog::default(),
+            artifact_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -388,6 +393,33 @@ impl ControllerState {
         Ok(baseline
             .get(machine)
             .is_some_and(|s| packs_of(s).contains(&sha256)))
+    }
+
+    /// Applies hold this shared, prunes of the artifact store exclusively (see the field).
+    pub fn artifact_gate(&self) -> &tokio::sync::RwLock<()> {
+        &self.artifact_gate
+    }
+
+    /// Every artifact an agent may fetch now ([`ControllerState::may_fetch`] over all
+    /// machines): the packs and jars of the pushed specs, of the specs they replaced and of
+    /// the baseline.
+    pub fn fetchable_artifacts(&self) -> Result<BTreeSet<String>, StateError> {
+        let mut out = BTreeSet::new();
+        {
+            let inner = self.lock();
+            for s in inner.desired.values() {
+                if let Some(spec) = s.borrow().as_deref() {
+                    out.extend(packs_of(spec));
+                }
+            }
+            for p in inner.previous_packs.values() {
+                out.extend(p.iter().cloned());
+            }
+        }
+        for spec in self.store.read(|tx| tx.baseline())?.values() {
+            out.extend(packs_of(spec));
+        }
+        Ok(out)
     }
 
     /// The desired spec of every machine that has one.

@@ -64,6 +64,9 @@ CREATE TABLE spec_history (
 INSERT INTO spec_history(machine, generation, plan_generation)
     SELECT machine, generation, 0 FROM specs;
 "#,
+    r#"
+ALTER TABLE plans ADD COLUMN run_state TEXT NOT NULL DEFAULT '{}';
+"#,
 ];
 
 /// Errors of the store.
@@ -117,7 +120,9 @@ mod records;
 mod seal;
 mod tx;
 
-pub use records::{ArtifactRow, NodeProgress, Phase, RolloutRecord, StoredAgent, StoredPlan};
+pub use records::{
+    ArtifactRow, NodeProgress, Phase, RolloutRecord, RunState, StoredAgent, StoredPlan,
+};
 pub use seal::KEY_FILE;
 pub use tx::Tx;
 

@@ -34,6 +34,27 @@ impl std::fmt::Debug for StoredPlan {
     }
 }
 
+/// What the operator asked of nodes beyond the plan (`apimctl stop | start | restart`), stored
+/// with each generation and carried to the next, so a stopped node stays stopped through later
+/// applies and a restarted one is not restarted again by them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Nodes stopped by the operator.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub stopped: BTreeSet<String>,
+    /// Each restarted node's counter (`NodeSpec.restart_seq`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restarts: BTreeMap<String, u64>,
+}
+
+impl RunState {
+    /// Only what concerns `nodes` (a plan's nodes): a node that left the plan is forgotten.
+    pub fn retain_nodes(&mut self, nodes: &BTreeSet<String>) {
+        self.stopped.retain(|n| nodes.contains(n));
+        self.restarts.retain(|n, _| nodes.contains(n));
+    }
+}
+
 /// What the store keeps about an enrolled agent (its live session is not persisted).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredAgent {

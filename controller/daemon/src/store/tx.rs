@@ -10,7 +10,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::seal::Sealer;
-use super::{ArtifactRow, RolloutRecord, StoreError, StoredAgent, StoredPlan, corrupt, now_s, sql};
+use super::{
+    ArtifactRow, RolloutRecord, RunState, StoreError, StoredAgent, StoredPlan, corrupt, now_s, sql,
+};
 
 /// Operations inside one transaction (or one read).
 pub struct Tx<'a> {
@@ -259,6 +261,14 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Forgets an artifact of the index (its file was removed).
+    pub fn forget_artifact(&self, sha256: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM artifacts WHERE sha256 = ?1", params![sha256])
+            .map_err(sql("forgetting an artifact"))?;
+        Ok(())
+    }
+
     /// The artifact index.
     pub fn artifacts(&self) -> Result<Vec<ArtifactRow>, StoreError> {
         let mut stmt = self
@@ -348,6 +358,34 @@ impl Tx<'_> {
             )
             .map_err(sql("pruning rollout targets"))?;
         Ok(())
+    }
+
+    /// Records what the operator asked of nodes at `generation` ([`RunState`]).
+    pub fn set_run_state(&self, generation: u64, run: &RunState) -> Result<(), StoreError> {
+        let body = serde_json::to_string(run).map_err(|e| corrupt("run state")(e.to_string()))?;
+        self.conn
+            .execute(
+                "UPDATE plans SET run_state = ?1 WHERE generation = ?2",
+                params![body, generation as i64],
+            )
+            .map_err(sql("storing a run state"))?;
+        Ok(())
+    }
+
+    /// The [`RunState`] of `generation` (empty before the first, or for an unknown one).
+    pub fn run_state(&self, generation: u64) -> Result<RunState, StoreError> {
+        let body: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT run_state FROM plans WHERE generation = ?1",
+                [generation as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("reading a run state"))?;
+        body.map_or(Ok(RunState::default()), |b| {
+            serde_json::from_str(&b).map_err(|e| corrupt("run state")(e.to_string()))
+        })
     }
 
     /// One plan generation.

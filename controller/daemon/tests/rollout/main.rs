@@ -16,6 +16,7 @@ use apim_testkit::plans::{V3_MACHINES, plan_v3, secrets, tiny_pack};
 use apim_testkit::wait::eventually;
 
 mod drift;
+mod packs;
 mod provided;
 
 /// The 3.x pack the test plans name.
@@ -179,8 +180,8 @@ async fn halt_keeps_dependents_staged_and_rollback_restores_the_previous_generat
         .faults
         .lock()
         .unwrap()
-        .fail
-        .insert("gw-1".into());
+        .fail_unless
+        .insert("gw-1".into(), old_digest.clone());
     let changed = plan_v3(
         &sha,
         "[apim.cors]\nallow_origins = \"https://portal.example.com\"",
@@ -188,18 +189,34 @@ async fn halt_keeps_dependents_staged_and_rollback_restores_the_previous_generat
         "30s",
     );
     c.apply(&changed).await.expect("apply 2");
-    let status = c.wait_rollout(RolloutState::RolledBack).await;
-    assert!(status.rollout.expect("r").message.contains("gw-1"));
-    agents["vm-gw-1"].faults.lock().unwrap().fail.clear();
+    // Generation 2 ends rolled back, and generation 3 (equal to 1) rolls out in its place.
+    let status = c.wait_rollout(RolloutState::Succeeded).await;
+    let r = status.rollout.expect("rollout");
+    assert_eq!((r.id.as_str(), r.generation), ("rollout-3", 3), "{r:?}");
+    let failed = c
+        .state
+        .store()
+        .read(|tx| tx.rollouts_by_generation())
+        .expect("store")
+        .remove(&2)
+        .expect("rollout-2");
+    assert_eq!(failed.state, apim_controller::rollout::Phase::RolledBack);
+    assert!(failed.message.contains("gw-1"), "{}", failed.message);
+    assert!(
+        failed.message.contains("as generation 3"),
+        "{}",
+        failed.message
+    );
     // The gateway's machine got the previous spec again, at a higher generation.
     let spec = c.state.desired_spec("vm-gw-1").expect("spec");
     assert_eq!(spec.nodes[0].config_digest, old_digest);
-    eventually("the gateway holds the restored spec", || {
-        agents["vm-gw-1"].held_generation() == spec.generation
-    })
-    .await;
+    assert_eq!(spec.plan_generation, 3);
     let log = log.lock().unwrap();
-    let last = log.last().expect("events");
+    let last = log
+        .iter()
+        .rev()
+        .find(|(_, e)| matches!(e, Event::Started { node, .. } if node == "gw-1"))
+        .expect("events");
     assert_eq!(
         last.1,
         Event::Started {

@@ -128,6 +128,25 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             .rollback(apim_proto::v1::RollbackRequest::default())
             .await
             .map(drop),
+        Rpc::OperateNodes => OperatorServiceClient::new(ch)
+            .operate_nodes(apim_proto::v1::OperateNodesRequest::default())
+            .await
+            .map(drop),
+        Rpc::Diff => OperatorServiceClient::new(ch)
+            .diff(apim_proto::v1::DiffRequest::default())
+            .await
+            .map(drop),
+        Rpc::ListArtifacts => OperatorServiceClient::new(ch)
+            .list_artifacts(apim_proto::v1::ListArtifactsRequest::default())
+            .await
+            .map(drop),
+        Rpc::PruneArtifacts => OperatorServiceClient::new(ch)
+            .prune_artifacts(apim_proto::v1::PruneArtifactsRequest {
+                dry_run: true,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         Rpc::CheckDrift => OperatorServiceClient::new(ch)
             .check_drift(apim_proto::v1::CheckDriftRequest::default())
             .await
@@ -227,10 +246,10 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 18 RPCs × 4 credentials refused everywhere, 12 operator RPCs for the agent and 3 agent
+    // 22 RPCs × 4 credentials refused everywhere, 16 operator RPCs for the agent and 3 agent
     // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
     // before an upload; each renews its own certificate).
-    assert_eq!(rows, 18 * 4 + 12 + 3);
+    assert_eq!(rows, 22 * 4 + 16 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");
