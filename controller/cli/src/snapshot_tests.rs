@@ -47,6 +47,13 @@ fn cluster() -> ClusterStatus {
         pid: Some(4242),
         running: true,
         config_digest: "sha256:aaaa".into(),
+        drift: vec![apim_proto::v1::Drift {
+            file: "repository/conf/deployment.toml".into(),
+            problem: "changed".into(),
+            changed_keys: vec!["server.offset".into()],
+            added_keys: vec!["apim.cors.enable".into()],
+            ..Default::default()
+        }],
         ..node("km-1", NodePhase::Healthy, 3, 192)
     };
     let starting = NodeStatus {
