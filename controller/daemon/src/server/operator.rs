@@ -191,7 +191,12 @@ impl OperatorSvc {
         // latest stored plan) sets `[rollout] drift` from now on, also when it changed no node.
         if applied_as_is {
             let repair = prepared.plan.rollout.drift.value == apim_plan::plan::DriftMode::Repair;
-            state.store().write(|tx| tx.set_drift_repair(repair))?;
+            let was = state.store().read(|tx| tx.drift_repair())?;
+            if was != repair {
+                state.store().write(|tx| tx.set_drift_repair(repair))?;
+                // The repair task looks again at once.
+                state.notify_change();
+            }
         }
         Ok(ApplyResponse {
             generation,
