@@ -153,6 +153,7 @@ pub fn full_node() -> NodeSpec {
                 scripts: vec!["dbscripts/apimgt/mysql.sql".into()],
             }),
         }],
+        log_dir: "repository/logs".into(),
     }
 }
 
@@ -188,6 +189,8 @@ pub fn machine_spec(generation: u64) -> MachineSpec {
             },
         ],
         nodes: vec![full_node(), minimal_node()],
+        // Set only to cover the field: a real destroy spec has no nodes.
+        destroy: true,
     }
 }
 
