@@ -131,6 +131,7 @@ pub fn node_spec(
             })
             .collect(),
         databases: node.databases.iter().map(database_use).collect(),
+        log_dir: layout::LOG_DIR.to_string(),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
@@ -267,6 +268,7 @@ pub fn machine_spec(
             })
             .collect(),
         nodes,
+        destroy: false,
     }))
 }
 

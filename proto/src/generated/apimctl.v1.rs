@@ -2712,6 +2712,9 @@ pub enum RolloutState {
     RollingBack = 6,
     /// The previous generation was restored.
     RolledBack = 7,
+    /// Not a rollout: the generation records `apimctl destroy` (every machine was told to stop its
+    /// nodes and remove what its agent installed; the next apply is a first rollout).
+    Destroyed = 8,
 }
 impl RolloutState {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2728,6 +2731,7 @@ impl RolloutState {
             Self::Failed => "ROLLOUT_STATE_FAILED",
             Self::RollingBack => "ROLLOUT_STATE_ROLLING_BACK",
             Self::RolledBack => "ROLLOUT_STATE_ROLLED_BACK",
+            Self::Destroyed => "ROLLOUT_STATE_DESTROYED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2741,6 +2745,7 @@ impl RolloutState {
             "ROLLOUT_STATE_FAILED" => Some(Self::Failed),
             "ROLLOUT_STATE_ROLLING_BACK" => Some(Self::RollingBack),
             "ROLLOUT_STATE_ROLLED_BACK" => Some(Self::RolledBack),
+            "ROLLOUT_STATE_DESTROYED" => Some(Self::Destroyed),
             _ => None,
         }
     }

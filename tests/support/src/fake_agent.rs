@@ -309,6 +309,7 @@ impl AgentCtx {
                     })
                     .collect(),
                 facts: None,
+                destroy_error: String::new(),
             })),
         }
     }

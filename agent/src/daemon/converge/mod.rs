@@ -224,7 +224,7 @@ pub fn validate_node_name(name: &str) -> DaemonResult<()> {
 }
 
 /// A spec path that must stay inside the node's home.
-fn rel_path(node: &str, field: &str, p: &str) -> DaemonResult<PathBuf> {
+pub(crate) fn rel_path(node: &str, field: &str, p: &str) -> DaemonResult<PathBuf> {
     let path = Path::new(p);
     if p.is_empty()
         || path.is_absolute()

@@ -83,7 +83,9 @@ pub fn decide(r: &RolloutRecord, world: &World<'_>) -> Decision {
         Phase::Staging => stage(r, world),
         Phase::Starting => release(r, world),
         Phase::RollingBack => roll_back(r, world),
-        Phase::Succeeded | Phase::Failed | Phase::RolledBack => Decision::wait(r, None),
+        Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Destroyed => {
+            Decision::wait(r, None)
+        }
     }
 }
 

@@ -90,11 +90,17 @@ pub enum Rpc {
     History,
     /// `OperatorService.Rollback`.
     Rollback,
+    /// `OperatorService.ShowNode`.
+    ShowNode,
+    /// `OperatorService.Logs`.
+    Logs,
+    /// `OperatorService.Destroy`.
+    Destroy,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 17] = [
+    pub const ALL: [Rpc; 20] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -112,6 +118,9 @@ impl Rpc {
         Rpc::AbortRollout,
         Rpc::History,
         Rpc::Rollback,
+        Rpc::ShowNode,
+        Rpc::Logs,
+        Rpc::Destroy,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
@@ -134,6 +143,9 @@ impl Rpc {
             Rpc::AbortRollout => "/apimctl.v1.OperatorService/AbortRollout",
             Rpc::History => "/apimctl.v1.OperatorService/History",
             Rpc::Rollback => "/apimctl.v1.OperatorService/Rollback",
+            Rpc::ShowNode => "/apimctl.v1.OperatorService/ShowNode",
+            Rpc::Logs => "/apimctl.v1.OperatorService/Logs",
+            Rpc::Destroy => "/apimctl.v1.OperatorService/Destroy",
         }
     }
 
@@ -159,7 +171,10 @@ impl Rpc {
             | Rpc::Revoke
             | Rpc::AbortRollout
             | Rpc::History
-            | Rpc::Rollback => Access::Operator,
+            | Rpc::Rollback
+            | Rpc::ShowNode
+            | Rpc::Logs
+            | Rpc::Destroy => Access::Operator,
         }
     }
 }

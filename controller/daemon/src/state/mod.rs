@@ -27,12 +27,14 @@ use crate::store::{ArtifactRow, Store};
 mod agents;
 mod error;
 mod refusals;
+mod relay;
 
 pub use agents::AgentSnapshot;
 use agents::{AgentRecord, node_names, snapshot};
 pub use error::StateError;
 use refusals::RefusalLog;
 pub use refusals::Refused;
+pub use relay::{MAX_TAILS, MAX_TAILS_PER_AGENT, RELAY_BUFFER, TailEnd, TailStream};
 
 /// The latest desired spec of one machine, as seen by its agent's stream.
 pub type SpecWatch = watch::Receiver<Option<Arc<MachineSpec>>>;
@@ -51,6 +53,8 @@ pub struct ControllerState {
     revocations: watch::Sender<u64>,
     next_session: AtomicU64,
     refusals: RefusalLog,
+    /// Command queues of connected agents, and the log streams relayed from them.
+    relays: relay::Relays,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +130,7 @@ impl ControllerState {
             revocations: watch::channel(0).0,
             next_session: AtomicU64::new(1),
             refusals: RefusalLog::default(),
+            relays: relay::Relays::default(),
         })
     }
 

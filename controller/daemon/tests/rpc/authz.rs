@@ -128,6 +128,29 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             .rollback(apim_proto::v1::RollbackRequest::default())
             .await
             .map(drop),
+        Rpc::ShowNode => OperatorServiceClient::new(ch)
+            .show_node(apim_proto::v1::ShowNodeRequest {
+                node: "km-1".into(),
+            })
+            .await
+            .map(drop),
+        Rpc::Logs => {
+            let mut chunks = OperatorServiceClient::new(ch)
+                .logs(apim_proto::v1::LogsRequest {
+                    node: "km-1".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            chunks.message().await.map(drop)
+        }
+        Rpc::Destroy => {
+            let mut progress = OperatorServiceClient::new(ch)
+                .destroy(apim_proto::v1::DestroyRequest::default())
+                .await?
+                .into_inner();
+            progress.message().await.map(drop)
+        }
     }
 }
 
@@ -223,10 +246,10 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 17 RPCs × 4 credentials refused everywhere, 11 operator RPCs for the agent and 3 agent
+    // 20 RPCs × 4 credentials refused everywhere, 14 operator RPCs for the agent and 3 agent
     // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
     // before an upload; each renews its own certificate).
-    assert_eq!(rows, 17 * 4 + 11 + 3);
+    assert_eq!(rows, 20 * 4 + 14 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");
