@@ -417,3 +417,137 @@ fn action_name(a: &Action) -> &'static str {
         _ => "command",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use apim_certs::ControlPlaneCa;
+
+    use super::*;
+
+    fn state() -> (tempfile::TempDir, Arc<ControllerState>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ControlPlaneCa::load_or_create(&dir.path().join("ca")).unwrap();
+        let state = ControllerState::new(ca, &dir.path().join("artifacts")).unwrap();
+        (dir, Arc::new(state))
+    }
+
+    fn tail(node: &str) -> TailLog {
+        TailLog {
+            node: node.into(),
+            file: String::new(),
+            lines: 10,
+            follow: true,
+        }
+    }
+
+    fn data(id: &str, text: &str) -> LogData {
+        LogData {
+            command_id: id.into(),
+            data: text.as_bytes().to_vec(),
+            notice: String::new(),
+        }
+    }
+
+    /// The next command queued for an agent, which must be there already.
+    fn queued(rx: &mut mpsc::Receiver<Command>) -> Command {
+        rx.try_recv().expect("a command was queued")
+    }
+
+    #[tokio::test]
+    async fn pieces_are_taken_only_from_the_machine_the_command_went_to() {
+        let (_dir, state) = state();
+        let mut a = state.attach_commands("vm-a", 1);
+        let _b = state.attach_commands("vm-b", 2);
+        let mut stream = state.open_tail("vm-a", tail("gw-1")).unwrap();
+        let sent = queued(&mut a);
+        assert_eq!(sent.command_id, stream.id());
+        assert!(matches!(sent.action, Some(Action::TailLog(ref t)) if t.node == "gw-1"));
+        // Another machine answering for it, and an id never sent: dropped.
+        assert!(!state.relay_log("vm-b", data(stream.id(), "forged by vm-b")));
+        assert!(!state.relay_log("vm-a", data("logs-999", "never asked for")));
+        state.relay_end(
+            "vm-b",
+            &CommandResult {
+                command_id: stream.id().into(),
+                ok: false,
+                message: "forged end".into(),
+            },
+        );
+        assert!(state.relay_log("vm-a", data(stream.id(), "genuine")));
+        let id = stream.id().to_owned();
+        assert!(state.command_answered("vm-a", &id));
+        state.relay_end(
+            "vm-a",
+            &CommandResult {
+                command_id: id,
+                ok: true,
+                message: "done".into(),
+            },
+        );
+        let first = stream.next().await.expect("a piece").expect("ok");
+        assert_eq!(first.data, b"genuine");
+        assert!(stream.next().await.is_none(), "ended well, nothing else");
+        drop(stream);
+        assert!(a.try_recv().is_err(), "an ended stream is not cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_is_dropped_with_an_error_and_the_agent_told_to_stop() {
+        let (_dir, state) = state();
+        let mut a = state.attach_commands("vm-a", 1);
+        let mut stream = state.open_tail("vm-a", tail("gw-1")).unwrap();
+        let id = queued(&mut a).command_id;
+        for i in 0..RELAY_BUFFER {
+            assert!(state.relay_log("vm-a", data(&id, &format!("piece {i}\n"))));
+        }
+        assert_eq!(state.log_streams(), 1, "a full buffer is still kept");
+        // One more than the buffer holds: the stream goes, the agent is told.
+        state.relay_log("vm-a", data(&id, "overflow\n"));
+        assert_eq!(state.log_streams(), 0);
+        let cancel = queued(&mut a);
+        assert!(
+            matches!(cancel.action, Some(Action::CancelCommand(ref c)) if c.command_id == id),
+            "{cancel:?}"
+        );
+        // What was buffered is still read, then the error.
+        for i in 0..RELAY_BUFFER {
+            let piece = stream.next().await.expect("piece").expect("ok");
+            assert_eq!(piece.data, format!("piece {i}\n").as_bytes());
+        }
+        let end = stream.next().await.expect("the end").unwrap_err();
+        assert!(!end.by_agent);
+        assert!(end.message.contains("too slowly"), "{}", end.message);
+    }
+
+    #[tokio::test]
+    async fn hanging_up_cancels_on_the_agent_and_limits_hold() {
+        let (_dir, state) = state();
+        let mut a = state.attach_commands("vm-a", 1);
+        let streams: Vec<TailStream> = (0..MAX_TAILS_PER_AGENT)
+            .map(|_| state.open_tail("vm-a", tail("gw-1")).unwrap())
+            .collect();
+        let e = state.open_tail("vm-a", tail("gw-1")).unwrap_err();
+        assert!(matches!(e, StateError::TooManyLogStreams { limit, .. } if limit == MAX_TAILS_PER_AGENT));
+        let ids: Vec<String> = streams.iter().map(|s| s.id().to_owned()).collect();
+        for _ in &ids {
+            queued(&mut a);
+        }
+        drop(streams);
+        for id in &ids {
+            let c = queued(&mut a);
+            assert!(
+                matches!(c.action, Some(Action::CancelCommand(ref x)) if x.command_id == *id),
+                "{c:?}"
+            );
+        }
+        assert_eq!(state.log_streams(), 0);
+        // Not connected: refused at once.
+        let e = state.open_tail("vm-z", tail("x")).unwrap_err();
+        assert!(matches!(e, StateError::AgentNotConnected { .. }), "{e}");
+        // The agent's stream ending ends its log streams, with why.
+        let mut s = state.open_tail("vm-a", tail("gw-1")).unwrap();
+        state.detach_commands("vm-a", 1);
+        let end = s.next().await.expect("end").unwrap_err();
+        assert!(end.message.contains("disconnected"), "{}", end.message);
+    }
+}
