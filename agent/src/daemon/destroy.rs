@@ -67,11 +67,10 @@ pub fn remember(state_dir: &Path, held: Option<&StoredSpec>) -> DaemonResult<()>
         nodes.push(n.clone());
     }
     let keep = MachineSpec { nodes, ..spec };
-    let bytes = serde_json::to_vec(&StoredSpec::from_spec(&keep)).map_err(|e| {
-        DaemonError::Config {
+    let bytes =
+        serde_json::to_vec(&StoredSpec::from_spec(&keep)).map_err(|e| DaemonError::Config {
             reason: format!("serialising the spec to destroy: {e}"),
-        }
-    })?;
+        })?;
     crate::daemon::fetch::create_private_dir(state_dir)?;
     apim_atomic::write_atomic(&from_path(state_dir), &bytes, 0o600).on("machine")?;
     Ok(())
@@ -169,7 +168,10 @@ pub async fn carry_out(ctx: &Arc<ExecContext>) -> Result<(), String> {
     }
     // 4. The hosts block.
     if let Err(e) = hosts::apply(&ctx.config.hosts_file, &[]) {
-        note(&mut errors, format!("removing the managed hosts block: {e}"));
+        note(
+            &mut errors,
+            format!("removing the managed hosts block: {e}"),
+        );
     }
     if errors.is_empty() {
         // 5. Done: nothing left to remember.

@@ -103,7 +103,8 @@ impl Fetcher {
         };
         let mut n = 0;
         for entry in rd {
-            let entry = entry.map_err(|e| DaemonError::io("list pack cache", &self.cache_dir, e))?;
+            let entry =
+                entry.map_err(|e| DaemonError::io("list pack cache", &self.cache_dir, e))?;
             let p = entry.path();
             let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 std::fs::remove_dir_all(&p)

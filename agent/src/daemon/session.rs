@@ -39,7 +39,7 @@ use crate::daemon::link::{Control, ControlConfig};
 use crate::daemon::machine::Machine;
 use crate::daemon::report::{StatusBoard, wire_facts};
 use crate::daemon::supervise::backoff;
-use crate::daemon::tail::{Taken, Tails};
+use crate::daemon::tail::{Tails, Taken};
 use crate::exec::unpack::UnpackLimits;
 
 /// What the connection loop shares with the rest of the daemon.
@@ -388,9 +388,10 @@ fn command(_shared: &Shared, c: &Command) -> CommandResult {
         Some(Action::StopNode(n)) => (false, unsupported("StopNode", &n.node)),
         Some(Action::StartNode(n)) => (false, unsupported("StartNode", &n.node)),
         Some(Action::RestartNode(n)) => (false, unsupported("RestartNode", &n.node)),
-        Some(Action::TailLog(_) | Action::CancelCommand(_)) => {
-            (false, "log commands are served by the log streams".to_owned())
-        }
+        Some(Action::TailLog(_) | Action::CancelCommand(_)) => (
+            false,
+            "log commands are served by the log streams".to_owned(),
+        ),
         None => (false, "empty command".to_owned()),
     };
     CommandResult {

@@ -190,9 +190,11 @@ async fn source(
         node: node.to_owned(),
         reason: "no pack".into(),
     })?;
-    let home = config
-        .rooted(node, &spec.install_dir)?
-        .join(rel_path(node, "pack.top_dir", &pack.top_dir)?);
+    let home = config.rooted(node, &spec.install_dir)?.join(rel_path(
+        node,
+        "pack.top_dir",
+        &pack.top_dir,
+    )?);
     let log_dir = rel_path(node, "log_dir", &spec.log_dir)?;
     let default = spec
         .readiness

@@ -36,7 +36,9 @@ pub fn remove_installed_tree(install_root: &Path, home: &Path) -> Result<bool> {
         Err(e) => return Err(ExecError::io("stat installed tree", home, e)),
     };
     if !meta.file_type().is_dir() {
-        return Err(refuse("not a directory (the agent installs directories only)"));
+        return Err(refuse(
+            "not a directory (the agent installs directories only)",
+        ));
     }
     std::fs::remove_dir_all(home).map_err(|e| ExecError::io("remove installed tree", home, e))?;
     if let Some(install_dir) = home.parent().filter(|p| *p != install_root) {
@@ -61,7 +63,10 @@ mod tests {
         std::fs::create_dir_all(root.join("opt/wso2/gw-1/.apimctl-stage-1234")).unwrap();
         assert!(remove_installed_tree(&root, &home).unwrap());
         assert!(!home.exists());
-        assert!(!root.join("opt/wso2/gw-1").exists(), "empty install dir removed");
+        assert!(
+            !root.join("opt/wso2/gw-1").exists(),
+            "empty install dir removed"
+        );
         assert!(root.join("opt/wso2").exists(), "shared parents stay");
         assert!(!remove_installed_tree(&root, &home).unwrap(), "idempotent");
     }

@@ -189,10 +189,7 @@ pub fn tail(log: &mut LogFile, lines: u32, max_bytes: u64) -> Result<(Vec<u8>, u
     let start = match start_of_last_lines(&window, lines) {
         Some(s) => s,
         // Fewer lines than asked: all of it, from a line start when the cap cut the file.
-        None if pos > 0 => window
-            .iter()
-            .position(|b| *b == b'\n')
-            .map_or(0, |i| i + 1),
+        None if pos > 0 => window.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1),
         None => 0,
     };
     Ok((window[start..].to_vec(), len))
@@ -347,7 +344,10 @@ mod tests {
         let (got, end) = tail(&mut a, 3, MAX_TAIL_BYTES).unwrap();
         assert_eq!(got, b"line 48\nline 49\nline 50\n");
         assert_eq!(end, text.len() as u64);
-        assert_eq!(tail(&mut a, 500, MAX_TAIL_BYTES).unwrap().0, text.as_bytes());
+        assert_eq!(
+            tail(&mut a, 500, MAX_TAIL_BYTES).unwrap().0,
+            text.as_bytes()
+        );
         assert!(tail(&mut a, 0, MAX_TAIL_BYTES).unwrap().0.is_empty());
         // The byte cap cuts at a line start.
         let (capped, _) = tail(&mut a, 50, 20).unwrap();
@@ -386,10 +386,7 @@ mod tests {
     }
 
     fn append(path: &Path, text: &str) {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
         f.write_all(text.as_bytes()).unwrap();
     }
 

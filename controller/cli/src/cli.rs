@@ -13,8 +13,8 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, controller, history, plan, render, renew_cert, revoke, rollout, status, token,
-    validate,
+    agents, apply, controller, destroy, history, logs, plan, render, renew_cert, revoke, rollout,
+    show, status, token, validate,
 };
 use crate::error::CliError;
 
@@ -59,6 +59,12 @@ enum Command {
     Rollback(history::RollbackArgs),
     /// Renew your operator certificate with the current one (before it expires).
     RenewCert(renew_cert::Args),
+    /// What a node runs: its deployment.toml (secrets masked), commands, hosts block, status.
+    Show(show::Args),
+    /// A node's server log through its agent; -f follows it.
+    Logs(logs::Args),
+    /// Stop every node and remove install trees, cached packs and hosts blocks everywhere.
+    Destroy(destroy::Args),
     /// The controller daemon and its host-side tools.
     #[command(subcommand)]
     Controller(controller::Command),
@@ -107,6 +113,11 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
             on_controller(connection, |s| rollout::run(command, s, stdout))
         }
         Command::RenewCert(args) => on_controller(connection, |s| renew_cert::run(args, s, stdout)),
+        Command::Show(args) => on_controller(connection, |s| show::run(args, s, stdout)),
+        Command::Logs(args) => on_controller(connection, |s| logs::run(args, s, stdout, stderr)),
+        Command::Destroy(args) => {
+            on_controller(connection, |s| destroy::run(args, s, stdout, stderr))
+        }
     }
 }
 

@@ -50,6 +50,9 @@ pub enum CliError {
     /// Talking to the controller failed.
     #[error(transparent)]
     Client(#[from] crate::client::ClientError),
+    /// A destructive command was not confirmed (no terminal to ask on, and no `--yes`).
+    #[error("{0}")]
+    Unconfirmed(String),
     /// The controller ended `apply`'s watch before the rollout finished.
     #[error("the controller closed the watch stream")]
     WatchClosed,

@@ -65,7 +65,12 @@ fn secret_values(state: &ControllerState, spec: &MachineSpec, node: &NodeSpec) -
             Vec::new()
         }
     };
-    out.extend(node.env.iter().filter(|e| e.secret).map(|e| e.value.clone()));
+    out.extend(
+        node.env
+            .iter()
+            .filter(|e| e.secret)
+            .map(|e| e.value.clone()),
+    );
     out.extend(
         node.files
             .iter()
@@ -396,7 +401,10 @@ mod tests {
         assert_eq!(shown.env, ["JAVA_OPTS=-Xmx1g", "VAULT_PASS=********"]);
         assert_eq!(shown.start_argv, ["bin/wso2server.sh", "start"]);
         assert_eq!(shown.hosts_block, ["10.0.0.5 gw.example"]);
-        assert_eq!((shown.machine.as_str(), shown.desired.as_str()), ("vm-gw", "running"));
+        assert_eq!(
+            (shown.machine.as_str(), shown.desired.as_str()),
+            ("vm-gw", "running")
+        );
         assert_eq!(shown.log_dir, "repository/logs");
     }
 

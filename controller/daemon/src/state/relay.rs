@@ -229,7 +229,12 @@ impl ControllerState {
 
     /// Queues `action` as command `id` for `machine`'s connected agent, noted as issued.
     fn send_command(&self, machine: &str, id: &str, action: Action) -> Result<(), StateError> {
-        let queue = self.relays.lock().agents.get(machine).map(|(_, q)| q.clone());
+        let queue = self
+            .relays
+            .lock()
+            .agents
+            .get(machine)
+            .map(|(_, q)| q.clone());
         let queue = queue.ok_or_else(|| StateError::AgentNotConnected {
             machine: machine.to_owned(),
         })?;
@@ -527,7 +532,9 @@ mod tests {
             .map(|_| state.open_tail("vm-a", tail("gw-1")).unwrap())
             .collect();
         let e = state.open_tail("vm-a", tail("gw-1")).unwrap_err();
-        assert!(matches!(e, StateError::TooManyLogStreams { limit, .. } if limit == MAX_TAILS_PER_AGENT));
+        assert!(
+            matches!(e, StateError::TooManyLogStreams { limit, .. } if limit == MAX_TAILS_PER_AGENT)
+        );
         let ids: Vec<String> = streams.iter().map(|s| s.id().to_owned()).collect();
         for _ in &ids {
             queued(&mut a);
