@@ -91,7 +91,11 @@ pub async fn history(
                 } else {
                     g.changed_nodes.join(",")
                 };
-                let kept = if g.restorable {
+                let destroy = g
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| r.state() == apim_proto::v1::RolloutState::Destroyed);
+                let kept = if g.restorable || destroy {
                     ""
                 } else {
                     "  (secrets forgotten)"
