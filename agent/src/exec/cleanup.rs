@@ -57,17 +57,17 @@ mod tests {
     fn removes_a_tree_inside_the_root_and_its_empty_install_dir_only() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("root");
-        let home = root.join("opt/wso2/gw-1/wso2am-3.2.0");
+        let home = root.join("opt/app/node-1/product-1.0");
         std::fs::create_dir_all(home.join("repository/logs")).unwrap();
         std::fs::write(home.join("repository/logs/x.log"), "x").unwrap();
-        std::fs::create_dir_all(root.join("opt/wso2/gw-1/.apimctl-stage-1234")).unwrap();
+        std::fs::create_dir_all(root.join("opt/app/node-1/.apimctl-stage-1234")).unwrap();
         assert!(remove_installed_tree(&root, &home).unwrap());
         assert!(!home.exists());
         assert!(
-            !root.join("opt/wso2/gw-1").exists(),
+            !root.join("opt/app/node-1").exists(),
             "empty install dir removed"
         );
-        assert!(root.join("opt/wso2").exists(), "shared parents stay");
+        assert!(root.join("opt/app").exists(), "shared parents stay");
         assert!(!remove_installed_tree(&root, &home).unwrap(), "idempotent");
     }
 
@@ -77,7 +77,7 @@ mod tests {
         let root = d.path().join("root");
         let other = d.path().join("other/tree");
         std::fs::create_dir_all(&other).unwrap();
-        std::fs::create_dir_all(root.join("opt/wso2")).unwrap();
+        std::fs::create_dir_all(root.join("opt/app")).unwrap();
         let refused = |p: &Path| {
             matches!(
                 remove_installed_tree(&root, p),
@@ -87,10 +87,10 @@ mod tests {
         assert!(refused(&root));
         assert!(refused(&root.join("opt")));
         assert!(refused(&other));
-        assert!(refused(&root.join("opt/wso2/../../../other/tree")));
-        std::os::unix::fs::symlink(&other, root.join("opt/wso2/link")).unwrap();
-        assert!(refused(&root.join("opt/wso2/link")));
+        assert!(refused(&root.join("opt/app/../../../other/tree")));
+        std::os::unix::fs::symlink(&other, root.join("opt/app/link")).unwrap();
+        assert!(refused(&root.join("opt/app/link")));
         assert!(other.exists(), "nothing outside the root was touched");
-        assert!(root.join("opt/wso2/link").exists());
+        assert!(root.join("opt/app/link").exists());
     }
 }
