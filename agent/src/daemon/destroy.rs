@@ -188,3 +188,177 @@ pub async fn carry_out(ctx: &Arc<ExecContext>) -> Result<(), String> {
         Err(errors.join("; "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use apim_certs::tls::ControllerEndpoint;
+    use apim_proto::v1::{ArtifactRef, HostsEntry, NodeSpec, ServerProcess};
+
+    use super::*;
+    use crate::daemon::config::AgentConfig;
+    use crate::daemon::converge::NodeRecord;
+    use crate::daemon::fetch::Fetcher;
+    use crate::daemon::report::StatusBoard;
+    use crate::exec::unpack::UnpackLimits;
+
+    fn ctx(dir: &Path) -> Arc<ExecContext> {
+        let endpoint = ControllerEndpoint::parse("127.0.0.1:1").expect("endpoint");
+        let mut config = AgentConfig::new(endpoint, "vm-1");
+        config.state_dir = dir.join("state");
+        config.install_root = dir.join("root");
+        config.hosts_file = dir.join("hosts");
+        Arc::new(ExecContext {
+            fetcher: Arc::new(Fetcher::new(config.cache_dir(), None, 1)),
+            config,
+            board: Arc::new(StatusBoard::new()),
+            limits: UnpackLimits::default(),
+        })
+    }
+
+    fn node(name: &str) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            pack: Some(ArtifactRef {
+                sha256: "ab".repeat(32),
+                top_dir: "product-1.0".into(),
+                ..ArtifactRef::default()
+            }),
+            install_dir: format!("/opt/app/{name}"),
+            process: Some(ServerProcess {
+                pid_file: "server.pid".into(),
+                main_class: "app.Main".into(),
+                home_arg_prefix: "-Dapp.home=".into(),
+                home_env: "APP_HOME".into(),
+            }),
+            ..NodeSpec::default()
+        }
+    }
+
+    /// An installed node: its tree under the install root and its record.
+    fn installed(ctx: &ExecContext, name: &str) -> PathBuf {
+        let home = ctx
+            .config
+            .install_root
+            .join(format!("opt/app/{name}/product-1.0"));
+        std::fs::create_dir_all(home.join("logs")).unwrap();
+        std::fs::write(home.join("logs/server.log"), "x\n").unwrap();
+        record(ctx, name, &home);
+        home
+    }
+
+    fn record(ctx: &ExecContext, name: &str, home: &Path) {
+        let rec = NodeRecord {
+            pack_sha256: "ab".repeat(32),
+            home: home.to_path_buf(),
+            ..NodeRecord::default()
+        };
+        std::fs::create_dir_all(ctx.config.nodes_dir()).unwrap();
+        std::fs::write(
+            ctx.config.nodes_dir().join(format!("{name}.json")),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn held(nodes: Vec<NodeSpec>) -> StoredSpec {
+        StoredSpec::from_spec(&MachineSpec {
+            machine: "vm-1".into(),
+            generation: 4,
+            hosts_block: vec![HostsEntry {
+                address: "10.0.0.1".into(),
+                names: vec!["n1.test".into()],
+            }],
+            nodes,
+            ..MachineSpec::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn everything_the_agent_put_there_goes_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path());
+        let state = &ctx.config.state_dir;
+        let n1 = installed(&ctx, "n1");
+        // A node that left the spec earlier: only its record remains to name its tree.
+        let old = installed(&ctx, "old");
+        let foreign = ctx.config.install_root.join("opt/app/other-tool/data.txt");
+        std::fs::create_dir_all(foreign.parent().unwrap()).unwrap();
+        std::fs::write(&foreign, "not ours").unwrap();
+        std::fs::create_dir_all(ctx.config.cache_dir()).unwrap();
+        std::fs::write(
+            ctx.config
+                .cache_dir()
+                .join(format!("{}.zip", "ab".repeat(32))),
+            "zip",
+        )
+        .unwrap();
+        std::fs::write(&ctx.config.hosts_file, "127.0.0.1 localhost\n").unwrap();
+        hosts::apply(
+            &ctx.config.hosts_file,
+            &[hosts::HostsEntry::new([10, 0, 0, 1].into(), ["n1.test"])],
+        )
+        .unwrap();
+        remember(state, Some(&held(vec![node("n1")]))).unwrap();
+        assert!(pending(state));
+
+        carry_out(&ctx).await.expect("destroyed");
+        assert!(!n1.exists() && !old.exists(), "installed trees removed");
+        assert!(!ctx.config.install_root.join("opt/app/n1").exists());
+        assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "not ours");
+        assert_eq!(
+            std::fs::read_dir(ctx.config.nodes_dir()).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(ctx.config.cache_dir()).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_to_string(&ctx.config.hosts_file).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        assert!(!pending(state), "done: nothing left to remember");
+        carry_out(&ctx)
+            .await
+            .expect("a second destroy has nothing to do");
+    }
+
+    #[tokio::test]
+    async fn a_record_naming_a_tree_outside_the_root_fails_and_the_destroy_stays_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ctx(dir.path());
+        let state = &ctx.config.state_dir;
+        let outside = dir.path().join("elsewhere/tree");
+        std::fs::create_dir_all(&outside).unwrap();
+        record(&ctx, "n1", &outside);
+        remember(state, Some(&held(vec![node("n1")]))).unwrap();
+        let e = carry_out(&ctx).await.unwrap_err();
+        assert!(e.contains("not inside the agent's install root"), "{e}");
+        assert!(outside.exists(), "nothing outside the root is removed");
+        assert!(pending(state), "kept for the next try");
+    }
+
+    #[test]
+    fn an_unfinished_destroy_keeps_every_node_it_was_to_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        remember(state, Some(&held(vec![node("n1"), node("n2")]))).unwrap();
+        // A newer spec replaced n2 by n3 before the destroy was finished; then a destroy again.
+        remember(state, Some(&held(vec![node("n1"), node("n3")]))).unwrap();
+        let kept: Vec<String> = read_from(state)
+            .unwrap()
+            .unwrap()
+            .nodes
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(kept, ["n2", "n1", "n3"]);
+        // A held destroy spec adds nothing.
+        let mut destroy = held(Vec::new()).decode().unwrap();
+        destroy.destroy = true;
+        remember(state, Some(&StoredSpec::from_spec(&destroy))).unwrap();
+        assert_eq!(read_from(state).unwrap().unwrap().nodes.len(), 3);
+        forget(state);
+        assert!(!pending(state));
+    }
+}
