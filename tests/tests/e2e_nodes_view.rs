@@ -142,6 +142,7 @@ fn show_masks_secrets_and_logs_tails_refuses_and_follows() -> TestResult {
             return Err(format!("no tail from logs -f ({e}): {}", output_text(&out)).into());
         }
     };
+    let on_disk = std::fs::read_to_string(&log_file)?;
     assert!(on_disk.contains(&first), "{first:?} is not from the log");
     let marker = format!("apimctl-e2e-follow-marker-{}", std::process::id());
     writeln!(
