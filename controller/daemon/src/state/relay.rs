@@ -31,6 +31,10 @@ pub const MAX_TAILS: usize = 32;
 pub const MAX_TAILS_PER_AGENT: usize = 4;
 /// Pieces buffered per stream before an operator that does not read them is dropped.
 pub const RELAY_BUFFER: usize = 32;
+/// Largest piece of log an agent may send (the contract's limit); a larger one ends the stream.
+pub const MAX_PIECE: usize = 64 << 10;
+/// Largest notice an agent may send with a piece.
+const MAX_NOTICE: usize = 1024;
 /// Commands queued per agent stream.
 const COMMAND_QUEUE: usize = 16;
 
@@ -330,6 +334,22 @@ impl ControllerState {
             }
             return false;
         };
+        if data.data.len() > MAX_PIECE || data.notice.len() > MAX_NOTICE {
+            // Bigger than the contract allows: the buffer bound would not hold. End it.
+            if let Some(s) = r.streams.remove(&data.command_id) {
+                set_reason(
+                    &s.outcome,
+                    format!(
+                        "the agent of {machine} sent a piece of log larger than {MAX_PIECE} bytes; \
+                         the stream was ended"
+                    ),
+                );
+            }
+            drop(r);
+            tracing::warn!(%machine, command = %data.command_id, bytes = data.data.len(), "oversized log piece: stream ended");
+            self.cancel_on_agent(machine, &data.command_id);
+            return false;
+        }
         let chunk = LogChunk {
             data: data.data,
             notice: data.notice,
@@ -522,6 +542,26 @@ mod tests {
         let end = stream.next().await.expect("the end").unwrap_err();
         assert!(!end.by_agent);
         assert!(end.message.contains("too slowly"), "{}", end.message);
+    }
+
+    #[tokio::test]
+    async fn a_piece_larger_than_the_contract_ends_the_stream() {
+        let (_dir, state) = state();
+        let mut a = state.attach_commands("vm-a", 1);
+        let mut stream = state.open_tail("vm-a", tail("gw-1")).unwrap();
+        let id = queued(&mut a).command_id;
+        let big = LogData {
+            command_id: id.clone(),
+            data: vec![b'x'; MAX_PIECE + 1],
+            notice: String::new(),
+        };
+        assert!(!state.relay_log("vm-a", big));
+        let end = stream.next().await.expect("the end").unwrap_err();
+        assert!(end.message.contains("larger than"), "{}", end.message);
+        assert!(matches!(
+            queued(&mut a).action,
+            Some(Action::CancelCommand(_))
+        ));
     }
 
     #[tokio::test]
