@@ -17,15 +17,19 @@
 //! | [`keystores`] | a node's keystores and truststore, as its spec says |
 //! | [`ledger`] | the accepted generation, persisted atomically; older generations refused |
 //! | [`facts`] | machine facts and pre-flight checks |
+//! | [`logfile`] | a node's log files: the folder guard, bounded tails, following appends |
+//! | [`cleanup`] | removing an installed tree (destroy), only strictly inside the install root |
 //! | [`error`] | [`ExecError`], the one error type of the layer |
 
 pub mod arriving;
+pub mod cleanup;
 pub mod error;
 pub mod facts;
 pub mod health;
 pub mod hosts;
 pub mod keystores;
 pub mod ledger;
+pub mod logfile;
 pub mod packfile;
 pub mod process;
 pub mod unpack;

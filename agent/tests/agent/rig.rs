@@ -209,6 +209,7 @@ impl Rig {
             }],
             nodes,
             plan_generation: generation,
+            destroy: false,
         }
     }
 }

@@ -315,6 +315,7 @@ impl AgentCtx {
                     })
                     .collect(),
                 facts: None,
+                destroy_error: String::new(),
             })),
         }
     }

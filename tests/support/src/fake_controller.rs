@@ -16,8 +16,9 @@ use apim_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use apim_proto::v1::artifact_service_server::{ArtifactService, ArtifactServiceServer};
 use apim_proto::v1::controller_message::Kind as CtlKind;
 use apim_proto::v1::{
-    AgentMessage, Chunk, ControllerMessage, DesiredSpec, FetchRequest, Hello, MachineSpec,
-    StatRequest, StatResponse, StatusReport, UploadChunk, UploadResponse,
+    AgentMessage, Chunk, Command, CommandResult, ControllerMessage, DesiredSpec, FetchRequest,
+    Hello, LogData, MachineSpec, StatRequest, StatResponse, StatusReport, UploadChunk,
+    UploadResponse,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -43,6 +44,10 @@ pub struct FakeState {
     pub reports: Mutex<Vec<StatusReport>>,
     /// Every hello received.
     pub hellos: Mutex<Vec<Hello>>,
+    /// Every command result received.
+    pub results: Mutex<Vec<CommandResult>>,
+    /// Every piece of log received.
+    pub log_data: Mutex<Vec<LogData>>,
     latest: Mutex<Option<MachineSpec>>,
     session: Mutex<Option<Outbound>>,
 }
@@ -75,7 +80,9 @@ impl AgentService for Svc {
                         }
                     }
                     Some(AgentKind::Status(r)) => state.reports.lock().unwrap().push(r),
-                    _ => {}
+                    Some(AgentKind::CommandResult(r)) => state.results.lock().unwrap().push(r),
+                    Some(AgentKind::LogData(d)) => state.log_data.lock().unwrap().push(d),
+                    None => {}
                 }
             }
         });
@@ -247,6 +254,36 @@ impl FakeController {
         let session = self.state.session.lock().unwrap().clone();
         if let Some(tx) = session {
             let _ = tx.send(Ok(desired(spec))).await;
+        }
+    }
+
+    /// Sends `command` on the open session.
+    pub async fn command(&self, command: Command) {
+        let session = self.state.session.lock().unwrap().clone();
+        if let Some(tx) = session {
+            let _ = tx
+                .send(Ok(ControllerMessage {
+                    kind: Some(CtlKind::Command(command)),
+                }))
+                .await;
+        }
+    }
+
+    /// Waits (polling; `timeout` is a failure guard) until `pred` holds on what the fake
+    /// controller saw, and returns what it returned.
+    pub async fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&FakeState) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = pred(&self.state) {
+                return v;
+            }
+            assert!(Instant::now() <= deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

@@ -98,11 +98,17 @@ pub enum Rpc {
     ListArtifacts,
     /// `OperatorService.PruneArtifacts`.
     PruneArtifacts,
+    /// `OperatorService.ShowNode`.
+    ShowNode,
+    /// `OperatorService.Logs`.
+    Logs,
+    /// `OperatorService.Destroy`.
+    Destroy,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 21] = [
+    pub const ALL: [Rpc; 24] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -124,6 +130,9 @@ impl Rpc {
         Rpc::Diff,
         Rpc::ListArtifacts,
         Rpc::PruneArtifacts,
+        Rpc::ShowNode,
+        Rpc::Logs,
+        Rpc::Destroy,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
@@ -150,6 +159,9 @@ impl Rpc {
             Rpc::Diff => "/apimctl.v1.OperatorService/Diff",
             Rpc::ListArtifacts => "/apimctl.v1.OperatorService/ListArtifacts",
             Rpc::PruneArtifacts => "/apimctl.v1.OperatorService/PruneArtifacts",
+            Rpc::ShowNode => "/apimctl.v1.OperatorService/ShowNode",
+            Rpc::Logs => "/apimctl.v1.OperatorService/Logs",
+            Rpc::Destroy => "/apimctl.v1.OperatorService/Destroy",
         }
     }
 
@@ -177,8 +189,12 @@ impl Rpc {
             | Rpc::History
             | Rpc::Rollback
             | Rpc::OperateNodes
-            | Rpc::Diff => Access::Operator,
-            Rpc::ListArtifacts | Rpc::PruneArtifacts => Access::Operator,
+            | Rpc::Diff
+            | Rpc::ListArtifacts
+            | Rpc::PruneArtifacts
+            | Rpc::ShowNode
+            | Rpc::Logs
+            | Rpc::Destroy => Access::Operator,
         }
     }
 }

@@ -11,6 +11,9 @@
 //! | [`agent`] | `Connect`: Hello → desired spec, status reports, cut on revocation, expiry or shutdown |
 //! | [`artifacts`] | `Fetch`/`Stat` for agents, `Upload` for operators, over [`crate::artifacts`] |
 //! | [`operator`] | `Apply`/`Plan` (through [`crate::rollout`]), `Status`/`Watch`, `CreateToken`, `ListAgents`, `Revoke`; `ListArtifacts`/`PruneArtifacts` in `packs` |
+//! | [`nodes`] | `OperateNodes`: restart, stop, start (a new generation with the nodes' run state) |
+//! | [`show`] | `ShowNode` (a node's spec, secrets masked) and `Logs` (relayed through its agent) |
+//! | [`destroy`] | `Destroy`: destroy specs pushed, the machines' progress streamed |
 //! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
 //!
 //! Identity always comes from the verified client certificate (never from a message field); a
@@ -19,12 +22,14 @@
 pub mod agent;
 pub mod artifacts;
 pub mod auth;
+pub mod destroy;
 pub mod enrollment;
 pub mod error;
 mod history;
 mod nodes;
 pub mod operator;
 mod packs;
+pub mod show;
 
 pub mod tls;
 

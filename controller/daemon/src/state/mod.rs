@@ -27,12 +27,14 @@ use crate::store::{ArtifactRow, Store};
 mod agents;
 mod error;
 mod refusals;
+mod relay;
 
 pub use agents::AgentSnapshot;
 use agents::{AgentRecord, node_names, snapshot};
 pub use error::StateError;
 use refusals::RefusalLog;
 pub use refusals::Refused;
+pub use relay::{MAX_TAILS, MAX_TAILS_PER_AGENT, RELAY_BUFFER, TailEnd, TailStream};
 
 /// The latest desired spec of one machine, as seen by its agent's stream.
 pub type SpecWatch = watch::Receiver<Option<Arc<MachineSpec>>>;
@@ -55,6 +57,8 @@ pub struct ControllerState {
     /// exclusively while the artifact store is pruned: a prune never removes what an apply
     /// has just checked.
     artifact_gate: tokio::sync::RwLock<()>,
+    /// Command queues of connected agents, and the log streams relayed from them.
+    relays: relay::Relays,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +135,7 @@ impl ControllerState {
             next_session: AtomicU64::new(1),
             refusals: RefusalLog::default(),
             artifact_gate: tokio::sync::RwLock::new(()),
+            relays: relay::Relays::default(),
         })
     }
 
