@@ -3,6 +3,8 @@
 //! simulated WSO2 processes (apim-e2e packs and fake JDK), real sockets on a per-test 127.x
 //! address. Conditions are polled; timeouts are failure guards only.
 
+#[path = "agent/logs.rs"]
+mod logs;
 #[path = "agent/rig.rs"]
 mod rig;
 mod support;

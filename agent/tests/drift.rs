@@ -39,15 +39,27 @@ async fn check(rig: &Rig, id: &str) -> StatusReport {
             action: Some(command::Action::CheckDrift(CheckDrift {})),
         })
         .await;
-    let (reports, result) = rig.ctl.wait_command_result(id, TIMEOUT).await;
+    let (reports, result) = rig
+        .ctl
+        .wait_for(TIMEOUT, &format!("the result of {id}"), |s| {
+            let result = s
+                .results
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.command_id == id)?
+                .clone();
+            let reports = *s.reports_before_result.lock().unwrap().get(id)?;
+            Some((reports, result))
+        })
+        .await;
     assert!(result.ok, "{result:?}");
     assert!(
         result.message.starts_with("checked 1 node(s)"),
         "{result:?}"
     );
-    let reports_seen = rig.ctl.state.reports.lock().unwrap();
     assert!(reports > 0, "a report comes before the result");
-    reports_seen[reports - 1].clone()
+    rig.ctl.state.reports.lock().unwrap()[reports - 1].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::v1::{
     ApplyRequest, Chunk, CreateTokenResponse, DatabaseInit, EnrollRequest, EnvVar, KeystoreSpec,
-    NodeFile, NodeSpec, PlanRequest, ProvidedStores, StoreType, UploadChunk,
+    LogChunk, LogData, NodeFile, NodeSpec, PlanRequest, ProvidedStores, StoreType, UploadChunk,
 };
 
 /// A secret value: shows whether it is set, never its content.
@@ -109,6 +109,7 @@ impl fmt::Debug for NodeSpec {
             .field("files", &self.files)
             .field("libs", &self.libs)
             .field("databases", &self.databases)
+            .field("log_dir", &self.log_dir)
             .finish()
     }
 }
@@ -245,6 +246,25 @@ impl fmt::Debug for UploadChunk {
         f.debug_struct("UploadChunk")
             .field("header", &self.header)
             .field("data", &Size(self.data.len()))
+            .finish()
+    }
+}
+
+impl fmt::Debug for LogData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogData")
+            .field("command_id", &self.command_id)
+            .field("data", &Size(self.data.len()))
+            .field("notice", &self.notice)
+            .finish()
+    }
+}
+
+impl fmt::Debug for LogChunk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogChunk")
+            .field("data", &Size(self.data.len()))
+            .field("notice", &self.notice)
             .finish()
     }
 }

@@ -451,7 +451,9 @@ fn malformed_or_rejected_plans_change_nothing() -> TestResult {
         &bad,
         c.plan_text(&PlanParams::default()) + "\n[[nodes]\nname = \n",
     )?;
-    let out = c.apply(&bad)?;
+    // Text output: errors as diagnostics on stderr (`-o json` prints them as one document).
+    let apply_text = |plan: &Path| c.apimctl(&["apply", plan.to_str().unwrap_or_default()]);
+    let out = apply_text(&bad)?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("malformed.toml:"),
@@ -510,7 +512,7 @@ fn malformed_or_rejected_plans_change_nothing() -> TestResult {
             .plan_text(&PlanParams::default())
             .replace(&format!("dist/{file_name}"), &format!("dist/{name}"));
         std::fs::write(&wrong, &plan_text)?;
-        let out = c.apply(&wrong)?;
+        let out = apply_text(&wrong)?;
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
         let line = plan_text

@@ -171,6 +171,30 @@ impl Fetcher {
         }
     }
 
+    /// Empties the pack cache (`apimctl destroy`): every cached pack, partial download and
+    /// stamp. Returns how many files it removed.
+    pub fn clear(&self) -> DaemonResult<usize> {
+        let rd = match std::fs::read_dir(&self.cache_dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(DaemonError::io("list pack cache", &self.cache_dir, e)),
+        };
+        let mut n = 0;
+        for entry in rd {
+            let entry =
+                entry.map_err(|e| DaemonError::io("list pack cache", &self.cache_dir, e))?;
+            let p = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            removed.map_err(|e| DaemonError::io("remove cached pack", &p, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The boot a cached pack was verified in.
     fn boot_stamp_path(&self, sha256: &str) -> PathBuf {
         self.cache_dir.join(format!("{sha256}.boot"))

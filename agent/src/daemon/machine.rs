@@ -3,7 +3,8 @@
 //! [`Machine::accept`] ledgers a new `MachineSpec` (an older generation is refused: a stale
 //! controller cannot roll the machine back), applies its hosts block, and hands each node its
 //! latest target; nodes that left the spec are stopped by their task. [`Machine::load`] resumes
-//! the ledgered spec at start, adopting running nodes.
+//! the ledgered spec at start, adopting running nodes. A destroy spec ends every node task and
+//! hands the machine to [`destroy`], which takes back everything the agent put on it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::daemon::converge::{
     ExecContext, MachineMemory, NodeExecutor, NodeTarget, prune_pack_cache, validate_node_name,
 };
+use crate::daemon::destroy;
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
 use crate::daemon::supervise;
 use crate::exec::hosts::{self, HostsEntry};
@@ -84,8 +86,9 @@ impl std::fmt::Debug for Machine {
 }
 
 impl Machine {
-    /// Loads the ledger and dispatches the held spec (adopting running nodes).
-    pub fn load(ctx: Arc<ExecContext>) -> DaemonResult<Self> {
+    /// Loads the ledger and dispatches the held spec (adopting running nodes); a held destroy
+    /// spec that was not carried out whole is carried out now.
+    pub async fn load(ctx: Arc<ExecContext>) -> DaemonResult<Self> {
         let ledger: Ledger<StoredSpec> =
             Ledger::load(&ctx.config.state_dir, LEDGER_NAME).on("machine")?;
         let held = ledger.current().map(StoredSpec::decode).transpose()?;
@@ -94,11 +97,62 @@ impl Machine {
             ledger,
             nodes: BTreeMap::new(),
         };
-        if let Some(spec) = held {
-            tracing::info!(generation = spec.generation, "resuming the ledgered spec");
-            m.dispatch(&spec)?;
+        match held {
+            Some(spec) if spec.destroy => {
+                if destroy::pending(&m.ctx.config.state_dir) {
+                    tracing::warn!(
+                        generation = spec.generation,
+                        "finishing an interrupted destroy"
+                    );
+                    m.destroy(&spec).await;
+                } else {
+                    m.ctx.board.set_generation(spec.generation);
+                }
+            }
+            Some(spec) => {
+                tracing::info!(generation = spec.generation, "resuming the ledgered spec");
+                m.dispatch(&spec)?;
+            }
+            None => {}
         }
         Ok(m)
+    }
+
+    /// The held spec's node `name`, if the held spec has it.
+    pub fn node_spec(&self, name: &str) -> Option<apim_proto::v1::NodeSpec> {
+        let spec = self.ledger.current()?.decode().ok()?;
+        spec.nodes.into_iter().find(|n| n.name == name)
+    }
+
+    /// Ends every node task (each stops its node), then takes everything back ([`destroy`]).
+    /// The board says how it went: the destroy spec's generation with no nodes when it was
+    /// carried out whole, else the error (the next destroy spec or agent start tries again).
+    async fn destroy(&mut self, spec: &MachineSpec) {
+        let timings = &self.ctx.config.timings;
+        let bound = timings.stop_grace + std::time::Duration::from_secs(60);
+        let handles = std::mem::take(&mut self.nodes);
+        let ends = handles.into_iter().map(|(name, h)| async move {
+            h.tx.send_replace(None);
+            let mut task = h.task;
+            if tokio::time::timeout(bound, &mut task).await.is_err() {
+                tracing::warn!(node = %name, "node task did not end in time; ending it");
+                task.abort();
+                let _ = task.await;
+            }
+        });
+        futures::future::join_all(ends).await;
+        match destroy::carry_out(&self.ctx).await {
+            Ok(()) => {
+                self.ctx.board.clear();
+                self.ctx.board.set_destroy_error("");
+                self.ctx.board.set_generation(spec.generation);
+                tracing::warn!(
+                    generation = spec.generation,
+                    "machine destroyed: nodes stopped, trees, packs and hosts block removed"
+                );
+            }
+            Err(e) => self.ctx.board.set_destroy_error(&e),
+        }
     }
 
     /// The `java_home` of the held spec's first node (for the machine facts), if any.
@@ -114,9 +168,10 @@ impl Machine {
         self.ledger.generation().unwrap_or(0)
     }
 
-    /// Ledgers `spec` and converges to it. `Ok(false)`: the same generation with the same
-    /// content was already held (nothing changes). An older generation is refused.
-    pub fn accept(&mut self, spec: MachineSpec) -> DaemonResult<bool> {
+    /// Ledgers `spec` and converges to it (a destroy spec: carries it out before returning).
+    /// `Ok(false)`: the same generation with the same content was already held (nothing
+    /// changes). An older generation is refused.
+    pub async fn accept(&mut self, spec: MachineSpec) -> DaemonResult<bool> {
         if spec.machine != self.ctx.config.machine {
             return Err(DaemonError::WrongMachine {
                 spec_machine: spec.machine,
@@ -124,11 +179,21 @@ impl Machine {
             });
         }
         let offered = spec.generation;
+        if spec.destroy && self.ledger.generation().is_none_or(|held| held < offered) {
+            // Kept before the ledger forgets it: how to stop each node, even after a restart.
+            destroy::remember(&self.ctx.config.state_dir, self.ledger.current())?;
+        }
         match self.ledger.commit(StoredSpec::from_spec(&spec)) {
             Ok(CommitOutcome::Unchanged) => Ok(false),
             Ok(CommitOutcome::Committed { previous }) => {
                 tracing::info!(generation = offered, ?previous, "accepted machine spec");
-                self.dispatch(&spec)?;
+                if spec.destroy {
+                    self.destroy(&spec).await;
+                } else {
+                    destroy::forget(&self.ctx.config.state_dir);
+                    self.ctx.board.set_destroy_error("");
+                    self.dispatch(&spec)?;
+                }
                 Ok(true)
             }
             Err(source) => Err(DaemonError::GenerationRefused { offered, source }),

@@ -11,6 +11,8 @@
 //! | --- | --- |
 //! | [`session`] | [`run`]: the main loop (identity, ledger, the stream to the controller) |
 //! | [`machine`] | the ledgered spec, the hosts block, one converge task per node |
+//! | [`destroy`] | a destroy spec: nodes stopped, installed trees, packs and hosts block removed |
+//! | [`tail`] | `TailLog` commands: a node's log, bounded and rate-limited, cancellable |
 //! | [`converge`] | one node to its spec, in named idempotent steps |
 //! | [`supervise`] | the node task: converge, retry with backoff, restart a dead node |
 //! | [`fetch`] | packs from the controller: resumable, verified, cached, readable as they arrive |
@@ -22,6 +24,7 @@
 
 pub mod config;
 pub mod converge;
+pub mod destroy;
 pub mod error;
 pub mod fetch;
 pub mod identity;
@@ -30,6 +33,7 @@ pub mod machine;
 pub mod report;
 pub mod session;
 pub mod supervise;
+pub mod tail;
 
 pub use error::{DaemonError, DaemonResult};
 pub use session::run;

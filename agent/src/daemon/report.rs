@@ -36,6 +36,8 @@ struct Inner {
     version: u64,
     /// Per node, the latest drift check epoch it answered.
     drift_checked: BTreeMap<String, u64>,
+    /// Why the held destroy spec could not be carried out whole (empty: it was, or none).
+    destroy_error: String,
 }
 
 /// A change to one node's status; `None` fields stay as they are.
@@ -157,6 +159,26 @@ impl StatusBoard {
         }
     }
 
+    /// Records why a destroy could not be carried out whole (`""` clears it).
+    pub fn set_destroy_error(&self, error: &str) {
+        let mut g = self.lock();
+        if g.destroy_error != error {
+            g.destroy_error = error.to_owned();
+            g.version += 1;
+            self.changed.send_replace(g.version);
+        }
+    }
+
+    /// Forgets every node (the machine was destroyed).
+    pub fn clear(&self) {
+        let mut g = self.lock();
+        if !g.nodes.is_empty() {
+            g.nodes.clear();
+            g.version += 1;
+            self.changed.send_replace(g.version);
+        }
+    }
+
     /// Forgets a node that left the spec.
     pub fn remove(&self, node: &str) {
         let mut g = self.lock();
@@ -179,6 +201,7 @@ impl StatusBoard {
             generation: g.generation,
             nodes: g.nodes.values().cloned().collect(),
             facts: None,
+            destroy_error: g.destroy_error.clone(),
         }
     }
 

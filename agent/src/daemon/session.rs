@@ -39,6 +39,7 @@ use crate::daemon::link::{Control, ControlConfig};
 use crate::daemon::machine::Machine;
 use crate::daemon::report::{StatusBoard, wire_facts};
 use crate::daemon::supervise::backoff;
+use crate::daemon::tail::{Tails, Taken};
 use crate::exec::unpack::UnpackLimits;
 
 /// What the connection loop shares with the rest of the daemon.
@@ -84,7 +85,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Dae
         board: Arc::clone(&board),
         limits: UnpackLimits::default(),
     });
-    let machine = Arc::new(Mutex::new(Machine::load(ctx)?));
+    let machine = Arc::new(Mutex::new(Machine::load(ctx).await?));
     let held = machine.lock().await.held_generation();
     notify(&format!(
         "ledger loaded (generation {held}); connecting to the controller at {}",
@@ -319,6 +320,7 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
         shared.config.endpoint.address
     ))]);
     let mut last_facts = facts;
+    let tails = Tails::new(Arc::clone(&shared.machine), shared.config.clone());
     let mut changes = shared.board.subscribe();
     let mut report_tick = tokio::time::interval(shared.config.timings.report_interval);
     let mut facts_tick = tokio::time::interval(shared.config.timings.facts_interval);
@@ -333,7 +335,7 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
                     Some(CtlKind::DesiredSpec(d)) => {
                         let Some(spec) = d.spec else { continue };
                         let offered = spec.generation;
-                        let r = shared.machine.lock().await.accept(spec);
+                        let r = shared.machine.lock().await.accept(spec).await;
                         match r {
                             Ok(true) => {}
                             Ok(false) => tracing::debug!(generation = offered, "same spec again; nothing to do"),
@@ -350,7 +352,11 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
                         tokio::spawn(check_drift(Arc::clone(&shared.board), tx.clone(), c.command_id));
                     }
                     Some(CtlKind::Command(c)) => {
-                        let result = command(shared, &c);
+                        let result = match tails.take(&c, &tx) {
+                            Taken::NotMine => command(shared, &c),
+                            Taken::Answer(r) => r,
+                            Taken::Running => continue,
+                        };
                         send(&tx, AgentKind::CommandResult(result)).await?;
                         if matches!(c.action, Some(Action::ReportNow(_))) {
                             send(&tx, AgentKind::Status(shared.board.snapshot())).await?;
@@ -417,6 +423,10 @@ fn command(_shared: &Shared, c: &Command) -> CommandResult {
         Some(Action::ReportNow(_)) => (true, "report sent".to_owned()),
         // Answered by `check_drift`.
         Some(Action::CheckDrift(_)) => (true, "drift check started".to_owned()),
+        Some(Action::TailLog(_) | Action::CancelCommand(_)) => (
+            false,
+            "log commands are served by the log streams".to_owned(),
+        ),
         None => (false, "empty command".to_owned()),
     };
     CommandResult {

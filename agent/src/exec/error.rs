@@ -360,6 +360,26 @@ pub enum ExecError {
         /// What failed.
         reason: String,
     },
+
+    /// A log file was asked for that the agent does not serve (outside the node's log folder,
+    /// not a regular file, a symlink leading out).
+    #[error("log file {file:?} refused: {reason}")]
+    LogRefused {
+        /// The file as asked for (relative to the log folder).
+        file: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A tree the agent was to remove is not one it may remove (not strictly inside its install
+    /// root, or not a directory it made).
+    #[error("refusing to remove {}: {reason}", path.display())]
+    RemoveRefused {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl ExecError {

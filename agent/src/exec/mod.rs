@@ -17,10 +17,13 @@
 //! | [`keystores`] | a node's keystores and truststore, as its spec says |
 //! | [`ledger`] | the accepted generation, persisted atomically; older generations refused |
 //! | [`facts`] | machine facts and pre-flight checks |
+//! | [`logfile`] | a node's log files: the folder guard, bounded tails, following appends |
+//! | [`cleanup`] | removing an installed tree (destroy), only strictly inside the install root |
 //! | [`drift`] | how bytes on disk differ from those written: TOML keys, digests, never values |
 //! | [`error`] | [`ExecError`], the one error type of the layer |
 
 pub mod arriving;
+pub mod cleanup;
 pub mod drift;
 pub mod error;
 pub mod facts;
@@ -28,6 +31,7 @@ pub mod health;
 pub mod hosts;
 pub mod keystores;
 pub mod ledger;
+pub mod logfile;
 pub mod packfile;
 pub mod process;
 pub mod unpack;

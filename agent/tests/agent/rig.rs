@@ -211,6 +211,7 @@ impl Rig {
             }],
             nodes,
             plan_generation: generation,
+            destroy: false,
         }
     }
 }

@@ -15,8 +15,8 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, check, completions, controller, history, man, nodes, packs, plan, render,
-    renew_cert, revoke, rollout, status, token, validate,
+    agents, apply, check, completions, controller, destroy, history, logs, man, nodes, packs, plan,
+    render, renew_cert, revoke, rollout, show, status, token, validate,
 };
 use crate::error::CliError;
 use crate::output::Format;
@@ -175,6 +175,28 @@ enum Command {
         exit_codes_controller!()
     ))]
     Packs(packs::Args),
+    /// What a node runs: its deployment.toml (secrets masked), commands, hosts block, status.
+    #[command(after_long_help = help!(
+        ["apimctl show gw-1", "apimctl show gw-1 -o json | jq -r '.files[0].content'"],
+        exit_codes_controller!()
+    ))]
+    Show(show::Args),
+    /// A node's server log through its agent; -f follows it.
+    #[command(after_long_help = help!(
+        [
+            "apimctl logs km-1 -n 200",
+            "apimctl logs gw-1 -f",
+            "apimctl logs gw-1 --file http_access.log -n 50"
+        ],
+        exit_codes_controller!()
+    ))]
+    Logs(logs::Args),
+    /// Stop every node and remove install trees, cached packs and hosts blocks everywhere.
+    #[command(after_long_help = help!(
+        ["apimctl destroy", "apimctl destroy --yes --timeout 10m   # in a script"],
+        exit_codes_rollout!()
+    ))]
+    Destroy(destroy::Args),
     /// The controller daemon and its host-side tools.
     #[command(subcommand, after_long_help = help!(
         [
@@ -283,6 +305,9 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         }
         Command::RenewCert(args) => on_controller(connection, |s| renew_cert::run(args, s, stdout)),
         Command::Packs(args) => on_controller(connection, |s| packs::run(args, s, stdout)),
+        Command::Show(args) => on_controller(connection, |s| show::run(args, s, stdout)),
+        Command::Logs(args) => on_controller(connection, |s| logs::run(args, s, stdout, stderr)),
+        Command::Destroy(args) => on_controller(connection, |s| destroy::run(args, s, stdout)),
         Command::Check(args) => on_controller(connection, |s| check::run(args, s, stdout)),
     }
 }

@@ -134,6 +134,7 @@ pub fn node_spec(
             .collect(),
         databases: node.databases.iter().map(database_use).collect(),
         restart_seq: inputs.restarts.get(&node.name).copied().unwrap_or(0),
+        log_dir: layout::LOG_DIR.to_string(),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
@@ -275,6 +276,7 @@ pub fn machine_spec(
             })
             .collect(),
         nodes,
+        destroy: false,
     }))
 }
 

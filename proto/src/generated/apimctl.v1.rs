@@ -245,6 +245,12 @@ pub struct MachineSpec {
     /// reports and messages.
     #[prost(uint64, tag = "5")]
     pub plan_generation: u64,
+    /// Set by `apimctl destroy`: `nodes` and `hosts_block` are empty, and the agent stops every node
+    /// it has a record of, removes the install trees it made (only those, from its node records, under
+    /// its install root), its pack cache and node records, and its managed hosts block; then it
+    /// reports this generation with no nodes. The agent stays enrolled; a later spec installs anew.
+    #[prost(bool, tag = "6")]
+    pub destroy: bool,
 }
 /// One line of the managed /etc/hosts block.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -351,6 +357,11 @@ pub struct NodeSpec {
     /// so a new value restarts the node through the normal converge (stop, start, readiness).
     #[prost(uint64, tag = "25")]
     pub restart_seq: u64,
+    /// The node's log folder, relative to the carbon home, e.g. "repository/logs": the only folder
+    /// whose regular files the agent serves to `apimctl logs` (empty serves none). Not part of
+    /// `config_digest`.
+    #[prost(string, tag = "26")]
+    pub log_dir: ::prost::alloc::string::String,
 }
 /// A jar fetched from the controller by digest and placed in a node's carbon home.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -717,7 +728,7 @@ impl StoreType {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentMessage {
     /// What this message is.
-    #[prost(oneof = "agent_message::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "agent_message::Kind", tags = "1, 2, 3, 4")]
     pub kind: ::core::option::Option<agent_message::Kind>,
 }
 /// Nested message and enum types in `AgentMessage`.
@@ -734,6 +745,10 @@ pub mod agent_message {
         /// The outcome of a `Command`.
         #[prost(message, tag = "3")]
         CommandResult(super::CommandResult),
+        /// A piece of a log the controller asked for with `TailLog`; the stream of pieces of one
+        /// command ends with its `CommandResult`.
+        #[prost(message, tag = "4")]
+        LogData(super::LogData),
     }
 }
 /// Opens a session. The controller answers with `DesiredSpec` unless the agent already holds the
@@ -762,6 +777,10 @@ pub struct StatusReport {
     /// Fresh facts, present only when they changed since the last report.
     #[prost(message, optional, tag = "3")]
     pub facts: ::core::option::Option<MachineFacts>,
+    /// Set while the destroy spec the agent holds could not be carried out whole: why (untrusted
+    /// text). Empty once it was: `generation` is then the destroy spec's and `nodes` is empty.
+    #[prost(string, tag = "4")]
+    pub destroy_error: ::prost::alloc::string::String,
 }
 /// The outcome of one `Command`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -811,17 +830,24 @@ pub struct Command {
     #[prost(string, tag = "1")]
     pub command_id: ::prost::alloc::string::String,
     /// The action to take.
-    #[prost(oneof = "command::Action", tags = "5, 10")]
+    #[prost(oneof = "command::Action", tags = "5, 6, 7, 10")]
     pub action: ::core::option::Option<command::Action>,
 }
 /// Nested message and enum types in `Command`.
 pub mod command {
     /// The action to take.
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
     pub enum Action {
         /// Send a `StatusReport` now.
         #[prost(message, tag = "5")]
         ReportNow(super::ReportNow),
+        /// Send the tail of one of a node's log files, and follow it if asked: `LogData` messages,
+        /// then this command's `CommandResult`.
+        #[prost(message, tag = "6")]
+        TailLog(super::TailLog),
+        /// Stop the command named (a `TailLog` that follows); its own `CommandResult` still comes.
+        #[prost(message, tag = "7")]
+        CancelCommand(super::CancelCommand),
         /// Check every node for drift now; answered by a fresh `StatusReport`, then the result.
         #[prost(message, tag = "10")]
         CheckDrift(super::CheckDrift),
@@ -830,6 +856,45 @@ pub mod command {
 /// Ask the agent for an immediate `StatusReport`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReportNow {}
+/// The tail of a log file of one node of the agent's spec. The agent serves only regular files
+/// inside the node's `NodeSpec.log_dir` (no "..", no absolute path, no symlink leaving it).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TailLog {
+    /// The node's name; it must be in the spec the agent holds.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// The file, relative to the node's log folder; empty means the node's readiness log file.
+    #[prost(string, tag = "2")]
+    pub file: ::prost::alloc::string::String,
+    /// How many lines from the end to send first (the agent caps them, and their bytes).
+    #[prost(uint32, tag = "3")]
+    pub lines: u32,
+    /// Keep sending what is appended (following truncation and rotation) until cancelled.
+    #[prost(bool, tag = "4")]
+    pub follow: bool,
+}
+/// Cancels a command still running on the agent.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CancelCommand {
+    /// The `Command.command_id` to stop.
+    #[prost(string, tag = "1")]
+    pub command_id: ::prost::alloc::string::String,
+}
+/// A piece of a node's log (at most 64 KiB), for the `TailLog` command it answers.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct LogData {
+    /// The `Command.command_id` of the `TailLog`.
+    #[prost(string, tag = "1")]
+    pub command_id: ::prost::alloc::string::String,
+    /// Bytes of the file, as they are (untrusted text: escaped before it reaches a terminal).
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    /// Set instead of data when something happened to the file, e.g. "log truncated: reading it
+    /// from its start" (untrusted text).
+    #[prost(string, tag = "3")]
+    pub notice: ::prost::alloc::string::String,
+}
 /// Ask the agent to check its nodes for drift now (what is on disk against what it wrote for the
 /// current spec) and send a `StatusReport` with the result before the `CommandResult`. The result
 /// is ok when every node was checked; its message names nodes that could not be (busy converging).
@@ -2582,6 +2647,149 @@ pub struct PruneArtifactsResponse {
     #[prost(uint64, tag = "2")]
     pub freed_bytes: u64,
 }
+/// Asks what a node runs.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShowNodeRequest {
+    /// The node's name.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+}
+/// What a node runs according to the controller. Every secret is masked: values of secret-named
+/// keys and every secret value of the plan generation, wherever they appear.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ShowNodeResponse {
+    /// The node's name.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Its machine.
+    #[prost(string, tag = "2")]
+    pub machine: ::prost::alloc::string::String,
+    /// Its role, e.g. "gateway".
+    #[prost(string, tag = "3")]
+    pub role: ::prost::alloc::string::String,
+    /// The product and version, e.g. "wso2am-3.2.0".
+    #[prost(string, tag = "4")]
+    pub product: ::prost::alloc::string::String,
+    /// The plan generation the spec was rendered from.
+    #[prost(uint64, tag = "5")]
+    pub plan_generation: u64,
+    /// The machine spec's generation.
+    #[prost(uint64, tag = "6")]
+    pub spec_generation: u64,
+    /// What the controller wants of the node now: "running", "staged" or "stopped".
+    #[prost(string, tag = "7")]
+    pub desired: ::prost::alloc::string::String,
+    /// The pack's file name.
+    #[prost(string, tag = "8")]
+    pub pack_file: ::prost::alloc::string::String,
+    /// The pack's sha256.
+    #[prost(string, tag = "9")]
+    pub pack_sha256: ::prost::alloc::string::String,
+    /// Where the node is installed (the install dir of the plan).
+    #[prost(string, tag = "10")]
+    pub install_dir: ::prost::alloc::string::String,
+    /// The digest of what the node runs with (a change restarts it).
+    #[prost(string, tag = "11")]
+    pub config_digest: ::prost::alloc::string::String,
+    /// The node's configuration files, masked: deployment.toml first.
+    #[prost(message, repeated, tag = "12")]
+    pub files: ::prost::alloc::vec::Vec<ShownFile>,
+    /// The start command's argv (relative to the node's home).
+    #[prost(string, repeated, tag = "13")]
+    pub start_argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The stop command's argv.
+    #[prost(string, repeated, tag = "14")]
+    pub stop_argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The node's extra environment as NAME=value, secret values masked.
+    #[prost(string, repeated, tag = "15")]
+    pub env: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The machine's managed /etc/hosts block, one "address names…" line each.
+    #[prost(string, repeated, tag = "16")]
+    pub hosts_block: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The node's log folder, relative to its home (what `apimctl logs` reads).
+    #[prost(string, tag = "17")]
+    pub log_dir: ::prost::alloc::string::String,
+    /// What its agent last reported; absent when it never did (untrusted text inside).
+    #[prost(message, optional, tag = "18")]
+    pub status: ::core::option::Option<NodeStatus>,
+    /// Whether the node's agent is connected now.
+    #[prost(bool, tag = "19")]
+    pub reachable: bool,
+}
+/// One configuration file of a node, as `ShowNode` shows it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ShownFile {
+    /// Its path relative to the node's home.
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// Its content with every secret masked; empty when `secret`.
+    #[prost(string, tag = "2")]
+    pub content: ::prost::alloc::string::String,
+    /// A secret file (a password file): its content is never shown.
+    #[prost(bool, tag = "3")]
+    pub secret: bool,
+}
+/// Asks for a node's log.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LogsRequest {
+    /// The node's name.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// The file, relative to the node's log folder; empty means its server log.
+    #[prost(string, tag = "2")]
+    pub file: ::prost::alloc::string::String,
+    /// How many lines from the end to send first; 0 means 10; at most 10000.
+    #[prost(uint32, tag = "3")]
+    pub lines: u32,
+    /// Keep streaming what is appended until the client hangs up.
+    #[prost(bool, tag = "4")]
+    pub follow: bool,
+}
+/// A piece of a node's log.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct LogChunk {
+    /// Bytes of the file, as its agent read them (untrusted: escape before printing).
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    /// Set instead of data when something happened to the file, e.g. it was truncated or rotated
+    /// (untrusted text).
+    #[prost(string, tag = "2")]
+    pub notice: ::prost::alloc::string::String,
+}
+/// Asks to destroy the cluster.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DestroyRequest {
+    /// Who asks (the certificate's identity is recorded; this only adds detail).
+    #[prost(string, tag = "1")]
+    pub author: ::prost::alloc::string::String,
+}
+/// How far a destroy is.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DestroyProgress {
+    /// The plan generation the destroy was recorded as.
+    #[prost(uint64, tag = "1")]
+    pub generation: u64,
+    /// Every machine told to destroy, by name.
+    #[prost(message, repeated, tag = "2")]
+    pub machines: ::prost::alloc::vec::Vec<MachineDestroy>,
+}
+/// One machine's destroy.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MachineDestroy {
+    /// The machine's name.
+    #[prost(string, tag = "1")]
+    pub machine: ::prost::alloc::string::String,
+    /// Its agent reported the destroy carried out.
+    #[prost(bool, tag = "2")]
+    pub done: bool,
+    /// Its agent is connected now (an unreachable machine is destroyed when it reconnects).
+    #[prost(bool, tag = "3")]
+    pub reachable: bool,
+    /// Why its agent could not carry it out whole, if it said so (untrusted text).
+    #[prost(string, tag = "4")]
+    pub error: ::prost::alloc::string::String,
+}
 /// Asks for a drift check.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CheckDriftRequest {
@@ -2674,6 +2882,9 @@ pub enum RolloutState {
     RollingBack = 6,
     /// The previous generation was restored.
     RolledBack = 7,
+    /// Not a rollout: the generation records `apimctl destroy` (every machine was told to stop its
+    /// nodes and remove what its agent installed; the next apply is a first rollout).
+    Destroyed = 8,
 }
 impl RolloutState {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -2690,6 +2901,7 @@ impl RolloutState {
             Self::Failed => "ROLLOUT_STATE_FAILED",
             Self::RollingBack => "ROLLOUT_STATE_ROLLING_BACK",
             Self::RolledBack => "ROLLOUT_STATE_ROLLED_BACK",
+            Self::Destroyed => "ROLLOUT_STATE_DESTROYED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -2703,6 +2915,7 @@ impl RolloutState {
             "ROLLOUT_STATE_FAILED" => Some(Self::Failed),
             "ROLLOUT_STATE_ROLLING_BACK" => Some(Self::RollingBack),
             "ROLLOUT_STATE_ROLLED_BACK" => Some(Self::RolledBack),
+            "ROLLOUT_STATE_DESTROYED" => Some(Self::Destroyed),
             _ => None,
         }
     }
@@ -3170,6 +3383,88 @@ pub mod operator_service_client {
                 .insert(GrpcMethod::new("apimctl.v1.OperatorService", "PruneArtifacts"));
             self.inner.unary(req, path, codec).await
         }
+        /// What one node runs now according to the controller: the spec last pushed to its machine
+        /// (configuration files with every secret masked, commands, the hosts block) and what its agent
+        /// last reported. NOT_FOUND when no machine's spec names the node.
+        pub async fn show_node(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ShowNodeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ShowNodeResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/ShowNode",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "ShowNode"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The tail of one of a node's log files, read by its agent, then (with `follow`) what is
+        /// appended until the client hangs up. Bounded in lines, bytes and rate; UNAVAILABLE when the
+        /// node's agent is not connected, RESOURCE_EXHAUSTED when too many logs are streamed already.
+        pub async fn logs(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LogsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::LogChunk>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/Logs",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "Logs"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Stops every node and removes the install trees, cached packs and managed hosts block on every
+        /// machine that has a spec; records it as a generation (the next apply is a first rollout).
+        /// Streams every machine's progress: first at once, then on every change until every machine
+        /// reported done. FAILED_PRECONDITION while a rollout is in flight.
+        pub async fn destroy(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DestroyRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::DestroyProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/Destroy",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("apimctl.v1.OperatorService", "Destroy"));
+            self.inner.server_streaming(req, path, codec).await
+        }
         /// Asks every connected agent holding the requested nodes to check them for drift now, waits
         /// (bounded) for their answers and returns the cluster's state with them. NOT_FOUND for a node
         /// no machine of the current plan has.
@@ -3318,6 +3613,43 @@ pub mod operator_service_server {
             tonic::Response<super::PruneArtifactsResponse>,
             tonic::Status,
         >;
+        /// What one node runs now according to the controller: the spec last pushed to its machine
+        /// (configuration files with every secret masked, commands, the hosts block) and what its agent
+        /// last reported. NOT_FOUND when no machine's spec names the node.
+        async fn show_node(
+            &self,
+            request: tonic::Request<super::ShowNodeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ShowNodeResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the Logs method.
+        type LogsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::LogChunk, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// The tail of one of a node's log files, read by its agent, then (with `follow`) what is
+        /// appended until the client hangs up. Bounded in lines, bytes and rate; UNAVAILABLE when the
+        /// node's agent is not connected, RESOURCE_EXHAUSTED when too many logs are streamed already.
+        async fn logs(
+            &self,
+            request: tonic::Request<super::LogsRequest>,
+        ) -> std::result::Result<tonic::Response<Self::LogsStream>, tonic::Status>;
+        /// Server streaming response type for the Destroy method.
+        type DestroyStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::DestroyProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Stops every node and removes the install trees, cached packs and managed hosts block on every
+        /// machine that has a spec; records it as a generation (the next apply is a first rollout).
+        /// Streams every machine's progress: first at once, then on every change until every machine
+        /// reported done. FAILED_PRECONDITION while a rollout is in flight.
+        async fn destroy(
+            &self,
+            request: tonic::Request<super::DestroyRequest>,
+        ) -> std::result::Result<tonic::Response<Self::DestroyStream>, tonic::Status>;
         /// Asks every connected agent holding the requested nodes to check them for drift now, waits
         /// (bounded) for their answers and returns the cluster's state with them. NOT_FOUND for a node
         /// no machine of the current plan has.
@@ -4033,6 +4365,143 @@ pub mod operator_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/ShowNode" => {
+                    #[allow(non_camel_case_types)]
+                    struct ShowNodeSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::ShowNodeRequest>
+                    for ShowNodeSvc<T> {
+                        type Response = super::ShowNodeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ShowNodeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::show_node(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ShowNodeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/Logs" => {
+                    #[allow(non_camel_case_types)]
+                    struct LogsSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::ServerStreamingService<super::LogsRequest>
+                    for LogsSvc<T> {
+                        type Response = super::LogChunk;
+                        type ResponseStream = T::LogsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LogsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::logs(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = LogsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/Destroy" => {
+                    #[allow(non_camel_case_types)]
+                    struct DestroySvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::ServerStreamingService<super::DestroyRequest>
+                    for DestroySvc<T> {
+                        type Response = super::DestroyProgress;
+                        type ResponseStream = T::DestroyStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DestroyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::destroy(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DestroySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -23,6 +23,8 @@ const SKIP_DEBUG: &[&str] = &[
     ".apimctl.v1.PlanRequest",
     ".apimctl.v1.Chunk",
     ".apimctl.v1.UploadChunk",
+    ".apimctl.v1.LogData",
+    ".apimctl.v1.LogChunk",
 ];
 
 const GENERATED_RS: &str = "apimctl.v1.rs";

@@ -69,6 +69,7 @@ impl AgentService for EchoController {
                         })
                     }
                     Some(agent_message::Kind::CommandResult(_)) => break,
+                    Some(agent_message::Kind::LogData(_)) => continue,
                     None => {
                         let _ = tx
                             .send(Err(Status::invalid_argument("empty message")))
@@ -283,6 +284,7 @@ async fn agent_connect_stream_round_trip() {
                 ..Default::default()
             }],
             facts: None,
+            destroy_error: String::new(),
         })))
         .await
         .expect("send StatusReport");

@@ -154,6 +154,7 @@ pub fn full_node() -> NodeSpec {
             }),
         }],
         restart_seq: 2,
+        log_dir: "repository/logs".into(),
     }
 }
 
@@ -189,6 +190,8 @@ pub fn machine_spec(generation: u64) -> MachineSpec {
             },
         ],
         nodes: vec![full_node(), minimal_node()],
+        // Set only to cover the field: a real destroy spec has no nodes.
+        destroy: true,
     }
 }
 

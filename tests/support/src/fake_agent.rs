@@ -358,6 +358,7 @@ impl AgentCtx {
                     })
                     .collect(),
                 facts: None,
+                destroy_error: String::new(),
             })),
         }
     }

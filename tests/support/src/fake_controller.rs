@@ -17,7 +17,8 @@ use apim_proto::v1::artifact_service_server::{ArtifactService, ArtifactServiceSe
 use apim_proto::v1::controller_message::Kind as CtlKind;
 use apim_proto::v1::{
     AgentMessage, Chunk, Command, CommandResult, ControllerMessage, DesiredSpec, FetchRequest,
-    Hello, MachineSpec, StatRequest, StatResponse, StatusReport, UploadChunk, UploadResponse,
+    Hello, LogData, MachineSpec, StatRequest, StatResponse, StatusReport, UploadChunk,
+    UploadResponse,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -43,8 +44,12 @@ pub struct FakeState {
     pub reports: Mutex<Vec<StatusReport>>,
     /// Every hello received.
     pub hellos: Mutex<Vec<Hello>>,
-    /// Every command result received, with the number of reports received before it.
-    pub command_results: Mutex<Vec<(usize, CommandResult)>>,
+    /// Every command result received.
+    pub results: Mutex<Vec<CommandResult>>,
+    /// Per command id, how many status reports had come when its result came.
+    pub reports_before_result: Mutex<HashMap<String, usize>>,
+    /// Every piece of log received.
+    pub log_data: Mutex<Vec<LogData>>,
     latest: Mutex<Option<MachineSpec>>,
     session: Mutex<Option<Outbound>>,
 }
@@ -79,8 +84,14 @@ impl AgentService for Svc {
                     Some(AgentKind::Status(r)) => state.reports.lock().unwrap().push(r),
                     Some(AgentKind::CommandResult(r)) => {
                         let reports = state.reports.lock().unwrap().len();
-                        state.command_results.lock().unwrap().push((reports, r));
+                        state
+                            .reports_before_result
+                            .lock()
+                            .unwrap()
+                            .insert(r.command_id.clone(), reports);
+                        state.results.lock().unwrap().push(r);
                     }
+                    Some(AgentKind::LogData(d)) => state.log_data.lock().unwrap().push(d),
                     None => {}
                 }
             }
@@ -256,36 +267,32 @@ impl FakeController {
         }
     }
 
-    /// Sends `command` on the open session (none open: panics, the test is wrong).
+    /// Sends `command` on the open session.
     pub async fn command(&self, command: Command) {
         let session = self.state.session.lock().unwrap().clone();
-        let tx = session.expect("no open agent session to send a command on");
-        tx.send(Ok(ControllerMessage {
-            kind: Some(CtlKind::Command(command)),
-        }))
-        .await
-        .expect("the agent session is gone");
+        if let Some(tx) = session {
+            let _ = tx
+                .send(Ok(ControllerMessage {
+                    kind: Some(CtlKind::Command(command)),
+                }))
+                .await;
+        }
     }
 
-    /// Waits (polling; `timeout` is a failure guard) for the result of command `id`; returns
-    /// it with the number of reports received before it.
-    pub async fn wait_command_result(&self, id: &str, timeout: Duration) -> (usize, CommandResult) {
+    /// Waits (polling; `timeout` is a failure guard) until `pred` holds on what the fake
+    /// controller saw, and returns what it returned.
+    pub async fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&FakeState) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(r) = self
-                .state
-                .command_results
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(_, r)| r.command_id == id)
-            {
-                return r.clone();
+            if let Some(v) = pred(&self.state) {
+                return v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no result for command {id} within {timeout:?}"
-            );
+            assert!(Instant::now() <= deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

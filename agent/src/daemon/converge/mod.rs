@@ -127,6 +127,20 @@ pub struct NodeRecord {
     pub retired: Vec<PathBuf>,
 }
 
+impl NodeRecord {
+    /// Every tree this record says the agent installed: the current one, the previous one kept
+    /// for a rollback, and older ones still to remove.
+    pub fn installed_trees(&self) -> Vec<PathBuf> {
+        let mut trees: Vec<PathBuf> = std::iter::once(self.home.clone())
+            .chain(self.previous.iter().map(|p| p.home.clone()))
+            .chain(self.retired.iter().cloned())
+            .filter(|t| !t.as_os_str().is_empty())
+            .collect();
+        trees.dedup();
+        trees
+    }
+}
+
 /// One node's desired state at one machine spec generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeTarget {
@@ -267,7 +281,7 @@ pub fn validate_node_name(name: &str) -> DaemonResult<()> {
 }
 
 /// A spec path that must stay inside the node's home.
-fn rel_path(node: &str, field: &str, p: &str) -> DaemonResult<PathBuf> {
+pub(crate) fn rel_path(node: &str, field: &str, p: &str) -> DaemonResult<PathBuf> {
     let path = Path::new(p);
     if p.is_empty()
         || path.is_absolute()

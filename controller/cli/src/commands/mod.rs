@@ -3,15 +3,18 @@
 //! Offline: [`validate`], [`render`], [`completions`], [`man`]. Against the controller (over
 //! mTLS with an operator certificate, see [`crate::client`]): [`apply`], [`plan`], [`status`],
 //! [`agents`], [`token`], [`revoke`], [`renew_cert`], [`rollout`], [`history`] (rollback and
-//! diff), [`nodes`] (restart, stop, start), [`packs`], [`check`] (drift). On the controller
-//! host: [`controller`] (`controller run`, the daemon, and `controller operator-cert`).
+//! diff), [`nodes`] (restart, stop, start), [`packs`], [`show`], [`logs`], [`destroy`],
+//! [`check`] (drift). On the controller host: [`controller`] (`controller run`, the daemon, and
+//! `controller operator-cert`).
 
 pub mod agents;
 pub mod apply;
 pub mod check;
 pub mod completions;
 pub mod controller;
+pub mod destroy;
 pub mod history;
+pub mod logs;
 pub mod man;
 pub mod nodes;
 pub mod packs;
@@ -20,6 +23,7 @@ pub mod render;
 pub mod renew_cert;
 pub mod revoke;
 pub mod rollout;
+pub mod show;
 pub mod status;
 pub mod token;
 pub mod validate;

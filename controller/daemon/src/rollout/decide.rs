@@ -85,7 +85,9 @@ pub fn decide(r: &RolloutRecord, world: &World<'_>) -> Decision {
         Phase::Starting => release(r, world),
         // The engine rolls the baseline out as a new generation ([`super::restore_baseline`]).
         Phase::RollingBack => Decision::wait(r, None),
-        Phase::Succeeded | Phase::Failed | Phase::RolledBack => Decision::wait(r, None),
+        Phase::Succeeded | Phase::Failed | Phase::RolledBack | Phase::Destroyed => {
+            Decision::wait(r, None)
+        }
     }
 }
 

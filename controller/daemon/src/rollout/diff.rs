@@ -89,6 +89,20 @@ fn mask(line: &str, secrets: &[&str]) -> String {
     out
 }
 
+/// A whole file with every secret masked, line by line as [`mask`] does for diff lines (what
+/// `apimctl show` prints).
+pub fn mask_text(text: &str, secrets: &[&str]) -> String {
+    let mut out: String = text
+        .lines()
+        .map(|l| mask(&format!(" {l}"), secrets)[1..].to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
 fn hosts_text(spec: Option<&MachineSpec>) -> String {
     spec.map(|s| {
         s.hosts_block
@@ -262,6 +276,17 @@ mod tests {
         assert!(!lines[0].contains("key-bytes"));
         // Not an issued certificate either: no "re-issue" line for provided stores.
         assert_eq!(chain(&second), None);
+    }
+
+    #[test]
+    fn whole_files_are_masked_line_by_line() {
+        let text = "[super_admin]\nusername = \"admin\"\npassword = \"adm1n\"\n\n[database.apim_db]\nurl = \"jdbc:mysql://db/x?password=db-s3cret\"\n";
+        let masked = mask_text(text, &["db-s3cret"]);
+        assert_eq!(
+            masked,
+            "[super_admin]\nusername = \"admin\"\npassword = \"********\"\n\n[database.apim_db]\nurl = \"jdbc:mysql://db/x?password=********\"\n"
+        );
+        assert_eq!(mask_text("no newline", &[]), "no newline");
     }
 
     #[test]

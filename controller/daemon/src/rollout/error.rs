@@ -53,4 +53,15 @@ pub enum RolloutError {
     /// The artifact store failed.
     #[error(transparent)]
     Artifacts(#[from] ArtifactError),
+    /// `destroy` while a rollout is in flight.
+    #[error("rollout {id} is in flight ({state}); destroy refuses until it ends")]
+    DestroyDuringRollout {
+        /// The rollout's id.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+    /// `destroy` with no machine ever sent a spec.
+    #[error("no machine has been sent a spec: nothing to destroy")]
+    NothingToDestroy,
 }

@@ -24,6 +24,7 @@
 //! after a controller restart no node is released twice and none is skipped.
 
 mod decide;
+mod destroy;
 pub mod diff;
 mod engine;
 mod error;
@@ -38,6 +39,7 @@ use apim_proto::v1::MachineSpec;
 
 pub use crate::store::{NodeProgress, Phase, RolloutRecord};
 pub use decide::{Decision, Next, NodeReport, World, decide};
+pub use destroy::{Destroyed, destroy};
 pub use engine::Engine;
 pub use error::RolloutError;
 pub use preflight::{MemoryShortfall, check_memory, memory_shortfalls};

@@ -13,7 +13,7 @@ use apim_proto::text::printable;
 use apim_proto::v1::agent_message::Kind;
 use apim_proto::v1::agent_service_server::AgentService;
 use apim_proto::v1::controller_message;
-use apim_proto::v1::{AgentMessage, ControllerMessage, DesiredSpec, Hello};
+use apim_proto::v1::{AgentMessage, Command, ControllerMessage, DesiredSpec, Hello};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -95,9 +95,11 @@ impl Session {
         let state = &self.ctx.state;
         let (id, current) = state.open_session(&self.machine, hello.facts, hello.held_generation);
         tracing::info!(machine = %self.machine, session = id, held = hello.held_generation, version = %hello.agent_version, "agent connected");
+        let commands = state.attach_commands(&self.machine, id);
         let result = self
-            .drive(id, current, hello.held_generation, &mut inbound)
+            .drive(id, current, hello.held_generation, commands, &mut inbound)
             .await;
+        state.detach_commands(&self.machine, id);
         state.close_session(&self.machine, id);
         match result {
             Ok(()) => tracing::info!(machine = %self.machine, session = id, "agent stream closed"),
@@ -138,10 +140,10 @@ impl Session {
         id: u64,
         mut current: watch::Receiver<u64>,
         held_generation: u64,
+        mut commands: mpsc::Receiver<Command>,
         inbound: &mut Streaming<AgentMessage>,
     ) -> Result<(), ServerError> {
         let state = &self.ctx.state;
-        let mut commands = state.command_queue(&self.machine, id);
         let mut specs = state.watch_spec(&self.machine);
         specs.mark_changed();
         let mut revocations = state.revocations();
@@ -190,10 +192,9 @@ impl Session {
                         }
                     }
                 }
-                Some(cmd) = commands.recv() => {
-                    tracing::info!(machine = %self.machine, command = %cmd.command_id, "command sent");
+                Some(command) = commands.recv() => {
                     let msg = ControllerMessage {
-                        kind: Some(controller_message::Kind::Command(cmd)),
+                        kind: Some(controller_message::Kind::Command(command)),
                     };
                     if self.tx.send(Ok(msg)).await.is_err() {
                         return Ok(());
@@ -220,15 +221,22 @@ impl Session {
                 state.record_status(&self.machine, report);
                 Ok(())
             }
+            Some(Kind::LogData(data)) => {
+                state.relay_log(&self.machine, data);
+                Ok(())
+            }
             Some(Kind::CommandResult(result)) => {
-                // Agent text reaches the log escaped: it cannot forge a line.
-                let (id, ok, message) = (
-                    printable(&result.command_id).to_string(),
-                    result.ok,
-                    printable(&result.message).to_string(),
-                );
-                if state.command_result(&self.machine, result) {
-                    tracing::info!(machine = %self.machine, command = %id, ok, %message, "command result");
+                if state.command_answered(&self.machine, &result.command_id) {
+                    state.relay_end(&self.machine, &result);
+                    state.answer_waiter(&self.machine, &result);
+                    // Agent text reaches the log escaped: it cannot forge a line.
+                    tracing::info!(
+                        machine = %self.machine,
+                        command = %printable(&result.command_id),
+                        ok = result.ok,
+                        message = %printable(&result.message),
+                        "command result"
+                    );
                 }
                 Ok(())
             }

@@ -98,13 +98,19 @@ pub enum Rpc {
     ListArtifacts,
     /// `OperatorService.PruneArtifacts`.
     PruneArtifacts,
+    /// `OperatorService.ShowNode`.
+    ShowNode,
+    /// `OperatorService.Logs`.
+    Logs,
+    /// `OperatorService.Destroy`.
+    Destroy,
     /// `OperatorService.CheckDrift`.
     CheckDrift,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 22] = [
+    pub const ALL: [Rpc; 25] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -126,6 +132,9 @@ impl Rpc {
         Rpc::Diff,
         Rpc::ListArtifacts,
         Rpc::PruneArtifacts,
+        Rpc::ShowNode,
+        Rpc::Logs,
+        Rpc::Destroy,
         Rpc::CheckDrift,
     ];
 
@@ -153,6 +162,9 @@ impl Rpc {
             Rpc::Diff => "/apimctl.v1.OperatorService/Diff",
             Rpc::ListArtifacts => "/apimctl.v1.OperatorService/ListArtifacts",
             Rpc::PruneArtifacts => "/apimctl.v1.OperatorService/PruneArtifacts",
+            Rpc::ShowNode => "/apimctl.v1.OperatorService/ShowNode",
+            Rpc::Logs => "/apimctl.v1.OperatorService/Logs",
+            Rpc::Destroy => "/apimctl.v1.OperatorService/Destroy",
             Rpc::CheckDrift => "/apimctl.v1.OperatorService/CheckDrift",
         }
     }
@@ -181,8 +193,13 @@ impl Rpc {
             | Rpc::History
             | Rpc::Rollback
             | Rpc::OperateNodes
-            | Rpc::Diff => Access::Operator,
-            Rpc::ListArtifacts | Rpc::PruneArtifacts | Rpc::CheckDrift => Access::Operator,
+            | Rpc::Diff
+            | Rpc::ListArtifacts
+            | Rpc::PruneArtifacts
+            | Rpc::ShowNode
+            | Rpc::Logs
+            | Rpc::Destroy
+            | Rpc::CheckDrift => Access::Operator,
         }
     }
 }

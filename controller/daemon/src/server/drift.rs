@@ -42,7 +42,7 @@ impl OperatorSvc {
         let mut machines = Vec::new();
         let mut waiting = Vec::new();
         for m in asked {
-            match state.send_command(&m.machine, Action::CheckDrift(CheckDrift {})) {
+            match state.request(&m.machine, Action::CheckDrift(CheckDrift {})) {
                 Some(rx) => waiting.push((m.machine.clone(), rx)),
                 None => machines.push(MachineCheck {
                     machine: m.machine.clone(),

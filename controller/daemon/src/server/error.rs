@@ -158,13 +158,6 @@ pub enum ServerError {
         machine: String,
     },
 
-    /// An operator named a node no machine of the current plan has.
-    #[error("no node named {node:?} in the current plan")]
-    UnknownNode {
-        /// The name given.
-        node: String,
-    },
-
     /// `Recover` with a certificate that is not the newest the machine was issued (an older
     /// or copied one).
     #[error("only the newest certificate issued to machine {machine:?} may recover it")]
@@ -250,6 +243,58 @@ pub enum ServerError {
         what: &'static str,
     },
 
+    /// No machine's spec names the node an operator asked about.
+    #[error("no machine's spec names node {node:?}")]
+    UnknownNode {
+        /// The name given.
+        node: String,
+    },
+
+    /// The machine's agent is not connected, so it cannot be asked anything now.
+    #[error("the agent of machine {machine:?} is not connected")]
+    AgentNotConnected {
+        /// The machine.
+        machine: String,
+    },
+
+    /// Too many log streams are open already.
+    #[error("too many log streams from {scope} (at most {limit} at once)")]
+    TooManyLogStreams {
+        /// "this controller" or "machine NAME".
+        scope: String,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The node's agent refused or could not serve the log (its words, escaped).
+    #[error("{machine}: {reason}")]
+    LogRefused {
+        /// The machine.
+        machine: String,
+        /// What the agent said.
+        reason: String,
+    },
+
+    /// The log stream broke off: the agent disconnected, or this client read too slowly.
+    #[error("{reason}")]
+    LogDropped {
+        /// Why.
+        reason: String,
+    },
+
+    /// `destroy` while a rollout is in flight.
+    #[error("rollout {id} is in flight ({state}); destroy refuses until it ends")]
+    DestroyDuringRollout {
+        /// The rollout's id.
+        id: String,
+        /// Its state.
+        state: String,
+    },
+
+    /// `destroy` with nothing applied.
+    #[error("no machine has been sent a spec: nothing to destroy")]
+    NothingToDestroy,
+
     /// No rollout is in flight to abort.
     #[error("no rollout is in flight ({latest})")]
     NoRolloutInFlight {
@@ -300,11 +345,17 @@ impl ServerError {
             ServerError::ClusterChanged { .. }
             | ServerError::RolloutInProgress { .. }
             | ServerError::NoRolloutInFlight { .. }
-            | ServerError::NothingApplied { .. } => Code::FailedPrecondition,
-            ServerError::ArtifactRetained { .. } => Code::FailedPrecondition,
+            | ServerError::NothingApplied { .. }
+            | ServerError::ArtifactRetained { .. }
+            | ServerError::LogRefused { .. }
+            | ServerError::DestroyDuringRollout { .. }
+            | ServerError::NothingToDestroy => Code::FailedPrecondition,
             ServerError::ArtifactNotFound { .. }
             | ServerError::UnknownMachine { .. }
             | ServerError::UnknownNode { .. } => Code::NotFound,
+            ServerError::AgentNotConnected { .. } => Code::Unavailable,
+            ServerError::TooManyLogStreams { .. } => Code::ResourceExhausted,
+            ServerError::LogDropped { .. } => Code::Aborted,
             ServerError::OffsetOutOfRange { .. } => Code::OutOfRange,
             ServerError::ShuttingDown => Code::Unavailable,
             ServerError::Io { .. }
@@ -337,7 +388,6 @@ impl ServerError {
             ServerError::OffsetOutOfRange { .. } => "artifact.offset_out_of_range",
             ServerError::ArtifactMismatch { .. } => "artifact.digest_mismatch",
             ServerError::UnknownMachine { .. } => "operator.unknown_machine",
-            ServerError::UnknownNode { .. } => "operator.unknown_node",
             ServerError::SessionCertExpired => "auth.certificate_expired",
             ServerError::ShuttingDown => "server.shutting_down",
             ServerError::PlanRejected { .. } => "plan.invalid",
@@ -345,6 +395,13 @@ impl ServerError {
             ServerError::RolloutInProgress { .. } => "rollout.in_progress",
             ServerError::NoRolloutInFlight { .. } => "rollout.not_in_flight",
             ServerError::NothingApplied { .. } => "cluster.nothing_applied",
+            ServerError::UnknownNode { .. } => "operator.unknown_node",
+            ServerError::AgentNotConnected { .. } => "agent.not_connected",
+            ServerError::TooManyLogStreams { .. } => "logs.too_many",
+            ServerError::LogRefused { .. } => "logs.refused",
+            ServerError::LogDropped { .. } => "logs.dropped",
+            ServerError::DestroyDuringRollout { .. } => "destroy.rollout_in_flight",
+            ServerError::NothingToDestroy => "destroy.nothing",
             ServerError::Io { .. }
             | ServerError::Issue { .. }
             | ServerError::TlsConfig { .. }
@@ -383,6 +440,18 @@ impl ServerError {
                 "apimctl packs lists what needs it; a generation leaves the retained history once \
                  its secrets are forgotten (secrets_retention) and it is neither current nor \
                  rolling out"
+            }
+            ServerError::UnknownNode { .. } => "apimctl status lists the nodes",
+            ServerError::AgentNotConnected { .. } => {
+                "apimctl agents shows when it was last seen; it is asked again once it reconnects"
+            }
+            ServerError::TooManyLogStreams { .. } => "end another `apimctl logs -f`, then retry",
+            ServerError::LogRefused { .. } => {
+                "the agent serves regular files of the node's log folder only (--file NAME)"
+            }
+            ServerError::LogDropped { .. } => "run the command again",
+            ServerError::DestroyDuringRollout { .. } => {
+                "stop it first with `apimctl rollout abort`, then destroy"
             }
             _ => "",
         }
@@ -455,6 +524,10 @@ impl From<StateError> for ServerError {
             StateError::Token { source } => ServerError::Token { source },
             StateError::Issue { action, source } => ServerError::Issue { action, source },
             StateError::UnknownMachine { machine } => ServerError::UnknownMachine { machine },
+            StateError::AgentNotConnected { machine } => ServerError::AgentNotConnected { machine },
+            StateError::TooManyLogStreams { scope, limit } => {
+                ServerError::TooManyLogStreams { scope, limit }
+            }
             StateError::ForeignMachine {
                 identity,
                 named,
@@ -480,6 +553,10 @@ impl From<RolloutError> for ServerError {
             RolloutError::Render { reason } => ServerError::Render { reason },
             RolloutError::Store(e) => ServerError::Store(e),
             RolloutError::Artifacts(e) => e.into(),
+            RolloutError::DestroyDuringRollout { id, state } => {
+                ServerError::DestroyDuringRollout { id, state }
+            }
+            RolloutError::NothingToDestroy => ServerError::NothingToDestroy,
         }
     }
 }

@@ -85,8 +85,22 @@ impl OperatorSvc {
                     .max()
                     .unwrap_or(0)
             };
-            tx.plan(to)
+            let destroyed = tx
+                .rollouts_by_generation()?
+                .get(&to)
+                .is_some_and(|r| r.state == Phase::Destroyed);
+            Ok((tx.plan(to)?, destroyed))
         })?;
+        let (plan, destroyed) = plan;
+        if destroyed {
+            return Err(ServerError::InvalidArgument {
+                field: "to_generation",
+                reason: format!(
+                    "generation {wanted} records a destroy, not a plan: roll back to the one \
+                     before it, or apply a plan"
+                ),
+            });
+        }
         let Some(plan) = plan else {
             return Err(ServerError::InvalidArgument {
                 field: "to_generation",

@@ -11,6 +11,9 @@
 //! | [`agent`] | `Connect`: Hello → desired spec, status reports, cut on revocation, expiry or shutdown |
 //! | [`artifacts`] | `Fetch`/`Stat` for agents, `Upload` for operators, over [`crate::artifacts`] |
 //! | [`operator`] | `Apply`/`Plan` (through [`crate::rollout`]), `Status`/`Watch`, `CreateToken`, `ListAgents`, `Revoke`; `ListArtifacts`/`PruneArtifacts` in `packs` |
+//! | [`nodes`] | `OperateNodes`: restart, stop, start (a new generation with the nodes' run state) |
+//! | [`show`] | `ShowNode` (a node's spec, secrets masked) and `Logs` (relayed through its agent) |
+//! | [`destroy`] | `Destroy`: destroy specs pushed, the machines' progress streamed |
 //! | `drift`, `repair` | `CheckDrift` (the agents' `CheckDrift` command, answered bounded); with `[rollout] drift = "repair"`, drifted nodes restarted through the gated path |
 //! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
 //!
@@ -20,6 +23,7 @@
 pub mod agent;
 pub mod artifacts;
 pub mod auth;
+pub mod destroy;
 mod drift;
 pub mod enrollment;
 pub mod error;
@@ -28,6 +32,7 @@ mod nodes;
 pub mod operator;
 mod packs;
 mod repair;
+pub mod show;
 
 pub mod tls;
 

@@ -9,12 +9,12 @@ use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::operator_service_server::OperatorService;
 use apim_proto::v1::{
     AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, CheckDriftRequest,
-    CheckDriftResponse, ClusterStatus, CreateTokenRequest, CreateTokenResponse, DiffRequest,
-    DiffResponse, ErrorDetail, HistoryRequest, HistoryResponse, ListAgentsRequest,
-    ListAgentsResponse, ListArtifactsRequest, ListArtifactsResponse, MachineStatus, NodePhase,
-    NodeStatus, OperateNodesRequest, OperateNodesResponse, PlanRequest, PlanResponse,
+    CheckDriftResponse, ClusterStatus, CreateTokenRequest, CreateTokenResponse, DestroyRequest,
+    DiffRequest, DiffResponse, ErrorDetail, HistoryRequest, HistoryResponse, ListAgentsRequest,
+    ListAgentsResponse, ListArtifactsRequest, ListArtifactsResponse, LogsRequest, MachineStatus,
+    NodePhase, NodeStatus, OperateNodesRequest, OperateNodesResponse, PlanRequest, PlanResponse,
     PruneArtifactsRequest, PruneArtifactsResponse, RevokeRequest, RevokeResponse, RollbackRequest,
-    Rollout, StatusRequest, WatchRequest,
+    Rollout, ShowNodeRequest, ShowNodeResponse, StatusRequest, WatchRequest,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -378,6 +378,8 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<ClusterStatus, Status>> 
 #[tonic::async_trait]
 impl OperatorService for OperatorSvc {
     type WatchStream = WatchStream;
+    type LogsStream = super::show::LogsStream;
+    type DestroyStream = super::destroy::DestroyStream;
 
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         Ok(Response::new(self.apply_inner(req).await?))
@@ -507,6 +509,24 @@ impl OperatorService for OperatorSvc {
         req: Request<PruneArtifactsRequest>,
     ) -> Result<Response<PruneArtifactsResponse>, Status> {
         Ok(Response::new(self.prune_artifacts_inner(req).await?))
+    }
+
+    async fn show_node(
+        &self,
+        req: Request<ShowNodeRequest>,
+    ) -> Result<Response<ShowNodeResponse>, Status> {
+        Ok(Response::new(self.show_node_inner(req)?))
+    }
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        Ok(Response::new(self.logs_inner(req)?))
+    }
+
+    async fn destroy(
+        &self,
+        req: Request<DestroyRequest>,
+    ) -> Result<Response<Self::DestroyStream>, Status> {
+        Ok(Response::new(self.destroy_inner(req)?))
     }
 
     async fn check_drift(

@@ -51,4 +51,18 @@ pub enum StateError {
         /// Where the name appeared.
         what: String,
     },
+    /// The machine's agent is not connected (or takes no commands now).
+    #[error("the agent of machine {machine:?} is not connected")]
+    AgentNotConnected {
+        /// The machine.
+        machine: String,
+    },
+    /// Too many log streams are open already.
+    #[error("too many log streams from {scope} (at most {limit} at once)")]
+    TooManyLogStreams {
+        /// "this controller" or "machine NAME".
+        scope: String,
+        /// The limit.
+        limit: usize,
+    },
 }

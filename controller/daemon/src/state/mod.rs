@@ -17,9 +17,9 @@ use apim_certs::{
     ControlPlaneCa, IssuedCert, JoinToken, PeerCert, PeerIdentity, RevocationList, TokenRecord,
     TokenRegistry,
 };
-use apim_proto::v1::{Command, CommandResult, MachineFacts, MachineSpec, StatusReport, command};
+use apim_proto::v1::{CommandResult, MachineFacts, MachineSpec, StatusReport, command};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::artifacts::ArtifactStore;
 use crate::store::{ArtifactRow, Store};
@@ -27,12 +27,14 @@ use crate::store::{ArtifactRow, Store};
 mod agents;
 mod error;
 mod refusals;
+mod relay;
 
 pub use agents::AgentSnapshot;
 use agents::{AgentRecord, node_names, snapshot};
 pub use error::StateError;
 use refusals::RefusalLog;
 pub use refusals::Refused;
+pub use relay::{MAX_TAILS, MAX_TAILS_PER_AGENT, RELAY_BUFFER, TailEnd, TailStream};
 
 /// The latest desired spec of one machine, as seen by its agent's stream.
 pub type SpecWatch = watch::Receiver<Option<Arc<MachineSpec>>>;
@@ -50,16 +52,14 @@ pub struct ControllerState {
     /// Bumped on every revocation; open streams re-check their caller when it changes.
     revocations: watch::Sender<u64>,
     next_session: AtomicU64,
-    next_command: AtomicU64,
     refusals: RefusalLog,
     /// Held shared while a plan is prepared and stored (its artifacts checked, then needed),
     /// exclusively while the artifact store is pruned: a prune never removes what an apply
     /// has just checked.
     artifact_gate: tokio::sync::RwLock<()>,
+    /// Command queues of connected agents, and the log streams relayed from them.
+    relays: relay::Relays,
 }
-
-/// Commands queued per stream before [`ControllerState::send_command`] refuses more.
-const COMMAND_QUEUE: usize = 16;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -71,8 +71,6 @@ struct Inner {
     sessions: BTreeMap<String, watch::Sender<u64>>,
     /// Per machine, the ids of commands sent and not answered yet.
     issued_commands: BTreeMap<String, BTreeSet<String>>,
-    /// Per machine, its current stream's session id and the queue of commands it forwards.
-    command_queues: BTreeMap<String, (u64, mpsc::Sender<Command>)>,
     /// Per (machine, command id), who waits for the result.
     command_waiters: BTreeMap<(String, String), oneshot::Sender<CommandResult>>,
     /// Per machine, the packs of the spec its current one replaced (still fetchable: a node
@@ -137,9 +135,9 @@ impl ControllerState {
             changes: watch::channel(0).0,
             revocations: watch::channel(0).0,
             next_session: AtomicU64::new(1),
-            next_command: AtomicU64::new(1),
             refusals: RefusalLog::default(),
             artifact_gate: tokio::sync::RwLock::new(()),
+            relays: relay::Relays::default(),
         })
     }
 
@@ -593,74 +591,66 @@ impl ControllerState {
         issued
     }
 
-    /// The commands for `machine`'s stream `session` to forward to its agent; replaces the
-    /// queue of an older stream (its commands are dropped with it).
-    pub fn command_queue(&self, machine: &str, session: u64) -> mpsc::Receiver<Command> {
-        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        self.lock()
-            .command_queues
-            .insert(machine.to_owned(), (session, tx));
-        rx
-    }
-
-    /// Sends `action` to `machine`'s agent over its open stream; the receiver gets the agent's
+    /// Sends `action` to `machine`'s connected agent; the receiver gets the agent's
     /// `CommandResult` (it fails when the stream closes first). `None`: the machine has no open
-    /// stream, or its queue is full.
-    pub fn send_command(
+    /// stream, or its command queue is full.
+    pub fn request(
         &self,
         machine: &str,
         action: command::Action,
     ) -> Option<oneshot::Receiver<CommandResult>> {
-        let id = format!("cmd-{}", self.next_command.fetch_add(1, Ordering::Relaxed));
-        let mut inner = self.lock();
-        let (_, queue) = inner.command_queues.get(machine)?;
-        let cmd = Command {
-            command_id: id.clone(),
-            action: Some(action),
-        };
-        queue.try_send(cmd).ok()?;
+        let id = self.command_id(&action);
         let (tx, rx) = oneshot::channel();
-        inner
-            .issued_commands
-            .entry(machine.to_owned())
-            .or_default()
-            .insert(id.clone());
-        inner.command_waiters.insert((machine.to_owned(), id), tx);
+        self.lock()
+            .command_waiters
+            .insert((machine.to_owned(), id.clone()), tx);
+        if let Err(e) = self.send_command(machine, &id, action) {
+            tracing::debug!(%machine, error = %e, "command not sent");
+            self.lock()
+                .command_waiters
+                .remove(&(machine.to_owned(), id));
+            return None;
+        }
         Some(rx)
     }
 
-    /// Takes an agent's `CommandResult`: hands it to whoever waits for it. `false` (and
-    /// counted) for a command the controller never sent it, or one already answered.
-    pub fn command_result(&self, machine: &str, result: CommandResult) -> bool {
-        if !self.command_answered(machine, &result.command_id) {
-            return false;
-        }
+    /// Hands an agent's `CommandResult` (already taken with
+    /// [`ControllerState::command_answered`]) to whoever waits for it with
+    /// [`ControllerState::request`].
+    pub fn answer_waiter(&self, machine: &str, result: &CommandResult) {
         let waiter = self
             .lock()
             .command_waiters
             .remove(&(machine.to_owned(), result.command_id.clone()));
         if let Some(w) = waiter {
-            let _ = w.send(result);
+            let _ = w.send(result.clone());
         }
-        true
     }
 
     /// Unregisters a stream (only if it is still the current one).
     pub fn close_session(&self, machine: &str, session: u64) {
         let mut inner = self.lock();
         if inner
-            .command_queues
+            .agents
             .get(machine)
-            .is_some_and(|(s, _)| *s == session)
+            .is_some_and(|r| r.session == Some(session))
         {
-            inner.command_queues.remove(machine);
-            // Nobody will answer them now: their waiters learn it at once.
-            inner.command_waiters.retain(|(m, _), _| m != machine);
-            inner.issued_commands.remove(machine);
-        }
-        if let Some(record) = inner.agents.get_mut(machine)
-            && record.session == Some(session)
-        {
+            // Nobody will answer their requests now: the waiters learn it at once.
+            let gone: Vec<(String, String)> = inner
+                .command_waiters
+                .keys()
+                .filter(|(m, _)| m == machine)
+                .cloned()
+                .collect();
+            for key in gone {
+                inner.command_waiters.remove(&key);
+                if let Some(issued) = inner.issued_commands.get_mut(machine) {
+                    issued.remove(&key.1);
+                }
+            }
+            let Some(record) = inner.agents.get_mut(machine) else {
+                return;
+            };
             record.session = None;
             record.last_seen = Some(SystemTime::now());
             self.persist_agent(&inner, machine);

@@ -16,6 +16,8 @@ pub struct Refused {
     pub stale_nodes: usize,
     /// Results of commands never issued (or answered twice).
     pub unissued_results: usize,
+    /// Log pieces for a command the controller never sent that machine.
+    pub unissued_log_data: usize,
 }
 
 impl Refused {
@@ -28,6 +30,7 @@ impl Refused {
         self.unknown_nodes += o.unknown_nodes;
         self.stale_nodes += o.stale_nodes;
         self.unissued_results += o.unissued_results;
+        self.unissued_log_data += o.unissued_log_data;
     }
 }
 
@@ -60,6 +63,7 @@ impl RefusalLog {
                 unknown_nodes = r.unknown_nodes,
                 stale_nodes = r.stale_nodes,
                 unissued_command_results = r.unissued_results,
+                unissued_log_data = r.unissued_log_data,
                 "refused agent messages"
             );
         }

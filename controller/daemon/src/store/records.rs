@@ -100,6 +100,8 @@ pub enum Phase {
     RollingBack,
     /// The previous specs were pushed again.
     RolledBack,
+    /// Not a rollout: `apimctl destroy` was recorded (its machines were sent destroy specs).
+    Destroyed,
 }
 
 impl Phase {
@@ -117,6 +119,7 @@ impl Phase {
             Phase::Failed => RolloutState::Failed,
             Phase::RollingBack => RolloutState::RollingBack,
             Phase::RolledBack => RolloutState::RolledBack,
+            Phase::Destroyed => RolloutState::Destroyed,
         }
     }
 }

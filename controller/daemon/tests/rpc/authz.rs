@@ -147,6 +147,29 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             })
             .await
             .map(drop),
+        Rpc::ShowNode => OperatorServiceClient::new(ch)
+            .show_node(apim_proto::v1::ShowNodeRequest {
+                node: "km-1".into(),
+            })
+            .await
+            .map(drop),
+        Rpc::Logs => {
+            let mut chunks = OperatorServiceClient::new(ch)
+                .logs(apim_proto::v1::LogsRequest {
+                    node: "km-1".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            chunks.message().await.map(drop)
+        }
+        Rpc::Destroy => {
+            let mut progress = OperatorServiceClient::new(ch)
+                .destroy(apim_proto::v1::DestroyRequest::default())
+                .await?
+                .into_inner();
+            progress.message().await.map(drop)
+        }
         Rpc::CheckDrift => OperatorServiceClient::new(ch)
             .check_drift(apim_proto::v1::CheckDriftRequest::default())
             .await
@@ -246,10 +269,10 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 22 RPCs × 4 credentials refused everywhere, 16 operator RPCs for the agent and 3 agent
+    // 25 RPCs × 4 credentials refused everywhere, 19 operator RPCs for the agent and 3 agent
     // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
     // before an upload; each renews its own certificate).
-    assert_eq!(rows, 22 * 4 + 16 + 3);
+    assert_eq!(rows, 25 * 4 + 19 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");

@@ -6,4 +6,5 @@
 mod artifacts;
 mod authz;
 mod enrollment;
+mod logs;
 mod session;

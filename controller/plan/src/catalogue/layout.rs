@@ -34,7 +34,10 @@ pub fn base_config_file(optimizer_profile: Option<&str>) -> String {
 /// `[truststore] file_name` are resolved here.
 pub const SECURITY_DIR: &str = "repository/resources/security";
 
-/// The carbon log, relative to the carbon home.
+/// The server's log folder, relative to the carbon home: what `apimctl logs` may read.
+pub const LOG_DIR: &str = "repository/logs";
+
+/// The carbon log, relative to the carbon home (in [`LOG_DIR`]).
 pub const LOG_FILE: &str = "repository/logs/wso2carbon.log";
 
 /// What the carbon log says once the server has started
