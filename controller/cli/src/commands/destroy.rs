@@ -177,7 +177,10 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert!(parse_duration("45").is_err(), "a unit is needed, as in the plan");
+        assert!(
+            parse_duration("45").is_err(),
+            "a unit is needed, as in the plan"
+        );
         assert!(parse_duration("soon").is_err());
     }
 }
