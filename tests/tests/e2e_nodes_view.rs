@@ -243,9 +243,9 @@ fn destroy_leaves_nothing_behind_and_the_plan_applies_again() -> TestResult {
         );
     }
 
-    // Without a terminal and without --yes: refused, nothing done.
+    // Without a terminal and without --yes: refused (a usage error), nothing done.
     let out = c.apimctl(&["destroy"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--yes"),
         "{}",
@@ -296,7 +296,8 @@ fn destroy_leaves_nothing_behind_and_the_plan_applies_again() -> TestResult {
     assert_eq!(rollout_state(&s), Some("destroyed"), "{s}");
     let history = c.apimctl(&["history"])?;
     let history = String::from_utf8_lossy(&history.stdout).into_owned();
-    let newest = history.lines().next().unwrap_or_default();
+    // Under the table's header.
+    let newest = history.lines().nth(1).unwrap_or_default();
     assert!(
         newest.contains("destroyed")
             && newest.contains("(destroy)")

@@ -131,22 +131,23 @@ pub(crate) async fn follow(
         // A newer rollout while ours has not ended here: ours ended in between (a rollback
         // rolls the last success out as a new generation in the same step). How it ended is in
         // the history.
-        if rolled_back.is_none() && r.id != following {
-            if let Some(ended) = ended_before(op, &following, &r).await? {
-                if format == Format::Text {
-                    let _ = writeln!(
-                        stdout,
-                        "rollout {}: {} ({})",
-                        ended.id,
-                        output::state_name(ended.state()),
-                        apim_proto::text::printable(&ended.message)
-                    );
-                }
-                if ended.state() != RolloutState::RolledBack {
-                    return Ok(Exit::Failed);
-                }
-                rolled_back = Some((ended.generation, ended.message.clone()));
+        if rolled_back.is_none()
+            && r.id != following
+            && let Some(ended) = ended_before(op, &following, &r).await?
+        {
+            if format == Format::Text {
+                let _ = writeln!(
+                    stdout,
+                    "rollout {}: {} ({})",
+                    ended.id,
+                    output::state_name(ended.state()),
+                    apim_proto::text::printable(&ended.message)
+                );
             }
+            if ended.state() != RolloutState::RolledBack {
+                return Ok(Exit::Failed);
+            }
+            rolled_back = Some((ended.generation, ended.message.clone()));
         }
         if let Some((generation, _)) = &rolled_back
             && r.id != following

@@ -167,7 +167,12 @@ pub fn history(generations: &[GenerationInfo], now: SystemTime) -> Table {
         } else {
             g.changed_nodes.join(",")
         };
-        let author = if g.restorable {
+        // A destroy stores an empty plan: there is nothing to restore, nor anything forgotten.
+        let destroyed = g
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.state() == apim_proto::v1::RolloutState::Destroyed);
+        let author = if g.restorable || destroyed {
             g.author.clone()
         } else {
             format!("{}  (secrets forgotten)", g.author)
