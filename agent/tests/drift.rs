@@ -5,6 +5,7 @@
 //! drifted file again. Conditions are polled; timeouts are failure guards only.
 
 #[path = "agent/rig.rs"]
+// Shared by several test binaries; each uses a part of it.
 #[allow(dead_code)]
 mod rig;
 

@@ -4,6 +4,7 @@
 //! switches back without unpacking, and only the current and previous trees and packs stay.
 
 #[path = "agent/rig.rs"]
+// Shared by several test binaries; each uses a part of it.
 #[allow(dead_code)]
 mod rig;
 mod support;
