@@ -136,13 +136,7 @@ pub(crate) async fn follow(
             && let Some(ended) = ended_before(op, &following, &r).await?
         {
             if format == Format::Text {
-                let _ = writeln!(
-                    stdout,
-                    "rollout {}: {} ({})",
-                    ended.id,
-                    output::state_name(ended.state()),
-                    apim_proto::text::printable(&ended.message)
-                );
+                let _ = writeln!(stdout, "{}", ended_line(&ended));
             }
             if ended.state() != RolloutState::RolledBack {
                 return Ok(Exit::Failed);
@@ -184,13 +178,7 @@ pub(crate) async fn follow(
         }
         if state == RolloutState::RolledBack && rolled_back.is_none() {
             if format == Format::Text {
-                let _ = writeln!(
-                    stdout,
-                    "rollout {}: {} ({})",
-                    r.id,
-                    output::state_name(state),
-                    apim_proto::text::printable(&r.message)
-                );
+                let _ = writeln!(stdout, "{}", ended_line(&r));
             }
             rolled_back = Some((r.generation, r.message.clone()));
             continue;
@@ -206,13 +194,7 @@ pub(crate) async fn follow(
                 for l in &last_lines {
                     let _ = writeln!(stdout, "{l}");
                 }
-                let _ = writeln!(
-                    stdout,
-                    "rollout {}: {} ({})",
-                    r.id,
-                    output::state_name(state),
-                    apim_proto::text::printable(&r.message)
-                );
+                let _ = writeln!(stdout, "{}", ended_line(&r));
             }
         }
         return Ok(
@@ -242,4 +224,14 @@ async fn ended_before(
         .filter_map(|g| g.rollout)
         .find(|r| r.id == followed);
     Ok(ours.filter(|o| o.generation < newer.generation))
+}
+
+/// `rollout rollout-7: succeeded (generation 7 is healthy)`.
+fn ended_line(r: &apim_proto::v1::Rollout) -> String {
+    format!(
+        "rollout {}: {} ({})",
+        r.id,
+        output::state_name(r.state()),
+        apim_proto::text::printable(&r.message)
+    )
 }

@@ -122,17 +122,7 @@ impl OperatorSvc {
             });
         }
         let author = format!("{who} (rollback to generation {})", plan.generation);
-        let resp = self
-            .roll_out(RollOut {
-                plan_path: &plan.plan_path,
-                plan_toml: &plan.plan_toml,
-                secrets: plan.secrets.clone(),
-                strict: false,
-                author: &author,
-                expected_revision: None,
-                run: None,
-            })
-            .await?;
+        let resp = self.roll_out(RollOut::stored(&plan, &author, None)).await?;
         tracing::warn!(to = plan.generation, generation = resp.generation,
             rollout = %resp.rollout_id, operator = %who, "rollback");
         Ok(resp)

@@ -76,15 +76,7 @@ impl OperatorSvc {
         let list: Vec<&str> = nodes.iter().map(String::as_str).collect();
         let author = format!("{who} ({verb} {})", list.join(", "));
         let resp = self
-            .roll_out(RollOut {
-                plan_path: &plan.plan_path,
-                plan_toml: &plan.plan_toml,
-                secrets: plan.secrets.clone(),
-                strict: false,
-                author: &author,
-                expected_revision: None,
-                run: Some(run),
-            })
+            .roll_out(RollOut::stored(&plan, &author, Some(run)))
             .await?;
         tracing::warn!(operation = verb, nodes = ?list, generation = resp.generation,
             rollout = %resp.rollout_id, operator = %who, "node operation");

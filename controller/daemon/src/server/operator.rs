@@ -45,6 +45,25 @@ pub(super) struct RollOut<'a> {
     pub run: Option<RunState>,
 }
 
+impl<'a> RollOut<'a> {
+    /// A stored generation rolled out again as it is (its text and secrets), by `author`.
+    pub(super) fn stored(
+        plan: &'a crate::store::StoredPlan,
+        author: &'a str,
+        run: Option<RunState>,
+    ) -> Self {
+        RollOut {
+            plan_path: &plan.plan_path,
+            plan_toml: &plan.plan_toml,
+            secrets: plan.secrets.clone(),
+            strict: false,
+            author,
+            expected_revision: None,
+            run,
+        }
+    }
+}
+
 /// The run state of the latest generation (what later generations carry on).
 pub(super) fn latest_run_state(state: &ControllerState) -> Result<RunState, ServerError> {
     Ok(state
