@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use apim_e2e::cluster::{
     Cluster, PlanParams, STARTED_LINE, STARTING_LINE, Topology, all_healthy, log_times, node_phase,
-    output_text, rollout_state, started,
+    output_text, rollout_state, started, status_nodes,
 };
 use apim_e2e::probe::http_get;
 
@@ -176,7 +176,7 @@ fn rollback_to_n_rolls_out_in_tier_order_with_ha_peers_one_at_a_time() -> TestRe
     )?;
     apimctl_ok(&c, &["apply", p1.to_str().ok_or("path")?])?;
     let digests = |s: &serde_json::Value| -> BTreeMap<String, String> {
-        apim_e2e::cluster::status_nodes(s)
+        status_nodes(s)
             .into_iter()
             .map(|(_, n)| {
                 (
@@ -223,5 +223,112 @@ fn rollback_to_n_rolls_out_in_tier_order_with_ha_peers_one_at_a_time() -> TestRe
     }
     let history = apimctl_ok(&c, &["history"])?;
     assert!(history.contains("(rollback to generation 1)"), "{history}");
+    Ok(())
+}
+
+/// `on_failure = "rollback"`: generation 2 fails on its last tier and ends rolled back;
+/// generation 3, equal to generation 1, is rolled out through the gated path in its place and
+/// every node is back on its previous configuration.
+#[test]
+fn never_healthy_node_with_rollback_returns_every_touched_node() -> TestResult {
+    let c = started(Topology::V3FiveNode, "e2e_rollback", 100)?;
+    let good = PlanParams {
+        on_failure: "rollback".into(),
+        health_timeout: "12s".into(),
+        ..PlanParams::default()
+    };
+    let plan1 = c.write_plan("plan1.toml", &good)?;
+    apimctl_ok(&c, &["apply", plan1.to_str().ok_or("path")?])?;
+    let s1 = c.status()?;
+    // Per node: (plan generation, config digest) of the good rollout.
+    let before: BTreeMap<String, (Option<u64>, String)> = status_nodes(&s1)
+        .into_iter()
+        .map(|(_, n)| {
+            (
+                n["node"].as_str().unwrap_or_default().to_string(),
+                (
+                    n["generation"].as_u64(),
+                    n["config_digest"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert!(
+        before.values().all(|(g, _)| *g == Some(1)),
+        "every node on plan generation 1: {before:?}"
+    );
+
+    // Every node changes; the gateway (last tier) never becomes ready.
+    let bad = PlanParams {
+        overrides: vec![
+            ("all".into(), "[apimsim]\nstartup_delay_ms = 120".into()),
+            ("node:gw-1".into(), "[apimsim]\nnever_ready = true".into()),
+        ],
+        ..good
+    };
+    let plan2 = c.write_plan("plan2.toml", &bad)?;
+    let out = c.apply(&plan2)?;
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "apply fails: {}",
+        output_text(&out)
+    );
+    // The failed generation 2 rolls back as generation 3, equal to generation 1, rolled out
+    // through the gated path.
+    let s = c.wait_status(
+        "every node back on the previous configuration and healthy",
+        |s| {
+            rollout_state(s) == Some("succeeded")
+                && s["rollout"]["generation"].as_u64() == Some(3)
+                && all_healthy(s, &c.node_names())
+                && status_nodes(s).iter().all(|(_, n)| {
+                    before
+                        .get(n["node"].as_str().unwrap_or_default())
+                        .is_some_and(|(_, d)| n["config_digest"].as_str() == Some(d.as_str()))
+                })
+        },
+    )?;
+    // `apply -o json` followed the rollback to its end: its one document is rollout-3's.
+    let followed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        followed["rollout"]["id"],
+        "rollout-3",
+        "{}",
+        output_text(&out)
+    );
+    let history = c.apimctl(&["history", "-o", "json"])?;
+    let history: serde_json::Value = serde_json::from_slice(&history.stdout)?;
+    let by_gen = |g: u64| {
+        history["generations"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["generation"] == g).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(by_gen(2)["rollout"]["state"], "rolled-back", "{history}");
+    assert!(
+        by_gen(3)["author"]
+            .as_str()
+            .is_some_and(|a| a.contains("rollback of generation 2 to generation 1")),
+        "{history}"
+    );
+    let _ = &s;
+    // The first tiers really were touched (started on the new generation, then restored).
+    assert!(
+        c.node_names()
+            .iter()
+            .any(|n| c.start_count(n).unwrap_or(0) > 1),
+        "some node was restarted by the failed rollout"
+    );
+    for n in c.node_names() {
+        assert_eq!(c.server_pids(&n)?.len(), 1, "{n} runs one server");
+        let toml = c.node_files(&n, "deployment.toml")?;
+        assert!(
+            toml.iter().all(|f| !std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .contains("startup_delay_ms = 120")),
+            "{n} no longer has the new generation's config"
+        );
+    }
     Ok(())
 }

@@ -9,7 +9,8 @@ use apim_testkit::controller::Controller;
 use apim_testkit::plans::{mysql_driver_jar, pack_with, plan_v3, tiny_pack};
 use tonic::Code;
 
-use super::{start_agents, wait_succeeded};
+use super::history::wait_succeeded;
+use super::start_agents;
 
 async fn list(c: &Controller) -> (BTreeMap<String, ArtifactInfo>, u64) {
     let r = c

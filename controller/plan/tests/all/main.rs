@@ -8,4 +8,5 @@ mod lint;
 mod props;
 mod provided;
 mod rules;
+mod settings;
 mod vault;
