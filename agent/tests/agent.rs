@@ -137,6 +137,26 @@ async fn two_nodes_converge_to_healthy_then_stopped() {
         assert!(!alive(pid), "pid {pid} still alive after STOPPED");
     }
     assert!(!tcp_open(SocketAddr::new(IpAddr::V4(rig.ip), 9764)));
+
+    // Generation 3: gw-1 leaves the spec: its tree and record go; tm-1 keeps its own.
+    let mark = rig.ctl.report_count();
+    let mut tm3 = tm.clone();
+    tm3.desired = DesiredRun::Stopped as i32;
+    rig.ctl.push(rig.machine(3, vec![tm3])).await;
+    rig.ctl
+        .wait_report(mark, TIMEOUT, "gw-1 gone from the reports", |r| {
+            r.generation == 3 && status(r, "gw-1").is_none() && status(r, "tm-1").is_some()
+        })
+        .await;
+    assert!(!rig.home("gw-1").exists(), "gw-1's tree is removed");
+    assert!(
+        !rig.state().join("nodes/gw-1.json").exists(),
+        "gw-1's record is removed"
+    );
+    assert!(
+        rig.home("tm-1").join(OPTIMIZED_MARKER).is_file(),
+        "tm-1 keeps its tree"
+    );
     rig.stop_agent().await;
 }
 

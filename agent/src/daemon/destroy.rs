@@ -24,7 +24,7 @@ use apim_proto::v1::MachineSpec;
 use crate::daemon::converge::{ExecContext, NodeExecutor, validate_node_name};
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
 use crate::daemon::machine::StoredSpec;
-use crate::exec::{cleanup, hosts};
+use crate::exec::hosts;
 
 /// The remembered spec's file in the state dir.
 const FROM_FILE: &str = "destroy-from.json";
@@ -139,24 +139,14 @@ pub async fn carry_out(ctx: &Arc<ExecContext>) -> Result<(), String> {
     // 2. The trees the records name, then the records.
     match records(ctx) {
         Ok(records) => {
-            for (name, file) in records {
-                let trees = NodeExecutor::load(&name, Arc::clone(ctx))
-                    .map(|e| e.record().installed_trees())
-                    .unwrap_or_default();
-                let mut removed_all = true;
-                for home in &trees {
-                    match cleanup::remove_installed_tree(&ctx.config.install_root, home) {
-                        Ok(was) => {
-                            tracing::info!(node = %name, home = %home.display(), removed = was, "installed tree removed");
-                        }
-                        Err(e) => {
-                            removed_all = false;
-                            note(&mut errors, format!("{name}: {e}"));
+            for (name, _) in records {
+                match NodeExecutor::load(&name, Arc::clone(ctx)) {
+                    Ok(mut exec) => {
+                        for e in exec.remove_installed() {
+                            note(&mut errors, e);
                         }
                     }
-                }
-                if removed_all && let Err(e) = std::fs::remove_file(&file) {
-                    note(&mut errors, format!("removing {}: {e}", file.display()));
+                    Err(e) => note(&mut errors, format!("{name}: {e}")),
                 }
             }
         }

@@ -47,16 +47,26 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
     let mut failures: u32 = 0;
     let mut sync_at: Option<Instant> = None;
     loop {
-        if rx.has_changed().is_err() {
-            // The agent is shutting down: leave the node as it is.
+        let closed = rx.has_changed().is_err();
+        let target = rx.borrow_and_update().clone();
+        if closed && target.is_some() {
+            // The agent is shutting down: leave the node as it is. (A node that left the spec
+            // gets `None` just before its sender goes: it is stopped and removed below.)
             return;
         }
-        let target = rx.borrow_and_update().clone();
         let Some(t) = target else {
-            if let Some(l) = &last
-                && let Err(e) = exec.stop_for_removal(&l.spec).await
-            {
-                tracing::error!(node = exec.name(), error = %e, "stopping a node that left the spec failed");
+            // Stopped, then its trees and record removed; a node that would not stop keeps them.
+            if let Some(l) = &last {
+                match exec.stop_for_removal(&l.spec).await {
+                    Ok(()) => {
+                        for e in exec.remove_installed() {
+                            tracing::error!(node = exec.name(), error = %e, "removing a node that left the spec");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(node = exec.name(), error = %e, "stopping a node that left the spec failed");
+                    }
+                }
             }
             board.remove(exec.name());
             tracing::info!(node = exec.name(), "node left the spec");

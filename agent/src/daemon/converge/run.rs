@@ -254,6 +254,36 @@ impl NodeExecutor {
         Ok(())
     }
 
+    /// Removes every tree the node's record names (current, previous, retired; only real
+    /// directories inside the install root, see [`crate::exec::cleanup`]) and then the record
+    /// itself: for a node that left the spec, once stopped, and for a destroy. Returns what could
+    /// not be removed (the record stays while a tree does).
+    pub fn remove_installed(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for home in self.rec.installed_trees() {
+            match crate::exec::cleanup::remove_installed_tree(&self.ctx.config.install_root, &home)
+            {
+                Ok(was) => {
+                    tracing::info!(node = %self.name, home = %home.display(), removed = was, "installed tree removed");
+                }
+                Err(e) => errors.push(format!("{}: {e}", self.name)),
+            }
+        }
+        if errors.is_empty() {
+            let file = self
+                .ctx
+                .config
+                .nodes_dir()
+                .join(format!("{}.json", self.name));
+            match std::fs::remove_file(&file) {
+                Ok(()) => self.rec = super::NodeRecord::default(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("removing {}: {e}", file.display())),
+            }
+        }
+        errors
+    }
+
     pub(super) fn stop_spec(&self, spec: &NodeSpec, server: &Server) -> StopSpec {
         let argv = spec
             .stop
