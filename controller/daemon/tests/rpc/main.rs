@@ -6,5 +6,6 @@
 mod artifacts;
 mod authz;
 mod enrollment;
+mod health;
 mod logs;
 mod session;
