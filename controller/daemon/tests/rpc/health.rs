@@ -58,11 +58,8 @@ async fn health_answers_without_a_certificate_and_turns_not_serving_at_shutdown(
     // Shutdown begins: the open watch learns NOT_SERVING, then ends, and `serve` returns.
     let shutdown = tokio::spawn(h.shutdown());
     let mut last = None;
-    loop {
-        match within("updates during shutdown", updates.message()).await {
-            Ok(Some(update)) => last = Some(update.status()),
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(update)) = within("updates during shutdown", updates.message()).await {
+        last = Some(update.status());
     }
     assert_eq!(last, Some(ServingStatus::NotServing));
     within("shutdown", shutdown)
