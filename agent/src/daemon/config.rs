@@ -258,3 +258,28 @@ pub fn read_token_file(path: &Path) -> DaemonResult<String> {
     }
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_controller_list_keeps_its_order_and_each_host_is_its_server_name() {
+        let e = parse_endpoints(" ctl-a.example:7443, ,10.0.0.2:7443 ", None).expect("list");
+        let got: Vec<(&str, &str)> = e
+            .iter()
+            .map(|e| (e.address.as_str(), e.server_name.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ctl-a.example:7443", "ctl-a.example"),
+                ("10.0.0.2:7443", "10.0.0.2")
+            ]
+        );
+        let named = parse_endpoints("a:1,b:2", Some("ctl.example")).expect("list");
+        assert!(named.iter().all(|e| e.server_name == "ctl.example"));
+        assert!(parse_endpoints(" , ", None).is_err());
+        assert!(parse_endpoints("a:1,no-port", None).is_err());
+    }
+}
