@@ -3,9 +3,10 @@
 # directories. Idempotent: running it again changes nothing that is already in place and never
 # overwrites an existing config.
 #   deploy/install.sh controller [--bin PATH]     # the controller host
-#   deploy/install.sh agent [--bin PATH] --controller HOST:PORT --machine NAME
+#   deploy/install.sh agent [--bin PATH] --controller HOST:PORT[,HOST:PORT...] --machine NAME
 #                                                # every VM (agent binary: apim-agent); put the
-#                                                # join token in /etc/apim-agent/token (0600)
+#                                                # join token in /etc/apim-agent/token (0600);
+#                                                # several controllers: a comma-separated list
 set -euo pipefail
 
 role="${1:-}"
@@ -59,7 +60,7 @@ else
   install -d -m 0700 /var/lib/apim-agent
   if [ ! -e "$confdir/agent.toml" ]; then
     [ -n "$controller" ] && [ -n "$machine" ] || {
-      echo "first install of the agent needs --controller HOST:PORT and --machine NAME" >&2; exit 1; }
+      echo "first install of the agent needs --controller HOST:PORT[,HOST:PORT...] and --machine NAME" >&2; exit 1; }
     umask 077
     cat > "$confdir/agent.toml" <<CONF
 controller = "$controller"

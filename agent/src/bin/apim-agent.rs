@@ -10,11 +10,10 @@ use std::process::ExitCode;
 
 use apim_agent::daemon;
 use apim_agent::daemon::config::{
-    AgentConfig, DEFAULT_CONFIG_FILE, DEFAULT_STATE_DIR, FileConfig, LogFormat, read_token_file,
+    AgentConfig, DEFAULT_CONFIG_FILE, DEFAULT_STATE_DIR, FileConfig, LogFormat, parse_endpoints,
+    read_token_file,
 };
 use apim_agent::daemon::error::DaemonError;
-use apim_agent::daemon::identity::EnrollError;
-use apim_certs::tls::ControllerEndpoint;
 use clap::Parser;
 
 /// The apimctl agent: converges this VM to the machine spec the controller streams to it.
@@ -24,10 +23,12 @@ struct Cli {
     /// Config file (TOML).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Controller address, host:port.
+    /// Controller address, host:port; several controllers comma-separated (tried in order,
+    /// the next on a failed connect or a dropped stream).
     #[arg(long)]
     controller: Option<String>,
-    /// Name the controller's certificate must carry (default: the host of --controller).
+    /// Name every controller's certificate must carry (default: the host of each address of
+    /// --controller).
     #[arg(long)]
     server_name: Option<String>,
     /// This machine's name in the plan.
@@ -84,15 +85,14 @@ fn build_config(cli: Cli) -> Result<(AgentConfig, LogFormat), DaemonError> {
         .controller
         .or(file.controller)
         .ok_or_else(|| missing("--controller"))?;
-    let mut endpoint = ControllerEndpoint::parse(&address).map_err(EnrollError::from)?;
-    if let Some(n) = cli.server_name.or(file.server_name) {
-        endpoint = endpoint.with_server_name(n);
-    }
+    let server_name = cli.server_name.or(file.server_name);
+    let endpoints = parse_endpoints(&address, server_name.as_deref())?;
     let machine = cli
         .machine
         .or(file.machine)
         .ok_or_else(|| missing("--machine"))?;
-    let mut config = AgentConfig::new(endpoint, machine);
+    let mut config = AgentConfig::new(endpoints[0].clone(), machine);
+    config.endpoints = endpoints;
     config.state_dir = cli
         .state_dir
         .or(file.state_dir)

@@ -33,9 +33,10 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// `host:port` of the controller.
+    /// `host:port` of the controller; several controllers comma-separated (tried in order,
+    /// the next on a failed connect or a dropped stream).
     pub controller: Option<String>,
-    /// Name the controller certificate must carry (default: the host of `controller`).
+    /// Name every controller certificate must carry (default: the host of each address).
     pub server_name: Option<String>,
     /// This machine's name in the plan.
     pub machine: Option<String>,
@@ -126,8 +127,8 @@ impl Default for Timings {
 /// Everything [`crate::daemon::run`] needs. `Debug` never shows the token.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// Where the controller listens.
-    pub endpoint: ControllerEndpoint,
+    /// Where the controllers listen, in the order they are tried (at least one).
+    pub endpoints: Vec<ControllerEndpoint>,
     /// This machine's name (must match the identity's).
     pub machine: String,
     /// State dir (created 0700).
@@ -147,7 +148,7 @@ pub struct AgentConfig {
 impl fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentConfig")
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &self.endpoints)
             .field("machine", &self.machine)
             .field("state_dir", &self.state_dir)
             .field("install_root", &self.install_root)
@@ -160,10 +161,11 @@ impl fmt::Debug for AgentConfig {
 }
 
 impl AgentConfig {
-    /// A configuration with production paths and timings.
+    /// A configuration with production paths and timings, for one controller (set
+    /// [`AgentConfig::endpoints`] for several).
     pub fn new(endpoint: ControllerEndpoint, machine: impl Into<String>) -> Self {
         AgentConfig {
-            endpoint,
+            endpoints: vec![endpoint],
             machine: machine.into(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             install_root: PathBuf::from("/"),
@@ -216,6 +218,34 @@ impl AgentConfig {
     }
 }
 
+/// The endpoints of a comma-separated `host:port` list, in order (blanks skipped); with
+/// `server_name`, every controller's certificate must carry that name, else each address's
+/// host.
+pub fn parse_endpoints(
+    list: &str,
+    server_name: Option<&str>,
+) -> DaemonResult<Vec<ControllerEndpoint>> {
+    let endpoints = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            let e = ControllerEndpoint::parse(a)
+                .map_err(|e| DaemonError::from(crate::daemon::identity::EnrollError::from(e)))?;
+            Ok(match server_name {
+                Some(n) => e.with_server_name(n.to_owned()),
+                None => e,
+            })
+        })
+        .collect::<DaemonResult<Vec<_>>>()?;
+    if endpoints.is_empty() {
+        return Err(DaemonError::Config {
+            reason: format!("the controller address {list:?} names no host:port"),
+        });
+    }
+    Ok(endpoints)
+}
+
 /// Reads a join token from a file (trimmed); an empty file is an error.
 pub fn read_token_file(path: &Path) -> DaemonResult<String> {
     let text =
@@ -227,4 +257,29 @@ pub fn read_token_file(path: &Path) -> DaemonResult<String> {
         });
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_controller_list_keeps_its_order_and_each_host_is_its_server_name() {
+        let e = parse_endpoints(" ctl-a.example:7443, ,10.0.0.2:7443 ", None).expect("list");
+        let got: Vec<(&str, &str)> = e
+            .iter()
+            .map(|e| (e.address.as_str(), e.server_name.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ctl-a.example:7443", "ctl-a.example"),
+                ("10.0.0.2:7443", "10.0.0.2")
+            ]
+        );
+        let named = parse_endpoints("a:1,b:2", Some("ctl.example")).expect("list");
+        assert!(named.iter().all(|e| e.server_name == "ctl.example"));
+        assert!(parse_endpoints(" , ", None).is_err());
+        assert!(parse_endpoints("a:1,no-port", None).is_err());
+    }
 }

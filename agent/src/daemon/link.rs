@@ -8,10 +8,15 @@
 //! built once keeps working across renewals. Errors are retried with capped backoff.
 //!
 //! The TLS configurations and the dialer are [`apim_certs::tls`]'s.
+//!
+//! Several controllers: the channel dials one address of [`ControlConfig::endpoints`] at a
+//! time; [`Control::fail_over`] moves it to the next (the session loop calls it when a connect
+//! fails or the stream drops). Each address keeps its own TLS server name check.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -68,8 +73,8 @@ impl Service<http::Request<Body>> for RenewingChannel {
 /// How the agent reaches the controller.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
-    /// Where the controller listens.
-    pub endpoint: ControllerEndpoint,
+    /// Where the controllers listen, in the order they are tried (at least one).
+    pub endpoints: Vec<ControllerEndpoint>,
     /// Where [`crate::daemon::identity`] persisted the identity (renewals are written there too).
     pub state_dir: PathBuf,
     /// Limit for each TCP connect and TLS handshake.
@@ -80,8 +85,17 @@ struct Inner {
     config: ControlConfig,
     identity: watch::Sender<Arc<AgentIdentity>>,
     channel: watch::Sender<Channel>,
+    /// Index in `config.endpoints` of the address the channel dials.
+    at: AtomicUsize,
     /// Serialises renewals (the task and an explicit [`Control::renew`]).
     renewing: tokio::sync::Mutex<()>,
+}
+
+impl Inner {
+    /// The endpoint the channel dials now.
+    fn endpoint(&self) -> &ControllerEndpoint {
+        &self.config.endpoints[self.at.load(Ordering::Acquire) % self.config.endpoints.len()]
+    }
 }
 
 /// The agent's authenticated link to the controller. Cheap to clone.
@@ -93,7 +107,7 @@ pub struct Control {
 impl fmt::Debug for Control {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Control")
-            .field("endpoint", &self.inner.config.endpoint)
+            .field("endpoint", self.inner.endpoint())
             .field("identity", &self.inner.identity.borrow().info())
             .finish()
     }
@@ -112,26 +126,53 @@ impl Control {
         config: ControlConfig,
         identity: AgentIdentity,
     ) -> Result<Self, EnrollError> {
-        let channel = Self::channel_for(&config, &identity)?;
+        if config.endpoints.is_empty() {
+            return Err(EnrollError::BadAnswer {
+                reason: "no controller address configured".into(),
+            });
+        }
+        let channel = Self::channel_for(&config.endpoints[0], &config, &identity)?;
         Ok(Control {
             inner: Arc::new(Inner {
                 config,
                 identity: watch::channel(Arc::new(identity)).0,
                 channel: watch::channel(channel).0,
+                at: AtomicUsize::new(0),
                 renewing: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
     fn channel_for(
+        endpoint: &ControllerEndpoint,
         config: &ControlConfig,
         identity: &AgentIdentity,
     ) -> Result<Channel, EnrollError> {
         Ok(tls::connect_lazy(
-            &config.endpoint,
+            endpoint,
             Arc::new(identity.client_config()?),
             config.connect_timeout,
         )?)
+    }
+
+    /// The address the channel dials now.
+    pub fn address(&self) -> &str {
+        &self.inner.endpoint().address
+    }
+
+    /// Moves the channel to the next controller of the list (after the last: the first again)
+    /// and returns its address; with a single address nothing changes (`None`).
+    pub fn fail_over(&self) -> Result<Option<&str>, EnrollError> {
+        let n = self.inner.config.endpoints.len();
+        if n < 2 {
+            return Ok(None);
+        }
+        let next = (self.inner.at.load(Ordering::Acquire) + 1) % n;
+        let endpoint = &self.inner.config.endpoints[next];
+        let channel = Self::channel_for(endpoint, &self.inner.config, &self.identity())?;
+        self.inner.at.store(next, Ordering::Release);
+        self.inner.channel.send_replace(channel);
+        Ok(Some(&endpoint.address))
     }
 
     /// The transport for gRPC clients, e.g. `AgentServiceClient::new(control.channel())`.
@@ -192,7 +233,7 @@ impl Control {
             OffsetDateTime::from(SystemTime::now()),
         )?;
         renewed.save(&self.inner.config.state_dir)?;
-        let channel = Self::channel_for(&self.inner.config, &renewed)?;
+        let channel = Self::channel_for(self.inner.endpoint(), &self.inner.config, &renewed)?;
         let renewed = Arc::new(renewed);
         self.inner.channel.send_replace(channel);
         self.inner.identity.send_replace(Arc::clone(&renewed));
@@ -209,7 +250,7 @@ impl Control {
     /// Replaces the identity (after enrolling again with a new join token) and swaps the
     /// channel.
     pub fn replace_identity(&self, identity: AgentIdentity) -> Result<(), EnrollError> {
-        let channel = Self::channel_for(&self.inner.config, &identity)?;
+        let channel = Self::channel_for(self.inner.endpoint(), &self.inner.config, &identity)?;
         self.inner.channel.send_replace(channel);
         self.inner.identity.send_replace(Arc::new(identity));
         Ok(())

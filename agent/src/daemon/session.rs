@@ -52,6 +52,11 @@ struct Shared {
 
 /// Runs the agent until `shutdown` completes. Nodes keep running after it returns.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> DaemonResult<()> {
+    if config.endpoints.is_empty() {
+        return Err(DaemonError::Config {
+            reason: "no controller address".into(),
+        });
+    }
     create_private_dir(&config.state_dir)?;
     let identity = obtain_identity(&config).await?;
     if identity.info().machine != config.machine {
@@ -66,7 +71,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Dae
     }
     let control = Control::with_identity(
         ControlConfig {
-            endpoint: config.endpoint.clone(),
+            endpoints: config.endpoints.clone(),
             state_dir: config.state_dir.clone(),
             connect_timeout: config.timings.connect_timeout,
         },
@@ -89,7 +94,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Dae
     let held = machine.lock().await.held_generation();
     notify(&format!(
         "ledger loaded (generation {held}); connecting to the controller at {}",
-        config.endpoint.address
+        addresses(&config)
     ));
     let shared = Arc::new(Shared {
         config,
@@ -131,8 +136,8 @@ async fn obtain_identity(config: &AgentConfig) -> DaemonResult<AgentIdentity> {
             state_dir: config.state_dir.clone(),
         });
     };
-    let opts = EnrollOptions {
-        endpoint: config.endpoint.clone(),
+    let mut opts = EnrollOptions {
+        endpoint: config.endpoints[0].clone(),
         machine: config.machine.clone(),
         token,
         state_dir: config.state_dir.clone(),
@@ -141,6 +146,8 @@ async fn obtain_identity(config: &AgentConfig) -> DaemonResult<AgentIdentity> {
     let mut attempt = 0;
     loop {
         attempt += 1;
+        // Any controller of the list enrolls: the next one after each unreachable one.
+        opts.endpoint = nth_endpoint(config, attempt - 1).clone();
         match identity::enroll(&opts).await {
             Ok(id) => {
                 tracing::info!(machine = %id.info().machine, serial = %id.info().serial, "enrolled");
@@ -152,12 +159,27 @@ async fn obtain_identity(config: &AgentConfig) -> DaemonResult<AgentIdentity> {
                     config.timings.reconnect_max,
                     attempt,
                 ));
-                tracing::warn!(error = %e, retry_in = ?delay, "controller not reachable for enrollment");
+                tracing::warn!(error = %e, address = %opts.endpoint.address, retry_in = ?delay, "controller not reachable for enrollment");
                 tokio::time::sleep(delay).await;
             }
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The `i`-th address of the list, round and round.
+fn nth_endpoint(config: &AgentConfig, i: u32) -> &apim_certs::tls::ControllerEndpoint {
+    &config.endpoints[i as usize % config.endpoints.len()]
+}
+
+/// The controller addresses, for messages (`a:7443, b:7443`).
+fn addresses(config: &AgentConfig) -> String {
+    config
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A delay in `[d/2, d]`, so a fleet of agents does not reconnect in lockstep.
@@ -202,7 +224,16 @@ async fn connection_loop(shared: Arc<Shared>) {
             Ok(()) => "the controller closed the stream".to_owned(),
             Err(e) => e.to_string(),
         };
-        tracing::warn!(reason = %why, retry_in = ?delay, "disconnected from the controller");
+        let from = shared.control.address().to_owned();
+        // Several controllers: the next one is tried (after the same backoff).
+        let next = match shared.control.fail_over() {
+            Ok(next) => next.unwrap_or(&from).to_owned(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot dial the next controller");
+                from.clone()
+            }
+        };
+        tracing::warn!(reason = %why, address = %from, next = %next, retry_in = ?delay, "disconnected from the controller");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
             "not connected ({why}); retrying in {:.1} s",
             delay.as_secs_f64()
@@ -223,7 +254,7 @@ async fn readmit(shared: &Shared) {
         if let Some(token) = token {
             tried = Some(token.clone());
             let opts = EnrollOptions {
-                endpoint: config.endpoint.clone(),
+                endpoint: nth_endpoint(config, attempt).clone(),
                 machine: config.machine.clone(),
                 token,
                 state_dir: config.state_dir.clone(),
@@ -314,10 +345,10 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
         .map_err(|s| DaemonError::rpc("Connect", &s))?
         .into_inner();
     *connected = true;
-    tracing::info!(address = %shared.config.endpoint.address, held_generation = held, "connected to the controller");
+    tracing::info!(address = %shared.control.address(), held_generation = held, "connected to the controller");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
         "connected to {} (generation {held})",
-        shared.config.endpoint.address
+        shared.control.address()
     ))]);
     let mut last_facts = facts;
     let tails = Tails::new(Arc::clone(&shared.machine), shared.config.clone());

@@ -4,6 +4,7 @@
 //! Settings come from flags, then the environment (`APIMCTL_CONTROLLER`, `APIMCTL_CA`,
 //! `APIMCTL_CERT`, `APIMCTL_KEY`), then a config file (`$APIMCTL_CONFIG`, else
 //! `~/.config/apimctl/client.toml`) with the keys `controller`, `ca`, `cert`, `key`.
+//! `controller` may list several controllers (`a:7443,b:7443`): the first that connects is used.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -88,7 +89,7 @@ impl From<tonic::Status> for ClientError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The controller's address, host:port.
+    /// The controller's address, host:port; several, comma-separated, are tried in order.
     #[arg(
         long,
         env = "APIMCTL_CONTROLLER",
@@ -197,18 +198,48 @@ impl Settings {
             address: address.clone(),
             source,
         };
-        let config = tls::client_config(&read(ca)?, Some((chain, key))).map_err(tls_err)?;
-        let endpoint = tls::ControllerEndpoint::parse(&address).map_err(tls_err)?;
-        match tls::connect(&endpoint, Arc::new(config), Duration::from_secs(10)).await {
-            Ok(channel) => Ok(channel),
-            Err(tls::TlsError::Connect { reason, .. }) => {
-                let files = crate::reach::Files::of(self);
-                let found = crate::reach::Unreachable::diagnose(&address, &reason, files).await;
-                Err(ClientError::Unreachable(Box::new(found)))
+        let config = Arc::new(tls::client_config(&read(ca)?, Some((chain, key))).map_err(tls_err)?);
+        // Several controllers: tried in order, each with the connect timeout; the first that
+        // connects wins. A malformed address is a configuration error, not a failover.
+        let endpoints = addresses(&address)
+            .into_iter()
+            .map(|a| tls::ControllerEndpoint::parse(a).map(|e| (a, e)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(tls_err)?;
+        let mut tried: Vec<crate::reach::Unreachable> = Vec::new();
+        for (address, endpoint) in endpoints {
+            match tls::connect(&endpoint, Arc::clone(&config), Duration::from_secs(10)).await {
+                Ok(channel) => return Ok(channel),
+                Err(tls::TlsError::Connect { reason, .. }) => {
+                    let files = crate::reach::Files::of(self);
+                    tried.push(crate::reach::Unreachable::diagnose(address, &reason, files).await);
+                }
+                Err(source) => {
+                    return Err(ClientError::Connect {
+                        address: address.to_owned(),
+                        source,
+                    });
+                }
             }
-            Err(e) => Err(tls_err(e)),
+        }
+        match crate::reach::Unreachable::all(tried) {
+            Some(found) => Err(ClientError::Unreachable(Box::new(found))),
+            None => Err(missing(
+                "controller address",
+                "controller",
+                "APIMCTL_CONTROLLER",
+                "controller",
+            )),
         }
     }
+}
+
+/// The addresses of a comma-separated `host:port` list, in order, blanks skipped.
+pub fn addresses(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect()
 }
 
 /// The operator API over `channel`.

@@ -166,6 +166,7 @@ impl CliError {
                 r.hints = u.hints();
                 r.controller = Some(json!({
                     "address": u.address,
+                    "addresses": u.addresses(),
                     "listening": u.listening == crate::reach::Listening::Yes,
                     "ca": u.files.ca, "cert": u.files.cert, "key": u.files.key,
                 }));

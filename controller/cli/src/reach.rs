@@ -73,9 +73,28 @@ pub struct Unreachable {
     pub listening: Listening,
     /// The files the connection used.
     pub files: Files,
+    /// The addresses of a list tried before this one (the last), none answering.
+    pub tried_before: Vec<Unreachable>,
 }
 
 impl Unreachable {
+    /// One failure for the whole list tried in order (the last carries the ones before it);
+    /// `None` when nothing was tried.
+    pub fn all(mut tried: Vec<Unreachable>) -> Option<Self> {
+        let mut last = tried.pop()?;
+        last.tried_before = tried;
+        Some(last)
+    }
+
+    /// Every address tried, in order.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.tried_before
+            .iter()
+            .map(|u| u.address.as_str())
+            .chain(std::iter::once(self.address.as_str()))
+            .collect()
+    }
+
     /// Diagnoses a failed connection to `address` (`reason`: the transport's error chain).
     pub async fn diagnose(address: &str, reason: &str, files: Files) -> Self {
         Unreachable {
@@ -83,6 +102,7 @@ impl Unreachable {
             cause: cause(reason),
             listening: probe(address).await,
             files,
+            tried_before: Vec::new(),
         }
     }
 
@@ -91,8 +111,21 @@ impl Unreachable {
         self.listening == Listening::Yes
     }
 
-    /// One line: what failed, where, and the transport's words.
+    /// One line: what failed, where, and the transport's words (for each address of a list).
     pub fn message(&self) -> String {
+        if !self.tried_before.is_empty() {
+            let each: Vec<String> = self
+                .tried_before
+                .iter()
+                .chain(std::iter::once(self))
+                .map(|u| format!("{} ({})", u.address, u.cause))
+                .collect();
+            return format!(
+                "cannot reach any of the {} controllers tried: {}",
+                each.len(),
+                each.join(", ")
+            );
+        }
         if self.is_tls() {
             format!(
                 "the TLS handshake with the controller at {} failed: {}",
@@ -106,8 +139,21 @@ impl Unreachable {
         }
     }
 
-    /// What the TCP check found, what the TLS error points at, and the files used.
+    /// What the TCP check found and what the TLS error points at, for each address tried, then
+    /// the files used.
     pub fn hints(&self) -> Vec<String> {
+        let mut hints: Vec<String> = self
+            .tried_before
+            .iter()
+            .flat_map(Unreachable::found)
+            .collect();
+        hints.extend(self.found());
+        hints.push(self.files.hint());
+        hints
+    }
+
+    /// What the TCP check found at this address and what its TLS error points at.
+    fn found(&self) -> Vec<String> {
         let a = &self.address;
         let mut hints = vec![match &self.listening {
             Listening::Yes => format!(
@@ -131,7 +177,6 @@ impl Unreachable {
         {
             hints.push(h);
         }
-        hints.push(self.files.hint());
         hints
     }
 }

@@ -268,6 +268,7 @@ fn errors() -> Vec<(&'static str, CliError)> {
                 cause: cause.into(),
                 listening,
                 files: files.clone(),
+                tried_before: Vec::new(),
             },
         )))
     };

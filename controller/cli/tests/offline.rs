@@ -639,3 +639,74 @@ fn the_man_page_comes_from_the_command_line() {
     assert!(dir.join("apimctl.1").exists());
     assert!(dir.join("apimctl-token-create.1").exists());
 }
+
+#[test]
+fn a_list_of_unreachable_controllers_exits_3_naming_each() {
+    let d = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = operator_files(d.path());
+    // Two distinct ports, both released.
+    let (first, second) = {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (
+            a.local_addr().unwrap().to_string(),
+            b.local_addr().unwrap().to_string(),
+        )
+    };
+    let out = apimctl()
+        .args(["status", "-o", "json", "--controller"])
+        .arg(format!("{first}, {second}"))
+        .env("APIMCTL_CA", &ca)
+        .env("APIMCTL_CERT", &cert)
+        .env("APIMCTL_KEY", &key)
+        .env("APIMCTL_CONFIG", d.path().join("none.toml"))
+        .env_remove("APIMCTL_CONTROLLER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let e = &doc["error"];
+    assert_eq!(e["code"], "unreachable", "{doc}");
+    assert_eq!(
+        e["controller"]["addresses"],
+        serde_json::json!([first, second]),
+        "{doc}"
+    );
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "cannot reach any of the 2 controllers tried: {first} ("
+        )) && message.contains(&format!(", {second} (")),
+        "{doc}"
+    );
+    let hint = e["hint"].as_str().unwrap_or_default();
+    for addr in [&first, &second] {
+        assert!(
+            hint.contains(&format!(
+                "nothing listens on {addr} (TCP connection refused)"
+            )),
+            "{doc}"
+        );
+    }
+    // Without -o json: the same on stderr, one hint per address.
+    let out = apimctl()
+        .args(["status", "--controller"])
+        .arg(format!("{first},{second}"))
+        .env("APIMCTL_CA", &ca)
+        .env("APIMCTL_CERT", &cert)
+        .env("APIMCTL_KEY", &key)
+        .env("APIMCTL_CONFIG", d.path().join("none.toml"))
+        .env_remove("APIMCTL_CONTROLLER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for addr in [&first, &second] {
+        assert!(
+            err.contains(&format!(
+                "hint: nothing listens on {addr} (TCP connection refused)"
+            )),
+            "{err}"
+        );
+    }
+}

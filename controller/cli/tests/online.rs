@@ -642,3 +642,30 @@ async fn check_exits_1_on_drift_and_status_shows_what_differs() {
         serde_json::json!(["server.offset"])
     );
 }
+
+/// `--controller dead,live`: the first address refuses, the second answers and is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_list_fails_over_to_the_first_that_answers() {
+    let c = Controller::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let list = format!("{dead},{}", c.addr);
+    let (code, out, err) = apimctl(&c, dir.path(), &["status", "--controller", &list]).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    // The list from the environment too.
+    let mut cmd = apimctl_command(&c, dir.path(), &["agents", "-o", "json"]);
+    cmd.env("APIMCTL_CONTROLLER", &list);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run apimctl"))
+        .await
+        .expect("join");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.shutdown().await.expect("clean shutdown");
+}

@@ -39,6 +39,10 @@ pub enum Access {
     /// not_after (only `Enrollment.Recover`); everything else about the certificate is checked
     /// as usual.
     RecoveringAgent,
+    /// Anyone, with or without a certificate: the `grpc.health.v1.Health` probe of load
+    /// balancers, which only ever learns SERVING or NOT_SERVING. As with [`Access::Anyone`], a
+    /// certificate that *is* presented must be valid and not revoked.
+    Probe,
 }
 
 impl fmt::Display for Access {
@@ -49,6 +53,7 @@ impl fmt::Display for Access {
             Access::Operator => "operator certificates",
             Access::AgentOrOperator => "agent or operator certificates",
             Access::RecoveringAgent => "agent certificates, expired within the recovery window",
+            Access::Probe => "anyone (health probes)",
         })
     }
 }
@@ -106,11 +111,15 @@ pub enum Rpc {
     Destroy,
     /// `OperatorService.CheckDrift`.
     CheckDrift,
+    /// `grpc.health.v1.Health.Check` (the standard health checking protocol).
+    HealthCheck,
+    /// `grpc.health.v1.Health.Watch` (ended by the controller at shutdown).
+    HealthWatch,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 25] = [
+    pub const ALL: [Rpc; 27] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -136,9 +145,12 @@ impl Rpc {
         Rpc::Logs,
         Rpc::Destroy,
         Rpc::CheckDrift,
+        Rpc::HealthCheck,
+        Rpc::HealthWatch,
     ];
 
-    /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`.
+    /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`, or
+    /// `/grpc.health.v1.Health/Check` for the two health methods.
     pub fn path(self) -> &'static str {
         match self {
             Rpc::Enroll => "/apimctl.v1.Enrollment/Enroll",
@@ -166,6 +178,8 @@ impl Rpc {
             Rpc::Logs => "/apimctl.v1.OperatorService/Logs",
             Rpc::Destroy => "/apimctl.v1.OperatorService/Destroy",
             Rpc::CheckDrift => "/apimctl.v1.OperatorService/CheckDrift",
+            Rpc::HealthCheck => "/grpc.health.v1.Health/Check",
+            Rpc::HealthWatch => "/grpc.health.v1.Health/Watch",
         }
     }
 
@@ -178,6 +192,7 @@ impl Rpc {
     pub fn access(self) -> Access {
         match self {
             Rpc::Enroll => Access::Anyone,
+            Rpc::HealthCheck | Rpc::HealthWatch => Access::Probe,
             Rpc::Connect | Rpc::Fetch => Access::Agent,
             Rpc::Renew | Rpc::Stat => Access::AgentOrOperator,
             Rpc::Recover => Access::RecoveringAgent,
@@ -303,7 +318,7 @@ impl Authorizer {
             Some([leaf, intermediates @ ..]) => Some(self.verify_peer(leaf, intermediates)?),
         };
         match (rpc.access(), &peer) {
-            (Access::Anyone, _) => {}
+            (Access::Anyone | Access::Probe, _) => {}
             (_, None) => return Err(ServerError::NoClientCert { rpc }),
             (Access::AgentOrOperator, Some(_)) => {}
             (Access::Agent | Access::RecoveringAgent, Some(PeerCert { identity, .. })) => {
@@ -466,6 +481,9 @@ mod tests {
                 }
             }
         }
+        // The two of `grpc.health.v1.Health` come from tonic-health, not the contract.
+        paths.push(Rpc::HealthCheck.path().to_owned());
+        paths.push(Rpc::HealthWatch.path().to_owned());
         assert_eq!(
             paths.len(),
             Rpc::ALL.len(),
@@ -480,5 +498,7 @@ mod tests {
         assert_eq!(Rpc::Fetch.access(), Access::Agent);
         assert_eq!(Rpc::Stat.access(), Access::AgentOrOperator);
         assert_eq!(Rpc::Recover.access(), Access::RecoveringAgent);
+        assert_eq!(Rpc::HealthCheck.access(), Access::Probe);
+        assert_eq!(Rpc::HealthWatch.access(), Access::Probe);
     }
 }

@@ -15,6 +15,7 @@
 //! | [`show`] | `ShowNode` (a node's spec, secrets masked) and `Logs` (relayed through its agent) |
 //! | [`destroy`] | `Destroy`: destroy specs pushed, the machines' progress streamed |
 //! | `drift`, `repair` | `CheckDrift` (the agents' `CheckDrift` command, answered bounded); with `[rollout] drift = "repair"`, drifted nodes restarted through the gated path |
+//! | [`health`] | `grpc.health.v1.Health` (`Check`/`Watch`): SERVING once the store is open and the rollout engine runs, NOT_SERVING from shutdown on; callable without a certificate |
 //! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
 //!
 //! Identity always comes from the verified client certificate (never from a message field); a
@@ -27,6 +28,7 @@ pub mod destroy;
 mod drift;
 pub mod enrollment;
 pub mod error;
+pub mod health;
 mod history;
 mod nodes;
 pub mod operator;
@@ -155,6 +157,7 @@ where
         config.handshake_timeout,
         stop_rx.clone(),
     );
+    let (health, health_svc) = health::service(stop_rx.clone()).await;
     tokio::spawn(crate::rollout::Engine::new(Arc::clone(&state)).run(stop_rx.clone()));
     tokio::spawn(tls::renew(
         Arc::clone(&state),
@@ -185,11 +188,15 @@ where
         ctx.clone(),
     )))
     .add_service(OperatorServiceServer::new(operator::OperatorSvc::new(ctx)))
+    .add_service(health_svc)
     .prepare();
+    // The store is open (it is in `state`) and the rollout engine is spawned.
+    health::set_all(&health, tonic_health::ServingStatus::Serving).await;
     let signal = async move {
         shutdown.await;
         tracing::info!("controller shutting down: closing agent streams");
         let _ = stop_tx.send(true);
+        health::set_all(&health, tonic_health::ServingStatus::NotServing).await;
     };
     tonic::transport::Server::builder()
         // Uploads stream 1 MiB messages: windows of a few messages keep them flowing instead

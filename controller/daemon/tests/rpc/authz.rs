@@ -12,6 +12,7 @@ use apim_proto::v1::{
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use apim_testkit::ca::{Creds, mint_with_rcgen};
 use apim_testkit::controller::Controller as Harness;
@@ -170,6 +171,21 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
                 .into_inner();
             progress.message().await.map(drop)
         }
+        Rpc::HealthCheck => HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(drop),
+        Rpc::HealthWatch => {
+            let mut updates = HealthClient::new(ch)
+                .watch(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner();
+            updates.message().await.map(drop)
+        }
         Rpc::CheckDrift => OperatorServiceClient::new(ch)
             .check_drift(apim_proto::v1::CheckDriftRequest::default())
             .await
@@ -197,6 +213,8 @@ fn expected(rpc: Rpc, cred: Cred) -> Option<(Code, &'static str)> {
     let access = rpc.access();
     match cred {
         Cred::NoCert if rpc == Rpc::Enroll => Some((Code::Unauthenticated, "enroll.token_refused")),
+        // Health probes need no certificate (they only learn SERVING/NOT_SERVING).
+        Cred::NoCert if access == Access::Probe => None,
         Cred::NoCert => Some((Code::Unauthenticated, "auth.no_client_certificate")),
         // Within the recovery window an expired certificate reaches Recover, which takes only
         // the newest certificate the machine was issued (this one was minted aside).
@@ -269,10 +287,11 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 25 RPCs × 4 credentials refused everywhere, 19 operator RPCs for the agent and 3 agent
-    // RPCs for the operator (Stat and Renew are open to both: agents before a fetch, apply
-    // before an upload; each renews its own certificate).
-    assert_eq!(rows, 25 * 4 + 19 + 3);
+    // 25 RPCs × 4 credentials refused everywhere, the 2 health probes × 3 (a presented
+    // certificate must be valid; none at all is fine), 19 operator RPCs for the agent and 3
+    // agent RPCs for the operator (Stat and Renew are open to both: agents before a fetch,
+    // apply before an upload; each renews its own certificate).
+    assert_eq!(rows, 25 * 4 + 2 * 3 + 19 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");

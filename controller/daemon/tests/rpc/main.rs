@@ -6,5 +6,7 @@
 mod artifacts;
 mod authz;
 mod enrollment;
+mod failover;
+mod health;
 mod logs;
 mod session;

@@ -84,7 +84,7 @@ async fn enroll_connect_receive_spec_renew_and_keep_working() {
     .expect("enroll");
 
     let control = Control::open(ControlConfig {
-        endpoint: h.endpoint.clone(),
+        endpoints: vec![h.endpoint.clone()],
         state_dir: state_dir.clone(),
         connect_timeout: CONNECT_TIMEOUT,
     })
@@ -236,7 +236,7 @@ async fn revoking_a_connected_agent_ends_its_stream_and_every_later_call() {
     let token = h.token_for("vm-a", 0).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = ControlConfig {
-        endpoint: h.endpoint.clone(),
+        endpoints: vec![h.endpoint.clone()],
         state_dir: dir.path().join("agent"),
         connect_timeout: CONNECT_TIMEOUT,
     };
