@@ -1,5 +1,5 @@
 //! The rollout's decisions as a pure function: [`decide`] takes the record, the world as the
-//! controller sees it ([`World`]: target and pushed specs, what agents report, the baseline, the
+//! controller sees it ([`World`]: target and pushed specs, what agents report, the
 //! time) and returns a [`Decision`]; it performs no I/O. The engine carries decisions out.
 
 use std::collections::BTreeMap;
@@ -28,8 +28,6 @@ pub struct World<'a> {
     pub pushed: &'a BTreeMap<String, MachineSpec>,
     /// The last report of each node, by (machine, node).
     pub reports: &'a BTreeMap<(String, String), NodeReport>,
-    /// The specs of the last successful rollout (what a rollback restores).
-    pub baseline: &'a BTreeMap<String, MachineSpec>,
     /// Now, unix milliseconds.
     pub now_ms: i64,
 }

@@ -85,7 +85,6 @@ struct Fixture {
     targets: BTreeMap<String, MachineSpec>,
     pushed: BTreeMap<String, MachineSpec>,
     reports: BTreeMap<(String, String), NodeReport>,
-    baseline: BTreeMap<String, MachineSpec>,
 }
 
 impl Fixture {
@@ -94,7 +93,6 @@ impl Fixture {
             targets: targets(),
             pushed: BTreeMap::new(),
             reports: BTreeMap::new(),
-            baseline: BTreeMap::new(),
         }
     }
 
@@ -103,7 +101,6 @@ impl Fixture {
             targets: &self.targets,
             pushed: &self.pushed,
             reports: &self.reports,
-            baseline: &self.baseline,
             now_ms,
         }
     }

@@ -60,14 +60,13 @@ impl Engine {
             super::restore_baseline(&self.state, &record)?;
             return Ok(Next::Again);
         }
-        let (targets, baseline) = store.read(|tx| Ok((tx.targets(&record.id)?, tx.baseline()?)))?;
+        let targets = self.state.rollout_targets(&record.id)?;
         let pushed = self.state.desired_specs();
         let reports = self.reports();
         let world = World {
             targets: &targets,
             pushed: &pushed,
             reports: &reports,
-            baseline: &baseline,
             now_ms: now_ms(),
         };
         let decision = decide(&record, &world);

@@ -320,18 +320,12 @@ fn with_files(
 /// The cluster as the controller sees it now: the latest generation and rollout, and every
 /// machine of the current plan with its agent's connection and last reported node states.
 pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerError> {
-    let (generation, latest, baseline) = state.store().read(|tx| {
-        Ok((
-            tx.latest_generation()?,
-            tx.latest_rollout()?,
-            tx.baseline()?,
-        ))
-    })?;
+    let (generation, latest) = state
+        .store()
+        .read(|tx| Ok((tx.latest_generation()?, tx.latest_rollout()?)))?;
     let targets = match &latest {
-        Some(r) if r.state != rollout::Phase::RolledBack => {
-            state.store().read(|tx| tx.targets(&r.id))?
-        }
-        _ => baseline,
+        Some(r) if r.state != rollout::Phase::RolledBack => state.rollout_targets(&r.id)?,
+        _ => std::sync::Arc::new(state.store().read(|tx| tx.baseline())?),
     };
     let rollout = latest.map(|r| Rollout {
         id: r.id,

@@ -59,7 +59,13 @@ pub struct ControllerState {
     artifact_gate: tokio::sync::RwLock<()>,
     /// Command queues of connected agents, and the log streams relayed from them.
     relays: relay::Relays,
+    /// The target specs of the latest rollout read, decoded once: a rollout's targets never
+    /// change once stored, and `Status` and the engine read them on every change.
+    targets: Mutex<Option<(String, Targets)>>,
 }
+
+/// A rollout's target spec of every machine, shared.
+pub type Targets = Arc<BTreeMap<String, MachineSpec>>;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -138,6 +144,7 @@ impl ControllerState {
             refusals: RefusalLog::default(),
             artifact_gate: tokio::sync::RwLock::new(()),
             relays: relay::Relays::default(),
+            targets: Mutex::new(None),
         })
     }
 
@@ -149,6 +156,24 @@ impl ControllerState {
     /// The store behind this state.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The target specs of rollout `id` (stored once when the rollout starts, never changed),
+    /// decoded from the store the first time and kept for the latest id asked.
+    pub fn rollout_targets(&self, id: &str) -> Result<Targets, crate::store::StoreError> {
+        let cache = || {
+            self.targets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((cached, t)) = cache().as_ref()
+            && cached == id
+        {
+            return Ok(Arc::clone(t));
+        }
+        let t = Arc::new(self.store.read(|tx| tx.targets(id))?);
+        *cache() = Some((id.to_owned(), Arc::clone(&t)));
+        Ok(t)
     }
 
     /// A receiver that changes whenever something an operator can see changes.
