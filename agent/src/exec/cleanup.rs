@@ -58,8 +58,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("root");
         let home = root.join("opt/app/node-1/product-1.0");
-        std::fs::create_dir_all(home.join("repository/logs")).unwrap();
-        std::fs::write(home.join("repository/logs/x.log"), "x").unwrap();
+        std::fs::create_dir_all(home.join("logs")).unwrap();
+        std::fs::write(home.join("logs/x.log"), "x").unwrap();
         std::fs::create_dir_all(root.join("opt/app/node-1/.apimctl-stage-1234")).unwrap();
         assert!(remove_installed_tree(&root, &home).unwrap());
         assert!(!home.exists());
