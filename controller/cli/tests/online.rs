@@ -64,6 +64,13 @@ fn apimctl_command(c: &Controller, dir: &std::path::Path, args: &[&str]) -> std:
 }
 
 /// The test plan's pack and driver in `dir/dist`; the pack's bytes.
+/// The pack in `dir/dist` and the 3.x plan naming it in `dir/plan.toml`; returns its sha256.
+fn write_plan(dir: &std::path::Path) -> String {
+    let sha = apim_plan::digest(&write_dist(dir));
+    std::fs::write(dir.join("plan.toml"), plan_v3(&sha, "", "halt", "30s")).expect("plan");
+    sha
+}
+
 fn write_dist(dir: &std::path::Path) -> Vec<u8> {
     std::fs::create_dir_all(dir.join("dist")).expect("dist");
     let pack = pack();
@@ -87,13 +94,7 @@ async fn cli_plan_exit_codes_apply_and_status_lines() {
     let c = Controller::start().await;
     let (_agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
-    let pack = write_dist(dir.path());
-    let sha = apim_plan::digest(&pack);
-    std::fs::write(
-        dir.path().join("plan.toml"),
-        plan_v3(&sha, "", "halt", "30s"),
-    )
-    .expect("plan");
+    let sha = write_plan(dir.path());
     std::fs::write(dir.path().join("bad.toml"), "[cluster\n").expect("bad plan");
 
     // Everything is new: exit 2. A dry run: no pack uploaded, no certificate issued.
@@ -359,12 +360,7 @@ async fn every_json_output_is_one_document_errors_included() {
     let c = Controller::start().await;
     let (_agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
-    let pack = write_dist(dir.path());
-    std::fs::write(
-        dir.path().join("plan.toml"),
-        plan_v3(&apim_plan::digest(&pack), "", "halt", "30s"),
-    )
-    .expect("plan");
+    write_plan(dir.path());
     let one_document = |out: &str| -> serde_json::Value {
         let mut docs = serde_json::Deserializer::from_str(out).into_iter::<serde_json::Value>();
         let doc = docs.next().expect("a document").expect("valid JSON");
@@ -498,13 +494,7 @@ async fn packs_lists_the_store_and_prune_asks_first_and_keeps_what_the_history_n
     let c = Controller::start().await;
     let (_agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
-    let pack = write_dist(dir.path());
-    let sha = apim_plan::digest(&pack);
-    std::fs::write(
-        dir.path().join("plan.toml"),
-        plan_v3(&sha, "", "halt", "30s"),
-    )
-    .expect("plan");
+    let sha = write_plan(dir.path());
     let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml", "-o", "json"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let orphan = c.store_pack(b"uploaded once, never applied");
@@ -576,13 +566,7 @@ async fn check_exits_1_on_drift_and_status_shows_what_differs() {
     let c = Controller::start().await;
     let (agents, _log) = start_agents(&c);
     let dir = tempfile::tempdir().expect("tempdir");
-    let pack = write_dist(dir.path());
-    let sha = apim_plan::digest(&pack);
-    std::fs::write(
-        dir.path().join("plan.toml"),
-        plan_v3(&sha, "", "halt", "30s"),
-    )
-    .expect("plan");
+    write_plan(dir.path());
     let (code, out, err) = apimctl(&c, dir.path(), &["apply", "plan.toml", "-o", "json"]).await;
     assert_eq!(code, 0, "{out}{err}");
 

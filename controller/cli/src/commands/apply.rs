@@ -78,7 +78,7 @@ pub async fn run(
     if format == Format::Text {
         started(resp.generation, &resp.rollout_id, format, stdout);
     }
-    follow(&mut op, &resp.rollout_id, format, stdout).await
+    follow(&mut op, resp.generation, &resp.rollout_id, format, stdout).await
 }
 
 /// Says that `generation` was stored and its rollout `rollout_id` started, or that it changes
@@ -97,6 +97,7 @@ pub(crate) fn started(generation: u64, rollout_id: &str, format: Format, stdout:
 /// and its result.
 pub(crate) async fn follow(
     op: &mut OperatorServiceClient<Channel>,
+    generation: u64,
     rollout_id: &str,
     format: Format,
     stdout: &mut dyn Write,
@@ -108,9 +109,9 @@ pub(crate) async fn follow(
     };
     let mut last_lines: Vec<String> = Vec::new();
     let mut following = rollout_id.to_owned();
-    // Set once the rollout rolled back: the controller rolls the last success out again as a
-    // newer generation, followed to its end; the command still failed.
-    let mut rolled_back: Option<(u64, String)> = None;
+    // Set once the rollout (of `generation`) rolled back: the controller rolls the last success
+    // out again as a newer generation, followed to its end; the command still failed.
+    let mut rolled_back = false;
     // The bars' elapsed times keep counting between changes (in a terminal only: lines and
     // JSON print changes only).
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -131,9 +132,10 @@ pub(crate) async fn follow(
         // A newer rollout while ours has not ended here: ours ended in between (a rollback
         // rolls the last success out as a new generation in the same step). How it ended is in
         // the history.
-        if rolled_back.is_none()
+        if !rolled_back
             && r.id != following
-            && let Some(ended) = ended_before(op, &following, &r).await?
+            && r.generation > generation
+            && let Some(ended) = how_it_ended(op, &following).await?
         {
             if format == Format::Text {
                 let _ = writeln!(stdout, "{}", ended_line(&ended));
@@ -141,12 +143,9 @@ pub(crate) async fn follow(
             if ended.state() != RolloutState::RolledBack {
                 return Ok(Exit::Failed);
             }
-            rolled_back = Some((ended.generation, ended.message.clone()));
+            rolled_back = true;
         }
-        if let Some((generation, _)) = &rolled_back
-            && r.id != following
-            && r.generation > *generation
-        {
+        if rolled_back && r.id != following && r.generation > generation {
             if format == Format::Text {
                 let _ = writeln!(stdout, "following {} (the rollback)", r.id);
             }
@@ -176,11 +175,11 @@ pub(crate) async fn follow(
         ) {
             continue;
         }
-        if state == RolloutState::RolledBack && rolled_back.is_none() {
+        if state == RolloutState::RolledBack && !rolled_back {
             if format == Format::Text {
                 let _ = writeln!(stdout, "{}", ended_line(&r));
             }
-            rolled_back = Some((r.generation, r.message.clone()));
+            rolled_back = true;
             continue;
         }
         if let Some(b) = bars {
@@ -197,33 +196,28 @@ pub(crate) async fn follow(
                 let _ = writeln!(stdout, "{}", ended_line(&r));
             }
         }
-        return Ok(
-            if state == RolloutState::Succeeded && rolled_back.is_none() {
-                Exit::Success
-            } else {
-                Exit::Failed
-            },
-        );
+        return Ok(if state == RolloutState::Succeeded && !rolled_back {
+            Exit::Success
+        } else {
+            Exit::Failed
+        });
     }
 }
 
-/// When `newer` (another rollout than `followed`) is newer than `followed`, how `followed`
-/// ended, from the history; `None` when it is not newer or not found.
-async fn ended_before(
+/// How rollout `followed` ended, from the history (`None`: not found).
+async fn how_it_ended(
     op: &mut OperatorServiceClient<Channel>,
     followed: &str,
-    newer: &apim_proto::v1::Rollout,
 ) -> Result<Option<apim_proto::v1::Rollout>, CliError> {
     let history = op
         .history(apim_proto::v1::HistoryRequest { limit: 0 })
         .await?
         .into_inner();
-    let ours = history
+    Ok(history
         .generations
         .into_iter()
         .filter_map(|g| g.rollout)
-        .find(|r| r.id == followed);
-    Ok(ours.filter(|o| o.generation < newer.generation))
+        .find(|r| r.id == followed))
 }
 
 /// `rollout rollout-7: succeeded (generation 7 is healthy)`.

@@ -91,7 +91,7 @@ pub async fn rollback(
     if args.output == Format::Text {
         super::apply::started(r.generation, &r.rollout_id, args.output, stdout);
     }
-    super::apply::follow(&mut op, &r.rollout_id, args.output, stdout).await
+    super::apply::follow(&mut op, r.generation, &r.rollout_id, args.output, stdout).await
 }
 
 /// Runs `apimctl diff`: the plan text's diff, then each node's changes as `plan` shows them.

@@ -108,5 +108,12 @@ pub async fn run(
         }
         return Ok(Exit::Success);
     }
-    super::apply::follow(&mut client, &r.rollout_id, args.output, stdout).await
+    super::apply::follow(
+        &mut client,
+        r.generation,
+        &r.rollout_id,
+        args.output,
+        stdout,
+    )
+    .await
 }

@@ -340,6 +340,9 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
             let agent = state.agent(&spec.machine);
             let connected = agent.as_ref().is_some_and(|a| a.connected);
             let reported = agent.as_ref().and_then(|a| a.last_status.clone());
+            // The plan generation of each machine spec generation its nodes report, looked up
+            // once (the nodes of one report mostly share it).
+            let mut plan_generations = std::collections::BTreeMap::new();
             let nodes = spec
                 .nodes
                 .iter()
@@ -353,10 +356,17 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                             ..NodeStatus::default()
                         });
                     if s.generation > 0 {
-                        s.plan_generation = state
-                            .store()
-                            .read(|tx| tx.plan_generation_of(&spec.machine, s.generation))?
-                            .unwrap_or(0);
+                        s.plan_generation = match plan_generations.get(&s.generation) {
+                            Some(g) => *g,
+                            None => {
+                                let g = state
+                                    .store()
+                                    .read(|tx| tx.plan_generation_of(&spec.machine, s.generation))?
+                                    .unwrap_or(0);
+                                plan_generations.insert(s.generation, g);
+                                g
+                            }
+                        };
                     }
                     Ok(s)
                 })
