@@ -1,15 +1,21 @@
-//! The controller's embedded SQLite store: everything a controller restart must not lose.
+//! The controller's store: everything a controller restart must not lose, on one of two
+//! engines behind one interface ([`Store::read`], [`Store::write`], [`Tx`]):
 //!
-//! One file (`<data_dir>/controller.db`, mode 0600, WAL journal) holds the plans as numbered
-//! generations (author, time, plan text and the resolved secrets needed to re-render), the
-//! rollouts and their per-node progress, enrolled agents, join-token records (hashes only),
-//! revocations, the artifact index (the files stay in the artifact directory), and per machine
-//! the last pushed [`MachineSpec`] and the spec it runs when no rollout is in flight. The
-//! control-plane CA stays in its own files.
+//! - embedded SQLite (`<data_dir>/controller.db`, mode 0600, WAL journal), the default;
+//! - PostgreSQL (`[store] url`), which several controllers share ([`Store::open_postgres`]).
 //!
-//! Migrations are plain SQL in [`MIGRATIONS`], applied in order and tracked with
-//! `PRAGMA user_version`. Every write runs in a transaction ([`Store::write`]).
+//! It holds the plans as numbered generations (author, time, plan text and the resolved secrets
+//! needed to re-render), the rollouts and their per-node progress, enrolled agents, join-token
+//! records (hashes only), revocations, the artifact index, per machine the last pushed
+//! [`MachineSpec`] and the spec it runs when no rollout is in flight, and, for several
+//! controllers, their membership, the rollout lease and the files they share (the CAs).
+//! Secrets, specs and shared files are sealed with the key in `store.key` ([`seal`]): whoever
+//! reads the database without that file reads no secret.
+//!
+//! One set of versioned migrations serves both engines ([`migrate`]); a store written by a newer
+//! controller is refused. Every write runs in one transaction ([`Store::write`]).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -17,57 +23,6 @@ use rusqlite::Connection;
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "controller.db";
-
-/// Schema migrations, applied in order; entry *i* brings the schema to version *i + 1*.
-pub const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE plans (
-    generation INTEGER PRIMARY KEY,
-    author TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    plan_path TEXT NOT NULL,
-    plan_toml TEXT NOT NULL,
-    secrets TEXT NOT NULL
-);
-CREATE TABLE rollouts (
-    id TEXT PRIMARY KEY,
-    generation INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    updated_at INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE rollout_targets (
-    rollout_id TEXT NOT NULL,
-    machine TEXT NOT NULL,
-    spec BLOB NOT NULL,
-    PRIMARY KEY (rollout_id, machine)
-);
-CREATE TABLE agents (machine TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE tokens (id TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE artifacts (
-    sha256 TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    stored_at INTEGER NOT NULL
-);
-CREATE TABLE specs (machine TEXT PRIMARY KEY, generation INTEGER NOT NULL, spec BLOB NOT NULL);
-CREATE TABLE baseline (machine TEXT PRIMARY KEY, spec BLOB NOT NULL);
-"#,
-    r#"
-CREATE TABLE spec_history (
-    machine TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    plan_generation INTEGER NOT NULL,
-    PRIMARY KEY (machine, generation)
-);
-INSERT INTO spec_history(machine, generation, plan_generation)
-    SELECT machine, generation, 0 FROM specs;
-"#,
-    r#"
-ALTER TABLE plans ADD COLUMN run_state TEXT NOT NULL DEFAULT '{}';
-"#,
-];
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +36,30 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// PostgreSQL refused an operation (or the connection broke during it).
+    #[error("store (PostgreSQL): {action}: {source}")]
+    Postgres {
+        /// What the store was doing.
+        action: &'static str,
+        /// The client's error.
+        #[source]
+        source: postgres::Error,
+    },
+    /// PostgreSQL could not be reached.
+    #[error("store: cannot connect to PostgreSQL at {url}: {source}")]
+    Connect {
+        /// The store URL (it never holds a password).
+        url: String,
+        /// The client's error.
+        #[source]
+        source: postgres::Error,
+    },
+    /// The store's configuration is wrong.
+    #[error("store: {0}")]
+    Config(String),
+    /// A migration failed.
+    #[error("store: migrating the schema: {0}")]
+    Migration(String),
     /// Creating the data directory or the database file failed.
     #[error("store: {}: {source}", path.display())]
     Io {
@@ -99,13 +78,33 @@ pub enum StoreError {
         reason: String,
     },
     /// The database was written by a newer controller.
-    #[error("store: schema version {found} is newer than this controller's {known}")]
+    #[error("store: schema version {found} is newer than this controller's {known}: upgrade this controller")]
     TooNew {
         /// The database's version.
         found: i64,
         /// The newest this build knows.
         known: i64,
     },
+}
+
+impl StoreError {
+    /// The same error, saying what the store was doing.
+    pub(crate) fn during(self, action: &'static str) -> StoreError {
+        match self {
+            StoreError::Sqlite { source, .. } => StoreError::Sqlite { action, source },
+            StoreError::Postgres { source, .. } => StoreError::Postgres { action, source },
+            other => other,
+        }
+    }
+
+    /// Whether the store could not be reached (rather than refusing the operation).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Connect { .. } => true,
+            StoreError::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            _ => false,
+        }
+    }
 }
 
 pub(crate) fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -116,22 +115,42 @@ pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
     move |reason| StoreError::Corrupt { what, reason }
 }
 
+pub(crate) mod db;
+pub mod migrate;
+mod pg;
 mod records;
 mod seal;
 mod tx;
 
+pub use pg::PgTarget;
 pub use records::{
     ArtifactRow, NodeProgress, Phase, RolloutRecord, RunState, StoredAgent, StoredPlan,
 };
 pub use seal::KEY_FILE;
 pub use tx::Tx;
 
+use db::{Db, PgDb, SqliteDb};
 use seal::Sealer;
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Embedded SQLite: one controller.
+    Sqlite,
+    /// PostgreSQL: one or several controllers.
+    Postgres,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    Postgres(pg::Pg),
+}
 
 /// The store. Cheap operations run synchronously under one connection lock.
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    backend: Backend,
     seal: Sealer,
     retention: u64,
 }
@@ -148,23 +167,33 @@ const SEALED: [(&str, &str, &str); 5] = [
     ("plans", "generation", "plan_toml"),
 ];
 
+/// What the sealing key check seals: a store opened with another controller's key file fails
+/// at start, naming the file, instead of on the first secret it reads.
+const SEAL_CHECK: &[u8] = b"apimctl store key check";
+
 pub(crate) fn now_s() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { path, source }
+}
+
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))
+}
+
 impl Store {
-    /// Opens (creating it 0600, in a 0700 directory, if missing) the store in `data_dir`.
+    /// Opens (creating it 0600, in a 0700 directory, if missing) the SQLite store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { path, source }
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(io(data_dir))?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        private_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         // Create the file ourselves so it is never world-readable, even for a moment; SQLite
         // gives its -wal and -shm files the same mode.
@@ -184,13 +213,35 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sql("setting busy timeout"))?;
         let seal = Sealer::load_or_create(data_dir)?;
-        Self::migrate(conn, seal)
+        Self::sqlite(conn, seal)
     }
 
     /// A store in memory (tests, and a server embedded without a data directory).
     pub fn in_memory() -> Result<Store, StoreError> {
         let conn = Connection::open_in_memory().map_err(sql("opening in memory"))?;
-        Self::migrate(conn, Sealer::ephemeral()?)
+        Self::sqlite(conn, Sealer::ephemeral()?)
+    }
+
+    /// Opens the PostgreSQL store at `target` (migrating it), sealing with the key file in
+    /// `key_dir` (created on the first controller; every other controller needs a copy).
+    pub fn open_postgres(target: PgTarget, key_dir: &Path) -> Result<Store, StoreError> {
+        private_dir(key_dir)?;
+        let seal = Sealer::load_or_create(key_dir)?;
+        let store = Store {
+            backend: Backend::Postgres(pg::Pg::open(target)?),
+            seal,
+            retention: DEFAULT_SECRETS_RETENTION,
+        };
+        store.check_seal(&key_dir.join(KEY_FILE))?;
+        Ok(store)
+    }
+
+    /// The engine this store runs on.
+    pub fn engine(&self) -> Engine {
+        match self.backend {
+            Backend::Sqlite(_) => Engine::Sqlite,
+            Backend::Postgres(_) => Engine::Postgres,
+        }
     }
 
     /// Keeps the resolved secrets of the last `generations` plan generations (and of the one
@@ -199,34 +250,41 @@ impl Store {
         self.retention = generations.max(1);
     }
 
-    fn migrate(mut conn: Connection, seal: Sealer) -> Result<Store, StoreError> {
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(sql("reading the schema version"))?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                found: version,
-                known,
-            });
-        }
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction().map_err(sql("starting a migration"))?;
-            tx.execute_batch(m).map_err(sql("migrating the schema"))?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(sql("recording the schema version"))?;
-            tx.commit().map_err(sql("committing a migration"))?;
-        }
+    fn sqlite(mut conn: Connection, seal: Sealer) -> Result<Store, StoreError> {
+        migrate::sqlite(&mut conn)?;
         seal_legacy(&mut conn, &seal)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
+        let store = Store {
+            backend: Backend::Sqlite(Mutex::new(conn)),
             seal,
             retention: DEFAULT_SECRETS_RETENTION,
-        })
+        };
+        store.check_seal(Path::new(KEY_FILE))?;
+        Ok(store)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Stores the key check on first use; afterwards, opens it or says the key file differs.
+    fn check_seal(&self, key_file: &Path) -> Result<(), StoreError> {
+        let stored: Option<Vec<u8>> = self.write(|tx| {
+            let seen = tx.kv_bytes("seal_check")?;
+            if seen.is_none() {
+                tx.put_kv_bytes("seal_check", &self.seal.seal("kv.seal_check", SEAL_CHECK)?)?;
+            }
+            Ok(seen)
+        })?;
+        match stored {
+            Some(s) if self.seal.open("kv.seal_check", &s).as_deref().ok() != Some(SEAL_CHECK) => {
+                Err(StoreError::Config(format!(
+                    "{} is not the key this store was sealed with: every controller of one store \
+                     needs a copy of the first controller's key file",
+                    key_file.display()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+        conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` in one transaction; nothing is written unless it returns `Ok`.
@@ -234,15 +292,23 @@ impl Store {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(sql("starting a transaction"))?;
-        let out = f(&Tx {
-            conn: &tx,
-            seal: &self.seal,
-            retention: self.retention,
-        })?;
-        tx.commit().map_err(sql("committing"))?;
-        Ok(out)
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut conn = Self::lock(conn);
+                let tx = conn.transaction().map_err(sql("starting a transaction"))?;
+                let out = self.run(&mut SqliteDb(&tx), Engine::Sqlite, true, f)?;
+                tx.commit().map_err(sql("committing"))?;
+                Ok(out)
+            }
+            Backend::Postgres(pg) => pg.with(|client| {
+                let mut tx = client
+                    .transaction()
+                    .map_err(pg::err("starting a transaction"))?;
+                let out = self.run(&mut PgDb(&mut tx), Engine::Postgres, true, f)?;
+                tx.commit().map_err(pg::err("committing"))?;
+                Ok(out)
+            }),
+        }
     }
 
     /// Runs read-only `f`.
@@ -250,12 +316,42 @@ impl Store {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self.lock();
-        f(&Tx {
-            conn: &conn,
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let conn = Self::lock(conn);
+                self.run(&mut SqliteDb(&conn), Engine::Sqlite, false, f)
+            }
+            Backend::Postgres(pg) => pg.with(|client| {
+                let mut tx = client
+                    .build_transaction()
+                    .read_only(true)
+                    .start()
+                    .map_err(pg::err("starting a read"))?;
+                let out = self.run(&mut PgDb(&mut tx), Engine::Postgres, false, f)?;
+                tx.commit().map_err(pg::err("ending a read"))?;
+                Ok(out)
+            }),
+        }
+    }
+
+    fn run<T>(
+        &self,
+        db: &mut dyn Db,
+        engine: Engine,
+        writes: bool,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = Tx {
+            db: RefCell::new(db),
             seal: &self.seal,
             retention: self.retention,
-        })
+            engine,
+        };
+        let out = f(&tx)?;
+        if writes {
+            tx.bump_revision()?;
+        }
+        Ok(out)
     }
 }
 
@@ -269,7 +365,14 @@ fn seal_legacy(conn: &mut Connection, seal: &Sealer) -> Result<(), StoreError> {
                 .prepare(&format!("SELECT {key}, {column} FROM {table}"))
                 .map_err(sql("reading values to seal"))?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, tx::bytes_at(r, 1)?)))
+                .query_map([], |r| {
+                    let v = match r.get_ref(1)? {
+                        rusqlite::types::ValueRef::Blob(b)
+                        | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
+                        _ => Vec::new(),
+                    };
+                    Ok((r.get(0)?, v))
+                })
                 .map_err(sql("reading values to seal"))?;
             rows.collect::<Result<_, _>>()
                 .map_err(sql("reading values to seal"))?

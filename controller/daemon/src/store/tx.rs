@@ -5,36 +5,106 @@ use std::collections::BTreeMap;
 use apim_certs::{RevocationList, TokenRegistry};
 use apim_proto::prost::Message;
 use apim_proto::v1::MachineSpec;
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, params};
+use std::cell::RefCell;
+
 use serde::{Deserialize, Serialize};
 
+use super::db::{Db, Row, Val, params};
 use super::seal::Sealer;
 use super::{
-    ArtifactRow, RolloutRecord, RunState, StoreError, StoredAgent, StoredPlan, corrupt, now_s, sql,
+    ArtifactRow, Engine, RolloutRecord, RunState, StoreError, StoredAgent, StoredPlan, corrupt,
+    now_s,
 };
 
 /// Operations inside one transaction (or one read).
 pub struct Tx<'a> {
-    pub(super) conn: &'a Connection,
+    pub(super) db: RefCell<&'a mut dyn Db>,
     pub(super) seal: &'a Sealer,
     /// Plan generations whose secrets are kept (older ones are pruned by `insert_plan`).
     pub(super) retention: u64,
-}
-
-/// A column that may hold bytes or (written before sealing) text.
-pub(super) fn bytes_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
-    match row.get_ref(i)? {
-        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
-        other => Err(rusqlite::Error::InvalidColumnType(
-            i,
-            "sealed value".into(),
-            other.data_type(),
-        )),
-    }
+    pub(super) engine: Engine,
 }
 
 impl Tx<'_> {
+    /// Runs a statement, saying what it was for if it fails.
+    pub(super) fn exec(
+        &self,
+        action: &'static str,
+        sql: &str,
+        params: &[Val],
+    ) -> Result<u64, StoreError> {
+        self.db
+            .borrow_mut()
+            .exec(sql, params)
+            .map_err(|e| e.during(action))
+    }
+
+    /// Runs a query, saying what it was for if it fails.
+    pub(super) fn query(
+        &self,
+        action: &'static str,
+        sql: &str,
+        params: &[Val],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.db
+            .borrow_mut()
+            .query(sql, params)
+            .map_err(|e| e.during(action))
+    }
+
+    /// The first row of a query, if any.
+    pub(super) fn query_opt(
+        &self,
+        action: &'static str,
+        sql: &str,
+        params: &[Val],
+    ) -> Result<Option<Row>, StoreError> {
+        Ok(self.query(action, sql, params)?.into_iter().next())
+    }
+
+    /// The engine under this transaction.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Bumps the store's revision (every write does, so other controllers notice it).
+    pub(super) fn bump_revision(&self) -> Result<(), StoreError> {
+        self.exec(
+            "bumping the revision",
+            "UPDATE revision SET n = n + 1 WHERE id = 1",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    /// The store's revision: it changes on every write, by any controller.
+    pub fn revision(&self) -> Result<i64, StoreError> {
+        self.query_opt("reading the revision", "SELECT n FROM revision WHERE id = 1", &[])?
+            .map_or(Ok(0), |r| r.int(0))
+    }
+
+    pub(super) fn kv_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query_opt("reading kv", "SELECT value FROM kv WHERE key = ?1", params![key])?
+            .map(|r| {
+                hex::decode(r.text(0)?).map_err(|e| corrupt("kv bytes")(e.to_string()))
+            })
+            .transpose()
+    }
+
+    pub(super) fn put_kv_bytes(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put_kv_text(key, hex::encode(value))
+    }
+
+    fn put_kv_text(&self, key: &str, value: String) -> Result<(), StoreError> {
+        self.exec(
+            "writing kv",
+            "INSERT INTO kv(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
     fn encode_spec(&self, place: &str, spec: &MachineSpec) -> Result<Vec<u8>, StoreError> {
         self.seal.seal(place, &spec.encode_to_vec())
     }
@@ -49,41 +119,26 @@ impl Tx<'_> {
         key: &str,
         what: &'static str,
     ) -> Result<Option<T>, StoreError> {
-        let v: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(sql("reading kv"))?;
+        let v = self
+            .query_opt("reading kv", "SELECT value FROM kv WHERE key = ?1", params![key])?
+            .map(|r| r.text(0))
+            .transpose()?;
         v.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(what)(e.to_string())))
             .transpose()
     }
 
     fn kv_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let s = serde_json::to_string(value).map_err(|e| corrupt("kv value")(e.to_string()))?;
-        self.conn
-            .execute(
-                "INSERT INTO kv(key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, s],
-            )
-            .map_err(sql("writing kv"))?;
-        Ok(())
+        self.put_kv_text(key, s)
     }
 
     // ---- tokens and revocations --------------------------------------------------------
 
     /// Every stored join-token record.
     pub fn tokens(&self) -> Result<TokenRegistry, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT body FROM tokens")
-            .map_err(sql("reading tokens"))?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(sql("reading tokens"))?;
         let mut records = Vec::new();
-        for row in rows {
-            let body = row.map_err(sql("reading tokens"))?;
+        for row in self.query("reading tokens", "SELECT body FROM tokens", &[])? {
+            let body = row.text(0)?;
             records.push(serde_json::from_str(&body).map_err(|e| corrupt("token")(e.to_string()))?);
         }
         Ok(TokenRegistry::from(records))
@@ -91,17 +146,14 @@ impl Tx<'_> {
 
     /// Replaces the stored token records with `registry`.
     pub fn save_tokens(&self, registry: &TokenRegistry) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM tokens", [])
-            .map_err(sql("clearing tokens"))?;
+        self.exec("clearing tokens", "DELETE FROM tokens", &[])?;
         for r in registry.records() {
             let body = serde_json::to_string(r).map_err(|e| corrupt("token")(e.to_string()))?;
-            self.conn
-                .execute(
-                    "INSERT INTO tokens(id, body) VALUES (?1, ?2)",
-                    params![r.id, body],
-                )
-                .map_err(sql("writing a token"))?;
+            self.exec(
+                "writing a token",
+                "INSERT INTO tokens(id, body) VALUES (?1, ?2)",
+                params![&r.id, body],
+            )?;
         }
         Ok(())
     }
@@ -122,18 +174,11 @@ impl Tx<'_> {
 
     /// Every stored agent.
     pub fn agents(&self) -> Result<BTreeMap<String, StoredAgent>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT machine, body FROM agents")
-            .map_err(sql("reading agents"))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(sql("reading agents"))?;
         let mut out = BTreeMap::new();
-        for row in rows {
-            let (m, body) = row.map_err(sql("reading agents"))?;
+        for row in self.query("reading agents", "SELECT machine, body FROM agents", &[])? {
+            let body = row.text(1)?;
             out.insert(
-                m,
+                row.text(0)?,
                 serde_json::from_str(&body).map_err(|e| corrupt("agent")(e.to_string()))?,
             );
         }
@@ -143,13 +188,12 @@ impl Tx<'_> {
     /// Stores one agent.
     pub fn save_agent(&self, machine: &str, agent: &StoredAgent) -> Result<(), StoreError> {
         let body = serde_json::to_string(agent).map_err(|e| corrupt("agent")(e.to_string()))?;
-        self.conn
-            .execute(
-                "INSERT INTO agents(machine, body) VALUES (?1, ?2)
-                 ON CONFLICT(machine) DO UPDATE SET body = excluded.body",
-                params![machine, body],
-            )
-            .map_err(sql("writing an agent"))?;
+        self.exec(
+            "writing an agent",
+            "INSERT INTO agents(machine, body) VALUES (?1, ?2)
+             ON CONFLICT(machine) DO UPDATE SET body = excluded.body",
+            params![machine, body],
+        )?;
         Ok(())
     }
 
@@ -160,47 +204,61 @@ impl Tx<'_> {
         self.spec_table("specs")
     }
 
+    /// The machine spec generation last pushed to every machine (cheap: no spec is decoded).
+    pub fn spec_generations(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.query(
+            "reading spec generations",
+            "SELECT machine, generation FROM specs",
+            &[],
+        )?
+        .iter()
+        .map(|r| Ok((r.text(0)?, r.int(1)? as u64)))
+        .collect()
+    }
+
+    /// The last pushed spec of `machine`.
+    pub fn spec(&self, machine: &str) -> Result<Option<MachineSpec>, StoreError> {
+        self.query_opt(
+            "reading a spec",
+            "SELECT spec FROM specs WHERE machine = ?1",
+            params![machine],
+        )?
+        .map(|r| self.decode_spec("specs.spec", &r.bytes(0)?))
+        .transpose()
+    }
+
     /// Every spec of `table` (`specs` or `baseline`), by machine.
     fn spec_table(&self, table: &str) -> Result<Vec<MachineSpec>, StoreError> {
         let query = format!("SELECT spec FROM {table} ORDER BY machine");
-        let mut stmt = self.conn.prepare(&query).map_err(sql("reading specs"))?;
-        let rows = stmt
-            .query_map([], |r| bytes_at(r, 0))
-            .map_err(sql("reading specs"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let bytes = row.map_err(sql("reading specs"))?;
-            out.push(self.decode_spec(&format!("{table}.spec"), &bytes)?);
-        }
-        Ok(out)
+        let place = format!("{table}.spec");
+        self.query("reading specs", &query, &[])?
+            .iter()
+            .map(|r| self.decode_spec(&place, &r.bytes(0)?))
+            .collect()
     }
 
     /// Stores the last pushed spec of `spec.machine`, and which plan generation its machine
     /// spec generation came from (for status: agents report the spec generation).
     pub fn save_spec(&self, spec: &MachineSpec) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO specs(machine, generation, spec) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(machine) DO UPDATE SET generation = excluded.generation,
-                 spec = excluded.spec",
-                params![
-                    spec.machine,
-                    spec.generation as i64,
-                    self.encode_spec("specs.spec", spec)?
-                ],
-            )
-            .map_err(sql("writing a spec"))?;
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO spec_history(machine, generation, plan_generation)
-                 VALUES (?1, ?2, ?3)",
-                params![
-                    spec.machine,
-                    spec.generation as i64,
-                    spec.plan_generation as i64
-                ],
-            )
-            .map_err(sql("writing spec history"))?;
+        self.exec(
+            "writing a spec",
+            "INSERT INTO specs(machine, generation, spec) VALUES (?1, ?2, ?3)
+             ON CONFLICT(machine) DO UPDATE SET generation = excluded.generation,
+             spec = excluded.spec",
+            params![
+                &spec.machine,
+                spec.generation,
+                self.encode_spec("specs.spec", spec)?
+            ],
+        )?;
+        self.exec(
+            "writing spec history",
+            "INSERT INTO spec_history(machine, generation, plan_generation)
+             VALUES (?1, ?2, ?3)
+             ON CONFLICT(machine, generation) DO UPDATE SET
+             plan_generation = excluded.plan_generation",
+            params![&spec.machine, spec.generation, spec.plan_generation],
+        )?;
         Ok(())
     }
 
@@ -211,15 +269,16 @@ impl Tx<'_> {
         machine: &str,
         generation: u64,
     ) -> Result<Option<u64>, StoreError> {
-        self.conn
-            .query_row(
+        Ok(self
+            .query_opt(
+                "reading spec history",
                 "SELECT plan_generation FROM spec_history WHERE machine = ?1 AND generation = ?2",
-                params![machine, generation as i64],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|g| g.map(|g| g as u64).filter(|g| *g > 0))
-            .map_err(sql("reading spec history"))
+                params![machine, generation],
+            )?
+            .map(|r| r.int(0))
+            .transpose()?
+            .map(|g| g as u64)
+            .filter(|g| *g > 0))
     }
 
     /// What every machine runs when no rollout is in flight (all nodes desired RUNNING).
@@ -233,16 +292,13 @@ impl Tx<'_> {
 
     /// Replaces the baseline with `specs`.
     pub fn set_baseline(&self, specs: &[MachineSpec]) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM baseline", [])
-            .map_err(sql("clearing the baseline"))?;
+        self.exec("clearing the baseline", "DELETE FROM baseline", &[])?;
         for s in specs {
-            self.conn
-                .execute(
-                    "INSERT INTO baseline(machine, spec) VALUES (?1, ?2)",
-                    params![s.machine, self.encode_spec("baseline.spec", s)?],
-                )
-                .map_err(sql("writing the baseline"))?;
+            self.exec(
+                "writing the baseline",
+                "INSERT INTO baseline(machine, spec) VALUES (?1, ?2)",
+                params![&s.machine, self.encode_spec("baseline.spec", s)?],
+            )?;
         }
         Ok(())
     }
@@ -251,51 +307,52 @@ impl Tx<'_> {
 
     /// Records a stored artifact (idempotent).
     pub fn record_artifact(&self, row: &ArtifactRow) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO artifacts(sha256, size, name, stored_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(sha256) DO NOTHING",
-                params![row.sha256, row.size as i64, row.name, now_s()],
-            )
-            .map_err(sql("recording an artifact"))?;
+        self.exec(
+            "recording an artifact",
+            "INSERT INTO artifacts(sha256, size, name, stored_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(sha256) DO NOTHING",
+            params![&row.sha256, row.size, &row.name, now_s()],
+        )?;
         Ok(())
     }
 
     /// Forgets an artifact of the index (its file was removed).
     pub fn forget_artifact(&self, sha256: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM artifacts WHERE sha256 = ?1", params![sha256])
-            .map_err(sql("forgetting an artifact"))?;
+        self.exec(
+            "forgetting an artifact",
+            "DELETE FROM artifacts WHERE sha256 = ?1",
+            params![sha256],
+        )?;
         Ok(())
     }
 
     /// The artifact index.
     pub fn artifacts(&self) -> Result<Vec<ArtifactRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT sha256, size, name FROM artifacts ORDER BY sha256")
-            .map_err(sql("reading artifacts"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(ArtifactRow {
-                    sha256: r.get(0)?,
-                    size: r.get::<_, i64>(1)? as u64,
-                    name: r.get(2)?,
-                })
+        self.query(
+            "reading artifacts",
+            "SELECT sha256, size, name FROM artifacts ORDER BY sha256",
+            &[],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(ArtifactRow {
+                sha256: r.text(0)?,
+                size: r.int(1)? as u64,
+                name: r.text(2)?,
             })
-            .map_err(sql("reading artifacts"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sql("reading artifacts"))
+        })
+        .collect()
     }
 
     // ---- plans ---------------------------------------------------------------------------
 
     /// The newest plan generation, 0 when none.
     pub fn latest_generation(&self) -> Result<u64, StoreError> {
-        let g: Option<i64> = self
-            .conn
-            .query_row("SELECT MAX(generation) FROM plans", [], |r| r.get(0))
-            .map_err(sql("reading plans"))?;
+        let g = self
+            .query_opt("reading plans", "SELECT MAX(generation) FROM plans", &[])?
+            .map(|r| r.opt_int(0))
+            .transpose()?
+            .flatten();
         Ok(g.unwrap_or(0) as u64)
     }
 
@@ -312,20 +369,12 @@ impl Tx<'_> {
             serde_json::to_vec(secrets).map_err(|e| corrupt("plan secrets")(e.to_string()))?;
         let secrets = self.seal.seal("plans.secrets", &secrets)?;
         let plan_toml = self.seal.seal("plans.plan_toml", plan_toml.as_bytes())?;
-        self.conn
-            .execute(
-                "INSERT INTO plans(generation, author, created_at, plan_path, plan_toml, secrets)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    generation as i64,
-                    author,
-                    now_s(),
-                    plan_path,
-                    plan_toml,
-                    secrets
-                ],
-            )
-            .map_err(sql("storing a plan"))?;
+        self.exec(
+            "storing a plan",
+            "INSERT INTO plans(generation, author, created_at, plan_path, plan_toml, secrets)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![generation, author, now_s(), plan_path, plan_toml, secrets],
+        )?;
         self.prune_secrets(generation)?;
         Ok(generation)
     }
@@ -340,49 +389,45 @@ impl Tx<'_> {
         let keep = self
             .baseline()?
             .values()
-            .map(|s| s.plan_generation as i64)
+            .map(|s| s.plan_generation)
             .max()
             .unwrap_or(0);
         let empty = self.seal.seal("plans.secrets", b"{}")?;
-        self.conn
-            .execute(
-                "UPDATE plans SET secrets = ?1 WHERE generation <= ?2 AND generation != ?3",
-                params![empty, oldest_kept as i64, keep],
-            )
-            .map_err(sql("pruning plan secrets"))?;
-        self.conn
-            .execute(
-                "DELETE FROM rollout_targets WHERE rollout_id IN
-                 (SELECT id FROM rollouts WHERE generation <= ?1 AND generation != ?2)",
-                params![oldest_kept as i64, keep],
-            )
-            .map_err(sql("pruning rollout targets"))?;
+        self.exec(
+            "pruning plan secrets",
+            "UPDATE plans SET secrets = ?1 WHERE generation <= ?2 AND generation != ?3",
+            params![empty, oldest_kept, keep],
+        )?;
+        self.exec(
+            "pruning rollout targets",
+            "DELETE FROM rollout_targets WHERE rollout_id IN
+             (SELECT id FROM rollouts WHERE generation <= ?1 AND generation != ?2)",
+            params![oldest_kept, keep],
+        )?;
         Ok(())
     }
 
     /// Records what the operator asked of nodes at `generation` ([`RunState`]).
     pub fn set_run_state(&self, generation: u64, run: &RunState) -> Result<(), StoreError> {
         let body = serde_json::to_string(run).map_err(|e| corrupt("run state")(e.to_string()))?;
-        self.conn
-            .execute(
-                "UPDATE plans SET run_state = ?1 WHERE generation = ?2",
-                params![body, generation as i64],
-            )
-            .map_err(sql("storing a run state"))?;
+        self.exec(
+            "storing a run state",
+            "UPDATE plans SET run_state = ?1 WHERE generation = ?2",
+            params![body, generation],
+        )?;
         Ok(())
     }
 
     /// The [`RunState`] of `generation` (empty before the first, or for an unknown one).
     pub fn run_state(&self, generation: u64) -> Result<RunState, StoreError> {
-        let body: Option<String> = self
-            .conn
-            .query_row(
+        let body = self
+            .query_opt(
+                "reading a run state",
                 "SELECT run_state FROM plans WHERE generation = ?1",
-                [generation as i64],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sql("reading a run state"))?;
+                params![generation],
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
         body.map_or(Ok(RunState::default()), |b| {
             serde_json::from_str(&b).map_err(|e| corrupt("run state")(e.to_string()))
         })
@@ -390,39 +435,27 @@ impl Tx<'_> {
 
     /// One plan generation.
     pub fn plan(&self, generation: u64) -> Result<Option<StoredPlan>, StoreError> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT author, created_at, plan_path, plan_toml, secrets FROM plans
-                 WHERE generation = ?1",
-                [generation as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        bytes_at(r, 3)?,
-                        bytes_at(r, 4)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(sql("reading a plan"))?;
-        row.map(|(author, created_at, plan_path, plan_toml, secrets)| {
-            let plan_toml = self.seal.open("plans.plan_toml", &plan_toml)?;
-            let secrets = self.seal.open("plans.secrets", &secrets)?;
-            Ok(StoredPlan {
-                generation,
-                author,
-                created_at,
-                plan_path,
-                plan_toml: String::from_utf8(plan_toml)
-                    .map_err(|e| corrupt("plan text")(e.to_string()))?,
-                secrets: serde_json::from_slice(&secrets)
-                    .map_err(|e| corrupt("plan secrets")(e.to_string()))?,
-            })
-        })
-        .transpose()
+        let Some(row) = self.query_opt(
+            "reading a plan",
+            "SELECT author, created_at, plan_path, plan_toml, secrets FROM plans
+             WHERE generation = ?1",
+            params![generation],
+        )?
+        else {
+            return Ok(None);
+        };
+        let plan_toml = self.seal.open("plans.plan_toml", &row.bytes(3)?)?;
+        let secrets = self.seal.open("plans.secrets", &row.bytes(4)?)?;
+        Ok(Some(StoredPlan {
+            generation,
+            author: row.text(0)?,
+            created_at: row.int(1)?,
+            plan_path: row.text(2)?,
+            plan_toml: String::from_utf8(plan_toml)
+                .map_err(|e| corrupt("plan text")(e.to_string()))?,
+            secrets: serde_json::from_slice(&secrets)
+                .map_err(|e| corrupt("plan secrets")(e.to_string()))?,
+        }))
     }
 
     // ---- rollouts ------------------------------------------------------------------------
@@ -430,38 +463,29 @@ impl Tx<'_> {
     /// Stores (inserts or updates) a rollout.
     pub fn save_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
         let body = serde_json::to_string(r).map_err(|e| corrupt("rollout")(e.to_string()))?;
-        self.conn
-            .execute(
-                "INSERT INTO rollouts(id, generation, state, updated_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state,
-                 updated_at = excluded.updated_at, body = excluded.body",
-                params![
-                    r.id,
-                    r.generation as i64,
-                    format!("{:?}", r.state),
-                    now_s(),
-                    body
-                ],
-            )
-            .map_err(sql("writing a rollout"))?;
+        self.exec(
+            "writing a rollout",
+            "INSERT INTO rollouts(id, generation, state, updated_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state,
+             updated_at = excluded.updated_at, body = excluded.body",
+            params![
+                &r.id,
+                r.generation,
+                format!("{:?}", r.state),
+                now_s(),
+                body
+            ],
+        )?;
         Ok(())
     }
 
     /// Every rollout, by its plan generation (a generation has at most one).
     pub fn rollouts_by_generation(&self) -> Result<BTreeMap<u64, RolloutRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT body FROM rollouts")
-            .map_err(sql("reading rollouts"))?;
-        let bodies = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(sql("reading rollouts"))?;
         let mut out = BTreeMap::new();
-        for b in bodies {
-            let b = b.map_err(sql("reading rollouts"))?;
-            let r: RolloutRecord =
-                serde_json::from_str(&b).map_err(|e| corrupt("rollout")(e.to_string()))?;
+        for row in self.query("reading rollouts", "SELECT body FROM rollouts", &[])? {
+            let r: RolloutRecord = serde_json::from_str(&row.text(0)?)
+                .map_err(|e| corrupt("rollout")(e.to_string()))?;
             out.insert(r.generation, r);
         }
         Ok(out)
@@ -469,50 +493,43 @@ impl Tx<'_> {
 
     /// The newest rollout (by generation), if any.
     pub fn latest_rollout(&self) -> Result<Option<RolloutRecord>, StoreError> {
-        let body: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT body FROM rollouts ORDER BY generation DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sql("reading rollouts"))?;
-        body.map(|b| serde_json::from_str(&b).map_err(|e| corrupt("rollout")(e.to_string())))
-            .transpose()
+        self.query_opt(
+            "reading rollouts",
+            "SELECT body FROM rollouts ORDER BY generation DESC LIMIT 1",
+            &[],
+        )?
+        .map(|r| {
+            serde_json::from_str(&r.text(0)?).map_err(|e| corrupt("rollout")(e.to_string()))
+        })
+        .transpose()
     }
 
     /// Stores the target spec of every machine of a rollout (all nodes desired RUNNING).
     pub fn save_targets(&self, rollout_id: &str, specs: &[MachineSpec]) -> Result<(), StoreError> {
         for s in specs {
-            self.conn
-                .execute(
-                    "INSERT OR REPLACE INTO rollout_targets(rollout_id, machine, spec)
-                     VALUES (?1, ?2, ?3)",
-                    params![
-                        rollout_id,
-                        s.machine,
-                        self.encode_spec("rollout_targets.spec", s)?
-                    ],
-                )
-                .map_err(sql("writing rollout targets"))?;
+            self.exec(
+                "writing rollout targets",
+                "INSERT INTO rollout_targets(rollout_id, machine, spec) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(rollout_id, machine) DO UPDATE SET spec = excluded.spec",
+                params![
+                    rollout_id,
+                    &s.machine,
+                    self.encode_spec("rollout_targets.spec", s)?
+                ],
+            )?;
         }
         Ok(())
     }
 
     /// The target specs of a rollout, by machine.
     pub fn targets(&self, rollout_id: &str) -> Result<BTreeMap<String, MachineSpec>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT spec FROM rollout_targets WHERE rollout_id = ?1")
-            .map_err(sql("reading rollout targets"))?;
-        let rows = stmt
-            .query_map([rollout_id], |r| bytes_at(r, 0))
-            .map_err(sql("reading rollout targets"))?;
         let mut out = BTreeMap::new();
-        for row in rows {
-            let bytes = row.map_err(sql("reading rollout targets"))?;
-            let spec = self.decode_spec("rollout_targets.spec", &bytes)?;
+        for row in self.query(
+            "reading rollout targets",
+            "SELECT spec FROM rollout_targets WHERE rollout_id = ?1",
+            params![rollout_id],
+        )? {
+            let spec = self.decode_spec("rollout_targets.spec", &row.bytes(0)?)?;
             out.insert(spec.machine.clone(), spec);
         }
         Ok(out)
