@@ -76,6 +76,61 @@ pub struct DaemonConfig {
     /// Lifetime of renewed operator certificates.
     #[serde(default, deserialize_with = "duration")]
     pub operator_cert_ttl: Option<Duration>,
+    /// This controller's name among several (`apimctl controllers`); default the host name.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Where the store lives (`[store]`); default the embedded SQLite file in `data_dir`.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`: the embedded SQLite file (no `url`), or PostgreSQL, which several controllers
+/// share.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user@host:port/database` (never with a password).
+    pub url: Option<String>,
+    /// The database password by reference: `env:NAME` or `file:/path` (the file's first line).
+    pub password: Option<String>,
+}
+
+impl StoreConfig {
+    /// The store this section names, opened (and migrated); the sealing key lives in
+    /// `data_dir` (every controller of one PostgreSQL store needs a copy of the same file).
+    pub fn open(&self, data_dir: &Path) -> Result<Store, DaemonError> {
+        let Some(url) = &self.url else {
+            if self.password.is_some() {
+                return Err(DaemonError::Config(
+                    "[store] password without url: the embedded store has no password".into(),
+                ));
+            }
+            return Ok(Store::open(data_dir)?);
+        };
+        let password = self.password.as_deref().map(resolve_password).transpose()?;
+        let target = crate::store::PgTarget::new(url, password.as_deref())?;
+        Ok(Store::open_postgres(target, data_dir)?)
+    }
+}
+
+/// Reads a password reference; a literal password in the configuration file is refused.
+fn resolve_password(reference: &str) -> Result<String, DaemonError> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        return std::env::var(name).map_err(|_| {
+            DaemonError::Config(format!(
+                "[store] password: environment variable {name} is not set"
+            ))
+        });
+    }
+    if let Some(path) = reference.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| DaemonError::Config(format!("[store] password: reading {path}: {e}")))?;
+        return Ok(text.lines().next().unwrap_or("").to_owned());
+    }
+    Err(DaemonError::Config(
+        "[store] password must be a reference, `env:NAME` or `file:/path`, never the password"
+            .into(),
+    ))
 }
 
 /// A duration written like the plan's (`"90s"`, `"5m"`, `"12h"`, `"30d"`).
@@ -161,6 +216,9 @@ pub enum DaemonError {
     /// The controller's state could not be loaded.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// A setting is wrong.
+    #[error("controller configuration: {0}")]
+    Config(String),
     /// Binding the listener failed.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -205,9 +263,14 @@ pub fn ca_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("ca")
 }
 
-/// Opens the controller's state over `data_dir` (CA, store, artifacts, PKIs).
-pub fn open_state(data_dir: &Path, secrets_retention: u64) -> Result<ControllerState, DaemonError> {
-    let mut store = Store::open(data_dir)?;
+/// Opens the controller's state over `data_dir` (CA, store, artifacts, PKIs) and the store
+/// `[store]` names.
+pub fn open_state(
+    data_dir: &Path,
+    store: &StoreConfig,
+    secrets_retention: u64,
+) -> Result<ControllerState, DaemonError> {
+    let mut store = store.open(data_dir)?;
     store.set_secrets_retention(secrets_retention);
     let ca = apim_certs::ControlPlaneCa::load_or_create(&ca_dir(data_dir))?;
     Ok(ControllerState::open(
@@ -222,7 +285,11 @@ pub fn open_state(data_dir: &Path, secrets_retention: u64) -> Result<ControllerS
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // First, so keys are being made while the store opens and agents connect.
     apim_certs::start_key_pool(config.key_pool);
-    let state = Arc::new(open_state(&config.data_dir, config.secrets_retention)?);
+    let state = Arc::new(open_state(
+        &config.data_dir,
+        &config.store,
+        config.secrets_retention,
+    )?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| DaemonError::Bind {

@@ -87,7 +87,8 @@ impl Row {
 
     /// Column `i` as an integer.
     pub fn int(&self, i: usize) -> Result<i64, StoreError> {
-        self.opt_int(i)?.ok_or_else(|| mismatch(i, "an integer", &Val::Null))
+        self.opt_int(i)?
+            .ok_or_else(|| mismatch(i, "an integer", &Val::Null))
     }
 
     /// Column `i` as text.

@@ -15,7 +15,10 @@ use super::StoreError;
 /// The migrations, in order.
 const SOURCES: &[(&str, &str)] = &[
     ("V1__initial", include_str!("migrations/V1__initial.sql")),
-    ("V2__controllers", include_str!("migrations/V2__controllers.sql")),
+    (
+        "V2__controllers",
+        include_str!("migrations/V2__controllers.sql"),
+    ),
 ];
 
 /// The schema version this build brings a store to.

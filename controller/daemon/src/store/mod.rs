@@ -37,7 +37,7 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     /// PostgreSQL refused an operation (or the connection broke during it).
-    #[error("store (PostgreSQL): {action}: {source}")]
+    #[error("store (PostgreSQL): {action}: {}", pg_text(source))]
     Postgres {
         /// What the store was doing.
         action: &'static str,
@@ -46,7 +46,7 @@ pub enum StoreError {
         source: postgres::Error,
     },
     /// PostgreSQL could not be reached.
-    #[error("store: cannot connect to PostgreSQL at {url}: {source}")]
+    #[error("store: cannot connect to PostgreSQL at {url}: {}", pg_text(source))]
     Connect {
         /// The store URL (it never holds a password).
         url: String,
@@ -78,7 +78,9 @@ pub enum StoreError {
         reason: String,
     },
     /// The database was written by a newer controller.
-    #[error("store: schema version {found} is newer than this controller's {known}: upgrade this controller")]
+    #[error(
+        "store: schema version {found} is newer than this controller's {known}: upgrade this controller"
+    )]
     TooNew {
         /// The database's version.
         found: i64,
@@ -101,9 +103,28 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Connect { .. } => true,
-            StoreError::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            StoreError::Postgres { source, .. } => {
+                // Class 08: connection exception; class 57: operator intervention (shutdown).
+                source.is_closed()
+                    || source.as_db_error().is_none()
+                    || source
+                        .code()
+                        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57"))
+            }
             _ => false,
         }
+    }
+}
+
+/// A PostgreSQL error as the server said it (the client's own text is only "db error").
+fn pg_text(e: &postgres::Error) -> String {
+    use std::error::Error as _;
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => match e.source() {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 
@@ -367,8 +388,9 @@ fn seal_legacy(conn: &mut Connection, seal: &Sealer) -> Result<(), StoreError> {
             let rows = stmt
                 .query_map([], |r| {
                     let v = match r.get_ref(1)? {
-                        rusqlite::types::ValueRef::Blob(b)
-                        | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
+                        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => {
+                            b.to_vec()
+                        }
                         _ => Vec::new(),
                     };
                     Ok((r.get(0)?, v))

@@ -102,14 +102,14 @@ impl Pg {
             let mut slot = self.lock();
             if slot.as_ref().is_none_or(Client::is_closed) {
                 *slot = None;
-                let client = self
-                    .target
-                    .config
-                    .connect(NoTls)
-                    .map_err(|source| StoreError::Connect {
-                        url: self.target.url.clone(),
-                        source,
-                    })?;
+                let client =
+                    self.target
+                        .config
+                        .connect(NoTls)
+                        .map_err(|source| StoreError::Connect {
+                            url: self.target.url.clone(),
+                            source,
+                        })?;
                 *slot = Some(client);
             }
             let client = slot.as_mut().expect("connected above");
@@ -129,9 +129,7 @@ fn blocking<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreErro
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Err(_) => f(),
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         Ok(_) => Err(StoreError::Config(
             "the PostgreSQL store needs the multi-threaded tokio runtime".into(),
         )),

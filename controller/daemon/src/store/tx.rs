@@ -79,16 +79,22 @@ impl Tx<'_> {
 
     /// The store's revision: it changes on every write, by any controller.
     pub fn revision(&self) -> Result<i64, StoreError> {
-        self.query_opt("reading the revision", "SELECT n FROM revision WHERE id = 1", &[])?
-            .map_or(Ok(0), |r| r.int(0))
+        self.query_opt(
+            "reading the revision",
+            "SELECT n FROM revision WHERE id = 1",
+            &[],
+        )?
+        .map_or(Ok(0), |r| r.int(0))
     }
 
     pub(super) fn kv_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.query_opt("reading kv", "SELECT value FROM kv WHERE key = ?1", params![key])?
-            .map(|r| {
-                hex::decode(r.text(0)?).map_err(|e| corrupt("kv bytes")(e.to_string()))
-            })
-            .transpose()
+        self.query_opt(
+            "reading kv",
+            "SELECT value FROM kv WHERE key = ?1",
+            params![key],
+        )?
+        .map(|r| hex::decode(r.text(0)?).map_err(|e| corrupt("kv bytes")(e.to_string())))
+        .transpose()
     }
 
     pub(super) fn put_kv_bytes(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -120,7 +126,11 @@ impl Tx<'_> {
         what: &'static str,
     ) -> Result<Option<T>, StoreError> {
         let v = self
-            .query_opt("reading kv", "SELECT value FROM kv WHERE key = ?1", params![key])?
+            .query_opt(
+                "reading kv",
+                "SELECT value FROM kv WHERE key = ?1",
+                params![key],
+            )?
             .map(|r| r.text(0))
             .transpose()?;
         v.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(what)(e.to_string())))
@@ -469,13 +479,7 @@ impl Tx<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state,
              updated_at = excluded.updated_at, body = excluded.body",
-            params![
-                &r.id,
-                r.generation,
-                format!("{:?}", r.state),
-                now_s(),
-                body
-            ],
+            params![&r.id, r.generation, format!("{:?}", r.state), now_s(), body],
         )?;
         Ok(())
     }
@@ -498,9 +502,7 @@ impl Tx<'_> {
             "SELECT body FROM rollouts ORDER BY generation DESC LIMIT 1",
             &[],
         )?
-        .map(|r| {
-            serde_json::from_str(&r.text(0)?).map_err(|e| corrupt("rollout")(e.to_string()))
-        })
+        .map(|r| serde_json::from_str(&r.text(0)?).map_err(|e| corrupt("rollout")(e.to_string())))
         .transpose()
     }
 
