@@ -15,14 +15,14 @@ use apim_plan::secrets::ProcessEnv;
 
 use crate::client::Settings;
 use crate::commands::{
-    agents, apply, check, completions, controller, destroy, history, logs, man, nodes, packs, plan,
-    render, renew_cert, revoke, rollout, show, status, token, validate,
+    agents, apply, check, completions, controller, controllers, destroy, history, logs, man, nodes,
+    packs, plan, render, renew_cert, revoke, rollout, show, status, token, validate,
 };
 use crate::error::CliError;
 use crate::output::Format;
 use crate::{
-    exit_codes_check, exit_codes_controller, exit_codes_daemon, exit_codes_offline,
-    exit_codes_plan, exit_codes_rollout, help,
+    exit_codes_check, exit_codes_controller, exit_codes_controllers, exit_codes_daemon,
+    exit_codes_offline, exit_codes_plan, exit_codes_rollout, help,
 };
 use apim_proto::v1::NodeOperation;
 
@@ -165,6 +165,16 @@ enum Command {
         exit_codes_check!()
     ))]
     Check(check::Args),
+    /// The controllers: which one leads rollouts, their versions, heartbeats and lag.
+    #[command(after_long_help = help!(
+        [
+            "apimctl controllers",
+            "apimctl controllers --controller ctl-a:7443,ctl-b:7443   # the first that answers",
+            "apimctl controllers -o json | jq -r .leader"
+        ],
+        exit_codes_controllers!()
+    ))]
+    Controllers(controllers::Args),
     /// Renew your operator certificate with the current one (before it expires).
     #[command(after_long_help = help!(["apimctl renew-cert"], exit_codes_controller!()))]
     RenewCert(renew_cert::Args),
@@ -309,6 +319,9 @@ fn dispatch(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<
         Command::Logs(args) => on_controller(connection, |s| logs::run(args, s, stdout, stderr)),
         Command::Destroy(args) => on_controller(connection, |s| destroy::run(args, s, stdout)),
         Command::Check(args) => on_controller(connection, |s| check::run(args, s, stdout)),
+        Command::Controllers(args) => {
+            on_controller(connection, |s| controllers::run(args, s, stdout, stderr))
+        }
     }
 }
 

@@ -97,6 +97,23 @@ macro_rules! exit_codes_check {
     };
 }
 
+/// The exit codes of `controllers`.
+#[macro_export]
+macro_rules! exit_codes_controllers {
+    () => {
+        concat!(
+            "Exit codes:\n",
+            "  0  exactly one controller leads rollouts (controllers on different versions are\n",
+            "     a warning only, on stderr: a rolling upgrade passes through that state)\n",
+            "  1  no controller holds the rollout lease (rollouts wait until one does), or\n",
+            "     several claim it; or the controller refused the request\n",
+            "  2  usage error (unknown flag, missing argument)\n",
+            "  3  no controller could be reached (nothing listens, no answer, the TLS\n",
+            "     handshake failed); the hint names the address and the files used"
+        )
+    };
+}
+
 /// The exit codes of the commands run on the controller host (`controller …`).
 #[macro_export]
 macro_rules! exit_codes_daemon {

@@ -1,9 +1,9 @@
 //! Snapshots (insta) of what operators read: the help of every command, the `status`,
-//! `agents` and `history` tables, the `status --watch` views, and the JSON shapes of status,
-//! agents, history and errors. Inputs are built here with fixed times and "now" is fixed, the
-//! help is wrapped at a fixed width without colours: the snapshots do not depend on the
-//! machine, the terminal or the clock. A changed snapshot is a changed interface: review it
-//! (`cargo insta review`, or `INSTA_UPDATE=always` and read the diff).
+//! `agents`, `history` and `controllers` tables, the `status --watch` views, and the JSON shapes
+//! of status, agents, history, controllers and errors. Inputs are built here with fixed times
+//! and "now" is fixed, the help is wrapped at a fixed width without colours: the snapshots do
+//! not depend on the machine, the terminal or the clock. A changed snapshot is a changed
+//! interface: review it (`cargo insta review`, or `INSTA_UPDATE=always` and read the diff).
 
 use std::time::{Duration, SystemTime};
 
@@ -217,6 +217,12 @@ fn history_table() {
     insta::assert_snapshot!(tables::history(&history(), now()).lines().join("\n"));
 }
 
+#[test]
+fn controllers_table() {
+    use crate::commands::controllers::{table, tests::three};
+    insta::assert_snapshot!(table(&three(), now()).lines().join("\n"));
+}
+
 fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).expect("json")
 }
@@ -234,6 +240,16 @@ fn agents_json() {
 #[test]
 fn history_json() {
     insta::assert_snapshot!(pretty(&json::history(&history())));
+}
+
+/// Three controllers in a rolling upgrade (one on another version): the warning is in the
+/// document.
+#[test]
+fn controllers_json() {
+    use crate::commands::controllers::{findings, tests::three, to_json};
+    let mut members = three();
+    members[1].version = "0.2.0".into();
+    insta::assert_snapshot!(pretty(&to_json(&members, &findings(&members))));
 }
 
 /// Every kind of error report, as JSON and as text.

@@ -653,3 +653,52 @@ async fn a_controller_list_fails_over_to_the_first_that_answers() {
     );
     c.shutdown().await.expect("clean shutdown");
 }
+
+/// `controllers` against one real controller: it is the one member, leads, answered the call
+/// and runs this build's version; exit 0, no warning; `-o json` is one document saying so; a
+/// `--controller dead,live` list is answered by the live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_lists_the_one_leading_controller() {
+    let c = Controller::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let version = env!("CARGO_PKG_VERSION");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["controllers"]).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(err.is_empty(), "no warning: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one member: {out}");
+    assert!(lines[0].trim_start().starts_with("ID "), "{out}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[0], "*", "marked as the one that answered: {out}");
+    assert!(row.contains(&"leader") && row.contains(&version), "{out}");
+    assert!(!has_rfc3339(&out), "human times: {out}");
+
+    let (code, out, err) = apimctl(&c, dir.path(), &["controllers", "-o", "json"]).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    let members = doc["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{doc}");
+    let me = &members[0];
+    assert_eq!(me["leader"], true, "{doc}");
+    assert_eq!(me["answering"], true, "{doc}");
+    assert_eq!(me["version"], version, "{doc}");
+    assert_eq!(me["lag_ms"], 0, "{doc}");
+    assert!(me["heartbeat"].as_str().is_some_and(has_rfc3339), "{doc}");
+    assert_eq!(doc["leader"], me["id"], "{doc}");
+    assert_eq!(doc["problems"], serde_json::json!([]), "{doc}");
+    assert_eq!(doc["warnings"], serde_json::json!([]), "{doc}");
+
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let list = format!("{dead},{}", c.addr);
+    let (code, out, err) = apimctl(&c, dir.path(), &["controllers", "--controller", &list]).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.starts_with('*')),
+        "{out}"
+    );
+    c.shutdown().await.expect("clean shutdown");
+}

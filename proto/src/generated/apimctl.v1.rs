@@ -2821,6 +2821,45 @@ pub struct MachineCheck {
     #[prost(string, tag = "3")]
     pub message: ::prost::alloc::string::String,
 }
+/// Asks for the controllers of the cluster.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListControllersRequest {}
+/// The controllers of the cluster.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListControllersResponse {
+    /// One entry per controller the membership table holds, the answering one included.
+    #[prost(message, repeated, tag = "1")]
+    pub members: ::prost::alloc::vec::Vec<ControllerMember>,
+}
+/// One controller as the membership table shows it. Its text fields come from the store, which
+/// every controller writes: untrusted at the terminal (escape before printing).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ControllerMember {
+    /// Its id (its configuration's `id`, by default its hostname), e.g. "ctl-a".
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// The address agents and operators dial, e.g. "10.0.0.5:7443"; empty when not advertised.
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    /// Its build's version.
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+    /// When it started, unix milliseconds.
+    #[prost(int64, tag = "4")]
+    pub started_at_unix_ms: i64,
+    /// When it last wrote its heartbeat, unix milliseconds.
+    #[prost(int64, tag = "5")]
+    pub heartbeat_unix_ms: i64,
+    /// It holds the rollout lease now (it leads rollouts).
+    #[prost(bool, tag = "6")]
+    pub leader: bool,
+    /// How far its view is behind the store, in milliseconds (0 for the leader).
+    #[prost(int64, tag = "7")]
+    pub lag_ms: i64,
+    /// It is the controller answering this call.
+    #[prost(bool, tag = "8")]
+    pub answering: bool,
+}
 /// What kind of change a node would see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -3492,6 +3531,34 @@ pub mod operator_service_client {
                 .insert(GrpcMethod::new("apimctl.v1.OperatorService", "CheckDrift"));
             self.inner.unary(req, path, codec).await
         }
+        /// The controllers of the cluster as the membership table shows them: which one holds the
+        /// rollout lease, their versions, heartbeats and lag. Any controller answers, leader or not.
+        pub async fn list_controllers(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListControllersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListControllersResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/apimctl.v1.OperatorService/ListControllers",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("apimctl.v1.OperatorService", "ListControllers"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3658,6 +3725,15 @@ pub mod operator_service_server {
             request: tonic::Request<super::CheckDriftRequest>,
         ) -> std::result::Result<
             tonic::Response<super::CheckDriftResponse>,
+            tonic::Status,
+        >;
+        /// The controllers of the cluster as the membership table shows them: which one holds the
+        /// rollout lease, their versions, heartbeats and lag. Any controller answers, leader or not.
+        async fn list_controllers(
+            &self,
+            request: tonic::Request<super::ListControllersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListControllersResponse>,
             tonic::Status,
         >;
     }
@@ -4536,6 +4612,52 @@ pub mod operator_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CheckDriftSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/apimctl.v1.OperatorService/ListControllers" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListControllersSvc<T: OperatorService>(pub Arc<T>);
+                    impl<
+                        T: OperatorService,
+                    > tonic::server::UnaryService<super::ListControllersRequest>
+                    for ListControllersSvc<T> {
+                        type Response = super::ListControllersResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListControllersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OperatorService>::list_controllers(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListControllersSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

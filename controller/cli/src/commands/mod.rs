@@ -4,7 +4,7 @@
 //! mTLS with an operator certificate, see [`crate::client`]): [`apply`], [`plan`], [`status`],
 //! [`agents`], [`token`], [`revoke`], [`renew_cert`], [`rollout`], [`history`] (rollback and
 //! diff), [`nodes`] (restart, stop, start), [`packs`], [`show`], [`logs`], [`destroy`],
-//! [`check`] (drift). On the controller host: [`controller`] (`controller run`, the daemon, and
+//! [`check`] (drift), [`controllers`] (the controllers, which one leads). On the controller host: [`controller`] (`controller run`, the daemon, and
 //! `controller operator-cert`).
 
 pub mod agents;
@@ -12,6 +12,7 @@ pub mod apply;
 pub mod check;
 pub mod completions;
 pub mod controller;
+pub mod controllers;
 pub mod destroy;
 pub mod history;
 pub mod logs;

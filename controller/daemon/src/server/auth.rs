@@ -115,11 +115,13 @@ pub enum Rpc {
     HealthCheck,
     /// `grpc.health.v1.Health.Watch` (ended by the controller at shutdown).
     HealthWatch,
+    /// `OperatorService.ListControllers`.
+    ListControllers,
 }
 
 impl Rpc {
     /// Every RPC, for tests that must cover them all.
-    pub const ALL: [Rpc; 27] = [
+    pub const ALL: [Rpc; 28] = [
         Rpc::Enroll,
         Rpc::Renew,
         Rpc::Recover,
@@ -147,6 +149,7 @@ impl Rpc {
         Rpc::CheckDrift,
         Rpc::HealthCheck,
         Rpc::HealthWatch,
+        Rpc::ListControllers,
     ];
 
     /// The fully qualified gRPC path, e.g. `/apimctl.v1.Enrollment/Enroll`, or
@@ -180,6 +183,7 @@ impl Rpc {
             Rpc::CheckDrift => "/apimctl.v1.OperatorService/CheckDrift",
             Rpc::HealthCheck => "/grpc.health.v1.Health/Check",
             Rpc::HealthWatch => "/grpc.health.v1.Health/Watch",
+            Rpc::ListControllers => "/apimctl.v1.OperatorService/ListControllers",
         }
     }
 
@@ -214,7 +218,8 @@ impl Rpc {
             | Rpc::ShowNode
             | Rpc::Logs
             | Rpc::Destroy
-            | Rpc::CheckDrift => Access::Operator,
+            | Rpc::CheckDrift
+            | Rpc::ListControllers => Access::Operator,
         }
     }
 }
@@ -500,5 +505,6 @@ mod tests {
         assert_eq!(Rpc::Recover.access(), Access::RecoveringAgent);
         assert_eq!(Rpc::HealthCheck.access(), Access::Probe);
         assert_eq!(Rpc::HealthWatch.access(), Access::Probe);
+        assert_eq!(Rpc::ListControllers.access(), Access::Operator);
     }
 }

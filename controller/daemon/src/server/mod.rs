@@ -15,6 +15,7 @@
 //! | [`show`] | `ShowNode` (a node's spec, secrets masked) and `Logs` (relayed through its agent) |
 //! | [`destroy`] | `Destroy`: destroy specs pushed, the machines' progress streamed |
 //! | `drift`, `repair` | `CheckDrift` (the agents' `CheckDrift` command, answered bounded); with `[rollout] drift = "repair"`, drifted nodes restarted through the gated path |
+//! | `members` | `ListControllers`: the controllers of the cluster, which one leads, their versions and lag |
 //! | [`health`] | `grpc.health.v1.Health` (`Check`/`Watch`): SERVING once the store is open and the rollout engine runs, NOT_SERVING from shutdown on; callable without a certificate |
 //! | [`error`] | [`ServerError`] and its one mapping to `tonic::Status` |
 //!
@@ -30,6 +31,7 @@ pub mod enrollment;
 pub mod error;
 pub mod health;
 mod history;
+mod members;
 mod nodes;
 pub mod operator;
 mod packs;

@@ -11,10 +11,11 @@ use apim_proto::v1::{
     AbortRolloutRequest, AgentInfo, ApplyRequest, ApplyResponse, ChangeKind, CheckDriftRequest,
     CheckDriftResponse, ClusterStatus, CreateTokenRequest, CreateTokenResponse, DestroyRequest,
     DiffRequest, DiffResponse, ErrorDetail, HistoryRequest, HistoryResponse, ListAgentsRequest,
-    ListAgentsResponse, ListArtifactsRequest, ListArtifactsResponse, LogsRequest, MachineStatus,
-    NodePhase, NodeStatus, OperateNodesRequest, OperateNodesResponse, PlanRequest, PlanResponse,
-    PruneArtifactsRequest, PruneArtifactsResponse, RevokeRequest, RevokeResponse, RollbackRequest,
-    Rollout, ShowNodeRequest, ShowNodeResponse, StatusRequest, WatchRequest,
+    ListAgentsResponse, ListArtifactsRequest, ListArtifactsResponse, ListControllersRequest,
+    ListControllersResponse, LogsRequest, MachineStatus, NodePhase, NodeStatus,
+    OperateNodesRequest, OperateNodesResponse, PlanRequest, PlanResponse, PruneArtifactsRequest,
+    PruneArtifactsResponse, RevokeRequest, RevokeResponse, RollbackRequest, Rollout,
+    ShowNodeRequest, ShowNodeResponse, StatusRequest, WatchRequest,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -557,5 +558,12 @@ impl OperatorService for OperatorSvc {
         req: Request<CheckDriftRequest>,
     ) -> Result<Response<CheckDriftResponse>, Status> {
         Ok(Response::new(self.check_drift_inner(req).await?))
+    }
+
+    async fn list_controllers(
+        &self,
+        req: Request<ListControllersRequest>,
+    ) -> Result<Response<ListControllersResponse>, Status> {
+        Ok(Response::new(self.list_controllers_inner(req)?))
     }
 }

@@ -26,12 +26,14 @@ use crate::store::{ArtifactRow, Store};
 
 mod agents;
 mod error;
+mod members;
 mod refusals;
 mod relay;
 
 pub use agents::AgentSnapshot;
 use agents::{AgentRecord, node_names, snapshot};
 pub use error::StateError;
+pub use members::Member;
 use refusals::RefusalLog;
 pub use refusals::Refused;
 pub use relay::{MAX_TAILS, MAX_TAILS_PER_AGENT, RELAY_BUFFER, TailEnd, TailStream};

@@ -190,6 +190,10 @@ async fn call(rpc: Rpc, ch: Channel) -> Result<(), Status> {
             .check_drift(apim_proto::v1::CheckDriftRequest::default())
             .await
             .map(drop),
+        Rpc::ListControllers => OperatorServiceClient::new(ch)
+            .list_controllers(apim_proto::v1::ListControllersRequest {})
+            .await
+            .map(drop),
     }
 }
 
@@ -287,11 +291,11 @@ async fn every_rpc_refuses_every_wrong_credential() {
             }
         }
     }
-    // 25 RPCs × 4 credentials refused everywhere, the 2 health probes × 3 (a presented
-    // certificate must be valid; none at all is fine), 19 operator RPCs for the agent and 3
+    // 26 RPCs × 4 credentials refused everywhere, the 2 health probes × 3 (a presented
+    // certificate must be valid; none at all is fine), 20 operator RPCs for the agent and 3
     // agent RPCs for the operator (Stat and Renew are open to both: agents before a fetch,
     // apply before an upload; each renews its own certificate).
-    assert_eq!(rows, 25 * 4 + 2 * 3 + 19 + 3);
+    assert_eq!(rows, 26 * 4 + 2 * 3 + 20 + 3);
 
     // Nothing was done on the refused calls' behalf.
     assert_eq!(h.state.agents(), agents_before, "agent records changed");
