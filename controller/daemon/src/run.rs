@@ -258,6 +258,15 @@ pub fn init_logging(json: bool) {
     };
 }
 
+/// This host's name (the default controller id).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "controller".to_owned())
+}
+
 /// The control-plane CA directory inside the data directory.
 pub fn ca_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("ca")
@@ -272,7 +281,11 @@ pub fn open_state(
 ) -> Result<ControllerState, DaemonError> {
     let mut store = store.open(data_dir)?;
     store.set_secrets_retention(secrets_retention);
-    let ca = apim_certs::ControlPlaneCa::load_or_create(&ca_dir(data_dir))?;
+    // On a shared store every controller uses the CA the first one made.
+    let ca = crate::shared::adopt(&store, data_dir, "ca", |dir| {
+        apim_certs::ControlPlaneCa::load_or_create(dir).map_err(DaemonError::from)
+    })?;
+    crate::shared::pull(&store, data_dir, "pki")?;
     Ok(ControllerState::open(
         ca,
         &data_dir.join("artifacts"),
@@ -297,6 +310,17 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             source,
         })?;
     let addr = listener.local_addr().unwrap_or(config.listen);
+    state.set_identity(crate::state::Identity {
+        id: config.id.clone().unwrap_or_else(hostname),
+        address: format!(
+            "{}:{}",
+            config
+                .server_names
+                .first()
+                .map_or_else(|| addr.ip().to_string(), Clone::clone),
+            addr.port()
+        ),
+    });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "controller serving");
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify READY not sent");

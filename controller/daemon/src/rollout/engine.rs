@@ -31,9 +31,23 @@ impl Engine {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut changes = self.state.changes();
         loop {
-            let wait = match self.reconcile() {
+            // Only the holder of the rollout lease decides; the others watch (and take over the
+            // stored record if it goes).
+            let Some(epoch) = self.state.leading() else {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = changes.changed() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            let wait = match self.reconcile(epoch) {
                 Ok(Next::Again) => continue,
                 Ok(Next::Wait(d)) => d.unwrap_or(Duration::from_secs(5)),
+                Err(RolloutError::Store(crate::store::StoreError::LostLease)) => {
+                    tracing::warn!("lost the rollout lease; another controller continues");
+                    Duration::from_millis(100)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "rollout reconcile failed; retrying");
                     Duration::from_secs(1)
@@ -48,7 +62,7 @@ impl Engine {
     }
 
     /// One idempotent pass over the latest rollout.
-    fn reconcile(&self) -> Result<Next, RolloutError> {
+    fn reconcile(&self, epoch: i64) -> Result<Next, RolloutError> {
         let store = self.state.store();
         let Some(record) = store.read(|tx| tx.latest_rollout())? else {
             return Ok(Next::Wait(None));
@@ -72,7 +86,7 @@ impl Engine {
         let decision = decide(&record, &world);
         let next = decision.next;
         if decision.record != record || !decision.push.is_empty() || decision.baseline.is_some() {
-            self.carry_out(decision)?;
+            self.carry_out(decision, epoch)?;
         }
         Ok(next)
     }
@@ -98,9 +112,13 @@ impl Engine {
         out
     }
 
-    /// Writes the decision in one transaction, then publishes its specs.
-    fn carry_out(&self, d: Decision) -> Result<(), RolloutError> {
+    /// Writes the decision in one transaction (only while this controller still holds the
+    /// lease at `epoch`: a deposed leader writes nothing), then publishes its specs.
+    fn carry_out(&self, d: Decision, epoch: i64) -> Result<(), RolloutError> {
         self.state.store().write(|tx| {
+            if !self.state.still_leading(tx, epoch)? {
+                return Err(crate::store::StoreError::LostLease);
+            }
             for s in &d.push {
                 tx.save_spec(s)?;
             }

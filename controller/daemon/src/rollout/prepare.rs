@@ -120,6 +120,10 @@ pub async fn prepare(
     let mut no_base = Vec::new();
     let mut missing = Vec::new();
     for d in plan.distributions.values() {
+        // Uploaded to another controller (several on one store): taken from the store.
+        if let Err(e) = state.ensure_artifact(&d.sha256.value).await {
+            tracing::warn!(error = %e, "taking a pack from the store failed");
+        }
         match state.artifacts().size(&d.sha256.value).await {
             Ok(size) => {
                 let at = d.path.span.start;
@@ -151,6 +155,9 @@ pub async fn prepare(
     }
     // Drivers are artifacts like packs: stored before an apply may name them.
     for d in plan.drivers.values() {
+        if let Err(e) = state.ensure_artifact(&d.sha256.value).await {
+            tracing::warn!(error = %e, "taking a driver from the store failed");
+        }
         match state.artifacts().size(&d.sha256.value).await {
             Ok(size) => {
                 pack_sizes.insert(d.sha256.value.to_ascii_lowercase(), size);

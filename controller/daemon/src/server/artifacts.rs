@@ -58,6 +58,7 @@ impl ArtifactSvc {
             limit,
         } = req.into_inner();
         self.check_scope(peer.as_ref(), &sha256)?;
+        self.ctx.state.ensure_artifact(&sha256).await?;
         let store = self.ctx.state.artifacts();
         let size = store.size(&sha256).await?;
         if offset > size {
@@ -146,6 +147,7 @@ impl ArtifactSvc {
                 ),
             });
         }
+        self.ctx.state.ensure_artifact(&header.sha256).await?;
         let store = self.ctx.state.artifacts();
         match store.size(&header.sha256).await {
             Ok(size) if size == header.size => {
@@ -179,6 +181,7 @@ impl ArtifactSvc {
             }
         }
         upload.finish().await?;
+        self.ctx.state.share_artifact(&header.sha256).await?;
         self.ctx.state.record_artifact(&header);
         tracing::info!(sha256 = %header.sha256, size = header.size, name = %header.name, %who, seconds = started.elapsed().as_secs_f64(), "artifact stored");
         Ok(UploadResponse {
@@ -247,6 +250,11 @@ impl ArtifactService for ArtifactSvc {
 
     async fn stat(&self, req: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         caller(&req)?;
+        self.ctx
+            .state
+            .ensure_artifact(&req.get_ref().sha256)
+            .await
+            .map_err(ServerError::from)?;
         let size = self
             .ctx
             .state

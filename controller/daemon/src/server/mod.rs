@@ -161,6 +161,8 @@ where
     );
     let (health, health_svc) = health::service(stop_rx.clone()).await;
     tokio::spawn(crate::rollout::Engine::new(Arc::clone(&state)).run(stop_rx.clone()));
+    // Several controllers on one store: membership, the rollout lease, others' writes.
+    let ha = tokio::spawn(Arc::clone(&state).run_ha(stop_rx.clone()));
     tokio::spawn(tls::renew(
         Arc::clone(&state),
         Arc::clone(&config),
@@ -209,5 +211,8 @@ where
         .http2_keepalive_timeout(Some(config.keepalive_interval))
         .serve_with_incoming_shutdown(auth::AuthService::new(routes, authorizer), incoming, signal)
         .await
-        .map_err(|source| ServerError::Transport { source })
+        .map_err(|source| ServerError::Transport { source })?;
+    // Let it hand the lease over (bounded: the lease runs out by itself anyway).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), ha).await;
+    Ok(())
 }

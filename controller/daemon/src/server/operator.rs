@@ -187,6 +187,8 @@ impl OperatorSvc {
             Some(run) => run,
             None => latest_run_state(state)?,
         };
+        // Several controllers: the product PKIs the others made or renewed, before ours.
+        state.pull_shared_pki()?;
         let prepared = rollout::prepare(
             state,
             state.pki_dir(),
@@ -199,6 +201,7 @@ impl OperatorSvc {
         )
         .await?;
         rollout::check_memory(state, &prepared, r.plan_path, r.plan_toml)?;
+        state.push_shared_pki()?;
         if let Some(expected) = r.expected_revision {
             let actual = rollout::cluster_revision(state)?;
             if expected != actual {
@@ -235,6 +238,7 @@ impl OperatorSvc {
             provided_files,
         } = req.into_inner();
         let state = &self.ctx.state;
+        state.pull_shared_pki()?;
         let prepared = rollout::prepare(
             state,
             state.pki_dir(),

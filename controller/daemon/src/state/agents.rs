@@ -23,6 +23,8 @@ pub(super) struct AgentRecord {
     pub(super) facts: Option<MachineFacts>,
     pub(super) held_generation: u64,
     pub(super) last_status: Option<StatusReport>,
+    /// The other controller holding its stream, as the store says (several controllers).
+    pub(super) remote: Option<String>,
 }
 
 /// A copy of what the controller knows about one enrolled agent.
@@ -72,7 +74,8 @@ fn decode_hex<M: apim_proto::prost::Message + Default>(s: &str) -> Option<M> {
 }
 
 impl AgentRecord {
-    pub(super) fn to_stored(&self) -> StoredAgent {
+    /// The stored form; `me` is this controller's id (recorded when it holds the stream).
+    pub(super) fn to_stored(&self, me: &str) -> StoredAgent {
         StoredAgent {
             serials: self
                 .serials
@@ -85,6 +88,7 @@ impl AgentRecord {
             facts: self.facts.as_ref().map(encode_hex),
             held_generation: self.held_generation,
             last_status: self.last_status.as_ref().map(encode_hex),
+            controller: self.session.map(|_| me.to_owned()),
         }
     }
 
@@ -102,6 +106,7 @@ impl AgentRecord {
             facts: s.facts.as_deref().and_then(decode_hex),
             held_generation: s.held_generation,
             last_status: s.last_status.as_deref().and_then(decode_hex),
+            remote: s.controller.clone(),
         }
     }
 }
@@ -110,10 +115,17 @@ pub(super) fn node_names(spec: &MachineSpec) -> BTreeSet<String> {
     spec.nodes.iter().map(|n| n.name.clone()).collect()
 }
 
-pub(super) fn snapshot(inner: &Inner, machine: &str, r: &AgentRecord) -> AgentSnapshot {
+/// A copy of `r`; `live_elsewhere` says whether another controller that holds its stream is
+/// alive (several controllers).
+pub(super) fn snapshot(
+    inner: &Inner,
+    machine: &str,
+    r: &AgentRecord,
+    live_elsewhere: &dyn Fn(&str) -> bool,
+) -> AgentSnapshot {
     AgentSnapshot {
         machine: machine.to_owned(),
-        connected: r.session.is_some(),
+        connected: r.session.is_some() || r.remote.as_deref().is_some_and(live_elsewhere),
         last_seen: r.last_seen,
         cert_serial: r.cert_serial.clone(),
         cert_not_after: r.cert_not_after,

@@ -2,11 +2,8 @@
 //! `OperatorService.ListControllers` (`apimctl controllers`).
 //!
 //! With several controllers on one store, each writes a heartbeat row and one holds the rollout
-//! lease. Until that membership is in the store, this controller is the only member and leads.
+//! lease ([`super::ha`]); on the embedded store this controller is the only member and leads.
 
-use std::time::SystemTime;
-
-use super::{ControllerState, StateError};
 
 /// One controller of the cluster as the membership table shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,34 +26,13 @@ pub struct Member {
     pub this: bool,
 }
 
-/// Now, in unix milliseconds (0 before the epoch, saturated far after it).
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-impl ControllerState {
-    /// Every controller of the cluster, the answering one marked [`Member::this`].
-    pub fn members(&self) -> Result<Vec<Member>, StateError> {
-        // membership from the store: filled in by the HA work
-        let now = now_ms();
-        Ok(vec![Member {
-            id: "local".to_owned(),
-            address: String::new(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at_ms: now,
-            heartbeat_ms: now,
-            leader: true,
-            lag_ms: 0,
-            this: true,
-        }])
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::ControllerState;
+
+    fn now_ms() -> i64 {
+        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    }
 
     /// A lone controller is the one member, leads, lags nothing and is the one answering.
     #[test]

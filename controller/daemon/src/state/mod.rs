@@ -26,6 +26,8 @@ use crate::store::{ArtifactRow, Store};
 
 mod agents;
 mod error;
+mod ha;
+mod shared_artifacts;
 mod members;
 mod refusals;
 mod relay;
@@ -33,6 +35,7 @@ mod relay;
 pub use agents::AgentSnapshot;
 use agents::{AgentRecord, node_names, snapshot};
 pub use error::StateError;
+pub use ha::{Identity, LEASE_TTL};
 pub use members::Member;
 use refusals::RefusalLog;
 pub use refusals::Refused;
@@ -59,11 +62,15 @@ pub struct ControllerState {
     /// exclusively while the artifact store is pruned: a prune never removes what an apply
     /// has just checked.
     artifact_gate: tokio::sync::RwLock<()>,
+    /// One artifact taken from the store at a time (several controllers).
+    materializing: tokio::sync::Mutex<()>,
     /// Command queues of connected agents, and the log streams relayed from them.
     relays: relay::Relays,
     /// The target specs of the latest rollout read, decoded once: a rollout's targets never
     /// change once stored, and `Status` and the engine read them on every change.
     targets: Mutex<Option<(String, Targets)>>,
+    /// Several controllers on one store: identity, lease, the revision this view includes.
+    ha: ha::Ha,
 }
 
 /// A rollout's target spec of every machine, shared.
@@ -117,8 +124,15 @@ impl ControllerState {
         pki_dir: &Path,
         store: Store,
     ) -> Result<Self, StateError> {
-        let (tokens, revoked, agents, specs) =
-            store.read(|tx| Ok((tx.tokens()?, tx.revocations()?, tx.agents()?, tx.specs()?)))?;
+        let (tokens, revoked, agents, specs, revision) = store.read(|tx| {
+            Ok((
+                tx.tokens()?,
+                tx.revocations()?,
+                tx.agents()?,
+                tx.specs()?,
+                tx.revision()?,
+            ))
+        })?;
         let mut inner = Inner {
             tokens,
             revoked,
@@ -145,8 +159,10 @@ impl ControllerState {
             next_session: AtomicU64::new(1),
             refusals: RefusalLog::default(),
             artifact_gate: tokio::sync::RwLock::new(()),
+            materializing: tokio::sync::Mutex::new(()),
             relays: relay::Relays::default(),
             targets: Mutex::new(None),
+            ha: ha::Ha::new(revision),
         })
     }
 
@@ -202,7 +218,7 @@ impl ControllerState {
 
     fn persist_agent(&self, inner: &Inner, machine: &str) {
         if let Some(r) = inner.agents.get(machine) {
-            let stored = r.to_stored();
+            let stored = r.to_stored(&self.ha.id());
             self.persist("agent", |tx| tx.save_agent(machine, &stored));
         }
     }
@@ -690,21 +706,23 @@ impl ControllerState {
 
     /// Every enrolled agent, by machine name.
     pub fn agents(&self) -> Vec<AgentSnapshot> {
+        let me = self.ha.id();
         let inner = self.lock();
         inner
             .agents
             .iter()
-            .map(|(machine, r)| snapshot(&inner, machine, r))
+            .map(|(machine, r)| snapshot(&inner, machine, r, &|c| self.ha.is_live_elsewhere(c, &me)))
             .collect()
     }
 
     /// One agent.
     pub fn agent(&self, machine: &str) -> Option<AgentSnapshot> {
+        let me = self.ha.id();
         let inner = self.lock();
         inner
             .agents
             .get(machine)
-            .map(|r| snapshot(&inner, machine, r))
+            .map(|r| snapshot(&inner, machine, r, &|c| self.ha.is_live_elsewhere(c, &me)))
     }
 }
 

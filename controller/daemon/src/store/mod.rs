@@ -77,6 +77,9 @@ pub enum StoreError {
         /// The decoder's complaint.
         reason: String,
     },
+    /// This controller lost the rollout lease before its write (another controller leads).
+    #[error("store: this controller no longer holds the rollout lease")]
+    LostLease,
     /// The database was written by a newer controller.
     #[error(
         "store: schema version {found} is newer than this controller's {known}: upgrade this controller"
@@ -137,12 +140,14 @@ pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
 }
 
 pub(crate) mod db;
+mod ha;
 pub mod migrate;
 mod pg;
 mod records;
 mod seal;
 mod tx;
 
+pub use ha::{Lease, MemberRow, ROLLOUT_LEASE};
 pub use pg::PgTarget;
 pub use records::{
     ArtifactRow, NodeProgress, Phase, RolloutRecord, RunState, StoredAgent, StoredPlan,
@@ -332,6 +337,31 @@ impl Store {
         }
     }
 
+    /// Runs `f` in one transaction without bumping the revision: for rows other controllers
+    /// do not take into their view (heartbeats, the lease).
+    pub fn write_unversioned<T>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut conn = Self::lock(conn);
+                let tx = conn.transaction().map_err(sql("starting a transaction"))?;
+                let out = self.run(&mut SqliteDb(&tx), Engine::Sqlite, false, f)?;
+                tx.commit().map_err(sql("committing"))?;
+                Ok(out)
+            }
+            Backend::Postgres(pg) => pg.with(|client| {
+                let mut tx = client
+                    .transaction()
+                    .map_err(pg::err("starting a transaction"))?;
+                let out = self.run(&mut PgDb(&mut tx), Engine::Postgres, false, f)?;
+                tx.commit().map_err(pg::err("committing"))?;
+                Ok(out)
+            }),
+        }
+    }
+
     /// Runs read-only `f`.
     pub fn read<T>(
         &self,
@@ -368,11 +398,13 @@ impl Store {
             retention: self.retention,
             engine,
         };
-        let out = f(&tx)?;
+        // First: on PostgreSQL the revision row's lock orders concurrent writers (of every
+        // controller), so the rows a write tags with its revision are committed in order and a
+        // reader that sees revision R sees every row tagged R or less.
         if writes {
             tx.bump_revision()?;
         }
-        Ok(out)
+        f(&tx)
     }
 }
 

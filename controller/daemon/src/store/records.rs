@@ -72,6 +72,9 @@ pub struct StoredAgent {
     pub held_generation: u64,
     /// Last status report, prost-encoded and hex.
     pub last_status: Option<String>,
+    /// The controller holding its stream when this was written (several controllers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
 }
 
 /// One artifact of the index.

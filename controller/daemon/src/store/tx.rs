@@ -67,7 +67,7 @@ impl Tx<'_> {
         self.engine
     }
 
-    /// Bumps the store's revision (every write does, so other controllers notice it).
+    /// Bumps the store's revision (every write does, first, so other controllers notice it).
     pub(super) fn bump_revision(&self) -> Result<(), StoreError> {
         self.exec(
             "bumping the revision",
@@ -115,7 +115,7 @@ impl Tx<'_> {
         self.seal.seal(place, &spec.encode_to_vec())
     }
 
-    fn decode_spec(&self, place: &str, bytes: &[u8]) -> Result<MachineSpec, StoreError> {
+    pub(super) fn decode_spec(&self, place: &str, bytes: &[u8]) -> Result<MachineSpec, StoreError> {
         let plain = self.seal.open(place, bytes)?;
         MachineSpec::decode(plain.as_slice()).map_err(|e| corrupt("machine spec")(e.to_string()))
     }
@@ -200,8 +200,10 @@ impl Tx<'_> {
         let body = serde_json::to_string(agent).map_err(|e| corrupt("agent")(e.to_string()))?;
         self.exec(
             "writing an agent",
-            "INSERT INTO agents(machine, body) VALUES (?1, ?2)
-             ON CONFLICT(machine) DO UPDATE SET body = excluded.body",
+            "INSERT INTO agents(machine, body, revision)
+             VALUES (?1, ?2, (SELECT n FROM revision WHERE id = 1))
+             ON CONFLICT(machine) DO UPDATE SET body = excluded.body,
+             revision = excluded.revision",
             params![machine, body],
         )?;
         Ok(())
@@ -252,9 +254,10 @@ impl Tx<'_> {
     pub fn save_spec(&self, spec: &MachineSpec) -> Result<(), StoreError> {
         self.exec(
             "writing a spec",
-            "INSERT INTO specs(machine, generation, spec) VALUES (?1, ?2, ?3)
+            "INSERT INTO specs(machine, generation, spec, revision)
+             VALUES (?1, ?2, ?3, (SELECT n FROM revision WHERE id = 1))
              ON CONFLICT(machine) DO UPDATE SET generation = excluded.generation,
-             spec = excluded.spec",
+             spec = excluded.spec, revision = excluded.revision",
             params![
                 &spec.machine,
                 spec.generation,
@@ -331,6 +334,11 @@ impl Tx<'_> {
         self.exec(
             "forgetting an artifact",
             "DELETE FROM artifacts WHERE sha256 = ?1",
+            params![sha256],
+        )?;
+        self.exec(
+            "forgetting an artifact's chunks",
+            "DELETE FROM artifact_chunks WHERE sha256 = ?1",
             params![sha256],
         )?;
         Ok(())

@@ -151,6 +151,24 @@ fn a_dropped_connection_fails_one_call_clearly_and_the_next_reconnects() {
         .unwrap()
         .get(0);
     assert!(killed >= 1);
+    // Termination is asynchronous: wait (a guard, not a delay) until the backend is gone.
+    let mut admin = raw(&db);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "backend still there");
+        std::thread::yield_now();
+    }
     let err = s.read(|tx| tx.specs()).unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
     assert!(err.to_string().contains("PostgreSQL"), "{err}");
