@@ -306,7 +306,7 @@ fn lock_servers() -> nix::fcntl::Flock<std::fs::File> {
 }
 
 /// 32 random alphanumeric characters from the kernel's generator.
-fn random_password() -> String {
+pub(crate) fn random_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut buf = [0u8; 32];
     let mut f = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
@@ -317,7 +317,7 @@ fn random_password() -> String {
 }
 
 /// Runs `cmd` with `input` on standard input; Err if it cannot be started.
-fn run_stdin(mut cmd: Command, input: &str) -> Result<Output, String> {
+pub(crate) fn run_stdin(mut cmd: Command, input: &str) -> Result<Output, String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -336,7 +336,7 @@ fn run_stdin(mut cmd: Command, input: &str) -> Result<Output, String> {
 }
 
 /// The standard output of a successful run, else its status and standard error.
-fn check(out: Output) -> Result<String, String> {
+pub(crate) fn check(out: Output) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -349,12 +349,12 @@ fn check(out: Output) -> Result<String, String> {
 }
 
 /// Runs a command to completion with no input; its stdout if it succeeded.
-fn run(cmd: Command) -> Result<String, String> {
+pub(crate) fn run(cmd: Command) -> Result<String, String> {
     run_stdin(cmd, "").and_then(check)
 }
 
 /// Polls `probe` until it returns Some, up to [`START_PATIENCE`] (a failure guard).
-fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub(crate) fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + START_PATIENCE;
     loop {
         match probe() {
@@ -449,7 +449,7 @@ fn postgres_admin() -> Command {
 }
 
 /// The newest installed PostgreSQL server version (`/usr/lib/postgresql/<ver>/bin/postgres`).
-fn postgres_version() -> Option<String> {
+pub(crate) fn postgres_version() -> Option<String> {
     let mut versions: Vec<(u32, String)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(|e| e.ok())
@@ -479,7 +479,7 @@ fn postgres_cluster(version: &str) -> Result<Option<(u16, bool)>, String> {
 }
 
 /// Whether the server on `port` accepts TCP connections on 127.0.0.1.
-fn postgres_ready(port: u16) -> Result<(), String> {
+pub(crate) fn postgres_ready(port: u16) -> Result<(), String> {
     let mut cmd = Command::new("pg_isready");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "5"]);
     run(cmd).map(|_| ())

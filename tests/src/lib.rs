@@ -33,6 +33,7 @@
 pub mod cluster;
 pub mod db;
 pub mod fakejdk;
+pub mod pgcluster;
 pub mod probe;
 pub mod sim;
 pub mod simpack;

@@ -63,8 +63,7 @@ pub fn pull(store: &Store, root: &Path, prefix: &str) -> Result<usize, StoreErro
             f.write_all(&data).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
         }
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(io(&tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         written += 1;
     }
@@ -129,7 +128,10 @@ pub fn adopt<T, E: From<StoreError>>(
     create(&dir)?;
     push(store, root, prefix, false)?;
     if pull(store, root, prefix)? > 0 {
-        tracing::info!(prefix, "another controller's files were stored first: using them");
+        tracing::info!(
+            prefix,
+            "another controller's files were stored first: using them"
+        );
     }
     create(&dir)
 }

@@ -29,11 +29,13 @@ use crate::probe::loopback_for;
 use crate::simpack::{self, PackInfo, PackOptions};
 
 mod binaries;
+mod controllers;
 mod process;
 mod status;
 mod topology;
 
 pub use binaries::{Binaries, workspace_root};
+pub use controllers::ExtraController;
 use process::{command_error, is_alive, kill_child, run_ok};
 pub use process::{find_files, kill_processes_under, stop_detached};
 pub use status::{
@@ -159,6 +161,10 @@ pub struct Cluster {
     /// The controller's address.
     pub controller_addr: SocketAddr,
     controller: Option<Child>,
+    /// Controllers beside the first ([`Cluster::add_controller`]).
+    extra_controllers: Vec<controllers::ExtraController>,
+    /// The address list agents and `apimctl` dial, when several controllers run.
+    controller_list: Option<String>,
     agents: BTreeMap<String, Child>,
     keep: bool,
 }
@@ -367,6 +373,8 @@ impl Cluster {
             packs,
             controller_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             controller: None,
+            extra_controllers: Vec::new(),
+            controller_list: None,
             agents: BTreeMap::new(),
             keep: false,
         })
@@ -544,7 +552,7 @@ impl Cluster {
     pub fn apimctl_cmd(&self) -> Command {
         let op = self.root().join("operator");
         let mut cmd = Command::new(&self.bins.apimctl);
-        cmd.env("APIMCTL_CONTROLLER", self.controller_addr.to_string())
+        cmd.env("APIMCTL_CONTROLLER", self.controller_list())
             .env("APIMCTL_CA", op.join("ca.pem"))
             .env("APIMCTL_CERT", op.join("operator.pem"))
             .env("APIMCTL_KEY", op.join("operator-key.pem"))
@@ -577,7 +585,7 @@ impl Cluster {
         let token_file = self.root().join("tokens").join(&m.name);
         let mut cmd = Command::new(&self.bins.agent);
         cmd.arg("--controller")
-            .arg(self.controller_addr.to_string())
+            .arg(self.controller_list())
             .args(["--server-name", "127.0.0.1", "--machine", &m.name])
             .arg("--state-dir")
             .arg(&m.state_dir)
@@ -718,6 +726,14 @@ impl Cluster {
             self.kill_agent(&m);
         }
         self.kill_controller();
+        let extra: Vec<String> = self
+            .extra_controllers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        for name in extra {
+            self.kill_added_controller(&name);
+        }
         kill_processes_under(self.root());
     }
 }

@@ -358,6 +358,8 @@ impl ServerError {
             ServerError::LogDropped { .. } => Code::Aborted,
             ServerError::OffsetOutOfRange { .. } => Code::OutOfRange,
             ServerError::ShuttingDown => Code::Unavailable,
+            // The database went away (a restart, a failover): retry; it comes back by itself.
+            ServerError::Store(e) if e.is_unavailable() => Code::Unavailable,
             ServerError::Io { .. }
             | ServerError::Issue { .. }
             | ServerError::TlsConfig { .. }
@@ -402,6 +404,7 @@ impl ServerError {
             ServerError::LogDropped { .. } => "logs.dropped",
             ServerError::DestroyDuringRollout { .. } => "destroy.rollout_in_flight",
             ServerError::NothingToDestroy => "destroy.nothing",
+            ServerError::Store(e) if e.is_unavailable() => "store.unavailable",
             ServerError::Io { .. }
             | ServerError::Issue { .. }
             | ServerError::TlsConfig { .. }
@@ -431,6 +434,10 @@ impl ServerError {
             }
             ServerError::SessionCertExpired => "reconnect; the agent renews at 2/3 of the lifetime",
             ServerError::ShuttingDown => "retry with backoff",
+            ServerError::Store(e) if e.is_unavailable() => {
+                "the controller's database is unreachable; the controller reconnects by itself: \
+                 retry, and check the database server if it lasts"
+            }
             ServerError::ClusterChanged { .. } => "run apimctl plan again and review the changes",
             ServerError::RolloutInProgress { .. } => {
                 "wait for it to finish (apimctl status --watch), then apply again"

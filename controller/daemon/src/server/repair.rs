@@ -71,7 +71,8 @@ where
     let (repair, latest) = state
         .store()
         .read(|tx| Ok((tx.drift_repair()?, tx.latest_rollout()?)))?;
-    if !repair {
+    // Several controllers: the one leading rollouts repairs (once), the others watch.
+    if !repair || state.leading().is_none() {
         repairs.clear();
         return Ok(());
     }

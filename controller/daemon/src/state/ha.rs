@@ -130,11 +130,7 @@ impl ControllerState {
 
     /// The fencing check of a leader's write: inside `tx`, whether this controller still holds
     /// the lease at `epoch` (always on the embedded store).
-    pub fn still_leading(
-        &self,
-        tx: &crate::store::Tx<'_>,
-        epoch: i64,
-    ) -> Result<bool, StoreError> {
+    pub fn still_leading(&self, tx: &crate::store::Tx<'_>, epoch: i64) -> Result<bool, StoreError> {
         if tx.engine() == Engine::Sqlite {
             return Ok(true);
         }
@@ -155,7 +151,7 @@ impl ControllerState {
                 if due {
                     self.lease_tick()?;
                 }
-                self.sync_once()
+                self.catch_up()
             })();
             match tick {
                 Ok(()) => {
@@ -253,8 +249,9 @@ impl ControllerState {
         Ok(())
     }
 
-    /// Takes what other controllers wrote since the revision this view includes.
-    fn sync_once(&self) -> Result<(), StoreError> {
+    /// Takes what other controllers wrote since the revision this view includes ([`ControllerState::run_ha`]
+    /// calls it every [`SYNC_EVERY`]).
+    pub fn catch_up(&self) -> Result<(), StoreError> {
         let seen = self.ha.seen.load(Ordering::SeqCst);
         let (now, agents, specs, tokens, revoked) = self.store.read(|tx| {
             let now = tx.revision()?;

@@ -4,7 +4,6 @@
 //! With several controllers on one store, each writes a heartbeat row and one holds the rollout
 //! lease ([`super::ha`]); on the embedded store this controller is the only member and leads.
 
-
 /// One controller of the cluster as the membership table shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {

@@ -27,10 +27,10 @@ use crate::store::{ArtifactRow, Store};
 mod agents;
 mod error;
 mod ha;
-mod shared_artifacts;
 mod members;
 mod refusals;
 mod relay;
+mod shared_artifacts;
 
 pub use agents::AgentSnapshot;
 use agents::{AgentRecord, node_names, snapshot};
@@ -271,28 +271,38 @@ impl ControllerState {
             },
         )?;
         let mut inner = self.lock();
-        inner.tokens.prune(OffsetDateTime::now_utc());
-        inner
-            .tokens
-            .insert(record.clone())
-            .map_err(|source| StateError::Issue {
-                action: "storing a join token",
-                source,
-            })?;
-        self.store.write(|tx| tx.save_tokens(&inner.tokens))?;
+        // The store's registry is the one every controller shares: changed in one transaction
+        // (writes are serialized across controllers), then kept here.
+        let (registry, inserted) = self.store.write(|tx| {
+            let mut registry = tx.tokens()?;
+            registry.prune(OffsetDateTime::now_utc());
+            let inserted = registry.insert(record.clone());
+            if inserted.is_ok() {
+                tx.save_tokens(&registry)?;
+            }
+            Ok((registry, inserted))
+        })?;
+        inner.tokens = registry;
+        inserted.map_err(|source| StateError::Issue {
+            action: "storing a join token",
+            source,
+        })?;
         Ok((token, record))
     }
 
     /// Redeems a join token for the machine the agent claims; returns the token's machine.
     pub fn redeem_token(&self, token: &str, claimed_machine: &str) -> Result<String, StateError> {
         let mut inner = self.lock();
-        let result = inner
-            .tokens
-            .redeem_for(token, claimed_machine, OffsetDateTime::now_utc())
-            .map_err(|source| StateError::Token { source });
-        // A redeemed token is spent even if the rest of enrollment fails: persist it first.
-        self.store.write(|tx| tx.save_tokens(&inner.tokens))?;
-        result
+        // A redeemed token is spent even if the rest of enrollment fails: persist it first, in
+        // the transaction that read it (two controllers never both redeem one token).
+        let (registry, result) = self.store.write(|tx| {
+            let mut registry = tx.tokens()?;
+            let result = registry.redeem_for(token, claimed_machine, OffsetDateTime::now_utc());
+            tx.save_tokens(&registry)?;
+            Ok((registry, result))
+        })?;
+        inner.tokens = registry;
+        result.map_err(|source| StateError::Token { source })
     }
 
     // ---- certificates and revocation ----------------------------------------------------
@@ -315,8 +325,22 @@ impl ControllerState {
         record.cert_not_after = Some(cert.not_after);
         record.last_seen = Some(SystemTime::now());
         self.persist_agent(&inner, machine);
-        let revoked = inner.revoked.clone();
-        self.persist("revocations", |tx| tx.save_revocations(&revoked));
+        if enrolled {
+            // Read-modify-write in one transaction: another controller's revocation since this
+            // one last looked is kept.
+            let me = PeerIdentity::Agent {
+                machine: machine.to_owned(),
+            };
+            match self.store.write(|tx| {
+                let mut list = tx.revocations()?;
+                list.reinstate(&me);
+                tx.save_revocations(&list)?;
+                Ok(list)
+            }) {
+                Ok(list) => inner.revoked = list,
+                Err(e) => tracing::error!(error = %e, "could not persist revocations"),
+            }
+        }
     }
 
     /// Whether this certificate's identity or serial is revoked.
@@ -335,6 +359,8 @@ impl ControllerState {
     /// NOT_FOUND, to catch typos.
     pub fn revoke_machine(&self, machine: &str) -> Result<bool, StateError> {
         let mut inner = self.lock();
+        // Tokens another controller minted count too.
+        inner.tokens = self.store.read(|tx| tx.tokens())?;
         let pending: Vec<String> = inner
             .tokens
             .records()
@@ -347,30 +373,41 @@ impl ControllerState {
                     machine: machine.to_owned(),
                 });
             }
-            for id in &pending {
-                inner.tokens.remove(id);
-            }
-            self.store.write(|tx| tx.save_tokens(&inner.tokens))?;
+            inner.tokens = self.store.write(|tx| {
+                let mut tokens = tx.tokens()?;
+                for id in &pending {
+                    tokens.remove(id);
+                }
+                tx.save_tokens(&tokens)?;
+                Ok(tokens)
+            })?;
             return Ok(false);
         };
         let serials: Vec<String> = record.serials.keys().cloned().collect();
         let connected = record.session.is_some();
-        inner
-            .revoked
-            .revoke_machine(machine)
-            .map_err(|e| StateError::InvalidMachine {
-                reason: e.to_string(),
-            })?;
-        for serial in &serials {
-            inner.revoked.revoke_serial(serial);
-        }
-        for id in &pending {
-            inner.tokens.remove(id);
-        }
-        self.store.write(|tx| {
-            tx.save_revocations(&inner.revoked)?;
-            tx.save_tokens(&inner.tokens)
+        // Read-modify-write of the shared lists in one transaction (several controllers).
+        let (revoked, tokens, valid) = self.store.write(|tx| {
+            let mut revoked = tx.revocations()?;
+            let valid = revoked.revoke_machine(machine).map_err(|e| e.to_string());
+            if valid.is_err() {
+                return Ok((revoked, None, valid));
+            }
+            for serial in &serials {
+                revoked.revoke_serial(serial);
+            }
+            let mut tokens = tx.tokens()?;
+            for id in &pending {
+                tokens.remove(id);
+            }
+            tx.save_revocations(&revoked)?;
+            tx.save_tokens(&tokens)?;
+            Ok((revoked, Some(tokens), valid))
         })?;
+        valid.map_err(|reason| StateError::InvalidMachine { reason })?;
+        inner.revoked = revoked;
+        if let Some(t) = tokens {
+            inner.tokens = t;
+        }
         drop(inner);
         self.revocations.send_modify(|epoch| *epoch += 1);
         tracing::warn!(%machine, certificates = serials.len(), "machine revoked");
@@ -711,7 +748,9 @@ impl ControllerState {
         inner
             .agents
             .iter()
-            .map(|(machine, r)| snapshot(&inner, machine, r, &|c| self.ha.is_live_elsewhere(c, &me)))
+            .map(|(machine, r)| {
+                snapshot(&inner, machine, r, &|c| self.ha.is_live_elsewhere(c, &me))
+            })
             .collect()
     }
 

@@ -46,8 +46,9 @@ impl Tx<'_> {
     /// Now, unix ms, by the store's clock (PostgreSQL's; this host's for SQLite).
     pub fn now_ms(&self) -> Result<i64, StoreError> {
         match self.engine {
-            Engine::Sqlite => Ok((time::OffsetDateTime::now_utc().unix_timestamp_nanos()
-                / 1_000_000) as i64),
+            Engine::Sqlite => {
+                Ok((time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+            }
             Engine::Postgres => self
                 .query_opt(
                     "reading the database clock",
@@ -115,7 +116,12 @@ impl Tx<'_> {
 
     /// Takes or renews the lease `name` for `holder` for `ttl_ms`: it succeeds when nobody
     /// holds it, `holder` does, or the holder's time ran out. Returns the lease as it stands.
-    pub fn acquire_lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<Lease, StoreError> {
+    pub fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<Lease, StoreError> {
         let now = self.now_ms()?;
         self.exec(
             "taking the lease",
@@ -181,8 +187,7 @@ impl Tx<'_> {
         )? {
             out.insert(
                 row.text(0)?,
-                serde_json::from_str(&row.text(1)?)
-                    .map_err(|e| corrupt("agent")(e.to_string()))?,
+                serde_json::from_str(&row.text(1)?).map_err(|e| corrupt("agent")(e.to_string()))?,
             );
         }
         Ok(out)
@@ -234,7 +239,12 @@ impl Tx<'_> {
     }
 
     /// Stores chunk `idx` of artifact `sha256` (several controllers: one received the upload).
-    pub fn put_artifact_chunk(&self, sha256: &str, idx: u64, data: &[u8]) -> Result<(), StoreError> {
+    pub fn put_artifact_chunk(
+        &self,
+        sha256: &str,
+        idx: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
         self.exec(
             "storing an artifact chunk",
             "INSERT INTO artifact_chunks(sha256, idx, data) VALUES (?1, ?2, ?3)

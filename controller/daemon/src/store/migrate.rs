@@ -79,7 +79,7 @@ pub fn sqlite(conn: &mut rusqlite::Connection) -> Result<(), StoreError> {
 /// Brings a PostgreSQL store to [`SCHEMA_VERSION`], one controller at a time (an advisory lock
 /// held for the duration: controllers started together do not race on `CREATE TABLE`).
 pub fn postgres(client: &mut postgres::Client) -> Result<(), StoreError> {
-    const LOCK: i64 = 0x61706d_6374_6c; // "apmctl"
+    const LOCK: i64 = 0x6170_6d63_746c; // "apmctl"
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
         .map_err(super::pg::err("locking the schema"))?;

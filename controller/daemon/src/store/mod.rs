@@ -170,7 +170,7 @@ pub enum Engine {
 #[derive(Debug)]
 enum Backend {
     Sqlite(Mutex<Connection>),
-    Postgres(pg::Pg),
+    Postgres(Box<pg::Pg>),
 }
 
 /// The store. Cheap operations run synchronously under one connection lock.
@@ -254,7 +254,7 @@ impl Store {
         private_dir(key_dir)?;
         let seal = Sealer::load_or_create(key_dir)?;
         let store = Store {
-            backend: Backend::Postgres(pg::Pg::open(target)?),
+            backend: Backend::Postgres(Box::new(pg::Pg::open(target)?)),
             seal,
             retention: DEFAULT_SECRETS_RETENTION,
         };

@@ -13,6 +13,7 @@ use apim_e2e::db::{self, TestDb};
 use apim_proto::v1::{MachineSpec, NodeSpec};
 
 mod postgres_only;
+mod two_controllers;
 
 /// A store of `engine` over a fresh database (PostgreSQL) or data directory (SQLite).
 struct Opened {

@@ -1,0 +1,78 @@
+//! Two controllers' states on one PostgreSQL store, in one process: what one does, the other
+//! honours (join tokens, revocations, pushed specs), with no race that breaks a single use.
+
+use std::time::Duration;
+
+use apim_certs::ControlPlaneCa;
+use apim_controller::state::ControllerState;
+
+use super::*;
+
+struct Two {
+    a: ControllerState,
+    b: ControllerState,
+    _db: TestDb,
+    _dir: tempfile::TempDir,
+}
+
+fn two() -> Two {
+    let db = TestDb::create(db::Engine::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let (da, dbb) = (dir.path().join("a"), dir.path().join("b"));
+    let store_a = Store::open_postgres(target(&db), &da).unwrap();
+    std::fs::create_dir_all(&dbb).unwrap();
+    std::fs::copy(key_file(&da), key_file(&dbb)).unwrap();
+    let store_b = Store::open_postgres(target(&db), &dbb).unwrap();
+    let ca_dir = dir.path().join("ca");
+    let state = |d: &Path, s: Store| {
+        let ca = ControlPlaneCa::load_or_create(&ca_dir).unwrap();
+        ControllerState::open(ca, &d.join("artifacts"), &d.join("pki"), s).unwrap()
+    };
+    Two {
+        a: state(&da, store_a),
+        b: state(&dbb, store_b),
+        _db: db,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_token_minted_on_one_controller_enrolls_once_on_either() {
+    let t = two();
+    let (token, _) = t.a.mint_token("vm-1", Duration::from_secs(600)).unwrap();
+    assert_eq!(t.b.redeem_token(token.expose(), "vm-1").unwrap(), "vm-1");
+    let again = t.a.redeem_token(token.expose(), "vm-1");
+    assert!(again.is_err(), "a token is spent for every controller");
+    // Tokens minted on both sides at once are all kept (no whole-list overwrite).
+    let (t1, _) = t.a.mint_token("vm-2", Duration::from_secs(600)).unwrap();
+    let (t2, _) = t.b.mint_token("vm-3", Duration::from_secs(600)).unwrap();
+    assert_eq!(t.b.redeem_token(t1.expose(), "vm-2").unwrap(), "vm-2");
+    assert_eq!(t.a.redeem_token(t2.expose(), "vm-3").unwrap(), "vm-3");
+}
+
+#[test]
+fn a_revocation_on_one_controller_holds_on_the_other() {
+    let t = two();
+    let (token, _) = t.a.mint_token("vm-9", Duration::from_secs(600)).unwrap();
+    // Revoking a machine that has not enrolled drops its pending token, on b.
+    assert!(!t.b.revoke_machine("vm-9").unwrap());
+    assert!(t.a.redeem_token(token.expose(), "vm-9").is_err());
+}
+
+#[test]
+fn a_spec_pushed_by_one_controller_reaches_the_others_view() {
+    let t = two();
+    let mut watch = t.b.watch_spec("vm-a");
+    t.a.set_desired_spec(spec("vm-a", 3, "s"));
+    assert!(
+        t.b.desired_spec("vm-a").is_none(),
+        "not before b catches up"
+    );
+    t.b.catch_up().unwrap();
+    assert_eq!(t.b.desired_spec("vm-a").unwrap().generation, 3);
+    assert!(
+        watch.has_changed().unwrap(),
+        "an agent stream on b is woken"
+    );
+    assert_eq!(watch.borrow_and_update().as_ref().unwrap().generation, 3);
+}
