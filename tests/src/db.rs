@@ -432,7 +432,7 @@ fn mariadb_ensure_running() -> u16 {
 }
 
 /// The PostgreSQL admin client (`psql` as the postgres system user, over the unix socket).
-fn postgres_admin() -> Command {
+pub(crate) fn postgres_admin() -> Command {
     let mut cmd = Command::new("runuser");
     cmd.args([
         "-u",

@@ -78,12 +78,15 @@ impl Ha {
         }
     }
 
-    pub(super) fn id(&self) -> String {
+    fn ident(&self) -> Identity {
         self.ident
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .id
             .clone()
+    }
+
+    pub(super) fn id(&self) -> String {
+        self.ident().id
     }
 
     /// Whether `controller` (not this one) has a fresh heartbeat.
@@ -196,12 +199,7 @@ impl ControllerState {
 
     /// Heartbeat, then take or renew the lease.
     fn lease_tick(&self) -> Result<(), StoreError> {
-        let ident = self
-            .ha
-            .ident
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let ident = self.ha.ident();
         let seen = self.ha.seen.load(Ordering::SeqCst);
         let asked = Instant::now();
         let (lease, members, now) = self.store.write_unversioned(|tx| {
@@ -336,12 +334,7 @@ impl ControllerState {
         let me = self.ha.id();
         if self.store.engine() == Engine::Sqlite {
             let now = unix_ms();
-            let ident = self
-                .ha
-                .ident
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+            let ident = self.ha.ident();
             return Ok(vec![Member {
                 id: ident.id,
                 address: ident.address,

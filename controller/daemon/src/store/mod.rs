@@ -318,23 +318,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(conn) => {
-                let mut conn = Self::lock(conn);
-                let tx = conn.transaction().map_err(sql("starting a transaction"))?;
-                let out = self.run(&mut SqliteDb(&tx), Engine::Sqlite, true, f)?;
-                tx.commit().map_err(sql("committing"))?;
-                Ok(out)
-            }
-            Backend::Postgres(pg) => pg.with(|client| {
-                let mut tx = client
-                    .transaction()
-                    .map_err(pg::err("starting a transaction"))?;
-                let out = self.run(&mut PgDb(&mut tx), Engine::Postgres, true, f)?;
-                tx.commit().map_err(pg::err("committing"))?;
-                Ok(out)
-            }),
-        }
+        self.transact(true, f)
     }
 
     /// Runs `f` in one transaction without bumping the revision: for rows other controllers
@@ -343,11 +327,19 @@ impl Store {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.transact(false, f)
+    }
+
+    fn transact<T>(
+        &self,
+        bump: bool,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         match &self.backend {
             Backend::Sqlite(conn) => {
                 let mut conn = Self::lock(conn);
                 let tx = conn.transaction().map_err(sql("starting a transaction"))?;
-                let out = self.run(&mut SqliteDb(&tx), Engine::Sqlite, false, f)?;
+                let out = self.run(&mut SqliteDb(&tx), Engine::Sqlite, bump, f)?;
                 tx.commit().map_err(sql("committing"))?;
                 Ok(out)
             }
@@ -355,7 +347,7 @@ impl Store {
                 let mut tx = client
                     .transaction()
                     .map_err(pg::err("starting a transaction"))?;
-                let out = self.run(&mut PgDb(&mut tx), Engine::Postgres, false, f)?;
+                let out = self.run(&mut PgDb(&mut tx), Engine::Postgres, bump, f)?;
                 tx.commit().map_err(pg::err("committing"))?;
                 Ok(out)
             }),

@@ -179,15 +179,8 @@ both! {
 
 /// Bytes of every row of `table`, as text, for "no secret in clear" checks.
 fn postgres_dump(db: &TestDb, table: &str) -> String {
-    let mut c = ::postgres::Config::new()
-        .host(&db.host)
-        .port(db.port)
-        .user(&db.user)
-        .password(&db.password)
-        .dbname(&db.name)
-        .connect(::postgres::NoTls)
-        .unwrap();
-    c.query(&format!("SELECT CAST(t AS TEXT) FROM {table} t"), &[])
+    postgres_only::raw(db)
+        .query(&format!("SELECT CAST(t AS TEXT) FROM {table} t"), &[])
         .unwrap()
         .iter()
         .map(|r| r.get::<_, String>(0))

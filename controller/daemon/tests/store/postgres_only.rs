@@ -3,7 +3,8 @@
 
 use super::*;
 
-fn raw(db: &TestDb) -> ::postgres::Client {
+/// A plain client on the test database, as its owner.
+pub(super) fn raw(db: &TestDb) -> ::postgres::Client {
     ::postgres::Config::new()
         .host(&db.host)
         .port(db.port)
