@@ -201,5 +201,23 @@ fn a_database_restart_fails_calls_clearly_and_they_recover_by_themselves() -> Te
     let last = c.status()?;
     assert_eq!(last["rollout"]["generation"], 2, "{last}");
     assert_eq!(rollout_state(&last), Some("succeeded"));
+
+    // A graceful stop (SIGTERM, as systemd does) ends cleanly: the lease is handed over and the
+    // database connection closed without a panic.
+    let pid = c.running_pid("controller").ok_or("controller pid")?;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.running_pid("controller").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(c.root().join("logs").join("controller.log"))?;
+    assert!(!log.contains("panicked"), "{log}");
     Ok(())
 }

@@ -251,10 +251,12 @@ pub enum ServerError {
     },
 
     /// The machine's agent is not connected, so it cannot be asked anything now.
-    #[error("the agent of machine {machine:?} is not connected")]
+    #[error("the agent of machine {machine:?} is not connected{}", elsewhere.as_ref().map(|c| format!(" here: it is connected to controller {c}; ask that one")).unwrap_or_default())]
     AgentNotConnected {
         /// The machine.
         machine: String,
+        /// The other controller (id and address) holding its stream, when one does.
+        elsewhere: Option<String>,
     },
 
     /// Too many log streams are open already.
@@ -531,7 +533,9 @@ impl From<StateError> for ServerError {
             StateError::Token { source } => ServerError::Token { source },
             StateError::Issue { action, source } => ServerError::Issue { action, source },
             StateError::UnknownMachine { machine } => ServerError::UnknownMachine { machine },
-            StateError::AgentNotConnected { machine } => ServerError::AgentNotConnected { machine },
+            StateError::AgentNotConnected { machine, elsewhere } => {
+                ServerError::AgentNotConnected { machine, elsewhere }
+            }
             StateError::TooManyLogStreams { scope, limit } => {
                 ServerError::TooManyLogStreams { scope, limit }
             }

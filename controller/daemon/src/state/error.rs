@@ -52,10 +52,12 @@ pub enum StateError {
         what: String,
     },
     /// The machine's agent is not connected (or takes no commands now).
-    #[error("the agent of machine {machine:?} is not connected")]
+    #[error("the agent of machine {machine:?} is not connected{}", elsewhere.as_ref().map(|c| format!(" here: it is connected to controller {c}; ask that one")).unwrap_or_default())]
     AgentNotConnected {
         /// The machine.
         machine: String,
+        /// The other controller (id and address) holding its stream, when one does.
+        elsewhere: Option<String>,
     },
     /// Too many log streams are open already.
     #[error("too many log streams from {scope} (at most {limit} at once)")]

@@ -306,6 +306,25 @@ impl ControllerState {
         Ok(())
     }
 
+    /// The other live controller holding `machine`'s stream, as "id (address)" (several
+    /// controllers: a command for that agent must go through it).
+    pub(super) fn connected_elsewhere(&self, machine: &str) -> Option<String> {
+        let me = self.ha.id();
+        let remote = self.lock().agents.get(machine)?.remote.clone()?;
+        if !self.ha.is_live_elsewhere(&remote, &me) {
+            return None;
+        }
+        let address = self
+            .store
+            .read(|tx| tx.members())
+            .ok()?
+            .into_iter()
+            .find(|m| m.id == remote)
+            .map(|m| m.address)
+            .unwrap_or_default();
+        Some(format!("{remote} ({address})"))
+    }
+
     /// Takes the product PKIs other controllers stored (several controllers; a no-op on the
     /// embedded store).
     pub fn pull_shared_pki(&self) -> Result<(), StoreError> {

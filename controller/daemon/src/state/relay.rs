@@ -246,6 +246,7 @@ impl ControllerState {
             .map(|(_, q)| q.clone());
         let queue = queue.ok_or_else(|| StateError::AgentNotConnected {
             machine: machine.to_owned(),
+            elsewhere: self.connected_elsewhere(machine),
         })?;
         self.command_issued(machine, id);
         let command = Command {
@@ -256,6 +257,7 @@ impl ControllerState {
             self.command_answered(machine, id);
             return Err(StateError::AgentNotConnected {
                 machine: machine.to_owned(),
+                elsewhere: None,
             });
         }
         Ok(())

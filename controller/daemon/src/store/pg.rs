@@ -122,6 +122,31 @@ impl Pg {
     }
 }
 
+impl Drop for Pg {
+    /// Closing the client blocks on its own runtime, which must not happen on an async worker
+    /// (tokio refuses a runtime inside a runtime): close it where blocking is allowed.
+    fn drop(&mut self) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let Some(client) = self
+            .client
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        match Handle::try_current() {
+            Err(_) => drop(client),
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| drop(client));
+            }
+            Ok(_) => {
+                let _ = std::thread::spawn(move || drop(client)).join();
+            }
+        }
+    }
+}
+
 /// Runs blocking `f`: inside `block_in_place` on a multi-threaded runtime, directly outside any.
 /// A current-thread runtime cannot host the synchronous client (it would block its only
 /// thread, and the client's own runtime refuses to nest): such a call fails.

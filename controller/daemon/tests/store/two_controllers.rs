@@ -76,3 +76,50 @@ fn a_spec_pushed_by_one_controller_reaches_the_others_view() {
     );
     assert_eq!(watch.borrow_and_update().as_ref().unwrap().generation, 3);
 }
+
+/// A command for an agent connected to the other controller names that controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_an_agent_on_the_other_controller_names_it() {
+    use std::sync::Arc;
+    let t = two();
+    let (a, b) = (Arc::new(t.a), Arc::new(t.b));
+    a.set_identity(apim_controller::state::Identity {
+        id: "a".into(),
+        address: "127.0.0.1:7001".into(),
+    });
+    b.set_identity(apim_controller::state::Identity {
+        id: "b".into(),
+        address: "127.0.0.1:7002".into(),
+    });
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(Arc::clone(&a).run_ha(stop.clone()));
+    tokio::spawn(Arc::clone(&b).run_ha(stop));
+    let _session = a.open_session("vm-a", None, 0);
+    // Until b has seen a's heartbeat and the agent's session (a failure guard, not a delay).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let err = loop {
+        let tail = apim_proto::v1::TailLog {
+            node: "km-1".into(),
+            ..Default::default()
+        };
+        match b.open_tail("vm-a", tail) {
+            Err(e)
+                if e.to_string()
+                    .contains("connected to controller a (127.0.0.1:7001)") =>
+            {
+                break e;
+            }
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never saw the agent on a"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        b.agent("vm-a").unwrap().connected,
+        "connected, through a: {err}"
+    );
+    let _ = stop_tx.send(true);
+}
