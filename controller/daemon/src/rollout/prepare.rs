@@ -434,12 +434,20 @@ async fn check_stored_pack(
 
 /// Whether two machine specs are the same apart from their generations.
 pub fn same_spec(a: &MachineSpec, b: &MachineSpec) -> bool {
-    let norm = |s: &MachineSpec| MachineSpec {
-        generation: 0,
-        plan_generation: 0,
-        ..s.clone()
-    };
-    norm(a) == norm(b)
+    // Field by field, without copying the specs (tens of KiB each, a thousand per apply); the
+    // exhaustive pattern makes a new field a compile error here until it is compared.
+    let MachineSpec {
+        machine,
+        generation: _,
+        plan_generation: _,
+        hosts_block,
+        nodes,
+        destroy,
+    } = a;
+    *machine == b.machine
+        && *destroy == b.destroy
+        && *nodes == b.nodes
+        && *hosts_block == b.hosts_block
 }
 
 /// The machines whose spec changes from `baseline` to `targets` (incl. removed machines).

@@ -334,10 +334,16 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
         message: r.message,
         generation: r.generation,
     });
+    // Every agent in one look (not one lock per machine).
+    let mut agents: std::collections::HashMap<String, crate::state::AgentSnapshot> = state
+        .agents()
+        .into_iter()
+        .map(|a| (a.machine.clone(), a))
+        .collect();
     let machines = targets
         .values()
         .map(|spec| {
-            let agent = state.agent(&spec.machine);
+            let agent = agents.remove(&spec.machine);
             let connected = agent.as_ref().is_some_and(|a| a.connected);
             let reported = agent.as_ref().and_then(|a| a.last_status.clone());
             // The plan generation of each machine spec generation its nodes report, looked up
@@ -360,8 +366,7 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                             Some(g) => *g,
                             None => {
                                 let g = state
-                                    .store()
-                                    .read(|tx| tx.plan_generation_of(&spec.machine, s.generation))?
+                                    .plan_generation_of(&spec.machine, s.generation)?
                                     .unwrap_or(0);
                                 plan_generations.insert(s.generation, g);
                                 g

@@ -68,13 +68,13 @@ where
     F: Fn(BTreeSet<String>) -> Fut,
     Fut: Future<Output = Result<ApplyResponse, ServerError>>,
 {
-    let (repair, latest) = state
-        .store()
-        .read(|tx| Ok((tx.drift_repair()?, tx.latest_rollout()?)))?;
-    if !repair {
+    // Woken by every change: the rollout record (large with many nodes) is read only when
+    // repair is on.
+    if !state.store().read(|tx| tx.drift_repair())? {
         repairs.clear();
         return Ok(());
     }
+    let latest = state.store().read(|tx| tx.latest_rollout())?;
     let active = latest.is_some_and(|r| r.state.active());
     let status = cluster_status(state)?;
     let nodes = repairs.due(&status, active, Instant::now());

@@ -26,6 +26,7 @@ use crate::store::{ArtifactRow, Store};
 
 mod agents;
 mod error;
+mod generations;
 mod refusals;
 mod relay;
 
@@ -62,6 +63,8 @@ pub struct ControllerState {
     /// The target specs of the latest rollout read, decoded once: a rollout's targets never
     /// change once stored, and `Status` and the engine read them on every change.
     targets: Mutex<Option<(String, Targets)>>,
+    /// Which plan generation each published spec generation came from (for `Status`).
+    plan_generations: generations::PlanGenerations,
 }
 
 /// A rollout's target spec of every machine, shared.
@@ -145,6 +148,7 @@ impl ControllerState {
             artifact_gate: tokio::sync::RwLock::new(()),
             relays: relay::Relays::default(),
             targets: Mutex::new(None),
+            plan_generations: Default::default(),
         })
     }
 
@@ -198,8 +202,9 @@ impl ControllerState {
         }
     }
 
-    fn persist_agent(&self, inner: &Inner, machine: &str) {
-        if let Some(r) = inner.agents.get(machine) {
+    fn persist_agent(&self, inner: &mut Inner, machine: &str) {
+        if let Some(r) = inner.agents.get_mut(machine) {
+            r.persisted_at = Some(SystemTime::now());
             let stored = r.to_stored();
             self.persist("agent", |tx| tx.save_agent(machine, &stored));
         }
@@ -296,7 +301,7 @@ impl ControllerState {
         record.cert_serial = Some(cert.serial.clone());
         record.cert_not_after = Some(cert.not_after);
         record.last_seen = Some(SystemTime::now());
-        self.persist_agent(&inner, machine);
+        self.persist_agent(&mut inner, machine);
         let revoked = inner.revoked.clone();
         self.persist("revocations", |tx| tx.save_revocations(&revoked));
     }
@@ -382,8 +387,11 @@ impl ControllerState {
         {
             let mut inner = self.lock();
             for spec in specs {
+                self.plan_generations
+                    .note(&spec.machine, spec.generation, spec.plan_generation);
                 let sender = Self::spec_sender(&mut inner, &spec.machine);
-                let old = sender.send_replace(Some(Arc::new(spec.clone())));
+                let spec = Arc::new(spec);
+                let old = sender.send_replace(Some(Arc::clone(&spec)));
                 if let Some(old) = old {
                     let (before, now) = (packs_of(&old), packs_of(&spec));
                     if before != now {
@@ -445,13 +453,14 @@ impl ControllerState {
         Ok(out)
     }
 
-    /// The desired spec of every machine that has one.
-    pub fn desired_specs(&self) -> BTreeMap<String, MachineSpec> {
+    /// The desired spec of every machine that has one, shared (not copied: with a thousand
+    /// machines the specs weigh tens of MiB, and the engine reads them on every change).
+    pub fn desired_specs(&self) -> BTreeMap<String, Arc<MachineSpec>> {
         let inner = self.lock();
         inner
             .desired
             .iter()
-            .filter_map(|(m, s)| s.borrow().as_deref().cloned().map(|s| (m.clone(), s)))
+            .filter_map(|(m, s)| s.borrow().clone().map(|s| (m.clone(), s)))
             .collect()
     }
 
@@ -529,7 +538,7 @@ impl ControllerState {
             .or_insert_with(|| watch::channel(0).0);
         current.send_replace(id);
         let rx = current.subscribe();
-        self.persist_agent(&inner, machine);
+        self.persist_agent(&mut inner, machine);
         drop(inner);
         self.notify_change();
         (id, rx)
@@ -550,6 +559,7 @@ impl ControllerState {
         record.last_seen = Some(SystemTime::now());
         let previous = record.last_status.take();
         let mut refused = Refused::default();
+        let facts_before = record.facts.clone();
         if let Some(prev) = previous
             .as_ref()
             .filter(|p| p.generation > report.generation)
@@ -577,10 +587,18 @@ impl ControllerState {
             }
             record.last_status = Some(report);
         }
-        self.persist_agent(&inner, machine);
+        // A report that changes nothing (the periodic one, mostly) wakes no one, and is stored
+        // only to keep `last_seen` at most `agents::LAST_SEEN_LAG` behind: a thousand agents
+        // report every 10 s.
+        let changed = record.last_status != previous || record.facts != facts_before;
+        if changed || agents::persist_due(record) {
+            self.persist_agent(&mut inner, machine);
+        }
         drop(inner);
         self.refusals.count(machine, refused);
-        self.notify_change();
+        if changed {
+            self.notify_change();
+        }
     }
 
     /// Notes that `command_id` was sent to `machine`, so its result will be taken.
@@ -678,7 +696,7 @@ impl ControllerState {
             };
             record.session = None;
             record.last_seen = Some(SystemTime::now());
-            self.persist_agent(&inner, machine);
+            self.persist_agent(&mut inner, machine);
             drop(inner);
             self.notify_change();
         }
