@@ -27,12 +27,14 @@ use crate::store::{ArtifactRow, Store};
 mod agents;
 mod error;
 mod generations;
+mod layout;
 mod refusals;
 mod relay;
 
 pub use agents::AgentSnapshot;
 use agents::{AgentRecord, node_names, snapshot};
 pub use error::StateError;
+pub use layout::{Layout, layout_of};
 use refusals::RefusalLog;
 pub use refusals::Refused;
 pub use relay::{MAX_TAILS, MAX_TAILS_PER_AGENT, RELAY_BUFFER, TailEnd, TailStream};
@@ -63,6 +65,8 @@ pub struct ControllerState {
     /// The target specs of the latest rollout read, decoded once: a rollout's targets never
     /// change once stored, and `Status` and the engine read them on every change.
     targets: Mutex<Option<(String, Targets)>>,
+    /// The machines and node names of the latest rollout `Status` showed.
+    layout: layout::LayoutCache,
     /// Which plan generation each published spec generation came from (for `Status`).
     plan_generations: generations::PlanGenerations,
 }
@@ -148,6 +152,7 @@ impl ControllerState {
             artifact_gate: tokio::sync::RwLock::new(()),
             relays: relay::Relays::default(),
             targets: Mutex::new(None),
+            layout: Default::default(),
             plan_generations: Default::default(),
         })
     }
@@ -178,6 +183,29 @@ impl ControllerState {
         let t = Arc::new(self.store.read(|tx| tx.targets(id))?);
         *cache() = Some((id.to_owned(), Arc::clone(&t)));
         Ok(t)
+    }
+
+    /// The decoded targets of rollout `id`, when they are kept.
+    fn cached_targets(&self, id: &str) -> Option<Targets> {
+        let cache = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .as_ref()
+            .filter(|(cached, _)| cached == id)
+            .map(|(_, t)| Arc::clone(t))
+    }
+
+    /// Lets go of rollout `id`'s decoded targets (it ended: the engine reads them no more).
+    fn forget_targets(&self, id: &str) {
+        let mut cache = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.as_ref().is_some_and(|(cached, _)| cached == id) {
+            *cache = None;
+        }
     }
 
     /// A receiver that changes whenever something an operator can see changes.
