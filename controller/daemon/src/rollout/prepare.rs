@@ -491,3 +491,46 @@ pub fn cluster_revision(state: &ControllerState) -> Result<String, RolloutError>
     }
     Ok(apim_plan::digest(text.as_bytes())[..16].to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use apim_proto::v1::{HostsEntry, NodeSpec};
+
+    use super::*;
+
+    fn spec(generation: u64, digest: &str, host: &str) -> MachineSpec {
+        MachineSpec {
+            machine: "vm-a".into(),
+            generation,
+            plan_generation: generation + 10,
+            hosts_block: vec![HostsEntry {
+                address: "10.0.0.1".into(),
+                names: vec![host.into()],
+            }],
+            nodes: vec![NodeSpec {
+                name: "gw-1".into(),
+                config_digest: digest.into(),
+                ..NodeSpec::default()
+            }],
+            destroy: false,
+        }
+    }
+
+    #[test]
+    fn specs_are_the_same_whatever_their_generations_and_differ_in_anything_else() {
+        let a = spec(1, "d1", "gw-1.example");
+        assert!(same_spec(&a, &spec(7, "d1", "gw-1.example")));
+        assert!(!same_spec(&a, &spec(1, "d2", "gw-1.example")), "a node");
+        assert!(!same_spec(&a, &spec(1, "d1", "gw-2.example")), "the hosts");
+        let destroyed = MachineSpec {
+            destroy: true,
+            ..a.clone()
+        };
+        assert!(!same_spec(&a, &destroyed), "destroy");
+        let other = MachineSpec {
+            machine: "vm-b".into(),
+            ..a.clone()
+        };
+        assert!(!same_spec(&a, &other), "the machine");
+    }
+}
