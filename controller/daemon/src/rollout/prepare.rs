@@ -17,7 +17,7 @@ use apim_proto::v1::{DesiredRun, ErrorDetail, MachineSpec};
 use super::RolloutError;
 use crate::artifacts::ArtifactError;
 use crate::pki::ProductPki;
-use crate::spec::{SpecInputs, machine_spec};
+use crate::spec::{SpecInputs, machine_specs};
 use crate::state::ControllerState;
 use crate::store::RunState;
 
@@ -258,17 +258,9 @@ pub async fn prepare(
         desired: &desired,
         restarts: &run.restarts,
     };
-    let mut targets = BTreeMap::new();
-    for m in &render.machines {
-        let spec = machine_spec(&render, &m.name, &inputs)
-            .map_err(|e| RolloutError::Render {
-                reason: e.to_string(),
-            })?
-            .ok_or_else(|| RolloutError::Render {
-                reason: format!("machine {} vanished from the render", m.name),
-            })?;
-        targets.insert(m.name.clone(), spec);
-    }
+    let targets = machine_specs(&render, &inputs).map_err(|e| RolloutError::Render {
+        reason: e.to_string(),
+    })?;
     Ok(Prepared {
         plan,
         render,
