@@ -22,6 +22,12 @@ mod reach;
 #[cfg(test)]
 mod snapshot_tests;
 
+/// The controller daemon runs in this binary. With a thousand agents, glibc's malloc kept
+/// several times the live heap (per-thread arenas holding what an apply or a rollout freed);
+/// mimalloc returns freed pages to the system (measured with `apim-scale`, docs/operations.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     std::process::exit(cli::main());
 }

@@ -258,26 +258,60 @@ pub fn machine_spec(
     let Some(m) = cluster.machines.iter().find(|m| m.name == machine) else {
         return Ok(None);
     };
+    spec_of(cluster, m, wire_hosts(&m.hosts), inputs).map(Some)
+}
+
+/// The spec of every machine of `cluster`, by name: [`machine_spec`] for each, with the hosts
+/// block (the same on every machine, and as long as the cluster is large) put in wire form once.
+pub fn machine_specs(
+    cluster: &ClusterRender,
+    inputs: &SpecInputs<'_>,
+) -> Result<BTreeMap<String, MachineSpec>, PkiError> {
+    let mut out = BTreeMap::new();
+    let mut wire: Option<(&[apim_plan::render::HostsEntry], Vec<WireHosts>)> = None;
+    for m in &cluster.machines {
+        let hosts = match &wire {
+            Some((from, w)) if *from == m.hosts.as_slice() => w.clone(),
+            _ => {
+                let w = wire_hosts(&m.hosts);
+                wire = Some((&m.hosts, w.clone()));
+                w
+            }
+        };
+        out.insert(m.name.clone(), spec_of(cluster, m, hosts, inputs)?);
+    }
+    Ok(out)
+}
+
+fn wire_hosts(hosts: &[apim_plan::render::HostsEntry]) -> Vec<WireHosts> {
+    hosts
+        .iter()
+        .map(|h| WireHosts {
+            address: h.address.to_string(),
+            names: h.names.clone(),
+        })
+        .collect()
+}
+
+fn spec_of(
+    cluster: &ClusterRender,
+    m: &apim_plan::render::MachineRender,
+    hosts_block: Vec<WireHosts>,
+    inputs: &SpecInputs<'_>,
+) -> Result<MachineSpec, PkiError> {
     let nodes = m
         .nodes
         .iter()
         .map(|n| node_spec(cluster, n, inputs))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(MachineSpec {
+    Ok(MachineSpec {
         machine: m.name.clone(),
         generation: inputs.generation,
         plan_generation: inputs.plan_generation,
-        hosts_block: m
-            .hosts
-            .iter()
-            .map(|h| WireHosts {
-                address: h.address.to_string(),
-                names: h.names.clone(),
-            })
-            .collect(),
+        hosts_block,
         nodes,
         destroy: false,
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -402,6 +436,15 @@ mod tests {
         assert_eq!(again.nodes[0].config_digest, node.config_digest);
         assert_eq!(again.nodes[0].desired(), DesiredRun::Running);
         assert!(machine_spec(&c, "vm-nope", &inputs(1)).unwrap().is_none());
+
+        // Every machine at once is every machine one by one (the hosts block made once).
+        let all = machine_specs(&c, &inputs(9)).unwrap();
+        assert_eq!(all.len(), c.machines.len());
+        for m in &c.machines {
+            let one = machine_spec(&c, &m.name, &inputs(9)).unwrap().unwrap();
+            assert!(!one.hosts_block.is_empty());
+            assert_eq!(all[&m.name], one, "{}", m.name);
+        }
     }
 
     #[test]

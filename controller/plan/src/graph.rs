@@ -22,31 +22,30 @@ pub fn dependencies(
     refs: &BTreeMap<String, BTreeSet<String>>,
 ) -> BTreeMap<String, Vec<String>> {
     let product = plan.cluster.product.value;
-    let rank = |name: &str| {
-        plan.nodes
-            .iter()
-            .find(|n| n.name.value == name)
-            .map(|n| product.start_rank(n.role.value))
-    };
+    // Each node's rank, computed once (node names are unique): a lookup by name per pair of
+    // nodes made this cubic in the plan's size.
+    let ranks: Vec<u32> = plan
+        .nodes
+        .iter()
+        .map(|n| product.start_rank(n.role.value))
+        .collect();
     let mut deps = BTreeMap::new();
-    for n in &plan.nodes {
-        let my_rank = product.start_rank(n.role.value);
+    for (n, my_rank) in plan.nodes.iter().zip(&ranks) {
+        let my_refs = refs.get(&n.name.value);
         let list: Vec<String> = plan
             .nodes
             .iter()
-            .filter(|m| {
-                let lower = rank(&m.name.value).is_some_and(|r| r < my_rank);
+            .zip(&ranks)
+            .filter(|(m, rank)| {
+                let lower = *rank < my_rank;
                 match plan.rollout.start_order {
                     StartOrder::Strict => lower,
                     StartOrder::Graph => {
-                        lower
-                            && refs
-                                .get(&n.name.value)
-                                .is_some_and(|r| r.contains(&m.name.value))
+                        lower && my_refs.is_some_and(|r| r.contains(&m.name.value))
                     }
                 }
             })
-            .map(|m| m.name.value.clone())
+            .map(|(m, _)| m.name.value.clone())
             .collect();
         deps.insert(n.name.value.clone(), list);
     }
@@ -55,7 +54,11 @@ pub fn dependencies(
 
 /// Groups nodes into tiers by their longest dependency chain.
 pub fn tiers(plan: &Plan, refs: &BTreeMap<String, BTreeSet<String>>) -> Tiers {
-    let deps = dependencies(plan, refs);
+    tiers_of(plan, &dependencies(plan, refs))
+}
+
+/// [`tiers`] from the [`dependencies`] already computed.
+pub fn tiers_of(plan: &Plan, deps: &BTreeMap<String, Vec<String>>) -> Tiers {
     let mut level: BTreeMap<&str, usize> = BTreeMap::new();
     // Dependencies always point at a strictly lower rank, so visiting by rank settles every node
     // after the nodes it depends on.

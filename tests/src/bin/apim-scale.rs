@@ -29,11 +29,13 @@
 //!
 //! Targets: RSS < 256 MiB, status p99 < 50 ms, no-op apply < 1 s.
 //!
-//! Usage: `apim-scale [--agents N] [--idle-s S] [--window-s S]` (N defaults to 1000). Each agent costs one
-//! file descriptor here and one in the controller: the open-file limit (`ulimit -n`) must
-//! exceed N plus a margin; the bench checks and says so. The store is SQLite; a `--store-url`
-//! will select another backend once the controller has one (only the controller's config
-//! changes: [`controller_settings`]).
+//! Usage: `apim-scale [--agents N] [--idle-s S] [--window-s S] [--store-url URL]` (N defaults
+//! to 1000). Each agent costs one file descriptor here and one in the controller: the open-file
+//! limit (`ulimit -n`) must exceed N plus a margin; the bench checks and says so. The store is
+//! the controller's embedded SQLite unless `--store-url` is given (e.g. `postgres://…`): it goes
+//! to the controller's configuration as `[store] url = "…"` ([`controller_settings`]), and a
+//! controller that refuses it (a build without that backend, a database it cannot reach) stops
+//! the bench at once with the controller's own words.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -59,6 +61,8 @@ struct Args {
     agents: usize,
     idle_s: u64,
     window_s: u64,
+    /// The controller's `[store] url`; `None`: its embedded SQLite.
+    store_url: Option<String>,
 }
 
 fn parse_args() -> BenchResult<Args> {
@@ -66,6 +70,7 @@ fn parse_args() -> BenchResult<Args> {
         agents: 1000,
         idle_s: 10,
         window_s: 60,
+        store_url: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,6 +79,7 @@ fn parse_args() -> BenchResult<Args> {
             "--agents" => a.agents = val()?.parse()?,
             "--idle-s" => a.idle_s = val()?.parse()?,
             "--window-s" => a.window_s = val()?.parse()?,
+            "--store-url" => a.store_url = Some(val()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -83,10 +89,77 @@ fn parse_args() -> BenchResult<Args> {
     Ok(a)
 }
 
-/// Lines for the controller's config file. SQLite (the default store) needs none; a future
-/// `--store-url` becomes `[store] url = ...` here.
-fn controller_settings() -> Vec<String> {
-    Vec::new()
+/// Lines for the controller's config file: none for SQLite (the default store), else
+/// `[store] url = "…"` (a TOML string, quoted and escaped).
+fn controller_settings(store_url: Option<&str>) -> Vec<String> {
+    match store_url {
+        None => Vec::new(),
+        Some(url) => vec![
+            "[store]".to_owned(),
+            format!("url = {}", toml::Value::String(url.to_owned())),
+        ],
+    }
+}
+
+/// What the bench calls the store in its output (a URL's password is never printed).
+fn store_name(store_url: Option<&str>) -> String {
+    match store_url {
+        None => "SQLite (embedded)".to_owned(),
+        Some(url) => {
+            let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+            let host = url
+                .split_once("://")
+                .map(|(_, rest)| rest.rsplit_once('@').map_or(rest, |(_, h)| h))
+                .unwrap_or_default();
+            format!("{scheme} ({host})")
+        }
+    }
+}
+
+/// The controller's process state from `/proc` (`None`: gone).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Starts the controller. With `--store-url`, a controller that exits while the harness waits
+/// for it to listen (it refused the store setting, or could not open the store) ends the bench
+/// at once with its log, instead of after the harness's patience.
+fn start_controller(c: &mut Cluster, store_url: Option<&str>) -> BenchResult<()> {
+    if store_url.is_none() {
+        c.start_controller()?;
+        return Ok(());
+    }
+    let root = c.root().to_path_buf();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                let pid = std::fs::read_to_string(root.join("pids").join("controller.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                if let Some(pid) = pid
+                    && process_state(pid).is_none_or(|st| st == 'Z')
+                {
+                    let log = std::fs::read_to_string(root.join("logs").join("controller.log"))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    eprintln!(
+                        "apim-scale: the controller refused --store-url (or could not open that store) and exited; its log ends:"
+                    );
+                    for l in tail.iter().rev() {
+                        eprintln!("  {l}");
+                    }
+                    std::process::exit(2);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = c.start_controller();
+        done.store(true, Ordering::SeqCst);
+        r
+    })?;
+    Ok(())
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -317,11 +390,11 @@ async fn run(args: Args) -> BenchResult<bool> {
     let n = args.agents;
     ensure_nofile(n as u64 * 2 + 512)?;
     let mut opts = ClusterOptions::new(Topology::V3FiveNode, "scale");
-    opts.controller_settings = controller_settings();
+    opts.controller_settings = controller_settings(args.store_url.as_deref());
     // The harness's cluster gives the real controller process, its config, the operator
     // certificate and the 3.2.0 pack; its five real agents are never started.
     let mut c = Cluster::create(&opts)?;
-    c.start_controller()?;
+    start_controller(&mut c, args.store_url.as_deref())?;
     c.ensure_operator_cert()?;
     c.wait_key_pool_full()?;
     // The harness's plan writes the secret files (admin, keystore, H2) this plan names too.
@@ -331,7 +404,8 @@ async fn run(args: Args) -> BenchResult<bool> {
         .ok_or("the controller is not running")?;
     let conn = Conn::read(c.root(), &c)?;
     println!(
-        "apim-scale: {n} agents, controller pid {pid}, store: SQLite, root {}",
+        "apim-scale: {n} agents, controller pid {pid}, store: {}, root {}",
+        store_name(args.store_url.as_deref()),
         c.root().display()
     );
 

@@ -3,6 +3,7 @@
 //! time) and returns a [`Decision`]; it performs no I/O. The engine carries decisions out.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use apim_proto::v1::{DesiredRun, MachineSpec, NodePhase, NodeStatus};
@@ -25,7 +26,7 @@ pub struct World<'a> {
     /// the operator stopped it).
     pub targets: &'a BTreeMap<String, MachineSpec>,
     /// The spec pushed to each machine now.
-    pub pushed: &'a BTreeMap<String, MachineSpec>,
+    pub pushed: &'a BTreeMap<String, Arc<MachineSpec>>,
     /// The last report of each node, by (machine, node).
     pub reports: &'a BTreeMap<(String, String), NodeReport>,
     /// Now, unix milliseconds.
@@ -248,7 +249,7 @@ fn release(mut r: RolloutRecord, world: &World<'_>) -> Decision {
     }
     let mut specs = Vec::new();
     for (machine, released) in &per_machine {
-        let Some(mut spec) = world.pushed.get(machine).cloned() else {
+        let Some(mut spec) = world.pushed.get(machine).map(|s| MachineSpec::clone(s)) else {
             continue;
         };
         for n in &mut spec.nodes {

@@ -83,7 +83,7 @@ fn status(node: &str, generation: u64, phase: NodePhase, digest: &str) -> NodeSt
 
 struct Fixture {
     targets: BTreeMap<String, MachineSpec>,
-    pushed: BTreeMap<String, MachineSpec>,
+    pushed: BTreeMap<String, std::sync::Arc<MachineSpec>>,
     reports: BTreeMap<(String, String), NodeReport>,
 }
 
@@ -118,7 +118,8 @@ impl Fixture {
     /// What the engine does with a decision: pushed specs become the machines' specs.
     fn apply(&mut self, d: &Decision) {
         for s in &d.push {
-            self.pushed.insert(s.machine.clone(), s.clone());
+            self.pushed
+                .insert(s.machine.clone(), std::sync::Arc::new(s.clone()));
         }
     }
 }
@@ -131,7 +132,7 @@ fn desired(spec: &MachineSpec) -> DesiredRun {
 fn staging_pushes_every_changed_machine_once_then_waits_for_staged_reports() {
     let mut f = Fixture::new();
     f.pushed
-        .insert("vm-km".into(), spec("vm-km", "km", "key-manager", 4));
+        .insert("vm-km".into(), spec("vm-km", "km", "key-manager", 4).into());
     let r = record(false, 2);
     let d = decide(&r, &f.world(0));
     assert_eq!(d.next, Next::Again);
@@ -197,7 +198,7 @@ fn starting(ha: bool, max_parallel: u32) -> (Fixture, RolloutRecord) {
         let mut s = s;
         s.generation = 1;
         s.nodes[0].desired = DesiredRun::Staged.into();
-        f.pushed.insert(m, s);
+        f.pushed.insert(m, std::sync::Arc::new(s));
     }
     let mut r = record(ha, max_parallel);
     r.machines.values_mut().for_each(|g| *g = 1);
@@ -345,7 +346,8 @@ fn a_node_the_operator_stops_is_stopped_at_staging_and_never_released() {
     assert_eq!(desired(km), DesiredRun::Stopped);
     r = d.record;
     for s in &d.push {
-        f.pushed.insert(s.machine.clone(), s.clone());
+        f.pushed
+            .insert(s.machine.clone(), std::sync::Arc::new(s.clone()));
         for n in &s.nodes {
             let phase = if n.name == "km" {
                 NodePhase::Stopped

@@ -78,6 +78,10 @@ pub fn off_target(
 
 /// The same node spec, whether it was to run or to stay staged.
 fn same_node(a: &NodeSpec, b: &NodeSpec) -> bool {
+    if a.desired == b.desired {
+        // The common case, compared without copying the specs.
+        return a == b;
+    }
     let norm = |n: &NodeSpec| NodeSpec {
         desired: DesiredRun::Running as i32,
         ..n.clone()

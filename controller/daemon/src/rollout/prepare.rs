@@ -17,7 +17,7 @@ use apim_proto::v1::{DesiredRun, ErrorDetail, MachineSpec};
 use super::RolloutError;
 use crate::artifacts::ArtifactError;
 use crate::pki::ProductPki;
-use crate::spec::{SpecInputs, machine_spec};
+use crate::spec::{SpecInputs, machine_specs};
 use crate::state::ControllerState;
 use crate::store::RunState;
 
@@ -265,17 +265,9 @@ pub async fn prepare(
         desired: &desired,
         restarts: &run.restarts,
     };
-    let mut targets = BTreeMap::new();
-    for m in &render.machines {
-        let spec = machine_spec(&render, &m.name, &inputs)
-            .map_err(|e| RolloutError::Render {
-                reason: e.to_string(),
-            })?
-            .ok_or_else(|| RolloutError::Render {
-                reason: format!("machine {} vanished from the render", m.name),
-            })?;
-        targets.insert(m.name.clone(), spec);
-    }
+    let targets = machine_specs(&render, &inputs).map_err(|e| RolloutError::Render {
+        reason: e.to_string(),
+    })?;
     Ok(Prepared {
         plan,
         render,
@@ -441,12 +433,20 @@ async fn check_stored_pack(
 
 /// Whether two machine specs are the same apart from their generations.
 pub fn same_spec(a: &MachineSpec, b: &MachineSpec) -> bool {
-    let norm = |s: &MachineSpec| MachineSpec {
-        generation: 0,
-        plan_generation: 0,
-        ..s.clone()
-    };
-    norm(a) == norm(b)
+    // Field by field, without copying the specs (tens of KiB each, a thousand per apply); the
+    // exhaustive pattern makes a new field a compile error here until it is compared.
+    let MachineSpec {
+        machine,
+        generation: _,
+        plan_generation: _,
+        hosts_block,
+        nodes,
+        destroy,
+    } = a;
+    *machine == b.machine
+        && *destroy == b.destroy
+        && *nodes == b.nodes
+        && *hosts_block == b.hosts_block
 }
 
 /// The machines whose spec changes from `baseline` to `targets` (incl. removed machines).
@@ -489,4 +489,47 @@ pub fn cluster_revision(state: &ControllerState) -> Result<String, RolloutError>
         }
     }
     Ok(apim_plan::digest(text.as_bytes())[..16].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use apim_proto::v1::{HostsEntry, NodeSpec};
+
+    use super::*;
+
+    fn spec(generation: u64, digest: &str, host: &str) -> MachineSpec {
+        MachineSpec {
+            machine: "vm-a".into(),
+            generation,
+            plan_generation: generation + 10,
+            hosts_block: vec![HostsEntry {
+                address: "10.0.0.1".into(),
+                names: vec![host.into()],
+            }],
+            nodes: vec![NodeSpec {
+                name: "gw-1".into(),
+                config_digest: digest.into(),
+                ..NodeSpec::default()
+            }],
+            destroy: false,
+        }
+    }
+
+    #[test]
+    fn specs_are_the_same_whatever_their_generations_and_differ_in_anything_else() {
+        let a = spec(1, "d1", "gw-1.example");
+        assert!(same_spec(&a, &spec(7, "d1", "gw-1.example")));
+        assert!(!same_spec(&a, &spec(1, "d2", "gw-1.example")), "a node");
+        assert!(!same_spec(&a, &spec(1, "d1", "gw-2.example")), "the hosts");
+        let destroyed = MachineSpec {
+            destroy: true,
+            ..a.clone()
+        };
+        assert!(!same_spec(&a, &destroyed), "destroy");
+        let other = MachineSpec {
+            machine: "vm-b".into(),
+            ..a.clone()
+        };
+        assert!(!same_spec(&a, &other), "the machine");
+    }
 }

@@ -92,8 +92,9 @@ impl OperatorSvc {
             .flat_map(|s| {
                 let machine = s.machine.clone();
                 s.nodes
-                    .into_iter()
-                    .map(move |n| (n.name, n.role, machine.clone()))
+                    .iter()
+                    .map(move |n| (n.name.clone(), n.role.clone(), machine.clone()))
+                    .collect::<Vec<_>>()
             })
             .collect()
     }

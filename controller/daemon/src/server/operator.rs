@@ -328,9 +328,12 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
     let (generation, latest) = state
         .store()
         .read(|tx| Ok((tx.latest_generation()?, tx.latest_rollout()?)))?;
-    let targets = match &latest {
-        Some(r) if r.state != rollout::Phase::RolledBack => state.rollout_targets(&r.id)?,
-        _ => std::sync::Arc::new(state.store().read(|tx| tx.baseline())?),
+    // The machines and node names shown: the latest rollout's targets, or the baseline.
+    let layout = match &latest {
+        Some(r) if r.state != rollout::Phase::RolledBack => {
+            state.rollout_layout(&r.id, r.state.active())?
+        }
+        _ => crate::state::layout_of(state.store().read(|tx| tx.baseline())?.values()),
     };
     let rollout = latest.map(|r| Rollout {
         id: r.id,
@@ -339,24 +342,29 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
         message: r.message,
         generation: r.generation,
     });
-    let machines = targets
-        .values()
-        .map(|spec| {
-            let agent = state.agent(&spec.machine);
+    // Every agent in one look (not one lock per machine).
+    let mut agents: std::collections::HashMap<String, crate::state::AgentSnapshot> = state
+        .agents()
+        .into_iter()
+        .map(|a| (a.machine.clone(), a))
+        .collect();
+    let machines = layout
+        .iter()
+        .map(|(machine, names)| {
+            let agent = agents.remove(machine);
             let connected = agent.as_ref().is_some_and(|a| a.connected);
             let reported = agent.as_ref().and_then(|a| a.last_status.clone());
             // The plan generation of each machine spec generation its nodes report, looked up
             // once (the nodes of one report mostly share it).
             let mut plan_generations = std::collections::BTreeMap::new();
-            let nodes = spec
-                .nodes
+            let nodes = names
                 .iter()
-                .map(|n| {
+                .map(|name| {
                     let mut s = reported
                         .as_ref()
-                        .and_then(|r| r.nodes.iter().find(|s| s.node == n.name).cloned())
+                        .and_then(|r| r.nodes.iter().find(|s| s.node == *name).cloned())
                         .unwrap_or_else(|| NodeStatus {
-                            node: n.name.clone(),
+                            node: name.clone(),
                             phase: NodePhase::Pending.into(),
                             ..NodeStatus::default()
                         });
@@ -365,8 +373,7 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                             Some(g) => *g,
                             None => {
                                 let g = state
-                                    .store()
-                                    .read(|tx| tx.plan_generation_of(&spec.machine, s.generation))?
+                                    .plan_generation_of(machine, s.generation)?
                                     .unwrap_or(0);
                                 plan_generations.insert(s.generation, g);
                                 g
@@ -377,7 +384,7 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                 })
                 .collect::<Result<Vec<_>, ServerError>>()?;
             Ok(MachineStatus {
-                machine: spec.machine.clone(),
+                machine: machine.clone(),
                 reachable: connected,
                 unreachable_since: if connected {
                     None

@@ -68,14 +68,14 @@ where
     F: Fn(BTreeSet<String>) -> Fut,
     Fut: Future<Output = Result<ApplyResponse, ServerError>>,
 {
-    let (repair, latest) = state
-        .store()
-        .read(|tx| Ok((tx.drift_repair()?, tx.latest_rollout()?)))?;
+    // Woken by every change: the rollout record (large with many nodes) is read only when
+    // repair is on.
     // Several controllers: the one leading rollouts repairs (once), the others watch.
-    if !repair || state.leading().is_none() {
+    if !state.store().read(|tx| tx.drift_repair())? || state.leading().is_none() {
         repairs.clear();
         return Ok(());
     }
+    let latest = state.store().read(|tx| tx.latest_rollout())?;
     let active = latest.is_some_and(|r| r.state.active());
     let status = cluster_status(state)?;
     let nodes = repairs.due(&status, active, Instant::now());

@@ -42,7 +42,7 @@ fn find_node(state: &ControllerState, node: &str) -> Result<(MachineSpec, NodeSp
         .into_values()
         .find_map(|m| {
             let n = m.nodes.iter().find(|n| n.name == node).cloned();
-            n.map(|n| (m, n))
+            n.map(|n| (MachineSpec::clone(&m), n))
         })
         .ok_or_else(|| ServerError::UnknownNode {
             node: node.to_owned(),

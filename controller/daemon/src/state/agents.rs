@@ -25,6 +25,19 @@ pub(super) struct AgentRecord {
     pub(super) last_status: Option<StatusReport>,
     /// The other controller holding its stream, as the store says (several controllers).
     pub(super) remote: Option<String>,
+    /// When this record was last written to the store (not stored itself).
+    pub(super) persisted_at: Option<SystemTime>,
+}
+
+/// How far the stored `last_seen` of a connected agent may lag: a report that changes nothing
+/// is written only when the last write is older than this.
+pub(super) const LAST_SEEN_LAG: Duration = Duration::from_secs(60);
+
+/// Whether `r` should be written although nothing but `last_seen` changed.
+pub(super) fn persist_due(r: &AgentRecord) -> bool {
+    r.persisted_at
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age >= LAST_SEEN_LAG)
 }
 
 /// A copy of what the controller knows about one enrolled agent.
@@ -107,6 +120,7 @@ impl AgentRecord {
             held_generation: s.held_generation,
             last_status: s.last_status.as_deref().and_then(decode_hex),
             remote: s.controller.clone(),
+            persisted_at: None,
         }
     }
 }
@@ -133,5 +147,83 @@ pub(super) fn snapshot(
         facts: r.facts.clone(),
         held_generation: r.held_generation,
         last_status: r.last_status.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apim_certs::ControlPlaneCa;
+    use apim_proto::v1::NodeStatus;
+
+    use super::super::ControllerState;
+    use super::*;
+
+    fn report(phase: apim_proto::v1::NodePhase) -> StatusReport {
+        StatusReport {
+            generation: 1,
+            nodes: vec![NodeStatus {
+                node: "n".into(),
+                phase: phase.into(),
+                generation: 1,
+                ..NodeStatus::default()
+            }],
+            ..StatusReport::default()
+        }
+    }
+
+    #[test]
+    fn a_report_that_changes_nothing_wakes_no_one_and_is_not_rewritten() {
+        use apim_proto::v1::NodePhase;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ControlPlaneCa::load_or_create(&dir.path().join("ca")).unwrap();
+        let state = ControllerState::new(ca, &dir.path().join("artifacts")).unwrap();
+        state.set_desired_spec(MachineSpec {
+            machine: "vm-a".into(),
+            generation: 1,
+            nodes: vec![apim_proto::v1::NodeSpec {
+                name: "n".into(),
+                ..Default::default()
+            }],
+            ..MachineSpec::default()
+        });
+        let persisted_at = || state.lock().agents["vm-a"].persisted_at;
+        let mut changes = state.changes();
+        changes.mark_unchanged();
+        state.record_status("vm-a", report(NodePhase::Starting));
+        assert!(changes.has_changed().unwrap(), "a new report is a change");
+        changes.mark_unchanged();
+        // Written a moment ago (a marker time): the same report again is not written.
+        let marker = SystemTime::now() - Duration::from_secs(1);
+        state.lock().agents.get_mut("vm-a").unwrap().persisted_at = Some(marker);
+        state.record_status("vm-a", report(NodePhase::Starting));
+        assert!(!changes.has_changed().unwrap(), "nothing changed");
+        assert_eq!(persisted_at(), Some(marker), "not written again");
+        // A report with something new is a change, and written.
+        state.record_status("vm-a", report(NodePhase::Healthy));
+        assert!(changes.has_changed().unwrap(), "a new phase is a change");
+        changes.mark_unchanged();
+        assert_ne!(persisted_at(), Some(marker), "and written");
+        let stored = state.store().read(|tx| tx.agents()).unwrap();
+        let last = stored["vm-a"]
+            .last_status
+            .as_deref()
+            .and_then(decode_hex::<StatusReport>);
+        assert_eq!(last, Some(report(NodePhase::Healthy)));
+        // Once the last write is old, the same report is written again (for `last_seen`).
+        let old = SystemTime::now() - LAST_SEEN_LAG;
+        state.lock().agents.get_mut("vm-a").unwrap().persisted_at = Some(old);
+        state.record_status("vm-a", report(NodePhase::Healthy));
+        assert!(!changes.has_changed().unwrap(), "still no change");
+        assert_ne!(persisted_at(), Some(old), "written for last_seen");
+    }
+
+    #[test]
+    fn an_unchanged_record_is_written_again_once_its_last_write_is_old() {
+        let mut r = AgentRecord::default();
+        assert!(persist_due(&r), "never written");
+        r.persisted_at = Some(SystemTime::now());
+        assert!(!persist_due(&r));
+        r.persisted_at = Some(SystemTime::now() - LAST_SEEN_LAG);
+        assert!(persist_due(&r));
     }
 }

@@ -85,7 +85,7 @@ impl ControllerState {
         record.cert_serial = Some(cert.serial.clone());
         record.cert_not_after = Some(cert.not_after);
         record.last_seen = Some(SystemTime::now());
-        self.persist_agent(&inner, machine);
+        self.persist_agent(&mut inner, machine);
         if enrolled {
             // Read-modify-write in one transaction: another controller's revocation since this
             // one last looked is kept.

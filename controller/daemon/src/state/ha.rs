@@ -293,7 +293,7 @@ impl ControllerState {
         let local = self.desired_specs();
         let changed: Vec<_> = specs
             .into_iter()
-            .filter(|s| local.get(&s.machine).is_none_or(|l| l != s))
+            .filter(|s| local.get(&s.machine).is_none_or(|l| **l != *s))
             .collect();
         self.ha.seen.store(now, Ordering::SeqCst);
         if !changed.is_empty() {

@@ -23,7 +23,9 @@ use crate::store::{ArtifactRow, Store};
 mod agents;
 mod credentials;
 mod error;
+mod generations;
 mod ha;
+mod layout;
 mod members;
 mod refusals;
 mod relay;
@@ -33,6 +35,7 @@ pub use agents::AgentSnapshot;
 use agents::{AgentRecord, node_names, snapshot};
 pub use error::StateError;
 pub use ha::{Identity, LEASE_TTL};
+pub use layout::{Layout, layout_of};
 pub use members::Member;
 use refusals::RefusalLog;
 pub use refusals::Refused;
@@ -68,6 +71,10 @@ pub struct ControllerState {
     targets: Mutex<Option<(String, Targets)>>,
     /// Several controllers on one store: identity, lease, the revision this view includes.
     ha: ha::Ha,
+    /// The machines and node names of the latest rollout `Status` showed.
+    layout: layout::LayoutCache,
+    /// Which plan generation each published spec generation came from (for `Status`).
+    plan_generations: generations::PlanGenerations,
 }
 
 /// A rollout's target spec of every machine, shared.
@@ -160,6 +167,8 @@ impl ControllerState {
             relays: relay::Relays::default(),
             targets: Mutex::new(None),
             ha: ha::Ha::new(revision),
+            layout: Default::default(),
+            plan_generations: Default::default(),
         })
     }
 
@@ -191,6 +200,29 @@ impl ControllerState {
         Ok(t)
     }
 
+    /// The decoded targets of rollout `id`, when they are kept.
+    fn cached_targets(&self, id: &str) -> Option<Targets> {
+        let cache = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .as_ref()
+            .filter(|(cached, _)| cached == id)
+            .map(|(_, t)| Arc::clone(t))
+    }
+
+    /// Lets go of rollout `id`'s decoded targets (it ended: the engine reads them no more).
+    fn forget_targets(&self, id: &str) {
+        let mut cache = self
+            .targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.as_ref().is_some_and(|(cached, _)| cached == id) {
+            *cache = None;
+        }
+    }
+
     /// A receiver that changes whenever something an operator can see changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
@@ -213,9 +245,11 @@ impl ControllerState {
         }
     }
 
-    fn persist_agent(&self, inner: &Inner, machine: &str) {
-        if let Some(r) = inner.agents.get(machine) {
-            let stored = r.to_stored(&self.ha.id());
+    fn persist_agent(&self, inner: &mut Inner, machine: &str) {
+        let me = self.ha.id();
+        if let Some(r) = inner.agents.get_mut(machine) {
+            r.persisted_at = Some(SystemTime::now());
+            let stored = r.to_stored(&me);
             self.persist("agent", |tx| tx.save_agent(machine, &stored));
         }
     }
@@ -270,8 +304,11 @@ impl ControllerState {
         {
             let mut inner = self.lock();
             for spec in specs {
+                self.plan_generations
+                    .note(&spec.machine, spec.generation, spec.plan_generation);
                 let sender = Self::spec_sender(&mut inner, &spec.machine);
-                let old = sender.send_replace(Some(Arc::new(spec.clone())));
+                let spec = Arc::new(spec);
+                let old = sender.send_replace(Some(Arc::clone(&spec)));
                 if let Some(old) = old {
                     let (before, now) = (packs_of(&old), packs_of(&spec));
                     if before != now {
@@ -333,13 +370,14 @@ impl ControllerState {
         Ok(out)
     }
 
-    /// The desired spec of every machine that has one.
-    pub fn desired_specs(&self) -> BTreeMap<String, MachineSpec> {
+    /// The desired spec of every machine that has one, shared (not copied: with a thousand
+    /// machines the specs weigh tens of MiB, and the engine reads them on every change).
+    pub fn desired_specs(&self) -> BTreeMap<String, Arc<MachineSpec>> {
         let inner = self.lock();
         inner
             .desired
             .iter()
-            .filter_map(|(m, s)| s.borrow().as_deref().cloned().map(|s| (m.clone(), s)))
+            .filter_map(|(m, s)| s.borrow().clone().map(|s| (m.clone(), s)))
             .collect()
     }
 
@@ -417,7 +455,7 @@ impl ControllerState {
             .or_insert_with(|| watch::channel(0).0);
         current.send_replace(id);
         let rx = current.subscribe();
-        self.persist_agent(&inner, machine);
+        self.persist_agent(&mut inner, machine);
         drop(inner);
         self.notify_change();
         (id, rx)
@@ -438,6 +476,7 @@ impl ControllerState {
         record.last_seen = Some(SystemTime::now());
         let previous = record.last_status.take();
         let mut refused = Refused::default();
+        let facts_before = record.facts.clone();
         if let Some(prev) = previous
             .as_ref()
             .filter(|p| p.generation > report.generation)
@@ -465,10 +504,18 @@ impl ControllerState {
             }
             record.last_status = Some(report);
         }
-        self.persist_agent(&inner, machine);
+        // A report that changes nothing (the periodic one, mostly) wakes no one, and is stored
+        // only to keep `last_seen` at most `agents::LAST_SEEN_LAG` behind: a thousand agents
+        // report every 10 s.
+        let changed = record.last_status != previous || record.facts != facts_before;
+        if changed || agents::persist_due(record) {
+            self.persist_agent(&mut inner, machine);
+        }
         drop(inner);
         self.refusals.count(machine, refused);
-        self.notify_change();
+        if changed {
+            self.notify_change();
+        }
     }
 
     /// Notes that `command_id` was sent to `machine`, so its result will be taken.
@@ -566,7 +613,7 @@ impl ControllerState {
             };
             record.session = None;
             record.last_seen = Some(SystemTime::now());
-            self.persist_agent(&inner, machine);
+            self.persist_agent(&mut inner, machine);
             drop(inner);
             self.notify_change();
         }

@@ -17,8 +17,9 @@ const LOCAL: [&str; 4] = ["localhost", "127.0.0.1", "0.0.0.0", "::1"];
 /// The schemes of the URLs the product's peers are named in.
 const SCHEMES: [&str; 6] = ["https", "http", "tcp", "ssl", "ws", "wss"];
 
-/// Warnings for the pack's own URL values that name a host the plan does not know.
-pub(super) fn placeholders(plan: &Plan, node: &Node, doc: &Flat) -> Vec<Diagnostic> {
+/// Every host a node of `plan` may name, lowercase: the local names, the nodes, the load
+/// balancers, `[hosts]` and the machines' addresses. Built once per plan.
+pub(super) fn known_hosts(plan: &Plan) -> BTreeSet<String> {
     let mut known: BTreeSet<String> = LOCAL.iter().map(|s| s.to_string()).collect();
     known.extend(
         plan.nodes
@@ -32,6 +33,12 @@ pub(super) fn placeholders(plan: &Plan, node: &Node, doc: &Flat) -> Vec<Diagnost
     );
     known.extend(plan.hosts.iter().map(|(n, _)| n.value.to_ascii_lowercase()));
     known.extend(plan.machines.iter().map(|m| m.address.value.to_string()));
+    known
+}
+
+/// Warnings for the pack's own URL values that name a host the plan does not know (`known`:
+/// [`known_hosts`]).
+pub(super) fn placeholders(node: &Node, doc: &Flat, known: &BTreeSet<String>) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (key, (value, own)) in &doc.keys {
         if !own || disabled(doc, key) {

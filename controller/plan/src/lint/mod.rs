@@ -35,12 +35,21 @@ pub struct Finding {
 /// is not checked).
 pub fn check(plan: &Plan, render: &ClusterRender, packs: &PackSet) -> Vec<Finding> {
     let mut catalogues: BTreeMap<PackKind, Option<KeyCatalogue>> = BTreeMap::new();
+    // Per plan and per pack file, not per node: a plan of thousands of nodes is checked in
+    // linear time.
+    let known = hosts::known_hosts(plan);
+    let mut bases: BTreeMap<(PackKind, String), toml::Table> = BTreeMap::new();
+    let plan_nodes: BTreeMap<&str, &crate::plan::Node> = plan
+        .nodes
+        .iter()
+        .map(|n| (n.name.value.as_str(), n))
+        .collect();
     let mut out = Vec::new();
     for node in render.nodes() {
         let Some(pack) = packs.get(node.pack) else {
             continue;
         };
-        let Some(plan_node) = plan.nodes.iter().find(|n| n.name.value == node.name) else {
+        let Some(plan_node) = plan_nodes.get(node.name.as_str()).copied() else {
             continue;
         };
         let profile = plan
@@ -52,11 +61,15 @@ pub fn check(plan: &Plan, render: &ClusterRender, packs: &PackSet) -> Vec<Findin
         let Ok(doc) = node.deployment_toml_masked.parse::<toml::Table>() else {
             continue;
         };
-        let base = pack
-            .file(&profile.base_config_file())
-            .and_then(|t| t.parse::<toml::Table>().ok())
-            .unwrap_or_default();
-        let doc = keys::Flat::new(&doc, &base);
+        let base_file = profile.base_config_file();
+        let base = bases
+            .entry((node.pack, base_file.clone()))
+            .or_insert_with(|| {
+                pack.file(&base_file)
+                    .and_then(|t| t.parse::<toml::Table>().ok())
+                    .unwrap_or_default()
+            });
+        let doc = keys::Flat::new(&doc, base);
         let catalogue = catalogues
             .entry(node.pack)
             .or_insert_with(|| KeyCatalogue::of(pack));
@@ -65,7 +78,7 @@ pub fn check(plan: &Plan, render: &ClusterRender, packs: &PackSet) -> Vec<Findin
             let unknown = keys::unknown(plan, plan_node, &doc, c);
             out.extend(unknown.into_iter().map(finding("render.unknown_key")));
         }
-        let hosts = hosts::placeholders(plan, plan_node, &doc);
+        let hosts = hosts::placeholders(plan_node, &doc, &known);
         out.extend(hosts.into_iter().map(finding("render.placeholder_host")));
     }
     out

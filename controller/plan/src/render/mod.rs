@@ -149,8 +149,8 @@ pub fn render_with(
         edges.insert(node.name.value.clone(), wiring.refs);
         documents.push((node, base_file, toml_text, masked_text));
     }
-    let tiers = graph::tiers(plan, &edges);
     let deps = graph::dependencies(plan, &edges);
+    let tiers = graph::tiers_of(plan, &deps);
 
     let initialisers = databases::initialisers(plan);
     let db_password = |id: &str| match id {
@@ -168,6 +168,12 @@ pub fn render_with(
             nodes: Vec::new(),
         })
         .collect();
+    let machine_index: std::collections::HashMap<&str, usize> = plan
+        .machines
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.value.as_str(), i))
+        .collect();
     for (node, base_file, deployment_toml, deployment_toml_masked) in documents {
         let (libs, databases) = databases::node_databases(plan, node, &initialisers, &db_password);
         let parts = node::NodeParts {
@@ -181,10 +187,8 @@ pub fn render_with(
             truststore_password: secrets.value(&secrets.truststore),
             vault: vault_on,
         };
-        let idx = plan
-            .machines
-            .iter()
-            .position(|m| m.name.value == node.machine.value)
+        let idx = *machine_index
+            .get(node.machine.value.as_str())
             .expect("machine exists");
         machines[idx]
             .nodes

@@ -1,8 +1,9 @@
 //! Light in-process agents for `apim-scale`: each enrols with its own join token and key (the
 //! real `Enroll` RPC with a CSR), then keeps one `AgentService.Connect` stream open over mTLS
 //! with its own certificate, as `apim-agent` does: Hello, a status report at once and every
-//! [`REPORT_INTERVAL`], and every DesiredSpec answered with a report that shows its nodes
-//! staged or healthy on the spec's `config_digest` as the spec asks. No files, no processes:
+//! [`REPORT_INTERVAL`] (each node's `phase_since` moving only when its phase does, as the real
+//! agent's), and every DesiredSpec answered with a report that shows its nodes staged or
+//! healthy on the spec's `config_digest` as the spec asks. No files, no processes:
 //! what is measured is the controller.
 
 use std::collections::BTreeMap;
@@ -153,8 +154,8 @@ struct Agent {
     plan_generation: u64,
     /// The spec's generation (the agent protocol's).
     generation: u64,
-    /// node -> (phase, config digest it runs or staged, running).
-    nodes: BTreeMap<String, (NodePhase, String, bool)>,
+    /// node -> (phase, config digest it runs or staged, running, since when in that phase).
+    nodes: BTreeMap<String, (NodePhase, String, bool, Option<Timestamp>)>,
 }
 
 /// Starts one light agent for `machine` on the runtime; it reconnects after 1 s if its stream
@@ -272,15 +273,19 @@ impl Agent {
                 NodePhase::Staged,
                 String::new(),
                 false,
+                now_ts(),
             ));
             if entry.2 && entry.1 == digest {
                 continue;
             }
-            *entry = match n.desired() {
-                DesiredRun::Running => (NodePhase::Healthy, digest, true),
-                DesiredRun::Stopped => (NodePhase::Stopped, digest, false),
-                DesiredRun::Staged | DesiredRun::Unspecified => (NodePhase::Staged, digest, false),
+            let (phase, running) = match n.desired() {
+                DesiredRun::Running => (NodePhase::Healthy, true),
+                DesiredRun::Stopped => (NodePhase::Stopped, false),
+                DesiredRun::Staged | DesiredRun::Unspecified => (NodePhase::Staged, false),
             };
+            // As the real agent: `phase_since` moves only when the phase does.
+            let since = if entry.0 == phase { entry.3 } else { now_ts() };
+            *entry = (phase, digest, running, since);
         }
         self.generation = spec.generation;
         if spec.plan_generation > self.plan_generation {
@@ -301,13 +306,13 @@ impl Agent {
                 nodes: self
                     .nodes
                     .iter()
-                    .map(|(name, (phase, digest, running))| NodeStatus {
+                    .map(|(name, (phase, digest, running, since))| NodeStatus {
                         node: name.clone(),
                         phase: *phase as i32,
                         step: String::new(),
                         generation: self.generation,
                         last_error: String::new(),
-                        phase_since: now_ts(),
+                        phase_since: *since,
                         restarts: 0,
                         pid: None,
                         config_digest: digest.clone(),
