@@ -1,0 +1,154 @@
+//! End-to-end with machines as hosts (`ClusterOptions::namespaces`): every simulated machine in
+//! its own network namespace on a private bridge and its own mount namespace, where its agent
+//! edits the real `/etc/hosts` path (a private copy is mounted there); the controller in its
+//! own network namespace. Faults are real: a partition is a link taken down (the agent keeps
+//! running), a slow link is `tc netem`.
+//!
+//! Needs root: when the kernel or a tool refuses the namespaces, the cluster fails to start
+//! and the test fails saying which command was refused and why.
+
+use std::collections::BTreeMap;
+
+use apim_e2e::cluster::{
+    Cluster, ClusterOptions, PlanParams, Topology, all_healthy, node_phase, output_text,
+    rollout_state, status_nodes,
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The controller notices a lost agent within about twice this.
+const KEEPALIVE: &str = "agent_keepalive = \"3s\"";
+
+fn hosts_cluster(topology: Topology, name: &str) -> Result<Cluster, Box<dyn std::error::Error>> {
+    let mut opts = ClusterOptions::new(topology, name);
+    opts.namespaces = true;
+    opts.startup_delay_ms = 200;
+    opts.controller_settings.push(KEEPALIVE.into());
+    let mut c = Cluster::create(&opts)?;
+    c.start()?;
+    Ok(c)
+}
+
+/// The managed block of a hosts file: name -> address.
+fn block(text: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut inside = false;
+    for l in text.lines() {
+        if l.starts_with("# BEGIN apimctl") {
+            inside = true;
+        } else if l.starts_with("# END apimctl") {
+            inside = false;
+        } else if inside && let Some((ip, names)) = l.split_once(char::is_whitespace) {
+            for n in names.split_whitespace() {
+                map.insert(n.to_owned(), ip.to_owned());
+            }
+        }
+    }
+    map
+}
+
+/// Whether `machine`'s agent is shown connected in a status JSON.
+fn reachable(s: &serde_json::Value, machine: &str) -> Option<bool> {
+    s["machines"]
+        .as_array()?
+        .iter()
+        .find(|m| m["machine"] == machine)?["reachable"]
+        .as_bool()
+}
+
+#[test]
+fn v45_ha_as_hosts_each_agent_edits_its_own_etc_hosts_and_a_slow_link_is_no_failure() -> TestResult
+{
+    let ours = std::fs::read("/etc/hosts")?;
+    let c = hosts_cluster(Topology::V45Ha, "e2e_hosts_rollout")?;
+    // A control plane's and a gateway's links shaped to 256 kbit/s each way (`tc tbf`): the
+    // pack crawls in, and every message to and from their agents and their servers' peer
+    // traffic queues behind it; none of it may fail the rollout. (`tc netem` delay is what
+    // the issue names, but kernels built without CONFIG_NET_SCH_NETEM, this CI's among them,
+    // refuse it; shaping is real on every kernel with tbf.)
+    let slow = ["vm-cp-1", "vm-gw-2"];
+    for m in slow {
+        c.throttle_link(m, 256)?;
+    }
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "apply: {}", output_text(&out));
+    let s = c.status()?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    for (machine, n) in status_nodes(&s) {
+        assert_eq!(n["restarts"], 0, "{machine}: no restart: {n}");
+        assert!(
+            n["last_error"].as_str().unwrap_or_default().is_empty(),
+            "{machine}: no error: {n}"
+        );
+    }
+    for n in c.node_names() {
+        assert_eq!(c.start_count(&n)?, 1, "{n} started once");
+    }
+    let net = c.network().ok_or("namespaces")?;
+    for m in slow {
+        let held = net.throttled_packets(m)?;
+        assert!(held > 0, "{m}: the shaper held packets back ({held})");
+    }
+
+    // Every machine's own /etc/hosts got the block: each node and LB name at a bridge address.
+    let bridge = format!("10.250.{}.", net.subnet);
+    let mut blocks = Vec::new();
+    for m in &c.machines {
+        let text = std::fs::read_to_string(&m.hosts_file)?;
+        assert!(
+            text.as_bytes().starts_with(&ours),
+            "{}: the copied lines stay first and intact:\n{text}",
+            m.name
+        );
+        let b = block(&text);
+        for n in c.topology.nodes() {
+            let addr = c.machine(&n.machine)?.address.to_string();
+            assert_eq!(
+                b.get(&n.hostname),
+                Some(&addr),
+                "{}: {}\n{text}",
+                m.name,
+                n.hostname
+            );
+            assert!(addr.starts_with(&bridge), "{addr}");
+        }
+        for (_, lb) in c.topology.load_balancers() {
+            assert!(b.contains_key(lb), "{}: {lb}\n{text}", m.name);
+        }
+        blocks.push(b);
+        // The agent and the servers of this machine see that file at /etc/hosts.
+        let pid = c
+            .running_pid(&format!("agent-{}", m.name))
+            .ok_or("agent pid")?;
+        let seen = std::fs::read(format!("/proc/{pid}/root/etc/hosts"))?;
+        assert_eq!(
+            seen,
+            text.as_bytes(),
+            "{}: its /etc/hosts is its file",
+            m.name
+        );
+        for node in &m.nodes {
+            for spid in c.server_pids(node)? {
+                let seen = std::fs::read(format!("/proc/{spid}/root/etc/hosts"))?;
+                assert_eq!(
+                    seen,
+                    text.as_bytes(),
+                    "{node}'s server sees its machine's file"
+                );
+            }
+        }
+    }
+    assert!(
+        blocks.windows(2).all(|w| w[0] == w[1]),
+        "one block everywhere"
+    );
+    // This host's /etc/hosts was never touched.
+    assert_eq!(
+        std::fs::read("/etc/hosts")?,
+        ours,
+        "the test host's /etc/hosts"
+    );
+    Ok(())
+}
