@@ -152,3 +152,102 @@ fn v45_ha_as_hosts_each_agent_edits_its_own_etc_hosts_and_a_slow_link_is_no_fail
     );
     Ok(())
 }
+
+#[test]
+fn a_partitioned_machine_shows_unreachable_the_rollout_waits_and_converges_when_its_link_returns()
+-> TestResult {
+    let c = hosts_cluster(Topology::V45Ha, "e2e_hosts_partition")?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "apply: {}", output_text(&out));
+
+    // A change for both gateways; HA peers go one at a time, and the slow start keeps gw-1
+    // starting (gw-2 not yet released) for a while after its restart shows.
+    let change = "[apimsim]\nstartup_delay_ms = 3000";
+    let params = PlanParams {
+        overrides: vec![("role:gateway".into(), change.into())],
+        ..PlanParams::default()
+    };
+    let plan2 = c.write_plan("plan2.toml", &params)?;
+    let out = c.apply_no_wait(&plan2)?;
+    assert!(
+        out.status.success(),
+        "apply --no-wait: {}",
+        output_text(&out)
+    );
+    c.wait_status("gw-1 to restart for the change", |_| {
+        c.start_count("gw-1").is_ok_and(|n| n == 2)
+    })?;
+    // Mid-rollout: pull vm-gw-2's cable. Its agent keeps running.
+    c.partition("vm-gw-2")?;
+    assert_eq!(
+        c.start_count("gw-2")?,
+        1,
+        "gw-2 not restarted before the partition"
+    );
+    let agent = c.running_pid("agent-vm-gw-2").ok_or("gw-2's agent runs")?;
+    let s = c.wait_status("vm-gw-2 to show unreachable", |s| {
+        reachable(s, "vm-gw-2") == Some(false)
+    })?;
+    assert!(
+        !s["machines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["machine"] == "vm-gw-2")
+            .ok_or("vm-gw-2 in status")?["unreachable_since"]
+            .is_null(),
+        "{s}"
+    );
+    // Everything else goes as far as it can: gw-1 is served with its new configuration...
+    let s = c.wait_status("gw-1 healthy again", |s| {
+        node_phase(s, "gw-1") == Some("healthy")
+    })?;
+    // ...and the rollout waits for the cut-off machine: not over, gw-2 untouched, no failure.
+    assert!(
+        matches!(rollout_state(&s), Some("staging" | "starting")),
+        "the rollout waits: {s}"
+    );
+    assert_eq!(
+        c.start_count("gw-2")?,
+        1,
+        "gw-2 not restarted while cut off"
+    );
+    assert_eq!(
+        c.running_pid("agent-vm-gw-2"),
+        Some(agent),
+        "a partition, not a kill"
+    );
+    let apimctl = c.apimctl(&["status"])?;
+    let table = String::from_utf8_lossy(&apimctl.stdout);
+    assert!(
+        table.contains("unreachable for"),
+        "the operator sees it: {}",
+        output_text(&apimctl)
+    );
+
+    // The link returns: the agent reconnects by itself and the rollout converges.
+    c.heal("vm-gw-2")?;
+    let s = c.wait_rollout_done()?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    assert_eq!(reachable(&s, "vm-gw-2"), Some(true), "{s}");
+    for gw in ["gw-1", "gw-2"] {
+        assert_eq!(c.start_count(gw)?, 2, "{gw} restarted once for the change");
+        let tomls = c.node_files(gw, "deployment.toml")?;
+        let text = tomls
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect::<String>();
+        assert!(text.contains("startup_delay_ms = 3000"), "{gw}: {text}");
+    }
+    for n in ["cp-1", "cp-2", "tm-1", "tm-2"] {
+        assert_eq!(c.start_count(n)?, 1, "{n} untouched");
+    }
+    assert_eq!(
+        c.running_pid("agent-vm-gw-2"),
+        Some(agent),
+        "the same agent reconnected"
+    );
+    Ok(())
+}
