@@ -251,3 +251,41 @@ fn a_partitioned_machine_shows_unreachable_the_rollout_waits_and_converges_when_
     );
     Ok(())
 }
+
+#[test]
+fn a_killed_machine_loses_every_process_at_once_and_its_agent_brings_its_node_back() -> TestResult
+{
+    let mut c = hosts_cluster(Topology::V4 { minor: 2 }, "e2e_hosts_kill")?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "apply: {}", output_text(&out));
+    let server = c.server_pids("gw-1")?;
+    assert_eq!(server.len(), 1, "gw-1 runs one server");
+
+    // Every process in vm-gw-1's namespaces dies at once: agent and server, no goodbye.
+    let killed = c.kill_machine("vm-gw-1")?;
+    assert!(killed >= 2, "the agent and the server at least: {killed}");
+    let net = c.network().ok_or("namespaces")?;
+    assert!(net.pids_in("vm-gw-1")?.is_empty(), "nothing left running");
+    assert!(c.server_pids("gw-1")?.is_empty(), "gw-1's server is gone");
+    let s = c.wait_status("vm-gw-1 to show unreachable", |s| {
+        reachable(s, "vm-gw-1") == Some(false)
+    })?;
+    assert_eq!(reachable(&s, "vm-cp-1"), Some(true), "{s}");
+
+    // The machine comes back (its agent starts as at boot): the node it should run is
+    // started again, the others are not touched.
+    c.start_agent("vm-gw-1")?;
+    let s = c.wait_status("gw-1 to serve again", |s| {
+        reachable(s, "vm-gw-1") == Some(true)
+            && node_phase(s, "gw-1") == Some("healthy")
+            && c.server_pids("gw-1").is_ok_and(|p| p.len() == 1)
+    })?;
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    assert_ne!(c.server_pids("gw-1")?, server, "a new server");
+    assert_eq!(c.start_count("gw-1")?, 2, "gw-1 started again once");
+    for n in ["cp-1", "tm-1"] {
+        assert_eq!(c.start_count(n)?, 1, "{n} untouched");
+    }
+    Ok(())
+}
