@@ -56,49 +56,18 @@ fn reachable(s: &serde_json::Value, machine: &str) -> Option<bool> {
         .as_bool()
 }
 
-#[test]
-fn v45_ha_as_hosts_each_agent_edits_its_own_etc_hosts_and_a_slow_link_is_no_failure() -> TestResult
-{
-    let ours = std::fs::read("/etc/hosts")?;
-    let c = hosts_cluster(Topology::V45Ha, "e2e_hosts_rollout")?;
-    // A control plane's and a gateway's links shaped to 256 kbit/s each way (`tc tbf`): the
-    // pack crawls in, and every message to and from their agents and their servers' peer
-    // traffic queues behind it; none of it may fail the rollout. (`tc netem` delay is what
-    // the issue names, but kernels built without CONFIG_NET_SCH_NETEM, this CI's among them,
-    // refuse it; shaping is real on every kernel with tbf.)
-    let slow = ["vm-cp-1", "vm-gw-2"];
-    for m in slow {
-        c.throttle_link(m, 256)?;
-    }
-    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
-    let out = c.apply(&plan)?;
-    assert!(out.status.success(), "apply: {}", output_text(&out));
-    let s = c.status()?;
-    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
-    assert!(all_healthy(&s, &c.node_names()), "{s}");
-    for (machine, n) in status_nodes(&s) {
-        assert_eq!(n["restarts"], 0, "{machine}: no restart: {n}");
-        assert!(
-            n["last_error"].as_str().unwrap_or_default().is_empty(),
-            "{machine}: no error: {n}"
-        );
-    }
-    for n in c.node_names() {
-        assert_eq!(c.start_count(&n)?, 1, "{n} started once");
-    }
+/// Every machine's own `/etc/hosts` (its file, seen at that path by its agent and servers)
+/// has the same managed block, each node and LB name at a bridge address, after the lines of
+/// the host's file it was copied from; the host's own `/etc/hosts` (`ours`) is untouched.
+fn assert_own_etc_hosts(c: &Cluster, ours: &[u8]) -> TestResult {
     let net = c.network().ok_or("namespaces")?;
-    for m in slow {
-        let held = net.throttled_packets(m)?;
-        assert!(held > 0, "{m}: the shaper held packets back ({held})");
-    }
-
     // Every machine's own /etc/hosts got the block: each node and LB name at a bridge address.
     let bridge = format!("10.250.{}.", net.subnet);
     let mut blocks = Vec::new();
     for m in &c.machines {
         let text = std::fs::read_to_string(&m.hosts_file)?;
         assert!(
-            text.as_bytes().starts_with(&ours),
+            text.as_bytes().starts_with(ours),
             "{}: the copied lines stay first and intact:\n{text}",
             m.name
         );
@@ -151,6 +120,45 @@ fn v45_ha_as_hosts_each_agent_edits_its_own_etc_hosts_and_a_slow_link_is_no_fail
         "the test host's /etc/hosts"
     );
     Ok(())
+}
+
+#[test]
+fn v45_ha_as_hosts_each_agent_edits_its_own_etc_hosts_and_a_slow_link_is_no_failure() -> TestResult
+{
+    let ours = std::fs::read("/etc/hosts")?;
+    let c = hosts_cluster(Topology::V45Ha, "e2e_hosts_rollout")?;
+    // A control plane's and a gateway's links shaped to 256 kbit/s each way (`tc tbf`): the
+    // pack crawls in, and every message to and from their agents and their servers' peer
+    // traffic queues behind it; none of it may fail the rollout. (`tc netem` delay is what
+    // the issue names, but kernels built without CONFIG_NET_SCH_NETEM, this CI's among them,
+    // refuse it; shaping is real on every kernel with tbf.)
+    let slow = ["vm-cp-1", "vm-gw-2"];
+    for m in slow {
+        c.throttle_link(m, 256)?;
+    }
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "apply: {}", output_text(&out));
+    let s = c.status()?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    for (machine, n) in status_nodes(&s) {
+        assert_eq!(n["restarts"], 0, "{machine}: no restart: {n}");
+        assert!(
+            n["last_error"].as_str().unwrap_or_default().is_empty(),
+            "{machine}: no error: {n}"
+        );
+    }
+    for n in c.node_names() {
+        assert_eq!(c.start_count(&n)?, 1, "{n} started once");
+    }
+    let net = c.network().ok_or("namespaces")?;
+    for m in slow {
+        let held = net.throttled_packets(m)?;
+        assert!(held > 0, "{m}: the shaper held packets back ({held})");
+    }
+
+    assert_own_etc_hosts(&c, &ours)
 }
 
 #[test]
@@ -253,8 +261,7 @@ fn a_partitioned_machine_shows_unreachable_the_rollout_waits_and_converges_when_
 }
 
 #[test]
-fn a_killed_machine_loses_every_process_at_once_and_its_agent_brings_its_node_back() -> TestResult
-{
+fn a_killed_machine_loses_every_process_at_once_and_its_agent_brings_its_node_back() -> TestResult {
     let mut c = hosts_cluster(Topology::V4 { minor: 2 }, "e2e_hosts_kill")?;
     let plan = c.write_plan("plan.toml", &PlanParams::default())?;
     let out = c.apply(&plan)?;
@@ -288,4 +295,17 @@ fn a_killed_machine_loses_every_process_at_once_and_its_agent_brings_its_node_ba
         assert_eq!(c.start_count(n)?, 1, "{n} untouched");
     }
     Ok(())
+}
+
+#[test]
+fn v3_five_node_as_hosts_each_agent_edits_its_own_etc_hosts() -> TestResult {
+    let ours = std::fs::read("/etc/hosts")?;
+    let c = hosts_cluster(Topology::V3FiveNode, "e2e_hosts_v3")?;
+    let plan = c.write_plan("plan.toml", &PlanParams::default())?;
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "apply: {}", output_text(&out));
+    let s = c.status()?;
+    assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    assert_own_etc_hosts(&c, &ours)
 }
