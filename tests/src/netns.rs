@@ -252,6 +252,14 @@ impl Network {
         Ok(file)
     }
 
+    /// Every network namespace file this network made (the hub's and each host's).
+    pub fn netns_paths(&self) -> Vec<PathBuf> {
+        self.netns_made
+            .iter()
+            .map(|n| Path::new(NETNS_DIR).join(n))
+            .collect()
+    }
+
     /// The host called `name`.
     pub fn host(&self, name: &str) -> Result<&Host> {
         self.hosts

@@ -307,5 +307,31 @@ fn v3_five_node_as_hosts_each_agent_edits_its_own_etc_hosts() -> TestResult {
     let s = c.status()?;
     assert_eq!(rollout_state(&s), Some("succeeded"), "{s}");
     assert!(all_healthy(&s, &c.node_names()), "{s}");
-    assert_own_etc_hosts(&c, &ours)
+    assert_own_etc_hosts(&c, &ours)?;
+    // The controller listens in its namespace only, not in this one.
+    let port = c.controller_addr.port();
+    let ctl = c.running_pid("controller").ok_or("controller pid")?;
+    assert!(apim_e2e::netns::listening(ctl, port), "in its namespace");
+    assert!(
+        !apim_e2e::netns::listening(std::process::id(), port),
+        "nothing of the cluster listens in the test's namespace"
+    );
+    // Dropping the cluster removes every namespace it made and every mount.
+    let made = c.network().ok_or("namespaces")?.netns_paths();
+    let root = c.root().to_string_lossy().into_owned();
+    assert_eq!(
+        made.len(),
+        c.machines.len() + 2,
+        "hub, machines, controller"
+    );
+    drop(c);
+    for p in &made {
+        assert!(!p.exists(), "{} removed", p.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(
+        !mounts.contains(&root),
+        "no mount left under {root}:\n{mounts}"
+    );
+    Ok(())
 }
