@@ -24,8 +24,9 @@ fn hosts_cluster(topology: Topology, name: &str) -> Result<Cluster, Box<dyn std:
     opts.namespaces = true;
     opts.startup_delay_ms = 200;
     opts.controller_settings.push(KEEPALIVE.into());
-    let mut c = Cluster::create(&opts)?;
-    c.start()?;
+    // Shown with its Display: which command the kernel refused, why, and what the tests need.
+    let mut c = Cluster::create(&opts).map_err(|e| e.to_string())?;
+    c.start().map_err(|e| e.to_string())?;
     Ok(c)
 }
 

@@ -383,8 +383,13 @@ impl Cluster {
             Some(a) => a.port(),
             None => {
                 let port = free_port()?;
+                let names = if controller_ip.is_loopback() {
+                    String::new()
+                } else {
+                    format!(", \"{controller_ip}\"")
+                };
                 let mut text = format!(
-                    "listen = \"{controller_ip}:{port}\"\nserver_names = [\"127.0.0.1\", \"localhost\", \"{controller_ip}\"]\ndata_dir = {:?}\n",
+                    "listen = \"{controller_ip}:{port}\"\nserver_names = [\"127.0.0.1\", \"localhost\"{names}]\ndata_dir = {:?}\n",
                     r.join("controller-data").display().to_string()
                 );
                 for line in &opts.controller_settings {
