@@ -48,6 +48,16 @@ fn block(text: &str) -> BTreeMap<String, String> {
     map
 }
 
+/// The network interfaces of the test's own namespace.
+fn our_links() -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// Whether `machine`'s agent is shown connected in a status JSON.
 fn reachable(s: &serde_json::Value, machine: &str) -> Option<bool> {
     s["machines"]
@@ -301,7 +311,9 @@ fn a_killed_machine_loses_every_process_at_once_and_its_agent_brings_its_node_ba
 #[test]
 fn v3_five_node_as_hosts_each_agent_edits_its_own_etc_hosts() -> TestResult {
     let ours = std::fs::read("/etc/hosts")?;
+    let links = our_links()?;
     let c = hosts_cluster(Topology::V3FiveNode, "e2e_hosts_v3")?;
+    assert_eq!(our_links()?, links, "no link added to the test's namespace");
     let plan = c.write_plan("plan.toml", &PlanParams::default())?;
     let out = c.apply(&plan)?;
     assert!(out.status.success(), "apply: {}", output_text(&out));
