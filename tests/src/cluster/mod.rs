@@ -5,7 +5,9 @@
 //! own install root, state dir, hosts file and fake JDK (whose `apimsim.toml` makes the
 //! simulated servers bind to that address and resolve names through that hosts file). The plan
 //! points each machine's `java_home` at its fake JDK and keeps the install dir absolute
-//! (`/opt/wso2`), which each agent prefixes with its install root.
+//! (`/opt/wso2`), which each agent prefixes with its install root. With
+//! [`ClusterOptions::namespaces`] each machine is a host instead: its own network and mount
+//! namespace, a bridge address and the real `/etc/hosts` path (see `namespaces.rs`).
 //!
 //! The binaries are found in the cargo target dir the running executable lives in (or where
 //! `APIMCTL_BIN`, `APIM_AGENT_BIN`, `APIM_SIMJAVA` say); unless
