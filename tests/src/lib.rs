@@ -8,6 +8,8 @@
 //! - [`sim`] is that binary's simulated Carbon server;
 //! - [`cluster`] runs a whole cluster (controller, agents, simulated machines) as real
 //!   processes on loopback, for the end-to-end tests, the quickstart and the benchmarks;
+//! - [`netns`] gives each simulated machine its own network and mount namespace (opt-in:
+//!   [`cluster::ClusterOptions::namespaces`]), for partitions, slow links and `/etc/hosts`;
 //! - [`probe`] has small blocking helpers tests use to look at a running node.
 //!
 //! Typical use in a test (see `tests/sim_pack.rs` for complete ones):
@@ -33,6 +35,7 @@
 pub mod cluster;
 pub mod db;
 pub mod fakejdk;
+pub mod netns;
 pub mod pgcluster;
 pub mod probe;
 pub mod sim;

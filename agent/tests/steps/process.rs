@@ -1,7 +1,7 @@
 //! Processes: start once, stop with escalation, pid-file truth, the cleared environment, run-as.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -369,6 +369,12 @@ async fn run_as_really_runs_the_server_as_that_user() {
     assert!(uids.iter().all(|u| *u == nobody.uid.as_raw()), "{uid_line}");
     let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
     assert_eq!(groups.trim(), "Groups:", "supplementary groups dropped");
+    // The agent's lock in the home belongs to the home's owner, like the rest of the tree.
+    let lock = std::fs::metadata(node.home.join(process::LOCK_FILE)).unwrap();
+    assert_eq!(
+        (lock.uid(), lock.gid()),
+        (nobody.uid.as_raw(), nobody.gid.as_raw())
+    );
     let mut stop = node.stop_spec("normal");
     stop.run_as = Some("nobody".into());
     assert_eq!(

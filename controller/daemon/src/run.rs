@@ -13,6 +13,7 @@
 //! agent_cert_ttl = "24h"           # agents renew at 2/3 of it
 //! agent_recovery_grace = "30d"     # how long after expiry an agent may still recover
 //! operator_cert_ttl = "30d"        # certificates renewed with `apimctl renew-cert`
+//! agent_keepalive = "30s"          # HTTP/2 ping interval (and timeout) to notice a lost agent
 //! ```
 //!
 //! The data directory (0700) holds `controller.db` (0600; every value that can hold a secret is
@@ -76,6 +77,10 @@ pub struct DaemonConfig {
     /// Lifetime of renewed operator certificates.
     #[serde(default, deserialize_with = "duration")]
     pub operator_cert_ttl: Option<Duration>,
+    /// HTTP/2 keepalive ping interval and timeout on agent connections: an agent whose link
+    /// went down shows as unreachable within about twice this.
+    #[serde(default, deserialize_with = "duration")]
+    pub agent_keepalive: Option<Duration>,
     /// This controller's name among several (`apimctl controllers`); default the host name.
     #[serde(default)]
     pub id: Option<String>,
@@ -160,6 +165,9 @@ impl DaemonConfig {
         }
         if let Some(t) = self.operator_cert_ttl {
             c.operator_cert_ttl = t;
+        }
+        if let Some(t) = self.agent_keepalive {
+            c.keepalive_interval = t;
         }
         c
     }
@@ -357,6 +365,16 @@ mod tests {
         assert_eq!(
             server.agent_recovery_grace,
             Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            ServerConfig::new(vec![]).keepalive_interval,
+            ttl.server_config().keepalive_interval,
+            "the keepalive keeps its default"
+        );
+        let ka: DaemonConfig = toml::from_str("agent_keepalive = \"5s\"").unwrap();
+        assert_eq!(
+            ka.server_config().keepalive_interval,
+            Duration::from_secs(5)
         );
         assert!(toml::from_str::<DaemonConfig>("agent_cert_ttl = \"soon\"").is_err());
         assert!(toml::from_str::<DaemonConfig>("lisen = \"x\"").is_err());

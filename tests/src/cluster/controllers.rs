@@ -23,6 +23,12 @@ impl Cluster {
     /// settings, its own port and data directory, a copy of the store key. Waits until it
     /// listens. The first controller must have started once (it made the key).
     pub fn add_controller(&mut self, name: &str) -> Result<SocketAddr> {
+        if self.network.is_some() {
+            return Err(ClusterError::Build(
+                "several controllers run on loopback only, not with ClusterOptions::namespaces"
+                    .into(),
+            ));
+        }
         let root = self.root().to_path_buf();
         let first = std::fs::read_to_string(root.join("controller.toml"))
             .map_err(io("read", &root.join("controller.toml")))?;

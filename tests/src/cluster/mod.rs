@@ -5,7 +5,9 @@
 //! own install root, state dir, hosts file and fake JDK (whose `apimsim.toml` makes the
 //! simulated servers bind to that address and resolve names through that hosts file). The plan
 //! points each machine's `java_home` at its fake JDK and keeps the install dir absolute
-//! (`/opt/wso2`), which each agent prefixes with its install root.
+//! (`/opt/wso2`), which each agent prefixes with its install root. With
+//! [`ClusterOptions::namespaces`] each machine is a host instead: its own network and mount
+//! namespace, a bridge address and the real `/etc/hosts` path (see `namespaces.rs`).
 //!
 //! The binaries are found in the cargo target dir the running executable lives in (or where
 //! `APIMCTL_BIN`, `APIM_AGENT_BIN`, `APIM_SIMJAVA` say); unless
@@ -30,12 +32,14 @@ use crate::simpack::{self, PackInfo, PackOptions};
 
 mod binaries;
 mod controllers;
+mod namespaces;
 mod process;
 mod status;
 mod topology;
 
 pub use binaries::{Binaries, workspace_root};
 pub use controllers::ExtraController;
+pub use namespaces::CONTROLLER_HOST;
 use process::{command_error, is_alive, kill_child, run_ok};
 pub use process::{find_files, kill_processes_under, stop_detached};
 pub use status::{
@@ -96,6 +100,9 @@ pub enum ClusterError {
     /// A condition did not hold within [`PATIENCE`].
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// Setting up or changing the machines' namespaces failed.
+    #[error(transparent)]
+    Namespaces(#[from] crate::netns::NetnsError),
     /// A name the cluster does not have.
     #[error("unknown {kind} `{name}`")]
     Unknown {
@@ -119,13 +126,13 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Cluster
 pub struct MachineInfo {
     /// Its name in the plan.
     pub name: String,
-    /// Its loopback address.
+    /// Its address: on loopback, or on the bridge in namespaces mode.
     pub address: Ipv4Addr,
     /// The agent's install root.
     pub install_root: PathBuf,
     /// The agent's state dir.
     pub state_dir: PathBuf,
-    /// The machine's hosts file.
+    /// The machine's hosts file (in namespaces mode, the file mounted over its `/etc/hosts`).
     pub hosts_file: PathBuf,
     /// The fake JDK home (the machine's `java_home`).
     pub jdk: PathBuf,
@@ -167,6 +174,8 @@ pub struct Cluster {
     controller_list: Option<String>,
     agents: BTreeMap<String, Child>,
     keep: bool,
+    /// The machines' namespaces ([`ClusterOptions::namespaces`]); torn down on drop.
+    network: Option<crate::netns::Network>,
 }
 
 fn free_port() -> Result<u16> {
@@ -311,15 +320,29 @@ impl Cluster {
                 continue;
             }
             let idx = u8::try_from(machines.len() + 1).unwrap_or(u8::MAX);
-            let address = loopback_for(&opts.name, idx);
+            let address = if opts.namespaces {
+                namespaces::machine_address(&opts.name, idx)
+            } else {
+                loopback_for(&opts.name, idx)
+            };
             let md = r.join("machines").join(&n.machine);
             let hosts_file = md.join("hosts");
             if !hosts_file.exists() {
                 std::fs::create_dir_all(&md).map_err(io("create", &md))?;
-                std::fs::write(&hosts_file, "127.0.0.1 localhost\n")
-                    .map_err(io("write", &hosts_file))?;
+                if opts.namespaces {
+                    namespaces::seed_hosts_file(&hosts_file)?;
+                } else {
+                    std::fs::write(&hosts_file, "127.0.0.1 localhost\n")
+                        .map_err(io("write", &hosts_file))?;
+                }
             }
-            let mut ms = MachineSettings::new(address.into(), &hosts_file);
+            // As hosts, servers resolve names through the real path, as on a VM.
+            let resolve_with = if opts.namespaces {
+                PathBuf::from(crate::netns::ETC_HOSTS)
+            } else {
+                hosts_file.clone()
+            };
+            let mut ms = MachineSettings::new(address.into(), &resolve_with);
             ms.startup_delay_ms = opts.startup_delay_ms;
             let jdk = md.join("jdk");
             let mut js = JdkSettings::new(ms, &bins.simjava);
@@ -343,6 +366,15 @@ impl Cluster {
                 write_private(&p, value.as_bytes())?;
             }
         }
+        let network = if opts.namespaces {
+            Some(namespaces::create_network(&r, &opts.name, &machines)?)
+        } else {
+            None
+        };
+        let controller_ip = network
+            .as_ref()
+            .and_then(|n| n.host(namespaces::CONTROLLER_HOST).ok())
+            .map_or(Ipv4Addr::LOCALHOST, |h| h.address);
         // The controller's config: the port is chosen once and kept (restarts, quickstart).
         let config = r.join("controller.toml");
         let port = match std::fs::read_to_string(&config)
@@ -353,8 +385,13 @@ impl Cluster {
             Some(a) => a.port(),
             None => {
                 let port = free_port()?;
+                let names = if controller_ip.is_loopback() {
+                    String::new()
+                } else {
+                    format!(", \"{controller_ip}\"")
+                };
                 let mut text = format!(
-                    "listen = \"127.0.0.1:{port}\"\nserver_names = [\"127.0.0.1\", \"localhost\"]\ndata_dir = {:?}\n",
+                    "listen = \"{controller_ip}:{port}\"\nserver_names = [\"127.0.0.1\", \"localhost\"{names}]\ndata_dir = {:?}\n",
                     r.join("controller-data").display().to_string()
                 );
                 for line in &opts.controller_settings {
@@ -371,12 +408,13 @@ impl Cluster {
             topology: opts.topology,
             machines,
             packs,
-            controller_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            controller_addr: SocketAddr::from((controller_ip, port)),
             controller: None,
             extra_controllers: Vec::new(),
             controller_list: None,
             agents: BTreeMap::new(),
             keep: false,
+            network,
         })
     }
 
@@ -470,7 +508,7 @@ impl Cluster {
 
     /// Starts the controller and waits until it accepts connections.
     pub fn start_controller(&mut self) -> Result<()> {
-        let mut cmd = Command::new(&self.bins.apimctl);
+        let mut cmd = self.command_on(CONTROLLER_HOST, &self.bins.apimctl);
         cmd.args(["controller", "run", "--config"])
             .arg(self.root().join("controller.toml"));
         let child = self.spawn("controller", cmd)?;
@@ -481,6 +519,14 @@ impl Cluster {
     /// Waits until the controller accepts connections.
     pub fn wait_controller(&self) -> Result<()> {
         let addr = self.controller_addr;
+        if self.network.is_some() {
+            // Its namespace is not this one's: look at its sockets instead of dialling.
+            let pid = self.controller.as_ref().map(Child::id);
+            return polls("the controller to listen in its namespace", || {
+                pid.filter(|p| crate::netns::listening(*p, addr.port()))
+                    .map(|_| ())
+            });
+        }
         polls("the controller to listen", || {
             crate::probe::tcp_open(addr).then_some(())
         })
@@ -551,7 +597,7 @@ impl Cluster {
     /// An `apimctl` command with the operator's connection settings in its environment.
     pub fn apimctl_cmd(&self) -> Command {
         let op = self.root().join("operator");
-        let mut cmd = Command::new(&self.bins.apimctl);
+        let mut cmd = self.command_on(CONTROLLER_HOST, &self.bins.apimctl);
         cmd.env("APIMCTL_CONTROLLER", self.controller_list())
             .env("APIMCTL_CA", op.join("ca.pem"))
             .env("APIMCTL_CERT", op.join("operator.pem"))
@@ -583,16 +629,18 @@ impl Cluster {
     pub fn start_agent(&mut self, machine: &str) -> Result<()> {
         let m = self.machine(machine)?.clone();
         let token_file = self.root().join("tokens").join(&m.name);
-        let mut cmd = Command::new(&self.bins.agent);
+        let mut cmd = self.command_on(&m.name, &self.bins.agent);
         cmd.arg("--controller")
             .arg(self.controller_list())
             .args(["--server-name", "127.0.0.1", "--machine", &m.name])
             .arg("--state-dir")
             .arg(&m.state_dir)
             .arg("--install-root")
-            .arg(&m.install_root)
-            .arg("--hosts-file")
-            .arg(&m.hosts_file);
+            .arg(&m.install_root);
+        // As a host, the agent edits the real /etc/hosts (its default) of its mount namespace.
+        if self.network.is_none() {
+            cmd.arg("--hosts-file").arg(&m.hosts_file);
+        }
         if !self.enrolled(machine)? {
             let out = self.apimctl(&["token", "create", "--machine", &m.name])?;
             if !out.status.success() {
@@ -743,5 +791,7 @@ impl Drop for Cluster {
         if !self.keep {
             self.shutdown();
         }
+        // Before the root goes: the mount namespaces are bound to files in it.
+        drop(self.network.take());
     }
 }

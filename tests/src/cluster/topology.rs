@@ -196,6 +196,10 @@ pub struct ClusterOptions {
     pub filler: Option<Filler>,
     /// Extra lines for the controller's configuration file, e.g. `agent_cert_ttl = "15s"`.
     pub controller_settings: Vec<String>,
+    /// Machines as hosts: every machine, and the controller, in its own network namespace on
+    /// a private bridge, every machine in its own mount namespace where the agent edits the
+    /// real `/etc/hosts` path (see [`crate::netns`]; needs root).
+    pub namespaces: bool,
 }
 
 impl ClusterOptions {
@@ -207,6 +211,7 @@ impl ClusterOptions {
             startup_delay_ms: 200,
             filler: None,
             controller_settings: Vec::new(),
+            namespaces: false,
         }
     }
 }
@@ -226,6 +231,8 @@ pub struct PlanParams {
     pub secure_vault: bool,
     /// The databases on a real server; `None`: the packs' own H2 (each node its own copy).
     pub database: Option<ServerDb>,
+    /// `run_as` per machine: (machine, Unix user); the servers there run as that user.
+    pub run_as: Vec<(String, String)>,
 }
 
 /// A plan's databases on a real MySQL/MariaDB or PostgreSQL server (reached as `db.wso2.com`).
@@ -288,6 +295,7 @@ impl Default for PlanParams {
             overrides: Vec::new(),
             secure_vault: false,
             database: None,
+            run_as: Vec::new(),
         }
     }
 }
@@ -354,6 +362,9 @@ password = { file = "secrets/admin-password" }
                 m.address,
                 m.jdk.display().to_string()
             ));
+            if let Some((_, user)) = params.run_as.iter().find(|(name, _)| *name == m.name) {
+                s.push_str(&format!("run_as = \"{user}\"\n"));
+            }
         }
         for n in self.topology.nodes() {
             s.push_str(&format!(

@@ -83,12 +83,17 @@ impl NodeExecutor {
                 tail(&out.output)
             )));
         }
-        apim_atomic::write_atomic(
-            &node.home.join(OPTIMIZED_MARKER),
-            format!("{}\n", opt.argv.join(" ")).as_bytes(),
-            0o644,
-        )
-        .on(&self.name)
+        let mut writer = apim_atomic::AtomicWriter::new(0o644);
+        if let Some(c) = self.run_as(spec)?.switch_to {
+            writer = writer.owner(c.uid, c.gid);
+        }
+        writer
+            .write(
+                &node.home.join(OPTIMIZED_MARKER),
+                format!("{}\n", opt.argv.join(" ")).as_bytes(),
+            )
+            .map(|_| ())
+            .on(&self.name)
     }
 
     /// Step 9: the rendered configuration file, written only when its bytes differ: mode 0600
@@ -177,10 +182,8 @@ impl NodeExecutor {
         if only_if_changed && std::fs::read(&path).ok().as_deref() == Some(f.content.as_bytes()) {
             return Ok(());
         }
-        if let Some(dir) = path.parent()
-            && !dir.exists()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("create", dir, e))?;
+        if let Some(dir) = path.parent() {
+            self.create_dir_owned(spec, dir)?;
         }
         let mut writer = apim_atomic::AtomicWriter::new(if f.secret { 0o600 } else { 0o644 });
         if let Some(c) = self.run_as(spec)?.switch_to {

@@ -174,7 +174,7 @@ impl NodeExecutor {
         if jars.is_empty() && placed.is_empty() {
             return Ok(());
         }
-        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::io("create", &dir, e))?;
+        self.create_dir_owned(spec, &dir)?;
         for stale in placed.difference(&names) {
             let path = dir.join(stale);
             match std::fs::remove_file(&path) {
@@ -204,9 +204,11 @@ impl NodeExecutor {
             tracing::info!(node = %self.name, jar = %path.display(), "placed jar");
         }
         let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-        apim_atomic::AtomicWriter::new(0o644)
-            .write(&list, text.as_bytes())
-            .on(&self.name)?;
+        let mut writer = apim_atomic::AtomicWriter::new(0o644);
+        if let Some(c) = &owner {
+            writer = writer.owner(c.uid, c.gid);
+        }
+        writer.write(&list, text.as_bytes()).on(&self.name)?;
         Ok(())
     }
 }

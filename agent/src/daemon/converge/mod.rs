@@ -571,6 +571,28 @@ impl NodeExecutor {
         process::resolve_run_as(Self::run_as_user(spec).as_deref()).on(&self.name)
     }
 
+    /// Creates `dir` and its missing parents inside the node's tree, each new folder given to
+    /// the run-as user like the rest of the tree.
+    fn create_dir_owned(&self, spec: &NodeSpec, dir: &Path) -> DaemonResult<()> {
+        let mut missing = Vec::new();
+        let mut d = Some(dir);
+        while let Some(p) = d.filter(|p| !p.exists()) {
+            missing.push(p.to_path_buf());
+            d = p.parent();
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("create", dir, e))?;
+        if let Some(c) = self.run_as(spec)?.switch_to {
+            for p in missing {
+                std::os::unix::fs::lchown(&p, Some(c.uid), Some(c.gid))
+                    .map_err(|e| DaemonError::io("chown", &p, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the installed tree has not been made durable yet.
     pub fn tree_unsynced(&self) -> bool {
         self.rec.unsynced_since_boot.is_some()

@@ -398,7 +398,29 @@ fn split_argv(home: &Path, argv: &[String]) -> Result<(PathBuf, Vec<String>)> {
     Ok((program, rest.to_vec()))
 }
 
-/// An exclusive `flock` on `<home>/.apimctl-node.lock`, released on drop.
+/// Gives `file` (in `home`) to the owner of `home` when they differ and the agent is root:
+/// the node's tree belongs to its `run_as` user, the agent's files in it too.
+fn give_to_home_owner(file: &File, home: &Path, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(home).map_err(|e| ExecError::io("stat", home, e))?;
+    let mine = file
+        .metadata()
+        .map_err(|e| ExecError::io("stat", path, e))?;
+    if (mine.uid(), mine.gid()) != (owner.uid(), owner.gid()) {
+        nix::unistd::fchown(
+            file,
+            Some(nix::unistd::Uid::from_raw(owner.uid())),
+            Some(nix::unistd::Gid::from_raw(owner.gid())),
+        )
+        .map_err(|e| ExecError::io("chown", path, e.into()))?;
+    }
+    Ok(())
+}
+
+/// An exclusive `flock` on `<home>/.apimctl-node.lock` (owned like the home), released on drop.
 struct NodeLock {
     _lock: nix::fcntl::Flock<File>,
 }
@@ -414,6 +436,7 @@ impl NodeLock {
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| ExecError::io("open node lock", &path, e))?;
+        give_to_home_owner(&f, home, &path)?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(NodeLock { _lock: l }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(ExecError::NodeBusy {

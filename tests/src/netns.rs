@@ -1,0 +1,447 @@
+//! Simulated machines as hosts: each gets its own network namespace (a veth pair to a bridge)
+//! and its own mount namespace, where a private copy of `/etc/hosts` is bind-mounted over the
+//! real path, so an agent edits `/etc/hosts` as it does on a VM.
+//!
+//! Everything lives in namespaces this module creates: the bridge sits in a "hub" namespace,
+//! each host's veth peer is created directly inside its namespace, and the addresses are a
+//! private `10.250.<subnet>.0/24` that exists only there. Nothing is added to the caller's
+//! namespaces and no address outside them is touched. A link can be taken down and up (a
+//! partition), delayed or lossy (`tc netem`), and every process of a host killed at once.
+//! Dropping the [`Network`] (also on panic) kills what still runs in its namespaces, unmounts
+//! the mount namespaces and deletes the network namespaces (which deletes the bridge and links).
+//!
+//! Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) and iproute2 (`ip`, `tc`) and util-linux
+//! (`unshare`, `nsenter`): when the kernel or a tool refuses, [`Network::create`] fails saying
+//! which command and why, so the tests that need it fail clearly rather than skip.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Where `ip netns` keeps its named namespaces.
+const NETNS_DIR: &str = "/run/netns";
+/// The hosts file every host's mount namespace shadows.
+pub const ETC_HOSTS: &str = "/etc/hosts";
+/// The interface of a host on the bridge (inside its namespace).
+const HOST_IF: &str = "eth0";
+/// The bridge (inside the hub namespace).
+const BRIDGE: &str = "br0";
+
+/// What went wrong, with the command that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// A command failed or could not run.
+    #[error(
+        "namespaces refused: `{command}` failed: {reason}. The namespace tests need root \
+         (CAP_SYS_ADMIN, CAP_NET_ADMIN), a kernel that allows network and mount namespaces, \
+         iproute2 (`ip`, `tc`) and util-linux (`unshare`, `nsenter`)"
+    )]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its stderr or the spawn error.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A name this network does not have.
+    #[error("no host `{0}` in this network")]
+    Unknown(String),
+}
+
+/// This module's result type.
+pub type Result<T, E = NetnsError> = std::result::Result<T, E>;
+
+/// Runs `program args`; fails with its stderr.
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let line = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| NetnsError::Command {
+            command: line.clone(),
+            reason: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(NetnsError::Command {
+            command: line,
+            reason: format!(
+                "{:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One host: a network namespace on the bridge, optionally with its own mount namespace.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Its name in the cluster (a machine, or `controller`).
+    pub name: String,
+    /// Its network namespace's name (`ip netns`).
+    pub netns: String,
+    /// Its address on the bridge.
+    pub address: Ipv4Addr,
+    /// Its mount namespace (a file bind-mounted on it), when it has one.
+    pub mount_ns: Option<PathBuf>,
+    /// Its link's name on the hub side (the "switch port").
+    hub_port: String,
+}
+
+impl Host {
+    /// The network namespace's file.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.netns)
+    }
+
+    /// `nsenter` arguments that put a program in this host's namespaces, before `--`.
+    pub fn nsenter_args(&self) -> Vec<String> {
+        let mut v = vec![format!("--net={}", self.netns_path().display())];
+        if let Some(m) = &self.mount_ns {
+            v.push(format!("--mount={}", m.display()));
+        }
+        v
+    }
+}
+
+/// A host to create: its name and, for its own mount namespace, the file that becomes its
+/// `/etc/hosts` there.
+#[derive(Debug, Clone)]
+pub struct HostDef {
+    /// Its name.
+    pub name: String,
+    /// The private hosts file bind-mounted over `/etc/hosts` in its mount namespace (`None`:
+    /// no mount namespace of its own).
+    pub hosts_file: Option<PathBuf>,
+}
+
+/// A bridge in a hub namespace and its hosts; torn down on drop.
+#[derive(Debug)]
+pub struct Network {
+    hub: String,
+    /// `10.250.<subnet>.0/24`.
+    pub subnet: u8,
+    /// The hosts, in creation order.
+    pub hosts: Vec<Host>,
+    /// Created namespaces and mounts, undone on drop in reverse.
+    netns_made: Vec<String>,
+    mounts_made: Vec<PathBuf>,
+}
+
+/// Address `index` (1-based, up to 240) of `subnet`: `10.250.<subnet>.<10 + index>`.
+pub fn address(subnet: u8, index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 250, subnet, 10u8.saturating_add(index))
+}
+
+/// A namespace-name prefix unique to this process and call.
+fn unique_prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "apim{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Network {
+    /// Creates the hub with its bridge and one host per `defs` (host `i`, 0-based, gets
+    /// [`address`]`(subnet, i + 1)`); mount namespace files go in `dir` (created). On any
+    /// failure what was made is undone.
+    pub fn create(dir: &Path, subnet: u8, defs: &[HostDef]) -> Result<Network> {
+        std::fs::create_dir_all(dir).map_err(|source| NetnsError::Io {
+            what: "create",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let prefix = unique_prefix();
+        let mut net = Network {
+            hub: format!("{prefix}-hub"),
+            subnet,
+            hosts: Vec::new(),
+            netns_made: Vec::new(),
+            mounts_made: Vec::new(),
+        };
+        let hub = net.hub.clone();
+        run("ip", &["netns", "add", &hub])?;
+        net.netns_made.push(hub.clone());
+        run("ip", &["-n", &hub, "link", "set", "lo", "up"])?;
+        run("ip", &["-n", &hub, "link", "add", BRIDGE, "type", "bridge"])?;
+        run("ip", &["-n", &hub, "link", "set", BRIDGE, "up"])?;
+        for (i, def) in defs.iter().enumerate() {
+            let index = u8::try_from(i + 1).unwrap_or(u8::MAX);
+            let ns = format!("{prefix}-{index}");
+            run("ip", &["netns", "add", &ns])?;
+            net.netns_made.push(ns.clone());
+            let port = format!("p{index}");
+            run(
+                "ip",
+                &[
+                    "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", HOST_IF,
+                    "netns", &ns,
+                ],
+            )?;
+            run(
+                "ip",
+                &["-n", &hub, "link", "set", &port, "master", BRIDGE, "up"],
+            )?;
+            let addr = address(subnet, index);
+            let cidr = format!("{addr}/24");
+            run("ip", &["-n", &ns, "addr", "add", &cidr, "dev", HOST_IF])?;
+            run("ip", &["-n", &ns, "link", "set", HOST_IF, "up"])?;
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+            let mount_ns = match &def.hosts_file {
+                Some(h) => Some(net.make_mount_ns(dir, &ns, h)?),
+                None => None,
+            };
+            net.hosts.push(Host {
+                name: def.name.clone(),
+                netns: ns,
+                address: addr,
+                mount_ns,
+                hub_port: port,
+            });
+        }
+        Ok(net)
+    }
+
+    /// A persistent mount namespace (`<dir>/<ns>.mnt`) whose `/etc/hosts` is `hosts_file`.
+    /// Mounts arriving from outside propagate in (slave), nothing made inside leaks out.
+    fn make_mount_ns(&mut self, dir: &Path, ns: &str, hosts_file: &Path) -> Result<PathBuf> {
+        let file = dir.join(format!("{ns}.mnt"));
+        std::fs::write(&file, b"").map_err(|source| NetnsError::Io {
+            what: "create",
+            path: file.clone(),
+            source,
+        })?;
+        let mnt_arg = format!("--mount={}", file.display());
+        let hosts = hosts_file.to_string_lossy().into_owned();
+        let r = run(
+            "unshare",
+            &[
+                &mnt_arg,
+                "--propagation",
+                "slave",
+                "mount",
+                "--bind",
+                &hosts,
+                ETC_HOSTS,
+            ],
+        );
+        // unshare binds the namespace onto the file before it runs mount: undo it either way
+        // (the file is then on nsfs, another device than its folder).
+        if std::fs::metadata(&file).is_ok_and(|m| m.dev() != dir_dev(dir)) {
+            self.mounts_made.push(file.clone());
+        }
+        r?;
+        Ok(file)
+    }
+
+    /// Every network namespace file this network made (the hub's and each host's).
+    pub fn netns_paths(&self) -> Vec<PathBuf> {
+        self.netns_made
+            .iter()
+            .map(|n| Path::new(NETNS_DIR).join(n))
+            .collect()
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| NetnsError::Unknown(name.to_owned()))
+    }
+
+    /// Takes `name`'s link down at the bridge (pulls its cable): nothing reaches it, nothing
+    /// leaves it; its processes keep running.
+    pub fn link_down(&self, name: &str) -> Result<()> {
+        let port = self.host(name)?.hub_port.clone();
+        run("ip", &["-n", &self.hub, "link", "set", &port, "down"]).map(|_| ())
+    }
+
+    /// Brings `name`'s link back up.
+    pub fn link_up(&self, name: &str) -> Result<()> {
+        let port = self.host(name)?.hub_port.clone();
+        run("ip", &["-n", &self.hub, "link", "set", &port, "up"]).map(|_| ())
+    }
+
+    /// `tc netem` on `name`'s interface: `delay_ms` out of it, and `loss_pct` of its packets
+    /// dropped (0: none). Replaces an earlier setting. Fails, saying so, on a kernel built
+    /// without `sch_netem` (CONFIG_NET_SCH_NETEM).
+    pub fn netem(&self, name: &str, delay_ms: u32, loss_pct: u32) -> Result<()> {
+        let ns = self.host(name)?.netns.clone();
+        let delay = format!("{delay_ms}ms");
+        let loss = format!("{loss_pct}%");
+        run(
+            "tc",
+            &[
+                "-n", &ns, "qdisc", "replace", "dev", HOST_IF, "root", "netem", "delay", &delay,
+                "loss", &loss,
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| match e {
+            NetnsError::Command { command, reason } if reason.contains("kind is unknown") => {
+                NetnsError::Command {
+                    command,
+                    reason: format!(
+                        "{reason} (this kernel has no netem qdisc: CONFIG_NET_SCH_NETEM)"
+                    ),
+                }
+            }
+            other => other,
+        })
+    }
+
+    /// Shapes `name`'s link to `kbit` kbit/s each way (`tc tbf`, at its interface and at its
+    /// bridge port): bulk transfers crawl and everything behind them queues (up to 400 ms).
+    /// Replaces an earlier setting.
+    pub fn throttle(&self, name: &str, kbit: u32) -> Result<()> {
+        let h = self.host(name)?.clone();
+        let rate = format!("{kbit}kbit");
+        for (ns, dev) in [(&h.netns, HOST_IF), (&self.hub, h.hub_port.as_str())] {
+            run(
+                "tc",
+                &[
+                    "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate,
+                    "burst", "4kb", "latency", "400ms",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Packets the shaping towards `name` (its bridge port) held back so far: the `tc -s`
+    /// overlimits count; 0 when nothing was ever over the rate.
+    pub fn throttled_packets(&self, name: &str) -> Result<u64> {
+        let port = self.host(name)?.hub_port.clone();
+        let text = run(
+            "tc",
+            &["-s", "-n", &self.hub, "qdisc", "show", "dev", &port],
+        )?;
+        Ok(text
+            .split_once("overlimits ")
+            .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Removes any shaping or netem of `name`'s link, both ways.
+    pub fn clear_link(&self, name: &str) -> Result<()> {
+        let h = self.host(name)?.clone();
+        for (ns, dev) in [(&h.netns, HOST_IF), (&self.hub, h.hub_port.as_str())] {
+            let shown = run("tc", &["-n", ns, "qdisc", "show", "dev", dev, "root"])?;
+            if shown.contains("tbf") || shown.contains("netem") {
+                run("tc", &["-n", ns, "qdisc", "del", "dev", dev, "root"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pids of every process in `name`'s network namespace.
+    pub fn pids_in(&self, name: &str) -> Result<Vec<i32>> {
+        Ok(pids_in_netns(&self.host(name)?.netns_path()))
+    }
+
+    /// SIGKILLs every process in `name`'s network namespace at once (the machine dies), and
+    /// waits until none is left; returns how many there were.
+    pub fn kill_host(&self, name: &str) -> Result<usize> {
+        Ok(kill_all_in(&self.host(name)?.netns_path()))
+    }
+}
+
+fn dir_dev(dir: &Path) -> u64 {
+    std::fs::metadata(dir).map(|m| m.dev()).unwrap_or(0)
+}
+
+/// Every process whose network namespace is the one `ns_file` names.
+fn pids_in_netns(ns_file: &Path) -> Vec<i32> {
+    let Ok(target) = std::fs::metadata(ns_file).map(|m| (m.dev(), m.ino())) else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == target)
+        })
+        .collect()
+}
+
+/// SIGKILLs every process in the namespace `ns_file` until none is left (zombies of a parent
+/// outside count as gone); bounded, as a failure guard.
+fn kill_all_in(ns_file: &Path) -> usize {
+    let mut killed = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live: Vec<i32> = pids_in_netns(ns_file)
+            .into_iter()
+            .filter(|p| !is_zombie(*p))
+            .collect();
+        if live.is_empty() || Instant::now() > deadline {
+            return killed.len();
+        }
+        for pid in live {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            killed.insert(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
+/// Whether a process in the network namespace of `pid` listens on TCP `port` (its
+/// `/proc/<pid>/net/tcp`, which shows that namespace's sockets).
+pub fn listening(pid: u32, port: u16) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    let want = format!(":{port:04X}");
+    text.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+    })
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for ns in &self.netns_made {
+            kill_all_in(&Path::new(NETNS_DIR).join(ns));
+        }
+        for m in self.mounts_made.drain(..).rev() {
+            if let Err(e) = run("umount", &[&m.to_string_lossy()]) {
+                eprintln!("apim-e2e netns teardown: {e}");
+            }
+            let _ = std::fs::remove_file(&m);
+        }
+        for ns in self.netns_made.drain(..).rev() {
+            if let Err(e) = run("ip", &["netns", "del", &ns]) {
+                eprintln!("apim-e2e netns teardown: {e}");
+            }
+        }
+    }
+}
