@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 
 use apim_proto::v1::{
     ArtifactRef, CommandSpec as WireCommand, DatabaseInit, DatabaseUse, DbEngine, DesiredRun,
-    EnvVar, HostsEntry as WireHosts, HttpProbe, LibJar, MachineSpec, NodeFile as WireFile,
-    NodeSpec, Readiness as WireReadiness,
+    EnvVar, HostsEntry as WireHosts, HttpProbe, LibJar, MachineSpec, ManagedService,
+    NodeFile as WireFile, NodeSpec, Readiness as WireReadiness, ServiceFile, ServiceProbe,
 };
 
 use crate::pki::{PkiError, ProductPki};
 use apim_plan::catalogue::{jvm, layout};
 use apim_plan::plan::Issuer;
 use apim_plan::provided::ProvidedStores;
-use apim_plan::render::{ClusterRender, CommandSpec, NodeRender};
+use apim_plan::render::{BalancerRender, ClusterRender, CommandSpec, NodeRender, balancer};
 
 /// Where the renderer's `deployment.toml` goes, relative to the carbon home.
 pub const DEPLOYMENT_TOML_PATH: &str = layout::CONFIG_FILE;
@@ -277,7 +277,95 @@ pub fn machine_spec(
             .collect(),
         nodes,
         destroy: false,
+        services: m
+            .balancer
+            .as_ref()
+            .map(|b| balancer_service(b, inputs))
+            .transpose()?
+            .into_iter()
+            .collect(),
     }))
+}
+
+/// The name of the load balancer's managed service on its machine.
+pub const BALANCER_SERVICE: &str = "load-balancer";
+
+/// A machine's load balancer as a managed service: its `nginx.conf`, a certificate for its LB
+/// hostnames from the cluster CA (re-used until its names change or it nears expiry), the CA to
+/// verify the nodes behind it, and a probe per role through it. A dry run (`issue` false)
+/// shows a certificate not issued yet as a placeholder.
+fn balancer_service(
+    b: &BalancerRender,
+    inputs: &SpecInputs<'_>,
+) -> Result<ManagedService, PkiError> {
+    let (chain, key, ca) = match inputs.pki {
+        Some(pki) => {
+            let first = b.cert_names.first().cloned().unwrap_or_default();
+            let material = if inputs.issue {
+                Some(pki.node_material(&first, &b.cert_names)?)
+            } else {
+                pki.stored_material(&first, &b.cert_names)
+            };
+            match material {
+                Some(m) => (m.chain_pem, m.key_pem, pki.ca_pem().to_string()),
+                None => (
+                    format!(
+                        "(a certificate for {} to be issued by apply)\n",
+                        b.cert_names.join(",")
+                    ),
+                    String::new(),
+                    pki.ca_pem().to_string(),
+                ),
+            }
+        }
+        None => Default::default(),
+    };
+    let file = |path: &str, content: String, mode: u32, secret: bool| ServiceFile {
+        path: path.to_string(),
+        content,
+        mode,
+        secret,
+    };
+    let mut service = ManagedService {
+        name: BALANCER_SERVICE.to_string(),
+        root: b.root.clone(),
+        files: vec![
+            file(balancer::CONF_FILE, b.nginx_conf.clone(), 0o644, false),
+            file(balancer::CERT_FILE, chain, 0o644, false),
+            file(balancer::KEY_FILE, key, 0o600, true),
+            file(balancer::CA_FILE, ca.clone(), 0o644, false),
+        ],
+        dirs: b.dirs.clone(),
+        check_argv: b.check_argv.clone(),
+        start_argv: b.start_argv.clone(),
+        reload_argv: b.reload_argv.clone(),
+        pid_file: balancer::PID_FILE.to_string(),
+        probes: b
+            .probes
+            .iter()
+            .map(|p| ServiceProbe {
+                name: p.role.to_string(),
+                url: p.url.clone(),
+                connect: p.connect.clone(),
+                ca_pem: ca.clone(),
+                expect_status: u32::from(p.expect_status),
+            })
+            .collect(),
+        digest: String::new(),
+    };
+    service.digest = service_digest(&service);
+    Ok(service)
+}
+
+/// The digest of everything in `s` but the digest itself.
+pub fn service_digest(s: &ManagedService) -> String {
+    use apim_proto::prost::Message as _;
+    let bytes = ManagedService {
+        digest: String::new(),
+        ..s.clone()
+    }
+    .encode_to_vec();
+    apim_plan::digest(&bytes)
 }
 
 #[cfg(test)]

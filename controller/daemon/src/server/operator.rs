@@ -388,6 +388,17 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                         .map(Timestamp::from)
                 },
                 revoked: agent.as_ref().is_some_and(|a| a.revoked),
+                // Only the services of the machine's current spec.
+                services: reported
+                    .as_ref()
+                    .map(|r| {
+                        r.services
+                            .iter()
+                            .filter(|s| spec.services.iter().any(|w| w.name == s.name))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 facts: agent.and_then(|a| a.facts),
                 nodes,
             })
