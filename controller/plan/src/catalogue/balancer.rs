@@ -117,6 +117,10 @@ pub fn served_probe(role: Role) -> (&'static str, u16) {
 /// The NGINX binary on a Debian/Ubuntu machine (the `nginx` package).
 pub const NGINX_BINARY: &str = "/usr/sbin/nginx";
 
+/// NGINX's TCP proxy module on Debian/Ubuntu (the `libnginx-mod-stream` package): a dynamic
+/// module there, loaded by the file that uses `stream`.
+pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,7 +138,7 @@ mod tests {
             .map(|p| p.listen)
             .collect();
         assert_eq!(tcp, [5672, 9611, 9711]);
-        for role in [Role::Publisher, Role::DevPortal, Role::KeyManager] {
+        for role in [Role::Publisher, Role::Devportal, Role::KeyManager] {
             assert_eq!(fronted_ports(v32, role), [cp[0]]);
         }
         let gw = fronted_ports(v45, Role::Gateway);

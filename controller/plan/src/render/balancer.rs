@@ -24,13 +24,20 @@ pub const PID_FILE: &str = "run/nginx.pid";
 /// The error log, relative to the balancer folder.
 pub const ERROR_LOG: &str = "logs/error.log";
 /// The certificate chain for the LB hostnames (cluster CA), relative to the balancer folder.
-pub const CERT_FILE: &str = "tls/lb-chain.pem";
+/// NGINX reads certificate paths relative to its configuration's folder: the TLS files live
+/// under it (see [`in_conf`]).
+pub const CERT_FILE: &str = "conf/tls/lb-chain.pem";
 /// Its private key (0600).
-pub const KEY_FILE: &str = "tls/lb-key.pem";
+pub const KEY_FILE: &str = "conf/tls/lb-key.pem";
 /// The cluster CA, to verify the nodes behind the balancer.
-pub const CA_FILE: &str = "tls/cluster-ca.pem";
+pub const CA_FILE: &str = "conf/tls/cluster-ca.pem";
 /// Folders the balancer writes to.
-pub const DIRS: [&str; 5] = ["conf", "logs", "run", "temp", "tls"];
+pub const DIRS: [&str; 5] = ["conf", "conf/tls", "logs", "run", "temp"];
+
+/// A path under `conf/` as NGINX's certificate directives take it (relative to `conf/`).
+fn in_conf(path: &str) -> &str {
+    path.strip_prefix("conf/").unwrap_or(path)
+}
 
 /// One probe through the balancer: the role it stands for, the URL clients use, where to
 /// connect, and the status expected (0: any status below 500).
@@ -168,8 +175,8 @@ pub(super) fn render(plan: &Plan, m: &Machine) -> Option<BalancerRender> {
             let _ = writeln!(out, "        listen {}{ssl};", listen(port.listen));
             let _ = writeln!(out, "        server_name {host};");
             if tls {
-                let _ = writeln!(out, "        ssl_certificate {CERT_FILE};");
-                let _ = writeln!(out, "        ssl_certificate_key {KEY_FILE};");
+                let _ = writeln!(out, "        ssl_certificate {};", in_conf(CERT_FILE));
+                let _ = writeln!(out, "        ssl_certificate_key {};", in_conf(KEY_FILE));
             }
             let _ = writeln!(out, "        location / {{");
             let scheme = if tls { "https" } else { "http" };
@@ -205,7 +212,11 @@ pub(super) fn render(plan: &Plan, m: &Machine) -> Option<BalancerRender> {
                 if verify {
                     // Node certificates carry the role's LB hostname (see `cert_names`).
                     let _ = writeln!(out, "            proxy_ssl_verify on;");
-                    let _ = writeln!(out, "            proxy_ssl_trusted_certificate {CA_FILE};");
+                    let _ = writeln!(
+                        out,
+                        "            proxy_ssl_trusted_certificate {};",
+                        in_conf(CA_FILE)
+                    );
                 } else {
                     let _ = writeln!(out, "            proxy_ssl_verify off;");
                 }
@@ -248,6 +259,9 @@ pub(super) fn render(plan: &Plan, m: &Machine) -> Option<BalancerRender> {
         conf,
         "# Paths are relative to the prefix {root} (nginx -p ./, run there)."
     );
+    if !stream.is_empty() {
+        let _ = writeln!(conf, "load_module {};", balancer::NGINX_STREAM_MODULE);
+    }
     let _ = writeln!(conf, "worker_processes auto;");
     let _ = writeln!(conf, "pid {PID_FILE};");
     let _ = writeln!(conf, "error_log {ERROR_LOG} warn;");
