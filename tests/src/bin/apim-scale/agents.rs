@@ -318,6 +318,7 @@ impl Agent {
                     .collect(),
                 facts: None,
                 destroy_error: String::new(),
+                services: Vec::new(),
             })),
         }
     }
