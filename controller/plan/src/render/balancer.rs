@@ -149,9 +149,12 @@ pub(super) fn render(plan: &Plan, m: &Machine) -> Option<BalancerRender> {
                     std::net::IpAddr::V6(a) => format!("[{a}]"),
                     std::net::IpAddr::V4(a) => a.to_string(),
                 };
+                // max_fails=0: a node is never set aside, so a peer back from a rolling
+                // restart takes traffic at once, before its partner stops; a node that fails
+                // costs a refused (or, at worst, a timed out) connection, then the next answers.
                 let _ = writeln!(
                     out,
-                    "        server {target}:{} max_fails=1 fail_timeout=5s; # {} ({})",
+                    "        server {target}:{} max_fails=0; # {} ({})",
                     port.backend.at(n.offset.value),
                     n.name.value,
                     n.hostname.value
@@ -162,7 +165,7 @@ pub(super) fn render(plan: &Plan, m: &Machine) -> Option<BalancerRender> {
                 let _ = writeln!(out, "    server {{");
                 let _ = writeln!(out, "        listen {};", listen(port.listen));
                 let _ = writeln!(out, "        proxy_pass {name};");
-                let _ = writeln!(out, "        proxy_connect_timeout 5s;");
+                let _ = writeln!(out, "        proxy_connect_timeout 2s;");
                 let _ = writeln!(out, "    }}");
                 continue;
             }
@@ -207,7 +210,7 @@ pub(super) fn render(plan: &Plan, m: &Machine) -> Option<BalancerRender> {
                 out,
                 "            proxy_next_upstream error timeout http_502 http_503 http_504;"
             );
-            let _ = writeln!(out, "            proxy_connect_timeout 5s;");
+            let _ = writeln!(out, "            proxy_connect_timeout 2s;");
             if tls {
                 if verify {
                     // Node certificates carry the role's LB hostname (see `cert_names`).

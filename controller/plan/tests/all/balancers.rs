@@ -94,8 +94,8 @@ fn a_placed_balancer_is_valid_and_renders_one_nginx_conf() {
     assert_eq!(
         cp,
         "upstream control_plane_443 {\n        ip_hash;\n        \
-         server 10.0.0.1:9443 max_fails=1 fail_timeout=5s; # cp-1 (cp.example.com)\n        \
-         server 10.0.0.3:9443 max_fails=1 fail_timeout=5s; # cp-2 (cp2.example.com)\n    }"
+         server 10.0.0.1:9443 max_fails=0; # cp-1 (cp.example.com)\n        \
+         server 10.0.0.3:9443 max_fails=0; # cp-2 (cp2.example.com)\n    }"
     );
     assert!(conf.contains("listen 10.0.0.9:443 ssl;\n        server_name api.example.com;"));
     assert!(conf.contains("proxy_ssl_name api.example.com;"));
