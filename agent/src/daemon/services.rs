@@ -192,3 +192,209 @@ fn remember_pid_file(root: &Path, rel: &str) {
 fn last_pid_file(_ctx: &ExecContext, root: &Path) -> String {
     std::fs::read_to_string(root.join(".apimctl-pid-file")).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The service loop against a real process: a small script that checks its configuration
+    //! file, starts a long-running child that writes a pid file, and on reload records which
+    //! configuration is live.
+
+    use std::path::Path;
+    use std::time::Instant;
+
+    use apim_certs::tls::ControllerEndpoint;
+    use apim_proto::v1::{ServiceFile as WireFile, ServiceProbe};
+
+    use super::*;
+    use crate::daemon::config::AgentConfig;
+    use crate::daemon::fetch::Fetcher;
+    use crate::daemon::report::StatusBoard;
+    use crate::exec::unpack::UnpackLimits;
+
+    const SCRIPT: &str = r#"case "$1" in
+check) grep -q '^good' conf/app.conf || { echo "conf/app.conf: not good" >&2; exit 1; } ;;
+start) cp conf/app.conf live.conf; sleep 600 >/dev/null 2>&1 & echo $! > run/app.pid ;;
+reload) cp conf/app.conf live.conf ;;
+esac
+"#;
+
+    fn ctx(dir: &Path) -> Arc<ExecContext> {
+        let endpoint = ControllerEndpoint::parse("127.0.0.1:1").expect("endpoint");
+        let mut config = AgentConfig::new(endpoint, "vm-1");
+        config.state_dir = dir.join("state");
+        config.install_root = dir.join("root");
+        Arc::new(ExecContext {
+            fetcher: Arc::new(Fetcher::new(config.cache_dir(), None, 1)),
+            config,
+            board: Arc::new(StatusBoard::new()),
+            limits: UnpackLimits::default(),
+        })
+    }
+
+    fn target(generation: u64, conf: &str, probe_port: u16) -> Arc<ServiceTarget> {
+        let argv = |verb: &str| vec!["/bin/sh".to_string(), "svc.sh".into(), verb.into()];
+        let mut spec = ManagedService {
+            name: "app".into(),
+            root: "/srv/app".into(),
+            files: vec![
+                WireFile {
+                    path: "conf/app.conf".into(),
+                    content: conf.into(),
+                    mode: 0o644,
+                    secret: false,
+                },
+                WireFile {
+                    path: "svc.sh".into(),
+                    content: SCRIPT.into(),
+                    mode: 0o755,
+                    secret: false,
+                },
+            ],
+            dirs: vec!["run".into()],
+            check_argv: argv("check"),
+            start_argv: argv("start"),
+            reload_argv: argv("reload"),
+            pid_file: "run/app.pid".into(),
+            probes: vec![ServiceProbe {
+                name: "web".into(),
+                url: "http://app.example/".into(),
+                connect: format!("127.0.0.1:{probe_port}"),
+                ca_pem: String::new(),
+                expect_status: 0,
+            }],
+            digest: String::new(),
+        };
+        spec.digest = format!("digest-of-{conf}");
+        Arc::new(ServiceTarget { generation, spec })
+    }
+
+    /// Polls the board until `cond` holds on the service's status (10 s failure guard).
+    async fn wait(
+        ctx: &ExecContext,
+        what: &str,
+        cond: impl Fn(&ServiceStatus) -> bool,
+    ) -> ServiceStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = ctx
+                .board
+                .snapshot()
+                .services
+                .into_iter()
+                .find(|s| s.name == "app");
+            if let Some(s) = s.filter(|s| cond(s)) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                ctx.board.snapshot().services
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starts_reloads_keeps_the_running_config_on_a_refused_check_restarts_and_stops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = ctx(dir.path());
+        let root = ctx.config.rooted("app", "/srv/app").expect("rooted");
+        // A closed port: the probe reports why it was not served.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let (tx, rx) = watch::channel(Some(target(1, "good 1", port)));
+        let task = tokio::spawn(service_loop(Arc::clone(&ctx), root.clone(), rx));
+
+        // Started from the written files; the probe through it fails honestly.
+        let s = wait(&ctx, "started", |s| {
+            s.running && s.digest == "digest-of-good 1"
+        })
+        .await;
+        let pid = s.pid.expect("a pid");
+        assert_eq!(
+            std::fs::read_to_string(root.join("live.conf")).unwrap(),
+            "good 1"
+        );
+        assert_eq!(s.generation, 1);
+        assert_eq!(s.probes.len(), 1);
+        assert!(
+            !s.probes[0].ok && s.probes[0].detail.contains("connect"),
+            "{:?}",
+            s.probes
+        );
+
+        // A new configuration: checked, then reloaded in the same process.
+        tx.send_replace(Some(target(2, "good 2", port)));
+        let s = wait(&ctx, "reloaded", |s| s.digest == "digest-of-good 2").await;
+        assert_eq!(s.pid, Some(pid), "a reload keeps the process");
+        assert_eq!(
+            std::fs::read_to_string(root.join("live.conf")).unwrap(),
+            "good 2"
+        );
+        assert!(s.last_error.is_empty(), "{s:?}");
+
+        // A refused configuration: the error is reported, the old one stays on disk and live.
+        tx.send_replace(Some(target(3, "bad 3", port)));
+        let s = wait(&ctx, "the check's refusal", |s| !s.last_error.is_empty()).await;
+        assert!(
+            s.last_error
+                .contains("check refused the configuration; the running configuration is kept"),
+            "{}",
+            s.last_error
+        );
+        assert!(
+            s.last_error.contains("conf/app.conf: not good"),
+            "{}",
+            s.last_error
+        );
+        assert_eq!(s.digest, "digest-of-good 2");
+        assert_eq!(s.pid, Some(pid));
+        assert_eq!(
+            std::fs::read_to_string(root.join("conf/app.conf")).unwrap(),
+            "good 2"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("live.conf")).unwrap(),
+            "good 2"
+        );
+
+        // Its process dies: started again with the configuration it is given.
+        tx.send_replace(Some(target(4, "good 4", port)));
+        wait(&ctx, "good 4 live", |s| s.digest == "digest-of-good 4").await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let s = wait(&ctx, "started again", |s| {
+            s.running && s.pid.is_some_and(|p| p != pid)
+        })
+        .await;
+        let pid2 = s.pid.unwrap();
+
+        // It leaves the spec: stopped.
+        tx.send_replace(None);
+        task.await.unwrap();
+        assert!(
+            !crate::exec::process::pid_alive(i32::try_from(pid2).unwrap()),
+            "stopped"
+        );
+    }
+
+    #[test]
+    fn paths_stay_inside_the_root_and_names_are_checked() {
+        let root = Path::new("/r");
+        assert_eq!(
+            service::under(root, "conf/a").unwrap(),
+            Path::new("/r/conf/a")
+        );
+        for bad in ["/etc/passwd", "../x", "conf/../../x", ""] {
+            assert!(service::under(root, bad).is_err(), "{bad:?}");
+        }
+        assert!(valid_name("load-balancer"));
+        for bad in ["", "Load", "a/b", "a b", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+}
