@@ -54,9 +54,12 @@ pub fn under(root: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
+/// A file's content and mode before it was replaced (`None`: it did not exist).
+type Before = Option<(Vec<u8>, u32)>;
+
 /// What [`write_files`] replaced, to put back when the new files are refused.
 #[derive(Debug, Default)]
-pub struct Previous(Vec<(PathBuf, Option<(Vec<u8>, u32)>)>);
+pub struct Previous(Vec<(PathBuf, Before)>);
 
 /// Creates `dirs` (0755) and writes `files` atomically under `root`, each only when its content
 /// or mode differs. Returns whether anything changed and what was there before.
