@@ -265,6 +265,11 @@ pub(super) fn render(plan: &Plan, m: &Machine) -> Option<BalancerRender> {
     if !stream.is_empty() {
         let _ = writeln!(conf, "load_module {};", balancer::NGINX_STREAM_MODULE);
     }
+    // NGINX started by root runs its workers as `nobody` unless told; the plan's `run_as`
+    // (the machine's, else the cluster's) names the user instead.
+    if let Some(user) = m.run_as.as_ref().or(plan.cluster.run_as.as_ref()) {
+        let _ = writeln!(conf, "user {};", user.value);
+    }
     let _ = writeln!(conf, "worker_processes auto;");
     let _ = writeln!(conf, "pid {PID_FILE};");
     let _ = writeln!(conf, "error_log {ERROR_LOG} warn;");

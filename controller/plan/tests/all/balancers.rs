@@ -121,6 +121,14 @@ fn a_placed_balancer_is_valid_and_renders_one_nginx_conf() {
             "{stream}"
         );
     }
+    // Without `run_as`, NGINX's own default for its workers.
+    assert!(!conf.contains("\nuser "), "{conf}");
+    let with_user = plan(&f, PLACED).replace(
+        "name = \"vm-lb\"\naddress = \"10.0.0.9\"",
+        "name = \"vm-lb\"\naddress = \"10.0.0.9\"\nrun_as = \"www-data\"",
+    );
+    let (lb2, _) = balancer_of(&f, &with_user, "vm-lb");
+    assert!(lb2.unwrap().nginx_conf.contains("\nuser www-data;\n"));
     // Everything NGINX writes stays under its prefix.
     for line in [
         "pid run/nginx.pid;",
