@@ -156,6 +156,14 @@ fn the_ha_plan_is_served_through_nginx_through_a_kill_and_a_rolling_restart() ->
     let s = c.wait_status("every node healthy and the LB serving both roles", |s| {
         all_healthy(s, &c.node_names()) && lb_serves_all(s)
     })?;
+    // The balancer's spec is stable (its certificate re-used): nothing left to change.
+    let out = c.apimctl(&["plan", plan_arg])?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "nothing to change: {}",
+        output_text(&out)
+    );
     let svc = lb_service(&s).ok_or("no balancer in status")?;
     assert!(svc["pid"].as_u64().is_some(), "{svc}");
     let text = output_text(&c.apimctl(&["status"])?);
