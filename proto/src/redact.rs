@@ -6,7 +6,8 @@ use std::fmt;
 
 use crate::v1::{
     ApplyRequest, Chunk, CreateTokenResponse, DatabaseInit, EnrollRequest, EnvVar, KeystoreSpec,
-    LogChunk, LogData, NodeFile, NodeSpec, PlanRequest, ProvidedStores, StoreType, UploadChunk,
+    LogChunk, LogData, NodeFile, NodeSpec, PlanRequest, ProvidedStores, ServiceFile, StoreType,
+    UploadChunk,
 };
 
 /// A secret value: shows whether it is set, never its content.
@@ -147,6 +148,18 @@ impl fmt::Debug for NodeFile {
             .field("content", &Size(self.content.len()))
             .field("secret", &self.secret)
             .field("before_each_start", &self.before_each_start)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ServiceFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A private key must never reach a log; other content is bulky: its size only.
+        f.debug_struct("ServiceFile")
+            .field("path", &self.path)
+            .field("content", &Size(self.content.len()))
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("secret", &self.secret)
             .finish()
     }
 }

@@ -202,6 +202,8 @@ fn check_role(product: Product, role: Role, sim: &PackLayout) {
             PortKind::Http => Some(Port::Http),
             PortKind::Https => Some(Port::Https),
             PortKind::WsHealth => Some(Port::Ws),
+            PortKind::PassthruHttp => Some(Port::PassthruHttp),
+            PortKind::PassthruHttps => Some(Port::PassthruHttps),
             PortKind::Tcp => None,
         };
         if let Some(named) = named {

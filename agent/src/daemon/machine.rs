@@ -21,6 +21,7 @@ use crate::daemon::converge::{
 };
 use crate::daemon::destroy;
 use crate::daemon::error::{DaemonError, DaemonResult, OnNode};
+use crate::daemon::services::{self, ServiceTarget};
 use crate::daemon::supervise;
 use crate::exec::hosts::{self, HostsEntry};
 use crate::exec::ledger::{CommitOutcome, Generational, Ledger};
@@ -64,6 +65,11 @@ impl StoredSpec {
     }
 }
 
+struct ServiceHandle {
+    tx: watch::Sender<Option<Arc<ServiceTarget>>>,
+    task: JoinHandle<()>,
+}
+
 struct NodeHandle {
     tx: watch::Sender<Option<Arc<NodeTarget>>>,
     task: JoinHandle<()>,
@@ -74,6 +80,7 @@ pub struct Machine {
     ctx: Arc<ExecContext>,
     ledger: Ledger<StoredSpec>,
     nodes: BTreeMap<String, NodeHandle>,
+    services: BTreeMap<String, ServiceHandle>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -96,6 +103,7 @@ impl Machine {
             ctx,
             ledger,
             nodes: BTreeMap::new(),
+            services: BTreeMap::new(),
         };
         match held {
             Some(spec) if spec.destroy => {
@@ -141,6 +149,17 @@ impl Machine {
             }
         });
         futures::future::join_all(ends).await;
+        // Managed services stop too (their folders stay: the agent keeps no record of them).
+        for (name, h) in std::mem::take(&mut self.services) {
+            h.tx.send_replace(None);
+            let mut task = h.task;
+            if tokio::time::timeout(bound, &mut task).await.is_err() {
+                tracing::warn!(service = %name, "service task did not end in time; ending it");
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        self.ctx.board.retain_services(&[]);
         match destroy::carry_out(&self.ctx).await {
             Ok(()) => {
                 self.ctx.board.clear();
@@ -244,6 +263,7 @@ impl Machine {
                 .collect::<Vec<_>>()
         }));
         prune_pack_cache(&self.ctx);
+        self.dispatch_services(spec)?;
         let machine_memory = MachineMemory::of(spec);
         for (name, node) in wanted {
             let target = Arc::new(NodeTarget {
@@ -278,9 +298,61 @@ impl Machine {
         Ok(())
     }
 
+    /// Hands each managed service its target; services that left the spec are stopped.
+    fn dispatch_services(&mut self, spec: &MachineSpec) -> DaemonResult<()> {
+        let mut wanted = BTreeMap::new();
+        for s in &spec.services {
+            if !services::valid_name(&s.name) {
+                return Err(DaemonError::BadSpec {
+                    node: "machine".into(),
+                    reason: format!("service name {:?} is not [a-z0-9-]{{1,63}}", s.name),
+                });
+            }
+            let root = self.ctx.config.rooted(&s.name, &s.root)?;
+            wanted.insert(s.name.clone(), (s, root));
+        }
+        let gone: Vec<String> = self
+            .services
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(h) = self.services.remove(&name) {
+                h.tx.send_replace(None);
+                drop(h.task);
+            }
+        }
+        let names: Vec<String> = wanted.keys().cloned().collect();
+        self.ctx.board.retain_services(&names);
+        for (name, (s, root)) in wanted {
+            let target = Arc::new(ServiceTarget {
+                generation: spec.generation,
+                spec: s.clone(),
+            });
+            match self.services.get(&name) {
+                Some(h) => {
+                    h.tx.send_replace(Some(target));
+                }
+                None => {
+                    let (tx, rx) = watch::channel(Some(target));
+                    let task =
+                        tokio::spawn(services::service_loop(Arc::clone(&self.ctx), root, rx));
+                    self.services.insert(name, ServiceHandle { tx, task });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Ends every node task without stopping the nodes (they keep running; the next agent
     /// run adopts them).
     pub async fn shutdown(&mut self) {
+        for (_, h) in std::mem::take(&mut self.services) {
+            drop(h.tx);
+            h.task.abort();
+            let _ = h.task.await;
+        }
         for (_, h) in std::mem::take(&mut self.nodes) {
             drop(h.tx);
             h.task.abort();

@@ -31,6 +31,7 @@ pub mod identity;
 pub mod link;
 pub mod machine;
 pub mod report;
+pub mod services;
 pub mod session;
 pub mod supervise;
 pub mod tail;

@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use apim_proto::prost_types::Timestamp;
-use apim_proto::v1::{Drift, MachineFacts as WireFacts, NodePhase, NodeStatus, StatusReport};
+use apim_proto::v1::{
+    Drift, MachineFacts as WireFacts, NodePhase, NodeStatus, ServiceStatus, StatusReport,
+};
 use tokio::sync::watch;
 
 use crate::exec::facts::{JavaFact, MachineFacts};
@@ -38,6 +40,8 @@ struct Inner {
     drift_checked: BTreeMap<String, u64>,
     /// Why the held destroy spec could not be carried out whole (empty: it was, or none).
     destroy_error: String,
+    /// The managed services of the held spec, by name.
+    services: BTreeMap<String, ServiceStatus>,
 }
 
 /// A change to one node's status; `None` fields stay as they are.
@@ -169,6 +173,27 @@ impl StatusBoard {
         }
     }
 
+    /// Sets a managed service's status; notifies subscribers when it changed.
+    pub fn set_service(&self, status: ServiceStatus) {
+        let mut g = self.lock();
+        if g.services.get(&status.name) != Some(&status) {
+            g.services.insert(status.name.clone(), status);
+            g.version += 1;
+            self.changed.send_replace(g.version);
+        }
+    }
+
+    /// Forgets the managed services not in `keep`.
+    pub fn retain_services(&self, keep: &[String]) {
+        let mut g = self.lock();
+        let before = g.services.len();
+        g.services.retain(|k, _| keep.contains(k));
+        if g.services.len() != before {
+            g.version += 1;
+            self.changed.send_replace(g.version);
+        }
+    }
+
     /// Forgets every node (the machine was destroyed).
     pub fn clear(&self) {
         let mut g = self.lock();
@@ -202,6 +227,7 @@ impl StatusBoard {
             nodes: g.nodes.values().cloned().collect(),
             facts: None,
             destroy_error: g.destroy_error.clone(),
+            services: g.services.values().cloned().collect(),
         }
     }
 

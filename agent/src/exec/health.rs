@@ -280,15 +280,15 @@ pub async fn probe_http_body(
 /// Health endpoints answer a few hundred bytes; more than this is not read.
 pub const MAX_PROBE_BODY: usize = 64 * 1024;
 
-struct ParsedUrl {
-    https: bool,
-    host: String,
+pub(crate) struct ParsedUrl {
+    pub(crate) https: bool,
+    pub(crate) host: String,
     port: u16,
     path: String,
     authority: String,
 }
 
-fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
+pub(crate) fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let https = match uri.scheme_str() {
         Some("http") => false,
@@ -331,7 +331,7 @@ async fn http_get(url: &str) -> std::result::Result<(u16, String), String> {
     }
 }
 
-async fn send_get<I>(io: I, u: &ParsedUrl) -> std::result::Result<(u16, String), String>
+pub(crate) async fn send_get<I>(io: I, u: &ParsedUrl) -> std::result::Result<(u16, String), String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

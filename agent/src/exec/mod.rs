@@ -34,6 +34,7 @@ pub mod ledger;
 pub mod logfile;
 pub mod packfile;
 pub mod process;
+pub mod service;
 pub mod unpack;
 
 pub use error::{ExecError, Result};

@@ -212,6 +212,7 @@ impl Rig {
             nodes,
             plan_generation: generation,
             destroy: false,
+            services: Vec::new(),
         }
     }
 }

@@ -189,6 +189,56 @@ fn status_table() {
     insta::assert_snapshot!(tables::status(&cluster(), now()).join("\n"));
 }
 
+/// The cluster with a load balancer machine: one role served, one not, and an escape sequence
+/// in agent text that must not reach the terminal.
+fn cluster_with_balancer() -> ClusterStatus {
+    use apim_proto::v1::{ProbeStatus, ServiceStatus};
+    let mut c = cluster();
+    c.machines.push(MachineStatus {
+        machine: "vm-lb".into(),
+        reachable: true,
+        services: vec![ServiceStatus {
+            name: "load-balancer".into(),
+            generation: 3,
+            running: true,
+            pid: Some(4242),
+            digest: "ab".repeat(32),
+            last_error: "check refused the configuration; the running configuration is kept: \u{1b}[31mnginx: [emerg] bad".into(),
+            probes: vec![
+                ProbeStatus {
+                    name: "gateway".into(),
+                    ok: true,
+                    detail: "HTTP 404".into(),
+                },
+                ProbeStatus {
+                    name: "control-plane".into(),
+                    ok: false,
+                    detail: "HTTP 502".into(),
+                },
+            ],
+        }],
+        ..MachineStatus::default()
+    });
+    c
+}
+
+#[test]
+fn status_table_with_a_balancer() {
+    let text = tables::status(&cluster_with_balancer(), now()).join("\n");
+    assert!(!text.contains('\u{1b}'), "agent text is escaped");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn status_json_with_a_balancer() {
+    let v = json::status(&cluster_with_balancer());
+    let lb = &v["machines"][5]["services"][0];
+    assert_eq!(lb["name"], "load-balancer");
+    assert_eq!(lb["probes"][0]["served"], true);
+    assert_eq!(lb["probes"][1]["served"], false);
+    assert_eq!(lb["pid"], 4242);
+}
+
 #[test]
 fn status_table_before_the_first_apply() {
     insta::assert_snapshot!(tables::status(&ClusterStatus::default(), now()).join("\n"));

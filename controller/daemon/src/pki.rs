@@ -167,6 +167,11 @@ impl ProductPki {
         }
     }
 
+    /// The stored certificate for `hostname` with `sans` when it is still good (nothing issued).
+    pub fn stored_material(&self, hostname: &str, sans: &[String]) -> Option<NodeMaterial> {
+        self.stored_node_material(hostname, sans)
+    }
+
     /// Issues, concurrently on every core, each node certificate that [`Self::node_material`]
     /// would issue for these `(hostname, sans)` pairs (missing, SANs changed, or near expiry),
     /// so the `node_material` calls that build the specs only read files. A hostname listed

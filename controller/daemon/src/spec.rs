@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 
 use apim_proto::v1::{
     ArtifactRef, CommandSpec as WireCommand, DatabaseInit, DatabaseUse, DbEngine, DesiredRun,
-    EnvVar, HostsEntry as WireHosts, HttpProbe, LibJar, MachineSpec, NodeFile as WireFile,
-    NodeSpec, Readiness as WireReadiness,
+    EnvVar, HostsEntry as WireHosts, HttpProbe, LibJar, MachineSpec, ManagedService,
+    NodeFile as WireFile, NodeSpec, Readiness as WireReadiness, ServiceFile, ServiceProbe,
 };
 
 use crate::pki::{PkiError, ProductPki};
 use apim_plan::catalogue::{jvm, layout};
 use apim_plan::plan::Issuer;
 use apim_plan::provided::ProvidedStores;
-use apim_plan::render::{ClusterRender, CommandSpec, NodeRender};
+use apim_plan::render::{BalancerRender, ClusterRender, CommandSpec, NodeRender, balancer};
 
 /// Where the renderer's `deployment.toml` goes, relative to the carbon home.
 pub const DEPLOYMENT_TOML_PATH: &str = layout::CONFIG_FILE;
@@ -311,7 +311,95 @@ fn spec_of(
         hosts_block,
         nodes,
         destroy: false,
+        services: m
+            .balancer
+            .as_ref()
+            .map(|b| balancer_service(b, inputs))
+            .transpose()?
+            .into_iter()
+            .collect(),
     })
+}
+
+/// The name of the load balancer's managed service on its machine.
+pub const BALANCER_SERVICE: &str = "load-balancer";
+
+/// A machine's load balancer as a managed service: its `nginx.conf`, a certificate for its LB
+/// hostnames from the cluster CA (re-used until its names change or it nears expiry), the CA to
+/// verify the nodes behind it, and a probe per role through it. A dry run (`issue` false)
+/// shows a certificate not issued yet as a placeholder.
+fn balancer_service(
+    b: &BalancerRender,
+    inputs: &SpecInputs<'_>,
+) -> Result<ManagedService, PkiError> {
+    let (chain, key, ca) = match inputs.pki {
+        Some(pki) => {
+            let first = b.cert_names.first().cloned().unwrap_or_default();
+            let material = if inputs.issue {
+                Some(pki.node_material(&first, &b.cert_names)?)
+            } else {
+                pki.stored_material(&first, &b.cert_names)
+            };
+            match material {
+                Some(m) => (m.chain_pem, m.key_pem, pki.ca_pem().to_string()),
+                None => (
+                    format!(
+                        "(a certificate for {} to be issued by apply)\n",
+                        b.cert_names.join(",")
+                    ),
+                    String::new(),
+                    pki.ca_pem().to_string(),
+                ),
+            }
+        }
+        None => Default::default(),
+    };
+    let file = |path: &str, content: String, mode: u32, secret: bool| ServiceFile {
+        path: path.to_string(),
+        content,
+        mode,
+        secret,
+    };
+    let mut service = ManagedService {
+        name: BALANCER_SERVICE.to_string(),
+        root: b.root.clone(),
+        files: vec![
+            file(balancer::CONF_FILE, b.nginx_conf.clone(), 0o644, false),
+            file(balancer::CERT_FILE, chain, 0o644, false),
+            file(balancer::KEY_FILE, key, 0o600, true),
+            file(balancer::CA_FILE, ca.clone(), 0o644, false),
+        ],
+        dirs: b.dirs.clone(),
+        check_argv: b.check_argv.clone(),
+        start_argv: b.start_argv.clone(),
+        reload_argv: b.reload_argv.clone(),
+        pid_file: balancer::PID_FILE.to_string(),
+        probes: b
+            .probes
+            .iter()
+            .map(|p| ServiceProbe {
+                name: p.role.to_string(),
+                url: p.url.clone(),
+                connect: p.connect.clone(),
+                ca_pem: ca.clone(),
+                expect_status: u32::from(p.expect_status),
+            })
+            .collect(),
+        digest: String::new(),
+    };
+    service.digest = service_digest(&service);
+    Ok(service)
+}
+
+/// The digest of everything in `s` but the digest itself.
+pub fn service_digest(s: &ManagedService) -> String {
+    use apim_proto::prost::Message as _;
+    let bytes = ManagedService {
+        digest: String::new(),
+        ..s.clone()
+    }
+    .encode_to_vec();
+    apim_plan::digest(&bytes)
 }
 
 #[cfg(test)]
@@ -526,5 +614,112 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_balancer_machine_carries_nginx_as_a_managed_service_with_a_cluster_ca_certificate() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/examples/v45-ha.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "gateway = \"gw.wso2.com\"",
+            "gateway = { hostname = \"gw.wso2.com\", machine = \"vm-lb\" }",
+        ) + "\n[[machines]]\nname = \"vm-lb\"\naddress = \"10.0.0.99\"\n";
+        let env = BTreeMap::new();
+        let (plan, report) = validate::check(
+            &path,
+            &text,
+            &env,
+            Options {
+                verify_packs: false,
+            },
+        );
+        let plan = plan.unwrap_or_else(|| panic!("{}", report.render()));
+        let c = apim_plan::render::render(&plan, &env, &apim_plan::pack::PackSet::none()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ProductPki::load_or_create(dir.path(), &c.cluster).unwrap();
+        let sizes = BTreeMap::new();
+        let run = |_: &NodeRender| DesiredRun::Running;
+        let restarts = BTreeMap::new();
+        let inputs = |generation, issue| SpecInputs {
+            generation,
+            plan_generation: 1,
+            pack_sizes: &sizes,
+            pki: Some(&pki),
+            provided: None,
+            issue,
+            desired: &run,
+            restarts: &restarts,
+        };
+        // A dry run before any apply shows the certificate as to be issued.
+        let dry = machine_spec(&c, "vm-lb", &inputs(1, false))
+            .unwrap()
+            .unwrap();
+        let file = |s: &MachineSpec, p: &str| {
+            s.services[0]
+                .files
+                .iter()
+                .find(|f| f.path == p)
+                .cloned()
+                .unwrap()
+        };
+        assert!(
+            file(&dry, balancer::CERT_FILE)
+                .content
+                .contains("to be issued by apply")
+        );
+
+        let spec = machine_spec(&c, "vm-lb", &inputs(2, true))
+            .unwrap()
+            .unwrap();
+        assert!(spec.nodes.is_empty());
+        assert_eq!(spec.services.len(), 1);
+        let svc = &spec.services[0];
+        assert_eq!(svc.name, BALANCER_SERVICE);
+        assert_eq!(svc.root, "/opt/wso2/load-balancer");
+        assert_eq!(svc.pid_file, "run/nginx.pid");
+        assert_eq!(svc.check_argv[0], "/usr/sbin/nginx");
+        let conf = file(&spec, balancer::CONF_FILE);
+        assert!(conf.content.contains("server_name gw.wso2.com;"));
+        assert_eq!(conf.mode, 0o644);
+        let key = file(&spec, balancer::KEY_FILE);
+        assert!(key.secret && key.mode == 0o600 && key.content.contains("PRIVATE KEY"));
+        assert!(
+            !format!("{svc:?}").contains("PRIVATE KEY"),
+            "the key never reaches a log"
+        );
+        // The leaf names the LB hostname and chains to the cluster CA the probes trust.
+        let chain = file(&spec, balancer::CERT_FILE).content;
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "leaf + CA");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(chain.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| format!("{n}"))
+            .collect();
+        assert!(sans.iter().any(|n| n.contains("gw.wso2.com")), "{sans:?}");
+        assert_eq!(file(&spec, balancer::CA_FILE).content, pki.ca_pem());
+        assert!(svc.probes.iter().all(|p| p.ca_pem == pki.ca_pem()));
+        assert_eq!(svc.probes[0].connect, "10.0.0.99:443");
+        // The certificate is re-used: the same service, digest and all, on the next spec.
+        let again = machine_spec(&c, "vm-lb", &inputs(3, true))
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.services, spec.services);
+        assert_eq!(svc.digest, service_digest(svc));
+        // Other machines carry no service, and map the LB name to the balancer.
+        let gw = machine_spec(&c, "vm-gw-1", &inputs(2, true))
+            .unwrap()
+            .unwrap();
+        assert!(gw.services.is_empty());
+        assert!(
+            gw.hosts_block
+                .iter()
+                .any(|h| h.address == "10.0.0.99" && h.names == ["gw.wso2.com"])
+        );
     }
 }

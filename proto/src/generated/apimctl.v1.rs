@@ -144,6 +144,45 @@ pub struct ErrorDetail {
     #[prost(string, tag = "7")]
     pub field_path: ::prost::alloc::string::String,
 }
+/// A managed service's state as its agent sees it (`MachineSpec.services`). Agent text:
+/// untrusted.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServiceStatus {
+    /// The service's name from the spec.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The machine spec generation it was last applied from.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    /// Whether its process (from the pid file) is alive.
+    #[prost(bool, tag = "3")]
+    pub running: bool,
+    /// Its master process id while running.
+    #[prost(uint32, optional, tag = "4")]
+    pub pid: ::core::option::Option<u32>,
+    /// The `ManagedService.digest` of the configuration it runs.
+    #[prost(string, tag = "5")]
+    pub digest: ::prost::alloc::string::String,
+    /// The last error (a failed check, start or reload), empty when the last apply succeeded.
+    #[prost(string, tag = "6")]
+    pub last_error: ::prost::alloc::string::String,
+    /// The last result of each probe.
+    #[prost(message, repeated, tag = "7")]
+    pub probes: ::prost::alloc::vec::Vec<ProbeStatus>,
+}
+/// The last result of one `ServiceProbe`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProbeStatus {
+    /// The probe's name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Whether it got the expected answer.
+    #[prost(bool, tag = "2")]
+    pub ok: bool,
+    /// The status received, or why there was none. Agent text: untrusted.
+    #[prost(string, tag = "3")]
+    pub detail: ::prost::alloc::string::String,
+}
 /// Where a node is in its life cycle. Staging walks FETCHING..CERTIFICATES, starting walks
 /// STARTING..HEALTHY; any step can end in FAILED with `NodeStatus.last_error` set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -251,6 +290,10 @@ pub struct MachineSpec {
     /// reports this generation with no nodes. The agent stays enrolled; a later spec installs anew.
     #[prost(bool, tag = "6")]
     pub destroy: bool,
+    /// Long-running services the agent keeps running on this machine besides the nodes (e.g. a
+    /// load balancer the plan places here), each from the files and argv written below.
+    #[prost(message, repeated, tag = "7")]
+    pub services: ::prost::alloc::vec::Vec<ManagedService>,
 }
 /// One line of the managed /etc/hosts block.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -619,6 +662,82 @@ pub struct TrustedCert {
     #[prost(string, tag = "2")]
     pub cert_pem: ::prost::alloc::string::String,
 }
+/// A long-running service the agent runs from files and argv alone: it writes `files`
+/// atomically, runs `check_argv` (a failed check keeps the running configuration and reports the
+/// error), starts it with `start_argv` when its pid file names no live process, else runs
+/// `reload_argv` (a graceful reload that keeps open connections). The agent holds no knowledge of
+/// what the service is; every argv is an array, never a shell string.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ManagedService {
+    /// The service's name, unique on the machine (\[a-z0-9-\], at most 63 characters), e.g. "lb".
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The files the service runs from, written before the check (paths relative to `root`).
+    #[prost(message, repeated, tag = "2")]
+    pub files: ::prost::alloc::vec::Vec<ServiceFile>,
+    /// Folders created (0755) under `root` before the check, e.g. its log and temp folders.
+    #[prost(string, repeated, tag = "3")]
+    pub dirs: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Checks the written configuration without touching the running service; exit 0 = good.
+    #[prost(string, repeated, tag = "4")]
+    pub check_argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Starts the service (it daemonises and writes `pid_file`).
+    #[prost(string, repeated, tag = "5")]
+    pub start_argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Reloads the running service gracefully.
+    #[prost(string, repeated, tag = "6")]
+    pub reload_argv: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The file the service writes its master process id to (relative to `root`).
+    #[prost(string, tag = "7")]
+    pub pid_file: ::prost::alloc::string::String,
+    /// Probes through the service, each reported in status.
+    #[prost(message, repeated, tag = "8")]
+    pub probes: ::prost::alloc::vec::Vec<ServiceProbe>,
+    /// A digest of everything else; equal digests mean the same service (no reload).
+    #[prost(string, tag = "9")]
+    pub digest: ::prost::alloc::string::String,
+    /// The service's folder (absolute; the agent places it under its install root as it does a
+    /// node's install_dir, refusing ".."): every argv runs with it as the working directory.
+    #[prost(string, tag = "10")]
+    pub root: ::prost::alloc::string::String,
+}
+/// One file of a managed service.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct ServiceFile {
+    /// Path relative to the service's `root` (no ".."); its folder is created when missing.
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// Content. SECRET when `secret` is set (a private key).
+    #[prost(string, tag = "2")]
+    pub content: ::prost::alloc::string::String,
+    /// Permission bits, e.g. 0644; 0 means 0600.
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    /// Whether the content is secret (redacted in logs).
+    #[prost(bool, tag = "4")]
+    pub secret: bool,
+}
+/// An HTTP GET through a managed service, for status: answered means the service and something
+/// behind it answer.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServiceProbe {
+    /// What the probe stands for, e.g. a role the service fronts.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The URL as clients use it (its host is sent as Host and TLS server name).
+    #[prost(string, tag = "2")]
+    pub url: ::prost::alloc::string::String,
+    /// Where to connect ("address:port"), so the probe needs no name resolution.
+    #[prost(string, tag = "3")]
+    pub connect: ::prost::alloc::string::String,
+    /// For https: the CA certificate (PEM) the answer's certificate must chain to.
+    #[prost(string, tag = "4")]
+    pub ca_pem: ::prost::alloc::string::String,
+    /// The status expected; 0 means any status below 500 (an answer from behind the service).
+    #[prost(uint32, tag = "5")]
+    pub expect_status: u32,
+}
 /// What the controller wants a node to be doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -781,6 +900,9 @@ pub struct StatusReport {
     /// text). Empty once it was: `generation` is then the destroy spec's and `nodes` is empty.
     #[prost(string, tag = "4")]
     pub destroy_error: ::prost::alloc::string::String,
+    /// The managed services of that spec.
+    #[prost(message, repeated, tag = "5")]
+    pub services: ::prost::alloc::vec::Vec<ServiceStatus>,
 }
 /// The outcome of one `Command`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2401,6 +2523,9 @@ pub struct MachineStatus {
     /// token (`apimctl token create`), which lifts the revocation.
     #[prost(bool, tag = "6")]
     pub revoked: bool,
+    /// The last reported state of its managed services (e.g. a load balancer).
+    #[prost(message, repeated, tag = "7")]
+    pub services: ::prost::alloc::vec::Vec<ServiceStatus>,
 }
 /// A join token request.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -25,6 +25,7 @@ const SKIP_DEBUG: &[&str] = &[
     ".apimctl.v1.UploadChunk",
     ".apimctl.v1.LogData",
     ".apimctl.v1.LogChunk",
+    ".apimctl.v1.ServiceFile",
 ];
 
 const GENERATED_RS: &str = "apimctl.v1.rs";

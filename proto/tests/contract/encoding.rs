@@ -123,6 +123,9 @@ fn machine_spec_round_trips_every_field() {
         "LibJar",
         "DatabaseUse",
         "DatabaseInit",
+        "ManagedService",
+        "ServiceFile",
+        "ServiceProbe",
     ]
     .into_iter()
     .collect();

@@ -285,6 +285,7 @@ async fn agent_connect_stream_round_trip() {
             }],
             facts: None,
             destroy_error: String::new(),
+            services: Vec::new(),
         })))
         .await
         .expect("send StatusReport");

@@ -3,8 +3,8 @@
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
     ArtifactRef, CommandSpec, DatabaseInit, DatabaseUse, DbEngine, DesiredRun, EnvVar, HostsEntry,
-    HttpProbe, KeystoreSpec, LibJar, MachineFacts, MachineSpec, NodeFile, NodeSpec, ProvidedStores,
-    Readiness, ServerProcess, StoreType, TrustedCert,
+    HttpProbe, KeystoreSpec, LibJar, MachineFacts, MachineSpec, ManagedService, NodeFile, NodeSpec,
+    ProvidedStores, Readiness, ServerProcess, ServiceFile, ServiceProbe, StoreType, TrustedCert,
 };
 
 /// Secret strings used in the sample; the redaction test checks none of them is printed.
@@ -17,6 +17,7 @@ pub const SECRETS: &[&str] = &[
     "env-secret-s3cret",
     "vault-password-s3cret",
     "dbinit-password-s3cret",
+    "lb-key-s3cret",
 ];
 
 /// Secret bytes used in the sample (provided stores, provided files); the redaction test checks
@@ -192,6 +193,29 @@ pub fn machine_spec(generation: u64) -> MachineSpec {
         nodes: vec![full_node(), minimal_node()],
         // Set only to cover the field: a real destroy spec has no nodes.
         destroy: true,
+        services: vec![ManagedService {
+            name: "load-balancer".into(),
+            files: vec![ServiceFile {
+                path: "conf/tls/lb-key.pem".into(),
+                content: "lb-key-s3cret".into(),
+                mode: 0o600,
+                secret: true,
+            }],
+            dirs: vec!["logs".into()],
+            check_argv: vec!["/usr/sbin/nginx".into(), "-t".into()],
+            start_argv: vec!["/usr/sbin/nginx".into()],
+            reload_argv: vec!["/usr/sbin/nginx".into(), "-s".into(), "reload".into()],
+            pid_file: "run/nginx.pid".into(),
+            probes: vec![ServiceProbe {
+                name: "gateway".into(),
+                url: "https://gw-lb.wso2.com/".into(),
+                connect: "10.0.0.9:443".into(),
+                ca_pem: "-----BEGIN CERTIFICATE-----".into(),
+                expect_status: 404,
+            }],
+            digest: "d".repeat(64),
+            root: "/opt/wso2/load-balancer".into(),
+        }],
     }
 }
 

@@ -30,6 +30,7 @@ use crate::fakejdk::{JdkSettings, MachineSettings, make_fake_jdk};
 use crate::probe::loopback_for;
 use crate::simpack::{self, PackInfo, PackOptions};
 
+mod balancer;
 mod binaries;
 mod controllers;
 mod namespaces;

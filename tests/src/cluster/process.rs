@@ -78,7 +78,8 @@ pub fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
 }
 
 /// SIGKILLs every process whose command line mentions `root` (agents, controller, and the
-/// simulated servers, whose `java` lives in the machines' fake JDKs under `root`). Only
+/// simulated servers, whose `java` lives in the machines' fake JDKs under `root`) or that runs
+/// in a folder under `root` (a balancer's NGINX). Only
 /// processes started for this cluster carry its unique root path.
 pub fn kill_processes_under(root: &Path) {
     let needle = root.to_string_lossy().into_owned();
@@ -102,7 +103,11 @@ pub fn kill_processes_under(root: &Path) {
                 continue;
             };
             let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains(&needle) && is_alive(pid) {
+            // A daemon started in a folder of the cluster (a load balancer's NGINX, whose
+            // command line names relative paths only) is the cluster's too.
+            let cwd_inside =
+                std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(root));
+            if (cmdline.contains(&needle) || cwd_inside) && is_alive(pid) {
                 found = true;
                 if let Ok(p) = i32::try_from(pid) {
                     let _ = kill(Pid::from_raw(p), Signal::SIGKILL);

@@ -233,6 +233,9 @@ pub struct PlanParams {
     pub database: Option<ServerDb>,
     /// `run_as` per machine: (machine, Unix user); the servers there run as that user.
     pub run_as: Vec<(String, String)>,
+    /// `[load_balancers]` placed on a machine: (role, machine); apimctl installs NGINX there.
+    /// The other roles' LB names resolve to their first node's machine.
+    pub balancers: Vec<(String, String)>,
 }
 
 /// A plan's databases on a real MySQL/MariaDB or PostgreSQL server (reached as `db.wso2.com`).
@@ -296,6 +299,7 @@ impl Default for PlanParams {
             secure_vault: false,
             database: None,
             run_as: Vec::new(),
+            balancers: Vec::new(),
         }
     }
 }
@@ -341,12 +345,18 @@ password = { file = "secrets/admin-password" }
             "\n[tls]\nissuer = \"cluster-ca\"\nkeystore_type = \"{}\"\nkeystore_file = \"wso2carbon.jks\"\nkeystore_password = {{ file = \"secrets/keystore-password\" }}\n",
             self.topology.keystore_type()
         ));
-        // No real load balancer: each LB name resolves to the role's first node's machine.
+        // Without a placed balancer, each LB name resolves to the role's first node's machine.
         let lbs = self.topology.load_balancers();
         if !lbs.is_empty() {
             s.push_str("\n[load_balancers]\n");
         }
         for (role, hostname) in lbs {
+            if let Some((_, machine)) = params.balancers.iter().find(|(r, _)| r == role) {
+                s.push_str(&format!(
+                    "{role} = {{ hostname = \"{hostname}\", machine = \"{machine}\" }}\n"
+                ));
+                continue;
+            }
             let n = self.topology.nodes().into_iter().find(|n| n.role == role);
             let addr = n
                 .and_then(|n| self.machine_of(&n.name).ok().map(|m| m.address))

@@ -152,6 +152,20 @@ fn route(
     if method != "GET" && method != "HEAD" {
         return (405, "text/plain", String::new());
     }
+    if matches!(kind, PortKind::PassthruHttp | PortKind::PassthruHttps) {
+        // Synapse's answer for a context no API serves (none is deployed in the simulation).
+        return if ready {
+            (
+                404,
+                "application/xml",
+                format!(
+                    "<am:fault xmlns:am=\"http://wso2.org/apimanager\"><am:code>404</am:code><am:type>Status report</am:type><am:message>Not Found</am:message><am:description>The requested resource ({path}) is not available.</am:description></am:fault>"
+                ),
+            )
+        } else {
+            (503, "text/plain", String::new())
+        };
+    }
     let path = path.trim_end_matches('/');
     match (kind, path) {
         (PortKind::Http | PortKind::Https, "/services/Version") => (

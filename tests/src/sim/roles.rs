@@ -30,6 +30,11 @@ pub enum PortKind {
     Https,
     /// The WebSocket port (9099): `GET /health`.
     WsHealth,
+    /// The gateway's passthru HTTP port (8280): API traffic; with no API deployed, 404 for
+    /// every path once started (503 before).
+    PassthruHttp,
+    /// The gateway's passthru HTTPS port (8243), as [`PortKind::PassthruHttp`] over TLS.
+    PassthruHttps,
     /// Any other port: TCP accept only.
     Tcp,
 }
@@ -116,8 +121,8 @@ impl Role {
     pub fn ports(self) -> Vec<(u16, PortKind)> {
         let mut ports = vec![(9443, PortKind::Https), (9763, PortKind::Http)];
         let gateway = [
-            (8280, PortKind::Tcp),
-            (8243, PortKind::Tcp),
+            (8280, PortKind::PassthruHttp),
+            (8243, PortKind::PassthruHttps),
             (9099, PortKind::WsHealth),
             (8099, PortKind::Tcp),
         ];

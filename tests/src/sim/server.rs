@@ -270,7 +270,8 @@ pub async fn run(jvm: JvmArgs, jdk_home: PathBuf, java_version: String) -> i32 {
         };
         log.info(listener_logger(base), &listener_message(base, addr));
         let shared = shared.clone();
-        let tls = (port_kind == PortKind::Https).then(|| tls.clone());
+        let tls =
+            matches!(port_kind, PortKind::Https | PortKind::PassthruHttps).then(|| tls.clone());
         tokio::spawn(accept_loop(listener, port_kind, tls, shared));
     }
 

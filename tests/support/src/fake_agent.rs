@@ -359,6 +359,7 @@ impl AgentCtx {
                     .collect(),
                 facts: None,
                 destroy_error: String::new(),
+                services: Vec::new(),
             })),
         }
     }

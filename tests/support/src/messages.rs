@@ -35,6 +35,7 @@ pub fn report(generation: u64, nodes: &[&str]) -> AgentMessage {
                 .collect(),
             facts: None,
             destroy_error: String::new(),
+            services: Vec::new(),
         })),
     }
 }

@@ -124,6 +124,17 @@ fn write_out(cluster: &ClusterRender, only: Option<&str>, dir: &Path) -> Result<
             let header = output::render::node_header(cluster, n);
             write_private(&nd.join("commands.txt"), &header)?;
         }
+        if let (Some(b), None) = (&m.balancer, only) {
+            any = true;
+            let machine = component(dir, &m.name)?;
+            let bd = dir.join(format!("{machine}.load-balancer"));
+            std::fs::create_dir_all(&bd).map_err(CliError::io(&bd))?;
+            write_private(&bd.join("nginx.conf"), &b.nginx_conf)?;
+            write_private(
+                &bd.join("commands.txt"),
+                &output::render::balancer(&m.name, b),
+            )?;
+        }
         if any {
             let machine = component(dir, &m.name)?;
             write_private(&dir.join(format!("{machine}.hosts")), &m.hosts_text())?;

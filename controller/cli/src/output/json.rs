@@ -30,6 +30,13 @@ pub fn status(status: &ClusterStatus) -> Value {
                 "since": since(n.phase_since.as_ref()).map(rfc3339),
                 "drift": super::drift::json(&n.drift),
             })).collect::<Vec<_>>(),
+            "services": m.services.iter().map(|s| json!({
+                "name": s.name, "running": s.running, "pid": s.pid,
+                "last_error": s.last_error, "digest": s.digest,
+                "probes": s.probes.iter().map(|p| json!({
+                    "name": p.name, "served": p.ok, "detail": p.detail,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }

@@ -25,8 +25,53 @@ pub fn cluster(cluster: &ClusterRender, only: Option<&str>, show_secrets: bool) 
             s.push_str(&m.hosts_text());
             s.push('\n');
         }
+        // The balancer is shown with the whole cluster (`--node` picks one node only).
+        if let (Some(b), None) = (&m.balancer, only) {
+            s.push_str(&balancer(&m.name, b));
+            s.push_str(&format!(
+                "\n# ---- hosts block of machine {} ----\n",
+                m.name
+            ));
+            s.push_str(&m.hosts_text());
+            s.push('\n');
+        }
     }
     s.push_str(&start_order(cluster));
+    s
+}
+
+/// A machine's load balancer: a commented header (folder, commands, certificate, probes) and
+/// its complete `nginx.conf`.
+pub fn balancer(machine: &str, b: &apim_plan::render::BalancerRender) -> String {
+    let mut s = format!("# ==== load balancer (nginx) on machine {machine} ====\n");
+    s.push_str(&format!(
+        "# folder:    {} (nginx prefix and working directory)\n",
+        b.root
+    ));
+    s.push_str(&format!("# check:     {}\n", b.check_argv.join(" ")));
+    s.push_str(&format!("# start:     {}\n", b.start_argv.join(" ")));
+    s.push_str(&format!("# reload:    {}\n", b.reload_argv.join(" ")));
+    s.push_str(&format!(
+        "# cert:      CN={} SAN={} (cluster CA)\n",
+        b.cert_names.first().map_or("", String::as_str),
+        b.cert_names.join(",")
+    ));
+    for p in &b.probes {
+        let expect = if p.expect_status == 0 {
+            "any status below 500".to_string()
+        } else {
+            p.expect_status.to_string()
+        };
+        s.push_str(&format!(
+            "# serves:    {} when GET {} (via {}) -> {expect}\n",
+            p.role, p.url, p.connect
+        ));
+    }
+    s.push_str(&format!(
+        "\n# ---- {} ----\n",
+        apim_plan::render::balancer::CONF_FILE
+    ));
+    s.push_str(&b.nginx_conf);
     s
 }
 

@@ -40,6 +40,12 @@ pub fn status(status: &ClusterStatus, now: SystemTime) -> Vec<String> {
     if !table.is_empty() {
         lines.extend(table.lines());
     }
+    let services = services(status);
+    if !services.is_empty() {
+        lines.push(String::new());
+        lines.push("Services (a role is served when its balancer answers for it):".into());
+        lines.extend(services.into_iter().map(|l| format!("  {l}")));
+    }
     let drift = super::drift::section(status);
     if !drift.is_empty() {
         lines.push(String::new());
@@ -49,6 +55,44 @@ pub fn status(status: &ClusterStatus, now: SystemTime) -> Vec<String> {
         lines.extend(drift.into_iter().map(|l| format!("  {l}")));
     }
     lines
+}
+
+/// One line per managed service (a load balancer), then one per probe through it: whether it
+/// runs, its last error, and for each role it fronts whether the balancer answers for it.
+/// Agent text is escaped.
+pub fn services(status: &ClusterStatus) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in &status.machines {
+        for svc in &m.services {
+            let state = if svc.running {
+                format!(
+                    "running, pid {}",
+                    svc.pid.map_or("-".into(), |p| p.to_string())
+                )
+            } else {
+                "not running".into()
+            };
+            let error = if svc.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", printable(&svc.last_error))
+            };
+            out.push(format!(
+                "{} {}: {state}{error}",
+                m.machine,
+                printable(&svc.name)
+            ));
+            for p in &svc.probes {
+                out.push(format!(
+                    "  {} {} ({})",
+                    printable(&p.name),
+                    if p.ok { "served" } else { "NOT served" },
+                    printable(&p.detail)
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// `generation N: rollout ID STATE (MESSAGE)`, or `generation N: no rollout yet`.

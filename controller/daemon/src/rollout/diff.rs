@@ -211,6 +211,7 @@ pub fn changes(
             });
         }
     }
+    out.extend(service_changes(baseline, targets, secrets));
     for (machine, old_spec) in baseline {
         for node in &old_spec.nodes {
             let still = targets
@@ -226,6 +227,79 @@ pub fn changes(
                     certificate_changes: Vec::new(),
                     restart: false,
                     converge: String::new(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Changes of the machines' managed services (a load balancer), one entry each named after the
+/// service: the diff of its non-secret files (its configuration), a certificate line when its
+/// certificate changes. Applying reloads a service, never restarts it (`restart` false).
+fn service_changes(
+    baseline: &std::collections::BTreeMap<String, MachineSpec>,
+    targets: &std::collections::BTreeMap<String, MachineSpec>,
+    secrets: &[&str],
+) -> Vec<NodeChange> {
+    let mut out = Vec::new();
+    let text = |s: Option<&apim_proto::v1::ManagedService>| {
+        s.map(|s| {
+            s.files
+                .iter()
+                .filter(|f| !f.secret && !f.path.ends_with(".pem"))
+                .map(|f| f.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+    };
+    let cert = |s: Option<&apim_proto::v1::ManagedService>| {
+        s.and_then(|s| s.files.iter().find(|f| f.secret).map(|f| f.content.clone()))
+    };
+    for (machine, target) in targets {
+        let old_spec = baseline.get(machine);
+        for svc in &target.services {
+            let old = old_spec.and_then(|s| s.services.iter().find(|o| o.name == svc.name));
+            let kind = match old {
+                None => ChangeKind::Create,
+                Some(o) if o.digest != svc.digest => ChangeKind::Update,
+                Some(_) => ChangeKind::Unchanged,
+            };
+            let mut certificate_changes = Vec::new();
+            if cert(Some(svc)) != cert(old) {
+                certificate_changes.push(format!(
+                    "{} {} TLS certificate",
+                    if old.is_some() { "re-issue" } else { "issue" },
+                    svc.name
+                ));
+            }
+            out.push(NodeChange {
+                machine: machine.clone(),
+                node: svc.name.clone(),
+                kind: kind.into(),
+                deployment_toml_diff: line_diff(&text(old), &text(Some(svc)), 2)
+                    .iter()
+                    .map(|l| mask(l, secrets))
+                    .collect(),
+                hosts_diff: Vec::new(),
+                certificate_changes,
+                restart: false,
+                converge: String::new(),
+            });
+        }
+    }
+    for (machine, old_spec) in baseline {
+        for svc in &old_spec.services {
+            let still = targets
+                .get(machine)
+                .is_some_and(|t| t.services.iter().any(|n| n.name == svc.name));
+            if !still {
+                out.push(NodeChange {
+                    machine: machine.clone(),
+                    node: svc.name.clone(),
+                    kind: ChangeKind::Delete.into(),
+                    ..NodeChange::default()
                 });
             }
         }
@@ -313,5 +387,58 @@ mod tests {
             mask(" hostname = \"km\"", &["s3cret"]),
             " hostname = \"km\""
         );
+    }
+
+    #[test]
+    fn a_balancer_change_is_one_entry_named_after_the_service_and_never_a_restart() {
+        use apim_proto::v1::{ManagedService, ServiceFile};
+        let svc = |conf: &str, key: &str| ManagedService {
+            name: "load-balancer".into(),
+            files: vec![
+                ServiceFile {
+                    path: "conf/nginx.conf".into(),
+                    content: conf.into(),
+                    mode: 0o644,
+                    secret: false,
+                },
+                ServiceFile {
+                    path: "conf/tls/lb-key.pem".into(),
+                    content: key.into(),
+                    mode: 0o600,
+                    secret: true,
+                },
+            ],
+            digest: format!("{conf}{key}"),
+            ..ManagedService::default()
+        };
+        let spec = |s: Vec<ManagedService>| MachineSpec {
+            machine: "vm-lb".into(),
+            services: s,
+            ..MachineSpec::default()
+        };
+        let map = |s: MachineSpec| [("vm-lb".to_string(), s)].into_iter().collect();
+        let none = map(spec(vec![]));
+        let one = map(spec(vec![svc("server 1;\n", "k1")]));
+        let two = map(spec(vec![svc("server 1;\nserver 2;\n", "k1")]));
+        let c = changes(&none, &one, &[]);
+        assert_eq!(
+            (c[0].node.as_str(), c[0].kind()),
+            ("load-balancer", ChangeKind::Create)
+        );
+        assert_eq!(
+            c[0].certificate_changes,
+            ["issue load-balancer TLS certificate"]
+        );
+        let c = changes(&one, &two, &[]);
+        assert_eq!(c[0].kind(), ChangeKind::Update);
+        assert!(!c[0].restart);
+        assert!(
+            c[0].deployment_toml_diff.iter().any(|l| l == "+server 2;"),
+            "{c:?}"
+        );
+        assert!(c[0].certificate_changes.is_empty());
+        assert!(!format!("{c:?}").contains("k1"), "the key is never shown");
+        assert_eq!(changes(&two, &two, &[])[0].kind(), ChangeKind::Unchanged);
+        assert_eq!(changes(&two, &none, &[])[0].kind(), ChangeKind::Delete);
     }
 }

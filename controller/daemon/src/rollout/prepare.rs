@@ -442,11 +442,13 @@ pub fn same_spec(a: &MachineSpec, b: &MachineSpec) -> bool {
         hosts_block,
         nodes,
         destroy,
+        services,
     } = a;
     *machine == b.machine
         && *destroy == b.destroy
         && *nodes == b.nodes
         && *hosts_block == b.hosts_block
+        && *services == b.services
 }
 
 /// The machines whose spec changes from `baseline` to `targets` (incl. removed machines).
@@ -512,6 +514,7 @@ mod tests {
                 ..NodeSpec::default()
             }],
             destroy: false,
+            services: Vec::new(),
         }
     }
 

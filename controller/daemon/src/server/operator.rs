@@ -342,6 +342,8 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
         message: r.message,
         generation: r.generation,
     });
+    // The pushed specs (shared, not copied): which services each machine runs now.
+    let desired = state.desired_specs();
     // Every agent in one look (not one lock per machine).
     let mut agents: std::collections::HashMap<String, crate::state::AgentSnapshot> = state
         .agents()
@@ -395,6 +397,21 @@ pub fn cluster_status(state: &ControllerState) -> Result<ClusterStatus, ServerEr
                         .map(Timestamp::from)
                 },
                 revoked: agent.as_ref().is_some_and(|a| a.revoked),
+                // Only the services of the machine's current spec.
+                services: reported
+                    .as_ref()
+                    .map(|r| {
+                        r.services
+                            .iter()
+                            .filter(|s| {
+                                desired
+                                    .get(machine)
+                                    .is_some_and(|d| d.services.iter().any(|w| w.name == s.name))
+                            })
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 facts: agent.and_then(|a| a.facts),
                 nodes,
             })

@@ -375,6 +375,7 @@ mod tests {
             }],
             nodes: vec![node],
             destroy: false,
+            services: Vec::new(),
         });
         (dir, state)
     }

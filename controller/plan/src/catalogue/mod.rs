@@ -12,12 +12,14 @@
 //!   server needs of its machine's memory;
 //! - [`defaults`]: what the packs ship and plans fall back to (admin, user stores, keystores,
 //!   CORS, gateway environments); [`database`]: database engines and the packs' H2 URLs;
-//! - [`vault`]: the secure vault's files and references.
+//! - [`vault`]: the secure vault's files and references;
+//! - [`balancer`]: what a load balancer in front of each role forwards (ports, affinity, TCP).
 //!
 //! Facts come from the product's assembly files, startup scripts and docs (see
 //! `docs/plan.md` for the role table). The renderer, the validator, the plan parser and the
 //! controller's spec and PKI code take WSO2 facts from here only.
 
+pub mod balancer;
 pub mod database;
 pub mod defaults;
 pub mod jvm;

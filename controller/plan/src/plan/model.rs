@@ -225,6 +225,9 @@ pub struct LoadBalancer {
     pub hostname: At<String>,
     /// Its address, when hosts files should map it (otherwise DNS does).
     pub address: Option<At<IpAddr>>,
+    /// The `[[machines]]` entry apimctl installs the balancer (NGINX) on; its hostname then
+    /// resolves to that machine's address.
+    pub machine: Option<At<String>>,
 }
 
 /// One `[[gateway_environments]]` entry. Its gateways subscribe (4.x `gateway_labels`) to its
@@ -454,6 +457,13 @@ impl Plan {
     /// The machine named `name`.
     pub fn machine(&self, name: &str) -> Option<&Machine> {
         self.machines.iter().find(|m| m.name.value == name)
+    }
+
+    /// The load balancers apimctl installs on `machine`, by role.
+    pub fn balancers_on<'a>(&'a self, machine: &'a str) -> impl Iterator<Item = &'a LoadBalancer> {
+        self.load_balancers
+            .values()
+            .filter(move |lb| lb.machine.as_ref().is_some_and(|m| m.value == machine))
     }
 
     /// Nodes of `role`, in plan order.

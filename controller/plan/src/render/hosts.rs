@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use super::HostsEntry;
 use crate::plan::Plan;
 
-/// The hosts block every machine gets: node hostnames, LBs with an address, and `[hosts]`.
+/// The hosts block every machine gets: node hostnames, LBs with an address or a machine, and
+/// `[hosts]`.
 pub(super) fn hosts_block(plan: &Plan) -> Vec<HostsEntry> {
     let mut entries: Vec<HostsEntry> = Vec::new();
     // Names already listed (lowercase) and each address's entry: looked up, not scanned, so a
@@ -41,8 +42,13 @@ pub(super) fn hosts_block(plan: &Plan) -> Vec<HostsEntry> {
         }
     }
     for lb in plan.load_balancers.values() {
-        if let Some(a) = &lb.address {
-            add(a.value, &lb.hostname.value);
+        let placed = lb
+            .machine
+            .as_ref()
+            .and_then(|m| plan.machine(&m.value))
+            .map(|m| m.address.value);
+        if let Some(a) = placed.or(lb.address.as_ref().map(|a| a.value)) {
+            add(a, &lb.hostname.value);
         }
     }
     for (name, addr) in &plan.hosts {

@@ -10,10 +10,13 @@
 //! - `secret_values`: the document is built once, secrets as sentinels, and yields both the real
 //!   and the masked text;
 //! - `node`: install paths, commands, readiness, TLS; `hosts`: the hosts block;
+//! - `balancer`: the `nginx.conf` of a machine the plan places load balancers on;
 //! - `base`: the pack's own file (its optimizer template, or its shipped `deployment.toml`) as
 //!   the base the tree is merged onto;
 //! - `output`: the render's types, re-exported here.
 
+pub mod balancer;
+pub use balancer::{BalancerProbe, BalancerRender};
 mod base;
 mod databases;
 mod doc;
@@ -166,6 +169,7 @@ pub fn render_with(
             address: m.address.value,
             hosts: hosts.clone(),
             nodes: Vec::new(),
+            balancer: balancer::render(plan, m),
         })
         .collect();
     let machine_index: std::collections::HashMap<&str, usize> = plan

@@ -54,6 +54,8 @@ pub struct MachineRender {
     pub hosts: Vec<HostsEntry>,
     /// Its nodes, in plan order.
     pub nodes: Vec<NodeRender>,
+    /// The load balancer the plan places on it, if any.
+    pub balancer: Option<super::balancer::BalancerRender>,
 }
 
 impl MachineRender {

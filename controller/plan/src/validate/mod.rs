@@ -4,6 +4,7 @@
 //! on this machine (packs and their sha256, secret files and variables), because a plan that
 //! cannot be applied should fail here rather than half-way through a rollout.
 
+mod balancers;
 mod databases;
 pub use databases::check_driver_file;
 mod gateways;
@@ -74,6 +75,7 @@ fn validate(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnost
     check_unique(p, out);
     check_nodes(p, out);
     check_ports(p, out);
+    balancers::check(p, out);
     check_roles(p, out);
     check_distributions(p, env, opts, out);
     check_secrets(p, env, out);

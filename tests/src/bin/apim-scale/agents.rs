@@ -323,6 +323,7 @@ impl Agent {
                     .collect(),
                 facts: None,
                 destroy_error: String::new(),
+                services: Vec::new(),
             })),
         }
     }

@@ -114,7 +114,8 @@ pub(super) fn nodes(root: &mut Fields<'_, '_>, out: &mut Vec<Diagnostic>) -> Vec
     nodes
 }
 
-/// `[load_balancers]`: `role = "hostname"` or `role = { hostname, address }`.
+/// `[load_balancers]`: `role = "hostname"` or `role = { hostname, address }` or
+/// `role = { hostname, machine }` (apimctl installs the balancer on that machine).
 pub(super) fn load_balancers(
     root: &mut Fields<'_, '_>,
     out: &mut Vec<Diagnostic>,
@@ -144,13 +145,30 @@ pub(super) fn load_balancers(
                     role,
                     hostname: At::new(h.to_string(), v.span()),
                     address: None,
+                    machine: None,
                 },
             );
         } else if let Some(t) = v.get_ref().as_table() {
             let mut f = Fields::new(t, format!("`load_balancers.{}`", key.value), v.span());
             let hostname = f.req_string("hostname", out, "hostname = \"gw.wso2.com\"");
             let address = ip(&mut f, "address", out);
+            let machine = f.string("machine", out);
             f.finish(out);
+            if let (Some(a), Some(m)) = (&address, &machine) {
+                out.push(
+                    Diagnostic::error(
+                        a.span.clone(),
+                        format!(
+                            "`load_balancers.{}` has both `address` and `machine`",
+                            key.value
+                        ),
+                    )
+                    .with_hint(format!(
+                        "the balancer runs on machine `{}` and takes its address: remove `address`",
+                        m.value
+                    )),
+                );
+            }
             if let Some(hostname) = hostname {
                 load_balancers.insert(
                     role.value,
@@ -158,6 +176,7 @@ pub(super) fn load_balancers(
                         role,
                         hostname,
                         address,
+                        machine,
                     },
                 );
             }
@@ -165,7 +184,7 @@ pub(super) fn load_balancers(
             out.push(Diagnostic::error(
                 v.span(),
                 format!(
-                    "`load_balancers.{}` must be a host name or {{ hostname, address }}",
+                    "`load_balancers.{}` must be a host name, {{ hostname, address }} or {{ hostname, machine }}",
                     key.value
                 ),
             ));
