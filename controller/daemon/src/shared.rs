@@ -6,6 +6,7 @@
 //! created; the first to create a file wins ([`adopt`]), so two controllers started together
 //! end with one CA.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
 use crate::store::{Engine, Store, StoreError};
@@ -29,18 +30,48 @@ fn inside(root: &Path, rel: &str) -> Result<std::path::PathBuf, StoreError> {
     }
 }
 
+/// What a controller last took from and gave to the store under one prefix, so an apply
+/// moves only what changed (a thousand node certificates are not re-read or re-written each
+/// time).
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// The newest store revision of the files pulled so far.
+    pulled: i64,
+    /// Per relative path, the (size, mtime) of the local file when last pulled or pushed.
+    known: BTreeMap<String, (u64, std::time::SystemTime)>,
+}
+
+fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
 /// Writes every stored file under `prefix/` into `root` (0600, directories 0700) where the
 /// local copy differs. Returns how many were written.
 pub fn pull(store: &Store, root: &Path, prefix: &str) -> Result<usize, StoreError> {
+    pull_since(store, root, prefix, &mut Synced::default())
+}
+
+/// [`pull`], of the files stored since `synced` last looked.
+pub fn pull_since(
+    store: &Store,
+    root: &Path,
+    prefix: &str,
+    synced: &mut Synced,
+) -> Result<usize, StoreError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if store.engine() != Engine::Postgres {
         return Ok(0);
     }
-    let files = store.read(|tx| tx.shared_files(prefix))?;
+    let (files, newest) = store.read(|tx| tx.shared_files(prefix, synced.pulled))?;
+    synced.pulled = newest;
     let mut written = 0;
     for (rel, data) in files {
         let path = inside(root, &rel)?;
         if std::fs::read(&path).is_ok_and(|local| local == data) {
+            if let Some(st) = stamp(&path) {
+                synced.known.insert(rel, st);
+            }
             continue;
         }
         if let Some(dir) = path.parent() {
@@ -65,6 +96,9 @@ pub fn pull(store: &Store, root: &Path, prefix: &str) -> Result<usize, StoreErro
         }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        if let Some(st) = stamp(&path) {
+            synced.known.insert(rel, st);
+        }
         written += 1;
     }
     Ok(written)
@@ -72,11 +106,34 @@ pub fn pull(store: &Store, root: &Path, prefix: &str) -> Result<usize, StoreErro
 
 /// Stores every file under `root/prefix` (replacing stored ones when `replace`).
 pub fn push(store: &Store, root: &Path, prefix: &str, replace: bool) -> Result<(), StoreError> {
+    push_changed(store, root, prefix, replace, &mut Synced::default())
+}
+
+/// [`push`], of the files whose size or mtime changed since `synced` last saw them.
+pub fn push_changed(
+    store: &Store,
+    root: &Path,
+    prefix: &str,
+    replace: bool,
+    synced: &mut Synced,
+) -> Result<(), StoreError> {
     if store.engine() != Engine::Postgres {
         return Ok(());
     }
     let mut files = Vec::new();
     collect(root, &root.join(prefix), &mut files)?;
+    files.retain(|(rel, _)| {
+        let now = stamp(&root.join(rel));
+        now.is_none() || synced.known.get(rel) != now.as_ref()
+    });
+    if files.is_empty() {
+        return Ok(());
+    }
+    for (rel, _) in &files {
+        if let Some(st) = stamp(&root.join(rel)) {
+            synced.known.insert(rel.clone(), st);
+        }
+    }
     store.write(|tx| {
         for (rel, data) in &files {
             tx.put_shared_file(rel, data, replace)?;

@@ -55,6 +55,8 @@ pub(super) struct Ha {
     valid_until: std::sync::Mutex<Option<Instant>>,
     /// Controllers with a fresh heartbeat.
     live: std::sync::Mutex<BTreeSet<String>>,
+    /// The product PKI files exchanged with the store so far.
+    pki: std::sync::Mutex<crate::shared::Synced>,
 }
 
 fn unix_ms() -> i64 {
@@ -75,6 +77,7 @@ impl Ha {
             epoch: AtomicI64::new(0),
             valid_until: std::sync::Mutex::new(None),
             live: std::sync::Mutex::new(BTreeSet::new()),
+            pki: std::sync::Mutex::new(crate::shared::Synced::default()),
         }
     }
 
@@ -329,14 +332,24 @@ impl ControllerState {
     /// embedded store).
     pub fn pull_shared_pki(&self) -> Result<(), StoreError> {
         let (root, prefix) = self.pki_root();
-        crate::shared::pull(&self.store, &root, &prefix).map(drop)
+        let mut synced = self
+            .ha
+            .pki
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::shared::pull_since(&self.store, &root, &prefix, &mut synced).map(drop)
     }
 
     /// Stores the product PKIs as this controller has them now (after an apply issued or
     /// renewed certificates).
     pub fn push_shared_pki(&self) -> Result<(), StoreError> {
         let (root, prefix) = self.pki_root();
-        crate::shared::push(&self.store, &root, &prefix, true)
+        let mut synced = self
+            .ha
+            .pki
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::shared::push_changed(&self.store, &root, &prefix, true, &mut synced)
     }
 
     fn pki_root(&self) -> (std::path::PathBuf, String) {

@@ -205,19 +205,26 @@ impl Tx<'_> {
         .collect()
     }
 
-    /// The shared files under `prefix/` (sealed in the store), by relative path.
-    pub fn shared_files(&self, prefix: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    /// The shared files under `prefix/` (sealed in the store) written after revision `after`,
+    /// by relative path, and the newest revision among them (`after` when none).
+    pub fn shared_files(
+        &self,
+        prefix: &str,
+        after: i64,
+    ) -> Result<(BTreeMap<String, Vec<u8>>, i64), StoreError> {
         let mut out = BTreeMap::new();
+        let mut newest = after;
         for row in self.query(
             "reading shared files",
-            "SELECT path, data FROM shared_files WHERE path LIKE ?1",
-            params![format!("{prefix}/%")],
+            "SELECT path, data, revision FROM shared_files WHERE path LIKE ?1 AND revision > ?2",
+            params![format!("{prefix}/%"), after],
         )? {
             let path = row.text(0)?;
             let data = self.seal.open("shared_files.data", &row.bytes(1)?)?;
+            newest = newest.max(row.int(2)?);
             out.insert(path, data);
         }
-        Ok(out)
+        Ok((out, newest))
     }
 
     /// Stores a shared file; with `replace` false an existing one is kept. Returns whether
@@ -230,10 +237,13 @@ impl Tx<'_> {
     ) -> Result<bool, StoreError> {
         let sealed = self.seal.seal("shared_files.data", data)?;
         let sql = if replace {
-            "INSERT INTO shared_files(path, data) VALUES (?1, ?2)
-             ON CONFLICT(path) DO UPDATE SET data = excluded.data"
+            "INSERT INTO shared_files(path, data, revision)
+             VALUES (?1, ?2, (SELECT n FROM revision WHERE id = 1))
+             ON CONFLICT(path) DO UPDATE SET data = excluded.data, revision = excluded.revision"
         } else {
-            "INSERT INTO shared_files(path, data) VALUES (?1, ?2) ON CONFLICT(path) DO NOTHING"
+            "INSERT INTO shared_files(path, data, revision)
+             VALUES (?1, ?2, (SELECT n FROM revision WHERE id = 1))
+             ON CONFLICT(path) DO NOTHING"
         };
         Ok(self.exec("writing a shared file", sql, params![path, sealed])? == 1)
     }

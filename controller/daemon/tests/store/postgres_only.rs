@@ -227,3 +227,59 @@ fn a_legacy_sqlite_store_is_adopted_with_its_data() {
         .collect();
     assert_eq!(versions, [1, 2]);
 }
+
+#[test]
+fn shared_files_move_only_when_they_changed() {
+    use apim_controller::shared::{Synced, pull_since, push_changed};
+    let db = TestDb::create(db::Engine::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let (ra, rb) = (dir.path().join("a"), dir.path().join("b"));
+    let a = Store::open_postgres(target(&db), &ra).unwrap();
+    std::fs::create_dir_all(&rb).unwrap();
+    std::fs::copy(key_file(&ra), key_file(&rb)).unwrap();
+    let b = Store::open_postgres(target(&db), &rb).unwrap();
+    std::fs::create_dir_all(ra.join("pki/c1")).unwrap();
+    std::fs::write(ra.join("pki/c1/ca.key"), "KEY-1").unwrap();
+    std::fs::write(ra.join("pki/c1/ca.crt"), "CRT-1").unwrap();
+    let (mut sa, mut sb) = (Synced::default(), Synced::default());
+    push_changed(&a, &ra, "pki", true, &mut sa).unwrap();
+    assert_eq!(pull_since(&b, &rb, "pki", &mut sb).unwrap(), 2);
+    assert_eq!(
+        std::fs::read_to_string(rb.join("pki/c1/ca.key")).unwrap(),
+        "KEY-1"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(rb.join("pki/c1/ca.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        pull_since(&b, &rb, "pki", &mut sb).unwrap(),
+        0,
+        "nothing new"
+    );
+    let before = a.read(|tx| tx.revision()).unwrap();
+    push_changed(&a, &ra, "pki", true, &mut sa).unwrap();
+    assert_eq!(
+        a.read(|tx| tx.revision()).unwrap(),
+        before,
+        "nothing changed: no write"
+    );
+    std::fs::write(rb.join("pki/c1/ca.crt"), "CRT-2, longer").unwrap();
+    push_changed(&b, &rb, "pki", true, &mut sb).unwrap();
+    assert_eq!(
+        pull_since(&a, &ra, "pki", &mut sa).unwrap(),
+        1,
+        "only the changed file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ra.join("pki/c1/ca.crt")).unwrap(),
+        "CRT-2, longer"
+    );
+    let raw_rows = postgres_dump(&db, "shared_files");
+    assert!(
+        !raw_rows.contains("KEY-1") && !raw_rows.contains(&hex_of("KEY-1")),
+        "sealed"
+    );
+}

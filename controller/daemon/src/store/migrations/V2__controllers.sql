@@ -14,7 +14,11 @@ CREATE TABLE leases (
     expires_at BIGINT NOT NULL,
     epoch BIGINT NOT NULL
 );
-CREATE TABLE shared_files (path TEXT PRIMARY KEY, data BYTEA NOT NULL);
+CREATE TABLE shared_files (
+    path TEXT PRIMARY KEY,
+    data BYTEA NOT NULL,
+    revision BIGINT NOT NULL DEFAULT 0
+);
 CREATE TABLE revision (id BIGINT PRIMARY KEY, n BIGINT NOT NULL);
 INSERT INTO revision (id, n) VALUES (1, 0);
 -- Which revision last wrote each agent and spec: another controller reads only what changed.
