@@ -6,7 +6,8 @@
 use std::process::Command;
 
 use crate::db::{
-    check, postgres_ready, postgres_version, random_password, run, run_stdin, wait_for,
+    check, postgres_admin, postgres_ready, postgres_version, random_password, run, run_stdin,
+    wait_for,
 };
 
 /// A private PostgreSQL cluster with one database owned by one password-authenticated user.
@@ -65,18 +66,8 @@ impl PrivatePostgres {
             "CREATE ROLE apimctl LOGIN PASSWORD '{}';\nCREATE DATABASE apimctl OWNER apimctl;\n",
             pg.password
         );
-        let mut psql = Command::new("runuser");
-        psql.args([
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-        ])
-        .args(["-p", &port.to_string()]);
+        let mut psql = postgres_admin();
+        psql.args(["-p", &port.to_string()]);
         if let Err(e) = run_stdin(psql, &sql).and_then(check) {
             panic!(
                 "creating the store database: {}",
