@@ -110,11 +110,19 @@ pub fn https_get_insecure(
     sni: &str,
     path: &str,
 ) -> std::io::Result<HttpResponse> {
-    let conn = insecure_client(sni)?;
+    parse_response(&exchange(insecure_client(sni)?, addr, &request(sni, path))?)
+}
+
+/// Sends `req` over TLS (`conn`) to `addr` and reads the whole response.
+fn exchange(
+    conn: rustls::ClientConnection,
+    addr: SocketAddr,
+    req: &str,
+) -> std::io::Result<Vec<u8>> {
     let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, sock);
-    tls.write_all(request(sni, path).as_bytes())?;
+    tls.write_all(req.as_bytes())?;
     let mut raw = Vec::new();
     match tls.read_to_end(&mut raw) {
         Ok(_) => {}
@@ -122,7 +130,7 @@ pub fn https_get_insecure(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
         Err(e) => return Err(e),
     }
-    parse_response(&raw)
+    Ok(raw)
 }
 
 /// The status of `GET https://addr/path` with HTTP Basic credentials `user:pass`, without
@@ -135,24 +143,11 @@ pub fn https_get_basic(
     pass: &str,
 ) -> std::io::Result<u16> {
     use base64::Engine as _;
-    let conn = insecure_client(sni)?;
-    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
     let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-    tls.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {sni}\r\nAuthorization: Basic {token}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )?;
-    let mut raw = Vec::new();
-    match tls.read_to_end(&mut raw) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-        Err(e) => return Err(e),
-    }
-    Ok(parse_response(&raw)?.status)
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {sni}\r\nAuthorization: Basic {token}\r\nConnection: close\r\n\r\n"
+    );
+    Ok(parse_response(&exchange(insecure_client(sni)?, addr, &req)?)?.status)
 }
 
 /// `GET https://addr/path` with `sni` as server name and Host, the certificate verified against
@@ -179,17 +174,7 @@ pub fn https_get_verified(
     let name = ServerName::try_from(sni.to_string()).map_err(std::io::Error::other)?;
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
         .map_err(std::io::Error::other)?;
-    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    tls.write_all(request(sni, path).as_bytes())?;
-    let mut raw = Vec::new();
-    match tls.read_to_end(&mut raw) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-        Err(e) => return Err(e),
-    }
-    parse_response(&raw)
+    parse_response(&exchange(conn, addr, &request(sni, path))?)
 }
 
 #[cfg(test)]

@@ -182,13 +182,14 @@ pub fn adopt<T, E: From<StoreError>>(
         return create(&dir);
     }
     pull(store, root, prefix)?;
-    create(&dir)?;
+    let ours = create(&dir)?;
     push(store, root, prefix, false)?;
-    if pull(store, root, prefix)? > 0 {
-        tracing::info!(
-            prefix,
-            "another controller's files were stored first: using them"
-        );
+    if pull(store, root, prefix)? == 0 {
+        return Ok(ours);
     }
+    tracing::info!(
+        prefix,
+        "another controller's files were stored first: using them"
+    );
     create(&dir)
 }

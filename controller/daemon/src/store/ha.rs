@@ -103,17 +103,6 @@ impl Tx<'_> {
         .collect()
     }
 
-    /// Forgets membership rows silent for longer than `older_than_ms` (controllers removed).
-    pub fn forget_members(&self, older_than_ms: i64) -> Result<(), StoreError> {
-        let now = self.now_ms()?;
-        self.exec(
-            "forgetting old controllers",
-            "DELETE FROM controllers WHERE heartbeat_at < ?1",
-            params![now - older_than_ms],
-        )?;
-        Ok(())
-    }
-
     /// Takes or renews the lease `name` for `holder` for `ttl_ms`: it succeeds when nobody
     /// holds it, `holder` does, or the holder's time ran out. Returns the lease as it stands.
     pub fn acquire_lease(

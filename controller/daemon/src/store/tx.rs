@@ -216,29 +216,6 @@ impl Tx<'_> {
         self.spec_table("specs")
     }
 
-    /// The machine spec generation last pushed to every machine (cheap: no spec is decoded).
-    pub fn spec_generations(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.query(
-            "reading spec generations",
-            "SELECT machine, generation FROM specs",
-            &[],
-        )?
-        .iter()
-        .map(|r| Ok((r.text(0)?, r.int(1)? as u64)))
-        .collect()
-    }
-
-    /// The last pushed spec of `machine`.
-    pub fn spec(&self, machine: &str) -> Result<Option<MachineSpec>, StoreError> {
-        self.query_opt(
-            "reading a spec",
-            "SELECT spec FROM specs WHERE machine = ?1",
-            params![machine],
-        )?
-        .map(|r| self.decode_spec("specs.spec", &r.bytes(0)?))
-        .transpose()
-    }
-
     /// Every spec of `table` (`specs` or `baseline`), by machine.
     fn spec_table(&self, table: &str) -> Result<Vec<MachineSpec>, StoreError> {
         let query = format!("SELECT spec FROM {table} ORDER BY machine");

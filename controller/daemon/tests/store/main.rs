@@ -133,9 +133,6 @@ both! {
         let specs = s.read(|tx| tx.specs()).unwrap();
         assert_eq!(specs.iter().map(|s| (s.machine.as_str(), s.generation)).collect::<Vec<_>>(),
                    [("vm-a", 5), ("vm-b", 4)]);
-        assert_eq!(s.read(|tx| tx.spec_generations()).unwrap(),
-                   [("vm-a".to_string(), 5), ("vm-b".to_string(), 4)].into());
-        assert_eq!(s.read(|tx| tx.spec("vm-b")).unwrap().unwrap().generation, 4);
         assert_eq!(s.read(|tx| tx.plan_generation_of("vm-a", 3)).unwrap(), Some(3));
         assert_eq!(s.read(|tx| tx.plan_generation_of("vm-a", 9)).unwrap(), None);
         assert_eq!(s.read(|tx| tx.baseline()).unwrap()["vm-a"].generation, 3);
