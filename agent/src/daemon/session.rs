@@ -393,7 +393,7 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
                             send(&tx, AgentKind::Status(shared.board.snapshot())).await?;
                         }
                     }
-                    None => {}
+                    Some(CtlKind::ArtifactUpdate(_)) | None => {}
                 }
             }
             changed = changes.changed() => {

@@ -8,13 +8,16 @@ use apim_proto::v1::{
     ArtifactRef, CommandSpec as WireCommand, DatabaseInit, DatabaseUse, DbEngine, DesiredRun,
     EnvVar, HostsEntry as WireHosts, HttpProbe, LibJar, MachineSpec, ManagedService,
     NodeFile as WireFile, NodeSpec, Readiness as WireReadiness, ServiceFile, ServiceProbe,
+    SharedMount, SyncedFolders,
 };
 
 use crate::pki::{PkiError, ProductPki};
 use apim_plan::catalogue::{jvm, layout};
 use apim_plan::plan::Issuer;
 use apim_plan::provided::ProvidedStores;
-use apim_plan::render::{BalancerRender, ClusterRender, CommandSpec, NodeRender, balancer};
+use apim_plan::render::{
+    BalancerRender, ClusterRender, CommandSpec, NodeRender, SharedFolders, SharedHow, balancer,
+};
 
 /// Where the renderer's `deployment.toml` goes, relative to the carbon home.
 pub const DEPLOYMENT_TOML_PATH: &str = layout::CONFIG_FILE;
@@ -135,6 +138,7 @@ pub fn node_spec(
         databases: node.databases.iter().map(database_use).collect(),
         restart_seq: inputs.restarts.get(&node.name).copied().unwrap_or(0),
         log_dir: layout::LOG_DIR.to_string(),
+        shared: node.shared.as_ref().map(shared_folders),
     };
     spec.config_digest = config_digest(&spec);
     Ok(spec)
@@ -172,6 +176,29 @@ fn database_use(d: &apim_plan::render::NodeDatabase) -> DatabaseUse {
             password: i.password.0.clone(),
             scripts: i.scripts.clone(),
         }),
+    }
+}
+
+/// The node's shared folders on the wire.
+fn shared_folders(s: &SharedFolders) -> apim_proto::v1::SharedFolders {
+    use apim_proto::v1::shared_folders::How;
+    let how = match &s.how {
+        SharedHow::Sync { dirs } => How::Sync(SyncedFolders { dirs: dirs.clone() }),
+        SharedHow::Mount {
+            dir,
+            source,
+            fstype,
+            options,
+        } => How::Mount(SharedMount {
+            dir: dir.clone(),
+            source: source.clone(),
+            fstype: fstype.clone(),
+            options: options.clone(),
+        }),
+    };
+    apim_proto::v1::SharedFolders {
+        group: s.group.clone(),
+        how: Some(how),
     }
 }
 
@@ -241,6 +268,12 @@ pub fn config_digest(spec: &NodeSpec) -> String {
                 bytes.extend_from_slice(part.as_bytes());
             }
         }
+    }
+    // Shared folders: a new mount must be in place before the node starts again (a node
+    // without any digests as before).
+    if let Some(sh) = &spec.shared {
+        bytes.extend_from_slice(b"\0shared\0");
+        bytes.extend_from_slice(&apim_proto::prost::Message::encode_to_vec(sh));
     }
     // `apimctl restart`: a new counter is a new digest, so the agent restarts the node.
     if spec.restart_seq > 0 {

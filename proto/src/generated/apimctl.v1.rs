@@ -405,6 +405,59 @@ pub struct NodeSpec {
     /// `config_digest`.
     #[prost(string, tag = "26")]
     pub log_dir: ::prost::alloc::string::String,
+    /// Folders of the carbon home every node of a group must hold alike (3.x gateways in HA share
+    /// their deployed APIs); unset for a node that shares nothing. Part of `config_digest`.
+    #[prost(message, optional, tag = "27")]
+    pub shared: ::core::option::Option<SharedFolders>,
+}
+/// How a node's folders are kept the same on every node of its group.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SharedFolders {
+    /// The group's name, the same on every node of it, e.g. "gateway/Default".
+    #[prost(string, tag = "1")]
+    pub group: ::prost::alloc::string::String,
+    /// How.
+    #[prost(oneof = "shared_folders::How", tags = "2, 3")]
+    pub how: ::core::option::Option<shared_folders::How>,
+}
+/// Nested message and enum types in `SharedFolders`.
+pub mod shared_folders {
+    /// How.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum How {
+        /// The agents keep the folders in step through the controller.
+        #[prost(message, tag = "2")]
+        Sync(super::SyncedFolders),
+        /// A shared file system the operator provides, mounted over a folder of the home.
+        #[prost(message, tag = "3")]
+        Mount(super::SharedMount),
+    }
+}
+/// Folders the agents synchronise through the controller (`ArtifactPush` / `ArtifactUpdate`):
+/// a new, changed or deleted regular file under one reaches every other node of the group.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SyncedFolders {
+    /// Folders relative to the carbon home (no "..", no absolute path), e.g.
+    /// "repository/deployment/server/synapse-configs".
+    #[prost(string, repeated, tag = "1")]
+    pub dirs: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// A shared file system mounted over a folder of the node's carbon home before the node starts.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SharedMount {
+    /// The folder relative to the carbon home, e.g. "repository/deployment/server".
+    #[prost(string, tag = "1")]
+    pub dir: ::prost::alloc::string::String,
+    /// What to mount, as `mount` takes it, e.g. "nfs.example.com:/exports/apim-gw", or an
+    /// absolute path with `fstype` "bind".
+    #[prost(string, tag = "2")]
+    pub source: ::prost::alloc::string::String,
+    /// The file system type for `mount -t`, e.g. "nfs"; "bind" bind-mounts `source`.
+    #[prost(string, tag = "3")]
+    pub fstype: ::prost::alloc::string::String,
+    /// Mount options for `mount -o` (empty: none).
+    #[prost(string, tag = "4")]
+    pub options: ::prost::alloc::string::String,
 }
 /// A jar fetched from the controller by digest and placed in a node's carbon home.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -847,7 +900,7 @@ impl StoreType {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentMessage {
     /// What this message is.
-    #[prost(oneof = "agent_message::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "agent_message::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: ::core::option::Option<agent_message::Kind>,
 }
 /// Nested message and enum types in `AgentMessage`.
@@ -868,6 +921,9 @@ pub mod agent_message {
         /// command ends with its `CommandResult`.
         #[prost(message, tag = "4")]
         LogData(super::LogData),
+        /// Files of a shared-folder group this machine's node changed, or its join to the group.
+        #[prost(message, tag = "5")]
+        ArtifactPush(super::ArtifactPush),
     }
 }
 /// Opens a session. The controller answers with `DesiredSpec` unless the agent already holds the
@@ -921,7 +977,7 @@ pub struct CommandResult {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ControllerMessage {
     /// What this message is.
-    #[prost(oneof = "controller_message::Kind", tags = "1, 2")]
+    #[prost(oneof = "controller_message::Kind", tags = "1, 2, 3")]
     pub kind: ::core::option::Option<controller_message::Kind>,
 }
 /// Nested message and enum types in `ControllerMessage`.
@@ -935,6 +991,9 @@ pub mod controller_message {
         /// An imperative action on one node.
         #[prost(message, tag = "2")]
         Command(super::Command),
+        /// Files of a shared-folder group other nodes changed.
+        #[prost(message, tag = "3")]
+        ArtifactUpdate(super::ArtifactUpdate),
     }
 }
 /// The desired state of the machine. The agent stores it atomically before acting on it and
@@ -1022,6 +1081,53 @@ pub struct LogData {
 /// is ok when every node was checked; its message names nodes that could not be (busy converging).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CheckDrift {}
+/// One file of a shared-folder group (`SyncedFolders`). Untrusted both ways: the receiver checks
+/// that `path` lies inside one of the group's folders.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SharedFile {
+    /// Path relative to the carbon home (no "..", no absolute path).
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// The content (empty when deleted).
+    #[prost(bytes = "vec", tag = "2")]
+    pub content: ::prost::alloc::vec::Vec<u8>,
+    /// Lower-case hex sha256 of `content` (empty when deleted).
+    #[prost(string, tag = "3")]
+    pub sha256: ::prost::alloc::string::String,
+    /// The file was deleted.
+    #[prost(bool, tag = "4")]
+    pub deleted: bool,
+}
+/// From an agent: files of a group its node changed since it last heard from the group. The
+/// controller records them (a file equal to the group's is no change) and answers with an
+/// `ArtifactUpdate` of everything newer than `base_revision`; afterwards it sends every change
+/// of the group as it happens.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ArtifactPush {
+    /// The `SharedFolders.group`; this machine must run a node of it.
+    #[prost(string, tag = "1")]
+    pub group: ::prost::alloc::string::String,
+    /// The newest group revision the node has applied; 0 = joining (the node holds nothing of the
+    /// group yet: files the group already has are the group's, not the node's).
+    #[prost(uint64, tag = "2")]
+    pub base_revision: u64,
+    /// The changed files.
+    #[prost(message, repeated, tag = "3")]
+    pub files: ::prost::alloc::vec::Vec<SharedFile>,
+}
+/// From the controller: changes of a group, in revision order.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ArtifactUpdate {
+    /// The group.
+    #[prost(string, tag = "1")]
+    pub group: ::prost::alloc::string::String,
+    /// The group's revision these changes bring the node up to.
+    #[prost(uint64, tag = "2")]
+    pub revision: u64,
+    /// The newest state of each changed file.
+    #[prost(message, repeated, tag = "3")]
+    pub files: ::prost::alloc::vec::Vec<SharedFile>,
+}
 /// Generated client implementations.
 pub mod agent_service_client {
     #![allow(

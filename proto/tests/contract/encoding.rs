@@ -126,6 +126,9 @@ fn machine_spec_round_trips_every_field() {
         "ManagedService",
         "ServiceFile",
         "ServiceProbe",
+        "SharedFolders",
+        "SyncedFolders",
+        "SharedMount",
     ]
     .into_iter()
     .collect();

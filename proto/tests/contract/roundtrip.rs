@@ -69,7 +69,9 @@ impl AgentService for EchoController {
                         })
                     }
                     Some(agent_message::Kind::CommandResult(_)) => break,
-                    Some(agent_message::Kind::LogData(_)) => continue,
+                    Some(
+                        agent_message::Kind::LogData(_) | agent_message::Kind::ArtifactPush(_),
+                    ) => continue,
                     None => {
                         let _ = tx
                             .send(Err(Status::invalid_argument("empty message")))

@@ -4,7 +4,8 @@ use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
     ArtifactRef, CommandSpec, DatabaseInit, DatabaseUse, DbEngine, DesiredRun, EnvVar, HostsEntry,
     HttpProbe, KeystoreSpec, LibJar, MachineFacts, MachineSpec, ManagedService, NodeFile, NodeSpec,
-    ProvidedStores, Readiness, ServerProcess, ServiceFile, ServiceProbe, StoreType, TrustedCert,
+    ProvidedStores, Readiness, ServerProcess, ServiceFile, ServiceProbe, SharedFolders,
+    SharedMount, StoreType, SyncedFolders, TrustedCert, shared_folders,
 };
 
 /// Secret strings used in the sample; the redaction test checks none of them is printed.
@@ -156,6 +157,12 @@ pub fn full_node() -> NodeSpec {
         }],
         restart_seq: 2,
         log_dir: "repository/logs".into(),
+        shared: Some(SharedFolders {
+            group: "gateway/Default".into(),
+            how: Some(shared_folders::How::Sync(SyncedFolders {
+                dirs: vec!["repository/deployment/server/synapse-configs".into()],
+            })),
+        }),
     }
 }
 
@@ -170,6 +177,16 @@ pub fn minimal_node() -> NodeSpec {
             &["bin/wso2server.sh", "-Dprofile=api-key-manager", "start"],
             None,
         )),
+        // Field coverage only: the mount form of the oneof.
+        shared: Some(SharedFolders {
+            group: "gateway/Default".into(),
+            how: Some(shared_folders::How::Mount(SharedMount {
+                dir: "repository/deployment/server".into(),
+                source: "nfs.example.com:/exports/apim-gw".into(),
+                fstype: "nfs".into(),
+                options: "rw,hard".into(),
+            })),
+        }),
         ..full_node()
     }
 }

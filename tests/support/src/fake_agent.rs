@@ -244,7 +244,8 @@ impl AgentCtx {
                                     break;
                                 }
                             }
-                            None => {}
+                            // It runs no node whose folders are shared.
+                            Some(controller_message::Kind::ArtifactUpdate(_)) | None => {}
                         },
                         _ => {
                             tokio::time::sleep(Duration::from_millis(50)).await;

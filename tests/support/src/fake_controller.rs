@@ -50,6 +50,8 @@ pub struct FakeState {
     pub reports_before_result: Mutex<HashMap<String, usize>>,
     /// Every piece of log received.
     pub log_data: Mutex<Vec<LogData>>,
+    /// Shared-folder pushes received.
+    pub artifact_pushes: Mutex<Vec<apim_proto::v1::ArtifactPush>>,
     latest: Mutex<Option<MachineSpec>>,
     session: Mutex<Option<Outbound>>,
 }
@@ -92,6 +94,9 @@ impl AgentService for Svc {
                         state.results.lock().unwrap().push(r);
                     }
                     Some(AgentKind::LogData(d)) => state.log_data.lock().unwrap().push(d),
+                    Some(AgentKind::ArtifactPush(p)) => {
+                        state.artifact_pushes.lock().unwrap().push(p)
+                    }
                     None => {}
                 }
             }

@@ -240,6 +240,9 @@ impl Session {
                 }
                 Ok(())
             }
+            Some(Kind::ArtifactPush(_)) => Err(ServerError::Protocol {
+                reason: "shared folders are not synchronised by this controller yet".into(),
+            }),
             Some(Kind::Hello(_)) => Err(ServerError::Protocol {
                 reason: "Hello may only be sent once per stream".into(),
             }),

@@ -92,6 +92,18 @@ pub struct ServerProcess {
     pub home_env: &'static str,
 }
 
+/// 3.x gateways keep every deployed API here (Synapse configurations, throttling execution
+/// plans, event publishers): the 3.x guide (step 6.5) has all gateways of a cluster share it
+/// (NFS recommended), or an API published through the gateway LB lands on one gateway only.
+pub const GATEWAY_SHARED_DIR: &str = "repository/deployment/server";
+
+/// The folders of [`GATEWAY_SHARED_DIR`] whose files are the deployed APIs and throttling
+/// policies: what apimctl keeps in step when it synchronises the gateways itself.
+pub const GATEWAY_SYNCED_DIRS: [&str; 2] = [
+    "repository/deployment/server/synapse-configs",
+    "repository/deployment/server/executionplans",
+];
+
 /// The carbon server's process identity.
 pub const SERVER_PROCESS: ServerProcess = ServerProcess {
     pid_file: "wso2carbon.pid",

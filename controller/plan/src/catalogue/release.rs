@@ -121,6 +121,12 @@ impl Product {
         format!("{}.{}.{}", self.major, self.minor, self.patch)
     }
 
+    /// Whether gateways keep deployed APIs on their own disk, so gateways in HA must share them
+    /// (3.x); 4.x and later gateways pull their artifacts from the control plane.
+    pub fn gateways_share_artifacts(&self) -> bool {
+        self.line() == ProductLine::V3
+    }
+
     /// Which layout this release uses.
     pub fn line(&self) -> ProductLine {
         match (self.major, self.minor) {

@@ -12,10 +12,10 @@ pub mod walk;
 
 pub use crate::catalogue::{DbType, StoreType};
 pub use model::{
-    Admin, Analytics, Cluster, Database, DbInit, Distribution, DriftMode, Driver,
-    GatewayEnvironment, HeapSize, Issuer, JvmScope, JvmSettings, LoadBalancer, Machine, Node,
-    NodeJvmSettings, OnFailure, Override, Plan, Rollout, Scope, Secret, SecretSource, SecureVault,
-    StartOrder, Tls, resolve_path,
+    Admin, Analytics, ArtifactShare, Cluster, Database, DbInit, Distribution, DriftMode, Driver,
+    GatewayArtifacts, GatewayEnvironment, HeapSize, Issuer, JvmScope, JvmSettings, LoadBalancer,
+    Machine, Node, NodeJvmSettings, OnFailure, Override, Plan, Rollout, Scope, Secret,
+    SecretSource, SecureVault, StartOrder, Tls, resolve_path,
 };
 pub use parser::{parse, parse_duration};
 pub use walk::At;

@@ -252,6 +252,32 @@ pub struct GatewayEnvironment {
     pub span: std::ops::Range<usize>,
 }
 
+/// How the gateways of one environment share their deployed APIs (`[gateway_artifacts]`; 3.x
+/// gateways in HA, whose `repository/deployment/server` the guide has them share).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactShare {
+    /// apimctl keeps the artifact folders in step through the controller (the default).
+    Sync,
+    /// A shared file system the operator provides, mounted over the folder on every gateway.
+    Mount {
+        /// What to mount (`server:/export`, or an absolute path with `fstype = "bind"`).
+        source: At<String>,
+        /// `mount -t` (default `nfs`).
+        fstype: At<String>,
+        /// `mount -o` (default none).
+        options: Option<At<String>>,
+    },
+}
+
+/// `[gateway_artifacts]`.
+#[derive(Clone, Debug)]
+pub struct GatewayArtifacts {
+    /// `share`.
+    pub share: ArtifactShare,
+    /// Span of the table.
+    pub span: std::ops::Range<usize>,
+}
+
 /// `[analytics]`.
 #[derive(Clone, Debug, Default)]
 pub struct Analytics {
@@ -441,6 +467,8 @@ pub struct Plan {
     pub load_balancers: BTreeMap<Role, LoadBalancer>,
     /// `[[gateway_environments]]` (one default environment when absent).
     pub gateway_environments: Vec<GatewayEnvironment>,
+    /// `[gateway_artifacts]`, when written.
+    pub gateway_artifacts: Option<GatewayArtifacts>,
     /// `[analytics]`.
     pub analytics: Analytics,
     /// `[secure_vault]`.

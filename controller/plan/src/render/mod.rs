@@ -39,7 +39,8 @@ use crate::plan::{Node, Plan};
 use crate::secrets::{self, EnvSource};
 pub use output::{
     ClusterRender, CommandSpec, HostsEntry, HttpCheck, MachineRender, NodeDatabase, NodeDbInit,
-    NodeFile, NodeJvm, NodeLib, NodeRender, NodeTls, Readiness, Sensitive,
+    NodeFile, NodeJvm, NodeLib, NodeRender, NodeTls, Readiness, Sensitive, SharedFolders,
+    SharedHow,
 };
 use secret_values::Secrets;
 pub use vault::VaultCipher;

@@ -5,10 +5,10 @@ use std::net::IpAddr;
 
 use super::{
     CommandSpec, HttpCheck, NodeDatabase, NodeFile, NodeJvm, NodeLib, NodeRender, NodeTls,
-    Readiness, Sensitive,
+    Readiness, Sensitive, SharedFolders, SharedHow,
 };
 use crate::catalogue::{Port, Role, RoleProfile, jvm, layout, readiness_ports};
-use crate::plan::{Issuer, Machine, Node, Plan};
+use crate::plan::{ArtifactShare, Issuer, Machine, Node, Plan};
 
 /// What the renderer has made for a node before it is assembled.
 pub(super) struct NodeParts {
@@ -101,6 +101,7 @@ pub(super) fn node_render(plan: &Plan, node: &Node, parts: NodeParts) -> NodeRen
             parts.truststore_password,
         ),
         jvm: node_jvm(plan, node),
+        shared: shared_folders(plan, node),
     }
 }
 
@@ -248,4 +249,51 @@ pub(super) fn primary_keystore_file(plan: &Plan) -> Option<String> {
             .clone()
             .unwrap_or_else(|| tls.keystore_type.primary_keystore_file().to_string())
     })
+}
+
+/// What a 3.x gateway shares with the gateways of the same environments: its deployed APIs,
+/// synchronised by apimctl (the default) or on the operator's shared file system. `None` for
+/// every other node, and for a gateway synchronised with no peer.
+fn shared_folders(plan: &Plan, node: &Node) -> Option<SharedFolders> {
+    if node.role.value != Role::Gateway || !plan.cluster.product.value.gateways_share_artifacts() {
+        return None;
+    }
+    let envs_of = |n: &Node| -> Vec<&str> {
+        plan.gateway_environments
+            .iter()
+            .filter(|e| {
+                e.gateways
+                    .as_ref()
+                    .is_none_or(|l| l.iter().any(|g| g.value == n.name.value))
+            })
+            .map(|e| e.name.value.as_str())
+            .collect()
+    };
+    let mine = envs_of(node);
+    let peers = plan
+        .nodes_of(Role::Gateway)
+        .filter(|n| envs_of(n) == mine)
+        .count();
+    let group = format!("gateway/{}", mine.join("+"));
+    let share = plan.gateway_artifacts.as_ref().map(|a| &a.share);
+    let how = match share {
+        Some(ArtifactShare::Mount {
+            source,
+            fstype,
+            options,
+        }) => SharedHow::Mount {
+            dir: layout::GATEWAY_SHARED_DIR.to_string(),
+            source: source.value.clone(),
+            fstype: fstype.value.clone(),
+            options: options
+                .as_ref()
+                .map(|o| o.value.clone())
+                .unwrap_or_default(),
+        },
+        Some(ArtifactShare::Sync) | None if peers > 1 => SharedHow::Sync {
+            dirs: layout::GATEWAY_SYNCED_DIRS.map(String::from).to_vec(),
+        },
+        _ => return None,
+    };
+    Some(SharedFolders { group, how })
 }

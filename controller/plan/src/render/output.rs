@@ -198,6 +198,37 @@ pub struct NodeDbInit {
     pub scripts: Vec<String>,
 }
 
+/// Folders of a node's carbon home kept the same on every node of a group (3.x gateways in HA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedFolders {
+    /// The group, the same on every node of it: `gateway/` and the node's environments.
+    pub group: String,
+    /// How.
+    pub how: SharedHow,
+}
+
+/// How a group's folders are shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SharedHow {
+    /// The agents synchronise these folders (relative to the carbon home) through the
+    /// controller.
+    Sync {
+        /// The folders.
+        dirs: Vec<String>,
+    },
+    /// The operator's shared file system, mounted over `dir` (relative to the carbon home).
+    Mount {
+        /// The folder.
+        dir: String,
+        /// What to mount.
+        source: String,
+        /// `mount -t`.
+        fstype: String,
+        /// `mount -o` (empty: none).
+        options: String,
+    },
+}
+
 /// A file apimctl writes into a node's carbon home besides `deployment.toml`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFile {
@@ -299,4 +330,6 @@ pub struct NodeRender {
     pub tls: NodeTls,
     /// Heap, JVM options and memory need.
     pub jvm: NodeJvm,
+    /// Folders shared with the other nodes of its group.
+    pub shared: Option<SharedFolders>,
 }

@@ -44,6 +44,26 @@ pub(super) fn check_membership(p: &Plan, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// `[gateway_artifacts]` is for releases whose gateways keep APIs on their own disk (3.x).
+pub(super) fn check_artifacts(p: &Plan, out: &mut Vec<Diagnostic>) {
+    let Some(a) = &p.gateway_artifacts else {
+        return;
+    };
+    if !p.cluster.product.value.gateways_share_artifacts() {
+        out.push(
+            Diagnostic::error(
+                a.span.clone(),
+                format!(
+                    "[gateway_artifacts] applies to 3.x only: {} gateways pull their artifacts \
+                     from the control plane",
+                    p.cluster.product.value
+                ),
+            )
+            .with_hint("remove the [gateway_artifacts] table"),
+        );
+    }
+}
+
 /// 4.5+: each gateway node's `gateway_id` (its name unless written) is unique and not empty.
 pub(super) fn check_gateway_ids(p: &Plan, out: &mut Vec<Diagnostic>) {
     if p.cluster.product.value.line() != ProductLine::V45Split {

@@ -84,6 +84,7 @@ fn validate(p: &Plan, env: &dyn EnvSource, opts: Options, out: &mut Vec<Diagnost
     check_environments(p, out);
     gateways::check_membership(p, out);
     gateways::check_gateway_ids(p, out);
+    gateways::check_artifacts(p, out);
     gateways::check_analytics(p, out);
     jvm::check(p, out);
     vault::check(p, env, out);

@@ -256,7 +256,8 @@ impl Agent {
                         })
                         .await?;
                     }
-                    None => {}
+                    // Its nodes share no folders.
+                    Some(controller_message::Kind::ArtifactUpdate(_)) | None => {}
                 },
             }
         }

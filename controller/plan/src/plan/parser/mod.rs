@@ -3,10 +3,12 @@
 //!
 //! [`parse`] reads the sections in a fixed order ([`settings`]: `[cluster]`, `[distributions]`,
 //! `[admin]`, `[databases]`, `[user_store]`, `[tls]`; [`topology`]: `[hosts]`, `[[machines]]`,
-//! `[[nodes]]`, `[load_balancers]`, `[[gateway_environments]]`; then `[analytics]`,
+//! `[[nodes]]`, `[load_balancers]`, `[[gateway_environments]]`; then `[gateway_artifacts]`,
+//! `[analytics]`,
 //! `[secure_vault]`, `[rollout]`,
 //! [`jvm`] and [`overrides`]); the order decides how unknown-field hints list the known ones.
 
+mod artifacts;
 mod jvm;
 mod overrides;
 mod settings;
@@ -199,6 +201,7 @@ fn parse_root(
     let nodes = topology::nodes(root, out);
     let load_balancers = topology::load_balancers(root, out);
     let gateway_environments = topology::gateway_environments(root, product, out);
+    let gateway_artifacts = artifacts::gateway_artifacts(root, out);
     let analytics = settings::analytics(root, out);
     let secure_vault = settings::secure_vault(root, out);
     let rollout = settings::rollout(root, out);
@@ -220,6 +223,7 @@ fn parse_root(
         nodes,
         load_balancers,
         gateway_environments,
+        gateway_artifacts,
         analytics,
         secure_vault,
         rollout,
