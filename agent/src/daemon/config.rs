@@ -101,6 +101,9 @@ pub struct Timings {
     /// How often each settled node is checked for drift (its files against what the agent
     /// wrote); zero: only on demand (`CheckDrift`).
     pub drift_interval: Duration,
+    /// How often folders shared with other machines (`SharedFolders` sync) are scanned for
+    /// local changes while connected.
+    pub folder_scan_interval: Duration,
 }
 
 impl Default for Timings {
@@ -120,6 +123,7 @@ impl Default for Timings {
             fetch_attempts: 5,
             tree_sync_delay: Duration::from_secs(30),
             drift_interval: Duration::from_secs(60),
+            folder_scan_interval: Duration::from_secs(1),
         }
     }
 }

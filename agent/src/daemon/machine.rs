@@ -126,6 +126,11 @@ impl Machine {
         Ok(m)
     }
 
+    /// The held spec, decoded (none before the first).
+    pub fn held_spec(&self) -> Option<MachineSpec> {
+        self.ledger.current()?.decode().ok()
+    }
+
     /// The held spec's node `name`, if the held spec has it.
     pub fn node_spec(&self, name: &str) -> Option<apim_proto::v1::NodeSpec> {
         let spec = self.ledger.current()?.decode().ok()?;

@@ -27,6 +27,7 @@ pub mod converge;
 pub mod destroy;
 pub mod error;
 pub mod fetch;
+pub mod folders;
 pub mod identity;
 pub mod link;
 pub mod machine;

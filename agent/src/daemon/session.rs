@@ -34,6 +34,7 @@ use crate::daemon::config::AgentConfig;
 use crate::daemon::converge::ExecContext;
 use crate::daemon::error::{DaemonError, DaemonResult};
 use crate::daemon::fetch::{Fetcher, create_private_dir};
+use crate::daemon::folders::FolderSync;
 use crate::daemon::identity::{self, AgentIdentity, EnrollError, EnrollOptions};
 use crate::daemon::link::{Control, ControlConfig};
 use crate::daemon::machine::Machine;
@@ -48,6 +49,7 @@ struct Shared {
     control: Control,
     board: Arc<StatusBoard>,
     machine: Arc<Mutex<Machine>>,
+    folders: Mutex<FolderSync>,
 }
 
 /// Runs the agent until `shutdown` completes. Nodes keep running after it returns.
@@ -97,6 +99,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Dae
         addresses(&config)
     ));
     let shared = Arc::new(Shared {
+        folders: Mutex::new(FolderSync::new(&config.state_dir)),
         config,
         control,
         board,
@@ -356,6 +359,9 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
     let mut report_tick = tokio::time::interval(shared.config.timings.report_interval);
     let mut facts_tick = tokio::time::interval(shared.config.timings.facts_interval);
     facts_tick.tick().await;
+    let mut folder_tick = tokio::time::interval(shared.config.timings.folder_scan_interval);
+    folder_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    shared.folders.lock().await.reconnected();
     send(&tx, AgentKind::Status(shared.board.snapshot())).await?;
     loop {
         tokio::select! {
@@ -393,7 +399,8 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
                             send(&tx, AgentKind::Status(shared.board.snapshot())).await?;
                         }
                     }
-                    Some(CtlKind::ArtifactUpdate(_)) | None => {}
+                    Some(CtlKind::ArtifactUpdate(u)) => shared.folders.lock().await.apply(&u),
+                    None => {}
                 }
             }
             changed = changes.changed() => {
@@ -401,6 +408,11 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
                     return Ok(());
                 }
                 send(&tx, AgentKind::Status(shared.board.snapshot())).await?;
+            }
+            _ = folder_tick.tick() => {
+                for push in folder_pushes(shared).await {
+                    send(&tx, AgentKind::ArtifactPush(push)).await?;
+                }
             }
             _ = report_tick.tick() => {
                 send(&tx, AgentKind::Status(shared.board.snapshot())).await?;
@@ -416,6 +428,20 @@ async fn session(shared: &Shared, connected: &mut bool) -> DaemonResult<()> {
             }
         }
     }
+}
+
+/// The shared folders' local changes (and joins) to send, after following the held spec.
+async fn folder_pushes(shared: &Shared) -> Vec<apim_proto::v1::ArtifactPush> {
+    let held = shared.machine.lock().await.held_generation();
+    if shared.folders.lock().await.stale(held) {
+        let spec = shared.machine.lock().await.held_spec();
+        shared
+            .folders
+            .lock()
+            .await
+            .refresh(spec.as_ref(), &shared.config);
+    }
+    shared.folders.lock().await.pushes()
 }
 
 /// `CheckDrift`: every node checks now; a fresh report, then the result (ok when every node

@@ -27,6 +27,7 @@ pub mod cleanup;
 pub mod drift;
 pub mod error;
 pub mod facts;
+pub mod folders;
 pub mod health;
 pub mod hosts;
 pub mod keystores;

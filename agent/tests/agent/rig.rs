@@ -123,6 +123,7 @@ impl Rig {
             stop_grace: Duration::from_secs(30),
             fetch_attempts: 5,
             tree_sync_delay: Duration::ZERO,
+            folder_scan_interval: Duration::from_millis(200),
             // Tests ask for drift checks (CheckDrift); one periodic check shows the timer works.
             drift_interval: Duration::from_secs(3),
         };

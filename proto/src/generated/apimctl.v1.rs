@@ -1127,6 +1127,10 @@ pub struct ArtifactUpdate {
     /// The newest state of each changed file.
     #[prost(message, repeated, tag = "3")]
     pub files: ::prost::alloc::vec::Vec<SharedFile>,
+    /// Set on the last update of a sending: the node now holds everything the group had (until
+    /// then a joining node takes every file as the group's).
+    #[prost(bool, tag = "4")]
+    pub caught_up: bool,
 }
 /// Generated client implementations.
 pub mod agent_service_client {

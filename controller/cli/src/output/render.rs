@@ -163,6 +163,29 @@ pub fn node_header(cluster: &ClusterRender, n: &NodeRender) -> String {
         let mode = if f.secret { "0600, not shown" } else { "0644" };
         s.push_str(&format!("# file:      {} ({mode}; {when})\n", f.path));
     }
+    if let Some(sh) = &n.shared {
+        s.push_str(&match &sh.how {
+            apim_plan::render::SharedHow::Sync { dirs } => format!(
+                "# shares:    {} with the other nodes of {} (synchronised by apimctl)\n",
+                dirs.join(", "),
+                sh.group
+            ),
+            apim_plan::render::SharedHow::Mount {
+                dir,
+                source,
+                fstype,
+                options,
+            } => format!(
+                "# shares:    {dir} with the other nodes of {}: {source} mounted there (-t {fstype}{}) before it starts\n",
+                sh.group,
+                if options.is_empty() {
+                    String::new()
+                } else {
+                    format!(" -o {options}")
+                }
+            ),
+        });
+    }
     let deps = if n.depends_on.is_empty() {
         "nothing".to_string()
     } else {

@@ -6,6 +6,7 @@
 //! shutdown, and ends the stream with PERMISSION_DENIED, UNAUTHENTICATED or UNAVAILABLE the
 //! moment one of them fires.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apim_certs::PeerCert;
@@ -13,7 +14,9 @@ use apim_proto::text::printable;
 use apim_proto::v1::agent_message::Kind;
 use apim_proto::v1::agent_service_server::AgentService;
 use apim_proto::v1::controller_message;
-use apim_proto::v1::{AgentMessage, Command, ControllerMessage, DesiredSpec, Hello};
+use apim_proto::v1::{
+    AgentMessage, ArtifactPush, ArtifactUpdate, Command, ControllerMessage, DesiredSpec, Hello,
+};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -149,6 +152,9 @@ impl Session {
         let mut revocations = state.revocations();
         let mut stop = self.ctx.stop.clone();
         let mut last_sent = held_generation;
+        let mut folders = state.folders();
+        // Shared-folder groups the agent joined, and the revision sent of each.
+        let mut joined: BTreeMap<String, u64> = BTreeMap::new();
         let left = self.peer.not_after - OffsetDateTime::now_utc();
         let expiry = tokio::time::sleep(Duration::try_from(left).unwrap_or(Duration::ZERO));
         tokio::pin!(expiry);
@@ -192,6 +198,14 @@ impl Session {
                         }
                     }
                 }
+                changed = folders.changed() => {
+                    if changed.is_err() {
+                        return Err(ServerError::ShuttingDown);
+                    }
+                    if !self.send_folder_changes(&mut joined, None).await? {
+                        return Ok(());
+                    }
+                }
                 Some(command) = commands.recv() => {
                     let msg = ControllerMessage {
                         kind: Some(controller_message::Kind::Command(command)),
@@ -201,6 +215,11 @@ impl Session {
                     }
                 }
                 msg = inbound.message() => match msg {
+                    Ok(Some(AgentMessage { kind: Some(Kind::ArtifactPush(push)) })) => {
+                        if !self.artifact_push(push, &mut joined).await? {
+                            return Ok(());
+                        }
+                    }
                     Ok(Some(msg)) => self.handle(msg)?,
                     Ok(None) => return Ok(()),
                     Err(status) => {
@@ -210,6 +229,68 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// Records a shared-folder push and answers with everything the group gained since the
+    /// agent's base revision; from then on the group's changes follow as they happen.
+    /// `Ok(false)`: the agent is gone.
+    async fn artifact_push(
+        &self,
+        push: ArtifactPush,
+        joined: &mut BTreeMap<String, u64>,
+    ) -> Result<bool, ServerError> {
+        let state = &self.ctx.state;
+        let done = state.push_folder_files(&self.machine, &push)?;
+        tracing::info!(
+            machine = %self.machine,
+            group = %printable(&push.group),
+            base = push.base_revision,
+            written = done.written,
+            unchanged = done.same,
+            group_kept = done.kept,
+            "shared folder push"
+        );
+        let sent = joined
+            .entry(push.group.clone())
+            .or_insert(push.base_revision);
+        *sent = (*sent).min(push.base_revision);
+        self.send_folder_changes(joined, Some(&push.group)).await
+    }
+
+    /// Sends each joined group's changes newer than what was sent. `Ok(false)`: the agent is
+    /// gone.
+    async fn send_folder_changes(
+        &self,
+        joined: &mut BTreeMap<String, u64>,
+        answering: Option<&str>,
+    ) -> Result<bool, ServerError> {
+        let state = &self.ctx.state;
+        let groups = state.folder_groups(&self.machine);
+        // A group the machine left (its spec changed) is followed no more.
+        joined.retain(|g, _| groups.contains_key(g));
+        for (group, sent) in joined.iter_mut() {
+            let mut updates = state.folder_changes(group, *sent)?;
+            if updates.is_empty() && answering == Some(group.as_str()) {
+                // A push is always answered, so a joining node knows it holds the group.
+                updates.push(ArtifactUpdate {
+                    group: group.clone(),
+                    revision: *sent,
+                    files: Vec::new(),
+                    caught_up: true,
+                });
+            }
+            for update in updates {
+                *sent = update.revision;
+                tracing::debug!(machine = %self.machine, group = %group, revision = update.revision, files = update.files.len(), "shared folder update sent");
+                let msg = ControllerMessage {
+                    kind: Some(controller_message::Kind::ArtifactUpdate(update)),
+                };
+                if self.tx.send(Ok(msg)).await.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn handle(&self, msg: AgentMessage) -> Result<(), ServerError> {
@@ -240,9 +321,8 @@ impl Session {
                 }
                 Ok(())
             }
-            Some(Kind::ArtifactPush(_)) => Err(ServerError::Protocol {
-                reason: "shared folders are not synchronised by this controller yet".into(),
-            }),
+            // Taken by the stream loop, which answers it.
+            Some(Kind::ArtifactPush(_)) => Ok(()),
             Some(Kind::Hello(_)) => Err(ServerError::Protocol {
                 reason: "Hello may only be sent once per stream".into(),
             }),

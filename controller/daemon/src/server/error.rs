@@ -539,6 +539,9 @@ impl From<StateError> for ServerError {
             StateError::TooManyLogStreams { scope, limit } => {
                 ServerError::TooManyLogStreams { scope, limit }
             }
+            StateError::BadPush { machine, reason } => ServerError::Protocol {
+                reason: format!("machine {machine:?}: shared folder push refused: {reason}"),
+            },
             StateError::ForeignMachine {
                 identity,
                 named,

@@ -59,6 +59,15 @@ pub enum StateError {
         /// The other controller (id and address) holding its stream, when one does.
         elsewhere: Option<String>,
     },
+    /// An agent pushed shared-folder files that cannot be taken (untrusted: the reason names
+    /// the file escaped).
+    #[error("machine {machine:?} pushed shared folder files that cannot be taken: {reason}")]
+    BadPush {
+        /// The machine.
+        machine: String,
+        /// Why.
+        reason: String,
+    },
     /// Too many log streams are open already.
     #[error("too many log streams from {scope} (at most {limit} at once)")]
     TooManyLogStreams {

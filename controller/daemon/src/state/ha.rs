@@ -254,10 +254,10 @@ impl ControllerState {
     /// calls it every [`SYNC_EVERY`]).
     pub fn catch_up(&self) -> Result<(), StoreError> {
         let seen = self.ha.seen.load(Ordering::SeqCst);
-        let (now, agents, specs, tokens, revoked) = self.store.read(|tx| {
+        let (now, agents, specs, tokens, revoked, folders) = self.store.read(|tx| {
             let now = tx.revision()?;
             if now <= seen {
-                return Ok((now, None, Vec::new(), None, None));
+                return Ok((now, None, Vec::new(), None, None, 0));
             }
             Ok((
                 now,
@@ -265,8 +265,10 @@ impl ControllerState {
                 tx.specs_changed(seen, now)?,
                 Some(tx.tokens()?),
                 Some(tx.revocations()?),
+                tx.folder_revision()?,
             ))
         })?;
+        self.folders_at(folders);
         let Some(agents) = agents else {
             return Ok(());
         };

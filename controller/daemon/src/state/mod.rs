@@ -23,6 +23,7 @@ use crate::store::{ArtifactRow, Store};
 mod agents;
 mod credentials;
 mod error;
+mod folders;
 mod generations;
 mod ha;
 mod layout;
@@ -75,6 +76,9 @@ pub struct ControllerState {
     layout: layout::LayoutCache,
     /// Which plan generation each published spec generation came from (for `Status`).
     plan_generations: generations::PlanGenerations,
+    /// The newest shared-folder revision known here (pushes here, other controllers' seen by
+    /// [`ControllerState::catch_up`]): agent streams send what their groups gained.
+    folders: watch::Sender<u64>,
 }
 
 /// A rollout's target spec of every machine, shared.
@@ -169,6 +173,7 @@ impl ControllerState {
             ha: ha::Ha::new(revision),
             layout: Default::default(),
             plan_generations: Default::default(),
+            folders: watch::channel(0).0,
         })
     }
 

@@ -19,6 +19,10 @@ const SOURCES: &[(&str, &str)] = &[
         "V2__controllers",
         include_str!("migrations/V2__controllers.sql"),
     ),
+    (
+        "V3__shared_folders",
+        include_str!("migrations/V3__shared_folders.sql"),
+    ),
 ];
 
 /// The schema version this build brings a store to.

@@ -140,6 +140,7 @@ pub(crate) fn corrupt(what: &'static str) -> impl FnOnce(String) -> StoreError {
 }
 
 pub(crate) mod db;
+mod folders;
 mod ha;
 pub mod migrate;
 mod pg;
@@ -147,6 +148,7 @@ mod records;
 mod seal;
 mod tx;
 
+pub use folders::Put;
 pub use ha::{Lease, MemberRow, ROLLOUT_LEASE};
 pub use pg::PgTarget;
 pub use records::{

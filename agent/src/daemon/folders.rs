@@ -1,0 +1,343 @@
+//! Folders a node shares with the other nodes of its group, synchronised through the controller
+//! (`SharedFolders` sync: 3.x gateways in HA). The agent knows only folders and files.
+//!
+//! Per group (one node of it per machine) the agent keeps a *manifest*: the group's files as
+//! the node last agreed with them (sha256 by path) and the group revision that agreement is at,
+//! persisted in `<state>/folders/<node>.json`. A local change is what differs from the manifest;
+//! it is pushed with the manifest's revision as base, and the controller's answer (everything
+//! newer, the node's own change included) moves the manifest on. So a node cut off for a while
+//! pushes what it changed meanwhile and gets what it missed when its stream returns.
+//!
+//! Joining (no manifest yet, or another home): the node pushes what it has, the group keeps its
+//! own files where it has any, and until the answer is complete (`caught_up`) every file the
+//! group sends replaces the node's. Afterwards a file the node changed itself since the
+//! manifest (not yet pushed) is kept over the group's (it is pushed next, and the later write
+//! wins); every other file follows the group.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use apim_proto::v1::{ArtifactPush, ArtifactUpdate, MachineSpec, SharedFile, shared_folders::How};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::daemon::config::AgentConfig;
+use crate::daemon::converge::OPTIMIZED_MARKER;
+use crate::exec::folders::{self, Scanner};
+use crate::exec::process;
+
+/// Most bytes of file content per push (well under the gRPC message limit).
+const PUSH_BYTES: usize = 3 << 20;
+
+/// What the agent remembers of a group between streams and restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    /// The node's home the files are under (another home: joining again).
+    home: PathBuf,
+    /// The group.
+    group: String,
+    /// The group revision the files are at (0: never caught up).
+    revision: u64,
+    /// sha256 by path relative to the home.
+    files: BTreeMap<String, String>,
+}
+
+/// One group this machine takes part in, through one node.
+#[derive(Debug)]
+struct Member {
+    node: String,
+    home: PathBuf,
+    dirs: Vec<String>,
+    owner: Option<(u32, u32)>,
+    manifest: Manifest,
+    scanner: Scanner,
+    /// Pushed on this stream and not yet come back: path -> sha256 ("" deleted).
+    in_flight: BTreeMap<String, String>,
+    /// Pushed on this stream (the controller follows the group for it).
+    joined: bool,
+    /// Joined without a manifest and not caught up yet: the group's files win.
+    joining: bool,
+}
+
+/// Every group of the held spec's nodes whose home is in place.
+#[derive(Debug)]
+pub struct FolderSync {
+    dir: PathBuf,
+    groups: BTreeMap<String, Member>,
+    generation: Option<u64>,
+    /// A node of the held spec shares folders but its home is not in place yet.
+    pending: bool,
+}
+
+impl FolderSync {
+    /// Keeps its manifests under `<state_dir>/folders`.
+    pub fn new(state_dir: &Path) -> Self {
+        FolderSync {
+            dir: state_dir.join("folders"),
+            groups: BTreeMap::new(),
+            generation: None,
+            pending: false,
+        }
+    }
+
+    /// A new stream: nothing is in flight and every group is joined again.
+    pub fn reconnected(&mut self) {
+        for m in self.groups.values_mut() {
+            m.in_flight.clear();
+            m.joined = false;
+            m.joining = false;
+        }
+    }
+
+    /// Follows the held spec: its nodes with synchronised folders whose home is in place (the
+    /// pack installed and, when the spec has one, its optimizer run).
+    pub fn refresh(&mut self, spec: Option<&MachineSpec>, config: &AgentConfig) {
+        let generation = spec.map(|s| s.generation);
+        let mut wanted = BTreeMap::new();
+        self.pending = false;
+        for n in spec.iter().flat_map(|s| s.nodes.iter()) {
+            let Some(shared) = &n.shared else { continue };
+            let Some(How::Sync(sync)) = &shared.how else {
+                continue;
+            };
+            if wanted.contains_key(&shared.group) {
+                tracing::warn!(node = %n.name, group = %shared.group, "a second node of the group on this machine: only the first is synchronised");
+                continue;
+            }
+            let Some(top) = n.pack.as_ref().map(|p| p.top_dir.clone()) else {
+                continue;
+            };
+            let Ok(root) = config.rooted(&n.name, &n.install_dir) else {
+                continue;
+            };
+            let home = root.join(top);
+            let ready =
+                home.is_dir() && (n.optimizer.is_none() || home.join(OPTIMIZED_MARKER).exists());
+            if !ready {
+                self.pending = true;
+                continue;
+            }
+            let owner = (!n.run_as_user.is_empty())
+                .then(|| process::resolve_run_as(Some(&n.run_as_user)).ok())
+                .flatten()
+                .and_then(|r| r.switch_to)
+                .map(|c| (c.uid, c.gid));
+            wanted.insert(
+                shared.group.clone(),
+                (n.name.clone(), home, sync.dirs.clone(), owner),
+            );
+        }
+        self.groups.retain(|g, m| {
+            wanted.get(g).is_some_and(|(node, home, dirs, _)| {
+                *node == m.node && *home == m.home && *dirs == m.dirs
+            })
+        });
+        for (group, (node, home, dirs, owner)) in wanted {
+            if self.groups.contains_key(&group) {
+                continue;
+            }
+            let manifest = self
+                .load(&node)
+                .filter(|m| m.home == home && m.group == group)
+                .unwrap_or_else(|| Manifest {
+                    home: home.clone(),
+                    group: group.clone(),
+                    ..Manifest::default()
+                });
+            tracing::info!(node = %node, group = %group, revision = manifest.revision, "synchronising shared folders");
+            self.groups.insert(
+                group,
+                Member {
+                    node,
+                    home,
+                    dirs: dirs.into_iter().filter(|d| safe_dir(d)).collect(),
+                    owner,
+                    manifest,
+                    scanner: Scanner::default(),
+                    in_flight: BTreeMap::new(),
+                    joined: false,
+                    joining: false,
+                },
+            );
+        }
+        self.generation = generation;
+    }
+
+    /// Whether [`FolderSync::refresh`] has something to do for the held `generation`: another
+    /// spec, or a sharing node whose home was not in place yet.
+    pub fn stale(&self, generation: u64) -> bool {
+        self.pending || self.generation != Some(generation)
+    }
+
+    /// What to send: a join for every group not joined on this stream, and each joined
+    /// group's local changes not already in flight.
+    pub fn pushes(&mut self) -> Vec<ArtifactPush> {
+        let mut out = Vec::new();
+        for (group, m) in &mut self.groups {
+            if m.joining {
+                continue; // its answer is on the way
+            }
+            let local = match m.scanner.scan(&m.home, &m.dirs) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(node = %m.node, group = %group, error = %e, "cannot scan the shared folders");
+                    continue;
+                }
+            };
+            for big in &m.scanner.too_big {
+                tracing::warn!(node = %m.node, file = %big, limit = folders::MAX_FILE_BYTES, "file too big to share: kept on this machine only");
+            }
+            let fresh = m.manifest.revision == 0 && m.manifest.files.is_empty();
+            let mut changed: Vec<(String, Option<String>)> = Vec::new();
+            for (path, sha) in &local {
+                if m.manifest.files.get(path) != Some(sha) {
+                    changed.push((path.clone(), Some(sha.clone())));
+                }
+            }
+            if !fresh {
+                for path in m.manifest.files.keys() {
+                    if !local.contains_key(path) {
+                        changed.push((path.clone(), None));
+                    }
+                }
+            }
+            changed.retain(|(p, sha)| m.in_flight.get(p) != Some(&sha.clone().unwrap_or_default()));
+            if changed.is_empty() && m.joined {
+                continue;
+            }
+            let mut files = Vec::new();
+            for (path, sha) in changed {
+                let file = match sha {
+                    None => SharedFile {
+                        path,
+                        deleted: true,
+                        ..SharedFile::default()
+                    },
+                    Some(_) => match folders::read(&m.home, &path) {
+                        Ok(Some(content)) => SharedFile {
+                            sha256: hex::encode(Sha256::digest(&content)),
+                            path,
+                            content,
+                            deleted: false,
+                        },
+                        // Gone since the scan: the next scan sees it.
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!(node = %m.node, file = %path, error = %e, "cannot read a shared file");
+                            continue;
+                        }
+                    },
+                };
+                m.in_flight.insert(file.path.clone(), file.sha256.clone());
+                files.push(file);
+            }
+            if !m.joined {
+                m.joined = true;
+                m.joining = fresh;
+            }
+            for batch in batches(files) {
+                out.push(ArtifactPush {
+                    group: group.clone(),
+                    base_revision: m.manifest.revision,
+                    files: batch,
+                });
+            }
+        }
+        out
+    }
+
+    /// Takes the group's changes into the node's folders.
+    pub fn apply(&mut self, u: &ArtifactUpdate) {
+        let Some(m) = self.groups.get_mut(&u.group) else {
+            return;
+        };
+        let group_wins = m.joining;
+        for f in &u.files {
+            if !folders::inside(&m.dirs, &f.path) {
+                tracing::warn!(node = %m.node, file = %apim_proto::text::printable(&f.path), "shared file outside the group's folders: ignored");
+                continue;
+            }
+            if !f.deleted && hex::encode(Sha256::digest(&f.content)) != f.sha256 {
+                tracing::warn!(node = %m.node, file = %f.path, "shared file does not match its sha256: ignored");
+                continue;
+            }
+            let want = (!f.deleted).then(|| f.sha256.clone());
+            let local = match folders::read(&m.home, &f.path) {
+                Ok(b) => b.map(|b| hex::encode(Sha256::digest(&b))),
+                Err(e) => {
+                    tracing::warn!(node = %m.node, file = %f.path, error = %e, "cannot read a shared file");
+                    continue;
+                }
+            };
+            let base = m.manifest.files.get(&f.path).cloned();
+            if local != want && (group_wins || local == base) {
+                let done = match &want {
+                    Some(_) => folders::write(&m.home, &f.path, &f.content, m.owner),
+                    None => folders::delete(&m.home, &f.path),
+                };
+                if let Err(e) = done {
+                    tracing::warn!(node = %m.node, file = %f.path, error = %e, "cannot take a shared file");
+                    continue;
+                }
+                tracing::debug!(node = %m.node, file = %f.path, deleted = f.deleted, "shared file taken from the group");
+            }
+            match want {
+                Some(sha) => m.manifest.files.insert(f.path.clone(), sha),
+                None => m.manifest.files.remove(&f.path),
+            };
+            if m.in_flight.get(&f.path) == Some(&f.sha256) {
+                m.in_flight.remove(&f.path);
+            }
+        }
+        m.manifest.revision = m.manifest.revision.max(u.revision);
+        if u.caught_up {
+            m.joining = false;
+        }
+        // A join in the middle of its answer is not a manifest to resume from.
+        if !m.joining {
+            let (node, manifest) = (m.node.clone(), m.manifest.clone());
+            self.save(&node, &manifest);
+        }
+    }
+
+    fn load(&self, node: &str) -> Option<Manifest> {
+        let bytes = std::fs::read(self.dir.join(format!("{node}.json"))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn save(&self, node: &str, m: &Manifest) {
+        let path = self.dir.join(format!("{node}.json"));
+        let saved = std::fs::create_dir_all(&self.dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| serde_json::to_vec(m).map_err(|e| e.to_string()))
+            .and_then(|b| apim_atomic::write_atomic(&path, &b, 0o600).map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::warn!(node = %node, error = %e, "cannot save the shared folders' manifest");
+        }
+    }
+}
+
+/// A spec's folder: a plain relative path (anything else is ignored).
+fn safe_dir(d: &str) -> bool {
+    !d.is_empty()
+        && !d.starts_with('/')
+        && !d.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+}
+
+/// Files in pushes of at most [`PUSH_BYTES`] (an empty list is one empty push: a join).
+fn batches(files: Vec<SharedFile>) -> Vec<Vec<SharedFile>> {
+    let mut out = vec![Vec::new()];
+    let mut bytes = 0;
+    for f in files {
+        let size = f.content.len() + f.path.len();
+        if bytes + size > PUSH_BYTES && !out.last().is_some_and(Vec::is_empty) {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(last) = out.last_mut() {
+            last.push(f);
+        }
+    }
+    out
+}
