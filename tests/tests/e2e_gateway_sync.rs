@@ -70,7 +70,8 @@ fn a_3x_gateway_pair_shares_its_apis_and_a_partitioned_gateway_catches_up() -> T
     let render = c.apimctl(&["render", plan.to_str().ok_or("utf-8 path")?])?;
     let text = String::from_utf8_lossy(&render.stdout);
     assert!(
-        text.contains("# shares:    repository/deployment/server/synapse-configs") && text.contains("synchronised by apimctl"),
+        text.contains("# shares:    repository/deployment/server/synapse-configs")
+            && text.contains("synchronised by apimctl"),
         "render shows the shared folders: {}",
         output_text(&render)
     );

@@ -7,6 +7,7 @@ mod artifacts;
 mod authz;
 mod enrollment;
 mod failover;
+mod folders;
 mod health;
 mod logs;
 mod session;

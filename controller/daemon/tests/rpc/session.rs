@@ -20,13 +20,16 @@ use apim_testkit::specs::spec;
 use apim_testkit::wait::{PATIENCE, eventually, within};
 
 /// An open `Connect` stream: a sender for agent messages and the controller's messages.
-struct Stream {
-    to_controller: mpsc::Sender<AgentMessage>,
-    from_controller: Streaming<ControllerMessage>,
+pub(crate) struct Stream {
+    pub(crate) to_controller: mpsc::Sender<AgentMessage>,
+    pub(crate) from_controller: Streaming<ControllerMessage>,
 }
 
 impl Stream {
-    async fn open<T>(client: &mut AgentServiceClient<T>, held: u64) -> Result<Stream, Status>
+    pub(crate) async fn open<T>(
+        client: &mut AgentServiceClient<T>,
+        held: u64,
+    ) -> Result<Stream, Status>
     where
         T: tonic::client::GrpcService<tonic::body::Body>,
         T::Error: Into<tonic::codegen::StdError>,
@@ -54,7 +57,7 @@ impl Stream {
     }
 
     /// The status that ends the stream.
-    async fn end(&mut self) -> Status {
+    pub(crate) async fn end(&mut self) -> Status {
         loop {
             match within("the stream to end", self.from_controller.message()).await {
                 Ok(Some(_)) => continue,
