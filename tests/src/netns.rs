@@ -265,7 +265,11 @@ impl Network {
                     .is_some_and(|n| mine(n))
         };
         // A file mounted more than once (an interrupted run) needs as many unmounts.
-        while let Some(m) = mount_points_under(dir).into_iter().rev().find(|p| mnt_of(p)) {
+        while let Some(m) = mount_points_under(dir)
+            .into_iter()
+            .rev()
+            .find(|p| mnt_of(p))
+        {
             if let Err(e) = run("umount", &[&m.to_string_lossy()]) {
                 first_err.get_or_insert(e);
                 break;
@@ -607,4 +611,89 @@ impl Drop for Network {
             }
         }
     }
+}
+
+/// Forwards TCP from `listen`, bound in the network namespace `netns_file`, to `to` in the
+/// caller's namespace (a host's database server reached from the machines' bridge). Calls
+/// `ready` once listening, then serves until the process ends, saying on stderr where each
+/// connection comes from. A socket belongs to the
+/// namespace of the thread that creates it: the listener is made by a thread moved into
+/// `netns_file`, each outgoing connection by the calling thread, which stays in its own.
+pub fn forward_tcp(
+    netns_file: &Path,
+    listen: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    use std::net::{TcpListener, TcpStream};
+    let ns = std::fs::File::open(netns_file).map_err(|source| NetnsError::Io {
+        what: "open",
+        path: netns_file.to_path_buf(),
+        source,
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<TcpStream>>();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<()>>();
+    std::thread::spawn(move || {
+        let bound = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetnsError::Command {
+                command: format!("setns {listen}"),
+                reason: e.to_string(),
+            })
+            .and_then(|()| {
+                TcpListener::bind(listen).map_err(|e| NetnsError::Command {
+                    command: format!("bind {listen}"),
+                    reason: e.to_string(),
+                })
+            });
+        let listener = match bound {
+            Ok(l) => {
+                let _ = bound_tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = bound_tx.send(Err(e));
+                return;
+            }
+        };
+        for conn in listener.incoming() {
+            if tx.send(conn).is_err() {
+                return;
+            }
+        }
+    });
+    bound_rx.recv().map_err(|e| NetnsError::Command {
+        command: format!("bind {listen}"),
+        reason: e.to_string(),
+    })??;
+    ready();
+    for conn in rx {
+        let inbound = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("forward {listen}: accept: {e}");
+                continue;
+            }
+        };
+        if let Ok(peer) = inbound.peer_addr() {
+            eprintln!("forward {listen} -> {to}: connection from {peer}");
+        }
+        let outbound = match TcpStream::connect_timeout(&to, Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(e) => {
+                // The client sees its connection closed, as with the server down.
+                eprintln!("forward {listen} -> {to}: {e}");
+                continue;
+            }
+        };
+        for (from, into) in [(&inbound, &outbound), (&outbound, &inbound)] {
+            let (Ok(mut r), Ok(mut w)) = (from.try_clone(), into.try_clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    }
+    Ok(())
 }

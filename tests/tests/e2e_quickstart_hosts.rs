@@ -75,7 +75,10 @@ fn ns_id(path: impl AsRef<Path>) -> Option<(u64, u64)> {
 fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    if fields.next().is_some_and(|state| matches!(state, "Z" | "X")) {
+    if fields
+        .next()
+        .is_some_and(|state| matches!(state, "Z" | "X"))
+    {
         return None;
     }
     fields.nth(18)?.parse().ok()
@@ -170,11 +173,12 @@ fn assert_agents_edit_their_own_etc_hosts(dir: &Path) -> TestResult {
 }
 
 #[test]
-fn quickstart_hosts_runs_every_machine_as_a_host_is_reused_and_down_leaves_nothing() -> TestResult
-{
+fn quickstart_hosts_runs_every_machine_as_a_host_is_reused_and_down_leaves_nothing() -> TestResult {
     let etc_hosts = std::fs::read("/etc/hosts")?;
     let links = our_links()?;
-    let tmp = tempfile::Builder::new().prefix("apim-qs-hosts-").tempdir()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("apim-qs-hosts-")
+        .tempdir()?;
     let dir = tmp.path().canonicalize()?.join("qs");
     let d = dir.to_string_lossy().into_owned();
     let mut guard = DownOnDrop(dir.clone(), false);
@@ -191,7 +195,11 @@ fn quickstart_hosts_runs_every_machine_as_a_host_is_reused_and_down_leaves_nothi
     // in ours.
     let names = netns_of(&dir);
     assert_eq!(names.len(), 7, "{names:?}");
-    assert_eq!(our_links()?, links, "no link added to the caller's namespace");
+    assert_eq!(
+        our_links()?,
+        links,
+        "no link added to the caller's namespace"
+    );
     let ids: BTreeSet<(u64, u64)> = names
         .iter()
         .filter_map(|n| ns_id(Path::new("/run/netns").join(n)))
@@ -233,7 +241,11 @@ fn quickstart_hosts_runs_every_machine_as_a_host_is_reused_and_down_leaves_nothi
     // A re-run while it runs reuses it: the same namespaces and processes, every node healthy.
     let pids = pid_files(&dir)?;
     let out = quickstart(&["up", &d, "--hosts"])?;
-    assert!(out.status.success(), "up --hosts again: {}", output_text(&out));
+    assert!(
+        out.status.success(),
+        "up --hosts again: {}",
+        output_text(&out)
+    );
     assert_eq!(pid_files(&dir)?, pids, "the same daemons");
     let again: BTreeSet<(u64, u64)> = netns_of(&dir)
         .iter()
@@ -320,5 +332,77 @@ fn quickstart_hosts_says_so_when_the_kernel_refuses_the_namespaces() -> TestResu
     assert!(err.contains("works without them"), "{err}");
     assert!(netns_of(&dir).is_empty(), "no namespace left");
     assert!(mount_points_under(tmp.path()).is_empty(), "no mount left");
+    Ok(())
+}
+
+/// `--hosts --db postgres`: the machines' loopback is their own, so the quickstart forwards the
+/// host's database server into the controller's namespace (`forward-db`, run here as the
+/// quickstart runs it) and the plan's `db.wso2.com` is the controller host. Checked on a harness
+/// cluster as hosts with its own test databases (the quickstart's are fixed names another
+/// quickstart on this machine may use): the agents create the schemas and every simulated
+/// server checks its databases before it reports ready, all through the forwarder.
+#[test]
+fn as_hosts_the_machines_reach_the_hosts_database_server_through_the_forwarder() -> TestResult {
+    use apim_e2e::cluster::{Cluster, ClusterOptions, PlanParams, ServerDb};
+    use apim_e2e::db::{Engine, TestDb};
+    let apim = TestDb::create(Engine::Postgres);
+    let shared = TestDb::create(Engine::Postgres);
+    let mut opts = ClusterOptions::new(Topology::V3FiveNode, "e2e_qs_hosts_db");
+    opts.namespaces = true;
+    // Shown with its Display: which command the kernel refused, why, and what this needs.
+    let mut c = Cluster::create(&opts).map_err(|e| e.to_string())?;
+    c.start().map_err(|e| e.to_string())?;
+    let mut fwd = Command::new(QUICKSTART);
+    fwd.arg("forward-db").arg(c.root());
+    let pid = c.forward_database(fwd, apim.port)?;
+    assert_eq!(c.running_pid("db-forward"), Some(pid));
+    let db_addr = c.database_address();
+    let ctl = c
+        .network()
+        .ok_or("namespaces")?
+        .host(apim_e2e::cluster::CONTROLLER_HOST)?
+        .address;
+    assert_eq!(db_addr, ctl, "db.wso2.com is the controller host");
+
+    let creds = |d: &TestDb| (d.name.clone(), d.user.clone(), d.password.clone());
+    let params = PlanParams {
+        database: Some(ServerDb {
+            db_type: "postgres",
+            port: apim.port,
+            apim: creds(&apim),
+            shared: creds(&shared),
+            init: true,
+            driver: Some((
+                "postgresql-42.7.4.jar".into(),
+                apim_e2e::simpack::driver_jar("org.postgresql.Driver"),
+            )),
+        }),
+        ..PlanParams::default()
+    };
+    let plan = c.write_plan("plan.toml", &params)?;
+    assert!(
+        std::fs::read_to_string(&plan)?.contains(&format!("\"db.wso2.com\" = \"{db_addr}\"")),
+        "the plan resolves db.wso2.com to the controller host"
+    );
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "apply: {}", output_text(&out));
+    let s = c.status()?;
+    assert!(all_healthy(&s, &c.node_names()), "{s}");
+    assert!(!apim.tables().is_empty(), "the apim schema was created");
+    assert!(!shared.tables().is_empty(), "the shared schema was created");
+    // Every machine reached it through the forwarder (its log names each connection's peer).
+    let log = std::fs::read_to_string(c.root().join("logs").join("db-forward.log"))?;
+    for m in &c.machines {
+        assert!(
+            log.contains(&format!("connection from {}:", m.address)),
+            "{}: no connection through the forwarder:\n{log}",
+            m.name
+        );
+    }
+    drop(c);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || start_time(i32::try_from(pid)?).is_none(),
+        "the forwarder stops with the cluster"
+    );
     Ok(())
 }

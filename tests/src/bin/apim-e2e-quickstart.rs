@@ -62,6 +62,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.as_slice() {
         [cmd, dir] if cmd == "down" => down(Path::new(dir)),
+        // Internal (`up --hosts --db`): the database forwarder; DIR names it as the cluster's.
+        [cmd, _dir, ns, listen, to] if cmd == "forward-db" => {
+            return forward_db(Path::new(ns), listen, to);
+        }
         [cmd, dir, flags @ ..] if cmd == "up" => match parse_up(flags) {
             Some(a) => up(Path::new(dir), &a),
             None => return usage(),
@@ -72,6 +76,24 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("quickstart: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves the machines' connections to the database server on this host until killed.
+fn forward_db(ns: &Path, listen: &str, to: &str) -> ExitCode {
+    let (Ok(listen), Ok(to)) = (listen.parse(), to.parse()) else {
+        return usage();
+    };
+    let ready = || {
+        println!("forwarding {listen} (in {}) to {to}", ns.display());
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    };
+    match apim_e2e::netns::forward_tcp(ns, listen, to, ready) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quickstart: database forwarder: {e}");
             ExitCode::FAILURE
         }
     }
@@ -90,7 +112,9 @@ fn down(dir: &Path) -> Result<ExitCode, ClusterError> {
     // Machines as hosts (`--hosts`): their namespaces, mounts, bridge and links.
     let ns = cluster::remove_kept_network(dir)?;
     if ns > 0 {
-        println!("removed its network: {ns} network namespaces with their bridge, links and mounts");
+        println!(
+            "removed its network: {ns} network namespaces with their bridge, links and mounts"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -159,8 +183,16 @@ fn check_mode(dir: &Path, hosts: bool) -> Result<(), String> {
             "{} holds a quickstart cluster laid out {}: run `deploy/quickstart.sh --down`, then \
              remove that folder (or set APIM_QUICKSTART_DIR to another one) to start it {}",
             dir.display(),
-            if m == "hosts" { "with --hosts" } else { "without --hosts" },
-            if hosts { "with --hosts" } else { "without --hosts" },
+            if m == "hosts" {
+                "with --hosts"
+            } else {
+                "without --hosts"
+            },
+            if hosts {
+                "with --hosts"
+            } else {
+                "without --hosts"
+            },
         )),
         None => std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::write(&file, format!("{want}\n")))
@@ -240,6 +272,23 @@ fn up(dir: &Path, args: &UpArgs) -> Result<ExitCode, ClusterError> {
                 "databases apimqs_apim and apimqs_shared on the local {} server (port {})",
                 d.db_type, d.port
             );
+            if c.network().is_some() {
+                // The machines' loopback is their own: they reach the server through the
+                // controller host.
+                let mut fwd = std::process::Command::new(
+                    std::env::current_exe()
+                        .map_err(|e| ClusterError::Build(format!("this executable: {e}")))?,
+                );
+                fwd.arg("forward-db").arg(c.root());
+                c.forward_database(fwd, d.port)?;
+                println!(
+                    "the machines reach it as db.wso2.com, {}:{} (forwarded from the controller's \
+                     namespace to 127.0.0.1:{})",
+                    c.database_address(),
+                    d.port,
+                    d.port
+                );
+            }
             Some(d)
         }
         None => None,

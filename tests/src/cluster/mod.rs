@@ -370,12 +370,7 @@ impl Cluster {
             }
         }
         let network = if opts.namespaces {
-            Some(namespaces::create_network(
-                &r,
-                &opts.name,
-                &machines,
-                kept,
-            )?)
+            Some(namespaces::create_network(&r, &opts.name, &machines, kept)?)
         } else {
             None
         };
@@ -501,8 +496,19 @@ impl Cluster {
         let err = log
             .try_clone()
             .map_err(io("open", &self.root().join("logs")))?;
+        cmd.stdout(log);
+        self.spawn_logged(name, cmd, err)
+    }
+
+    /// [`Cluster::spawn`] with its stdout piped to the caller (stderr to its log).
+    fn spawn_reporting(&self, name: &str, mut cmd: Command) -> Result<Child> {
+        let log = self.log_file(name)?;
+        cmd.stdout(Stdio::piped());
+        self.spawn_logged(name, cmd, log)
+    }
+
+    fn spawn_logged(&self, name: &str, mut cmd: Command, err: std::fs::File) -> Result<Child> {
         cmd.stdin(Stdio::null())
-            .stdout(log)
             .stderr(err)
             .process_group(0)
             .env("RUST_LOG", "info");

@@ -135,6 +135,47 @@ impl Cluster {
         }
     }
 
+    /// Where the plan's `db.wso2.com` resolves: 127.0.0.1, or as hosts the controller host,
+    /// where [`Cluster::forward_database`] makes a server on this host's loopback reachable.
+    pub fn database_address(&self) -> Ipv4Addr {
+        self.network
+            .as_ref()
+            .and_then(|n| n.host(CONTROLLER_HOST).ok())
+            .map_or(Ipv4Addr::LOCALHOST, |h| h.address)
+    }
+
+    /// As hosts: makes the database server on this host's `127.0.0.1:port` reachable from the
+    /// machines at [`Cluster::database_address`]`:port` (a forwarder process, `program args`,
+    /// which must call [`crate::netns::forward_tcp`] and print one line once listening; its
+    /// pid goes in `<root>/pids/db-forward.pid`, its log in `<root>/logs/`). Reuses one that
+    /// runs already. Returns its pid.
+    pub fn forward_database(&self, mut cmd: Command, port: u16) -> Result<u32> {
+        let net = self.need_network()?;
+        if let Some(pid) = self.running_pid("db-forward") {
+            return Ok(pid);
+        }
+        let ns = net.host(CONTROLLER_HOST)?.netns_path();
+        cmd.arg(&ns)
+            .arg(format!("{}:{port}", self.database_address()))
+            .arg(format!("127.0.0.1:{port}"));
+        let mut child = self.spawn_reporting("db-forward", cmd)?;
+        let pid = child.id();
+        // Its first line says it listens (or it ended: the error is in its log).
+        let mut line = String::new();
+        let read = child
+            .stdout
+            .take()
+            .map(|o| std::io::BufRead::read_line(&mut std::io::BufReader::new(o), &mut line));
+        if !matches!(read, Some(Ok(n)) if n > 0) {
+            let _ = child.wait();
+            return Err(ClusterError::Build(format!(
+                "the database forwarder did not start; see {}",
+                self.root().join("logs").join("db-forward.log").display()
+            )));
+        }
+        Ok(pid)
+    }
+
     /// Writes `<root>/apimctl`, a script that runs `apimctl` in the controller's network
     /// namespace (the only place its address is reachable) with the operator's settings of
     /// `env` (see [`Cluster::write_client_env`]); needs root, as `nsenter` does.
