@@ -262,7 +262,7 @@ impl Network {
             p.parent() == Some(dir)
                 && p.file_name()
                     .and_then(|f| f.to_str()?.strip_suffix(".mnt"))
-                    .is_some_and(|n| mine(n))
+                    .is_some_and(&mine)
         };
         // A file mounted more than once (an interrupted run) needs as many unmounts.
         while let Some(m) = mount_points_under(dir)
