@@ -331,6 +331,10 @@ fn quickstart_hosts_says_so_when_the_kernel_refuses_the_namespaces() -> TestResu
     assert!(err.contains("ip netns add"), "names the command: {err}");
     assert!(err.contains("works without them"), "{err}");
     assert!(netns_of(&dir).is_empty(), "no namespace left");
+    assert!(
+        !dir.join("quickstart-mode").exists(),
+        "the folder is not claimed for --hosts: plain quickstart may use it"
+    );
     assert!(mount_points_under(tmp.path()).is_empty(), "no mount left");
     Ok(())
 }

@@ -11,10 +11,12 @@
 //! namespaces outlive this process (a re-run adopts them) and `down` removes them; `DIR/apimctl`
 //! runs apimctl in the controller's namespace. Not root: it refuses, saying plain `up` works.
 //!
-//! `up DIR --db mariadb|postgres` (with or without `--hosts`) puts the cluster's databases on the local server (it must be
+//! `up DIR --db mariadb|postgres` puts the cluster's databases on the local server (it must be
 //! running; the message says how to start one when it is not): the databases `apimqs_apim` and
 //! `apimqs_shared` and their owners are made when missing, and apimctl creates the schemas
-//! (`init = "if-empty"`) with the simulated JDBC driver in `[drivers]`.
+//! (`init = "if-empty"`) with the simulated JDBC driver in `[drivers]`. With `--hosts` the
+//! machines reach it through the controller host: a forwarder (`forward-db`, internal) listens
+//! in the controller's namespace and connects to the server on this host's loopback.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -167,10 +169,14 @@ fn server_databases(dir: &Path, engine: Engine) -> Result<ServerDb, ClusterError
 /// `loopback`; a folder from before it was written is `loopback`.
 const MODE_FILE: &str = "quickstart-mode";
 
+fn mode_name(hosts: bool) -> &'static str {
+    if hosts { "hosts" } else { "loopback" }
+}
+
 /// Refuses to lay a cluster out in `dir` in another mode than the one it holds (addresses,
-/// the controller's configuration and enrolments differ); records the mode of a new one.
+/// the controller's configuration and enrolments differ).
 fn check_mode(dir: &Path, hosts: bool) -> Result<(), String> {
-    let want = if hosts { "hosts" } else { "loopback" };
+    let want = mode_name(hosts);
     let file = dir.join(MODE_FILE);
     let had = match std::fs::read_to_string(&file) {
         Ok(t) => Some(t.trim().to_string()),
@@ -178,6 +184,7 @@ fn check_mode(dir: &Path, hosts: bool) -> Result<(), String> {
         Err(_) => None,
     };
     match had {
+        None => Ok(()),
         Some(m) if m == want => Ok(()),
         Some(m) => Err(format!(
             "{} holds a quickstart cluster laid out {}: run `deploy/quickstart.sh --down`, then \
@@ -194,9 +201,6 @@ fn check_mode(dir: &Path, hosts: bool) -> Result<(), String> {
                 "without --hosts"
             },
         )),
-        None => std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&file, format!("{want}\n")))
-            .map_err(|e| format!("writing {}: {e}", file.display())),
     }
 }
 
@@ -237,6 +241,15 @@ fn up(dir: &Path, args: &UpArgs) -> Result<ExitCode, ClusterError> {
         }
         other => other?,
     };
+    // Laid out: the folder is of this mode now.
+    let mode = c.root().join(MODE_FILE);
+    std::fs::write(&mode, format!("{}\n", mode_name(args.hosts))).map_err(|source| {
+        ClusterError::Io {
+            what: "write",
+            path: mode.clone(),
+            source,
+        }
+    })?;
     c.keep_running();
     if c.running_pid("controller").is_none() {
         println!("starting the controller on {}", c.controller_addr);
