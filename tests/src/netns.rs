@@ -142,6 +142,8 @@ pub struct Network {
     /// Created namespaces and mounts, undone on drop in reverse.
     netns_made: Vec<String>,
     mounts_made: Vec<PathBuf>,
+    /// Left in place on drop ([`Network::persistent`]).
+    kept: bool,
 }
 
 /// Address `index` (1-based, up to 240) of `subnet`: `10.250.<subnet>.<10 + index>`.
@@ -164,18 +166,144 @@ impl Network {
     /// [`address`]`(subnet, i + 1)`); mount namespace files go in `dir` (created). On any
     /// failure what was made is undone.
     pub fn create(dir: &Path, subnet: u8, defs: &[HostDef]) -> Result<Network> {
+        Self::create_named(dir, &unique_prefix(), subnet, defs)
+    }
+
+    /// A network that outlives this process (the quickstart's): its namespaces are called
+    /// `<prefix>-hub`, `<prefix>-1`, … so a later run finds them. When all of it is in place
+    /// it is adopted as it is (what runs in it keeps running); otherwise what is left of it is
+    /// removed and it is made afresh. Dropping it leaves it in place: [`Network::remove`]
+    /// takes it down.
+    pub fn persistent(dir: &Path, prefix: &str, subnet: u8, defs: &[HostDef]) -> Result<Network> {
+        if let Some(net) = Self::adopt(dir, prefix, subnet, defs) {
+            return Ok(net);
+        }
+        Self::remove(dir, prefix)?;
+        let mut net = Self::create_named(dir, prefix, subnet, defs)?;
+        net.kept = true;
+        Ok(net)
+    }
+
+    /// The network `prefix` when every namespace, mount, bridge and address of it is there.
+    fn adopt(dir: &Path, prefix: &str, subnet: u8, defs: &[HostDef]) -> Option<Network> {
+        let hub = format!("{prefix}-hub");
+        let mounted = mount_points_under(dir);
+        let is_netns = |ns: &str| {
+            let p = Path::new(NETNS_DIR).join(ns);
+            mount_points_under(&p).contains(&p)
+        };
+        if !is_netns(&hub) || run("ip", &["-n", &hub, "link", "show", BRIDGE]).is_err() {
+            return None;
+        }
+        let mut net = Network {
+            hub: hub.clone(),
+            subnet,
+            hosts: Vec::new(),
+            netns_made: vec![hub],
+            mounts_made: Vec::new(),
+            kept: true,
+        };
+        for (i, def) in defs.iter().enumerate() {
+            let index = u8::try_from(i + 1).ok()?;
+            let ns = format!("{prefix}-{index}");
+            let addr = address(subnet, index);
+            let shown = run("ip", &["-n", &ns, "-4", "addr", "show", "dev", HOST_IF]).ok()?;
+            if !is_netns(&ns) || !shown.contains(&format!("inet {addr}/24")) {
+                return None;
+            }
+            net.netns_made.push(ns.clone());
+            let mount_ns = match def.hosts_file {
+                Some(_) => {
+                    let file = dir.join(format!("{ns}.mnt"));
+                    if !mounted.contains(&file) {
+                        return None;
+                    }
+                    net.mounts_made.push(file.clone());
+                    Some(file)
+                }
+                None => None,
+            };
+            net.hosts.push(Host {
+                name: def.name.clone(),
+                netns: ns,
+                address: addr,
+                mount_ns,
+                hub_port: format!("p{index}"),
+            });
+        }
+        Some(net)
+    }
+
+    /// Takes down the network `prefix` ([`Network::persistent`]) and what is left of it:
+    /// SIGKILLs every process in its namespaces, unmounts its mount namespace files in `dir`
+    /// and deletes its network namespaces (with them the bridge and every link). Tries it all;
+    /// returns how many namespaces it deleted, or the first failure.
+    pub fn remove(dir: &Path, prefix: &str) -> Result<usize> {
+        let hub = format!("{prefix}-hub");
+        let mine = |n: &str| {
+            n == hub
+                || n.strip_prefix(prefix)
+                    .and_then(|r| r.strip_prefix('-'))
+                    .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let mut names: Vec<String> = std::fs::read_dir(NETNS_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| mine(n))
+            .collect();
+        names.sort();
+        for ns in &names {
+            kill_all_in(&Path::new(NETNS_DIR).join(ns));
+        }
+        let mut first_err = None;
+        let mnt_of = |p: &Path| {
+            p.parent() == Some(dir)
+                && p.file_name()
+                    .and_then(|f| f.to_str()?.strip_suffix(".mnt"))
+                    .is_some_and(&mine)
+        };
+        // A file mounted more than once (an interrupted run) needs as many unmounts.
+        while let Some(m) = mount_points_under(dir)
+            .into_iter()
+            .rev()
+            .find(|p| mnt_of(p))
+        {
+            if let Err(e) = run("umount", &[&m.to_string_lossy()]) {
+                first_err.get_or_insert(e);
+                break;
+            }
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if mnt_of(&e.path()) && !mount_points_under(dir).contains(&e.path()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        for ns in &names {
+            if let Err(e) = run("ip", &["netns", "del", ns]) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(names.len()),
+        }
+    }
+
+    fn create_named(dir: &Path, prefix: &str, subnet: u8, defs: &[HostDef]) -> Result<Network> {
         std::fs::create_dir_all(dir).map_err(|source| NetnsError::Io {
             what: "create",
             path: dir.to_path_buf(),
             source,
         })?;
-        let prefix = unique_prefix();
         let mut net = Network {
             hub: format!("{prefix}-hub"),
             subnet,
             hosts: Vec::new(),
             netns_made: Vec::new(),
             mounts_made: Vec::new(),
+            kept: false,
         };
         let hub = net.hub.clone();
         run("ip", &["netns", "add", &hub])?;
@@ -365,6 +493,42 @@ impl Network {
     }
 }
 
+/// The mount points at or under `path` in this process's mount namespace, in mount order.
+pub fn mount_points_under(path: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(path))
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space) decoded.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (b[i], code) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn dir_dev(dir: &Path) -> u64 {
     std::fs::metadata(dir).map(|m| m.dev()).unwrap_or(0)
 }
@@ -429,6 +593,9 @@ pub fn listening(pid: u32, port: u16) -> bool {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         for ns in &self.netns_made {
             kill_all_in(&Path::new(NETNS_DIR).join(ns));
         }
@@ -444,4 +611,89 @@ impl Drop for Network {
             }
         }
     }
+}
+
+/// Forwards TCP from `listen`, bound in the network namespace `netns_file`, to `to` in the
+/// caller's namespace (a host's database server reached from the machines' bridge). Calls
+/// `ready` once listening, then serves until the process ends, saying on stderr where each
+/// connection comes from. A socket belongs to the
+/// namespace of the thread that creates it: the listener is made by a thread moved into
+/// `netns_file`, each outgoing connection by the calling thread, which stays in its own.
+pub fn forward_tcp(
+    netns_file: &Path,
+    listen: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    use std::net::{TcpListener, TcpStream};
+    let ns = std::fs::File::open(netns_file).map_err(|source| NetnsError::Io {
+        what: "open",
+        path: netns_file.to_path_buf(),
+        source,
+    })?;
+    let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<TcpStream>>();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<()>>();
+    std::thread::spawn(move || {
+        let bound = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| NetnsError::Command {
+                command: format!("setns {listen}"),
+                reason: e.to_string(),
+            })
+            .and_then(|()| {
+                TcpListener::bind(listen).map_err(|e| NetnsError::Command {
+                    command: format!("bind {listen}"),
+                    reason: e.to_string(),
+                })
+            });
+        let listener = match bound {
+            Ok(l) => {
+                let _ = bound_tx.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = bound_tx.send(Err(e));
+                return;
+            }
+        };
+        for conn in listener.incoming() {
+            if tx.send(conn).is_err() {
+                return;
+            }
+        }
+    });
+    bound_rx.recv().map_err(|e| NetnsError::Command {
+        command: format!("bind {listen}"),
+        reason: e.to_string(),
+    })??;
+    ready();
+    for conn in rx {
+        let inbound = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("forward {listen}: accept: {e}");
+                continue;
+            }
+        };
+        if let Ok(peer) = inbound.peer_addr() {
+            eprintln!("forward {listen} -> {to}: connection from {peer}");
+        }
+        let outbound = match TcpStream::connect_timeout(&to, Duration::from_secs(10)) {
+            Ok(c) => c,
+            Err(e) => {
+                // The client sees its connection closed, as with the server down.
+                eprintln!("forward {listen} -> {to}: {e}");
+                continue;
+            }
+        };
+        for (from, into) in [(&inbound, &outbound), (&outbound, &inbound)] {
+            let (Ok(mut r), Ok(mut w)) = (from.try_clone(), into.try_clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    }
+    Ok(())
 }

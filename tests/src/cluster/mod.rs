@@ -21,9 +21,8 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::fakejdk::{JdkSettings, MachineSettings, make_fake_jdk};
@@ -40,7 +39,7 @@ mod topology;
 
 pub use binaries::{Binaries, workspace_root};
 pub use controllers::ExtraController;
-pub use namespaces::CONTROLLER_HOST;
+pub use namespaces::{CONTROLLER_HOST, kept_network_prefix, remove_kept_network};
 use process::{command_error, is_alive, kill_child, run_ok};
 pub use process::{find_files, kill_processes_under, stop_detached};
 pub use status::{
@@ -292,22 +291,24 @@ impl Cluster {
         if std::env::var_os("APIM_E2E_KEEP_ROOT").is_some_and(|v| v == "1") {
             let kept = dir.keep();
             eprintln!("apim-e2e: keeping {}", kept.display());
-            return Self::layout(Root::Fixed(kept), opts);
+            return Self::layout(Root::Fixed(kept), opts, false);
         }
-        Self::layout(Root::Temp(dir), opts)
+        Self::layout(Root::Temp(dir), opts, false)
     }
 
     /// Lays a cluster out in `root` (kept on drop; used by the quickstart). Existing packs,
-    /// JDKs, the controller's port and enrolled agents are reused, so this is idempotent.
+    /// JDKs, the controller's port and enrolled agents are reused, so this is idempotent. With
+    /// [`ClusterOptions::namespaces`] the network outlives this value too: a later call adopts
+    /// it, [`remove_kept_network`] takes it down.
     pub fn create_in(root: &Path, opts: &ClusterOptions) -> Result<Cluster> {
         std::fs::create_dir_all(root).map_err(io("create", root))?;
         let root = root.canonicalize().map_err(io("resolve", root))?;
-        let mut c = Self::layout(Root::Fixed(root), opts)?;
+        let mut c = Self::layout(Root::Fixed(root), opts, true)?;
         c.keep = true;
         Ok(c)
     }
 
-    fn layout(root: Root, opts: &ClusterOptions) -> Result<Cluster> {
+    fn layout(root: Root, opts: &ClusterOptions, kept: bool) -> Result<Cluster> {
         let bins = Binaries::locate()?;
         let r = root.path().to_path_buf();
         for d in ["logs", "dist", "machines"] {
@@ -368,7 +369,7 @@ impl Cluster {
             }
         }
         let network = if opts.namespaces {
-            Some(namespaces::create_network(&r, &opts.name, &machines)?)
+            Some(namespaces::create_network(&r, &opts.name, &machines, kept)?)
         } else {
             None
         };
@@ -480,33 +481,6 @@ impl Cluster {
         self.machines.iter().flat_map(|m| m.nodes.clone()).collect()
     }
 
-    fn log_file(&self, name: &str) -> Result<std::fs::File> {
-        let p = self.root().join("logs").join(format!("{name}.log"));
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)
-            .map_err(io("open", &p))
-    }
-
-    fn spawn(&self, name: &str, mut cmd: Command) -> Result<Child> {
-        let log = self.log_file(name)?;
-        let err = log
-            .try_clone()
-            .map_err(io("open", &self.root().join("logs")))?;
-        cmd.stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .process_group(0)
-            .env("RUST_LOG", "info");
-        let child = cmd.spawn().map_err(io("spawn", Path::new(name)))?;
-        let pids = self.root().join("pids");
-        std::fs::create_dir_all(&pids).map_err(io("create", &pids))?;
-        let pid_file = pids.join(format!("{name}.pid"));
-        std::fs::write(&pid_file, format!("{}\n", child.id())).map_err(io("write", &pid_file))?;
-        Ok(child)
-    }
-
     /// Starts the controller and waits until it accepts connections.
     pub fn start_controller(&mut self) -> Result<()> {
         let mut cmd = self.command_on(CONTROLLER_HOST, &self.bins.apimctl);
@@ -522,7 +496,12 @@ impl Cluster {
         let addr = self.controller_addr;
         if self.network.is_some() {
             // Its namespace is not this one's: look at its sockets instead of dialling.
-            let pid = self.controller.as_ref().map(Child::id);
+            // (A re-run of the quickstart finds it running: its pid file.)
+            let pid = self
+                .controller
+                .as_ref()
+                .map(Child::id)
+                .or_else(|| self.running_pid("controller"));
             return polls("the controller to listen in its namespace", || {
                 pid.filter(|p| crate::netns::listening(*p, addr.port()))
                     .map(|_| ())
@@ -569,6 +548,15 @@ impl Cluster {
             cert = op.join("operator.pem").display().to_string(),
             key = op.join("operator-key.pem").display().to_string(),
         );
+        // As hosts, that address exists only in the controller's network namespace.
+        let text = if self.network.is_some() {
+            format!(
+                "{text}# Machines as hosts: the controller is reachable only in its network namespace;\n# run {} (which sources this) instead of apimctl.\n",
+                self.root().join("apimctl").display()
+            )
+        } else {
+            text
+        };
         let p = self.root().join("env.sh");
         std::fs::write(&p, text).map_err(io("write", &p))?;
         Ok(p)

@@ -1,8 +1,9 @@
 //! The harness's processes: running commands, killing children and whatever a simulated
 //! machine left running.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -145,4 +146,44 @@ pub fn stop_detached(root: &Path) -> Result<usize> {
     }
     kill_processes_under(&root);
     Ok(stopped)
+}
+
+impl super::Cluster {
+    fn log_file(&self, name: &str) -> Result<std::fs::File> {
+        let p = self.root().join("logs").join(format!("{name}.log"));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(io("open", &p))
+    }
+
+    pub(super) fn spawn(&self, name: &str, mut cmd: Command) -> Result<Child> {
+        let log = self.log_file(name)?;
+        let err = log
+            .try_clone()
+            .map_err(io("open", &self.root().join("logs")))?;
+        cmd.stdout(log);
+        self.spawn_logged(name, cmd, err)
+    }
+
+    /// [`Cluster::spawn`] with its stdout piped to the caller (stderr to its log).
+    pub(super) fn spawn_reporting(&self, name: &str, mut cmd: Command) -> Result<Child> {
+        let log = self.log_file(name)?;
+        cmd.stdout(Stdio::piped());
+        self.spawn_logged(name, cmd, log)
+    }
+
+    fn spawn_logged(&self, name: &str, mut cmd: Command, err: std::fs::File) -> Result<Child> {
+        cmd.stdin(Stdio::null())
+            .stderr(err)
+            .process_group(0)
+            .env("RUST_LOG", "info");
+        let child = cmd.spawn().map_err(io("spawn", Path::new(name)))?;
+        let pids = self.root().join("pids");
+        std::fs::create_dir_all(&pids).map_err(io("create", &pids))?;
+        let pid_file = pids.join(format!("{name}.pid"));
+        std::fs::write(&pid_file, format!("{}\n", child.id())).map_err(io("write", &pid_file))?;
+        Ok(child)
+    }
 }

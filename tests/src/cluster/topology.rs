@@ -238,7 +238,8 @@ pub struct PlanParams {
     pub balancers: Vec<(String, String)>,
 }
 
-/// A plan's databases on a real MySQL/MariaDB or PostgreSQL server (reached as `db.wso2.com`).
+/// A plan's databases on a real MySQL/MariaDB or PostgreSQL server (reached as `db.wso2.com`,
+/// [`super::Cluster::database_address`]).
 #[derive(Debug, Clone)]
 pub struct ServerDb {
     /// `mysql` or `postgres`.
@@ -336,9 +337,12 @@ username = "admin"
 password = { file = "secrets/admin-password" }
 
 [hosts]
-"db.wso2.com" = "127.0.0.1"
 "#,
         );
+        s.push_str(&format!(
+            "\"db.wso2.com\" = \"{}\"\n",
+            self.database_address()
+        ));
         s.push_str(&database_section(params.database.as_ref()));
         // The packs keep the `.jks` names; from 4.4 on their content is PKCS12.
         s.push_str(&format!(
