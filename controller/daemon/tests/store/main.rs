@@ -158,6 +158,38 @@ both! {
         assert!(s.read(|tx| tx.drift_repair()).unwrap());
         assert!(s.read(|tx| tx.tokens()).unwrap().records().next().is_none());
     };
+    shared_folder_files_keep_the_newest_state_by_revision => |s: &Store| {
+        use apim_controller::store::Put;
+        use apim_proto::v1::SharedFile;
+        use sha2::Digest;
+        let f = |path: &str, c: &str| SharedFile {
+            path: path.into(),
+            content: c.as_bytes().to_vec(),
+            sha256: hex::encode(sha2::Sha256::digest(c.as_bytes())),
+            deleted: false,
+        };
+        let gone = |path: &str| SharedFile { path: path.into(), deleted: true, ..SharedFile::default() };
+        let put = |file: &SharedFile, joining: bool| {
+            s.write(|tx| tx.put_folder_file("g", file, joining)).unwrap()
+        };
+        assert_eq!(put(&gone("d/never"), false), Put::Same, "deleting what never was");
+        assert_eq!(put(&f("d/a", "1"), true), Put::Written);
+        assert_eq!(put(&f("d/a", "other"), true), Put::GroupKept, "a joiner does not overwrite");
+        assert_eq!(put(&f("d/a", "1"), false), Put::Same);
+        let r1 = s.read(|tx| tx.folder_revision()).unwrap();
+        assert_eq!(put(&f("d/b", "2"), false), Put::Written);
+        assert_eq!(put(&gone("d/a"), false), Put::Written);
+        assert_eq!(put(&gone("d/a"), true), Put::GroupKept, "a tombstone is the group's too");
+        let since = s.read(|tx| tx.folder_files_since("g", r1)).unwrap();
+        let got: Vec<(&str, bool)> = since.iter().map(|(f, _)| (f.path.as_str(), f.deleted)).collect();
+        assert_eq!(got, [("d/b", false), ("d/a", true)], "in revision order, newest state only");
+        assert!(since[0].1 < since[1].1);
+        assert_eq!(since[0].0.content, b"2");
+        assert!(since[1].0.content.is_empty() && since[1].0.sha256.is_empty());
+        assert_eq!(s.read(|tx| tx.folder_revision()).unwrap(), since[1].1);
+        assert!(s.read(|tx| tx.folder_files_since("g", since[1].1)).unwrap().is_empty());
+        assert!(s.read(|tx| tx.folder_files_since("other", 0)).unwrap().is_empty());
+    };
     old_secrets_are_pruned_but_the_baselines_are_kept => |s: &Store| {
         let secrets = |g: u64| -> BTreeMap<String, String> { [("env:PW".to_string(), format!("pw-{g}"))].into() };
         for g in 1..=12 {

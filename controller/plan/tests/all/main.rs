@@ -2,6 +2,7 @@
 //! samples, one failing test per validation rule, CLI behaviour, and render properties.
 //! (One test binary, to keep link time down on small CI machines.)
 
+mod artifacts;
 mod balancers;
 mod databases;
 mod golden;
