@@ -123,3 +123,49 @@ async fn a_command_for_an_agent_on_the_other_controller_names_it() {
     );
     let _ = stop_tx.send(true);
 }
+
+/// A gateway connected to one controller pushes a file of its group; the stream of a gateway
+/// connected to the other is woken once that controller catches up, and gets the file.
+#[test]
+fn a_shared_folder_file_pushed_through_one_controller_reaches_the_others_streams() {
+    use apim_proto::v1::{ArtifactPush, SharedFile, SharedFolders, SyncedFolders};
+    use sha2::Digest;
+    let t = two();
+    let member = |machine: &str| {
+        let mut s = spec(machine, 1, "s");
+        for n in &mut s.nodes {
+            n.shared = Some(SharedFolders {
+                group: "gateway/G".into(),
+                how: Some(apim_proto::v1::shared_folders::How::Sync(SyncedFolders {
+                    dirs: vec!["r/syn".into()],
+                })),
+            });
+        }
+        s
+    };
+    t.a.set_desired_spec(member("vm-a"));
+    t.a.set_desired_spec(member("vm-b"));
+    t.b.catch_up().unwrap();
+    let mut woken = t.b.folders();
+    woken.mark_unchanged();
+    let push = ArtifactPush {
+        group: "gateway/G".into(),
+        base_revision: 0,
+        files: vec![SharedFile {
+            path: "r/syn/api.xml".into(),
+            content: b"<api/>".to_vec(),
+            sha256: hex::encode(sha2::Sha256::digest(b"<api/>")),
+            deleted: false,
+        }],
+    };
+    assert_eq!(t.a.push_folder_files("vm-a", &push).unwrap().written, 1);
+    assert!(!woken.has_changed().unwrap(), "not before b catches up");
+    t.b.catch_up().unwrap();
+    assert!(woken.has_changed().unwrap(), "b's streams are woken");
+    let got = t.b.folder_changes("gateway/G", 0).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].files[0].content, b"<api/>");
+    assert!(got[0].caught_up);
+    // vm-b may push through b: its spec came from a through the store.
+    assert!(t.b.push_folder_files("vm-b", &push).is_ok());
+}
