@@ -197,6 +197,10 @@ fn two_3x_gateways_share_their_deployed_apis_on_a_mount_seeded_once_and_destroy_
         "the host sees the mount point, not the share"
     );
 
+    // The shared folder's content is every gateway's: no drift for an API deployed in it.
+    let out = c.apimctl(&["check"])?;
+    assert!(out.status.success(), "no drift: {}", output_text(&out));
+
     // Destroy: the trees go, each mount is taken off first, the share keeps every file.
     let out = c.apimctl(&["destroy", "--yes"])?;
     assert!(out.status.success(), "destroy: {}", output_text(&out));
