@@ -7,7 +7,9 @@
 //!
 //! 1. stops every node of the remembered spec that still runs (its stop command, then signals);
 //! 2. removes the tree every node record names ([`cleanup::remove_installed_tree`]: only strictly
-//!    inside the install root), then the records;
+//!    inside the install root; a file system mounted in it, a shared folder, is unmounted first,
+//!    and a tree whose mount will not go is kept: nothing is deleted through a mount), then the
+//!    records;
 //! 3. empties the pack cache;
 //! 4. removes the managed hosts block;
 //! 5. forgets the remembered spec.
@@ -142,7 +144,7 @@ pub async fn carry_out(ctx: &Arc<ExecContext>) -> Result<(), String> {
             for (name, _) in records {
                 match NodeExecutor::load(&name, Arc::clone(ctx)) {
                     Ok(mut exec) => {
-                        for e in exec.remove_installed() {
+                        for e in exec.remove_installed().await {
                             note(&mut errors, e);
                         }
                     }

@@ -183,6 +183,20 @@ pub enum DaemonError {
         report: String,
     },
 
+    /// The node's shared folder is not (or could not be) mounted from its source: the node is
+    /// not started (it would serve from the pack's own copy, which no other node sees).
+    #[error("{node}: the shared folder {} is not mounted from {}: {reason}; the node is not started", folder.display(), apim_proto::text::printable(source_fs))]
+    SharedMount {
+        /// The node.
+        node: String,
+        /// The folder in its home.
+        folder: PathBuf,
+        /// What should be mounted there.
+        source_fs: String,
+        /// What is wrong (mount's own words escaped).
+        reason: String,
+    },
+
     /// A spec older than (or conflicting with) the held one was refused.
     #[error("refused machine spec generation {offered}: {source}")]
     GenerationRefused {

@@ -59,7 +59,7 @@ pub async fn node_loop(mut exec: NodeExecutor, mut rx: TargetRx, timings: Timing
             if let Some(l) = &last {
                 match exec.stop_for_removal(&l.spec).await {
                     Ok(()) => {
-                        for e in exec.remove_installed() {
+                        for e in exec.remove_installed().await {
                             tracing::error!(node = exec.name(), error = %e, "removing a node that left the spec");
                         }
                     }

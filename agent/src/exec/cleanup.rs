@@ -1,12 +1,13 @@
 //! Taking back what the agent installed (`apimctl destroy`): a node's tree, only when it is a
 //! real directory strictly inside the agent's install root, at least two levels down (the
 //! install dir, then the tree in it), so no record, however damaged, can make the agent remove
-//! the root itself, a folder the install dirs share, or anything outside.
+//! the root itself, a folder the install dirs share, or anything outside; and never while a file
+//! system is mounted in it (its files are not the node's to delete).
 
 use std::path::{Component, Path};
 
 use crate::exec::error::{ExecError, Result};
-use crate::exec::unpack;
+use crate::exec::{mount, unpack};
 
 /// Removes the installed tree `home` (a path from a node record) and, when that leaves it empty,
 /// the install dir holding it (with any staging leftovers in it). `Ok(false)`: nothing was there.
@@ -40,6 +41,8 @@ pub fn remove_installed_tree(install_root: &Path, home: &Path) -> Result<bool> {
             "not a directory (the agent installs directories only)",
         ));
     }
+    // Never through a mount: the caller unmounts first ([`mount::unmount_under`]).
+    mount::refuse_if_mounted(home)?;
     std::fs::remove_dir_all(home).map_err(|e| ExecError::io("remove installed tree", home, e))?;
     if let Some(install_dir) = home.parent().filter(|p| *p != install_root) {
         unpack::clean_stale_staging(install_dir)?;

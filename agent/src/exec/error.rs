@@ -380,6 +380,26 @@ pub enum ExecError {
         /// Why.
         reason: String,
     },
+
+    /// `mount` failed or timed out (`reason`: what it said, escaped).
+    #[error("cannot mount {} on {}: {reason}", apim_proto::text::printable(source_fs), target.display())]
+    Mount {
+        /// What was to be mounted.
+        source_fs: String,
+        /// Where.
+        target: PathBuf,
+        /// `mount`'s error output (escaped), or why it did not finish.
+        reason: String,
+    },
+
+    /// `umount` failed or timed out; nothing below the mount point is removed.
+    #[error("cannot unmount {}: {reason}", target.display())]
+    Unmount {
+        /// The mount point.
+        target: PathBuf,
+        /// `umount`'s error output (escaped), or why it did not finish.
+        reason: String,
+    },
 }
 
 impl ExecError {

@@ -18,6 +18,8 @@
 //! | [`ledger`] | the accepted generation, persisted atomically; older generations refused |
 //! | [`facts`] | machine facts and pre-flight checks |
 //! | [`logfile`] | a node's log files: the folder guard, bounded tails, following appends |
+//! | [`mount`] | shared file systems in a node's tree: mount points, `mount`/`umount`, the removal guard |
+//! | [`seed`] | a shared folder seeded once from a node's own copy, nothing there overwritten |
 //! | [`cleanup`] | removing an installed tree (destroy), only strictly inside the install root |
 //! | [`drift`] | how bytes on disk differ from those written: TOML keys, digests, never values |
 //! | [`error`] | [`ExecError`], the one error type of the layer |
@@ -33,8 +35,10 @@ pub mod hosts;
 pub mod keystores;
 pub mod ledger;
 pub mod logfile;
+pub mod mount;
 pub mod packfile;
 pub mod process;
+pub mod seed;
 pub mod service;
 pub mod unpack;
 

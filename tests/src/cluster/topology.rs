@@ -11,6 +11,9 @@ use crate::simpack::{Filler, PackKind};
 pub enum Topology {
     /// WSO2 API Manager 3.2.0, five profiles, one machine each.
     V3FiveNode,
+    /// [`Topology::V3FiveNode`] with a second gateway (`gw-2`, on `vm-gw-2`): gateways in HA,
+    /// which share their deployed APIs (`[gateway_artifacts]`).
+    V3TwoGateways,
     /// WSO2 API Manager 4.5.0 split packs in HA: two control planes, two traffic managers,
     /// two gateways, one machine each.
     V45Ha,
@@ -63,7 +66,7 @@ impl Topology {
     /// The product string of the plan.
     pub fn product(self) -> &'static str {
         match self {
-            Topology::V3FiveNode | Topology::V3Wide(_) => "wso2am-3.2.0",
+            Topology::V3FiveNode | Topology::V3TwoGateways | Topology::V3Wide(_) => "wso2am-3.2.0",
             Topology::V45Ha => "wso2am-4.5.0",
             Topology::V4 { minor } => v4(minor).0,
         }
@@ -73,7 +76,7 @@ impl Topology {
     /// 4.3 to 4.5 on 11 to 21).
     pub fn java_version(self) -> &'static str {
         match self {
-            Topology::V3FiveNode | Topology::V3Wide(_) => "11.0.21",
+            Topology::V3FiveNode | Topology::V3TwoGateways | Topology::V3Wide(_) => "11.0.21",
             Topology::V4 { minor: 0 | 1 } => "11.0.21",
             Topology::V45Ha | Topology::V4 { .. } => "17.0.9",
         }
@@ -82,7 +85,7 @@ impl Topology {
     /// The packs' keystore format (`[tls] keystore_type`).
     pub fn keystore_type(self) -> &'static str {
         match self {
-            Topology::V3FiveNode | Topology::V3Wide(_) => "JKS",
+            Topology::V3FiveNode | Topology::V3TwoGateways | Topology::V3Wide(_) => "JKS",
             Topology::V4 { minor } if minor < 4 => "JKS",
             Topology::V45Ha | Topology::V4 { .. } => "PKCS12",
         }
@@ -92,6 +95,7 @@ impl Topology {
     pub fn load_balancers(self) -> Vec<(&'static str, &'static str)> {
         match self {
             Topology::V3FiveNode | Topology::V4 { .. } => Vec::new(),
+            Topology::V3TwoGateways => vec![("gateway", "gw.wso2.com")],
             Topology::V45Ha => vec![
                 ("control-plane", "api.am.wso2.com"),
                 ("traffic-manager", "tm.am.wso2.com"),
@@ -110,7 +114,7 @@ impl Topology {
     /// (distribution key, pack kind, version) of every pack the plan needs.
     pub fn packs(self) -> Vec<(&'static str, PackKind, &'static str)> {
         match self {
-            Topology::V3FiveNode | Topology::V3Wide(_) => {
+            Topology::V3FiveNode | Topology::V3TwoGateways | Topology::V3Wide(_) => {
                 vec![("default", PackKind::AllInOne, "3.2.0")]
             }
             Topology::V45Ha => vec![
@@ -154,6 +158,14 @@ impl Topology {
                 ("pub-1", "publisher", "pub.wso2.com", None),
                 ("dp-1", "devportal", "dp.wso2.com", None),
                 ("gw-1", "gateway", "gw.wso2.com", None),
+            ],
+            Topology::V3TwoGateways => &[
+                ("km-1", "key-manager", "km.wso2.com", None),
+                ("tm-1", "traffic-manager", "tm.wso2.com", None),
+                ("pub-1", "publisher", "pub.wso2.com", None),
+                ("dp-1", "devportal", "dp.wso2.com", None),
+                ("gw-1", "gateway", "gw-1.wso2.com", None),
+                ("gw-2", "gateway", "gw-2.wso2.com", None),
             ],
             Topology::V45Ha => &[
                 ("cp-1", "control-plane", "apim-cp-1", None),

@@ -28,6 +28,8 @@ use crate::simpack::{GATEWAY_WAR, PackKind, Release, catalogue};
 
 const MAIN: &str = "org.wso2.carbon.server.Main";
 const CORE: &str = "org.wso2.carbon.core.internal.CarbonCoreActivator";
+/// Synapse's main configuration file, relative to `repository/deployment/server`.
+const SYNAPSE_XML: &str = "synapse-configs/default/synapse.xml";
 const FINALIZER: &str = "org.wso2.carbon.core.internal.StartupFinalizerServiceComponent";
 const SERVER_MANAGER: &str = "org.wso2.carbon.core.init.CarbonServerManager";
 const STARTING: &str = "Starting WSO2 Carbon...";
@@ -219,6 +221,22 @@ pub async fn run(jvm: JvmArgs, jdk_home: PathBuf, java_version: String) -> i32 {
         return wait_for_shutdown(&log, kind).await;
     }
 
+    // Synapse initialises from its configuration folder: a gateway without synapse.xml (e.g.
+    // a shared folder mounted empty and never seeded) does not start.
+    if role.serves_gateway_api() {
+        let synapse = server_dir.join(SYNAPSE_XML);
+        if !synapse.is_file() {
+            log.error(
+                "org.wso2.carbon.mediation.initializer.ServiceBusInitializer",
+                &format!(
+                    "Couldn't initialize the ESB...\norg.apache.synapse.SynapseException: \
+                     The synapse.xml location {} doesn't exist",
+                    synapse.display()
+                ),
+            );
+            return 1;
+        }
+    }
     let war_present = server_dir.join("webapps").join(GATEWAY_WAR).exists();
     let secret = |alias: &str| Some(vault.secret(alias));
     let admin = server_dir.join("webapps").join(USER_WAR).exists().then(|| {

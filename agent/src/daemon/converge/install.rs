@@ -139,6 +139,11 @@ impl NodeExecutor {
             self.stop(spec, node.server()).await?;
             node.pid = None;
         }
+        // The tree it replaces goes: a shared folder mounted in it is taken off first (the node
+        // is stopped), so nothing is deleted through it; the new tree is mounted before it starts.
+        crate::exec::mount::unmount_under(&node.home)
+            .await
+            .on(&self.name)?;
         unpack::install_staged(staged, &node.home)
             .await
             .on(&self.name)?;

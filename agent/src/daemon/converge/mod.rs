@@ -37,7 +37,10 @@
 //! 12. **adopt_or_restart** — a node running this `config_digest` is kept (checked once when
 //!     this agent has not seen it healthy: it was started by an earlier agent run); one running
 //!     another configuration is stopped.
-//! 13. **start** — record the digest and how to find and stop the server *before* starting
+//! 13. **shared_folder** — a folder the spec shares on the operator's file system
+//!     (`NodeSpec.shared`, a mount): mounted from its source (the pack's own copy set aside,
+//!     seeded into it once) and checked to be that mount before every start (see `shared.rs`).
+//! 14. **start** — record the digest and how to find and stop the server *before* starting
 //!     (an agent killed right after the start must not restart a healthy server), start, wait
 //!     until ready.
 //!
@@ -47,7 +50,8 @@
 //!
 //! A node settled on its target (healthy on it) is checked for drift ([`NodeExecutor::drift`]):
 //! the files steps 9 and 10 wrote and the installed tree, against what was written. Steps 9 and
-//! 10 write again whatever differs, so the next converge (a repair's restart) restores it.
+//! 10 write again whatever differs, so the next converge (a repair's restart) restores it. A
+//! shared folder's content is never checked: it belongs to every node sharing it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -74,6 +78,7 @@ mod databases;
 mod drift;
 mod install;
 mod run;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod upgrade;
@@ -361,6 +366,7 @@ impl NodeExecutor {
         if let Some(kept) = self.adopt_or_restart(t, &mut node, cancel.as_mut()).await? {
             return Ok(kept);
         }
+        self.shared_folder(t, &node).await?;
         self.start(t, &node, cancel).await
     }
 

@@ -256,11 +256,17 @@ impl NodeExecutor {
 
     /// Removes every tree the node's record names (current, previous, retired; only real
     /// directories inside the install root, see [`crate::exec::cleanup`]) and then the record
-    /// itself: for a node that left the spec, once stopped, and for a destroy. Returns what could
-    /// not be removed (the record stays while a tree does).
-    pub fn remove_installed(&mut self) -> Vec<String> {
+    /// itself: for a node that left the spec, once stopped, and for a destroy. A file system
+    /// mounted in a tree (a shared folder) is unmounted first; one that will not unmount keeps
+    /// its tree (nothing is deleted through it). Returns what could not be removed (the record
+    /// stays while a tree does).
+    pub async fn remove_installed(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         for home in self.rec.installed_trees() {
+            if let Err(e) = crate::exec::mount::unmount_under(&home).await {
+                errors.push(format!("{}: {} is kept: {e}", self.name, home.display()));
+                continue;
+            }
             match crate::exec::cleanup::remove_installed_tree(&self.ctx.config.install_root, &home)
             {
                 Ok(was) => {

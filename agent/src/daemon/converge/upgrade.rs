@@ -301,14 +301,15 @@ impl NodeExecutor {
         }
         // Recorded first: a crash while removing leaves the trees listed, to remove later.
         self.set_record(NodeRecord::of(new, previous, retired))?;
-        self.remove_retired()?;
+        self.remove_retired().await?;
         prune_pack_cache(&self.ctx);
         Ok(())
     }
 
     /// Removes the retired trees: only homes this agent recorded, strictly inside its install
-    /// root and never the current or previous home; those that cannot be removed stay listed.
-    fn remove_retired(&mut self) -> DaemonResult<()> {
+    /// root and never the current or previous home, never through a mount; those that cannot be
+    /// removed stay listed.
+    async fn remove_retired(&mut self) -> DaemonResult<()> {
         if self.rec.retired.is_empty() {
             return Ok(());
         }
@@ -338,7 +339,14 @@ impl NodeExecutor {
                 }
                 _ => {}
             }
-            match std::fs::remove_dir_all(&home) {
+            // A shared folder mounted in it is unmounted first; nothing is deleted through it.
+            let removed = match crate::exec::mount::unmount_under(&home).await {
+                Ok(()) => crate::exec::mount::refuse_if_mounted(&home)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|()| std::fs::remove_dir_all(&home)),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            match removed {
                 Ok(()) => {
                     tracing::info!(node = %self.name, home = %home.display(), "removed the tree of an older install")
                 }

@@ -59,8 +59,11 @@ pub fn install_staged_blocking(staged: StagedTree, dest: &Path) -> Result<Instal
         Err(e) => return Err(ExecError::io("stat install destination", dest, e)),
     };
     apim_atomic::fsync_dir(parent)?;
-    // The wrapper now holds the old tree (or nothing).
-    let leftover = match std::fs::remove_dir_all(&staged.wrapper) {
+    // The wrapper now holds the old tree (or nothing); never deleted through a mount in it.
+    let removed = crate::exec::mount::refuse_if_mounted(&staged.wrapper)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|()| std::fs::remove_dir_all(&staged.wrapper));
+    let leftover = match removed {
         Ok(()) => None,
         Err(e) => {
             tracing::warn!(path = %staged.wrapper.display(), error = %e, "cannot remove old tree; will retry at next start");

@@ -332,6 +332,9 @@ pub fn clean_stale_staging(staging_root: &Path) -> Result<usize> {
         let ent = ent.map_err(|e| ExecError::io("list staging root", staging_root, e))?;
         if ent.file_name().to_string_lossy().starts_with(STAGE_PREFIX) {
             let p = ent.path();
+            // An old tree swapped out with a file system still mounted in it: never deleted
+            // through the mount (refused, naming it).
+            crate::exec::mount::refuse_if_mounted(&p)?;
             std::fs::remove_dir_all(&p)
                 .map_err(|e| ExecError::io("remove stale staging directory", &p, e))?;
             tracing::info!(path = %p.display(), "removed stale staging directory");
