@@ -31,6 +31,7 @@ mod error;
 pub mod intent;
 mod preflight;
 mod prepare;
+mod served;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -144,6 +145,7 @@ fn scope(
                     released_at_ms: None,
                     release_generation: 0,
                     done: false,
+                    healthy_at_ms: None,
                 },
             );
         }
@@ -191,6 +193,7 @@ fn insert(
         ha_roles: scope.ha_roles,
         nodes: scope.nodes,
         machines: scope.machines.iter().map(|m| (m.clone(), 0)).collect(),
+        settled_at_ms: None,
     };
     let specs: Vec<MachineSpec> = targets.values().cloned().collect();
     tx.save_targets(&id, &specs)?;
