@@ -364,4 +364,33 @@ mod tests {
         board.update("km-1", fail(3, "port 7000 in use"));
         assert_eq!(last_error(&board), "port 7000 in use");
     }
+
+    #[test]
+    fn a_new_probe_round_with_the_same_results_is_no_change_but_reports_say_how_old_it_is() {
+        let board = StatusBoard::default();
+        let mut changes = board.subscribe();
+        let lb = ServiceStatus {
+            name: "lb".into(),
+            running: true,
+            ..ServiceStatus::default()
+        };
+        let first = Instant::now();
+        board.set_service(lb.clone(), Some(first));
+        assert!(changes.has_changed().unwrap(), "a new service is a change");
+        changes.mark_unchanged();
+        let second = first + Duration::from_millis(1);
+        board.set_service(lb.clone(), Some(second));
+        assert!(
+            !changes.has_changed().unwrap(),
+            "same results: no report of its own"
+        );
+        let ago = board.snapshot().services[0].probed_ms_ago.expect("dated");
+        // At least as old as the round really is, rounded up.
+        assert!(u128::from(ago) >= second.elapsed().as_millis(), "{ago}");
+        assert!(ago < 60_000, "{ago}");
+        // The controller dates it; the agent never does.
+        assert_eq!(board.snapshot().services[0].probed_at_ms, None);
+        board.set_service(lb, None);
+        assert_eq!(board.snapshot().services[0].probed_ms_ago, None);
+    }
 }
