@@ -60,7 +60,7 @@ pub struct Decision {
     /// When to decide again.
     pub next: Next,
     /// Machines whose agent should report now (`ReportNow`): balancers whose fresh probes the
-    /// rollout waits for. The engine asks each at most once per [`served::POLL`].
+    /// rollout waits for. The engine asks each at most once per `served::POLL` (a second).
     pub ask: Vec<String>,
 }
 
