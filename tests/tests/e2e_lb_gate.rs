@@ -284,6 +284,13 @@ fn rolling_restarts_wait_for_the_balancer_and_a_balancer_that_cannot_serve_halts
         "the command says why: {}",
         output_text(&out)
     );
+    // Its progress showed the wait.
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("is healthy; waiting for vm-lb to serve gateway (probe: HTTP 502)"),
+        "{}",
+        output_text(&out)
+    );
     // One gateway was restarted; the other was never released and runs as it did.
     let after: Vec<Vec<u32>> = ["gw-1", "gw-2"]
         .iter()
