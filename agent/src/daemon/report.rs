@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use apim_proto::prost_types::Timestamp;
 use apim_proto::v1::{
@@ -40,8 +40,8 @@ struct Inner {
     drift_checked: BTreeMap<String, u64>,
     /// Why the held destroy spec could not be carried out whole (empty: it was, or none).
     destroy_error: String,
-    /// The managed services of the held spec, by name.
-    services: BTreeMap<String, ServiceStatus>,
+    /// The managed services of the held spec, by name, with when their last probe round began.
+    services: BTreeMap<String, (ServiceStatus, Option<Instant>)>,
 }
 
 /// A change to one node's status; `None` fields stay as they are.
@@ -173,11 +173,14 @@ impl StatusBoard {
         }
     }
 
-    /// Sets a managed service's status; notifies subscribers when it changed.
-    pub fn set_service(&self, status: ServiceStatus) {
+    /// Sets a managed service's status and when the probe round of its `probes` began;
+    /// notifies subscribers when the status changed (a new round with the same results alone
+    /// does not: it goes with the next report, which says how long ago it began).
+    pub fn set_service(&self, status: ServiceStatus, probed: Option<Instant>) {
         let mut g = self.lock();
-        if g.services.get(&status.name) != Some(&status) {
-            g.services.insert(status.name.clone(), status);
+        let changed = g.services.get(&status.name).map(|(s, _)| s) != Some(&status);
+        g.services.insert(status.name.clone(), (status, probed));
+        if changed {
             g.version += 1;
             self.changed.send_replace(g.version);
         }
@@ -227,7 +230,17 @@ impl StatusBoard {
             nodes: g.nodes.values().cloned().collect(),
             facts: None,
             destroy_error: g.destroy_error.clone(),
-            services: g.services.values().cloned().collect(),
+            services: g
+                .services
+                .values()
+                .map(|(s, probed)| ServiceStatus {
+                    // Rounded up: the round is never taken for newer than it is.
+                    probed_ms_ago: probed.map(|t| {
+                        u64::try_from(t.elapsed().as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+                    }),
+                    ..s.clone()
+                })
+                .collect(),
         }
     }
 
@@ -350,5 +363,34 @@ mod tests {
         // A failure of generation 3 itself is reported.
         board.update("km-1", fail(3, "port 7000 in use"));
         assert_eq!(last_error(&board), "port 7000 in use");
+    }
+
+    #[test]
+    fn a_new_probe_round_with_the_same_results_is_no_change_but_reports_say_how_old_it_is() {
+        let board = StatusBoard::default();
+        let mut changes = board.subscribe();
+        let lb = ServiceStatus {
+            name: "lb".into(),
+            running: true,
+            ..ServiceStatus::default()
+        };
+        let first = Instant::now();
+        board.set_service(lb.clone(), Some(first));
+        assert!(changes.has_changed().unwrap(), "a new service is a change");
+        changes.mark_unchanged();
+        let second = first + Duration::from_millis(1);
+        board.set_service(lb.clone(), Some(second));
+        assert!(
+            !changes.has_changed().unwrap(),
+            "same results: no report of its own"
+        );
+        let ago = board.snapshot().services[0].probed_ms_ago.expect("dated");
+        // At least as old as the round really is, rounded up.
+        assert!(u128::from(ago) >= second.elapsed().as_millis(), "{ago}");
+        assert!(ago < 60_000, "{ago}");
+        // The controller dates it; the agent never does.
+        assert_eq!(board.snapshot().services[0].probed_at_ms, None);
+        board.set_service(lb, None);
+        assert_eq!(board.snapshot().services[0].probed_ms_ago, None);
     }
 }

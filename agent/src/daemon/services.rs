@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apim_proto::v1::{ManagedService, ProbeStatus, ServiceStatus};
 use tokio::sync::watch;
@@ -65,7 +65,7 @@ pub async fn service_loop(
         let pid_file = match service::under(&root, &t.spec.pid_file) {
             Ok(p) => p,
             Err(e) => {
-                report(&ctx, &t, None, applied.as_deref(), &e, Vec::new());
+                report(&ctx, &t, None, applied.as_deref(), &e, Vec::new(), None);
                 if rx.changed().await.is_err() {
                     return;
                 }
@@ -87,9 +87,18 @@ pub async fn service_loop(
                 }
             }
         }
+        let probed = Instant::now();
         let probes = probe_all(&t.spec).await;
         let pid = service::running_pid(&pid_file);
-        report(&ctx, &t, pid, applied.as_deref(), &last_error, probes);
+        report(
+            &ctx,
+            &t,
+            pid,
+            applied.as_deref(),
+            &last_error,
+            probes,
+            Some(probed),
+        );
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(POLL) => {}
@@ -168,16 +177,22 @@ fn report(
     applied: Option<&str>,
     error: &str,
     probes: Vec<ProbeStatus>,
+    probed: Option<Instant>,
 ) {
-    ctx.board.set_service(ServiceStatus {
-        name: t.spec.name.clone(),
-        generation: t.generation,
-        running: pid.is_some(),
-        pid: pid.and_then(|p| u32::try_from(p).ok()),
-        digest: applied.unwrap_or_default().to_string(),
-        last_error: error.to_string(),
-        probes,
-    });
+    ctx.board.set_service(
+        ServiceStatus {
+            name: t.spec.name.clone(),
+            generation: t.generation,
+            running: pid.is_some(),
+            pid: pid.and_then(|p| u32::try_from(p).ok()),
+            digest: applied.unwrap_or_default().to_string(),
+            last_error: error.to_string(),
+            probes,
+            probed_ms_ago: None,
+            probed_at_ms: None,
+        },
+        probed,
+    );
 }
 
 /// The pid file of a service is remembered next to its root, so a service that left the spec
@@ -200,7 +215,6 @@ mod tests {
     //! configuration is live.
 
     use std::path::Path;
-    use std::time::Instant;
 
     use apim_certs::tls::ControllerEndpoint;
     use apim_proto::v1::{ServiceFile as WireFile, ServiceProbe};

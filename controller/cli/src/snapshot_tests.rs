@@ -216,6 +216,8 @@ fn cluster_with_balancer() -> ClusterStatus {
                     detail: "HTTP 502".into(),
                 },
             ],
+            probed_ms_ago: None,
+            probed_at_ms: Some(1_700_000_000_000),
         }],
         ..MachineStatus::default()
     });

@@ -169,6 +169,15 @@ pub struct ServiceStatus {
     /// The last result of each probe.
     #[prost(message, repeated, tag = "7")]
     pub probes: ::prost::alloc::vec::Vec<ProbeStatus>,
+    /// How long before the report was sent the probe round of `probes` began, in milliseconds,
+    /// measured by the agent alone (so no clocks need agree); absent before the first round.
+    #[prost(uint64, optional, tag = "8")]
+    pub probed_ms_ago: ::core::option::Option<u64>,
+    /// When that probe round began, unix milliseconds by the clock of the controller that took the
+    /// report (its receipt time less `probed_ms_ago`): rollouts ask for probes newer than a
+    /// restart. Set by the controller; absent from agents and before the first round.
+    #[prost(int64, optional, tag = "9")]
+    pub probed_at_ms: ::core::option::Option<i64>,
 }
 /// The last result of one `ServiceProbe`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -108,6 +108,8 @@ pub(crate) async fn follow(
         Format::Json => None,
     };
     let mut last_lines: Vec<String> = Vec::new();
+    // The rollout's message as last printed (lines only: the bars show it as their header).
+    let mut last_message = String::new();
     let mut following = rollout_id.to_owned();
     // Set once the rollout (of `generation`) rolled back: the controller rolls the last success
     // out again as a newer generation, followed to its end; the command still failed.
@@ -158,6 +160,18 @@ pub(crate) async fn follow(
         match (&mut bars, format) {
             (Some(b), _) => b.update(&status, &r, SystemTime::now()),
             (None, Format::Text) => {
+                // What the rollout is doing or waiting for ("starting tier 2", "gw-1 is
+                // healthy; waiting for vm-lb to serve gateway (...)"), when it changes; its
+                // end is printed once below.
+                if r.message != last_message && active(r.state()) {
+                    let _ = writeln!(
+                        stdout,
+                        "rollout {}: {}",
+                        r.id,
+                        apim_proto::text::printable(&r.message)
+                    );
+                    last_message = r.message.clone();
+                }
                 for l in lines.iter().filter(|l| !last_lines.contains(l)) {
                     let _ = writeln!(stdout, "{l}");
                 }
@@ -166,13 +180,7 @@ pub(crate) async fn follow(
         }
         last_lines = lines;
         let state = r.state();
-        if matches!(
-            state,
-            RolloutState::Pending
-                | RolloutState::Staging
-                | RolloutState::Starting
-                | RolloutState::RollingBack
-        ) {
+        if active(state) {
             continue;
         }
         if state == RolloutState::RolledBack && !rolled_back {
@@ -202,6 +210,17 @@ pub(crate) async fn follow(
             Exit::Failed
         });
     }
+}
+
+/// Whether a rollout in `state` is still going.
+fn active(state: RolloutState) -> bool {
+    matches!(
+        state,
+        RolloutState::Pending
+            | RolloutState::Staging
+            | RolloutState::Starting
+            | RolloutState::RollingBack
+    )
 }
 
 /// How rollout `followed` ended, from the history (`None`: not found).

@@ -33,6 +33,10 @@ pub fn status(status: &ClusterStatus) -> Value {
             "services": m.services.iter().map(|s| json!({
                 "name": s.name, "running": s.running, "pid": s.pid,
                 "last_error": s.last_error, "digest": s.digest,
+                // When the probe round below began (the controller's clock).
+                "probed_at": s.probed_at_ms
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map(|ms| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))),
                 "probes": s.probes.iter().map(|p| json!({
                     "name": p.name, "served": p.ok, "detail": p.detail,
                 })).collect::<Vec<_>>(),

@@ -2,12 +2,13 @@
 //! controller sees it ([`World`]: target and pushed specs, what agents report, the
 //! time) and returns a [`Decision`]; it performs no I/O. The engine carries decisions out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apim_proto::v1::{DesiredRun, MachineSpec, NodePhase, NodeStatus};
+use apim_proto::v1::{DesiredRun, MachineSpec, NodePhase, NodeStatus, ServiceStatus};
 
+use super::served::{self, Served};
 use super::{Phase, RolloutRecord};
 
 /// A node's last report: its status, and whether its agent is connected now.
@@ -29,6 +30,10 @@ pub struct World<'a> {
     pub pushed: &'a BTreeMap<String, Arc<MachineSpec>>,
     /// The last report of each node, by (machine, node).
     pub reports: &'a BTreeMap<(String, String), NodeReport>,
+    /// The last report of each managed service (a load balancer), by (machine, service).
+    pub services: &'a BTreeMap<(String, String), ServiceStatus>,
+    /// The machines whose agent's stream is open.
+    pub connected: &'a BTreeSet<String>,
     /// Now, unix milliseconds.
     pub now_ms: i64,
 }
@@ -54,6 +59,9 @@ pub struct Decision {
     pub baseline: Option<Vec<MachineSpec>>,
     /// When to decide again.
     pub next: Next,
+    /// Machines whose agent should report now (`ReportNow`): balancers whose fresh probes the
+    /// rollout waits for. The engine asks each at most once per `served::POLL` (a second).
+    pub ask: Vec<String>,
 }
 
 impl Decision {
@@ -63,6 +71,7 @@ impl Decision {
             push: Vec::new(),
             baseline: None,
             next: Next::Wait(after),
+            ask: Vec::new(),
         }
     }
 
@@ -72,8 +81,63 @@ impl Decision {
             push,
             baseline: None,
             next: Next::Again,
+            ask: Vec::new(),
         }
     }
+}
+
+/// What the load balancer gate of one pass found: the first wait (for the rollout's message)
+/// and the balancers to ask for fresh probes.
+#[derive(Default)]
+struct Gate {
+    message: Option<String>,
+    ask: BTreeSet<String>,
+}
+
+impl Gate {
+    /// Records that `lb` does not serve `role` yet (`why`, already escaped).
+    fn waiting(&mut self, lb: &str, role: &str, why: &str, after: Option<&str>) {
+        if self.message.is_none() {
+            let after = after.map_or(String::new(), |n| format!("{n} is healthy; "));
+            self.message = Some(format!("{after}waiting for {lb} to serve {role} ({why})"));
+        }
+        self.ask.insert(lb.to_owned());
+    }
+}
+
+/// Whether every balancer fronting `role` serves it with a probe newer than `since_ms`.
+/// `Err` is the failure message once `deadline_ms` passed (only while the balancer's agent is
+/// connected: an unreachable one is waited for).
+fn gate_role(
+    world: &World<'_>,
+    gate: &mut Gate,
+    role: &str,
+    since_ms: i64,
+    deadline_ms: i64,
+    node: Option<&str>,
+    timeout_s: u64,
+) -> Result<bool, String> {
+    let mut all = true;
+    for front in served::fronting(world, role) {
+        let why = match served::served(world, front, role, since_ms) {
+            Served::Yes => continue,
+            Served::No(why) => {
+                if world.now_ms > deadline_ms {
+                    let after =
+                        node.map_or(String::new(), |n| format!(" after {n} became healthy"));
+                    return Err(format!(
+                        "load balancer on {} did not serve {role} within {timeout_s}s{after}: {why}",
+                        front.machine
+                    ));
+                }
+                why
+            }
+            Served::Unreachable => "its agent is unreachable".into(),
+        };
+        all = false;
+        gate.waiting(front.machine, role, &why, node);
+    }
+    Ok(all)
 }
 
 /// The next step of rollout `r` in `world`.
@@ -191,6 +255,7 @@ fn release(mut r: RolloutRecord, world: &World<'_>) -> Decision {
     let timeout_ms = (r.health_timeout_s * 1000) as i64;
     let mut deadline: Option<i64> = None;
     let mut dirty = false;
+    let mut gate = Gate::default();
     let names: Vec<String> = r.nodes.keys().cloned().collect();
     for name in &names {
         let p = &r.nodes[name];
@@ -200,22 +265,56 @@ fn release(mut r: RolloutRecord, world: &World<'_>) -> Decision {
         }
         let rep = report(world, &p.machine, name);
         let connected = rep.is_some_and(|rep| rep.connected);
+        let mut healthy_at = p.healthy_at_ms;
         if let Some(rep) = rep
             && rep.status.generation >= p.release_generation
         {
             let phase = rep.status.phase();
-            if phase == NodePhase::Healthy && rep.status.config_digest == p.target_digest {
+            if phase == NodePhase::Healthy
+                && rep.status.config_digest == p.target_digest
+                && healthy_at.is_none()
+            {
                 tracing::info!(rollout = %r.id, node = %name, "node healthy");
+                healthy_at = Some(now);
                 if let Some(p) = r.nodes.get_mut(name) {
-                    p.done = true;
+                    p.healthy_at_ms = Some(now);
                 }
                 dirty = true;
-                continue;
             }
             if phase == NodePhase::Failed {
                 let why = rep.status.last_error.clone();
                 return fail(r, name, &why);
             }
+        }
+        // Healthy: done once every balancer fronting its role serves the role again, with a
+        // probe newer than the restart (so the balancer's pool holds it before a peer goes).
+        if let Some(since) = healthy_at {
+            let role = r.nodes[name].role.clone();
+            let deadline_ms = since + timeout_ms;
+            match gate_role(
+                world,
+                &mut gate,
+                &role,
+                since,
+                deadline_ms,
+                Some(name),
+                r.health_timeout_s,
+            ) {
+                Ok(true) => {
+                    if !served::fronting(world, &role).is_empty() {
+                        tracing::info!(rollout = %r.id, node = %name, %role, "the balancer serves the role again");
+                    }
+                    if let Some(p) = r.nodes.get_mut(name) {
+                        p.done = true;
+                    }
+                    dirty = true;
+                }
+                Ok(false) => {
+                    deadline = Some(deadline.map_or(deadline_ms, |x| x.min(deadline_ms)));
+                }
+                Err(message) => return fail_with(r, message),
+            }
+            continue;
         }
         if connected && now - at > timeout_ms {
             let why = format!("not healthy within {}s", r.health_timeout_s);
@@ -237,15 +336,22 @@ fn release(mut r: RolloutRecord, world: &World<'_>) -> Decision {
         dirty = true;
     }
     if r.tier as usize >= r.tiers.len() {
-        return succeed(r, world);
+        return settle(r, world);
     }
     let per_machine = pick_releases(&mut r, now);
     if per_machine.is_empty() {
         if dirty {
             return Decision::again(r, Vec::new());
         }
+        let message = gate
+            .message
+            .take()
+            .unwrap_or_else(|| format!("starting tier {}", r.tier + 1));
+        if r.message != message {
+            r.message = message;
+        }
         let wait = deadline.map(|d| Duration::from_millis((d - now).max(0) as u64 + 10));
-        return Decision::wait(r, wait);
+        return gate_wait(r, gate, wait);
     }
     let mut specs = Vec::new();
     for (machine, released) in &per_machine {
@@ -303,6 +409,58 @@ fn pick_releases(r: &mut RolloutRecord, now: i64) -> BTreeMap<String, Vec<String
     per_machine
 }
 
+/// A wait, polling (and asking balancers for fresh probes) while the gate waits on one.
+fn gate_wait(r: RolloutRecord, gate: Gate, wait: Option<Duration>) -> Decision {
+    let mut d = Decision::wait(r, wait);
+    if !gate.ask.is_empty() {
+        d.next = Next::Wait(Some(wait.map_or(served::POLL, |w| w.min(served::POLL))));
+        d.ask = gate.ask.into_iter().collect();
+    }
+    d
+}
+
+/// Every tier is done: the rollout succeeds once every role a balancer fronts is served (the
+/// balancer's own first install counts), with a probe newer than the last restart of the role
+/// in this rollout; a balancer that does not serve within the health timeout fails it.
+fn settle(mut r: RolloutRecord, world: &World<'_>) -> Decision {
+    let now = world.now_ms;
+    let settled = *r.settled_at_ms.get_or_insert(now);
+    let deadline_ms = settled + (r.health_timeout_s * 1000) as i64;
+    let mut gate = Gate::default();
+    let mut all = true;
+    for role in served::fronted_roles(world) {
+        let since = r
+            .nodes
+            .values()
+            .filter(|p| p.role == role)
+            .filter_map(|p| p.healthy_at_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        match gate_role(
+            world,
+            &mut gate,
+            role,
+            since,
+            deadline_ms,
+            None,
+            r.health_timeout_s,
+        ) {
+            Ok(served) => all &= served,
+            Err(message) => return fail_with(r, message),
+        }
+    }
+    if all {
+        return succeed(r, world);
+    }
+    if let Some(message) = gate.message.take()
+        && r.message != message
+    {
+        r.message = message;
+    }
+    let wait = Duration::from_millis((deadline_ms - now).max(0) as u64 + 10);
+    gate_wait(r, gate, Some(wait))
+}
+
 /// Every tier is done: the targets become the baseline a later rollback restores (each saying
 /// which plan generation it came from).
 fn succeed(mut r: RolloutRecord, world: &World<'_>) -> Decision {
@@ -323,13 +481,20 @@ fn succeed(mut r: RolloutRecord, world: &World<'_>) -> Decision {
         push: Vec::new(),
         baseline: Some(baseline),
         next: Next::Wait(None),
+        ask: Vec::new(),
     }
 }
 
-fn fail(mut r: RolloutRecord, node: &str, why: &str) -> Decision {
+fn fail(r: RolloutRecord, node: &str, why: &str) -> Decision {
     let machine = r.nodes.get(node).map_or("", |p| p.machine.as_str());
-    r.message = format!("node {node} on {machine} failed: {why}");
-    tracing::warn!(rollout = %r.id, %node, %machine, error = %why, rollback = r.rollback, "rollout node failed");
+    let message = format!("node {node} on {machine} failed: {why}");
+    fail_with(r, message)
+}
+
+/// The rollout fails with `message`: it halts, or rolls back, as the plan says.
+fn fail_with(mut r: RolloutRecord, message: String) -> Decision {
+    tracing::warn!(rollout = %r.id, error = %message, rollback = r.rollback, "rollout failed");
+    r.message = message;
     r.state = if r.rollback {
         Phase::RollingBack
     } else {

@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use apim_proto::v1::{DesiredRun, MachineSpec, NodePhase, NodeSpec, NodeStatus};
+use apim_proto::v1::{
+    DesiredRun, MachineSpec, ManagedService, NodePhase, NodeSpec, NodeStatus, ProbeStatus,
+    ServiceProbe, ServiceStatus,
+};
 
 use super::*;
 use crate::rollout::NodeProgress;
@@ -17,6 +20,7 @@ fn record(ha: bool, max_parallel: u32) -> RolloutRecord {
         released_at_ms: None,
         release_generation: 0,
         done: false,
+        healthy_at_ms: None,
     };
     RolloutRecord {
         id: "rollout-2".into(),
@@ -42,6 +46,7 @@ fn record(ha: bool, max_parallel: u32) -> RolloutRecord {
             .into_iter()
             .map(|m| (m.to_string(), 0))
             .collect(),
+        settled_at_ms: None,
     }
 }
 
@@ -85,6 +90,8 @@ struct Fixture {
     targets: BTreeMap<String, MachineSpec>,
     pushed: BTreeMap<String, std::sync::Arc<MachineSpec>>,
     reports: BTreeMap<(String, String), NodeReport>,
+    services: BTreeMap<(String, String), ServiceStatus>,
+    connected: BTreeSet<String>,
 }
 
 impl Fixture {
@@ -93,6 +100,8 @@ impl Fixture {
             targets: targets(),
             pushed: BTreeMap::new(),
             reports: BTreeMap::new(),
+            services: BTreeMap::new(),
+            connected: BTreeSet::new(),
         }
     }
 
@@ -101,6 +110,8 @@ impl Fixture {
             targets: &self.targets,
             pushed: &self.pushed,
             reports: &self.reports,
+            services: &self.services,
+            connected: &self.connected,
             now_ms,
         }
     }
@@ -379,4 +390,220 @@ fn a_finished_rollout_decides_nothing() {
         let d = decide(&r, &f.world(0));
         assert_eq!((d.record, d.push.len(), d.next), (r, 0, Next::Wait(None)));
     }
+}
+
+// ---- the load balancer gate ----------------------------------------------------------------
+
+/// The targets plus a balancer on vm-lb fronting the gateways (a probe named after the role).
+fn with_balancer(f: &mut Fixture) {
+    let mut lb = MachineSpec {
+        machine: "vm-lb".into(),
+        ..MachineSpec::default()
+    };
+    lb.services.push(ManagedService {
+        name: "load-balancer".into(),
+        digest: "lb-digest".into(),
+        probes: vec![ServiceProbe {
+            name: "gateway".into(),
+            ..ServiceProbe::default()
+        }],
+        ..ManagedService::default()
+    });
+    f.targets.insert("vm-lb".into(), lb);
+    f.connected = ["vm-km", "vm-gw-1", "vm-gw-2", "vm-lb"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+}
+
+/// The balancer's report: its digest, and the gateway probe's result from a round at `at`.
+fn lb_report(f: &mut Fixture, digest: &str, ok: bool, detail: &str, at: Option<i64>) {
+    f.services.insert(
+        ("vm-lb".into(), "load-balancer".into()),
+        ServiceStatus {
+            name: "load-balancer".into(),
+            running: true,
+            digest: digest.into(),
+            probes: vec![ProbeStatus {
+                name: "gateway".into(),
+                ok,
+                detail: detail.into(),
+            }],
+            probed_at_ms: at,
+            ..ServiceStatus::default()
+        },
+    );
+}
+
+/// Gateways (HA) in tier 2 behind the balancer; gw-1 released at 0 and healthy at 1 000.
+fn gw1_healthy(rollback: bool) -> (Fixture, RolloutRecord) {
+    let (mut f, mut r) = starting(true, 5);
+    with_balancer(&mut f);
+    r.rollback = rollback;
+    r.tier = 1;
+    r.nodes.get_mut("km").unwrap().changed = false;
+    lb_report(&mut f, "lb-digest", true, "HTTP 404", Some(-5));
+    let d = decide(&r, &f.world(0));
+    assert_eq!(d.push.len(), 1);
+    f.apply(&d);
+    f.report(
+        "vm-gw-1",
+        status("gw-1", 2, NodePhase::Healthy, "digest-vm-gw-1"),
+        true,
+    );
+    let d = decide(&d.record, &f.world(1_000));
+    assert_eq!(d.record.nodes["gw-1"].healthy_at_ms, Some(1_000));
+    assert!(
+        !d.record.nodes["gw-1"].done,
+        "not done before the balancer serves"
+    );
+    assert!(d.push.is_empty(), "gw-2 waits: {:?}", d.push);
+    (f, d.record)
+}
+
+#[test]
+fn an_ha_peer_waits_for_the_balancer_to_serve_its_role_again_before_the_next_goes() {
+    let (mut f, r) = gw1_healthy(false);
+    // A served probe from before the restart does not count: wait, ask vm-lb for a report,
+    // and look again within a second.
+    lb_report(&mut f, "lb-digest", true, "HTTP 404", Some(900));
+    let d = decide(&r, &f.world(1_100));
+    assert!(d.push.is_empty());
+    assert_eq!(
+        d.record.message,
+        "gw-1 is healthy; waiting for vm-lb to serve gateway (no probe newer than the restart yet)"
+    );
+    assert_eq!(d.ask, ["vm-lb"]);
+    assert_eq!(d.next, Next::Wait(Some(served::POLL)));
+    let r = d.record;
+
+    // A newer round that does not answer: still waiting, and the message says why.
+    lb_report(&mut f, "lb-digest", false, "HTTP 502", Some(1_500));
+    let d = decide(&r, &f.world(1_600));
+    assert!(d.push.is_empty());
+    assert_eq!(
+        d.record.message,
+        "gw-1 is healthy; waiting for vm-lb to serve gateway (probe: HTTP 502)"
+    );
+
+    // Served again by a round newer than the restart: gw-1 is done and gw-2 goes.
+    lb_report(&mut f, "lb-digest", true, "HTTP 404", Some(1_700));
+    let d = decide(&d.record, &f.world(1_800));
+    assert!(d.record.nodes["gw-1"].done);
+    assert_eq!(d.push.len(), 1);
+    assert_eq!(d.push[0].machine, "vm-gw-2");
+    assert!(d.ask.is_empty());
+}
+
+#[test]
+fn a_balancer_that_does_not_serve_within_the_health_timeout_fails_the_step_per_policy() {
+    for rollback in [false, true] {
+        let (mut f, r) = gw1_healthy(rollback);
+        // Agent text in the probe detail reaches the message escaped.
+        lb_report(
+            &mut f,
+            "lb-digest",
+            false,
+            "HTTP 502\n\u{1b}[2Jforged",
+            Some(2_000),
+        );
+        let d = decide(&r, &f.world(61_000));
+        assert_eq!(d.record.state, Phase::Starting, "not before the timeout");
+        let d = decide(&d.record, &f.world(61_001));
+        assert_eq!(
+            d.record.state,
+            if rollback {
+                Phase::RollingBack
+            } else {
+                Phase::Failed
+            }
+        );
+        assert_eq!(
+            d.record.message,
+            "load balancer on vm-lb did not serve gateway within 60s after gw-1 became healthy: \
+             probe: HTTP 502\\n\\e[2Jforged"
+        );
+        assert!(d.push.is_empty(), "gw-2 is never released");
+    }
+
+    // A balancer whose agent is unreachable is waited for, not failed.
+    let (mut f, r) = gw1_healthy(false);
+    f.connected.remove("vm-lb");
+    let d = decide(&r, &f.world(120_000));
+    assert_eq!(d.record.state, Phase::Starting);
+    assert_eq!(
+        d.record.message,
+        "gw-1 is healthy; waiting for vm-lb to serve gateway (its agent is unreachable)"
+    );
+    assert!(d.push.is_empty());
+}
+
+#[test]
+fn the_rollout_is_done_only_once_every_fronted_role_is_served_by_its_target_balancer() {
+    // Every tier done (the balancer's first install: nothing was restarted behind it).
+    let setup = || {
+        let (mut f, mut r) = starting(false, 5);
+        with_balancer(&mut f);
+        r.tier = 2;
+        for p in r.nodes.values_mut() {
+            p.done = true;
+        }
+        lb_report(&mut f, "old-digest", false, "connect: refused", Some(10));
+        f.services
+            .get_mut(&("vm-lb".to_string(), "load-balancer".to_string()))
+            .unwrap()
+            .last_error = "check refused the configuration: nginx: [emerg]".into();
+        (f, r)
+    };
+    let (mut f, r) = setup();
+    let d = decide(&r, &f.world(5_000));
+    assert_eq!(d.record.state, Phase::Starting);
+    assert_eq!(d.record.settled_at_ms, Some(5_000));
+    assert_eq!(
+        d.record.message,
+        "waiting for vm-lb to serve gateway (its configuration is not applied yet: check refused \
+         the configuration: nginx: [emerg])"
+    );
+    assert_eq!(d.ask, ["vm-lb"]);
+    assert!(d.baseline.is_none());
+    let r = d.record;
+
+    // Its target configuration applied and answering: succeeded.
+    lb_report(&mut f, "lb-digest", true, "HTTP 404", Some(5_500));
+    let d = decide(&r, &f.world(6_000));
+    assert_eq!(d.record.state, Phase::Succeeded);
+    assert!(d.baseline.is_some());
+
+    // Never served: failed after the health timeout, counted from when every tier was done.
+    let (f, r) = setup();
+    let d = decide(&r, &f.world(5_000));
+    let d = decide(&d.record, &f.world(65_001));
+    assert_eq!(d.record.state, Phase::Failed);
+    assert_eq!(
+        d.record.message,
+        "load balancer on vm-lb did not serve gateway within 60s: its configuration is not \
+         applied yet: check refused the configuration: nginx: [emerg]"
+    );
+}
+
+#[test]
+fn a_role_no_balancer_fronts_is_done_when_healthy() {
+    let (mut f, mut r) = starting(true, 5);
+    with_balancer(&mut f);
+    r.nodes.get_mut("gw-1").unwrap().changed = false;
+    r.nodes.get_mut("gw-2").unwrap().changed = false;
+    let d = decide(&r, &f.world(0));
+    f.apply(&d);
+    f.report(
+        "vm-km",
+        status("km", 2, NodePhase::Healthy, "digest-vm-km"),
+        true,
+    );
+    // The key manager is not behind the balancer; the gateways (fronted, unchanged) are
+    // served by a probe from any time once the rollout settles.
+    lb_report(&mut f, "lb-digest", true, "HTTP 404", Some(-1));
+    let d = decide(&d.record, &f.world(10));
+    assert!(d.record.nodes["km"].done);
+    let d = decide(&d.record, &f.world(20));
+    assert_eq!(d.record.state, Phase::Succeeded, "{}", d.record.message);
 }

@@ -60,6 +60,7 @@ pub fn destroy(state: &ControllerState, author: &str) -> Result<Destroyed, Rollo
                         released_at_ms: None,
                         release_generation: 0,
                         done: false,
+                        healthy_at_ms: None,
                     };
                     (n.name.clone(), p)
                 })
@@ -87,6 +88,7 @@ pub fn destroy(state: &ControllerState, author: &str) -> Result<Destroyed, Rollo
                 .iter()
                 .map(|s| (s.machine.clone(), s.generation))
                 .collect(),
+            settled_at_ms: None,
         };
         for s in &specs {
             tx.save_spec(s)?;

@@ -2,10 +2,12 @@
 //! the store and the state, writes each decision in one transaction, publishes the pushed specs
 //! to the agents' streams, and sleeps until something changes or a deadline passes.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use apim_proto::v1::command::Action;
+use apim_proto::v1::{ReportNow, ServiceStatus};
 use tokio::sync::watch;
 
 use super::{Decision, Next, NodeReport, RolloutError, World, decide};
@@ -14,6 +16,16 @@ use crate::state::ControllerState;
 /// Drives rollouts; see the module documentation.
 pub struct Engine {
     state: Arc<ControllerState>,
+    /// When each machine was last asked for a report (`Decision::ask`), so a rollout waiting on
+    /// a balancer asks at most once per [`super::served::POLL`].
+    asked: Mutex<BTreeMap<String, Instant>>,
+}
+
+/// What the agents last said, as [`World`] takes it.
+struct Reports {
+    nodes: BTreeMap<(String, String), NodeReport>,
+    services: BTreeMap<(String, String), ServiceStatus>,
+    connected: BTreeSet<String>,
 }
 
 fn now_ms() -> i64 {
@@ -23,7 +35,10 @@ fn now_ms() -> i64 {
 impl Engine {
     /// An engine over `state`.
     pub fn new(state: Arc<ControllerState>) -> Self {
-        Engine { state }
+        Engine {
+            state,
+            asked: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Runs until `stop` turns true: resumes the latest rollout if it is active, then
@@ -76,28 +91,65 @@ impl Engine {
         }
         let targets = self.state.rollout_targets(&record.id)?;
         let pushed = self.state.desired_specs();
-        let reports = self.reports();
+        let seen = self.reports();
         let world = World {
             targets: &targets,
             pushed: &pushed,
-            reports: &reports,
+            reports: &seen.nodes,
+            services: &seen.services,
+            connected: &seen.connected,
             now_ms: now_ms(),
         };
         let decision = decide(&record, &world);
         let next = decision.next;
+        self.ask(&decision.ask);
         if decision.record != record || !decision.push.is_empty() || decision.baseline.is_some() {
             self.carry_out(decision, epoch)?;
         }
         Ok(next)
     }
 
-    /// The last report of every node, by (machine, node).
-    fn reports(&self) -> BTreeMap<(String, String), NodeReport> {
+    /// Asks the agents of `machines` for a report now (`ReportNow`), each at most once per
+    /// [`super::served::POLL`]; the answer arrives as a status report like any other.
+    fn ask(&self, machines: &[String]) {
+        if machines.is_empty() {
+            return;
+        }
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        asked.retain(|_, at| now.duration_since(*at) < super::served::POLL);
+        for m in machines {
+            if asked.contains_key(m) {
+                continue;
+            }
+            asked.insert(m.clone(), now);
+            // The result is only logged; a closed stream drops it.
+            if self
+                .state
+                .request(m, Action::ReportNow(ReportNow {}))
+                .is_none()
+            {
+                tracing::debug!(machine = %m, "no report asked: its agent is not connected here");
+            }
+        }
+    }
+
+    /// The last report of every node, by (machine, node); of every managed service, by
+    /// (machine, service); and the machines whose agent is connected.
+    fn reports(&self) -> Reports {
         let mut out = BTreeMap::new();
+        let mut services = BTreeMap::new();
+        let mut connected = BTreeSet::new();
         for agent in self.state.agents() {
+            if agent.connected {
+                connected.insert(agent.machine.clone());
+            }
             let Some(report) = agent.last_status else {
                 continue;
             };
+            for s in report.services {
+                services.insert((agent.machine.clone(), s.name.clone()), s);
+            }
             for status in report.nodes {
                 let key = (agent.machine.clone(), status.node.clone());
                 out.insert(
@@ -109,7 +161,11 @@ impl Engine {
                 );
             }
         }
-        out
+        Reports {
+            nodes: out,
+            services,
+            connected,
+        }
     }
 
     /// Writes the decision in one transaction (only while this controller still holds the

@@ -15,7 +15,11 @@
 //! 2. **Starting**: tier by tier, changed nodes are released (desired RUNNING, a new machine
 //!    generation), at most `max_parallel` at once and at most one at a time of a role that
 //!    already had running nodes (HA peers restart one by one). A node is done when it reports
-//!    HEALTHY on the target `config_digest`; it fails on FAILED or after `health_timeout`.
+//!    HEALTHY on the target `config_digest` and, for a role a balancer of the plan fronts, that
+//!    balancer answered for the role in a probe round newer than that (`served.rs`), so its pool
+//!    always holds a peer; it fails on FAILED or after `health_timeout` (the balancer too). The
+//!    rollout succeeds once every fronted role is served by its balancer's target
+//!    configuration.
 //! 3. On failure, `halt` stops releasing (dependents stay STAGED); `rollback` ends the rollout
 //!    ROLLED_BACK and rolls the last successful generation out again as a new one
 //!    ([`restore_baseline`]), through the same stages, tiers and health gates.
@@ -31,6 +35,7 @@ mod error;
 pub mod intent;
 mod preflight;
 mod prepare;
+mod served;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -144,6 +149,7 @@ fn scope(
                     released_at_ms: None,
                     release_generation: 0,
                     done: false,
+                    healthy_at_ms: None,
                 },
             );
         }
@@ -191,6 +197,7 @@ fn insert(
         ha_roles: scope.ha_roles,
         nodes: scope.nodes,
         machines: scope.machines.iter().map(|m| (m.clone(), 0)).collect(),
+        settled_at_ms: None,
     };
     let specs: Vec<MachineSpec> = targets.values().cloned().collect();
     tx.save_targets(&id, &specs)?;

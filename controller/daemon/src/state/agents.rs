@@ -227,3 +227,55 @@ mod tests {
         assert!(persist_due(&r));
     }
 }
+
+/// Dates each service's last probe round by this controller's clock: `received` less the
+/// agent's `probed_ms_ago` (measured by the agent alone), so no clocks need agree. Whatever
+/// the agent put in `probed_at_ms` is replaced.
+pub(super) fn date_probes(report: &mut StatusReport, received: SystemTime) {
+    let now = unix_ms(received);
+    for s in &mut report.services {
+        s.probed_at_ms = s
+            .probed_ms_ago
+            .take()
+            .map(|ago| now.saturating_sub(i64::try_from(ago).unwrap_or(i64::MAX)));
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use apim_proto::v1::ServiceStatus;
+
+    use super::*;
+
+    #[test]
+    fn probe_rounds_are_dated_by_the_controller_clock_and_agent_dates_are_ignored() {
+        let svc = |ago: Option<u64>, at: Option<i64>| ServiceStatus {
+            name: "lb".into(),
+            probed_ms_ago: ago,
+            probed_at_ms: at,
+            ..ServiceStatus::default()
+        };
+        let mut report = StatusReport {
+            services: vec![
+                svc(Some(1_500), Some(1)),
+                svc(None, Some(99)),
+                svc(Some(u64::MAX), None),
+            ],
+            ..StatusReport::default()
+        };
+        date_probes(&mut report, from_unix_ms(10_000));
+        let dated: Vec<(Option<u64>, Option<i64>)> = report
+            .services
+            .iter()
+            .map(|s| (s.probed_ms_ago, s.probed_at_ms))
+            .collect();
+        assert_eq!(
+            dated,
+            [
+                (None, Some(8_500)),
+                (None, None),
+                (None, Some(10_000 - i64::MAX))
+            ]
+        );
+    }
+}

@@ -33,7 +33,7 @@ mod relay;
 mod shared_artifacts;
 
 pub use agents::AgentSnapshot;
-use agents::{AgentRecord, node_names, snapshot};
+use agents::{AgentRecord, date_probes, node_names, snapshot};
 pub use error::StateError;
 pub use ha::{Identity, LEASE_TTL};
 pub use layout::{Layout, layout_of};
@@ -492,6 +492,7 @@ impl ControllerState {
             if let Some(facts) = report.facts.clone() {
                 record.facts = Some(facts);
             }
+            date_probes(&mut report, SystemTime::now());
             report.nodes.retain(|n| {
                 let known = own.contains(&n.node);
                 refused.unknown_nodes += usize::from(!known);

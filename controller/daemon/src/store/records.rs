@@ -143,8 +143,13 @@ pub struct NodeProgress {
     pub released_at_ms: Option<i64>,
     /// The machine generation that released it.
     pub release_generation: u64,
-    /// Whether it reported HEALTHY on the target digest.
+    /// Whether it is finished: HEALTHY on the target digest and, for a role behind a load
+    /// balancer, served by it again since.
     pub done: bool,
+    /// When it was first seen HEALTHY on the target digest (unix ms, controller clock): the
+    /// balancers fronting its role must answer for the role with a probe newer than this.
+    #[serde(default)]
+    pub healthy_at_ms: Option<i64>,
 }
 
 /// One rollout, persisted after every transition.
@@ -175,4 +180,8 @@ pub struct RolloutRecord {
     /// Machines whose spec this rollout changes (including machines that lose every node),
     /// with the generation of their staging push (0 until pushed).
     pub machines: BTreeMap<String, u64>,
+    /// When every tier was done (unix ms): from then on the rollout waits, at most its health
+    /// timeout, for every role a balancer fronts to be served before it succeeds.
+    #[serde(default)]
+    pub settled_at_ms: Option<i64>,
 }

@@ -75,6 +75,7 @@ fn rollout(id: &str, generation: u64) -> RolloutRecord {
         ha_roles: Default::default(),
         nodes: BTreeMap::new(),
         machines: BTreeMap::new(),
+        settled_at_ms: None,
     }
 }
 
