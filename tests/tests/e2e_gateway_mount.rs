@@ -260,8 +260,12 @@ fn a_gateway_whose_share_cannot_be_mounted_is_not_started_and_an_unseeded_share_
         c.node_log("gw-1")
             .is_ok_and(|l| l.contains("The synapse.xml location"))
     })?;
+    // The server exits at once: the agent sees it die right after the start, or (its exit
+    // seen later) never ready.
     let s = c.wait_status("gw-1 failed to start", |s| {
-        node_phase(s, "gw-1") == Some("failed") && last_error(s, "gw-1").contains("not ready")
+        let err = last_error(s, "gw-1");
+        node_phase(s, "gw-1") == Some("failed")
+            && (err.contains("not ready") || err.contains("died right after start"))
     })?;
     assert!(c.server_pids("gw-1")?.is_empty(), "{s}");
     assert!(
@@ -283,4 +287,52 @@ fn a_gateway_whose_share_cannot_be_mounted_is_not_started_and_an_unseeded_share_
 fn apimctl_status(c: &Cluster) -> Result<String, Box<dyn std::error::Error>> {
     let out = c.apimctl(&["status"])?;
     Ok(output_text(&out))
+}
+
+/// From a mount back to apimctl's own sync: each gateway restarts on its own folder again (the
+/// share taken off, the pack's copy put back), and the group's files then travel between them.
+#[test]
+fn a_plan_that_stops_mounting_gives_each_gateway_its_own_folder_back_and_sync_takes_over()
+-> TestResult {
+    let c = hosts_cluster("e2e_gw_unmount")?;
+    let share = c.root().join("share");
+    std::fs::create_dir(&share)?;
+    let plan = mount_plan(&c, &share)?;
+    let out = c.apply(&plan)?;
+    assert!(out.status.success(), "apply: {}", output_text(&out));
+    // The default plan: two gateways of one environment, synchronised by apimctl.
+    let plan2 = c.write_plan("plan2.toml", &PlanParams::default())?;
+    let out = c.apply(&plan2)?;
+    assert!(out.status.success(), "apply sync: {}", output_text(&out));
+    let mut homes = Vec::new();
+    for gw in ["gw-1", "gw-2"] {
+        let home = home_of(&c, gw)?;
+        let folder = home.join(SHARED);
+        let agent = agent_pid(&c, gw)?;
+        let theirs = std::fs::read_to_string(format!("/proc/{agent}/mountinfo"))?;
+        assert!(!mount_point_in(&theirs, &folder), "{gw}: unmounted");
+        assert!(
+            !home.join(format!("{SHARED}.pack")).exists(),
+            "{gw}: the pack's copy is back in place"
+        );
+        assert!(folder.join(SYNAPSE_XML).is_file(), "{gw}: its own folder");
+        assert_eq!(c.start_count(gw)?, 2, "{gw}: restarted once for the change");
+        homes.push(home);
+    }
+    assert!(
+        share.join(SYNAPSE_XML).is_file(),
+        "the share keeps its files"
+    );
+    let api = format!("{SHARED}/synapse-configs/default/api/Orders_v1.xml");
+    let p = homes[0].join(&api);
+    std::fs::create_dir_all(p.parent().ok_or("api dir")?)?;
+    std::fs::write(&p, "<api name=\"Orders\"/>")?;
+    let there = homes[1].join(&api);
+    let arrived = apim_e2e::probe::wait_until(
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_millis(100),
+        || std::fs::read_to_string(&there).is_ok_and(|t| t == "<api name=\"Orders\"/>"),
+    );
+    assert!(arrived, "gw-1's API reached gw-2 through apimctl");
+    Ok(())
 }

@@ -84,7 +84,7 @@ impl NodeExecutor {
     /// seeded (see the module docs).
     pub(super) async fn shared_folder(&self, t: &NodeTarget, node: &Observed) -> DaemonResult<()> {
         let Some(spec) = self.mount_spec(&t.spec, &node.home)? else {
-            return Ok(());
+            return self.release_shared_folder(&node.home).await;
         };
         let folder = spec.target.clone();
         let fail = |reason: String| DaemonError::SharedMount {
@@ -126,6 +126,33 @@ impl NodeExecutor {
                 .map_err(|e| fail(format!("seeding it failed: {e}")))?;
             tracing::info!(node = %self.name, folder = %folder.display(),
                 "shared folder seeded: {} file(s) copied, {} already there", done.copied, done.kept);
+        }
+        Ok(())
+    }
+
+    /// A spec that shares no folder by mount (any more): a shared mount an earlier spec made in
+    /// the home (a mount point with the pack's copy beside it) is taken off and the pack's copy
+    /// put back, so the node runs on its own folder again (a synchronised group then brings it
+    /// the group's files). Anything else mounted there is not ours and is left alone.
+    async fn release_shared_folder(&self, home: &Path) -> DaemonResult<()> {
+        let table = mount::mounts().on(&self.name)?;
+        for folder in mount::mounts_under(&table, home).on(&self.name)? {
+            let aside = pack_copy(&folder);
+            if !std::fs::symlink_metadata(&aside).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            self.step(format!(
+                "unmounting {} (the plan no longer mounts it)",
+                folder.display()
+            ));
+            mount::unmount(&folder).await.on(&self.name)?;
+            // The folder made for the mount is empty once the share is off it; anything else
+            // is kept and named.
+            std::fs::remove_dir(&folder)
+                .map_err(|e| DaemonError::io("remove the emptied mount folder", &folder, e))?;
+            std::fs::rename(&aside, &folder)
+                .map_err(|e| DaemonError::io("put the pack's copy back", &aside, e))?;
+            tracing::info!(node = %self.name, folder = %folder.display(), "shared mount released; the pack's copy is back");
         }
         Ok(())
     }

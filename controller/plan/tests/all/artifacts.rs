@@ -1,28 +1,12 @@
 //! `[gateway_artifacts]`: what 3.x gateways in HA share and how (the guide's step 6.5), its
 //! errors with file:line:col, and that 4.x plans cannot have it.
 
-use std::collections::BTreeMap;
-
 use apim_plan::diag::Report;
-use apim_plan::render::{self, ClusterRender, SharedHow};
-use apim_plan::validate::{self, Options};
-use apim_testkit::plans::{examples_dir, expect_error};
+use apim_plan::render::{ClusterRender, SharedHow};
+use apim_testkit::plans::expect_error;
 
 fn check(name: &str, extra: &str) -> (Option<ClusterRender>, Report, String) {
-    let path = examples_dir().join(name);
-    let text = format!("{}\n{extra}", std::fs::read_to_string(&path).unwrap());
-    let env = BTreeMap::new();
-    let (plan, report) = validate::check(
-        &path,
-        &text,
-        &env,
-        Options {
-            verify_packs: false,
-        },
-    );
-    let cluster =
-        plan.map(|p| render::render(&p, &env, &apim_plan::pack::PackSet::none()).unwrap());
-    (cluster, report, text)
+    super::example_with(name, &format!("\n{extra}"))
 }
 
 #[test]

@@ -33,19 +33,8 @@ fn s(v: &str) -> Expect {
 }
 
 fn render_example(name: &str) -> ClusterRender {
-    let path = examples_dir().join(name);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let env = BTreeMap::new();
-    let (plan, report) = validate::check(
-        &path,
-        &text,
-        &env,
-        Options {
-            verify_packs: false,
-        },
-    );
-    let plan = plan.unwrap_or_else(|| panic!("{name} does not validate:\n{}", report.render()));
-    render::render(&plan, &env, &apim_plan::pack::PackSet::none()).unwrap()
+    let (cluster, report, _) = super::example_with(name, "");
+    cluster.unwrap_or_else(|| panic!("{name} does not validate:\n{}", report.render()))
 }
 
 fn lookup<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
