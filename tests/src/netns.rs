@@ -146,6 +146,9 @@ pub struct Network {
     kept: bool,
 }
 
+/// The nftables table of [`Network::lose_packets`] in a host's namespace.
+const LOSS_TABLE: &str = "apimctl_loss";
+
 /// Address `index` (1-based, up to 240) of `subnet`: `10.250.<subnet>.<10 + index>`.
 pub fn address(subnet: u8, index: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 250, subnet, 10u8.saturating_add(index))
@@ -469,9 +472,71 @@ impl Network {
             .unwrap_or(0))
     }
 
-    /// Removes any shaping or netem of `name`'s link, both ways.
+    /// Drops `pct` percent of the packets entering and leaving `name`, at random (nftables in
+    /// its namespace, `numgen random`: real loss where `tc netem` is not built into the kernel).
+    pub fn lose_packets(&self, name: &str, pct: u32) -> Result<()> {
+        let ns = self.host(name)?.netns.clone();
+        let _ = run(
+            "ip",
+            &[
+                "netns", "exec", &ns, "nft", "delete", "table", "inet", LOSS_TABLE,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "netns", "exec", &ns, "nft", "add", "table", "inet", LOSS_TABLE,
+            ],
+        )?;
+        let rule = format!("numgen random mod 100 < {pct} counter drop");
+        for (chain, hook) in [("in", "input"), ("out", "output")] {
+            let spec = format!("{{ type filter hook {hook} priority 0; policy accept; }}");
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &ns, "nft", "add", "chain", "inet", LOSS_TABLE, chain, &spec,
+                ],
+            )?;
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &ns, "nft", "add", "rule", "inet", LOSS_TABLE, chain, &rule,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Packets [`Network::lose_packets`] dropped so far on `name`, both ways.
+    pub fn lost_packets(&self, name: &str) -> Result<u64> {
+        let ns = self.host(name)?.netns.clone();
+        let text = run(
+            "ip",
+            &[
+                "netns", "exec", &ns, "nft", "list", "table", "inet", LOSS_TABLE,
+            ],
+        )?;
+        Ok(text
+            .split("packets ")
+            .skip(1)
+            .filter_map(|r| {
+                r.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum())
+    }
+
+    /// Removes any shaping, netem or loss of `name`'s link, both ways.
     pub fn clear_link(&self, name: &str) -> Result<()> {
         let h = self.host(name)?.clone();
+        let _ = run(
+            "ip",
+            &[
+                "netns", "exec", &h.netns, "nft", "delete", "table", "inet", LOSS_TABLE,
+            ],
+        );
         for (ns, dev) in [(&h.netns, HOST_IF), (&self.hub, h.hub_port.as_str())] {
             let shown = run("tc", &["-n", ns, "qdisc", "show", "dev", dev, "root"])?;
             if shown.contains("tbf") || shown.contains("netem") {

@@ -2,7 +2,8 @@
 //! its own network namespace on a private bridge and its own mount namespace, where its agent
 //! edits the real `/etc/hosts` path (a private copy is mounted there); the controller in its
 //! own network namespace. Faults are real: a partition is a link taken down (the agent keeps
-//! running), a slow link is `tc netem`.
+//! running), a slow link is shaped with `tc tbf` and a lossy one drops packets with nftables
+//! (this kernel has no `tc netem`).
 //!
 //! Needs root: when the kernel or a tool refuses the namespaces, the cluster fails to start
 //! and the test fails saying which command was refused and why.
@@ -147,6 +148,10 @@ fn v45_ha_as_hosts_each_agent_edits_its_own_etc_hosts_and_a_slow_link_is_no_fail
     for m in slow {
         c.throttle_link(m, 256)?;
     }
+    // And a traffic manager's link loses one packet in ten, each way, at random (nftables):
+    // TCP retransmits; nothing may fail within the health timeout either.
+    let lossy = "vm-tm-1";
+    c.lose_packets(lossy, 10)?;
     let plan = c.write_plan("plan.toml", &PlanParams::default())?;
     let out = c.apply(&plan)?;
     assert!(out.status.success(), "apply: {}", output_text(&out));
@@ -168,6 +173,10 @@ fn v45_ha_as_hosts_each_agent_edits_its_own_etc_hosts_and_a_slow_link_is_no_fail
         let held = net.throttled_packets(m)?;
         assert!(held > 0, "{m}: the shaper held packets back ({held})");
     }
+    let lost = net.lost_packets(lossy)?;
+    assert!(lost > 0, "{lossy}: packets were dropped ({lost})");
+    println!("{lossy}: {lost} packets dropped at random during the rollout");
+    c.clear_link(lossy)?;
 
     assert_own_etc_hosts(&c, &ours)
 }

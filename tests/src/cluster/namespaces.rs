@@ -221,7 +221,13 @@ impl Cluster {
         Ok(self.need_network()?.throttle(machine, kbit)?)
     }
 
-    /// Removes the delay or shaping of `machine`'s link.
+    /// Drops `pct` percent of `machine`'s packets both ways, at random (nftables).
+    pub fn lose_packets(&self, machine: &str, pct: u32) -> Result<()> {
+        self.machine(machine)?;
+        Ok(self.need_network()?.lose_packets(machine, pct)?)
+    }
+
+    /// Removes the delay, shaping or loss of `machine`'s link.
     pub fn clear_link(&self, machine: &str) -> Result<()> {
         self.machine(machine)?;
         Ok(self.need_network()?.clear_link(machine)?)
