@@ -85,7 +85,16 @@ impl FolderSync {
         for m in self.groups.values_mut() {
             m.in_flight.clear();
             m.joined = false;
-            m.joining = false;
+            if m.joining {
+                // A join cut off before its answer was whole: its manifest is partial and was
+                // never saved; join again from nothing.
+                m.manifest = Manifest {
+                    home: m.home.clone(),
+                    group: m.manifest.group.clone(),
+                    ..Manifest::default()
+                };
+                m.joining = false;
+            }
         }
     }
 
@@ -285,9 +294,9 @@ impl FolderSync {
                 Some(sha) => m.manifest.files.insert(f.path.clone(), sha),
                 None => m.manifest.files.remove(&f.path),
             };
-            if m.in_flight.get(&f.path) == Some(&f.sha256) {
-                m.in_flight.remove(&f.path);
-            }
+            // Whatever was pushed for the path is answered by the group's newest state: if
+            // that is not ours, our copy (kept above when it changed here) is pushed again.
+            m.in_flight.remove(&f.path);
         }
         m.manifest.revision = m.manifest.revision.max(u.revision);
         if u.caught_up {
@@ -340,4 +349,179 @@ fn batches(files: Vec<SharedFile>) -> Vec<Vec<SharedFile>> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use apim_certs::tls::ControllerEndpoint;
+    use apim_proto::v1::{ArtifactRef, NodeSpec, SharedFolders, SyncedFolders};
+
+    use super::*;
+
+    const DIRS: [&str; 2] = ["r/syn", "r/plans"];
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        config: AgentConfig,
+        home: PathBuf,
+        spec: MachineSpec,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = ControllerEndpoint::parse("127.0.0.1:1").unwrap();
+        let mut config = AgentConfig::new(endpoint, "vm-a");
+        config.install_root = dir.path().join("root");
+        config.state_dir = dir.path().join("state");
+        let node = NodeSpec {
+            name: "gw-1".into(),
+            install_dir: "/opt/gw-1".into(),
+            pack: Some(ArtifactRef {
+                top_dir: "pack".into(),
+                ..ArtifactRef::default()
+            }),
+            shared: Some(SharedFolders {
+                group: "gateway/G".into(),
+                how: Some(How::Sync(SyncedFolders {
+                    dirs: DIRS.map(String::from).to_vec(),
+                })),
+            }),
+            ..NodeSpec::default()
+        };
+        let spec = MachineSpec {
+            machine: "vm-a".into(),
+            generation: 1,
+            nodes: vec![node],
+            ..MachineSpec::default()
+        };
+        let home = config.install_root.join("opt/gw-1/pack");
+        Rig {
+            _dir: dir,
+            config,
+            home,
+            spec,
+        }
+    }
+
+    fn sha(b: &str) -> String {
+        hex::encode(Sha256::digest(b.as_bytes()))
+    }
+
+    fn file(path: &str, c: &str) -> SharedFile {
+        SharedFile {
+            path: path.into(),
+            content: c.as_bytes().to_vec(),
+            sha256: sha(c),
+            deleted: false,
+        }
+    }
+
+    fn update(revision: u64, files: Vec<SharedFile>, caught_up: bool) -> ArtifactUpdate {
+        ArtifactUpdate {
+            group: "gateway/G".into(),
+            revision,
+            files,
+            caught_up,
+        }
+    }
+
+    fn read(home: &Path, rel: &str) -> Option<String> {
+        std::fs::read_to_string(home.join(rel)).ok()
+    }
+
+    fn paths(p: &[ArtifactPush]) -> Vec<(String, bool)> {
+        p.iter()
+            .flat_map(|p| p.files.iter().map(|f| (f.path.clone(), f.deleted)))
+            .collect()
+    }
+
+    #[test]
+    fn a_node_joins_takes_the_groups_files_and_then_pushes_only_its_own_changes() {
+        let r = rig();
+        let mut s = FolderSync::new(&r.config.state_dir);
+        s.refresh(Some(&r.spec), &r.config);
+        assert!(s.pushes().is_empty(), "no home yet: nothing to join");
+        assert!(s.stale(1), "a sharing node waits for its home");
+        std::fs::create_dir_all(&r.home).unwrap();
+        folders::write(&r.home, "r/syn/a.xml", b"pack-a", None).unwrap();
+        folders::write(&r.home, "r/syn/b.xml", b"pack-b", None).unwrap();
+        s.refresh(Some(&r.spec), &r.config);
+        assert!(!s.stale(1));
+
+        // Joining: everything it has, base 0; nothing more until the answer is whole.
+        let join = s.pushes();
+        assert_eq!(join.len(), 1);
+        assert_eq!(join[0].base_revision, 0);
+        assert_eq!(paths(&join).len(), 2);
+        assert!(s.pushes().is_empty(), "waits for its answer");
+        // The group had a.xml otherwise, and a tombstone for b.xml: the group's win.
+        let gone = SharedFile {
+            path: "r/syn/b.xml".into(),
+            deleted: true,
+            ..SharedFile::default()
+        };
+        s.apply(&update(5, vec![file("r/syn/a.xml", "group-a")], false));
+        s.apply(&update(6, vec![gone], true));
+        assert_eq!(read(&r.home, "r/syn/a.xml").as_deref(), Some("group-a"));
+        assert_eq!(read(&r.home, "r/syn/b.xml"), None);
+        assert!(s.pushes().is_empty(), "in step with the group");
+        // Saved: another agent run resumes from revision 6.
+        let again = FolderSync::new(&r.config.state_dir).load("gw-1").unwrap();
+        assert_eq!(again.revision, 6);
+
+        // A change here goes out once, with its base; the echo settles it.
+        folders::write(&r.home, "r/plans/p.siddhiql", b"mine", None).unwrap();
+        let p = s.pushes();
+        assert_eq!(p[0].base_revision, 6);
+        assert_eq!(paths(&p), [("r/plans/p.siddhiql".to_string(), false)]);
+        assert!(s.pushes().is_empty(), "in flight: not pushed twice");
+        s.apply(&update(7, vec![file("r/plans/p.siddhiql", "mine")], true));
+        assert!(s.pushes().is_empty());
+
+        // The group deletes a file unchanged here: deleted here too.
+        let del = SharedFile {
+            path: "r/plans/p.siddhiql".into(),
+            deleted: true,
+            ..SharedFile::default()
+        };
+        s.apply(&update(8, vec![del], true));
+        assert_eq!(read(&r.home, "r/plans/p.siddhiql"), None);
+
+        // The group changes a file this node changed too, before it pushed: its own copy is
+        // kept and pushed (the later write wins everywhere).
+        folders::write(&r.home, "r/syn/a.xml", b"local-edit", None).unwrap();
+        s.apply(&update(9, vec![file("r/syn/a.xml", "remote-edit")], true));
+        assert_eq!(read(&r.home, "r/syn/a.xml").as_deref(), Some("local-edit"));
+        let p = s.pushes();
+        assert_eq!(paths(&p), [("r/syn/a.xml".to_string(), false)]);
+        assert_eq!(p[0].base_revision, 9);
+
+        // A path outside the folders or a lying digest is not taken.
+        let mut lie = file("r/syn/c.xml", "x");
+        lie.sha256 = sha("y");
+        s.apply(&update(10, vec![file("r/webapps/x", "x"), lie], true));
+        assert_eq!(read(&r.home, "r/webapps/x"), None);
+        assert_eq!(read(&r.home, "r/syn/c.xml"), None);
+    }
+
+    #[test]
+    fn a_join_cut_off_before_its_answer_was_whole_joins_again_from_nothing() {
+        let r = rig();
+        let mut s = FolderSync::new(&r.config.state_dir);
+        std::fs::create_dir_all(&r.home).unwrap();
+        folders::write(&r.home, "r/syn/a.xml", b"pack-a", None).unwrap();
+        s.refresh(Some(&r.spec), &r.config);
+        assert_eq!(s.pushes()[0].base_revision, 0);
+        s.apply(&update(3, vec![file("r/syn/z.xml", "z")], false));
+        s.reconnected();
+        let again = s.pushes();
+        assert_eq!(
+            again[0].base_revision, 0,
+            "a join again, not a partial manifest"
+        );
+        assert!(
+            FolderSync::new(&r.config.state_dir).load("gw-1").is_none(),
+            "never saved"
+        );
+    }
 }
