@@ -240,7 +240,9 @@ impl Session {
         joined: &mut BTreeMap<String, u64>,
     ) -> Result<bool, ServerError> {
         let state = &self.ctx.state;
-        let done = state.push_folder_files(&self.machine, &push)?;
+        let Some(done) = state.push_folder_files(&self.machine, &push)? else {
+            return Ok(true);
+        };
         tracing::info!(
             machine = %self.machine,
             group = %printable(&push.group),

@@ -52,22 +52,25 @@ impl ControllerState {
     }
 
     /// Records what `machine`'s agent pushed for a group, after checking it: a group of the
-    /// machine's own spec, every path inside one of its folders, every digest right.
+    /// machine's own spec (`None`: it is not, and nothing is taken), every path inside one of
+    /// its folders, every digest right.
     pub fn push_folder_files(
         &self,
         machine: &str,
         push: &ArtifactPush,
-    ) -> Result<Pushed, StateError> {
+    ) -> Result<Option<Pushed>, StateError> {
         let groups = self.folder_groups(machine);
         let Some(dirs) = groups.get(&push.group) else {
-            return Err(StateError::ForeignMachine {
-                identity: format!("machine {machine}"),
-                named: machine.to_owned(),
-                what: format!(
-                    "shared folder group {:?}: none of its nodes is in it",
-                    apim_proto::text::printable(&push.group)
-                ),
-            });
+            // Not taken, not answered; the stream goes on (the agent may hold a spec older
+            // than the one that took its node out of the group).
+            self.refusals.count(
+                machine,
+                super::Refused {
+                    foreign_pushes: 1,
+                    ..super::Refused::default()
+                },
+            );
+            return Ok(None);
         };
         for f in &push.files {
             check_file(dirs, f).map_err(|reason| StateError::BadPush {
@@ -78,7 +81,7 @@ impl ControllerState {
         let joining = push.base_revision == 0;
         let mut done = Pushed::default();
         if push.files.is_empty() {
-            return Ok(done);
+            return Ok(Some(done));
         }
         self.store.write(|tx| {
             for f in &push.files {
@@ -94,7 +97,7 @@ impl ControllerState {
             let newest = self.store.read(|tx| tx.folder_revision())?;
             self.folders_at(newest);
         }
-        Ok(done)
+        Ok(Some(done))
     }
 
     /// What `group` gained after revision `after`, as updates of at most [`UPDATE_BYTES`] each

@@ -18,6 +18,9 @@ pub struct Refused {
     pub unissued_results: usize,
     /// Log pieces for a command the controller never sent that machine.
     pub unissued_log_data: usize,
+    /// Shared-folder pushes for a group none of the machine's nodes is in (a spec that
+    /// changed under the agent, or an agent reaching for another group's gateways).
+    pub foreign_pushes: usize,
 }
 
 impl Refused {
@@ -31,6 +34,7 @@ impl Refused {
         self.stale_nodes += o.stale_nodes;
         self.unissued_results += o.unissued_results;
         self.unissued_log_data += o.unissued_log_data;
+        self.foreign_pushes += o.foreign_pushes;
     }
 }
 
@@ -64,6 +68,7 @@ impl RefusalLog {
                 stale_nodes = r.stale_nodes,
                 unissued_command_results = r.unissued_results,
                 unissued_log_data = r.unissued_log_data,
+                foreign_pushes = r.foreign_pushes,
                 "refused agent messages"
             );
         }
