@@ -381,7 +381,7 @@ mod tests {
                 ..ArtifactRef::default()
             }),
             shared: Some(SharedFolders {
-                group: "gateway/G".into(),
+                group: "group/G".into(),
                 how: Some(How::Sync(SyncedFolders {
                     dirs: DIRS.map(String::from).to_vec(),
                 })),
@@ -418,7 +418,7 @@ mod tests {
 
     fn update(revision: u64, files: Vec<SharedFile>, caught_up: bool) -> ArtifactUpdate {
         ArtifactUpdate {
-            group: "gateway/G".into(),
+            group: "group/G".into(),
             revision,
             files,
             caught_up,

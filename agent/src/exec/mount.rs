@@ -293,7 +293,7 @@ mod tests {
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
 36 22 0:32 / /tmp rw,nosuid,nodev shared:14 - tmpfs tmpfs rw,size=1024k
 120 36 8:1 /srv/share\\040one /tmp/gw/with\\040space/server rw,relatime shared:1 - ext4 /dev/sda1 rw
-121 22 0:50 / /opt/wso2/gw-1/home/repository/deployment/server rw,relatime master:3 - nfs4 nfs.example.com:/exports/gw rw,vers=4.2
+121 22 0:50 / /opt/app/node-1/home/shared/server rw,relatime master:3 - nfs4 nfs.example.com:/exports/gw rw,vers=4.2
 122 22 0:51 / /odd\\134path\\011tab rw - nfs nfs.example.com:/exports/x/ rw
 garbage line
 ";

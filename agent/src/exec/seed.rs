@@ -176,8 +176,8 @@ mod tests {
         tree(
             &from,
             &[
-                ("synapse-configs/default/synapse.xml", "pack"),
-                ("synapse-configs/default/api/a.xml", "pack a"),
+                ("conf/main.xml", "pack"),
+                ("conf/items/a.xml", "pack a"),
                 ("webapps/x.war", "war"),
             ],
         );
@@ -190,17 +190,17 @@ mod tests {
         tree(
             &into,
             &[
-                ("synapse-configs/default/api/a.xml", "operator's a"),
-                ("synapse-configs/default/api/b.xml", "operator's b"),
+                ("conf/items/a.xml", "operator's a"),
+                ("conf/items/b.xml", "operator's b"),
             ],
         );
         assert!(!is_seeded(&into));
         let done = seed(&from, &into, None).unwrap();
         assert_eq!(done, Seeded { copied: 2, kept: 1 });
         let read = |p: &str| std::fs::read_to_string(into.join(p)).unwrap();
-        assert_eq!(read("synapse-configs/default/synapse.xml"), "pack");
-        assert_eq!(read("synapse-configs/default/api/a.xml"), "operator's a");
-        assert_eq!(read("synapse-configs/default/api/b.xml"), "operator's b");
+        assert_eq!(read("conf/main.xml"), "pack");
+        assert_eq!(read("conf/items/a.xml"), "operator's a");
+        assert_eq!(read("conf/items/b.xml"), "operator's b");
         let mode = std::fs::metadata(into.join("webapps/x.war"))
             .unwrap()
             .mode();
