@@ -149,6 +149,13 @@ pub struct Network {
 /// The nftables table of [`Network::lose_packets`] in a host's namespace.
 const LOSS_TABLE: &str = "apimctl_loss";
 
+/// `nft ARGS` in the network namespace `ns`.
+fn nft(ns: &str, args: &[&str]) -> Result<String> {
+    let mut argv = vec!["netns", "exec", ns, "nft"];
+    argv.extend_from_slice(args);
+    run("ip", &argv)
+}
+
 /// Address `index` (1-based, up to 240) of `subnet`: `10.250.<subnet>.<10 + index>`.
 pub fn address(subnet: u8, index: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 250, subnet, 10u8.saturating_add(index))
@@ -476,33 +483,13 @@ impl Network {
     /// its namespace, `numgen random`: real loss where `tc netem` is not built into the kernel).
     pub fn lose_packets(&self, name: &str, pct: u32) -> Result<()> {
         let ns = self.host(name)?.netns.clone();
-        let _ = run(
-            "ip",
-            &[
-                "netns", "exec", &ns, "nft", "delete", "table", "inet", LOSS_TABLE,
-            ],
-        );
-        run(
-            "ip",
-            &[
-                "netns", "exec", &ns, "nft", "add", "table", "inet", LOSS_TABLE,
-            ],
-        )?;
+        let _ = nft(&ns, &["delete", "table", "inet", LOSS_TABLE]);
+        nft(&ns, &["add", "table", "inet", LOSS_TABLE])?;
         let rule = format!("numgen random mod 100 < {pct} counter drop");
         for (chain, hook) in [("in", "input"), ("out", "output")] {
             let spec = format!("{{ type filter hook {hook} priority 0; policy accept; }}");
-            run(
-                "ip",
-                &[
-                    "netns", "exec", &ns, "nft", "add", "chain", "inet", LOSS_TABLE, chain, &spec,
-                ],
-            )?;
-            run(
-                "ip",
-                &[
-                    "netns", "exec", &ns, "nft", "add", "rule", "inet", LOSS_TABLE, chain, &rule,
-                ],
-            )?;
+            nft(&ns, &["add", "chain", "inet", LOSS_TABLE, chain, &spec])?;
+            nft(&ns, &["add", "rule", "inet", LOSS_TABLE, chain, &rule])?;
         }
         Ok(())
     }
@@ -510,12 +497,7 @@ impl Network {
     /// Packets [`Network::lose_packets`] dropped so far on `name`, both ways.
     pub fn lost_packets(&self, name: &str) -> Result<u64> {
         let ns = self.host(name)?.netns.clone();
-        let text = run(
-            "ip",
-            &[
-                "netns", "exec", &ns, "nft", "list", "table", "inet", LOSS_TABLE,
-            ],
-        )?;
+        let text = nft(&ns, &["list", "table", "inet", LOSS_TABLE])?;
         Ok(text
             .split("packets ")
             .skip(1)
