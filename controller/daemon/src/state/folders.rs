@@ -129,31 +129,31 @@ impl ControllerState {
     }
 }
 
-/// Splits files (in revision order, each with its revision) into updates.
+/// Splits files (in revision order, each with its revision) into updates of at most
+/// [`UPDATE_BYTES`], cut only between revisions (an update's revision claims every file up to
+/// it), so one revision's files (one push, itself at most that size) stay together.
 fn batches(group: &str, rows: Vec<(SharedFile, u64)>) -> Vec<ArtifactUpdate> {
-    let mut out: Vec<ArtifactUpdate> = Vec::new();
+    let mut out = Vec::new();
     let mut files = Vec::new();
-    let mut bytes = 0usize;
-    let mut iter = rows.into_iter().peekable();
-    while let Some((file, revision)) = iter.next() {
-        bytes += file.content.len() + file.path.len();
-        files.push(file);
-        let next = iter.peek().map(|(_, r)| *r);
-        let full = bytes >= UPDATE_BYTES;
-        match next {
-            // A batch may end only between revisions, or its revision would claim files of
-            // its own revision still to come.
-            Some(n) if full && n > revision => {}
-            Some(_) => continue,
-            None => {}
+    let (mut bytes, mut last) = (0usize, 0u64);
+    let update = |revision, files, caught_up| ArtifactUpdate {
+        group: group.to_owned(),
+        revision,
+        files,
+        caught_up,
+    };
+    for (file, revision) in rows {
+        let size = file.content.len() + file.path.len();
+        if !files.is_empty() && bytes + size > UPDATE_BYTES && revision > last {
+            out.push(update(last, std::mem::take(&mut files), false));
+            bytes = 0;
         }
-        out.push(ArtifactUpdate {
-            group: group.to_owned(),
-            revision,
-            files: std::mem::take(&mut files),
-            caught_up: next.is_none(),
-        });
-        bytes = 0;
+        bytes += size;
+        last = revision;
+        files.push(file);
+    }
+    if !files.is_empty() {
+        out.push(update(last, files, true));
     }
     out
 }
@@ -272,5 +272,20 @@ mod tests {
         let caught_up: Vec<bool> = b.iter().map(|u| u.caught_up).collect();
         assert_eq!(caught_up, [false, true]);
         assert!(batches("g", Vec::new()).is_empty());
+        // Files of distinct revisions never make an update over the limit.
+        let mib = vec![0u8; 1 << 20];
+        let rows: Vec<_> = (1..=10)
+            .map(|r| (file(&format!("d/{r}"), &mib), r))
+            .collect();
+        let b = batches("g", rows);
+        assert!(
+            b.iter()
+                .all(|u| u.files.iter().map(|f| f.content.len()).sum::<usize>() <= UPDATE_BYTES)
+        );
+        assert_eq!(b.iter().map(|u| u.files.len()).sum::<usize>(), 10);
+        assert_eq!(
+            b.last().map(|u| (u.revision, u.caught_up)),
+            Some((10, true))
+        );
     }
 }
