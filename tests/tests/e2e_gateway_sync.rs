@@ -130,6 +130,17 @@ fn a_3x_gateway_pair_shares_its_apis_and_a_partitioned_gateway_catches_up() -> T
             .exists(),
         "webapps are not shared"
     );
+    // Status says both are in step with their group again.
+    c.wait_status("both gateways in step", |s| {
+        ["gw-1", "gw-2"].iter().all(|gw| {
+            apim_e2e::cluster::status_nodes(s).iter().any(|(_, n)| {
+                n["node"] == *gw
+                    && n["shared"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(": in step at revision "))
+            })
+        })
+    })?;
     assert_eq!(c.start_count("gw-1")?, 1, "no gateway restarted");
     assert_eq!(c.start_count("gw-2")?, 1, "no gateway restarted");
     Ok(())

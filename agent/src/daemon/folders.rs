@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use apim_proto::v1::{ArtifactPush, ArtifactUpdate, MachineSpec, SharedFile, shared_folders::How};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::daemon::config::AgentConfig;
 use crate::daemon::converge::OPTIMIZED_MARKER;
+use crate::daemon::report::{StatusBoard, Update};
 use crate::exec::folders::{self, Scanner};
 use crate::exec::process;
 
@@ -57,11 +59,34 @@ struct Member {
     joined: bool,
     /// Joined without a manifest and not caught up yet: the group's files win.
     joining: bool,
+    /// What went wrong in the last scan (reading the folders), if anything.
+    push_problem: Option<String>,
+    /// What went wrong taking the group's files, if anything (asked for again until it works).
+    take_problem: Option<String>,
+    /// The state last put on the board.
+    shown: String,
+}
+
+impl Member {
+    /// The node's shared-folders state for status.
+    fn state(&self, group: &str) -> String {
+        if let Some(p) = self.take_problem.as_ref().or(self.push_problem.as_ref()) {
+            return format!("{group}: {p}");
+        }
+        if self.joining || !self.joined {
+            return format!("joining {group}");
+        }
+        if !self.in_flight.is_empty() {
+            return format!("{group}: sending {} file(s)", self.in_flight.len());
+        }
+        format!("{group}: in step at revision {}", self.manifest.revision)
+    }
 }
 
 /// Every group of the held spec's nodes whose home is in place.
 #[derive(Debug)]
 pub struct FolderSync {
+    board: Arc<StatusBoard>,
     dir: PathBuf,
     groups: BTreeMap<String, Member>,
     generation: Option<u64>,
@@ -70,9 +95,11 @@ pub struct FolderSync {
 }
 
 impl FolderSync {
-    /// Keeps its manifests under `<state_dir>/folders`.
-    pub fn new(state_dir: &Path) -> Self {
+    /// Keeps its manifests under `<state_dir>/folders`; says how each node's folders are on
+    /// `board`.
+    pub fn new(state_dir: &Path, board: Arc<StatusBoard>) -> Self {
         FolderSync {
+            board,
             dir: state_dir.join("folders"),
             groups: BTreeMap::new(),
             generation: None,
@@ -166,6 +193,9 @@ impl FolderSync {
                     in_flight: BTreeMap::new(),
                     joined: false,
                     joining: false,
+                    push_problem: None,
+                    take_problem: None,
+                    shown: String::new(),
                 },
             );
         }
@@ -190,9 +220,11 @@ impl FolderSync {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(node = %m.node, group = %group, error = %e, "cannot scan the shared folders");
+                    m.push_problem = Some(format!("cannot read the folders: {e}"));
                     continue;
                 }
             };
+            m.push_problem = None;
             for big in &m.scanner.too_big {
                 tracing::warn!(node = %m.node, file = %big, limit = folders::MAX_FILE_BYTES, "file too big to share: kept on this machine only");
             }
@@ -233,6 +265,7 @@ impl FolderSync {
                         Ok(None) => continue,
                         Err(e) => {
                             tracing::warn!(node = %m.node, file = %path, error = %e, "cannot read a shared file");
+                            m.push_problem = Some(format!("cannot read {path}: {e}"));
                             continue;
                         }
                     },
@@ -252,6 +285,7 @@ impl FolderSync {
                 });
             }
         }
+        self.show();
         out
     }
 
@@ -261,6 +295,7 @@ impl FolderSync {
             return;
         };
         let group_wins = m.joining;
+        let mut failed = None;
         for f in &u.files {
             if !folders::inside(&m.dirs, &f.path) {
                 tracing::warn!(node = %m.node, file = %apim_proto::text::printable(&f.path), "shared file outside the group's folders: ignored");
@@ -275,6 +310,7 @@ impl FolderSync {
                 Ok(b) => b.map(|b| hex::encode(Sha256::digest(&b))),
                 Err(e) => {
                     tracing::warn!(node = %m.node, file = %f.path, error = %e, "cannot read a shared file");
+                    failed = Some(format!("cannot read {}: {e}", f.path));
                     continue;
                 }
             };
@@ -286,6 +322,7 @@ impl FolderSync {
                 };
                 if let Err(e) = done {
                     tracing::warn!(node = %m.node, file = %f.path, error = %e, "cannot take a shared file");
+                    failed = Some(format!("cannot take {}: {e}", f.path));
                     continue;
                 }
                 tracing::debug!(node = %m.node, file = %f.path, deleted = f.deleted, "shared file taken from the group");
@@ -298,14 +335,49 @@ impl FolderSync {
             // that is not ours, our copy (kept above when it changed here) is pushed again.
             m.in_flight.remove(&f.path);
         }
-        m.manifest.revision = m.manifest.revision.max(u.revision);
-        if u.caught_up {
-            m.joining = false;
+        if let Some(problem) = failed {
+            // Not at this revision yet: the manifest stays where it was for what failed (so
+            // the old copy here is not taken for a change), and the group is asked again from
+            // the manifest's revision on the next scan. A join starts over.
+            m.take_problem = Some(problem);
+            m.joined = false;
+            if m.joining {
+                m.joining = false;
+                m.manifest = Manifest {
+                    home: m.home.clone(),
+                    group: m.manifest.group.clone(),
+                    ..Manifest::default()
+                };
+            }
+        } else {
+            m.take_problem = None;
+            m.manifest.revision = m.manifest.revision.max(u.revision);
+            if u.caught_up {
+                m.joining = false;
+            }
+            // A join in the middle of its answer is not a manifest to resume from.
+            if !m.joining {
+                let (node, manifest) = (m.node.clone(), m.manifest.clone());
+                self.save(&node, &manifest);
+            }
         }
-        // A join in the middle of its answer is not a manifest to resume from.
-        if !m.joining {
-            let (node, manifest) = (m.node.clone(), m.manifest.clone());
-            self.save(&node, &manifest);
+        self.show();
+    }
+
+    /// Puts each node's shared-folders state on the board when it changed.
+    fn show(&mut self) {
+        for (group, m) in &mut self.groups {
+            let state = m.state(group);
+            if state != m.shown {
+                m.shown = state.clone();
+                self.board.update(
+                    &m.node,
+                    Update {
+                        shared: Some(state),
+                        ..Update::default()
+                    },
+                );
+            }
         }
     }
 
@@ -438,7 +510,17 @@ mod tests {
     #[test]
     fn a_node_joins_takes_the_groups_files_and_then_pushes_only_its_own_changes() {
         let r = rig();
-        let mut s = FolderSync::new(&r.config.state_dir);
+        let board = Arc::new(StatusBoard::default());
+        let shown = || {
+            board
+                .snapshot()
+                .nodes
+                .iter()
+                .find(|n| n.node == "gw-1")
+                .map(|n| n.shared.clone())
+                .unwrap_or_default()
+        };
+        let mut s = FolderSync::new(&r.config.state_dir, Arc::clone(&board));
         s.refresh(Some(&r.spec), &r.config);
         assert!(s.pushes().is_empty(), "no home yet: nothing to join");
         assert!(s.stale(1), "a sharing node waits for its home");
@@ -454,6 +536,7 @@ mod tests {
         assert_eq!(join[0].base_revision, 0);
         assert_eq!(paths(&join).len(), 2);
         assert!(s.pushes().is_empty(), "waits for its answer");
+        assert_eq!(shown(), "joining group/G");
         // The group had a.xml otherwise, and a tombstone for b.xml: the group's win.
         let gone = SharedFile {
             path: "r/syn/b.xml".into(),
@@ -465,8 +548,11 @@ mod tests {
         assert_eq!(read(&r.home, "r/syn/a.xml").as_deref(), Some("group-a"));
         assert_eq!(read(&r.home, "r/syn/b.xml"), None);
         assert!(s.pushes().is_empty(), "in step with the group");
+        assert_eq!(shown(), "group/G: in step at revision 6");
         // Saved: another agent run resumes from revision 6.
-        let again = FolderSync::new(&r.config.state_dir).load("gw-1").unwrap();
+        let again = FolderSync::new(&r.config.state_dir, Arc::default())
+            .load("gw-1")
+            .unwrap();
         assert_eq!(again.revision, 6);
 
         // A change here goes out once, with its base; the echo settles it.
@@ -502,12 +588,28 @@ mod tests {
         s.apply(&update(10, vec![file("r/webapps/x", "x"), lie], true));
         assert_eq!(read(&r.home, "r/webapps/x"), None);
         assert_eq!(read(&r.home, "r/syn/c.xml"), None);
+
+        // A file that cannot be written here (a folder in its way): status says so, the
+        // revision stays, and the group is asked again from it on the next scan.
+        std::fs::create_dir_all(r.home.join("r/syn/d.xml")).unwrap();
+        s.apply(&update(11, vec![file("r/syn/d.xml", "d")], true));
+        assert!(shown().contains("cannot take r/syn/d.xml"), "{}", shown());
+        let retry = s.pushes();
+        assert_eq!(retry.len(), 1);
+        assert_eq!(
+            retry[0].base_revision, 10,
+            "asked again from before the failure"
+        );
+        std::fs::remove_dir(r.home.join("r/syn/d.xml")).unwrap();
+        s.apply(&update(11, vec![file("r/syn/d.xml", "d")], true));
+        assert_eq!(read(&r.home, "r/syn/d.xml").as_deref(), Some("d"));
+        assert!(!shown().contains("cannot"), "{}", shown());
     }
 
     #[test]
     fn a_join_cut_off_before_its_answer_was_whole_joins_again_from_nothing() {
         let r = rig();
-        let mut s = FolderSync::new(&r.config.state_dir);
+        let mut s = FolderSync::new(&r.config.state_dir, Arc::default());
         std::fs::create_dir_all(&r.home).unwrap();
         folders::write(&r.home, "r/syn/a.xml", b"pack-a", None).unwrap();
         s.refresh(Some(&r.spec), &r.config);
@@ -520,7 +622,9 @@ mod tests {
             "a join again, not a partial manifest"
         );
         assert!(
-            FolderSync::new(&r.config.state_dir).load("gw-1").is_none(),
+            FolderSync::new(&r.config.state_dir, Arc::default())
+                .load("gw-1")
+                .is_none(),
             "never saved"
         );
     }

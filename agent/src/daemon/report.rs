@@ -65,6 +65,8 @@ pub struct Update {
     pub config_digest: Option<String>,
     /// New drift (replaces the list).
     pub drift: Option<Vec<Drift>>,
+    /// New shared-folders state.
+    pub shared: Option<String>,
 }
 
 impl Default for StatusBoard {
@@ -145,6 +147,9 @@ impl StatusBoard {
         }
         if let Some(d) = u.drift {
             st.drift = d;
+        }
+        if let Some(sh) = u.shared {
+            st.shared = sh;
         }
         let mut cmp = st.clone();
         cmp.step = before.step.clone();

@@ -99,7 +99,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Dae
         addresses(&config)
     ));
     let shared = Arc::new(Shared {
-        folders: Mutex::new(FolderSync::new(&config.state_dir)),
+        folders: Mutex::new(FolderSync::new(&config.state_dir, Arc::clone(&board))),
         config,
         control,
         board,

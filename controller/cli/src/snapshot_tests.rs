@@ -62,11 +62,15 @@ fn cluster() -> ClusterStatus {
         running: true,
         step: "waiting for readiness".into(),
         last_error: "port 8243 refused".into(),
+        // In step: the table leaves it to `-o json`.
+        shared: "gateway/Default: in step at revision 7".into(),
         ..node("gw-1", NodePhase::Starting, 3, 42)
     };
     let failed = NodeStatus {
         restarts: 5,
         last_error: "exited with 1\nvm-x x healthy".into(),
+        shared: "gateway/Default: cannot take r/syn/api.xml: Permission denied (os error 13)"
+            .into(),
         ..node("gw-2", NodePhase::Failed, 3, 4000)
     };
     let machine = |name: &str, nodes: Vec<NodeStatus>| MachineStatus {

@@ -74,6 +74,12 @@ pub struct NodeStatus {
     /// is reported on each of its nodes.
     #[prost(message, repeated, tag = "12")]
     pub drift: ::prost::alloc::vec::Vec<Drift>,
+    /// The node's shared folders (`SharedFolders` sync), when it has any: "joining GROUP",
+    /// "GROUP: in step at revision R", "GROUP: sending N file(s)", or what went wrong last (a file
+    /// that could not be read or written; retried). Empty when it shares nothing. Agent text:
+    /// untrusted.
+    #[prost(string, tag = "13")]
+    pub shared: ::prost::alloc::string::String,
 }
 /// One thing on a node's disk that is not what the agent wrote for its current spec. Never carries
 /// content: file names and TOML keys only, no value (secret or not).

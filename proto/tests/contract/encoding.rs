@@ -172,6 +172,7 @@ fn node_status_keeps_phase_pid_and_timestamp() {
             changed_keys: vec!["server.offset".into()],
             omitted_keys: 0,
         }],
+        shared: "gateway/Default: in step at revision 7".into(),
     };
     let decoded = NodeStatus::decode(status.encode_to_vec().as_slice()).expect("decode");
     assert_eq!(decoded, status);

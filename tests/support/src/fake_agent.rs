@@ -356,6 +356,8 @@ impl AgentCtx {
                         } else {
                             Vec::new()
                         },
+                        // Its nodes share no folders.
+                        shared: String::new(),
                     })
                     .collect(),
                 facts: None,

@@ -29,6 +29,7 @@ pub fn status(status: &ClusterStatus) -> Value {
                 "config_digest": n.config_digest,
                 "since": since(n.phase_since.as_ref()).map(rfc3339),
                 "drift": super::drift::json(&n.drift),
+                "shared": n.shared,
             })).collect::<Vec<_>>(),
             "services": m.services.iter().map(|s| json!({
                 "name": s.name, "running": s.running, "pid": s.pid,

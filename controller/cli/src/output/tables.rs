@@ -159,15 +159,22 @@ pub fn generation(g: u64) -> String {
     }
 }
 
-/// `STEP  error: ERROR`, either part left out when empty.
+/// `STEP  error: ERROR  shares: STATE`, each part left out when empty; the shared folders'
+/// state only while they are not in step (joining, sending, or something failed).
 fn step_and_error(n: &NodeStatus) -> String {
     let mut s = n.step.clone();
-    if !n.last_error.is_empty() {
+    let mut part = |label: &str, text: &str| {
         if !s.is_empty() {
             s.push_str("  ");
         }
-        s.push_str("error: ");
-        s.push_str(&n.last_error);
+        s.push_str(label);
+        s.push_str(text);
+    };
+    if !n.last_error.is_empty() {
+        part("error: ", &n.last_error);
+    }
+    if !n.shared.is_empty() && !n.shared.contains(": in step at revision ") {
+        part("shares: ", &n.shared);
     }
     s
 }

@@ -320,6 +320,7 @@ impl Agent {
                         running: *running,
                         plan_generation: 0,
                         drift: Vec::new(),
+                        shared: String::new(),
                     })
                     .collect(),
                 facts: None,
