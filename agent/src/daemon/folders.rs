@@ -28,6 +28,11 @@ use crate::daemon::report::{StatusBoard, Update};
 use crate::exec::folders::{self, Scanner};
 use crate::exec::process;
 
+/// The first wait before a group's files that could not be taken are asked for again.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest such wait.
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Most bytes of file content per push (well under the gRPC message limit).
 const PUSH_BYTES: usize = 3 << 20;
 
@@ -63,6 +68,9 @@ struct Member {
     push_problem: Option<String>,
     /// What went wrong taking the group's files, if anything (asked for again until it works).
     take_problem: Option<String>,
+    /// After a failed take: not asked for again before this, and the wait after the next
+    /// failure (doubling up to [`RETRY_MAX`]).
+    retry: Option<(std::time::Instant, std::time::Duration)>,
     /// The state last put on the board.
     shown: String,
 }
@@ -195,6 +203,7 @@ impl FolderSync {
                     joining: false,
                     push_problem: None,
                     take_problem: None,
+                    retry: None,
                     shown: String::new(),
                 },
             );
@@ -215,6 +224,12 @@ impl FolderSync {
         for (group, m) in &mut self.groups {
             if m.joining {
                 continue; // its answer is on the way
+            }
+            if !m.joined
+                && let Some((at, _)) = m.retry
+                && std::time::Instant::now() < at
+            {
+                continue; // a failed take is asked for again later
             }
             let local = match m.scanner.scan(&m.home, &m.dirs) {
                 Ok(l) => l,
@@ -341,6 +356,8 @@ impl FolderSync {
             // the manifest's revision on the next scan. A join starts over.
             m.take_problem = Some(problem);
             m.joined = false;
+            let wait = m.retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
+            m.retry = Some((std::time::Instant::now() + wait, wait));
             if m.joining {
                 m.joining = false;
                 m.manifest = Manifest {
@@ -351,6 +368,7 @@ impl FolderSync {
             }
         } else {
             m.take_problem = None;
+            m.retry = None;
             m.manifest.revision = m.manifest.revision.max(u.revision);
             if u.caught_up {
                 m.joining = false;
@@ -594,6 +612,11 @@ mod tests {
         std::fs::create_dir_all(r.home.join("r/syn/d.xml")).unwrap();
         s.apply(&update(11, vec![file("r/syn/d.xml", "d")], true));
         assert!(shown().contains("cannot take r/syn/d.xml"), "{}", shown());
+        assert!(s.pushes().is_empty(), "not asked again at once");
+        let due = s.groups.get_mut("group/G").unwrap();
+        let (_, wait) = due.retry.unwrap();
+        assert_eq!(wait, RETRY_FIRST);
+        due.retry = Some((std::time::Instant::now(), wait));
         let retry = s.pushes();
         assert_eq!(retry.len(), 1);
         assert_eq!(
