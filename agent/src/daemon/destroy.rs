@@ -11,8 +11,9 @@
 //!    and a tree whose mount will not go is kept: nothing is deleted through a mount), then the
 //!    records;
 //! 3. empties the pack cache;
-//! 4. removes the managed hosts block;
-//! 5. forgets the remembered spec.
+//! 4. forgets the shared folders' manifests;
+//! 5. removes the managed hosts block;
+//! 6. forgets the remembered spec.
 //!
 //! Every step runs even when one before it failed, and the errors come back together (the
 //! remembered spec stays, so the next destroy spec or agent start tries again). The identity and
@@ -159,7 +160,14 @@ pub async fn carry_out(ctx: &Arc<ExecContext>) -> Result<(), String> {
         Ok(n) => tracing::info!(files = n, "pack cache emptied"),
         Err(e) => note(&mut errors, e.to_string()),
     }
-    // 4. The hosts block.
+    // 4. What the agent knew of shared folders (their trees are gone).
+    let folders = state_dir.join(crate::daemon::folders::STATE_DIR);
+    if let Err(e) = std::fs::remove_dir_all(&folders)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        note(&mut errors, format!("removing {}: {e}", folders.display()));
+    }
+    // 5. The hosts block.
     if let Err(e) = hosts::apply(&ctx.config.hosts_file, &[]) {
         note(
             &mut errors,
@@ -167,7 +175,7 @@ pub async fn carry_out(ctx: &Arc<ExecContext>) -> Result<(), String> {
         );
     }
     if errors.is_empty() {
-        // 5. Done: nothing left to remember.
+        // 6. Done: nothing left to remember.
         let path = from_path(state_dir);
         if let Err(e) = std::fs::remove_file(&path)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -293,8 +301,15 @@ mod tests {
         .unwrap();
         remember(state, Some(&held(vec![node("n1")]))).unwrap();
         assert!(pending(state));
+        let manifests = state.join(crate::daemon::folders::STATE_DIR);
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(manifests.join("n1.json"), "{}").unwrap();
 
         carry_out(&ctx).await.expect("destroyed");
+        assert!(
+            !manifests.exists(),
+            "the shared folders' manifests are forgotten"
+        );
         assert!(!n1.exists() && !old.exists(), "installed trees removed");
         assert!(!ctx.config.install_root.join("opt/app/n1").exists());
         assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "not ours");

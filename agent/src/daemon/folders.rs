@@ -28,6 +28,9 @@ use crate::daemon::report::{StatusBoard, Update};
 use crate::exec::folders::{self, Scanner};
 use crate::exec::process;
 
+/// The folder of the agent's state dir holding the manifests (removed by a destroy).
+pub const STATE_DIR: &str = "folders";
+
 /// The first wait before a group's files that could not be taken are asked for again.
 const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
 /// The longest such wait.
@@ -103,12 +106,12 @@ pub struct FolderSync {
 }
 
 impl FolderSync {
-    /// Keeps its manifests under `<state_dir>/folders`; says how each node's folders are on
-    /// `board`.
+    /// Keeps its manifests under `<state_dir>/`[`STATE_DIR`]; says how each node's folders are
+    /// on `board`.
     pub fn new(state_dir: &Path, board: Arc<StatusBoard>) -> Self {
         FolderSync {
             board,
-            dir: state_dir.join("folders"),
+            dir: state_dir.join(STATE_DIR),
             groups: BTreeMap::new(),
             generation: None,
             pending: false,

@@ -94,6 +94,9 @@ pub fn destroy(state: &ControllerState, author: &str) -> Result<Destroyed, Rollo
             tx.save_spec(s)?;
         }
         tx.set_baseline(&[])?;
+        // The gateways' shared files went with their trees: a cluster applied again starts
+        // with its packs' own.
+        tx.forget_folder_files()?;
         tx.save_targets(&id, &specs)?;
         tx.save_rollout(&record)?;
         Ok(Ok((generation, specs)))

@@ -100,6 +100,16 @@ impl Tx<'_> {
         Ok(out)
     }
 
+    /// Forgets every group's files (the cluster is destroyed).
+    pub fn forget_folder_files(&self) -> Result<(), StoreError> {
+        self.exec(
+            "forgetting shared folder files",
+            "DELETE FROM shared_folder_files",
+            &[],
+        )?;
+        Ok(())
+    }
+
     /// The newest revision of any shared folder file (0 when none): what another controller's
     /// sessions compare with what they have sent.
     pub fn folder_revision(&self) -> Result<u64, StoreError> {

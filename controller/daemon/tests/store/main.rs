@@ -190,6 +190,10 @@ both! {
         assert_eq!(s.read(|tx| tx.folder_revision()).unwrap(), since[1].1);
         assert!(s.read(|tx| tx.folder_files_since("g", since[1].1)).unwrap().is_empty());
         assert!(s.read(|tx| tx.folder_files_since("other", 0)).unwrap().is_empty());
+        // A destroy forgets them: a path is new to the group again.
+        s.write(|tx| tx.forget_folder_files()).unwrap();
+        assert!(s.read(|tx| tx.folder_files_since("g", 0)).unwrap().is_empty());
+        assert_eq!(put(&f("d/a", "other"), true), Put::Written);
     };
     old_secrets_are_pruned_but_the_baselines_are_kept => |s: &Store| {
         let secrets = |g: u64| -> BTreeMap<String, String> { [("env:PW".to_string(), format!("pw-{g}"))].into() };
