@@ -56,6 +56,7 @@ pub mod v1 {
 }
 
 mod redact;
+pub mod shared_paths;
 pub mod text;
 
 /// Re-exported so dependents can encode/decode messages without their own prost dependency.

@@ -79,6 +79,17 @@ struct Member {
 }
 
 impl Member {
+    /// Forgets a join that did not complete: its manifest is partial (and was never saved),
+    /// so the node joins again from nothing.
+    fn restart_join(&mut self) {
+        self.joining = false;
+        self.manifest = Manifest {
+            home: self.home.clone(),
+            group: self.manifest.group.clone(),
+            ..Manifest::default()
+        };
+    }
+
     /// The node's shared-folders state for status.
     fn state(&self, group: &str) -> String {
         if let Some(p) = self.take_problem.as_ref().or(self.push_problem.as_ref()) {
@@ -124,14 +135,7 @@ impl FolderSync {
             m.in_flight.clear();
             m.joined = false;
             if m.joining {
-                // A join cut off before its answer was whole: its manifest is partial and was
-                // never saved; join again from nothing.
-                m.manifest = Manifest {
-                    home: m.home.clone(),
-                    group: m.manifest.group.clone(),
-                    ..Manifest::default()
-                };
-                m.joining = false;
+                m.restart_join();
             }
         }
     }
@@ -197,7 +201,10 @@ impl FolderSync {
                 Member {
                     node,
                     home,
-                    dirs: dirs.into_iter().filter(|d| safe_dir(d)).collect(),
+                    dirs: dirs
+                        .into_iter()
+                        .filter(|d| apim_proto::shared_paths::is_plain(d))
+                        .collect(),
                     owner,
                     manifest,
                     scanner: Scanner::default(),
@@ -362,12 +369,7 @@ impl FolderSync {
             let wait = m.retry.map_or(RETRY_FIRST, |(_, w)| (w * 2).min(RETRY_MAX));
             m.retry = Some((std::time::Instant::now() + wait, wait));
             if m.joining {
-                m.joining = false;
-                m.manifest = Manifest {
-                    home: m.home.clone(),
-                    group: m.manifest.group.clone(),
-                    ..Manifest::default()
-                };
+                m.restart_join();
             }
         } else {
             m.take_problem = None;
@@ -417,13 +419,6 @@ impl FolderSync {
             tracing::warn!(node = %node, error = %e, "cannot save the shared folders' manifest");
         }
     }
-}
-
-/// A spec's folder: a plain relative path (anything else is ignored).
-fn safe_dir(d: &str) -> bool {
-    !d.is_empty()
-        && !d.starts_with('/')
-        && !d.split('/').any(|c| c.is_empty() || c == "." || c == "..")
 }
 
 /// Files in pushes of at most [`PUSH_BYTES`] (an empty list is one empty push: a join).

@@ -8,27 +8,21 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 /// The largest file synchronised; larger ones stay local (and are logged).
 pub const MAX_FILE_BYTES: u64 = 2 << 20;
 
-/// What the agent remembers of a file it hashed, so an unchanged file is not read again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    len: u64,
-    mtime_ns: i128,
-    ino: u64,
-    sha256: String,
-}
+/// What identifies a file's content without reading it: size, mtime (ns) and inode.
+type Stamp = (u64, i128, u64);
 
 /// The files under a set of folders, by relative path, with their sha256; hashes are reused
 /// while a file's size, mtime and inode stay the same.
 #[derive(Debug, Default)]
 pub struct Scanner {
-    seen: BTreeMap<String, Seen>,
+    seen: BTreeMap<String, (Stamp, String)>,
     /// Files over [`MAX_FILE_BYTES`] found in the last scan (not synchronised).
     pub too_big: Vec<String>,
 }
@@ -69,35 +63,21 @@ impl Scanner {
                             self.too_big.push(path);
                             continue;
                         }
-                        let key = Seen {
-                            len: meta.len(),
-                            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000
+                        let stamp: Stamp = (
+                            meta.len(),
+                            i128::from(meta.mtime()) * 1_000_000_000
                                 + i128::from(meta.mtime_nsec()),
-                            ino: meta.ino(),
-                            sha256: String::new(),
-                        };
+                            meta.ino(),
+                        );
                         let sha = match self.seen.get(&path) {
-                            Some(s)
-                                if Seen {
-                                    sha256: String::new(),
-                                    ..s.clone()
-                                } == key =>
-                            {
-                                s.sha256.clone()
-                            }
+                            Some((s, sha)) if *s == stamp => sha.clone(),
                             _ => match std::fs::read(entry.path()) {
                                 Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
                                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                                 Err(e) => return Err(e),
                             },
                         };
-                        seen.insert(
-                            path.clone(),
-                            Seen {
-                                sha256: sha.clone(),
-                                ..key
-                            },
-                        );
+                        seen.insert(path.clone(), (stamp, sha.clone()));
                         out.insert(path, sha);
                     }
                 }
@@ -108,21 +88,8 @@ impl Scanner {
     }
 }
 
-/// Whether `path` is a plain relative path inside one of `dirs` (no `..`, `.`, empty parts,
-/// control characters or backslashes).
-pub fn inside(dirs: &[String], path: &str) -> bool {
-    let plain = !path.is_empty()
-        && !path.starts_with('/')
-        && !path.chars().any(|c| c.is_control() || c == '\\')
-        && !path
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
-    plain
-        && dirs.iter().any(|d| {
-            path.strip_prefix(d.as_str())
-                .is_some_and(|rest| rest.starts_with('/'))
-        })
-}
+/// Whether `path` is a plain relative path inside one of `dirs` (the contract's rule).
+pub use apim_proto::shared_paths::inside;
 
 /// The file at `rel` under `base`, its bytes, when it is a regular file (not through a
 /// symlink).
@@ -142,8 +109,7 @@ pub fn read(base: &Path, rel: &str) -> io::Result<Option<Vec<u8>>> {
 pub fn write(base: &Path, rel: &str, bytes: &[u8], owner: Option<(u32, u32)>) -> io::Result<()> {
     no_symlink_on_the_way(base, rel)?;
     let path = base.join(rel);
-    let parent = apim_atomic::parent_dir(&path).to_path_buf();
-    create_dirs(base, &parent, owner)?;
+    create_dirs_owned(apim_atomic::parent_dir(&path), owner)?;
     let mut w = apim_atomic::AtomicWriter::new(0o644);
     if let Some((uid, gid)) = owner {
         w = w.owner(uid, gid);
@@ -191,11 +157,12 @@ fn no_symlink_on_the_way(base: &Path, rel: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn create_dirs(base: &Path, dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
-    let mut missing: Vec<PathBuf> = Vec::new();
+/// Creates `dir` and its missing parents, each new folder given to `owner` (when set).
+pub fn create_dirs_owned(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    let mut missing: Vec<&Path> = Vec::new();
     let mut d = Some(dir);
-    while let Some(p) = d.filter(|p| p.starts_with(base) && !p.exists()) {
-        missing.push(p.to_path_buf());
+    while let Some(p) = d.filter(|p| !p.exists()) {
+        missing.push(p);
         d = p.parent();
     }
     for p in missing.iter().rev() {

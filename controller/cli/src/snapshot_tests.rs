@@ -62,7 +62,6 @@ fn cluster() -> ClusterStatus {
         running: true,
         step: "waiting for readiness".into(),
         last_error: "port 8243 refused".into(),
-        // In step: the table leaves it to `-o json`.
         shared: "gateway/Default: in step at revision 7".into(),
         ..node("gw-1", NodePhase::Starting, 3, 42)
     };

@@ -580,23 +580,12 @@ impl NodeExecutor {
     /// Creates `dir` and its missing parents inside the node's tree, each new folder given to
     /// the run-as user like the rest of the tree.
     fn create_dir_owned(&self, spec: &NodeSpec, dir: &Path) -> DaemonResult<()> {
-        let mut missing = Vec::new();
-        let mut d = Some(dir);
-        while let Some(p) = d.filter(|p| !p.exists()) {
-            missing.push(p.to_path_buf());
-            d = p.parent();
-        }
-        if missing.is_empty() {
+        if dir.exists() {
             return Ok(());
         }
-        std::fs::create_dir_all(dir).map_err(|e| DaemonError::io("create", dir, e))?;
-        if let Some(c) = self.run_as(spec)?.switch_to {
-            for p in missing {
-                std::os::unix::fs::lchown(&p, Some(c.uid), Some(c.gid))
-                    .map_err(|e| DaemonError::io("chown", &p, e))?;
-            }
-        }
-        Ok(())
+        let owner = self.run_as(spec)?.switch_to.map(|c| (c.uid, c.gid));
+        crate::exec::folders::create_dirs_owned(dir, owner)
+            .map_err(|e| DaemonError::io("create", dir, e))
     }
 
     /// Whether the installed tree has not been made durable yet.

@@ -159,8 +159,7 @@ pub fn generation(g: u64) -> String {
     }
 }
 
-/// `STEP  error: ERROR  shares: STATE`, each part left out when empty; the shared folders'
-/// state only while they are not in step (joining, sending, or something failed).
+/// `STEP  error: ERROR  shares: STATE`, each part left out when empty.
 fn step_and_error(n: &NodeStatus) -> String {
     let mut s = n.step.clone();
     let mut part = |label: &str, text: &str| {
@@ -173,7 +172,7 @@ fn step_and_error(n: &NodeStatus) -> String {
     if !n.last_error.is_empty() {
         part("error: ", &n.last_error);
     }
-    if !n.shared.is_empty() && !n.shared.contains(": in step at revision ") {
+    if !n.shared.is_empty() {
         part("shares: ", &n.shared);
     }
     s

@@ -83,7 +83,7 @@ impl ControllerState {
         if push.files.is_empty() {
             return Ok(Some(done));
         }
-        self.store.write(|tx| {
+        let newest = self.store.write(|tx| {
             for f in &push.files {
                 match tx.put_folder_file(&push.group, f, joining)? {
                     Put::Written => done.written += 1,
@@ -91,12 +91,14 @@ impl ControllerState {
                     Put::GroupKept => done.kept += 1,
                 }
             }
-            Ok(())
+            // Inside the write: the revision it wrote at, whatever commits next.
+            if done.written > 0 {
+                tx.folder_revision()
+            } else {
+                Ok(0)
+            }
         })?;
-        if done.written > 0 {
-            let newest = self.store.read(|tx| tx.folder_revision())?;
-            self.folders_at(newest);
-        }
+        self.folders_at(newest);
         Ok(Some(done))
     }
 
@@ -167,21 +169,11 @@ pub fn check_file(dirs: &[String], f: &SharedFile) -> Result<(), String> {
             "file path {shown:?} is empty or longer than {MAX_PATH} bytes"
         ));
     }
-    if p.starts_with('/')
-        || p.chars().any(|c| c.is_control() || c == '\\')
-        || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
-    {
+    if !apim_proto::shared_paths::inside(dirs, p) {
         return Err(format!(
-            "file path {shown:?} is not a plain relative path (no \"..\", \".\", empty parts, \
-             control characters or backslashes)"
+            "file {shown:?} is not a plain relative path (no \"..\", \".\", empty parts, control \
+             characters or backslashes) inside the group's folders"
         ));
-    }
-    let inside = dirs.iter().any(|d| {
-        p.strip_prefix(d.as_str())
-            .is_some_and(|rest| rest.starts_with('/'))
-    });
-    if !inside {
-        return Err(format!("file {shown:?} is outside the group's folders"));
     }
     if f.deleted {
         if !f.content.is_empty() {
